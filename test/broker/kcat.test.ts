@@ -104,7 +104,10 @@ describe.skipIf(!kcatFound)("kcat (librdkafka 2.0)", () => {
     const committed = await admin.fetchOffsets({ groupId: "kcat-g", topics: [topic] });
     const ends = await admin.fetchTopicOffsets(topic);
     await admin.disconnect();
-    for (const e of ends) expect(committed[0]!.partitions.find((p) => p.partition === e.partition)!.offset).toBe(e.high);
+    // librdkafka commits only partitions it consumed from; its sticky partitioner may leave some empty.
+    const nonEmpty = ends.filter((e) => e.high !== "0");
+    expect(nonEmpty.length).toBeGreaterThan(0);
+    for (const e of nonEmpty) expect(committed[0]!.partitions.find((p) => p.partition === e.partition)!.offset).toBe(e.high);
 
     const second = ["second-0", "second-1", "second-2"];
     expect((await kcat(["-b", broker.address, "-P", "-t", topic], second.join("\n") + "\n")).code).toBe(0);

@@ -59,7 +59,7 @@ describe("record batch header", () => {
     expect(h).toMatchObject({ size: batch.length, lastOffsetDelta: 1, producerId: 7, producerEpoch: 1, baseSequence: 10, recordsCount: 2 });
     expect(readBatchHeader(batch.subarray(0, batch.length - 1), 0, true)).toBe("truncated");
     const bad = Buffer.from(batch);
-    bad[bad.length - 1] ^= 1;
+    bad.writeUInt8(bad.readUInt8(bad.length - 1) ^ 1, bad.length - 1);
     expect(readBatchHeader(bad, 0, true)).toBe("bad-crc");
     const v1 = Buffer.from(batch);
     v1[16] = 1;

@@ -289,7 +289,7 @@ describe("produce and fetch semantics", () => {
     await createTopic("raw-crc");
     const c = await connect();
     const batch = buildBatch([{ value: "intact" }]);
-    batch[batch.length - 3] ^= 0xff;
+    batch.writeUInt8(batch.readUInt8(batch.length - 3) ^ 0xff, batch.length - 3);
     expect(readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-crc", 0, batch))).error).toBe(2);
     expect(readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-crc", 0, Buffer.from("not a batch")))).error).toBe(2);
     const two = Buffer.concat([buildBatch([{ value: "a" }]), buildBatch([{ value: "b" }])]);

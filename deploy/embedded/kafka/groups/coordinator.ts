@@ -291,15 +291,16 @@ export class GroupCoordinator {
     return protocols.some((p) => common.has(p.name));
   }
 
-  private commonProtocols(group: Group, extra?: Member): Set<string> {
-    let common: Set<string> | null = null;
-    const all = [...group.members.values()];
-    if (extra) all.push(extra);
-    for (const m of all) {
-      const names = new Set(m.protocols.map((p) => p.name));
-      common = common === null ? names : new Set([...common].filter((n) => names.has(n)));
+  private commonProtocols(group: Group): Set<string> {
+    const members = [...group.members.values()];
+    const first = members[0];
+    if (!first) return new Set<string>();
+    const common = new Set<string>(first.protocols.map((p) => p.name));
+    for (const m of members.slice(1)) {
+      const names = new Set<string>(m.protocols.map((p) => p.name));
+      for (const n of [...common]) if (!names.has(n)) common.delete(n);
     }
-    return common ?? new Set();
+    return common;
   }
 
   private addMemberAndRebalance(group: Group, memberId: string, req: JoinRequest): Promise<JoinResult> {
