@@ -43,21 +43,29 @@ class Connection {
     this.buffered.push(data);
     this.bufferedBytes += data.length;
     while (!this.socket.destroyed && this.bufferedBytes >= 4) {
-      const head = this.buffered.length === 1 ? this.buffered[0]! : Buffer.concat(this.buffered);
-      this.buffered = [head];
-      const size = head.readInt32BE(0);
+      const size = this.peekSize();
       if (size < MIN_FRAME || size > this.broker.settings.maxFrameBytes) {
         this.logger.warn("closing connection: bad frame size", { size, client: this.clientHost });
         this.socket.destroy();
         return;
       }
-      if (head.length < 4 + size) return;
-      const frame = head.subarray(4, 4 + size);
-      const rest = head.subarray(4 + size);
+      // Join chunks only once the whole frame is here: a large frame arrives in many small reads.
+      if (this.bufferedBytes < 4 + size) return;
+      const all = this.buffered.length === 1 ? this.buffered[0]! : Buffer.concat(this.buffered, this.bufferedBytes);
+      const frame = all.subarray(4, 4 + size);
+      const rest = all.subarray(4 + size);
       this.buffered = rest.length > 0 ? [rest] : [];
       this.bufferedBytes = rest.length;
       this.dispatch(frame);
     }
+  }
+
+  private peekSize(): number {
+    const first = this.buffered[0]!;
+    if (first.length >= 4) return first.readInt32BE(0);
+    const head = Buffer.concat(this.buffered, this.bufferedBytes);
+    this.buffered = [head];
+    return head.readInt32BE(0);
   }
 
   private dispatch(frame: Buffer): void {

@@ -392,9 +392,9 @@ export class GroupCoordinator {
     group.generation++;
     if (group.members.size === 0) {
       group.state = "Empty";
+      // Like Kafka, an empty group keeps its protocol type: ListGroups still shows it as a consumer group.
       group.protocolName = null;
       group.leaderId = null;
-      group.protocolType = null;
       return;
     }
     group.protocolName = this.selectProtocol(group);
