@@ -449,3 +449,38 @@ describe("metadata and admin", () => {
     }
   });
 });
+
+describe("truncation of valid requests", () => {
+  it("every strict prefix of a valid body closes the connection without side effects", async () => {
+    await createTopic("raw-truncate");
+    const join = new Writer().string("raw-trunc-g").int32(10_000).int32(10_000).string("").string("consumer");
+    join.array(["range"], (w, p) => w.string(p).bytes(Buffer.from("meta")));
+    const commit = new Writer().string("raw-trunc-g").int32(-1).string("").int64(-1);
+    commit.array(["raw-truncate"], (w, t) => {
+      w.string(t);
+      w.array([0], (w, p) => w.int32(p).int64(5).nullableString("m"));
+    });
+    const metadata = new Writer();
+    metadata.array(["raw-truncate", "raw-offsets"], (w, t) => w.string(t));
+    metadata.bool(false);
+    const cases: [number, number, Buffer][] = [
+      [API.Produce, 7, produceBody("raw-truncate", 0, buildBatch([{ key: "k", value: "v" }])).toBuffer()],
+      [API.Fetch, 11, fetchBody("raw-truncate", 0, 0).toBuffer()],
+      [API.Metadata, 6, metadata.toBuffer()],
+      [11, 2, join.toBuffer()],
+      [8, 5, commit.toBuffer()],
+      [API.CreateTopics, 3, createTopicsBody("raw-truncate-new", 1).toBuffer()],
+    ];
+    for (const [key, version, body] of cases) {
+      for (let len = 0; len < body.length; len++) {
+        const c = await RawClient.connect(broker.address);
+        c.send(key, version, body.subarray(0, len));
+        expect(await c.next()).toBeNull();
+      }
+    }
+    // Nothing half-decoded was acted on: no append, no topic, no commit.
+    const c = await connect();
+    expect(readFetchResponse(await c.request(API.Fetch, 11, fetchBody("raw-truncate", 0, 0))).highWatermark).toBe(0);
+    expect(readCreateTopicsResponse(await c.request(API.CreateTopics, 3, createTopicsBody("raw-truncate-new", 1)))[0]!.error).toBe(0);
+  });
+});

@@ -72,7 +72,13 @@ class Connection {
     const apiKey = frame.readInt16BE(0);
     const apiVersion = frame.readInt16BE(2);
     const correlationId = frame.readInt32BE(4);
-    const outcome = this.process(frame, apiKey, apiVersion, correlationId);
+    let outcome: Promise<Outcome> | Outcome;
+    try {
+      outcome = this.process(frame, apiKey, apiVersion, correlationId);
+    } catch (err) {
+      // A handler bug or an I/O error (disk full) costs this connection, never the broker.
+      outcome = Promise.reject(err);
+    }
     this.inFlight++;
     if (this.inFlight >= MAX_IN_FLIGHT) this.socket.pause();
     this.tail = this.tail.then(async () => {
