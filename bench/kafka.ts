@@ -50,6 +50,16 @@ async function startBrokerProcess(dataDir: string): Promise<{ child: ChildProces
   return { child, address };
 }
 
+/** User + system CPU seconds the process has used so far. */
+function cpuSecondsOf(pid: number): number {
+  try {
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
 function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
@@ -185,7 +195,9 @@ async function main(): Promise<void> {
   const kafka = new Kafka({ clientId: "bench", brokers: [address], logLevel: logLevel.NOTHING });
 
   try {
+    const cpuBefore = cpuSecondsOf(pid);
     const tp = await kafkajsThroughput(kafka);
+    const brokerCpuShare = (cpuSecondsOf(pid) - cpuBefore) / tp.endToEndSeconds;
     const lat = await kafkajsLatency(kafka);
 
     let kcatSeconds: number | null = null;
@@ -211,6 +223,7 @@ async function main(): Promise<void> {
         ? ["kcat -P 100k x 1 KB", "kcat not installed", "-"]
         : ["kcat -P 100k x 1 KB (librdkafka defaults, acks=all)", `${Math.round(KCAT_MESSAGES / kcatSeconds)} msg/s`, `${(mb(KCAT_MESSAGES) / kcatSeconds).toFixed(1)} MB/s`],
       ["plain TCP loopback, same bytes, to a counting process (ceiling)", `${Math.round(THROUGHPUT_MESSAGES / ceiling)} msg/s equiv.`, `${(mb(THROUGHPUT_MESSAGES) / ceiling).toFixed(1)} MB/s`],
+      ["broker CPU during the kafkajs throughput run (share of one core)", `${Math.round(brokerCpuShare * 100)} %`, "-"],
       ["broker RSS idle / peak under this load", `${(idleRss / 1048576).toFixed(0)} MiB`, `${(peakRss / 1048576).toFixed(0)} MiB`],
     ];
     const md = [

@@ -272,3 +272,24 @@ describe("consumer group coordinator", () => {
     expect(groups).toEqual(expect.arrayContaining([{ id: "g-offsets-only", type: "" }, { id: "g-single", type: "consumer" }]));
   });
 });
+
+describe("initial rebalance delay", () => {
+  it("lets members of a new group that join together land in the first generation", async () => {
+    const delayed = await startBroker({ port: 0, groupInitialRebalanceDelayMs: 300 });
+    const ca = await RawClient.connect(delayed.address);
+    const cb = await RawClient.connect(delayed.address);
+    try {
+      const joinV2 = async (c: RawClient): Promise<JoinAnswer> => readJoin(await c.request(API.JoinGroup, 2, joinBody("g-delayed", "")));
+      const [a, b] = await Promise.all([joinV2(ca), joinV2(cb)]);
+      expect(a.error).toBe(0);
+      expect(b.error).toBe(0);
+      expect([a.generation, b.generation]).toEqual([1, 1]);
+      const leader = a.leader === a.memberId ? a : b;
+      expect(leader.members.map((m) => m.memberId).sort()).toEqual([a.memberId, b.memberId].sort());
+    } finally {
+      ca.close();
+      cb.close();
+      await delayed.stop();
+    }
+  });
+});

@@ -108,7 +108,8 @@ export const fetchApi = defineApi<FetchRequest>({
     const v = ctx.apiVersion;
     const deadline = Date.now() + Math.max(0, req.maxWaitMs);
     let result = collect(ctx.broker, req);
-    while (!result.anyError && result.bytes < Math.max(1, req.minBytes) && !ctx.signal.aborted) {
+    // minBytes 0 means "answer now"; an error on any partition is also answered at once, as Kafka does.
+    while (!result.anyError && result.bytes < req.minBytes && !ctx.signal.aborted) {
       const left = deadline - Date.now();
       if (left <= 0) break;
       await waitForData(ctx.broker, req, left, ctx.signal);

@@ -352,7 +352,11 @@ export class GroupCoordinator {
     if (wasEmpty && this.opts.initialRebalanceDelayMs > 0) {
       const delay = Math.min(this.opts.initialRebalanceDelayMs, timeout);
       group.initialDelayUntil = Date.now() + delay;
-      const t = setTimeout(() => this.maybeCompleteJoin(group), delay);
+      const t = setTimeout(() => {
+        // Timers may fire a hair early; the delay is over when this runs, whatever the clock says.
+        group.initialDelayUntil = 0;
+        this.maybeCompleteJoin(group);
+      }, delay);
       t.unref();
     }
     if (group.rebalanceTimer) clearTimeout(group.rebalanceTimer);
