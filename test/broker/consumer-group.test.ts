@@ -129,3 +129,53 @@ it("three members share the partitions as they join and leave, losing nothing an
     expect(committed[0]!.partitions.find((p) => p.partition === end.partition)?.offset).toBe(end.high);
   }
 });
+
+it("a member killed without leaving is evicted by its session timeout and its partitions move", async () => {
+  const { spawn } = await import("node:child_process");
+  const path = await import("node:path");
+  const { fileURLToPath } = await import("node:url");
+  const topic = "group-killed";
+  const group = "group-killed-g";
+  const kafka = kafkaFor(broker.address, "kill-test");
+  const admin = kafka.admin();
+  await admin.connect();
+  await admin.createTopics({ topics: [{ topic, numPartitions: 4 }] });
+  await admin.disconnect();
+
+  const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), "fixtures", "kafkajs-member.ts");
+  const child = spawn(process.execPath, ["--import", "tsx", fixture, broker.address, group, topic], { stdio: ["ignore", "pipe", "inherit"] });
+  try {
+    let childAssigned: number[] = [];
+    let childOut = "";
+    child.stdout.on("data", (d: Buffer) => {
+      childOut += d.toString();
+      for (const line of childOut.split("\n")) if (line.startsWith("assigned ")) childAssigned = JSON.parse(line.slice(9)) as number[];
+    });
+    await waitFor(() => childAssigned.length === 4);
+
+    const survivor = kafka.consumer({ groupId: group, ...fastConsumer });
+    open.push(survivor);
+    let assigned: number[] = [];
+    survivor.on(survivor.events.GROUP_JOIN, (e) => (assigned = [...(e.payload.memberAssignment[topic] ?? [])].sort()));
+    const seen = new Set<string>();
+    await survivor.connect();
+    await survivor.subscribe({ topic, fromBeginning: true });
+    await survivor.run({ eachMessage: async ({ message }) => void seen.add(message.value!.toString()) });
+    await waitFor(() => assigned.length === 2);
+
+    child.kill("SIGKILL");
+    // Nobody tells the coordinator: only the missing heartbeats do.
+    await waitFor(() => assigned.length === 4);
+    expect(assigned).toEqual([0, 1, 2, 3]);
+
+    const producer = kafka.producer({ createPartitioner: partitioner });
+    open.push(producer);
+    await producer.connect();
+    const values = Array.from({ length: 40 }, (_, i) => `after-kill-${i}`);
+    await producer.send({ topic, messages: values.map((value, i) => ({ key: String(i), value })) });
+    await waitFor(() => values.every((v) => seen.has(v)));
+    expect(values.filter((v) => !seen.has(v))).toEqual([]);
+  } finally {
+    child.kill("SIGKILL");
+  }
+});
