@@ -1,0 +1,73 @@
+import { mkdirSync } from "node:fs";
+import { PGlite } from "@electric-sql/pglite";
+import { Kysely, PostgresDialect, sql, type Dialect } from "kysely";
+import pg from "pg";
+import { PGliteDialect } from "./pglite-dialect.js";
+import { tracedDialect } from "./traced-dialect.js";
+
+// Postgres bigint (int8) and numeric arrive as strings from pg by default; counts and sizes in
+// this mesh fit in a double, and PGlite already returns numbers, so both paths agree.
+pg.types.setTypeParser(20, (v) => Number(v));
+
+export interface DatabaseOptions {
+  /** postgres://… to use a real server; otherwise an embedded PGlite under dataDir. */
+  url?: string;
+  /** Directory for the embedded PGlite; "memory://" keeps it in memory. */
+  dataDir: string;
+  /** The service's own schema: every table it owns lives there. */
+  schema: string;
+  poolMax?: number;
+}
+
+export interface Database<DB> {
+  /** Scoped to the service's schema: table names need no prefix. */
+  db: Kysely<DB>;
+  kind: "postgres" | "pglite";
+  ping(timeoutMs?: number): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the service's database. Each service owns one schema; queries are scoped to it with
+ * Kysely's withSchema rather than search_path, because the embedded server multiplexes several
+ * clients onto one Postgres session where a session setting would leak between services.
+ */
+export async function openDatabase<DB>(opts: DatabaseOptions): Promise<Database<DB>> {
+  let dialect: Dialect;
+  let kind: Database<DB>["kind"];
+  let pool: pg.Pool | undefined;
+  if (opts.url) {
+    pool = new pg.Pool({
+      connectionString: opts.url,
+      max: opts.poolMax ?? 10,
+      connectionTimeoutMillis: 5_000,
+      idleTimeoutMillis: 30_000,
+    });
+    // An idle client losing its server must not crash the process; the next query reconnects.
+    pool.on("error", () => undefined);
+    dialect = new PostgresDialect({ pool });
+    kind = "postgres";
+  } else {
+    if (opts.dataDir !== "memory://") mkdirSync(opts.dataDir, { recursive: true });
+    const embedded = await PGlite.create(opts.dataDir === "memory://" ? undefined : opts.dataDir);
+    dialect = new PGliteDialect(embedded);
+    kind = "pglite";
+  }
+  const root = new Kysely<DB>({ dialect: tracedDialect(dialect, opts.schema) });
+  await sql`create schema if not exists ${sql.id(opts.schema)}`.execute(root);
+  return {
+    db: root.withSchema(opts.schema),
+    kind,
+    async ping(timeoutMs = 2_000) {
+      const timeout = new Promise<boolean>((r) => setTimeout(() => r(false), timeoutMs).unref());
+      const check = sql`select 1`.execute(root).then(
+        () => true,
+        () => false,
+      );
+      return Promise.race([check, timeout]);
+    },
+    async close() {
+      await root.destroy();
+    },
+  };
+}

@@ -1,0 +1,204 @@
+import { once } from "node:events";
+import type { Readable } from "node:stream";
+import type { DescMessage, DescMethod, DescService, MessageShape } from "@bufbuild/protobuf";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  createHandlerContext,
+  createServiceImplSpec,
+  type HandlerContext,
+  type Interceptor,
+  type MethodImplSpec,
+  type ServiceImpl,
+} from "@connectrpc/connect";
+import { createAsyncIterable, invokeUnaryImplementation, transformInvokeImplementation } from "@connectrpc/connect/protocol";
+import type {
+  Metadata,
+  sendUnaryData,
+  ServerDuplexStream,
+  ServerReadableStream,
+  ServerUnaryCall,
+  ServerWritableStream,
+  ServiceDefinition,
+  UntypedServiceImplementation,
+} from "@grpc/grpc-js";
+/** The part of every grpc-js server call the adapter uses, whatever the streaming kind. */
+interface ServerSurfaceCall {
+  readonly cancelled: boolean;
+  readonly metadata: Metadata;
+  sendMetadata(md: Metadata): void;
+  getDeadline(): Date | number;
+  on(event: "cancelled", listener: () => void): unknown;
+}
+import { runInCall } from "./call-context.js";
+import { toGrpcStatus } from "./errors.js";
+import { headersToMetadata, metadataToHeaders } from "./metadata.js";
+
+export interface AdapterOptions {
+  interceptors: Interceptor[];
+  /** Aborted when the server starts draining: long streams end instead of holding shutdown. */
+  shutdownSignal: AbortSignal;
+}
+
+export interface GrpcService {
+  definition: ServiceDefinition;
+  implementation: UntypedServiceImplementation;
+}
+
+const passThrough = {
+  serialize: (b: Buffer) => b,
+  deserialize: (b: Buffer) => b,
+};
+
+/**
+ * Serves a Connect-style ServiceImpl on grpc-js. The wire bytes are decoded here rather than by
+ * grpc-js, so a malformed message becomes invalid_argument with a sentence instead of grpc-js'
+ * generic internal error, and the same Connect interceptors run as in the gateway.
+ */
+export function toGrpcService(service: DescService, impl: Partial<ServiceImpl<DescService>>, opts: AdapterOptions): GrpcService {
+  const spec = createServiceImplSpec(service, impl);
+  const definition: Record<string, ServiceDefinition[string]> = {};
+  const implementation: UntypedServiceImplementation = {};
+  for (const method of service.methods) {
+    const methodSpec = spec.methods[method.localName]!;
+    const clientStreams = method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming";
+    const serverStreams = method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming";
+    definition[method.name] = {
+      path: `/${service.typeName}/${method.name}`,
+      requestStream: clientStreams,
+      responseStream: serverStreams,
+      requestSerialize: passThrough.serialize,
+      requestDeserialize: passThrough.deserialize,
+      responseSerialize: passThrough.serialize,
+      responseDeserialize: passThrough.deserialize,
+      originalName: method.localName,
+    };
+    implementation[method.name] = handlerFor(method, methodSpec, opts);
+  }
+  return { definition: definition as ServiceDefinition, implementation };
+}
+
+function decode<T extends DescMessage>(schema: T, bytes: Buffer): MessageShape<T> {
+  try {
+    return fromBinary(schema, bytes);
+  } catch {
+    throw new ConnectError(`the request is not a valid ${schema.typeName} message`, Code.InvalidArgument);
+  }
+}
+
+function encode(schema: DescMessage, message: unknown): Buffer {
+  const bytes = toBinary(schema, message as MessageShape<DescMessage>);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function contextFor(call: ServerSurfaceCall, method: DescMethod, opts: AdapterOptions): HandlerContext & { abort(r?: unknown): void } {
+  const cancelled = new AbortController();
+  call.on("cancelled", () => cancelled.abort(new ConnectError("the client cancelled the call", Code.Canceled)));
+  const deadline = call.getDeadline();
+  const deadlineMs = deadline instanceof Date ? deadline.getTime() : typeof deadline === "number" ? deadline : Infinity;
+  const timeoutMs = Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now()) : undefined;
+  return createHandlerContext({
+    service: method.parent,
+    method,
+    protocolName: "grpc",
+    requestMethod: "POST",
+    url: `/${method.parent.typeName}/${method.name}`,
+    timeoutMs,
+    shutdownSignal: opts.shutdownSignal,
+    requestSignal: cancelled.signal,
+    requestHeader: metadataToHeaders(call.metadata),
+  });
+}
+
+function sendHeaderOnce(call: ServerSurfaceCall, ctx: HandlerContext, sent: { done: boolean }): void {
+  if (sent.done) return;
+  sent.done = true;
+  let any = false;
+  ctx.responseHeader.forEach(() => (any = true));
+  if (any) call.sendMetadata(headersToMetadata(ctx.responseHeader));
+}
+
+async function* decodeStream<T extends DescMessage>(schema: T, call: Readable): AsyncIterable<MessageShape<T>> {
+  // Node destroys a stream once its async iterator completes; for a duplex call that would
+  // also destroy the writable half before the status is sent, and the client would hang.
+  for await (const chunk of call.iterator({ destroyOnReturn: false })) yield decode(schema, chunk as Buffer);
+}
+
+async function writeAll(
+  call: ServerWritableStream<Buffer, Buffer> | ServerDuplexStream<Buffer, Buffer>,
+  ctx: HandlerContext,
+  output: AsyncIterable<unknown>,
+  schema: DescMessage,
+): Promise<void> {
+  const sent = { done: false };
+  try {
+    for await (const message of output) {
+      sendHeaderOnce(call, ctx, sent);
+      if (call.cancelled) return;
+      if (!call.write(encode(schema, message))) await once(call, "drain", { signal: ctx.signal }).catch(() => undefined);
+    }
+    sendHeaderOnce(call, ctx, sent);
+    call.end(headersToMetadata(ctx.responseTrailer));
+  } catch (err) {
+    if (call.cancelled) return;
+    call.emit("error", Object.assign(new Error("rpc failed"), toGrpcStatus(err, ctx.responseTrailer)));
+  }
+}
+
+function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptions) {
+  const { interceptors } = opts;
+  switch (method.methodKind) {
+    case "unary":
+      return (call: ServerUnaryCall<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
+        const ctx = contextFor(call, method, opts);
+        runInCall(ctx, async () => {
+          try {
+            const request = decode(method.input, call.request);
+            const response = await invokeUnaryImplementation(spec as MethodImplSpec & { kind: "unary" }, ctx, request, interceptors);
+            sendHeaderOnce(call, ctx, { done: false });
+            callback(null, encode(method.output, response), headersToMetadata(ctx.responseTrailer));
+          } catch (err) {
+            callback(toGrpcStatus(err, ctx.responseTrailer));
+          }
+        });
+      };
+    case "server_streaming":
+      return (call: ServerWritableStream<Buffer, Buffer>) => {
+        const ctx = contextFor(call, method, opts);
+        runInCall(ctx, async () => {
+          let output: AsyncIterable<unknown>;
+          try {
+            const request = decode(method.input, call.request);
+            output = transformInvokeImplementation(spec, ctx, interceptors)(createAsyncIterable([request]));
+          } catch (err) {
+            call.emit("error", Object.assign(new Error("rpc failed"), toGrpcStatus(err)));
+            return;
+          }
+          await writeAll(call, ctx, output, method.output);
+        });
+      };
+    case "client_streaming":
+      return (call: ServerReadableStream<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
+        const ctx = contextFor(call, method, opts);
+        runInCall(ctx, async () => {
+          try {
+            const output = transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call));
+            let response: unknown;
+            for await (const m of output) response = m;
+            sendHeaderOnce(call, ctx, { done: false });
+            callback(null, encode(method.output, response), headersToMetadata(ctx.responseTrailer));
+          } catch (err) {
+            callback(toGrpcStatus(err, ctx.responseTrailer));
+          }
+        });
+      };
+    case "bidi_streaming":
+      return (call: ServerDuplexStream<Buffer, Buffer>) => {
+        const ctx = contextFor(call, method, opts);
+        runInCall(ctx, () =>
+          writeAll(call, ctx, transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call)), method.output),
+        );
+      };
+  }
+}

@@ -1,0 +1,207 @@
+import { once } from "node:events";
+import { create, fromBinary, toBinary, type DescMessage, type DescMethod, type DescService, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
+import type { CallOptions, Client } from "@connectrpc/connect";
+import { Client as GrpcClient, credentials, Metadata, type ClientOptions, type StatusObject } from "@grpc/grpc-js";
+import { context, propagation, SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
+import { currentCall } from "./call-context.js";
+import { fromGrpcError } from "./errors.js";
+import { headersToMetadata, metadataToHeaders } from "./metadata.js";
+
+export interface MeshClientOptions {
+  /** Deadline for calls that set none and are not made from inside another call. */
+  defaultTimeoutMs?: number;
+  maxMessageBytes?: number;
+  /** Extra grpc-js channel options. */
+  channelOptions?: Partial<ClientOptions>;
+}
+
+const tracer = trace.getTracer("medmesh-rpc");
+
+function serviceConfig(service: DescService): string {
+  // Only methods the contract marks free of side effects (or idempotent) may be retried:
+  // a retried write could apply twice.
+  const retryable = service.methods
+    .filter((m) => m.methodKind === "unary" && m.idempotency !== MethodOptions_IdempotencyLevel.IDEMPOTENCY_UNKNOWN)
+    .map((m) => ({ service: service.typeName, method: m.name }));
+  return JSON.stringify({
+    loadBalancingConfig: [{ round_robin: {} }],
+    methodConfig: retryable.length
+      ? [
+          {
+            name: retryable,
+            retryPolicy: {
+              maxAttempts: 3,
+              initialBackoff: "0.05s",
+              maxBackoff: "0.5s",
+              backoffMultiplier: 2,
+              retryableStatusCodes: ["UNAVAILABLE"],
+            },
+          },
+        ]
+      : [],
+  });
+}
+
+function serializer(schema: DescMessage) {
+  return (m: MessageShape<DescMessage>) => Buffer.from(toBinary(schema, m));
+}
+
+function deserializer(schema: DescMessage) {
+  return (b: Buffer) => fromBinary(schema, b);
+}
+
+interface Prepared {
+  metadata: Metadata;
+  deadline: number | undefined;
+  signal: AbortSignal | undefined;
+  span: Span;
+  options: CallOptions | undefined;
+}
+
+/**
+ * Per-call setup shared by every streaming kind: the deadline (the caller's, else what remains
+ * of the call we are serving, else the default), cancellation, headers and a client span whose
+ * context travels as traceparent.
+ */
+function prepare(method: DescMethod, options: CallOptions | undefined, defaultTimeoutMs: number | undefined): Prepared {
+  const parent = currentCall();
+  const parentRemaining = parent?.timeoutMs();
+  const candidates = [options?.timeoutMs, parentRemaining, options?.timeoutMs === undefined && parentRemaining === undefined ? defaultTimeoutMs : undefined].filter(
+    (v): v is number => typeof v === "number" && v > 0,
+  );
+  const timeout = candidates.length ? Math.min(...candidates) : undefined;
+  const span = tracer.startSpan(`${method.parent.typeName}/${method.name}`, {
+    kind: SpanKind.CLIENT,
+    attributes: { "rpc.system": "grpc", "rpc.service": method.parent.typeName, "rpc.method": method.name },
+  });
+  const metadata = headersToMetadata(new Headers(options?.headers));
+  propagation.inject(trace.setSpan(context.active(), span), metadata, {
+    set: (md: Metadata, k: string, v: string) => md.set(k, v),
+  });
+  const signals = [options?.signal, parent?.signal].filter((s): s is AbortSignal => s !== undefined);
+  return {
+    metadata,
+    deadline: timeout === undefined ? undefined : Date.now() + timeout,
+    signal: signals.length ? AbortSignal.any(signals) : undefined,
+    span,
+    options,
+  };
+}
+
+function finish(p: Prepared, err?: unknown) {
+  if (err) {
+    const ce = fromGrpcError(err);
+    p.span.setAttribute("rpc.grpc.status_code", ce.code);
+    p.span.setStatus({ code: SpanStatusCode.ERROR, message: ce.rawMessage });
+  } else {
+    p.span.setAttribute("rpc.grpc.status_code", 0);
+  }
+  p.span.end();
+}
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- grpc-js overloads its event signatures
+function wireCall(p: Prepared, call: { cancel(): void; on(e: string, f: (...a: any[]) => void): unknown }) {
+  if (p.signal) {
+    if (p.signal.aborted) call.cancel();
+    else p.signal.addEventListener("abort", () => call.cancel(), { once: true });
+  }
+  call.on("metadata", (md: Metadata) => p.options?.onHeader?.(metadataToHeaders(md)));
+  call.on("status", (s: StatusObject) => p.options?.onTrailer?.(metadataToHeaders(s.metadata)));
+}
+
+async function pumpInto(
+  input: AsyncIterable<unknown>,
+  schema: DescMessage,
+  stream: NodeJS.WritableStream & { write(m: unknown): boolean; end(): void },
+): Promise<void> {
+  try {
+    for await (const init of input) {
+      if (!stream.write(create(schema, init as MessageInitShape<DescMessage>))) await once(stream as never, "drain");
+    }
+    stream.end();
+  } catch {
+    // The call itself reports the failure (cancelled or errored); nothing more to send.
+  }
+}
+
+async function* readAll(p: Prepared, stream: AsyncIterable<unknown>): AsyncIterable<unknown> {
+  try {
+    for await (const m of stream) yield m;
+    finish(p);
+  } catch (err) {
+    finish(p, err);
+    throw fromGrpcError(err);
+  }
+}
+
+/**
+ * A typed client (the same shape as a Connect promise client) over a grpc-js channel: keepalive,
+ * round_robin over every address the target resolves to, retries for idempotent methods,
+ * deadline propagation and trace context.
+ */
+export function createMeshClient<S extends DescService>(service: S, target: string, opts: MeshClientOptions = {}): Client<S> & { close(): void } {
+  const max = opts.maxMessageBytes ?? 8 * 1024 * 1024;
+  const channel = new GrpcClient(target, credentials.createInsecure(), {
+    "grpc.service_config": serviceConfig(service),
+    "grpc.enable_retries": 1,
+    "grpc.keepalive_time_ms": 30_000,
+    "grpc.keepalive_timeout_ms": 10_000,
+    "grpc.max_receive_message_length": max,
+    "grpc.max_send_message_length": max,
+    ...opts.channelOptions,
+  });
+  const client: Record<string, unknown> = { close: () => channel.close() };
+  for (const method of service.methods) {
+    const path = `/${service.typeName}/${method.name}`;
+    const ser = serializer(method.input);
+    const de = deserializer(method.output);
+    switch (method.methodKind) {
+      case "unary":
+        client[method.localName] = (init: MessageInitShape<DescMessage>, options?: CallOptions) => {
+          const p = prepare(method, options, opts.defaultTimeoutMs);
+          return new Promise((resolve, reject) => {
+            const call = channel.makeUnaryRequest(path, ser, de, create(method.input, init), p.metadata, { deadline: p.deadline }, (err, res) => {
+              finish(p, err ?? undefined);
+              if (err) reject(fromGrpcError(err));
+              else resolve(res);
+            });
+            wireCall(p, call);
+          });
+        };
+        break;
+      case "server_streaming":
+        client[method.localName] = (init: MessageInitShape<DescMessage>, options?: CallOptions) => {
+          const p = prepare(method, options, opts.defaultTimeoutMs);
+          const call = channel.makeServerStreamRequest(path, ser, de, create(method.input, init), p.metadata, { deadline: p.deadline });
+          wireCall(p, call);
+          return readAll(p, call);
+        };
+        break;
+      case "client_streaming":
+        client[method.localName] = (input: AsyncIterable<unknown>, options?: CallOptions) => {
+          const p = prepare(method, options, opts.defaultTimeoutMs);
+          return new Promise((resolve, reject) => {
+            const call = channel.makeClientStreamRequest(path, ser, de, p.metadata, { deadline: p.deadline }, (err, res) => {
+              finish(p, err ?? undefined);
+              if (err) reject(fromGrpcError(err));
+              else resolve(res);
+            });
+            wireCall(p, call);
+            void pumpInto(input, method.input, call as never);
+          });
+        };
+        break;
+      case "bidi_streaming":
+        client[method.localName] = (input: AsyncIterable<unknown>, options?: CallOptions) => {
+          const p = prepare(method, options, opts.defaultTimeoutMs);
+          const call = channel.makeBidiStreamRequest(path, ser, de, p.metadata, { deadline: p.deadline });
+          wireCall(p, call);
+          void pumpInto(input, method.input, call as never);
+          return readAll(p, call);
+        };
+        break;
+    }
+  }
+  return client as Client<S> & { close(): void };
+}

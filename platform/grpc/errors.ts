@@ -1,0 +1,98 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { Metadata, type ServiceError, type StatusObject } from "@grpc/grpc-js";
+import { create } from "@bufbuild/protobuf";
+import {
+  BadRequest_FieldViolationSchema,
+  BadRequestSchema,
+  RetryInfoSchema,
+} from "../../gen/google/rpc/error_details_pb.js";
+import { logger } from "../telemetry/logger.js";
+import { headersToMetadata, metadataToHeaders } from "./metadata.js";
+
+/**
+ * Every error that leaves a handler becomes a ConnectError with a sentence meant for the caller.
+ * Anything else is a bug on our side: it is logged with its stack, and the caller only learns
+ * that something failed inside, never how.
+ */
+export function toConnectError(err: unknown, where?: string): ConnectError {
+  if (err instanceof ConnectError) return err;
+  if (isAbort(err)) return new ConnectError("the call was cancelled", Code.Canceled);
+  logger.error("unexpected error in handler", { where, error: describe(err) });
+  return new ConnectError("internal error; it has been logged", Code.Internal);
+}
+
+function isAbort(err: unknown): boolean {
+  return err instanceof Error && (err.name === "AbortError" || err.name === "TimeoutError");
+}
+
+function describe(err: unknown): { message: string; stack?: string } {
+  if (err instanceof Error) return { message: err.message, stack: err.stack };
+  return { message: String(err) };
+}
+
+/** A ConnectError as the status object grpc-js sends, details included (grpc-status-details-bin). */
+export function toGrpcStatus(err: unknown, trailer?: Headers): Partial<StatusObject> {
+  const ce = toConnectError(err);
+  const headers = new Headers(trailer);
+  ce.metadata.forEach((v, k) => headers.set(k, v));
+  setTrailerStatus(headers, ce);
+  const metadata = headersToMetadata(headers);
+  const details = headers.get("grpc-status-details-bin");
+  if (details) metadata.set("grpc-status-details-bin", Buffer.from(details, "base64"));
+  return { code: ce.code as number, details: ce.rawMessage, metadata };
+}
+
+/** A grpc-js client error back into a ConnectError, keeping rich details when the server sent them. */
+export function fromGrpcError(err: unknown): ConnectError {
+  if (err instanceof ConnectError) return err;
+  const se = err as Partial<ServiceError>;
+  if (typeof se?.code !== "number") return toConnectError(err);
+  const md = se.metadata ?? new Metadata();
+  const headers = metadataToHeaders(md);
+  const bin = md.get("grpc-status-details-bin")[0];
+  headers.set("grpc-status", String(se.code));
+  headers.set("grpc-message", encodeURIComponent(se.details ?? ""));
+  if (bin) headers.set("grpc-status-details-bin", Buffer.from(bin as Buffer).toString("base64"));
+  const found = findTrailerError(headers);
+  if (found) {
+    const plain = metadataToHeaders(md);
+    const err = new ConnectError(found.rawMessage, found.code, plain, undefined, found.cause);
+    err.details.push(...found.details);
+    return err;
+  }
+  return new ConnectError(se.details ?? "upstream failed", se.code as unknown as Code, headers);
+}
+
+export interface FieldViolation {
+  field: string;
+  description: string;
+}
+
+/** invalid_argument with google.rpc.BadRequest details, one per offending field. */
+export function invalidArgument(violations: FieldViolation[]): ConnectError {
+  const sentence =
+    violations.length === 1
+      ? `invalid request: ${violations[0]!.field}: ${violations[0]!.description}`
+      : `invalid request: ${violations.map((v) => `${v.field}: ${v.description}`).join("; ")}`;
+  return new ConnectError(sentence, Code.InvalidArgument, undefined, [
+    {
+      desc: BadRequestSchema,
+      value: create(BadRequestSchema, {
+        fieldViolations: violations.map((v) => create(BadRequest_FieldViolationSchema, v)),
+      }),
+    },
+  ]);
+}
+
+/** resource_exhausted with google.rpc.RetryInfo so clients know when to come back. */
+export function resourceExhausted(message: string, retryAfterMs: number): ConnectError {
+  const seconds = BigInt(Math.floor(retryAfterMs / 1000));
+  const nanos = (retryAfterMs % 1000) * 1_000_000;
+  return new ConnectError(message, Code.ResourceExhausted, undefined, [
+    {
+      desc: RetryInfoSchema,
+      value: create(RetryInfoSchema, { retryDelay: { seconds, nanos } }),
+    },
+  ]);
+}

@@ -1,0 +1,41 @@
+import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { Audience, Role, type Policy } from "../../../gen/medmesh/access/v1/access_pb.js";
+import { policyOf } from "../access-policy.js";
+
+export interface Principal {
+  /** User id, device id or service name. */
+  subject: string;
+  role: Role;
+  kind: "user" | "device" | "service";
+}
+
+/** Handlers read the authenticated caller from here. */
+export const principalKey = createContextKey<Principal | undefined>(undefined, { description: "medmesh principal" });
+export const policyKey = createContextKey<Policy | undefined>(undefined, { description: "medmesh access policy" });
+
+/** Resolves the caller from request headers; identity provides the real one (JWT / API key). */
+export type PrincipalResolver = (header: Headers) => Promise<Principal | undefined>;
+
+/**
+ * Enforces the access option of the contract. Every method must declare one: a method without
+ * a policy is refused outright, so forgetting the annotation fails closed. Until a resolver is
+ * configured the mesh has no notion of callers and only that check applies.
+ */
+export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interceptor {
+  return (next) => async (req) => {
+    const policy = policyOf(req.method);
+    if (!policy || policy.audience === Audience.UNSPECIFIED) {
+      throw new ConnectError(`${req.service.typeName}/${req.method.name} declares no access policy and is not served`, Code.PermissionDenied);
+    }
+    req.contextValues.set(policyKey, policy);
+    if (!resolvePrincipal) return next(req);
+    const principal = await resolvePrincipal(req.header);
+    req.contextValues.set(principalKey, principal);
+    if (policy.audience === Audience.PUBLIC) return next(req);
+    if (!principal) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
+    if (policy.audience === Audience.ROLES && !policy.roles.includes(principal.role)) {
+      throw new ConnectError(`the ${Role[principal.role].toLowerCase()} role may not call ${req.method.name}`, Code.PermissionDenied);
+    }
+    return next(req);
+  };
+}

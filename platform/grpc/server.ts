@@ -1,0 +1,110 @@
+import type { DescService } from "@bufbuild/protobuf";
+import type { Interceptor, ServiceImpl } from "@connectrpc/connect";
+import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { logger } from "../telemetry/logger.js";
+import { toGrpcService } from "./adapter.js";
+import { HealthState, healthService, ServingStatus } from "./health.js";
+import { infrastructureInterceptors } from "./interceptors/index.js";
+import { reflectionServices } from "./reflection.js";
+
+export interface ServiceRegistration {
+  service: DescService;
+  /** A Connect ServiceImpl of `service`; typed at the call site with `register`. */
+  impl: object;
+}
+
+/** Pairs a service with its implementation, type-checked against the descriptor. */
+export function register<S extends DescService>(service: S, impl: Partial<ServiceImpl<S>>): ServiceRegistration {
+  return { service, impl };
+}
+
+export interface GrpcServerOptions {
+  name: string;
+  host: string;
+  port: number;
+  services: ServiceRegistration[];
+  interceptors: Interceptor[];
+  maxMessageBytes: number;
+  /** Checked periodically; false flips health to NOT_SERVING until it passes again. */
+  readinessProbe?: () => Promise<boolean>;
+  probeIntervalMs?: number;
+}
+
+export interface RunningGrpcServer {
+  port: number;
+  address: string;
+  health: HealthState;
+  /** Stop accepting, mark NOT_SERVING, end streams, drain in-flight calls for up to graceMs. */
+  shutdown(graceMs?: number): Promise<void>;
+}
+
+export function bindAddress(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** A grpc-js server with the given services, health and reflection (v1 and v1alpha). */
+export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningGrpcServer> {
+  const log = logger.child({ component: opts.name });
+  const shutdown = new AbortController();
+  const server = new Server({
+    "grpc.max_receive_message_length": opts.maxMessageBytes,
+    "grpc.max_send_message_length": opts.maxMessageBytes,
+    "grpc.keepalive_time_ms": 30_000,
+    "grpc.keepalive_timeout_ms": 10_000,
+    "grpc.keepalive_permit_without_calls": 1,
+  });
+  const health = new HealthState(opts.services.map((s) => s.service.typeName));
+  const adapterFor = (interceptors: Interceptor[]) => ({ interceptors, shutdownSignal: shutdown.signal });
+
+  for (const { service, impl } of opts.services) {
+    const g = toGrpcService(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(opts.interceptors));
+    server.addService(g.definition, g.implementation);
+  }
+  const infra = [healthService(health), ...reflectionServices(opts.services.map((s) => s.service))];
+  for (const { service, impl } of infra) {
+    const g = toGrpcService(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(infrastructureInterceptors(opts.name)));
+    server.addService(g.definition, g.implementation);
+  }
+
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(bindAddress(opts.host, opts.port), ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+
+  let probing: NodeJS.Timeout | undefined;
+  if (opts.readinessProbe) {
+    const probe = opts.readinessProbe;
+    const run = async () => {
+      const ok = await probe().catch(() => false);
+      if (shutdown.signal.aborted) return;
+      const next = ok ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
+      if (health.get("") !== next) log.warn(ok ? "dependency recovered; serving" : "dependency unreachable; not serving");
+      health.setAll(next);
+    };
+    await run();
+    probing = setInterval(run, opts.probeIntervalMs ?? 2000);
+    probing.unref();
+  }
+
+  return {
+    port,
+    address: bindAddress(opts.host, port),
+    health,
+    async shutdown(graceMs = 10_000) {
+      if (shutdown.signal.aborted) return;
+      clearInterval(probing);
+      health.setAll(ServingStatus.NOT_SERVING);
+      shutdown.abort();
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          log.warn("calls still running after the grace period; cancelling them", { grace_ms: graceMs });
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+    },
+  };
+}

@@ -1,0 +1,46 @@
+import { NodeSDK } from "@opentelemetry/sdk-node";
+import { BatchSpanProcessor, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
+import { resourceFromAttributes } from "@opentelemetry/resources";
+import { configureLogging, type Level } from "./logger.js";
+
+export interface TelemetryOptions {
+  serviceName: string;
+  logLevel?: Level;
+  /** OTLP/HTTP endpoint; without one, spans are created (log lines carry trace ids) but not exported. */
+  otlpEndpoint?: string;
+  /** Tests pass an in-memory exporter; spans go to it synchronously. */
+  exporter?: SpanExporter;
+}
+
+let sdk: NodeSDK | undefined;
+
+/**
+ * Starts OpenTelemetry once per process. Spans come from the mesh's own RPC interceptors and
+ * the traced database driver (see platform/db), which cover grpc-js behind our adapter,
+ * connect-node and PGlite alike; the SDK supplies context propagation, W3C trace context and export.
+ */
+export function startTelemetry(opts: TelemetryOptions): { shutdown(): Promise<void> } {
+  configureLogging({ service: opts.serviceName, level: opts.logLevel });
+  if (sdk) return { shutdown: async () => {} };
+  const processors: SpanProcessor[] = [];
+  if (opts.exporter) processors.push(new SimpleSpanProcessor(opts.exporter));
+  if (opts.otlpEndpoint) {
+    processors.push(new BatchSpanProcessor(new OTLPTraceExporter({ url: new URL("/v1/traces", opts.otlpEndpoint).toString() })));
+  }
+  sdk = new NodeSDK({
+    resource: resourceFromAttributes({ "service.name": opts.serviceName }),
+    spanProcessors: processors,
+    instrumentations: [],
+    // Metrics are served as Prometheus text by the mesh itself; logs are JSON lines on stdout.
+    metricReader: undefined,
+  });
+  sdk.start();
+  const started = sdk;
+  return {
+    async shutdown() {
+      await started.shutdown().catch(() => undefined);
+      sdk = undefined;
+    },
+  };
+}

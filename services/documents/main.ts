@@ -1,0 +1,61 @@
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { commonSpec, env, loadConfig } from "../../platform/config/env.js";
+import { migrateToLatest } from "../../platform/db/migrate.js";
+import { openDatabase } from "../../platform/db/database.js";
+import { meshInterceptors } from "../../platform/grpc/interceptors/index.js";
+import { register, startGrpcServer } from "../../platform/grpc/server.js";
+import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
+import { startTelemetry } from "../../platform/telemetry/sdk.js";
+import { DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { documentService } from "./service.js";
+import { DocumentStore, type DocumentsDB } from "./store.js";
+
+export const configSpec = {
+  ...commonSpec,
+  DOCUMENTS_HOST: env.string("interface the gRPC server binds", "127.0.0.1"),
+  DOCUMENTS_PORT: env.port("gRPC port (0 picks a free one)", 50051),
+  DATABASE_URL: env.url("Postgres server; unset means embedded PGlite under MEDMESH_DATA_DIR", ["postgres:", "postgresql:"]),
+  DOCUMENTS_DB_SCHEMA: env.string("schema the service owns", "documents"),
+  DB_POOL_MAX: env.int("connections per service pool", 10, 1, 100),
+  GRPC_MAX_MESSAGE_BYTES: env.bytes("largest gRPC message accepted or sent", 4 * 1024 * 1024),
+  DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
+  MAX_DEADLINE_MS: env.int("longest deadline a unary call may ask for", 60_000, 100, 600_000),
+};
+
+const migrations = path.join(path.dirname(fileURLToPath(import.meta.url)), "migrations");
+
+export async function startDocuments(source: Record<string, string | undefined> = process.env): Promise<Started & { port: number }> {
+  const config = loadConfig(configSpec, source);
+  const telemetry = startTelemetry({ serviceName: "documents", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
+  const database = await openDatabase<DocumentsDB>({
+    url: config.DATABASE_URL,
+    dataDir: config.MEDMESH_DATA_DIR === "memory://" ? "memory://" : path.join(config.MEDMESH_DATA_DIR, "pglite-documents"),
+    schema: config.DOCUMENTS_DB_SCHEMA,
+    poolMax: config.DB_POOL_MAX,
+  });
+  await migrateToLatest(database.db as never, config.DOCUMENTS_DB_SCHEMA, migrations);
+  const server = await startGrpcServer({
+    name: "documents",
+    host: config.DOCUMENTS_HOST,
+    port: config.DOCUMENTS_PORT,
+    services: [register(DocumentService, documentService(new DocumentStore(database.db)))],
+    interceptors: meshInterceptors({
+      component: "documents",
+      deadlines: { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS },
+    }),
+    maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
+    readinessProbe: () => database.ping(),
+  });
+  return {
+    port: server.port,
+    endpoints: { documents: `grpc://${server.address}` },
+    async stop() {
+      await server.shutdown(config.SHUTDOWN_GRACE_MS);
+      await database.close();
+      await telemetry.shutdown();
+    },
+  };
+}
+
+if (isEntryPoint(import.meta.url)) void runMain("documents", () => startDocuments());

@@ -1,0 +1,61 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import {
+  DocumentSchema,
+  DocumentType,
+  ProcessingStatus,
+  Visibility,
+  type Document,
+} from "../../gen/medmesh/documents/v1/documents_pb.js";
+import type { DocumentRow } from "./store.js";
+
+// Enums are stored by their short lower-case name ("research_paper"), readable in SQL and
+// independent of proto numbering.
+function enumCodec<E extends Record<string, string | number>>(e: E, prefix: string) {
+  const toName = (v: number): string => {
+    const key = (e as Record<number, string>)[v];
+    if (!key || v === 0) throw new Error(`no stored name for ${prefix}${v}`);
+    return key.toLowerCase();
+  };
+  const fromName = (name: string): number => {
+    const v = (e as Record<string, number>)[name.toUpperCase()];
+    return typeof v === "number" ? v : 0;
+  };
+  return { toName, fromName };
+}
+
+export const documentTypes = enumCodec(DocumentType, "DocumentType.");
+export const statuses = enumCodec(ProcessingStatus, "ProcessingStatus.");
+export const visibilities = enumCodec(Visibility, "Visibility.");
+
+export function toDocument(row: DocumentRow): Document {
+  return create(DocumentSchema, {
+    id: row.id,
+    title: row.title,
+    authors: row.authors,
+    journal: row.journal ?? "",
+    publicationDate: row.publication_date ?? "",
+    doi: row.doi ?? "",
+    pmid: row.pmid ?? "",
+    documentType: documentTypes.fromName(row.document_type),
+    specialty: row.specialty ?? "",
+    processingStatus: statuses.fromName(row.processing_status),
+    sizeBytes: BigInt(row.size_bytes),
+    mimeType: row.mime_type ?? "",
+    uploadedBy: row.uploaded_by,
+    visibility: visibilities.fromName(row.visibility),
+    version: row.version,
+    metadata: row.metadata,
+    createTime: timestampFromDate(new Date(row.created_at)),
+    updateTime: timestampFromDate(new Date(row.updated_at)),
+  });
+}
+
+/** The regex in the contract admits 2023-02-30; the calendar does not. */
+export function isCalendarDate(s: string): boolean {
+  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(s);
+  if (!m) return false;
+  const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const date = new Date(Date.UTC(y, mo - 1, d));
+  return date.getUTCFullYear() === y && date.getUTCMonth() === mo - 1 && date.getUTCDate() === d;
+}

@@ -1,0 +1,148 @@
+import { randomUUID } from "node:crypto";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { DocumentService, Visibility, type Document } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { invalidArgument, type FieldViolation } from "../../platform/grpc/errors.js";
+import { principalKey } from "../../platform/grpc/interceptors/access.js";
+import { decodePageToken, encodePageToken } from "../../platform/grpc/page-token.js";
+import { documentTypes, isCalendarDate, statuses, toDocument, visibilities } from "./model.js";
+import type { DocumentChanges, DocumentStore, ListFilter } from "./store.js";
+
+const DEFAULT_PAGE_SIZE = 25;
+
+/** Fields a caller may change through UpdateDocument; everything else is the platform's. */
+const updatable = new Set([
+  "title",
+  "authors",
+  "journal",
+  "publication_date",
+  "doi",
+  "pmid",
+  "document_type",
+  "specialty",
+  "visibility",
+  "metadata",
+]);
+
+function callerOf(ctx: HandlerContext): string {
+  return ctx.values.get(principalKey)?.subject ?? "anonymous";
+}
+
+function notFound(id: string): ConnectError {
+  return new ConnectError(`document ${id} does not exist`, Code.NotFound);
+}
+
+function checkDates(fields: Array<[string, string]>): void {
+  const bad: FieldViolation[] = fields
+    .filter(([, v]) => v !== "" && !isCalendarDate(v))
+    .map(([field, v]) => ({ field, description: `${v} is not a date in the calendar` }));
+  if (bad.length) throw invalidArgument(bad);
+}
+
+function normalised(doc: Document) {
+  return {
+    title: doc.title.trim(),
+    authors: doc.authors.map((a) => a.trim()),
+    journal: doc.journal.trim() || null,
+    publication_date: doc.publicationDate || null,
+    doi: doc.doi || null,
+    pmid: doc.pmid || null,
+    document_type: doc.documentType ? documentTypes.toName(doc.documentType) : "other",
+    specialty: doc.specialty.trim() || null,
+    visibility: visibilities.toName(doc.visibility || Visibility.PRIVATE),
+    metadata: doc.metadata,
+  };
+}
+
+export function documentService(store: DocumentStore): ServiceImpl<typeof DocumentService> {
+  async function ensureDoiFree(doi: string | null, exceptId?: string) {
+    if (!doi) return;
+    if (await store.findLiveByDoi(doi, exceptId)) {
+      throw new ConnectError(`a document with DOI ${doi} already exists`, Code.AlreadyExists);
+    }
+  }
+
+  return {
+    async createDocument(req, ctx) {
+      const doc = req.document!;
+      const fields = normalised(doc);
+      if (fields.title === "") throw invalidArgument([{ field: "document.title", description: "title must not be blank" }]);
+      checkDates([["document.publication_date", doc.publicationDate]]);
+      await ensureDoiFree(fields.doi);
+      try {
+        const row = await store.insert({ id: randomUUID(), uploaded_by: callerOf(ctx), ...fields });
+        return { document: toDocument(row) };
+      } catch (err) {
+        // Two creates racing for one DOI: the unique index decides, the loser hears why.
+        if ((err as { code?: string }).code === "23505") throw new ConnectError(`a document with DOI ${fields.doi} already exists`, Code.AlreadyExists);
+        throw err;
+      }
+    },
+
+    async getDocument(req) {
+      const row = await store.findLive(req.id);
+      if (!row) throw notFound(req.id);
+      return { document: toDocument(row) };
+    },
+
+    async listDocuments(req) {
+      checkDates([
+        ["published_after", req.publishedAfter],
+        ["published_before", req.publishedBefore],
+      ]);
+      if (req.publishedAfter && req.publishedBefore && req.publishedAfter > req.publishedBefore) {
+        throw invalidArgument([{ field: "published_after", description: "must not be later than published_before" }]);
+      }
+      const filter: ListFilter = {
+        specialty: req.specialty || undefined,
+        document_type: req.documentType ? documentTypes.toName(req.documentType) : undefined,
+        processing_status: req.processingStatus ? statuses.toName(req.processingStatus) : undefined,
+        uploaded_by: req.uploadedBy || undefined,
+        published_after: req.publishedAfter || undefined,
+        published_before: req.publishedBefore || undefined,
+      };
+      const after = decodePageToken(req.pageToken, filter);
+      const size = req.pageSize || DEFAULT_PAGE_SIZE;
+      // One extra row tells whether another page exists without a count query.
+      const rows = await store.list(filter, size + 1, after);
+      const page = rows.slice(0, size);
+      const more = rows.length > size;
+      return {
+        documents: page.map(toDocument),
+        nextPageToken: more ? encodePageToken(page[page.length - 1]!.seq, filter) : "",
+      };
+    },
+
+    async updateDocument(req) {
+      const doc = req.document!;
+      const paths = req.updateMask!.paths;
+      if (paths.length === 0) throw invalidArgument([{ field: "update_mask", description: "name at least one field to change" }]);
+      const unknown = paths.filter((p) => !updatable.has(p));
+      if (unknown.length) {
+        throw invalidArgument(
+          unknown.map((p) => ({ field: "update_mask", description: `${p} is not a field you can change (allowed: ${[...updatable].join(", ")})` })),
+        );
+      }
+      const all = normalised(doc);
+      const changes: DocumentChanges = {};
+      for (const p of new Set(paths)) (changes as Record<string, unknown>)[p] = all[p as keyof typeof all];
+      if ("title" in changes && changes.title === "") {
+        throw invalidArgument([{ field: "document.title", description: "title must not be blank" }]);
+      }
+      if ("publication_date" in changes) checkDates([["document.publication_date", doc.publicationDate]]);
+      if (changes.doi) await ensureDoiFree(changes.doi, doc.id);
+      try {
+        const row = await store.update(doc.id, changes);
+        if (!row) throw notFound(doc.id);
+        return { document: toDocument(row) };
+      } catch (err) {
+        if ((err as { code?: string }).code === "23505") throw new ConnectError(`a document with DOI ${changes.doi} already exists`, Code.AlreadyExists);
+        throw err;
+      }
+    },
+
+    async deleteDocument(req) {
+      if (!(await store.softDelete(req.id))) throw notFound(req.id);
+      return {};
+    },
+  };
+}

@@ -1,0 +1,147 @@
+import type { Generated, Kysely, Selectable } from "kysely";
+import { sql } from "kysely";
+
+export interface DocumentTable {
+  id: string;
+  seq: Generated<number>;
+  title: string;
+  authors: string[];
+  journal: string | null;
+  publication_date: string | null;
+  doi: string | null;
+  pmid: string | null;
+  document_type: string;
+  specialty: string | null;
+  processing_status: Generated<string>;
+  size_bytes: Generated<number>;
+  mime_type: string | null;
+  uploaded_by: string;
+  visibility: string;
+  version: Generated<number>;
+  metadata: Record<string, string>;
+  created_at: Generated<Date>;
+  updated_at: Generated<Date>;
+  deleted_at: Date | null;
+}
+
+export interface DocumentsDB {
+  document: DocumentTable;
+}
+
+export type DocumentRow = Selectable<DocumentTable>;
+
+export interface NewDocument {
+  id: string;
+  title: string;
+  authors: string[];
+  journal: string | null;
+  publication_date: string | null;
+  doi: string | null;
+  pmid: string | null;
+  document_type: string;
+  specialty: string | null;
+  uploaded_by: string;
+  visibility: string;
+  metadata: Record<string, string>;
+}
+
+export type DocumentChanges = Partial<Omit<NewDocument, "id" | "uploaded_by">>;
+
+export interface ListFilter {
+  specialty?: string;
+  document_type?: string;
+  processing_status?: string;
+  uploaded_by?: string;
+  published_after?: string;
+  published_before?: string;
+}
+
+// publication_date goes out as text so no time zone can shift the calendar day.
+const columns = [
+  "id",
+  "seq",
+  "title",
+  "authors",
+  "journal",
+  sql<string | null>`to_char(publication_date, 'YYYY-MM-DD')`.as("publication_date"),
+  "doi",
+  "pmid",
+  "document_type",
+  "specialty",
+  "processing_status",
+  "size_bytes",
+  "mime_type",
+  "uploaded_by",
+  "visibility",
+  "version",
+  "metadata",
+  "created_at",
+  "updated_at",
+  "deleted_at",
+] as const;
+
+/** Every query of the documents service; the schema is already scoped by openDatabase. */
+export class DocumentStore {
+  constructor(private readonly db: Kysely<DocumentsDB>) {}
+
+  async insert(doc: NewDocument): Promise<DocumentRow> {
+    return this.db
+      .insertInto("document")
+      .values({ ...doc, authors: JSON.stringify(doc.authors) as never, metadata: JSON.stringify(doc.metadata) as never })
+      .returning(columns)
+      .executeTakeFirstOrThrow() as Promise<DocumentRow>;
+  }
+
+  async findLive(id: string): Promise<DocumentRow | undefined> {
+    return this.db.selectFrom("document").select(columns).where("id", "=", id).where("deleted_at", "is", null).executeTakeFirst() as Promise<
+      DocumentRow | undefined
+    >;
+  }
+
+  /** The live document holding this DOI (case-insensitively), other than `exceptId`. */
+  async findLiveByDoi(doi: string, exceptId?: string): Promise<{ id: string } | undefined> {
+    let q = this.db
+      .selectFrom("document")
+      .select("id")
+      .where(sql`lower(doi)`, "=", doi.toLowerCase())
+      .where("deleted_at", "is", null);
+    if (exceptId) q = q.where("id", "<>", exceptId);
+    return q.executeTakeFirst();
+  }
+
+  /** Newest first; `afterSeq` is the cursor: rows strictly older than it. */
+  async list(filter: ListFilter, limit: number, afterSeq?: number): Promise<DocumentRow[]> {
+    let q = this.db.selectFrom("document").select(columns).where("deleted_at", "is", null);
+    if (filter.specialty) q = q.where(sql`lower(specialty)`, "=", filter.specialty.toLowerCase());
+    if (filter.document_type) q = q.where("document_type", "=", filter.document_type);
+    if (filter.processing_status) q = q.where("processing_status", "=", filter.processing_status);
+    if (filter.uploaded_by) q = q.where("uploaded_by", "=", filter.uploaded_by);
+    if (filter.published_after) q = q.where("publication_date", ">=", filter.published_after);
+    if (filter.published_before) q = q.where("publication_date", "<=", filter.published_before);
+    if (afterSeq !== undefined) q = q.where("seq", "<", afterSeq);
+    return q.orderBy("seq", "desc").limit(limit).execute() as Promise<DocumentRow[]>;
+  }
+
+  async update(id: string, changes: DocumentChanges): Promise<DocumentRow | undefined> {
+    const values: Record<string, unknown> = { ...changes, updated_at: sql`now()` };
+    if (changes.authors) values.authors = JSON.stringify(changes.authors);
+    if (changes.metadata) values.metadata = JSON.stringify(changes.metadata);
+    return this.db
+      .updateTable("document")
+      .set(values as never)
+      .where("id", "=", id)
+      .where("deleted_at", "is", null)
+      .returning(columns)
+      .executeTakeFirst() as Promise<DocumentRow | undefined>;
+  }
+
+  async softDelete(id: string): Promise<boolean> {
+    const res = await this.db
+      .updateTable("document")
+      .set({ deleted_at: sql`now()` as never, updated_at: sql`now()` as never })
+      .where("id", "=", id)
+      .where("deleted_at", "is", null)
+      .executeTakeFirst();
+    return Number(res.numUpdatedRows) > 0;
+  }
+}
