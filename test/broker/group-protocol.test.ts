@@ -168,6 +168,8 @@ describe("consumer group coordinator", () => {
     expect(a2.members.map((m) => m.memberId).sort()).toEqual([a1.memberId, b2.memberId].sort());
     expect(b2.members).toEqual([]);
 
+    // Joined but not yet synced is a healthy state: no reason to rejoin.
+    expect(await heartbeat(cb, "g-two", b2.generation, b2.memberId)).toBe(0);
     // The follower's SyncGroup waits for the leader's assignments.
     const bSync = sync(cb, "g-two", b2.generation, b2.memberId);
     const aSync = await sync(ca, "g-two", a2.generation, a2.memberId, [

@@ -201,8 +201,10 @@ export class GroupCoordinator {
         this.scheduleSessionExpiry(group, member);
         return ErrorCode.REBALANCE_IN_PROGRESS;
       case "CompletingRebalance":
+        // The member has joined this generation and waits for its assignment: that is healthy
+        // (Kafka 2.3+ answers NONE here; REBALANCE_IN_PROGRESS would make it rejoin needlessly).
         this.scheduleSessionExpiry(group, member);
-        return ErrorCode.REBALANCE_IN_PROGRESS;
+        return ErrorCode.NONE;
       case "Stable":
         this.scheduleSessionExpiry(group, member);
         return ErrorCode.NONE;
