@@ -1,7 +1,8 @@
 /**
  * Embedded Kafka broker benchmark: `node --import tsx bench/kafka.ts`.
  * The broker runs as its own process (as with `npm run broker`) so its RSS is measured alone.
- * Writes bench/results/kafka.md.
+ * Writes bench/results/kafka.md. BENCH_MESSAGES changes the throughput run size; BENCH_BROKER_MEMORY=1
+ * runs the broker without a data dir, to separate disk cost from protocol cost.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
@@ -34,7 +35,7 @@ function rssOf(pid: number): number {
 }
 
 async function startBrokerProcess(dataDir: string): Promise<{ child: ChildProcess; address: string }> {
-  const child = spawn(process.execPath, ["--import", "tsx", "deploy/embedded/kafka/main.ts", "--port", "0", "--data-dir", dataDir, "--log-level", "warn"], {
+  const child = spawn(process.execPath, ["--import", "tsx", "deploy/embedded/kafka/main.ts", "--port", "0", ...(process.env.BENCH_BROKER_MEMORY ? ["--memory"] : ["--data-dir", dataDir]), "--log-level", "warn"], {
     cwd: root,
     stdio: ["ignore", "pipe", "inherit"],
   });

@@ -484,3 +484,18 @@ describe("truncation of valid requests", () => {
     expect(readCreateTopicsResponse(await c.request(API.CreateTopics, 3, createTopicsBody("raw-truncate-new", 1)))[0]!.error).toBe(0);
   });
 });
+
+describe("pipelining around a bad request", () => {
+  it("answers the requests before a malformed one, then closes without acting on what follows", async () => {
+    await createTopic("raw-pipeline");
+    const c = await connect();
+    const good = c.send(API.Produce, 7, produceBody("raw-pipeline", 0, buildBatch([{ value: "kept" }])));
+    c.send(API.Metadata, 99, Buffer.alloc(0));
+    c.send(API.Produce, 7, produceBody("raw-pipeline", 0, buildBatch([{ value: "ignored" }])));
+    const first = await c.next();
+    expect(first!.readInt32BE(0)).toBe(good);
+    expect(await c.next()).toBeNull();
+    const check = await connect();
+    expect(readFetchResponse(await check.request(API.Fetch, 11, fetchBody("raw-pipeline", 0, 0))).highWatermark).toBe(1);
+  });
+});

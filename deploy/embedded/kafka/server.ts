@@ -23,6 +23,8 @@ class Connection {
   private bufferedBytes = 0;
   private tail: Promise<void> = Promise.resolve();
   private inFlight = 0;
+  /** Set when a request could not be parsed: nothing after it on this connection is acted on. */
+  private closing = false;
   private readonly abort = new AbortController();
   private readonly clientHost: string;
 
@@ -42,7 +44,7 @@ class Connection {
   private onData(data: Buffer): void {
     this.buffered.push(data);
     this.bufferedBytes += data.length;
-    while (!this.socket.destroyed && this.bufferedBytes >= 4) {
+    while (!this.socket.destroyed && !this.closing && this.bufferedBytes >= 4) {
       const size = this.peekSize();
       if (size < MIN_FRAME || size > this.broker.settings.maxFrameBytes) {
         this.logger.warn("closing connection: bad frame size", { size, client: this.clientHost });
@@ -78,6 +80,11 @@ class Connection {
     } catch (err) {
       // A handler bug or an I/O error (disk full) costs this connection, never the broker.
       outcome = Promise.reject(err);
+    }
+    if (outcome === "close") {
+      // Earlier requests still get their answers (the tail writes them first); later bytes are ignored.
+      this.closing = true;
+      this.socket.pause();
     }
     this.inFlight++;
     if (this.inFlight >= MAX_IN_FLIGHT) this.socket.pause();

@@ -172,13 +172,8 @@ export class PartitionLog {
   /** Batch entries for timestamp lookups (ListOffsets). */
   *batches(): Generator<{ entry: BatchEntry; read: () => Buffer }> {
     for (const seg of this.segments) {
-      if (seg.maxTimestamp < 0 && seg.entries.length === 0) continue;
       for (const e of seg.entries) yield { entry: e, read: () => Buffer.concat(seg.storage.read(e.position, e.size)) };
     }
-  }
-
-  segmentMaxTimestamps(): number[] {
-    return this.segments.map((s) => s.maxTimestamp);
   }
 
   onAppend(listener: () => void): () => void {
