@@ -307,6 +307,22 @@ describe("produce and fetch semantics", () => {
     expect(f.highWatermark).toBe(2);
   });
 
+  it("acks=1 is answered with the offset; a batch above maxMessageBytes gets MESSAGE_TOO_LARGE", async () => {
+    await createTopic("raw-acks1");
+    const c = await connect();
+    expect(readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-acks1", 0, buildBatch([{ value: "one" }]), 1)))).toEqual({ error: 0, baseOffset: 0 });
+    const small = await startBroker({ port: 0, maxMessageBytes: 1000 });
+    try {
+      const s = await RawClient.connect(small.address);
+      await s.request(API.CreateTopics, 3, createTopicsBody("raw-big", 1));
+      const big = buildBatch([{ value: "z".repeat(2000) }]);
+      expect(readProduceResponse(await s.request(API.Produce, 7, produceBody("raw-big", 0, big))).error).toBe(10);
+      s.close();
+    } finally {
+      await small.stop();
+    }
+  });
+
   it("rejects invalid acks with INVALID_REQUIRED_ACKS", async () => {
     const c = await connect();
     const p = readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-acks0", 0, buildBatch([{ value: "x" }]), 2)));
