@@ -1,7 +1,7 @@
 import { once } from "node:events";
 import { create, fromBinary, toBinary, type DescMessage, type DescMethod, type DescService, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
-import type { CallOptions, Client } from "@connectrpc/connect";
+import { Code, ConnectError, type CallOptions, type Client } from "@connectrpc/connect";
 import { Client as GrpcClient, credentials, Metadata, type ClientOptions, type StatusObject } from "@grpc/grpc-js";
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
 import { currentCall } from "./call-context.js";
@@ -125,13 +125,13 @@ async function pumpInto(
   }
 }
 
-async function* readAll(p: Prepared, stream: AsyncIterable<unknown>): AsyncIterable<unknown> {
+async function* readAll(p: Prepared, stream: AsyncIterable<unknown>, mapError: (err: unknown) => Error): AsyncIterable<unknown> {
   try {
     for await (const m of stream) yield m;
     finish(p);
   } catch (err) {
     finish(p, err);
-    throw fromGrpcError(err);
+    throw mapError(err);
   }
 }
 
@@ -151,6 +151,14 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
     "grpc.max_send_message_length": max,
     ...opts.channelOptions,
   });
+  // grpc-js describes a refused connection in load-balancer terms; callers get a plain sentence.
+  const fromGrpc = (err: unknown) => {
+    const ce = fromGrpcError(err);
+    if (ce.code === 14 && /No connection established|ECONNREFUSED|Name resolution failed/.test(ce.rawMessage)) {
+      return new ConnectError(`${service.name} is unavailable right now; try again shortly`, Code.Unavailable);
+    }
+    return ce;
+  };
   const client: Record<string, unknown> = { close: () => channel.close() };
   for (const method of service.methods) {
     const path = `/${service.typeName}/${method.name}`;
@@ -163,7 +171,7 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
           return new Promise((resolve, reject) => {
             const call = channel.makeUnaryRequest(path, ser, de, create(method.input, init), p.metadata, { deadline: p.deadline }, (err, res) => {
               finish(p, err ?? undefined);
-              if (err) reject(fromGrpcError(err));
+              if (err) reject(fromGrpc(err));
               else resolve(res);
             });
             wireCall(p, call);
@@ -175,7 +183,7 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
           const p = prepare(method, options, opts.defaultTimeoutMs);
           const call = channel.makeServerStreamRequest(path, ser, de, create(method.input, init), p.metadata, { deadline: p.deadline });
           wireCall(p, call);
-          return readAll(p, call);
+          return readAll(p, call, fromGrpc);
         };
         break;
       case "client_streaming":
@@ -184,7 +192,7 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
           return new Promise((resolve, reject) => {
             const call = channel.makeClientStreamRequest(path, ser, de, p.metadata, { deadline: p.deadline }, (err, res) => {
               finish(p, err ?? undefined);
-              if (err) reject(fromGrpcError(err));
+              if (err) reject(fromGrpc(err));
               else resolve(res);
             });
             wireCall(p, call);
@@ -198,7 +206,7 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
           const call = channel.makeBidiStreamRequest(path, ser, de, p.metadata, { deadline: p.deadline });
           wireCall(p, call);
           void pumpInto(input, method.input, call as never);
-          return readAll(p, call);
+          return readAll(p, call, fromGrpc);
         };
         break;
     }

@@ -1,0 +1,158 @@
+import { fork, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { ConfigError, env, loadConfig } from "../../platform/config/env.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+
+const configSpec = {
+  MEDMESH_DATA_DIR: env.string("where embedded data lives", ".data"),
+  DATABASE_URL: env.url("use this Postgres instead of the embedded one", ["postgres:", "postgresql:"]),
+  EMBEDDED_PG_PORT: env.port("port of the embedded Postgres", 54329),
+  GATEWAY_HOST: env.string("interface the gateway binds", "127.0.0.1"),
+  GATEWAY_PORT: env.port("gateway port", 8080),
+  DOCUMENTS_PORT: env.port("documents gRPC port", 50051),
+  STARTUP_TIMEOUT_MS: env.int("how long a component may take to become ready", 120_000, 1_000, 600_000),
+};
+
+interface Component {
+  name: string;
+  entry: string;
+  env: () => Record<string, string>;
+}
+
+interface Running {
+  name: string;
+  child: ChildProcess;
+  endpoints: Record<string, string>;
+}
+
+function log(msg: string, fields: Record<string, unknown> = {}) {
+  process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level: "info", service: "launcher", msg, ...fields }) + "\n");
+}
+
+/** Forks one component and resolves with its endpoints once it reports ready over IPC. */
+function startComponent(c: Component, timeoutMs: number): Promise<Running> {
+  const child = fork(path.join(root, c.entry), [], {
+    cwd: process.cwd(),
+    execArgv: ["--import", "tsx"],
+    env: { ...process.env, ...c.env() },
+    // Component logs (JSON lines) go to stderr so stdout carries only the endpoint lines.
+    stdio: ["ignore", "pipe", "inherit", "ipc"],
+  });
+  child.stdout!.pipe(process.stderr);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${c.name} did not become ready within ${timeoutMs} ms`));
+    }, timeoutMs);
+    child.on("message", (m: { type?: string; endpoints?: Record<string, string> }) => {
+      if (m?.type !== "ready") return;
+      clearTimeout(timer);
+      resolve({ name: c.name, child, endpoints: m.endpoints ?? {} });
+    });
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`${c.name} exited before it was ready (${signal ?? `code ${code}`})`));
+    });
+  });
+}
+
+async function stopComponent(r: Running, boundMs: number): Promise<void> {
+  if (r.child.exitCode !== null || r.child.signalCode !== null) return;
+  const exited = new Promise<void>((res) => r.child.once("exit", () => res()));
+  r.child.kill("SIGTERM");
+  const timer = setTimeout(() => r.child.kill("SIGKILL"), boundMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function main() {
+  let config: ReturnType<typeof loadConfig<typeof configSpec>>;
+  try {
+    config = loadConfig(configSpec);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`medmesh: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const started = performance.now();
+  const running: Running[] = [];
+  let stopping = false;
+
+  const stopAll = async (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    // Reverse start order: the edge stops taking traffic first, storage goes last.
+    for (const r of [...running].reverse()) await stopComponent(r, 15_000);
+    log("stopped");
+    process.exit(code);
+  };
+  process.on("SIGINT", () => void stopAll(0));
+  process.on("SIGTERM", () => void stopAll(0));
+  // If whatever started us (a shell, npm) dies without passing its signal on, we would keep the
+  // mesh running as orphans; noticing the new parent stops everything instead.
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) void stopAll(0);
+  }, 1_000).unref();
+
+  let databaseUrl = config.DATABASE_URL;
+  const documentsTarget = `127.0.0.1:${config.DOCUMENTS_PORT}`;
+  const components: Component[] = [];
+  if (!databaseUrl) {
+    components.push({
+      name: "postgres",
+      entry: "deploy/embedded/postgres.ts",
+      env: () => ({ EMBEDDED_PG_PORT: String(config.EMBEDDED_PG_PORT) }),
+    });
+  }
+  components.push(
+    {
+      name: "documents",
+      entry: "services/documents/main.ts",
+      env: () => ({ DATABASE_URL: databaseUrl!, DOCUMENTS_PORT: String(config.DOCUMENTS_PORT) }),
+    },
+    {
+      name: "gateway",
+      entry: "gateway/main.ts",
+      env: () => ({ DOCUMENTS_TARGET: documentsTarget, GATEWAY_PORT: String(config.GATEWAY_PORT), GATEWAY_HOST: config.GATEWAY_HOST }),
+    },
+  );
+
+  try {
+    for (const c of components) {
+      const r = await startComponent(c, config.STARTUP_TIMEOUT_MS);
+      running.push(r);
+      if (c.name === "postgres") databaseUrl = r.endpoints.postgres;
+      // A component that dies later takes the mesh down with it, loudly, rather than leaving
+      // a half-working mesh behind.
+      r.child.once("exit", (code, signal) => {
+        if (stopping) return;
+        log("component exited unexpectedly; stopping the mesh", { component: c.name, code, signal });
+        void stopAll(1);
+      });
+    }
+  } catch (err) {
+    log("start failed", { error: (err as Error).message });
+    await stopAll(1);
+    return;
+  }
+
+  const lines: Array<[string, string]> = [];
+  const gateway = running.find((r) => r.name === "gateway")!;
+  lines.push(["gateway", gateway.endpoints.gateway!]);
+  for (const r of running) {
+    for (const [k, v] of Object.entries(r.endpoints)) if (k !== "gateway") lines.push([k, v]);
+  }
+  for (const [k, v] of lines) process.stdout.write(`${k} ${v}\n`);
+  log("mesh ready", {
+    ready_ms: Math.round(performance.now() - started),
+    data_dir: path.resolve(config.MEDMESH_DATA_DIR),
+    pids: Object.fromEntries(running.map((r) => [r.name, r.child.pid])),
+  });
+}
+
+void main();

@@ -1,0 +1,46 @@
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { PGlite } from "@electric-sql/pglite";
+import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
+import { env, loadConfig } from "../../platform/config/env.js";
+import { configureLogging } from "../../platform/telemetry/logger.js";
+import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
+
+export const configSpec = {
+  MEDMESH_DATA_DIR: env.string("where embedded data lives", ".data"),
+  EMBEDDED_PG_HOST: env.string("interface the embedded Postgres binds", "127.0.0.1"),
+  EMBEDDED_PG_PORT: env.port("port of the embedded Postgres", 54329),
+  EMBEDDED_PG_MAX_CONNECTIONS: env.int("client connections the embedded Postgres multiplexes", 64, 1, 1000),
+};
+
+/**
+ * Real Postgres (PGlite: Postgres compiled to WebAssembly) behind the Postgres wire protocol,
+ * so services reach it with pg over TCP exactly as they reach a production server. PGlite is a
+ * single session; the socket server multiplexes connections onto it and keeps a transaction's
+ * statements together.
+ */
+export async function startEmbeddedPostgres(source: Record<string, string | undefined> = process.env): Promise<Started & { url: string }> {
+  const config = loadConfig(configSpec, source);
+  configureLogging({ service: "postgres" });
+  const dir = path.resolve(config.MEDMESH_DATA_DIR, "postgres");
+  mkdirSync(dir, { recursive: true });
+  const db = await PGlite.create(dir);
+  const server = new PGLiteSocketServer({
+    db,
+    host: config.EMBEDDED_PG_HOST,
+    port: config.EMBEDDED_PG_PORT,
+    maxConnections: config.EMBEDDED_PG_MAX_CONNECTIONS,
+  });
+  await server.start();
+  const url = `postgres://postgres@${config.EMBEDDED_PG_HOST}:${config.EMBEDDED_PG_PORT}/postgres?sslmode=disable`;
+  return {
+    url,
+    endpoints: { postgres: url },
+    async stop() {
+      await server.stop();
+      await db.close();
+    },
+  };
+}
+
+if (isEntryPoint(import.meta.url)) void runMain("postgres", () => startEmbeddedPostgres());

@@ -1,0 +1,122 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import type { DescService } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
+import { commonSpec, env, loadConfig } from "../platform/config/env.js";
+import { createMeshClient } from "../platform/grpc/client.js";
+import { HealthState, healthService, ServingStatus } from "../platform/grpc/health.js";
+import { infrastructureInterceptors, meshInterceptors } from "../platform/grpc/interceptors/index.js";
+import { reflectionServices } from "../platform/grpc/reflection.js";
+import { isEntryPoint, runMain, type Started } from "../platform/lifecycle/run-main.js";
+import { renderMetrics } from "../platform/telemetry/metrics.js";
+import { startTelemetry } from "../platform/telemetry/sdk.js";
+import { applyCors } from "./cors.js";
+import { createDualProtocolServer } from "./dual-protocol-server.js";
+import { forwardingService } from "./forward.js";
+import { publicServices, targetVariable } from "./public-services.js";
+
+export const configSpec = {
+  ...commonSpec,
+  GATEWAY_HOST: env.string("interface the gateway binds", "127.0.0.1"),
+  GATEWAY_PORT: env.port("one port for HTTP/1.1 (Connect, gRPC-web) and h2c (gRPC)", 8080),
+  GATEWAY_MAX_BODY_BYTES: env.bytes("largest request message accepted (and response sent)", 4 * 1024 * 1024),
+  CORS_ALLOWED_ORIGINS: env.list("browser origins allowed to call the gateway", ["http://localhost:8080", "http://127.0.0.1:8080"]),
+  DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
+  MAX_DEADLINE_MS: env.int("longest deadline a call may ask for", 60_000, 100, 600_000),
+  ...Object.fromEntries(publicServices.map((s) => [targetVariable(s), env.string(`gRPC address of ${s.typeName}`, "127.0.0.1:50051")])),
+};
+
+type Req = IncomingMessage | Http2ServerRequest;
+type Res = ServerResponse | Http2ServerResponse;
+
+export async function startGateway(source: Record<string, string | undefined> = process.env): Promise<Started & { port: number }> {
+  const config = loadConfig(configSpec, source) as ReturnType<typeof loadConfig<typeof configSpec>> & Record<string, string>;
+  const telemetry = startTelemetry({ serviceName: "gateway", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
+  const shutdown = new AbortController();
+  const gatewayHealth = new HealthState([]);
+
+  const upstreams = publicServices.map((service) => {
+    const target = config[targetVariable(service)]!;
+    return { service, target, forward: forwardingService(service, target, config.GATEWAY_MAX_BODY_BYTES), health: createMeshClient(Health, target) };
+  });
+
+  const rpcInterceptors = meshInterceptors({
+    component: "gateway",
+    deadlines: { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS },
+  });
+  const infraInterceptors = infrastructureInterceptors("gateway");
+  const rpc = connectNodeAdapter({
+    readMaxBytes: config.GATEWAY_MAX_BODY_BYTES,
+    writeMaxBytes: config.GATEWAY_MAX_BODY_BYTES,
+    maxTimeoutMs: config.MAX_DEADLINE_MS,
+    shutdownSignal: shutdown.signal,
+    routes(router) {
+      for (const u of upstreams) router.service(u.service, u.forward.impl, { interceptors: rpcInterceptors });
+      // Reflection answers for every public service at once, from the gateway's own descriptors.
+      for (const r of reflectionServices(publicServices)) {
+        router.service(r.service, r.impl as ServiceImpl<DescService>, { interceptors: infraInterceptors });
+      }
+      const h = healthService(gatewayHealth);
+      router.service(h.service, h.impl, { interceptors: infraInterceptors });
+    },
+    fallback: (req, res) => void plainHttp(req, res as Res),
+  });
+
+  async function readiness(): Promise<{ ready: boolean; upstreams: Record<string, string> }> {
+    const results = await Promise.all(
+      upstreams.map(async (u) => {
+        try {
+          const r = await u.health.check({ service: u.service.typeName }, { timeoutMs: 1_000 });
+          return [u.service.typeName, HealthCheckResponse_ServingStatus[r.status]] as const;
+        } catch (err) {
+          return [u.service.typeName, `UNREACHABLE (${(err as Error).message})`] as const;
+        }
+      }),
+    );
+    return { ready: !shutdown.signal.aborted && results.every(([, s]) => s === "SERVING"), upstreams: Object.fromEntries(results) };
+  }
+
+  async function plainHttp(req: Req, res: Res) {
+    const path = (req.url ?? "/").split("?")[0];
+    const json = (status: number, body: unknown) => {
+      res.writeHead(status, { "content-type": "application/json" });
+      res.end(JSON.stringify(body) + "\n");
+    };
+    if (path === "/healthz") return json(shutdown.signal.aborted ? 503 : 200, { status: shutdown.signal.aborted ? "stopping" : "ok" });
+    if (path === "/readyz") {
+      const r = await readiness();
+      return json(r.ready ? 200 : 503, r);
+    }
+    if (path === "/metrics") {
+      res.writeHead(200, { "content-type": "text/plain; version=0.0.4" });
+      return res.end(renderMetrics());
+    }
+    json(404, { code: "not_found", message: `no route for ${req.method} ${path}; RPCs live under /<package>.<Service>/<Method>` });
+  }
+
+  const allowed = new Set(config.CORS_ALLOWED_ORIGINS);
+  const server = createDualProtocolServer((req, res) => {
+    if (applyCors(allowed, req, res)) return;
+    rpc(req, res);
+  });
+  const port = await server.listen(config.GATEWAY_PORT, config.GATEWAY_HOST);
+  const host = config.GATEWAY_HOST.includes(":") ? `[${config.GATEWAY_HOST}]` : config.GATEWAY_HOST;
+  return {
+    port,
+    endpoints: { gateway: `http://${host}:${port}` },
+    async stop() {
+      gatewayHealth.setAll(ServingStatus.NOT_SERVING);
+      shutdown.abort();
+      await server.close(config.SHUTDOWN_GRACE_MS);
+      for (const u of upstreams) {
+        u.forward.close();
+        u.health.close();
+      }
+      await telemetry.shutdown();
+    },
+  };
+}
+
+if (isEntryPoint(import.meta.url)) void runMain("gateway", () => startGateway());
