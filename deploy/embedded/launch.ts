@@ -12,6 +12,8 @@ const configSpec = {
   GATEWAY_HOST: env.string("interface the gateway binds", "127.0.0.1"),
   GATEWAY_PORT: env.port("gateway port", 8080),
   DOCUMENTS_PORT: env.port("documents gRPC port", 50051),
+  KAFKA_BROKERS: env.optionalString("use these Kafka brokers instead of the embedded one"),
+  KAFKA_PORT: env.port("port of the embedded Kafka-compatible broker", 9092),
   STARTUP_TIMEOUT_MS: env.int("how long a component may take to become ready", 120_000, 1_000, 600_000),
 };
 
@@ -109,6 +111,13 @@ async function main() {
       env: () => ({ EMBEDDED_PG_PORT: String(config.EMBEDDED_PG_PORT) }),
     });
   }
+  if (!config.KAFKA_BROKERS) {
+    components.push({
+      name: "kafka",
+      entry: "deploy/embedded/kafka-component.ts",
+      env: () => ({ KAFKA_PORT: String(config.KAFKA_PORT) }),
+    });
+  }
   components.push(
     {
       name: "documents",
@@ -123,17 +132,24 @@ async function main() {
   );
 
   try {
-    for (const c of components) {
-      const r = await startComponent(c, config.STARTUP_TIMEOUT_MS);
-      running.push(r);
-      if (c.name === "postgres") databaseUrl = r.endpoints.postgres;
-      // A component that dies later takes the mesh down with it, loudly, rather than leaving
-      // a half-working mesh behind.
-      r.child.once("exit", (code, signal) => {
-        if (stopping) return;
-        log("component exited unexpectedly; stopping the mesh", { component: c.name, code, signal });
-        void stopAll(1);
-      });
+    // Storage and the broker depend on nothing and start together; services follow in order.
+    const stages = [components.filter((c) => c.name === "postgres" || c.name === "kafka"), ...components.filter((c) => c.name !== "postgres" && c.name !== "kafka").map((c) => [c])];
+    for (const stage of stages) {
+      const results = await Promise.allSettled(stage.map((c) => startComponent(c, config.STARTUP_TIMEOUT_MS)));
+      for (const [i, result] of results.entries()) {
+        if (result.status === "rejected") throw result.reason;
+        const r = result.value;
+        const c = stage[i]!;
+        running.push(r);
+        if (c.name === "postgres") databaseUrl = r.endpoints.postgres;
+        // A component that dies later takes the mesh down with it, loudly, rather than leaving
+        // a half-working mesh behind.
+        r.child.once("exit", (code, signal) => {
+          if (stopping) return;
+          log("component exited unexpectedly; stopping the mesh", { component: c.name, code, signal });
+          void stopAll(1);
+        });
+      }
     }
   } catch (err) {
     log("start failed", { error: (err as Error).message });
