@@ -1,16 +1,15 @@
-import { promises as fs } from "node:fs";
-import path from "node:path";
-import { Migrator, FileMigrationProvider, type Kysely } from "kysely";
+import { Migrator, type Kysely, type Migration } from "kysely";
 
 /**
- * Applies a service's forward-only migrations (services/<name>/migrations/NNNN_name.ts, each
- * exporting `up`). The bookkeeping tables live in the service's own schema, so services never
- * contend for one lock table.
+ * Applies a service's forward-only migrations. Each service lists its migrations in
+ * migrations/index.ts with static imports, so the set that runs is exactly what was built and
+ * tested (no directory scan that a stray file could join). The bookkeeping tables live in the
+ * service's own schema, so services never contend for one lock table.
  */
-export async function migrateToLatest(db: Kysely<unknown>, schema: string, folder: string): Promise<string[]> {
+export async function migrateToLatest(db: Kysely<unknown>, schema: string, migrations: Record<string, Migration>): Promise<string[]> {
   const migrator = new Migrator({
     db,
-    provider: new FileMigrationProvider({ fs, path, migrationFolder: folder }),
+    provider: { getMigrations: async () => migrations },
     migrationTableSchema: schema,
   });
   const { error, results } = await migrator.migrateToLatest();

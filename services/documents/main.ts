@@ -1,5 +1,4 @@
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { commonSpec, env, loadConfig } from "../../platform/config/env.js";
 import { migrateToLatest } from "../../platform/db/migrate.js";
 import { openDatabase } from "../../platform/db/database.js";
@@ -8,6 +7,7 @@ import { register, startGrpcServer } from "../../platform/grpc/server.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
 import { startTelemetry } from "../../platform/telemetry/sdk.js";
 import { DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { migrations } from "./migrations/index.js";
 import { documentService } from "./service.js";
 import { DocumentStore, type DocumentsDB } from "./store.js";
 
@@ -22,8 +22,6 @@ export const configSpec = {
   DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
   MAX_DEADLINE_MS: env.int("longest deadline a unary call may ask for", 60_000, 100, 600_000),
 };
-
-const migrations = path.join(path.dirname(fileURLToPath(import.meta.url)), "migrations");
 
 export async function startDocuments(source: Record<string, string | undefined> = process.env): Promise<Started & { port: number }> {
   const config = loadConfig(configSpec, source);
