@@ -51,6 +51,8 @@ export async function startGateway(source: Record<string, string | undefined> = 
     readMaxBytes: config.GATEWAY_MAX_BODY_BYTES,
     writeMaxBytes: config.GATEWAY_MAX_BODY_BYTES,
     maxTimeoutMs: config.MAX_DEADLINE_MS,
+    // A misspelt field or enum name from a script is an error to report, not data to drop.
+    jsonOptions: { ignoreUnknownFields: false },
     shutdownSignal: shutdown.signal,
     routes(router) {
       for (const u of upstreams) router.service(u.service, u.forward.impl, { interceptors: rpcInterceptors });
