@@ -1,0 +1,462 @@
+/**
+ * Static checks of the deployment artifacts. There is no container engine or cluster in CI, so
+ * these catch what a reader would otherwise find at `docker compose up` or `kubectl apply` time:
+ * dangling references, configuration the processes would reject, images missing runtime files.
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { builtinModules } from "node:module";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { parse, parseAllDocuments } from "yaml";
+import { describe, expect, it } from "vitest";
+import { loadConfig, type Spec } from "../../platform/config/env.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const read = (rel: string) => readFileSync(path.join(root, rel), "utf8");
+
+type Obj = Record<string, any>;
+
+/** The config spec of a process entry, so manifests are checked by the code that will read them. */
+async function specFor(entry: string): Promise<Spec | undefined> {
+  const mod = (await import(path.join(root, entry))) as { configSpec?: Spec };
+  return mod.configSpec;
+}
+
+/** Variables the processes do not declare but the runtime legitimately reads. */
+const runtimeVariables = new Set(["NODE_OPTIONS", "NODE_ENV"]);
+
+async function checkProcessEnv(entry: string, vars: Record<string, string>): Promise<string[]> {
+  const spec = await specFor(entry);
+  if (!spec) return [`${entry} exports no configSpec`];
+  const problems = Object.keys(vars)
+    .filter((k) => !(k in spec) && !runtimeVariables.has(k))
+    .map((k) => `${entry}: ${k} is set but the process does not read it`);
+  try {
+    loadConfig(spec, vars);
+  } catch (err) {
+    problems.push(`${entry}: ${(err as Error).message}`);
+  }
+  return problems;
+}
+
+// ---------------------------------------------------------------------------------------------
+// docker compose
+
+/** ${NAME:-default} and ${NAME} as compose resolves them with an empty environment. */
+function interpolate(value: unknown): string {
+  return String(value).replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}/g, (_, _n, def: string | undefined) => def ?? "");
+}
+
+describe("docker-compose.yml", () => {
+  const compose = parse(read("docker-compose.yml"), { merge: true }) as Obj;
+  const services = compose.services as Record<string, Obj>;
+  const envOf = (name: string) => Object.fromEntries(Object.entries(services[name]!.environment ?? {}).map(([k, v]) => [k, interpolate(v)]));
+
+  it("only depends on services that exist, and waits for health only where a healthcheck is defined", () => {
+    const problems: string[] = [];
+    for (const [name, svc] of Object.entries(services)) {
+      for (const [dep, cond] of Object.entries((svc.depends_on ?? {}) as Record<string, Obj>)) {
+        if (!services[dep]) problems.push(`${name} depends on unknown ${dep}`);
+        else if (cond.condition === "service_healthy" && !services[dep].healthcheck) problems.push(`${name} waits for ${dep} to be healthy, but ${dep} has no healthcheck`);
+      }
+    }
+    expect(problems).toEqual([]);
+  });
+
+  it("starts documents after a healthy Postgres, and the gateway after a healthy documents", () => {
+    expect(services.documents?.depends_on?.postgres?.condition).toBe("service_healthy");
+    expect(services.gateway?.depends_on?.documents?.condition).toBe("service_healthy");
+  });
+
+  it("mounts files that exist", () => {
+    const missing: string[] = [];
+    for (const [name, svc] of Object.entries(services)) {
+      for (const v of (svc.volumes ?? []) as string[]) {
+        const source = v.split(":")[0]!;
+        if (source.startsWith(".") && !existsSync(path.join(root, source))) missing.push(`${name}: ${source}`);
+      }
+    }
+    expect(missing).toEqual([]);
+  });
+
+  it("gives each medmesh process configuration it accepts, bound to all interfaces", async () => {
+    const problems: string[] = [];
+    for (const [name, svc] of Object.entries(services)) {
+      if (!svc.build) continue;
+      const entry = (svc.command as string[])[0]!;
+      expect(existsSync(path.join(root, entry)), `${name} entry ${entry}`).toBe(true);
+      problems.push(...(await checkProcessEnv(entry, envOf(name))));
+      expect(svc.healthcheck, `${name} healthcheck`).toBeDefined();
+    }
+    expect(problems).toEqual([]);
+    expect(envOf("documents").DOCUMENTS_HOST).toBe("0.0.0.0");
+    expect(envOf("gateway").GATEWAY_HOST).toBe("0.0.0.0");
+  });
+
+  it("points the gateway and the health probe at the port documents listens on", () => {
+    const port = envOf("documents").DOCUMENTS_PORT;
+    expect(envOf("gateway").DOCUMENTS_TARGET).toBe(`dns:///documents:${port}`);
+    const test = services.documents!.healthcheck.test as string[];
+    expect(test.slice(0, 4)).toEqual(["CMD", "node", "--import", "tsx"]);
+    expect(existsSync(path.join(root, test[4]!))).toBe(true);
+    expect(test[5]).toBe(`127.0.0.1:${port}`);
+    expect((services.gateway!.healthcheck.test as string[]).join(" ")).toContain(`:${envOf("gateway").GATEWAY_PORT}/readyz`);
+  });
+
+  it("gives documents its own database and role, created by the init script", () => {
+    const url = new URL(envOf("documents").DATABASE_URL!);
+    const databases = String(services.postgres!.environment.MEDMESH_DATABASES).split(/\s+/);
+    expect(url.hostname).toBe("postgres");
+    expect(databases).toContain(url.pathname.slice(1));
+    expect(url.username).toBe(url.pathname.slice(1));
+    expect(decodeURIComponent(url.password)).toBe(envOf("postgres").DOCUMENTS_DB_PASSWORD);
+  });
+
+  it("lets a process finish its drain before Docker kills it", () => {
+    for (const name of ["documents", "gateway"]) {
+      const grace = Number.parseInt(String(services[name]!.stop_grace_period), 10) * 1000;
+      expect(grace, name).toBeGreaterThan(Number(envOf(name).SHUTDOWN_GRACE_MS));
+    }
+  });
+
+  it("sends spans to a collector whose pipeline is complete and exports to Jaeger", () => {
+    const collector = parse(read("deploy/compose/otel-collector.yaml")) as Obj;
+    const otlp = new URL(envOf("documents").OTEL_EXPORTER_OTLP_ENDPOINT!);
+    expect(services[otlp.hostname], "collector service").toBeDefined();
+    expect(collector.receivers.otlp.protocols.http.endpoint).toBe(`0.0.0.0:${otlp.port}`);
+    for (const [, pipeline] of Object.entries(collector.service.pipelines as Record<string, Obj>)) {
+      for (const kind of ["receivers", "processors", "exporters"] as const) {
+        for (const id of pipeline[kind] ?? []) expect(collector[kind]?.[id], `${kind} ${id}`).toBeDefined();
+      }
+    }
+    const jaeger = collector.exporters["otlp/jaeger"].endpoint as string;
+    expect(services[jaeger.split(":")[0]!], "jaeger service").toBeDefined();
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// image
+
+/** .dockerignore semantics: the last matching pattern wins; a pattern matching a folder covers its files. */
+function dockerContext(patterns: string[]): (file: string) => boolean {
+  const rules = patterns.map((line) => {
+    const negated = line.startsWith("!");
+    const glob = (negated ? line.slice(1) : line).replace(/^\/+|\/+$/g, "");
+    const source = glob
+      .split(/(\*\*\/|\*\*|\*|\?)/)
+      .map((part) => ({ "**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]" })[part] ?? part.replace(/[.+^${}()|[\]\\]/g, "\\$&"))
+      .join("");
+    return { negated, re: new RegExp(`^${source}$`) };
+  });
+  return (file) => {
+    const prefixes = file.split("/").map((_, i, parts) => parts.slice(0, i + 1).join("/"));
+    let included = true;
+    for (const r of rules) if (prefixes.some((p) => r.re.test(p))) included = r.negated;
+    return included;
+  };
+}
+
+const importPattern = /\b(?:import|export)\s+(type\s+)?[^'";]*?\bfrom\s*["']([^"']+)["']|\bimport\s*\(\s*["']([^"']+)["']\s*\)|\bimport\s+["']([^"']+)["']/g;
+
+/** Every file and package reachable by imports from the entries, as the runtime would load them. */
+function reachable(entries: string[]): { files: Set<string>; packages: Set<string> } {
+  const files = new Set<string>();
+  const packages = new Set<string>();
+  const queue = [...entries];
+  while (queue.length) {
+    const file = queue.pop()!;
+    if (files.has(file)) continue;
+    files.add(file);
+    for (const m of read(file).matchAll(importPattern)) {
+      if (m[1]) continue;
+      const spec = m[2] ?? m[3] ?? m[4]!;
+      if (spec.startsWith(".")) {
+        const resolved = path.posix.normalize(path.posix.join(path.posix.dirname(file), spec));
+        const ts = resolved.replace(/\.js$/, ".ts");
+        queue.push(existsSync(path.join(root, ts)) ? ts : resolved);
+      } else if (!spec.startsWith("node:") && !builtinModules.includes(spec)) {
+        const parts = spec.split("/");
+        packages.add(spec.startsWith("@") ? parts.slice(0, 2).join("/") : parts[0]!);
+      }
+    }
+  }
+  return { files, packages };
+}
+
+describe("Dockerfile and .dockerignore", () => {
+  const dockerfile = read("Dockerfile");
+  const ignore = read(".dockerignore")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith("#"));
+  const inContext = dockerContext(ignore);
+  const serviceEntries = readdirSync(path.join(root, "services"))
+    .map((d) => `services/${d}/main.ts`)
+    .filter((f) => existsSync(path.join(root, f)));
+  const migrations = readdirSync(path.join(root, "services")).flatMap((d) => {
+    const dir = `services/${d}/migrations`;
+    return existsSync(path.join(root, dir)) && statSync(path.join(root, dir)).isDirectory()
+      ? readdirSync(path.join(root, dir)).filter((f) => f.endsWith(".ts")).map((f) => `${dir}/${f}`)
+      : [];
+  });
+  const entries = [...serviceEntries, "gateway/main.ts", "deploy/compose/grpc-health-probe.ts", ...migrations];
+
+  it("builds a non-root, production-dependency image from node:20-bookworm-slim in stages", () => {
+    expect(dockerfile).toMatch(/^ARG NODE_IMAGE=node:20-bookworm-slim$/m);
+    expect(dockerfile.match(/^FROM /gm)?.length).toBeGreaterThanOrEqual(2);
+    expect(dockerfile).toMatch(/npm ci --omit=dev/);
+    const users = [...dockerfile.matchAll(/^USER\s+(\S+)/gm)].map((m) => m[1]!);
+    expect(users.length).toBeGreaterThan(0);
+    expect(users.at(-1)).not.toMatch(/^(0|root)(:|$)/);
+    expect(dockerfile).toMatch(/^ENTRYPOINT \["node", "--import", "tsx"\]$/m);
+  });
+
+  it("sends every file the entry points import into the build context, and nothing local", () => {
+    expect(serviceEntries).toContain("services/documents/main.ts");
+    const { files } = reachable(entries);
+    expect([...files].filter((f) => !inContext(f))).toEqual([]);
+    for (const kept of ["node_modules/tsx/package.json", ".data/x", "test/deploy/manifests.test.ts", "deploy/embedded/launch.ts", "services/documents/x.test.ts"]) {
+      expect(inContext(kept), kept).toBe(false);
+    }
+  });
+
+  it("needs only production dependencies at runtime (npm ci --omit=dev)", () => {
+    const pkg = JSON.parse(read("package.json")) as { dependencies: Record<string, string> };
+    const { packages } = reachable(entries);
+    expect([...packages].filter((p) => !(p in pkg.dependencies))).toEqual([]);
+    expect(pkg.dependencies).toHaveProperty("tsx");
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes
+
+interface Built {
+  objects: Obj[];
+  /** Patch targets that matched nothing: a rename would silently drop the patch. */
+  problems: string[];
+}
+
+/**
+ * A small reading of a kustomization: resources, generators (literals), namespace and images.
+ * Patches are only checked to hit something; `kubectl kustomize` (below, when present) applies them.
+ */
+function buildRaw(dir: string): Built {
+  const k = parse(read(path.join(dir, "kustomization.yaml"))) as Obj;
+  const objects: Obj[] = [];
+  const problems: string[] = [];
+  for (const r of (k.resources ?? []) as string[]) {
+    const p = path.join(dir, r);
+    if (!existsSync(path.join(root, p))) {
+      problems.push(`${dir}: resource ${r} does not exist`);
+      continue;
+    }
+    if (statSync(path.join(root, p)).isDirectory()) {
+      const sub = buildRaw(p);
+      objects.push(...sub.objects);
+      problems.push(...sub.problems);
+    } else {
+      for (const doc of parseAllDocuments(read(p))) {
+        if (doc.errors.length) problems.push(`${p}: ${doc.errors[0]!.message}`);
+        const o = doc.toJS() as Obj | null;
+        if (o) objects.push(o);
+      }
+    }
+  }
+  const generate = (kind: string, gens: Obj[] | undefined) => {
+    for (const g of gens ?? []) {
+      const data = Object.fromEntries(((g.literals ?? []) as string[]).map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
+      const existing = objects.find((o) => o.kind === kind && o.metadata.name === g.name);
+      if (g.behavior === "merge" || g.behavior === "replace") {
+        if (!existing) problems.push(`${dir}: ${kind} ${g.name} has behavior ${g.behavior} but nothing to ${g.behavior}`);
+        else if (kind === "Secret") existing.stringData = g.behavior === "merge" ? { ...existing.stringData, ...data } : data;
+        else existing.data = g.behavior === "merge" ? { ...existing.data, ...data } : data;
+      } else if (existing) problems.push(`${dir}: ${kind} ${g.name} generated twice`);
+      // Secrets keep plain text in stringData, as kustomize's rendered output would after decoding.
+      else objects.push({ apiVersion: "v1", kind, metadata: { name: g.name }, [kind === "Secret" ? "stringData" : "data"]: data });
+    }
+  };
+  generate("ConfigMap", k.configMapGenerator);
+  generate("Secret", k.secretGenerator);
+  for (const p of (k.patches ?? []) as Obj[]) {
+    const t = p.target ?? {};
+    const nameRe = t.name ? new RegExp(`^(?:${t.name})$`) : undefined;
+    const hits = objects.filter((o) => (!t.kind || o.kind === t.kind) && (!nameRe || nameRe.test(o.metadata.name)));
+    if (!hits.length) problems.push(`${dir}: patch for ${t.kind ?? "*"}/${t.name ?? "*"} matches nothing`);
+  }
+  for (const o of objects) {
+    if (k.namespace && o.kind !== "Namespace") o.metadata.namespace = k.namespace;
+    for (const c of containersOf(o)) {
+      const img = ((k.images ?? []) as Obj[]).find((i) => i.name === String(c.image).split(":")[0]);
+      if (img) c.image = `${img.newName ?? img.name}:${img.newTag ?? "latest"}`;
+    }
+  }
+  return { objects, problems };
+}
+
+function containersOf(o: Obj): Obj[] {
+  return o.kind === "Deployment" ? (o.spec.template.spec.containers as Obj[]) : [];
+}
+
+const matches = (selector: Record<string, string>, labels: Record<string, string> | undefined) =>
+  Object.keys(selector).length > 0 && Object.entries(selector).every(([k, v]) => labels?.[k] === v);
+
+/** Cross-references and mesh conventions that hold for any rendering of the manifests. */
+async function checkManifests(objects: Obj[], opts: { secretsProvided: boolean }): Promise<string[]> {
+  const problems: string[] = [];
+  const find = (kind: string, name: string) => objects.find((o) => o.kind === kind && o.metadata.name === name);
+  const deployments = objects.filter((o) => o.kind === "Deployment");
+  const podLabels = (d: Obj) => d.spec.template.metadata.labels as Record<string, string>;
+
+  for (const d of deployments) {
+    if (!matches(d.spec.selector.matchLabels, podLabels(d))) problems.push(`Deployment ${d.metadata.name}: selector does not match its pod labels`);
+    if (!objects.some((s) => s.kind === "Service" && matches(s.spec.selector, podLabels(d)))) problems.push(`Deployment ${d.metadata.name}: no Service selects it`);
+    const sa = d.spec.template.spec.serviceAccountName as string | undefined;
+    if (sa && !find("ServiceAccount", sa)) problems.push(`Deployment ${d.metadata.name}: ServiceAccount ${sa} missing`);
+  }
+  for (const s of objects.filter((o) => o.kind === "Service")) {
+    const targets = deployments.filter((d) => matches(s.spec.selector, podLabels(d)));
+    if (!targets.length) problems.push(`Service ${s.metadata.name}: selector matches no Deployment`);
+    for (const port of s.spec.ports as Obj[]) {
+      const ok = targets.some((d) => containersOf(d).some((c) => (c.ports ?? []).some((cp: Obj) => cp.name === port.targetPort || cp.containerPort === port.targetPort)));
+      if (!ok) problems.push(`Service ${s.metadata.name}: targetPort ${port.targetPort} is no container port`);
+    }
+  }
+  for (const o of objects.filter((x) => x.kind === "PodDisruptionBudget")) {
+    if (!deployments.some((d) => matches(o.spec.selector.matchLabels, podLabels(d)))) problems.push(`PDB ${o.metadata.name}: selects no pods`);
+  }
+  for (const h of objects.filter((x) => x.kind === "HorizontalPodAutoscaler")) {
+    const d = find(h.spec.scaleTargetRef.kind, h.spec.scaleTargetRef.name);
+    if (!d) problems.push(`HPA ${h.metadata.name}: target ${h.spec.scaleTargetRef.name} missing`);
+    else if (d.spec.replicas !== undefined) problems.push(`Deployment ${d.metadata.name}: sets replicas although an HPA owns them`);
+    if (!(h.spec.metrics as Obj[]).some((m) => m.resource?.name === "cpu")) problems.push(`HPA ${h.metadata.name}: does not scale on CPU`);
+  }
+
+  for (const d of deployments) {
+    const spec = d.spec.template.spec as Obj;
+    for (const c of containersOf(d)) {
+      const where = `Deployment ${d.metadata.name} container ${c.name}`;
+      const env: Record<string, string> = {};
+      for (const ref of (c.envFrom ?? []) as Obj[]) {
+        const cm = ref.configMapRef ? find("ConfigMap", ref.configMapRef.name) : ref.secretRef ? find("Secret", ref.secretRef.name) : undefined;
+        if (!cm) problems.push(`${where}: envFrom ${JSON.stringify(ref)} names nothing`);
+        else Object.assign(env, cm.data ?? {}, cm.stringData ?? {});
+      }
+      for (const e of (c.env ?? []) as Obj[]) {
+        const cmRef = e.valueFrom?.configMapKeyRef;
+        const secretRef = e.valueFrom?.secretKeyRef;
+        if (e.value !== undefined) env[e.name] = String(e.value);
+        else if (cmRef) {
+          const value = find("ConfigMap", cmRef.name)?.data?.[cmRef.key];
+          if (value === undefined) problems.push(`${where}: ${e.name} refers to missing ConfigMap key ${cmRef.name}/${cmRef.key}`);
+          else env[e.name] = value;
+        } else if (secretRef) {
+          const secret = find("Secret", secretRef.name);
+          const encoded = secret?.data?.[secretRef.key] as string | undefined;
+          const value = (secret?.stringData?.[secretRef.key] as string | undefined) ?? (encoded === undefined ? undefined : Buffer.from(encoded, "base64").toString("utf8"));
+          if (value !== undefined) env[e.name] = value;
+          else if (opts.secretsProvided) problems.push(`${where}: ${e.name} refers to missing Secret key ${secretRef.name}/${secretRef.key}`);
+          else env[e.name] = e.name === "DATABASE_URL" ? "postgres://placeholder@db:5432/placeholder" : "placeholder";
+        }
+      }
+      const entry = (c.args ?? [])[0] as string | undefined;
+      if (!entry?.endsWith(".ts")) continue; // not a medmesh process (e.g. the dev Postgres)
+
+      problems.push(...(await checkProcessEnv(entry, env)).map((p) => `${where}: ${p}`));
+      if (!c.resources?.requests?.cpu) problems.push(`${where}: no CPU request (the HPA needs one)`);
+      if (!c.resources?.limits?.memory) problems.push(`${where}: no memory limit`);
+      if (c.securityContext?.readOnlyRootFilesystem && !(c.volumeMounts ?? []).some((m: Obj) => m.mountPath === "/tmp")) problems.push(`${where}: read-only root without a writable /tmp for tsx`);
+      if (spec.securityContext?.runAsNonRoot !== true) problems.push(`${where}: may run as root`);
+
+      const portNumbers = (c.ports as Obj[]).map((p) => p.containerPort as number);
+      const portNames = (c.ports as Obj[]).map((p) => p.name as string);
+      if (entry.startsWith("services/")) {
+        const port = Number(env[`${d.metadata.name.toUpperCase()}_PORT`]);
+        for (const probe of ["readinessProbe", "livenessProbe", "startupProbe"]) {
+          if (c[probe]?.grpc?.port !== port || !portNumbers.includes(port)) problems.push(`${where}: ${probe} is not a gRPC probe on the serving port ${port}`);
+        }
+      } else {
+        if (c.readinessProbe?.httpGet?.path !== "/readyz") problems.push(`${where}: readiness is not /readyz`);
+        if (c.livenessProbe?.httpGet?.path !== "/healthz") problems.push(`${where}: liveness is not /healthz`);
+        for (const probe of [c.readinessProbe, c.livenessProbe]) {
+          if (probe && !portNames.includes(probe.httpGet.port) && !portNumbers.includes(probe.httpGet.port)) problems.push(`${where}: probe port ${probe.httpGet.port} is not a container port`);
+        }
+      }
+
+      // The kubelet's clock starts before preStop: it must cover the sleep, then runMain's stop
+      // (bounded at 15 s, and never shorter than the configured drain).
+      const preStop = (c.lifecycle?.preStop?.exec?.command ?? []) as string[];
+      const sleepS = preStop[0] === "sleep" ? Number(preStop[1]) : (c.lifecycle?.preStop?.sleep?.seconds ?? 0);
+      if (!(sleepS > 0)) problems.push(`${where}: no preStop sleep for endpoint propagation`);
+      const stopS = Math.max(15, Number(env.SHUTDOWN_GRACE_MS) / 1000);
+      if (!(spec.terminationGracePeriodSeconds >= sleepS + stopS)) {
+        problems.push(`${where}: terminationGracePeriodSeconds ${spec.terminationGracePeriodSeconds} < preStop ${sleepS} s + stop ${stopS} s`);
+      }
+    }
+  }
+  return problems;
+}
+
+function kubectlAvailable(): boolean {
+  try {
+    execFileSync("kubectl", ["version", "--client"], { stdio: "ignore", timeout: 5_000 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("deploy/k8s", () => {
+  const base = buildRaw("deploy/k8s/base");
+  const dev = buildRaw("deploy/k8s/overlays/dev");
+
+  it("has a Deployment, Service, PDB and HPA for documents and the gateway", () => {
+    expect(base.problems).toEqual([]);
+    for (const name of ["documents", "gateway"]) {
+      for (const kind of ["Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ServiceAccount"]) {
+        expect(base.objects.some((o) => o.kind === kind && o.metadata.name === name), `${kind} ${name}`).toBe(true);
+      }
+    }
+    expect(base.objects.some((o) => o.kind === "Namespace")).toBe(true);
+  });
+
+  it("base: references resolve and the processes accept their configuration", async () => {
+    expect(await checkManifests(base.objects, { secretsProvided: false })).toEqual([]);
+  });
+
+  it("dev overlay: references resolve, secrets included, and every patch hits a resource", async () => {
+    expect(dev.problems).toEqual([]);
+    expect(await checkManifests(dev.objects, { secretsProvided: true })).toEqual([]);
+  });
+
+  it("documents is headless so grpc-js balances per call across pods", () => {
+    const svc = base.objects.find((o) => o.kind === "Service" && o.metadata.name === "documents")!;
+    expect(svc.spec.clusterIP).toBe("None");
+  });
+
+  it("the checks themselves catch a broken reference", async () => {
+    const broken = structuredClone(dev.objects);
+    const gw = broken.find((o) => o.kind === "Deployment" && o.metadata.name === "gateway")!;
+    gw.spec.template.spec.containers[0].envFrom[0].configMapRef.name = "no-such-config";
+    gw.spec.template.spec.terminationGracePeriodSeconds = 10;
+    const problems = await checkManifests(broken, { secretsProvided: true });
+    expect(problems.some((p) => p.includes("no-such-config"))).toBe(true);
+    expect(problems.some((p) => p.includes("terminationGracePeriodSeconds 10"))).toBe(true);
+  });
+
+  it.runIf(kubectlAvailable())("kubectl kustomize renders both, with generated names rewired", async () => {
+    for (const dir of ["deploy/k8s/base", "deploy/k8s/overlays/dev"]) {
+      const out = execFileSync("kubectl", ["kustomize", dir], { cwd: root, encoding: "utf8", timeout: 20_000 });
+      const objects = parseAllDocuments(out).map((d) => d.toJS() as Obj);
+      // Hash suffixes prove the generators ran and the references were rewritten to match.
+      expect(objects.find((o) => o.kind === "ConfigMap")?.metadata.name).toMatch(/-[a-z0-9]{10}$/);
+      expect(await checkManifests(objects, { secretsProvided: dir.includes("overlays") })).toEqual([]);
+      if (dir.includes("dev")) {
+        const docs = objects.find((o) => o.kind === "Deployment" && o.metadata.name === "documents")!;
+        expect(docs.spec.template.spec.containers[0].image).toBe("medmesh:dev");
+        expect(objects.find((o) => o.kind === "HorizontalPodAutoscaler")?.spec.minReplicas).toBe(1);
+      }
+    }
+  });
+});
