@@ -71,7 +71,15 @@ const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
  * only HTTP/2 starts with its connection preface.
  */
 export function createDualProtocolServer(handler: Handler, opts: { maxHeaderBytes?: number } = {}) {
-  const h1 = http.createServer({ maxHeaderSize: opts.maxHeaderBytes ?? 16 * 1024 }, handler as http.RequestListener);
+  // Requests in flight per HTTP/1.1 socket: on shutdown, a keep-alive socket with none is
+  // closed at once instead of holding the process for the whole grace period.
+  const inflight = new Map<net.Socket, number>();
+  const h1 = http.createServer({ maxHeaderSize: opts.maxHeaderBytes ?? 16 * 1024 }, (req, res) => {
+    const socket = req.socket;
+    inflight.set(socket, (inflight.get(socket) ?? 0) + 1);
+    res.once("close", () => inflight.set(socket, (inflight.get(socket) ?? 1) - 1));
+    (handler as http.RequestListener)(req, res);
+  });
   const h2 = http2.createServer({ maxSessionMemory: 64 }, handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void);
   h1.keepAliveTimeout = 65_000;
   const sockets = new Set<net.Socket>();
@@ -83,7 +91,10 @@ export function createDualProtocolServer(handler: Handler, opts: { maxHeaderByte
 
   const tcp = net.createServer((socket) => {
     sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
+    socket.on("close", () => {
+      sockets.delete(socket);
+      inflight.delete(socket);
+    });
     socket.on("error", () => socket.destroy());
     let seen = Buffer.alloc(0);
     const decide = (chunk: Buffer) => {
@@ -117,9 +128,12 @@ export function createDualProtocolServer(handler: Handler, opts: { maxHeaderByte
     async close(graceMs: number): Promise<void> {
       tcp.close();
       for (const s of sessions) s.close();
-      h1.closeIdleConnections();
       const deadline = Date.now() + graceMs;
-      while (sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      while (sockets.size > 0 && Date.now() < deadline) {
+        // Keep-alive connections that finish their last request while we wait are idle now.
+        for (const [socket, n] of inflight) if (n <= 0) socket.destroy();
+        await new Promise((r) => setTimeout(r, 50));
+      }
       for (const s of sockets) s.destroy();
       h1.close();
       h2.close();

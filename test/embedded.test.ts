@@ -1,0 +1,157 @@
+import { execFile } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DocumentService } from "../gen/medmesh/documents/v1/documents_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
+import { createMeshClient } from "../platform/grpc/client.js";
+import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { fromBinary } from "@bufbuild/protobuf";
+import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
+import { freePort, isAlive, repoRoot, startEmbeddedMesh, type EmbeddedMesh } from "./support/embedded-mesh.js";
+
+const run = promisify(execFile);
+const buf = path.join(repoRoot, "node_modules/.bin/buf");
+
+async function bufCurl(...args: string[]): Promise<string> {
+  const { stdout } = await run(buf, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", ...args], { timeout: 30_000 });
+  return stdout;
+}
+
+/** What `grpcurl describe` does: ask reflection for the file defining a symbol and read it. */
+async function describeMessage(address: string, typeName: string): Promise<string[]> {
+  const reflection = createMeshClient(ServerReflection, address);
+  try {
+    async function* ask() {
+      yield { messageRequest: { case: "fileContainingSymbol" as const, value: typeName } };
+    }
+    for await (const res of reflection.serverReflectionInfo(ask(), { timeoutMs: 10_000 })) {
+      if (res.messageResponse.case !== "fileDescriptorResponse") throw new Error(`reflection answered ${res.messageResponse.case}`);
+      const files = res.messageResponse.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b));
+      const [pkg, name] = [typeName.slice(0, typeName.lastIndexOf(".")), typeName.slice(typeName.lastIndexOf(".") + 1)];
+      const message = files.find((f) => f.package === pkg)?.messageType.find((m) => m.name === name);
+      return message?.field.map((f) => f.name) ?? [];
+    }
+    return [];
+  } finally {
+    reflection.close();
+  }
+}
+
+function pidsOf(mesh: EmbeddedMesh): Record<string, number> {
+  const line = mesh
+    .output()
+    .split("\n")
+    .find((l) => l.includes('"mesh ready"'));
+  return line ? (JSON.parse(line).pids as Record<string, number>) : {};
+}
+
+describe("the embedded mesh, as `npm start` runs it", () => {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), "medmesh-e2e-"));
+  let env: Record<string, string>;
+  let mesh: EmbeddedMesh;
+  let gateway: string;
+  let documentsAddr: string;
+
+  beforeAll(async () => {
+    env = {
+      MEDMESH_DATA_DIR: dataDir,
+      GATEWAY_PORT: String(await freePort()),
+      DOCUMENTS_PORT: String(await freePort()),
+      EMBEDDED_PG_PORT: String(await freePort()),
+      KAFKA_PORT: String(await freePort()),
+    };
+    // The embedded default is the point of this test: no outside servers.
+    delete process.env.DATABASE_URL;
+    mesh = await startEmbeddedMesh({ ...env, DATABASE_URL: "", KAFKA_BROKERS: "" });
+    gateway = mesh.endpoints.get("gateway")!;
+    documentsAddr = mesh.endpoints.get("documents")!.replace("grpc://", "");
+  });
+
+  afterAll(async () => {
+    await mesh?.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it("prints one `<name> <url>` line per endpoint, the gateway first", () => {
+    expect(mesh.order[0]).toBe("gateway");
+    expect(new Set(mesh.order)).toEqual(new Set(["gateway", "postgres", "kafka", "documents"]));
+    expect(gateway).toBe(`http://127.0.0.1:${env.GATEWAY_PORT}`);
+    expect(mesh.endpoints.get("kafka")).toBe(`127.0.0.1:${env.KAFKA_PORT}`);
+  });
+
+  it("is ready: gateway /readyz and the service's gRPC health", async () => {
+    expect((await fetch(`${gateway}/readyz`)).status).toBe(200);
+    const health = createMeshClient(Health, documentsAddr);
+    const res = await health.check({ service: "medmesh.documents.v1.DocumentService" }, { timeoutMs: 5_000 });
+    expect(res.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+    health.close();
+  });
+
+  it("speaks Connect JSON to curl-like clients and gRPC straight to the service", async () => {
+    const res = await fetch(`${gateway}/medmesh.documents.v1.DocumentService/CreateDocument`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ document: { title: "Embedded end to end", documentType: "DOCUMENT_TYPE_CASE_REPORT", doi: "10.5555/e2e-1" } }),
+    });
+    expect(res.status).toBe(200);
+    const { document } = (await res.json()) as { document: { id: string } };
+    const direct = createMeshClient(DocumentService, documentsAddr);
+    const got = await direct.getDocument({ id: document.id }, { timeoutMs: 5_000 });
+    expect(got.document!.doi).toBe("10.5555/e2e-1");
+    direct.close();
+  });
+
+  for (const target of ["gateway", "documents"] as const) {
+    it(`buf curl lists, describes and calls through reflection on the ${target}`, async () => {
+      const base = target === "gateway" ? gateway : `http://${documentsAddr}`;
+      const services = await bufCurl("--list-services", base);
+      expect(services.split("\n")).toEqual(
+        expect.arrayContaining(["medmesh.documents.v1.DocumentService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]),
+      );
+      const methods = await bufCurl("--list-methods", base);
+      for (const m of ["CreateDocument", "GetDocument", "ListDocuments", "UpdateDocument", "DeleteDocument"]) {
+        expect(methods).toContain(`medmesh.documents.v1.DocumentService/${m}`);
+      }
+      const fields = await describeMessage(target === "gateway" ? gateway.replace("http://", "") : documentsAddr, "medmesh.documents.v1.Document");
+      expect(fields).toEqual(expect.arrayContaining(["title", "doi", "publication_date", "processing_status", "metadata"]));
+      const listed = JSON.parse(await bufCurl("-d", '{"pageSize": 5}', `${base}/medmesh.documents.v1.DocumentService/ListDocuments`));
+      expect(listed.documents.some((d: { doi?: string }) => d.doi === "10.5555/e2e-1")).toBe(true);
+    });
+  }
+
+  it("buf curl shows a bad request as invalid_argument with the field", async () => {
+    const err = await bufCurl("-d", '{"document":{"title":"x","documentType":"DOCUMENT_TYPE_REVIEW","doi":"bad"}}', `${gateway}/medmesh.documents.v1.DocumentService/CreateDocument`).catch(
+      (e: { stderr: string }) => e.stderr,
+    );
+    expect(err).toContain('"code": "invalid_argument"');
+    expect(err).toContain("document.doi");
+  });
+
+  it("kcat sees the embedded broker", async () => {
+    const kcat = await run("kcat", ["-V"]).then(
+      () => true,
+      () => false,
+    );
+    if (!kcat && process.env.CI) throw new Error("kcat is required in CI");
+    if (!kcat) return;
+    const { stdout } = await run("kcat", ["-b", mesh.endpoints.get("kafka")!, "-L", "-m", "10"]);
+    expect(stdout).toContain(`broker 1 at ${mesh.endpoints.get("kafka")}`);
+  });
+
+  it("stops every process on SIGTERM and keeps its data across a restart", async () => {
+    const pids = pidsOf(mesh);
+    expect(Object.keys(pids).sort()).toEqual(["documents", "gateway", "kafka", "postgres"]);
+    const stopping = Date.now();
+    expect(await mesh.stop("SIGTERM")).toBe(0);
+    console.log(`stopped in ${Date.now() - stopping} ms; first start was ready in ${mesh.readyMs} ms`);
+    for (const [name, pid] of Object.entries(pids)) expect(isAlive(pid), `${name} still running`).toBe(false);
+
+    mesh = await startEmbeddedMesh({ ...env, DATABASE_URL: "", KAFKA_BROKERS: "" });
+    const listed = JSON.parse(await bufCurl("-d", "{}", `${mesh.endpoints.get("gateway")}/medmesh.documents.v1.DocumentService/ListDocuments`));
+    expect(listed.documents.map((d: { doi?: string }) => d.doi)).toContain("10.5555/e2e-1");
+    console.log(`restarted and ready in ${mesh.readyMs} ms`);
+  });
+});
