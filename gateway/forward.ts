@@ -23,10 +23,11 @@ function copyInto(target: Headers) {
     });
 }
 
-function callOptions(ctx: HandlerContext): CallOptions {
+function callOptions(ctx: HandlerContext, defaultUnaryMs: number | undefined): CallOptions {
   return {
     headers: inbound(ctx),
-    timeoutMs: ctx.timeoutMs(),
+    // The browser's deadline travels on; a unary call without one gets the mesh default.
+    timeoutMs: ctx.timeoutMs() ?? defaultUnaryMs,
     signal: ctx.signal,
     onHeader: copyInto(ctx.responseHeader),
     onTrailer: copyInto(ctx.responseTrailer),
@@ -40,23 +41,28 @@ type AnyMethod = (input: unknown, options?: CallOptions) => unknown;
  * descriptor alone: adding an RPC to a contract needs no gateway code. Status codes, details,
  * headers and trailers of the upstream come back unchanged.
  */
-export function forwardingService(service: DescService, target: string, maxMessageBytes: number): { impl: ServiceImpl<DescService>; close(): void } {
-  const upstream = createMeshClient(service, target, { maxMessageBytes }) as unknown as Client<DescService> & { close(): void };
+export function forwardingService(
+  service: DescService,
+  target: string,
+  opts: { maxMessageBytes: number; defaultUnaryMs: number },
+): { impl: ServiceImpl<DescService>; close(): void } {
+  const upstream = createMeshClient(service, target, { maxMessageBytes: opts.maxMessageBytes }) as unknown as Client<DescService> & { close(): void };
   const impl: Record<string, unknown> = {};
   for (const method of service.methods) {
     const call = (upstream as unknown as Record<string, AnyMethod>)[method.localName]!;
-    impl[method.localName] = forwarder(method, call);
+    impl[method.localName] = forwarder(method, call, opts.defaultUnaryMs);
   }
   return { impl: impl as ServiceImpl<DescService>, close: () => upstream.close() };
 }
 
-function forwarder(method: DescMethod, call: AnyMethod) {
+function forwarder(method: DescMethod, call: AnyMethod, defaultUnaryMs: number) {
   switch (method.methodKind) {
     case "unary":
+      return (input: unknown, ctx: HandlerContext) => call(input, callOptions(ctx, defaultUnaryMs));
     case "client_streaming":
-      return (input: unknown, ctx: HandlerContext) => call(input, callOptions(ctx));
+      return (input: unknown, ctx: HandlerContext) => call(input, callOptions(ctx, undefined));
     case "server_streaming":
     case "bidi_streaming":
-      return (input: unknown, ctx: HandlerContext) => call(input, callOptions(ctx)) as AsyncIterable<unknown>;
+      return (input: unknown, ctx: HandlerContext) => call(input, callOptions(ctx, undefined)) as AsyncIterable<unknown>;
   }
 }

@@ -4,7 +4,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
-import { commonSpec, env, loadConfig } from "../platform/config/env.js";
+import { commonSpec, ConfigError, env, loadConfig } from "../platform/config/env.js";
 import { createMeshClient } from "../platform/grpc/client.js";
 import { HealthState, healthService, ServingStatus } from "../platform/grpc/health.js";
 import { infrastructureInterceptors, meshInterceptors } from "../platform/grpc/interceptors/index.js";
@@ -31,15 +31,22 @@ export const configSpec = {
 type Req = IncomingMessage | Http2ServerRequest;
 type Res = ServerResponse | Http2ServerResponse;
 
-export async function startGateway(source: Record<string, string | undefined> = process.env): Promise<Started & { port: number }> {
+export interface GatewayOptions {
+  /** Services to expose instead of the contracts' public ones (tests use this). */
+  services?: DescService[];
+}
+
+export async function startGateway(source: Record<string, string | undefined> = process.env, opts: GatewayOptions = {}): Promise<Started & { port: number }> {
   const config = loadConfig(configSpec, source) as ReturnType<typeof loadConfig<typeof configSpec>> & Record<string, string>;
   const telemetry = startTelemetry({ serviceName: "gateway", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
   const shutdown = new AbortController();
   const gatewayHealth = new HealthState([]);
 
-  const upstreams = publicServices.map((service) => {
-    const target = config[targetVariable(service)]!;
-    return { service, target, forward: forwardingService(service, target, config.GATEWAY_MAX_BODY_BYTES), health: createMeshClient(Health, target) };
+  const exposed = opts.services ?? publicServices;
+  const upstreams = exposed.map((service) => {
+    const target = config[targetVariable(service)] ?? source[targetVariable(service)];
+    if (!target) throw new ConfigError([`${targetVariable(service)} is required (gRPC address of ${service.typeName})`]);
+    return { service, target, forward: forwardingService(service, target, { maxMessageBytes: config.GATEWAY_MAX_BODY_BYTES, defaultUnaryMs: config.DEFAULT_DEADLINE_MS }), health: createMeshClient(Health, target) };
   });
 
   const rpcInterceptors = meshInterceptors({
@@ -57,7 +64,7 @@ export async function startGateway(source: Record<string, string | undefined> = 
     routes(router) {
       for (const u of upstreams) router.service(u.service, u.forward.impl, { interceptors: rpcInterceptors });
       // Reflection answers for every public service at once, from the gateway's own descriptors.
-      for (const r of reflectionServices(publicServices)) {
+      for (const r of reflectionServices(exposed)) {
         router.service(r.service, r.impl as ServiceImpl<DescService>, { interceptors: infraInterceptors });
       }
       const h = healthService(gatewayHealth);

@@ -37,6 +37,8 @@ import { headersToMetadata, metadataToHeaders } from "./metadata.js";
 
 export interface AdapterOptions {
   interceptors: Interceptor[];
+  /** Unary calls without a deadline get the default; nobody gets more than the max. */
+  deadlines?: { defaultUnaryMs: number; maxUnaryMs: number };
   /** Aborted when the server starts draining: long streams end instead of holding shutdown. */
   shutdownSignal: AbortSignal;
 }
@@ -97,7 +99,12 @@ function contextFor(call: ServerSurfaceCall, method: DescMethod, opts: AdapterOp
   call.on("cancelled", () => cancelled.abort(new ConnectError("the client cancelled the call", Code.Canceled)));
   const deadline = call.getDeadline();
   const deadlineMs = deadline instanceof Date ? deadline.getTime() : typeof deadline === "number" ? deadline : Infinity;
-  const timeoutMs = Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now()) : undefined;
+  let timeoutMs = Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now()) : undefined;
+  // The effective deadline lives in the handler context, so handlers see it and every client
+  // they call inherits it (see call-context.ts).
+  if (opts.deadlines && method.methodKind === "unary") {
+    timeoutMs = Math.min(timeoutMs ?? opts.deadlines.defaultUnaryMs, opts.deadlines.maxUnaryMs);
+  }
   return createHandlerContext({
     service: method.parent,
     method,

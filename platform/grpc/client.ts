@@ -110,28 +110,44 @@ function wireCall(p: Prepared, call: { cancel(): void; on(e: string, f: (...a: a
   call.on("status", (s: StatusObject) => p.options?.onTrailer?.(metadataToHeaders(s.metadata)));
 }
 
-async function pumpInto(
+/**
+ * Writes a request stream into a call. If producing the input fails (a message the caller's
+ * own validation rejects, say), the call is cancelled and that error, not "cancelled", is what
+ * the caller sees: the input error is the reason the call ended.
+ */
+function pumpInto(
   input: AsyncIterable<unknown>,
   schema: DescMessage,
-  stream: NodeJS.WritableStream & { write(m: unknown): boolean; end(): void },
-): Promise<void> {
-  try {
-    for await (const init of input) {
-      if (!stream.write(create(schema, init as MessageInitShape<DescMessage>))) await once(stream as never, "drain");
+  stream: NodeJS.WritableStream & { write(m: unknown): boolean; end(): void; cancel(): void },
+): { failure: () => unknown } {
+  let failure: unknown;
+  void (async () => {
+    try {
+      for await (const init of input) {
+        if (!stream.write(create(schema, init as MessageInitShape<DescMessage>))) await once(stream as never, "drain");
+      }
+      stream.end();
+    } catch (err) {
+      failure = err;
+      stream.cancel();
     }
-    stream.end();
-  } catch {
-    // The call itself reports the failure (cancelled or errored); nothing more to send.
-  }
+  })();
+  return { failure: () => failure };
 }
 
-async function* readAll(p: Prepared, stream: AsyncIterable<unknown>, mapError: (err: unknown) => Error): AsyncIterable<unknown> {
+async function* readAll(
+  p: Prepared,
+  stream: AsyncIterable<unknown>,
+  mapError: (err: unknown) => Error,
+  inputFailure: () => unknown = () => undefined,
+): AsyncIterable<unknown> {
   try {
     for await (const m of stream) yield m;
     finish(p);
   } catch (err) {
-    finish(p, err);
-    throw mapError(err);
+    const cause = inputFailure() ?? err;
+    finish(p, cause);
+    throw inputFailure() !== undefined ? ConnectError.from(cause) : mapError(err);
   }
 }
 
@@ -190,13 +206,16 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
         client[method.localName] = (input: AsyncIterable<unknown>, options?: CallOptions) => {
           const p = prepare(method, options, opts.defaultTimeoutMs);
           return new Promise((resolve, reject) => {
+            let pump: { failure: () => unknown } | undefined;
             const call = channel.makeClientStreamRequest(path, ser, de, p.metadata, { deadline: p.deadline }, (err, res) => {
-              finish(p, err ?? undefined);
-              if (err) reject(fromGrpc(err));
+              const inputFailure = pump?.failure();
+              finish(p, inputFailure ?? err ?? undefined);
+              if (inputFailure !== undefined) reject(ConnectError.from(inputFailure));
+              else if (err) reject(fromGrpc(err));
               else resolve(res);
             });
             wireCall(p, call);
-            void pumpInto(input, method.input, call as never);
+            pump = pumpInto(input, method.input, call as never);
           });
         };
         break;
@@ -205,8 +224,8 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
           const p = prepare(method, options, opts.defaultTimeoutMs);
           const call = channel.makeBidiStreamRequest(path, ser, de, p.metadata, { deadline: p.deadline });
           wireCall(p, call);
-          void pumpInto(input, method.input, call as never);
-          return readAll(p, call, fromGrpc);
+          const pump = pumpInto(input, method.input, call as never);
+          return readAll(p, call, fromGrpc, pump.failure);
         };
         break;
     }

@@ -25,6 +25,8 @@ export interface GrpcServerOptions {
   services: ServiceRegistration[];
   interceptors: Interceptor[];
   maxMessageBytes: number;
+  /** Default and longest deadlines of unary calls. */
+  deadlines?: { defaultUnaryMs: number; maxUnaryMs: number };
   /** Checked periodically; false flips health to NOT_SERVING until it passes again. */
   readinessProbe?: () => Promise<boolean>;
   probeIntervalMs?: number;
@@ -54,7 +56,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
     "grpc.keepalive_permit_without_calls": 1,
   });
   const health = new HealthState(opts.services.map((s) => s.service.typeName));
-  const adapterFor = (interceptors: Interceptor[]) => ({ interceptors, shutdownSignal: shutdown.signal });
+  const adapterFor = (interceptors: Interceptor[]) => ({ interceptors, shutdownSignal: shutdown.signal, deadlines: opts.deadlines });
 
   for (const { service, impl } of opts.services) {
     const g = toGrpcService(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(opts.interceptors));

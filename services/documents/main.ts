@@ -33,15 +33,14 @@ export async function startDocuments(source: Record<string, string | undefined> 
     poolMax: config.DB_POOL_MAX,
   });
   await migrateToLatest(database.db as never, config.DOCUMENTS_DB_SCHEMA, migrations);
+  const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const server = await startGrpcServer({
     name: "documents",
     host: config.DOCUMENTS_HOST,
     port: config.DOCUMENTS_PORT,
     services: [register(DocumentService, documentService(new DocumentStore(database.db)))],
-    interceptors: meshInterceptors({
-      component: "documents",
-      deadlines: { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS },
-    }),
+    interceptors: meshInterceptors({ component: "documents", deadlines }),
+    deadlines,
     maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
     readinessProbe: () => database.ping(),
   });
