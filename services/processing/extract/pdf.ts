@@ -37,8 +37,8 @@ export async function extractPdfText(bytes: Uint8Array, opts: PdfOptions = {}): 
   const maxPages = opts.maxPages ?? DEFAULT_MAX_PAGES;
   let doc: Awaited<ReturnType<typeof getDocumentProxy>>;
   try {
-    // pdf.js may detach the buffer it is given, so it gets a copy and the caller keeps its bytes.
-    doc = await getDocumentProxy(bytes.slice(), { verbosity: 0 });
+    // pdf.js may detach the buffer it is given and refuses Node Buffers, so it gets a plain copy.
+    doc = await getDocumentProxy(new Uint8Array(bytes), { verbosity: 0 });
   } catch (err) {
     return classifyOpenError(err);
   }
@@ -56,7 +56,7 @@ export async function extractPdfText(bytes: Uint8Array, opts: PdfOptions = {}): 
       try {
         const page = await doc.getPage(n);
         const content = await page.getTextContent();
-        text = assemblePageText(content.items.filter((i): i is TextItemLike => "str" in i));
+        text = assemblePageText(content.items.filter((i) => "str" in i) as TextItemLike[]);
         page.cleanup();
       } catch (err) {
         // One unreadable page should not lose the rest of the paper.
