@@ -52,7 +52,7 @@ export function htmlToText(html: string): HtmlText {
     const name = m[2]!.toLowerCase();
     if (name === "pre") inPre = Math.max(0, inPre + (closing ? -1 : 1));
     if (BLOCK.has(name)) out.push("\n\n");
-    else if (LINE.has(name)) out.push("\n");
+    else if (LINE.has(name) && !closing) out.push("\n"); // a row's end and the next row's start are one break
     else if (CELL.has(name) && !closing) out.push(" ");
   }
   emitText(src.slice(last));

@@ -13,8 +13,27 @@ export function charsetOf(mime: string): TextCharset {
  * than failing: by the time we decode, detection has already decided this is text.
  */
 export function decodeText(bytes: Uint8Array, charset: TextCharset = "utf-8"): string {
-  // TextDecoder strips a BOM matching its own encoding; windows-1252 has none to strip.
+  if (charset === "windows-1252") return decodeWindows1252(bytes);
+  // TextDecoder strips a BOM matching its own encoding.
   return new TextDecoder(charset).decode(bytes);
+}
+
+// Windows-1252 differs from Latin-1 only in 0x80-0x9F, where it has typographic characters.
+// Decoded by hand because Node 20's TextDecoder("windows-1252") returns C1 controls there.
+const CP1252_HIGH =
+  "\u20ac\u0081\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152\u008d\u017d\u008f" +
+  "\u0090\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\u009d\u017e\u0178";
+
+function decodeWindows1252(bytes: Uint8Array): string {
+  let out = "";
+  const CHUNK = 8192;
+  for (let i = 0; i < bytes.length; i += CHUNK) {
+    const codes = Array.from(bytes.subarray(i, i + CHUNK), (b) =>
+      b >= 0x80 && b < 0xa0 ? CP1252_HIGH.charCodeAt(b - 0x80) : b,
+    );
+    out += String.fromCharCode(...codes);
+  }
+  return out;
 }
 
 /**
@@ -23,7 +42,7 @@ export function decodeText(bytes: Uint8Array, charset: TextCharset = "utf-8"): s
  */
 export function decodeLegacyText(bytes: Uint8Array): string | undefined {
   if (bytes.includes(0)) return undefined;
-  const s = new TextDecoder("windows-1252").decode(bytes);
+  const s = decodeWindows1252(bytes);
   let control = 0;
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
