@@ -30,20 +30,11 @@ export interface DocumentsDB {
 
 export type DocumentRow = Selectable<DocumentTable>;
 
-export interface NewDocument {
-  id: string;
-  title: string;
-  authors: string[];
-  journal: string | null;
-  publication_date: string | null;
-  doi: string | null;
-  pmid: string | null;
-  document_type: string;
-  specialty: string | null;
-  uploaded_by: string;
-  visibility: string;
-  metadata: Record<string, string>;
-}
+/** What a create supplies; the rest is the database's (sequence, status, timestamps, content). */
+export type NewDocument = Omit<
+  DocumentTable,
+  "seq" | "processing_status" | "size_bytes" | "mime_type" | "version" | "created_at" | "updated_at" | "deleted_at"
+>;
 
 export type DocumentChanges = Partial<Omit<NewDocument, "id" | "uploaded_by">>;
 
