@@ -49,10 +49,7 @@ export async function startGateway(source: Record<string, string | undefined> = 
     return { service, target, forward: forwardingService(service, target, { maxMessageBytes: config.GATEWAY_MAX_BODY_BYTES, defaultUnaryMs: config.DEFAULT_DEADLINE_MS }), health: createMeshClient(Health, target) };
   });
 
-  const rpcInterceptors = meshInterceptors({
-    component: "gateway",
-    deadlines: { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS },
-  });
+  const rpcInterceptors = meshInterceptors({ component: "gateway" });
   const infraInterceptors = infrastructureInterceptors("gateway");
   const rpc = connectNodeAdapter({
     readMaxBytes: config.GATEWAY_MAX_BODY_BYTES,

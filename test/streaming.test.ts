@@ -42,7 +42,7 @@ beforeAll(async () => {
     host: "127.0.0.1",
     port: 0,
     services: [register(MeshTestService, meshTestService(observed))],
-    interceptors: meshInterceptors({ component: "meshtest", deadlines: { defaultUnaryMs: 5_000, maxUnaryMs: 10_000 } }),
+    interceptors: meshInterceptors({ component: "meshtest" }),
     deadlines: { defaultUnaryMs: 5_000, maxUnaryMs: 10_000 },
     maxMessageBytes: 1024 * 1024,
   });

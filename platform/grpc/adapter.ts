@@ -118,6 +118,36 @@ function contextFor(call: ServerSurfaceCall, method: DescMethod, opts: AdapterOp
   });
 }
 
+/**
+ * Ends the context once its call is over. The context links its signal to the server's
+ * long-lived shutdown signal and arms a deadline timer; both are only released on abort, so
+ * a finished call that is never aborted leaks a listener and a timer.
+ */
+function release(ctx: HandlerContext & { abort(r?: unknown): void }): void {
+  if (!ctx.signal.aborted) ctx.abort(new ConnectError("the call has finished", Code.Canceled));
+}
+
+/**
+ * Settles with the handler, or with the reason the call's signal fired (deadline, cancellation,
+ * shutdown) if that comes first: a handler that ignores its signal cannot hold a caller past
+ * its deadline.
+ */
+function untilAborted<T>(signal: AbortSignal, work: Promise<T>): Promise<T> {
+  if (signal.aborted) return Promise.reject(ConnectError.from(signal.reason));
+  let onAbort!: () => void;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(ConnectError.from(signal.reason));
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+  return Promise.race([work, aborted]).finally(() => signal.removeEventListener("abort", onAbort));
+}
+
+async function lastOf(output: AsyncIterable<unknown>): Promise<unknown> {
+  let last: unknown;
+  for await (const m of output) last = m;
+  return last;
+}
+
 function sendHeaderOnce(call: ServerSurfaceCall, ctx: HandlerContext, sent: { done: boolean }): void {
   if (sent.done) return;
   sent.done = true;
@@ -162,11 +192,13 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
         runInCall(ctx, async () => {
           try {
             const request = decode(method.input, call.request);
-            const response = await invokeUnaryImplementation(spec as MethodImplSpec & { kind: "unary" }, ctx, request, interceptors);
+            const response = await untilAborted(ctx.signal, invokeUnaryImplementation(spec as MethodImplSpec & { kind: "unary" }, ctx, request, interceptors));
             sendHeaderOnce(call, ctx, { done: false });
             callback(null, encode(method.output, response), headersToMetadata(ctx.responseTrailer));
           } catch (err) {
             callback(toGrpcStatus(err, ctx.responseTrailer));
+          } finally {
+            release(ctx);
           }
         });
       };
@@ -180,9 +212,11 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
             output = transformInvokeImplementation(spec, ctx, interceptors)(createAsyncIterable([request]));
           } catch (err) {
             call.emit("error", Object.assign(new Error("rpc failed"), toGrpcStatus(err)));
+            release(ctx);
             return;
           }
           await writeAll(call, ctx, output, method.output);
+          release(ctx);
         });
       };
     case "client_streaming":
@@ -191,12 +225,13 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
         runInCall(ctx, async () => {
           try {
             const output = transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call));
-            let response: unknown;
-            for await (const m of output) response = m;
+            const response = await untilAborted(ctx.signal, lastOf(output));
             sendHeaderOnce(call, ctx, { done: false });
             callback(null, encode(method.output, response), headersToMetadata(ctx.responseTrailer));
           } catch (err) {
             callback(toGrpcStatus(err, ctx.responseTrailer));
+          } finally {
+            release(ctx);
           }
         });
       };
@@ -204,7 +239,9 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
       return (call: ServerDuplexStream<Buffer, Buffer>) => {
         const ctx = contextFor(call, method, opts);
         runInCall(ctx, () =>
-          writeAll(call, ctx, transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call)), method.output),
+          writeAll(call, ctx, transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call)), method.output).finally(() =>
+            release(ctx),
+          ),
         );
       };
   }

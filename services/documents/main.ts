@@ -39,7 +39,7 @@ export async function startDocuments(source: Record<string, string | undefined> 
     host: config.DOCUMENTS_HOST,
     port: config.DOCUMENTS_PORT,
     services: [register(DocumentService, documentService(new DocumentStore(database.db)))],
-    interceptors: meshInterceptors({ component: "documents", deadlines }),
+    interceptors: meshInterceptors({ component: "documents" }),
     deadlines,
     maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
     readinessProbe: () => database.ping(),

@@ -8,30 +8,16 @@ export interface DeadlinePolicy {
 }
 
 /**
- * Caps and defaults deadlines. A call whose deadline has already passed is refused before it
- * touches any resource. Streams (watches, uploads) are bounded by the client or by shutdown.
+ * Refuses a call whose deadline has already passed before it touches any resource.
+ * Defaults and caps are applied where the handler context is made: by the grpc-js adapter
+ * (platform/grpc/adapter.ts) and, at the gateway, by connect-node's maxTimeoutMs and the
+ * forwarder's default; so every handler sees its effective deadline in ctx.timeoutMs().
  */
-export function deadlineInterceptor(policy: DeadlinePolicy): Interceptor {
+export function deadlineInterceptor(): Interceptor {
   return (next) => async (req) => {
     if (req.signal.aborted) {
       throw new ConnectError("the deadline expired before the call started", Code.DeadlineExceeded);
     }
-    if (req.stream) return next(req);
-    const limit = AbortSignal.timeout(policy.maxUnaryMs);
-    const signal = AbortSignal.any([req.signal, limit]);
-    const timer = new Promise<never>((_, reject) => {
-      signal.addEventListener(
-        "abort",
-        () =>
-          reject(
-            limit.aborted
-              ? new ConnectError(`the call exceeded the longest allowed duration of ${policy.maxUnaryMs} ms`, Code.DeadlineExceeded)
-              : ConnectError.from(req.signal.reason ?? new ConnectError("deadline exceeded", Code.DeadlineExceeded)),
-          ),
-        { once: true },
-      );
-    });
-    timer.catch(() => undefined);
-    return Promise.race([next({ ...req, signal }), timer]);
+    return next(req);
   };
 }

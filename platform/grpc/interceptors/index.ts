@@ -1,6 +1,6 @@
 import type { Interceptor } from "@connectrpc/connect";
 import { accessInterceptor, type PrincipalResolver } from "./access.js";
-import { deadlineInterceptor, type DeadlinePolicy } from "./deadline.js";
+import { deadlineInterceptor } from "./deadline.js";
 import { errorsInterceptor } from "./errors.js";
 import { loggingInterceptor } from "./logging.js";
 import { serverTracingInterceptor } from "./tracing.js";
@@ -8,7 +8,6 @@ import { validationInterceptor } from "./validation.js";
 
 export interface MeshInterceptorOptions {
   component: string;
-  deadlines: DeadlinePolicy;
   resolvePrincipal?: PrincipalResolver;
 }
 
@@ -22,7 +21,7 @@ export function meshInterceptors(opts: MeshInterceptorOptions): Interceptor[] {
     serverTracingInterceptor(opts.component),
     loggingInterceptor(opts.component),
     errorsInterceptor(),
-    deadlineInterceptor(opts.deadlines),
+    deadlineInterceptor(),
     accessInterceptor(opts.resolvePrincipal),
     validationInterceptor(),
   ];
