@@ -124,8 +124,11 @@ function contextFor(call: ServerSurfaceCall, method: DescMethod, opts: AdapterOp
  * a finished call that is never aborted leaks a listener and a timer.
  */
 function release(ctx: HandlerContext & { abort(r?: unknown): void }): void {
-  if (!ctx.signal.aborted) ctx.abort(new ConnectError("the call has finished", Code.Canceled));
+  if (!ctx.signal.aborted) ctx.abort(callFinished);
 }
+
+// One shared reason: building an Error per call would capture a stack trace on the hot path.
+const callFinished = new ConnectError("the call has finished", Code.Canceled);
 
 /**
  * Settles with the handler, or with the reason the call's signal fired (deadline, cancellation,
