@@ -1,0 +1,88 @@
+import path from "node:path";
+import { commonSpec, env, loadConfig } from "../../platform/config/env.js";
+import { migrateToLatest } from "../../platform/db/migrate.js";
+import { openDatabase } from "../../platform/db/database.js";
+import { meshInterceptors } from "../../platform/grpc/interceptors/index.js";
+import { register, startGrpcServer } from "../../platform/grpc/server.js";
+import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
+import { startTelemetry } from "../../platform/telemetry/sdk.js";
+import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
+import { bearerAuthenticator } from "./caller.js";
+import { SigningKeyRing } from "./keys.js";
+import { migrations } from "./migrations/index.js";
+import { identityService, type Deliver } from "./service.js";
+import { IdentityStore, type IdentityDB } from "./store.js";
+
+export const configSpec = {
+  ...commonSpec,
+  IDENTITY_HOST: env.string("interface the gRPC server binds", "127.0.0.1"),
+  IDENTITY_PORT: env.port("gRPC port (0 picks a free one)", 50052),
+  DATABASE_URL: env.url("Postgres server; unset means embedded PGlite under MEDMESH_DATA_DIR", ["postgres:", "postgresql:"]),
+  IDENTITY_DB_SCHEMA: env.string("schema the service owns", "identity"),
+  DB_POOL_MAX: env.int("connections per service pool", 10, 1, 100),
+  GRPC_MAX_MESSAGE_BYTES: env.bytes("largest gRPC message accepted or sent", 4 * 1024 * 1024),
+  DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
+  MAX_DEADLINE_MS: env.int("longest deadline a unary call may ask for", 60_000, 100, 600_000),
+  IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.optionalString("the account registered with this address becomes admin while there is no admin"),
+  IDENTITY_SCRYPT_LOG_N: env.int("scrypt cost for new password hashes, as log2(N)", 15, 14, 20),
+  IDENTITY_SESSION_TTL_HOURS: env.int("how long a session (refresh-token family) lives at most", 720, 1, 8760),
+  IDENTITY_KEY_ROTATION_HOURS: env.int("rotate the token signing key once it is this old; 0 never rotates by itself", 720, 0, 87_600),
+};
+
+/** Seams for tests: the clock every expiry is computed with, and where one-time links go. */
+export interface IdentityHooks {
+  now?: () => Date;
+  deliver?: Deliver;
+}
+
+export async function startIdentity(
+  source: Record<string, string | undefined> = process.env,
+  hooks: IdentityHooks = {},
+): Promise<Started & { port: number; keys: SigningKeyRing }> {
+  const config = loadConfig(configSpec, source);
+  const telemetry = startTelemetry({ serviceName: "identity", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
+  const database = await openDatabase<IdentityDB>({
+    url: config.DATABASE_URL,
+    dataDir: config.MEDMESH_DATA_DIR === "memory://" ? "memory://" : path.join(config.MEDMESH_DATA_DIR, "pglite-identity"),
+    schema: config.IDENTITY_DB_SCHEMA,
+    poolMax: config.DB_POOL_MAX,
+  });
+  await migrateToLatest(database.db as never, config.IDENTITY_DB_SCHEMA, migrations);
+  const now = hooks.now ?? (() => new Date());
+  const store = new IdentityStore(database.db);
+  const keys = new SigningKeyRing(store, { now, rotateAfterMs: config.IDENTITY_KEY_ROTATION_HOURS * 3600_000 });
+  await keys.start();
+  const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
+  const impl = identityService({
+    store,
+    keys,
+    authenticate: bearerAuthenticator(keys, now),
+    now,
+    deliver: hooks.deliver,
+    bootstrapAdminEmail: config.IDENTITY_BOOTSTRAP_ADMIN_EMAIL,
+    scrypt: { logN: config.IDENTITY_SCRYPT_LOG_N, r: 8, p: 1 },
+    sessionTtlMs: config.IDENTITY_SESSION_TTL_HOURS * 3600_000,
+  });
+  const server = await startGrpcServer({
+    name: "identity",
+    host: config.IDENTITY_HOST,
+    port: config.IDENTITY_PORT,
+    services: [register(IdentityService, impl)],
+    interceptors: meshInterceptors({ component: "identity" }),
+    deadlines,
+    maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
+    readinessProbe: () => database.ping(),
+  });
+  return {
+    port: server.port,
+    keys,
+    endpoints: { identity: `grpc://${server.address}` },
+    async stop() {
+      await server.shutdown(config.SHUTDOWN_GRACE_MS);
+      await database.close();
+      await telemetry.shutdown();
+    },
+  };
+}
+
+if (isEntryPoint(import.meta.url)) void runMain("identity", () => startIdentity());

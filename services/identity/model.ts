@@ -1,0 +1,93 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
+import {
+  ApiKeySchema,
+  AuditEventSchema,
+  PrincipalKind,
+  SessionSchema,
+  UserSchema,
+  type ApiKey,
+  type AuditEvent,
+  type Session,
+  type User,
+} from "../../gen/medmesh/identity/v1/identity_pb.js";
+import type { PrincipalKindName, RoleName } from "./tokens.js";
+import type { ApiKeyRow, AuditRow, SessionRow, UserRow } from "./store.js";
+
+/** The roles a person can hold; device and service belong to API keys. */
+export type HumanRole = "admin" | "doctor" | "researcher" | "student";
+
+// Roles and kinds are stored and put in tokens by their lower-case names, independent of proto numbering.
+export function roleName(role: Role): RoleName {
+  const key = Role[role];
+  if (!key || role === Role.UNSPECIFIED) throw new Error(`no name for role ${role}`);
+  return key.toLowerCase() as RoleName;
+}
+
+export function roleFromName(name: string): Role {
+  const v = (Role as unknown as Record<string, number>)[name.toUpperCase()];
+  return typeof v === "number" ? (v as Role) : Role.UNSPECIFIED;
+}
+
+export function kindFromName(name: PrincipalKindName): PrincipalKind {
+  return { user: PrincipalKind.USER, device: PrincipalKind.DEVICE, service: PrincipalKind.SERVICE }[name];
+}
+
+export function kindName(kind: PrincipalKind): "device" | "service" {
+  if (kind === PrincipalKind.DEVICE) return "device";
+  if (kind === PrincipalKind.SERVICE) return "service";
+  throw new Error(`API keys are for devices and services, not ${PrincipalKind[kind]}`);
+}
+
+const ts = (d: Date | null | undefined) => (d ? timestampFromDate(new Date(d)) : undefined);
+
+export function toUser(row: UserRow, mfaEnabled: boolean): User {
+  return create(UserSchema, {
+    id: row.id,
+    email: row.email,
+    username: row.username,
+    firstName: row.first_name,
+    lastName: row.last_name,
+    role: roleFromName(row.role),
+    active: row.active,
+    emailVerified: row.email_verified,
+    mfaEnabled,
+    createTime: ts(row.created_at),
+    updateTime: ts(row.updated_at),
+  });
+}
+
+export function toSession(row: SessionRow, currentId: string | undefined): Session {
+  return create(SessionSchema, {
+    id: row.id,
+    createTime: ts(row.created_at),
+    lastUseTime: ts(row.last_used_at),
+    expireTime: ts(row.expires_at),
+    current: row.id === currentId,
+  });
+}
+
+export function toApiKey(row: ApiKeyRow): ApiKey {
+  return create(ApiKeySchema, {
+    id: row.id,
+    name: row.name,
+    kind: kindFromName(row.kind),
+    prefix: row.prefix,
+    createdBy: row.created_by,
+    createTime: ts(row.created_at),
+    lastUseTime: ts(row.last_used_at),
+    revokeTime: ts(row.revoked_at),
+  });
+}
+
+export function toAuditEvent(row: AuditRow): AuditEvent {
+  return create(AuditEventSchema, {
+    id: BigInt(row.id),
+    time: ts(row.at),
+    event: row.event,
+    userId: row.user_id ?? "",
+    actor: row.actor ?? "",
+    details: row.details,
+  });
+}
