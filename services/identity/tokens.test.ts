@@ -78,7 +78,7 @@ describe("verifyAccessToken", () => {
     const [h, , s] = good.split(".");
     expect(reason(`${h}.${b64({ ...claims, role: "admin" })}.${s}`)).toBe("bad_signature");
     const sig = Buffer.from(s!, "base64url");
-    sig[0] ^= 1;
+    sig[0] = sig[0]! ^ 1;
     expect(reason(`${h}.${good.split(".")[1]}.${sig.toString("base64url")}`)).toBe("bad_signature");
   });
 
