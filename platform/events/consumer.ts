@@ -1,0 +1,285 @@
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type TextMapGetter } from "@opentelemetry/api";
+import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import { sql, type Generated, type Kysely, type Migration, type Transaction } from "kysely";
+import type { Consumer, ConsumerConfig, IHeaders, Kafka, KafkaMessage, Producer } from "kafkajs";
+import { logger as rootLogger, type Logger } from "../telemetry/logger.js";
+import { PoisonMessageError, fromKafkaMessage, type EventEnvelope } from "./envelope.js";
+import { ensureTopics, topicPartitions } from "./kafka.js";
+
+export interface InboxTable {
+  group_id: string;
+  event_id: string;
+  processed_at: Generated<Date>;
+}
+
+export interface InboxDatabase {
+  inbox: InboxTable;
+}
+
+/**
+ * Creates the inbox table in the service's schema; add it to the service's static migration list.
+ * The key is (group_id, event_id) rather than the event id alone: one service may run several
+ * consumer groups over the same topic (say, indexing and notifying), and each must handle the
+ * event once, not once between them.
+ */
+export const inboxMigration: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await db.schema
+      .createTable("inbox")
+      .addColumn("group_id", "text", (c) => c.notNull())
+      // text, not uuid: the id comes from the wire, and a producer outside the mesh may use any
+      // CloudEvents id; a malformed uuid must not turn into a handler failure.
+      .addColumn("event_id", "text", (c) => c.notNull())
+      .addColumn("processed_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+      .addPrimaryKeyConstraint("inbox_pkey", ["group_id", "event_id"])
+      .execute();
+    await db.schema.createIndex("inbox_processed_at_idx").on("inbox").column("processed_at").execute();
+  },
+};
+
+/** Deletes inbox rows older than `before`. Keep them longer than any redelivery can take (days). */
+export async function pruneInbox(db: Kysely<any>, before: Date): Promise<number> {
+  const res = await (db as Kysely<InboxDatabase>).deleteFrom("inbox").where("processed_at", "<", before).executeTakeFirst();
+  return Number(res.numDeletedRows);
+}
+
+export interface DeliveryInfo {
+  topic: string;
+  partition: number;
+  offset: string;
+  /** 1 on the first try. */
+  attempt: number;
+}
+
+export type EventHandler = (event: EventEnvelope, trx: Transaction<any>, delivery: DeliveryInfo) => Promise<void>;
+
+export interface IdempotentConsumerOptions {
+  kafka: Kafka;
+  groupId: string;
+  topics: string[];
+  /** The service's schema-scoped database (holding its inbox table). */
+  db: Kysely<any>;
+  /**
+   * Applies the event. Every write must go through `trx`: it commits together with the inbox row,
+   * which is what makes a redelivery a no-op. Throwing rolls both back and counts as a failed attempt.
+   */
+  handler: EventHandler;
+  /** Tries before the message goes to the dead-letter topic. Default 3. */
+  maxAttempts?: number;
+  /** Wait after failed attempt n (from 1). Default 2^n s. */
+  backoffMs?: (attempt: number) => number;
+  /** Dead-letter topic for a source topic. Default `<topic>.<groupId>.dlq`. */
+  dlqTopic?: (topic: string, groupId: string) => string;
+  /** Where a group with no committed offset starts. Default true, so a new group misses nothing. */
+  fromBeginning?: boolean;
+  /** Partitions handled in parallel (order still holds within each). Default 1. */
+  partitionsConsumedConcurrently?: number;
+  /** kafkajs consumer settings (timeouts, retry); groupId is set from above. */
+  consumerConfig?: Omit<ConsumerConfig, "groupId">;
+  logger?: Logger;
+}
+
+export interface IdempotentConsumer {
+  /** Finishes the message in hand (retries included), commits offsets, leaves the group. */
+  stop(): Promise<void>;
+}
+
+export const defaultDlqTopic = (topic: string, groupId: string): string => `${topic}.${groupId}.dlq`;
+
+/** Headers added to a dead-lettered message, next to all of its original headers. */
+export const DlqHeaders = {
+  reason: "dlq_reason",
+  error: "dlq_error_message",
+  attempts: "dlq_attempts",
+  topic: "dlq_original_topic",
+  partition: "dlq_original_partition",
+  offset: "dlq_original_offset",
+  group: "dlq_consumer_group",
+  failedAt: "dlq_failed_at",
+} as const;
+
+const w3c = new W3CTraceContextPropagator();
+const tracer = trace.getTracer("medmesh-events");
+
+const headerGetter: TextMapGetter<IHeaders> = {
+  keys: (c) => Object.keys(c),
+  get: (c, k) => {
+    const v = c[k];
+    if (v === undefined) return undefined;
+    return Array.isArray(v) ? v.map((x) => x.toString()) : v.toString();
+  },
+};
+
+/**
+ * Consumes events and hands each to `handler` at most once per group, however often Kafka
+ * delivers it.
+ *
+ * Failures are retried in place, inside kafkajs' eachMessage, with the consumer heartbeating while
+ * it waits, so the group does not evict it. Retrying in place (rather than pausing the partition
+ * and seeking back) keeps per-key order trivially, at the cost of holding up a rebalance for at
+ * most the retry budget: with the defaults 2 s + 4 s. Keep maxAttempts and backoffMs small
+ * enough that their sum stays well under the rebalance timeout. A message that still fails, or
+ * that is not a valid event at all, is published to the dead-letter topic with error headers and
+ * its offset is committed, so it never blocks its partition. If the dead-letter publish itself
+ * fails, eachMessage throws and kafkajs redelivers the message: nothing is skipped silently.
+ */
+export async function startIdempotentConsumer(opts: IdempotentConsumerOptions): Promise<IdempotentConsumer> {
+  const db = opts.db as Kysely<InboxDatabase>;
+  const maxAttempts = Math.max(1, opts.maxAttempts ?? 3);
+  const backoffMs = opts.backoffMs ?? ((n: number) => 2 ** n * 1000);
+  const dlqTopic = opts.dlqTopic ?? defaultDlqTopic;
+  const { groupId } = opts;
+  const log = (opts.logger ?? rootLogger).child({ component: "event-consumer", group: groupId });
+
+  // Dead-letter topics exist before the first failure, with the source's partition count so
+  // the key-to-partition mapping (and per-key order) carries over; clusters that disallow
+  // auto-creation would otherwise refuse the first dead letter.
+  const partitions = await topicPartitions(opts.kafka, opts.topics);
+  await ensureTopics(
+    opts.kafka,
+    opts.topics.map((t) => ({ topic: dlqTopic(t, groupId), numPartitions: partitions.get(t) ?? 1 })),
+  );
+
+  const dlq: Producer = opts.kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await dlq.connect();
+  const consumer: Consumer = opts.kafka.consumer({ ...opts.consumerConfig, groupId });
+  consumer.on(consumer.events.CRASH, (e) => {
+    log.error("consumer crashed", { error: e.payload.error, restart: e.payload.restart });
+  });
+
+  async function deadLetter(topic: string, partition: number, message: KafkaMessage, reason: string, error: string, attempts: number) {
+    await dlq.send({
+      topic: dlqTopic(topic, groupId),
+      acks: -1,
+      messages: [
+        {
+          key: message.key,
+          value: message.value,
+          headers: {
+            ...message.headers,
+            [DlqHeaders.reason]: reason,
+            [DlqHeaders.error]: error.slice(0, 2000),
+            [DlqHeaders.attempts]: String(attempts),
+            [DlqHeaders.topic]: topic,
+            [DlqHeaders.partition]: String(partition),
+            [DlqHeaders.offset]: message.offset,
+            [DlqHeaders.group]: groupId,
+            [DlqHeaders.failedAt]: new Date().toISOString(),
+          },
+        },
+      ],
+    });
+  }
+
+  async function wait(ms: number, heartbeat: () => Promise<void>) {
+    // kafkajs only heartbeats between messages; a long backoff inside one must do it itself.
+    // heartbeat() is cheap when called early (it sends only once the interval has passed), and it
+    // throws when a rebalance started, which abandons this message to its next owner.
+    const until = Date.now() + ms;
+    for (;;) {
+      const left = until - Date.now();
+      if (left <= 0) return;
+      await new Promise((r) => setTimeout(r, Math.min(left, 500)));
+      await heartbeat();
+    }
+  }
+
+  async function handleMessage(topic: string, partition: number, message: KafkaMessage, heartbeat: () => Promise<void>) {
+    const parent = w3c.extract(ROOT_CONTEXT, message.headers ?? {}, headerGetter);
+    await tracer.startActiveSpan(
+      `${topic} process`,
+      {
+        kind: SpanKind.CONSUMER,
+        attributes: {
+          "messaging.system": "kafka",
+          "messaging.operation.type": "process",
+          "messaging.destination.name": topic,
+          "messaging.destination.partition.id": String(partition),
+          "messaging.kafka.offset": Number(message.offset),
+          "messaging.consumer.group.name": groupId,
+        },
+      },
+      parent,
+      async (span) => {
+        try {
+          let event: EventEnvelope;
+          try {
+            event = fromKafkaMessage(message);
+          } catch (err) {
+            if (!(err instanceof PoisonMessageError)) throw err;
+            log.warn("dead-lettering an invalid message", { topic, partition, offset: message.offset, reason: err.reason });
+            span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+            await deadLetter(topic, partition, message, "invalid", err.reason, 0);
+            return;
+          }
+          span.setAttribute("messaging.message.id", event.id);
+          span.setAttribute("cloudevents.event_type", event.type);
+          for (let attempt = 1; ; attempt++) {
+            try {
+              const outcome = await db.transaction().execute(async (trx) => {
+                const fresh = await trx
+                  .insertInto("inbox")
+                  .values({ group_id: groupId, event_id: event.id })
+                  .onConflict((oc) => oc.columns(["group_id", "event_id"]).doNothing())
+                  .returning("event_id")
+                  .executeTakeFirst();
+                if (!fresh) return "duplicate" as const;
+                await opts.handler(event, trx, { topic, partition, offset: message.offset, attempt });
+                return "handled" as const;
+              });
+              span.setAttribute("medmesh.event.duplicate", outcome === "duplicate");
+              if (outcome === "duplicate") log.debug("skipping an event already handled", { event_id: event.id, topic });
+              return;
+            } catch (err) {
+              const error = err as Error;
+              span.recordException(error);
+              if (attempt >= maxAttempts) {
+                log.error("event failed every attempt; dead-lettering it", {
+                  event_id: event.id,
+                  type: event.type,
+                  topic,
+                  partition,
+                  offset: message.offset,
+                  attempts: attempt,
+                  error,
+                });
+                span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
+                await deadLetter(topic, partition, message, "failed", error.message ?? String(err), attempt);
+                return;
+              }
+              log.warn("event handler failed; retrying", { event_id: event.id, topic, attempt, error });
+              await wait(backoffMs(attempt), heartbeat);
+            }
+          }
+        } finally {
+          span.end();
+        }
+      },
+    );
+  }
+
+  try {
+    await consumer.connect();
+    await consumer.subscribe({ topics: opts.topics, fromBeginning: opts.fromBeginning ?? true });
+    await consumer.run({
+      partitionsConsumedConcurrently: opts.partitionsConsumedConcurrently ?? 1,
+      eachMessage: ({ topic, partition, message, heartbeat }) => handleMessage(topic, partition, message, heartbeat),
+    });
+  } catch (err) {
+    await consumer.disconnect().catch(() => undefined);
+    await dlq.disconnect().catch(() => undefined);
+    throw err;
+  }
+
+  let stopped: Promise<void> | undefined;
+  return {
+    stop() {
+      // kafkajs' disconnect waits for the message in hand, commits resolved offsets and leaves the group.
+      stopped ??= (async () => {
+        await consumer.disconnect();
+        await dlq.disconnect();
+      })();
+      return stopped;
+    },
+  };
+}
