@@ -62,6 +62,9 @@ describe.each(backends())("identity service on $name", (backend) => {
         IDENTITY_PORT: "0",
         IDENTITY_DB_SCHEMA: `identity_t${backend.env.DOCUMENTS_DB_SCHEMA!.slice(-8)}`,
         IDENTITY_BOOTSTRAP_ADMIN_EMAIL: ADMIN_EMAIL,
+        // The lowest cost the service accepts, to keep the suite quick; tokens.test.ts covers the default.
+        IDENTITY_SCRYPT_LOG_N: "14",
+        IDENTITY_KEY_ROTATION_HOURS: "720",
       },
       { now, deliver: (d) => void outbox.push(d) },
     );
@@ -428,6 +431,26 @@ describe.each(backends())("identity service on $name", (backend) => {
       expect((await client.getMe({}, bearer(old.accessToken))).subject).toBe(u.user.id);
       expect((await client.getMe({}, bearer(fresh.accessToken))).subject).toBe(u.user.id);
       expect((await rejection(client.rotateSigningKey({}, bearer(fresh.accessToken)))).code).toBe(Code.PermissionDenied);
+    });
+
+    it("rotates by itself once the key is older than IDENTITY_KEY_ROTATION_HOURS, and drops the old key after its last token expired", async () => {
+      const kidOf = (token: string) => JSON.parse(Buffer.from(token.split(".")[0]!, "base64url").toString()).kid as string;
+      const u = await newUser();
+      const before = kidOf((await login(u.username)).accessToken);
+      offsetMs = 721 * 3600_000;
+      const rotated = await login(u.username);
+      expect(kidOf(rotated.accessToken)).not.toBe(before);
+      await keys.reload();
+      expect((await client.getJwks({})).keys.map((k) => k.kid)).toEqual(expect.arrayContaining([before, kidOf(rotated.accessToken)]));
+      offsetMs += 17 * 60_000;
+      await keys.reload();
+      const kids = (await client.getJwks({})).keys.map((k) => k.kid);
+      expect(kids).toContain(kidOf(rotated.accessToken));
+      expect(kids).not.toContain(before);
+      offsetMs = 0;
+      await keys.reload();
+      // Keys from before the jump were deleted as a month had "passed"; sign in again in real time.
+      admin = await login("root");
     });
   });
 
