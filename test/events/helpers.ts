@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import type { Kysely } from "kysely";
+import { sql, type Kysely } from "kysely";
 import { Kafka, logLevel, type Consumer, type ConsumerConfig, type KafkaMessage } from "kafkajs";
 import { openDatabase, type Database } from "../../platform/db/database.js";
 import { migrateToLatest } from "../../platform/db/migrate.js";
@@ -41,7 +41,15 @@ export async function openTestDatabase(backend: DbBackend): Promise<Database<Tes
       },
     },
   });
-  return database;
+  if (database.kind !== "postgres") return database;
+  // The real server outlives the test run: leave nothing behind in it.
+  return {
+    ...database,
+    async close() {
+      await sql`drop schema if exists ${sql.id(schema)} cascade`.execute(database.db).catch(() => undefined);
+      await database.close();
+    },
+  };
 }
 
 export function kafkaFor(address: string, clientId = "events-test"): Kafka {
