@@ -88,7 +88,8 @@ export class PoisonMessageError extends Error {
 const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
 const TRACEPARENT = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
 
-type Incoming = Pick<KafkaMessage, "key" | "value" | "headers">;
+/** The parts of a consumed message an event is read from. */
+export type IncomingMessage = Pick<KafkaMessage, "key" | "value" | "headers">;
 
 /**
  * Reads an event from a consumed Kafka message. Throws PoisonMessageError naming the first
@@ -96,7 +97,7 @@ type Incoming = Pick<KafkaMessage, "key" | "value" | "headers">;
  * missing key or value. An invalid traceparent is dropped rather than refused, as W3C trace
  * context asks: the event is still good, it only starts a new trace.
  */
-export function fromKafkaMessage(m: Incoming): EventEnvelope {
+export function fromKafkaMessage(m: IncomingMessage): EventEnvelope {
   const headers = m.headers ?? {};
   const specversion = required(headers, EventHeaderNames.specversion);
   if (specversion !== SPEC_VERSION) throw new PoisonMessageError(`unsupported ${EventHeaderNames.specversion} "${specversion}"`);

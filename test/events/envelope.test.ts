@@ -1,4 +1,4 @@
-import type { IHeaders, KafkaMessage } from "kafkajs";
+import type { IHeaders } from "kafkajs";
 import { describe, expect, it } from "vitest";
 import {
   PoisonMessageError,
@@ -7,6 +7,7 @@ import {
   protobufContentType,
   toKafkaMessage,
   type EventEnvelope,
+  type IncomingMessage,
 } from "../../platform/events/envelope.js";
 
 const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -24,7 +25,7 @@ function sample(): EventEnvelope {
 }
 
 /** What a consumer gets for a produced message: Buffers, not strings. */
-function asConsumed(e: EventEnvelope): KafkaMessage {
+function asConsumed(e: EventEnvelope): IncomingMessage {
   const m = toKafkaMessage(e);
   const headers: IHeaders = {};
   for (const [k, v] of Object.entries(m.headers ?? {})) headers[k] = Buffer.from(String(v));
@@ -32,14 +33,10 @@ function asConsumed(e: EventEnvelope): KafkaMessage {
     key: Buffer.from(String(m.key)),
     value: m.value as Buffer,
     headers,
-    timestamp: String(m.timestamp),
-    attributes: 0,
-    offset: "0",
-    size: 0,
   };
 }
 
-function withHeaders(patch: Record<string, string | Buffer | Buffer[] | undefined>): KafkaMessage {
+function withHeaders(patch: Record<string, string | Buffer | Buffer[] | undefined>): IncomingMessage {
   const m = asConsumed(sample());
   const headers = { ...m.headers };
   for (const [k, v] of Object.entries(patch)) {
@@ -49,7 +46,7 @@ function withHeaders(patch: Record<string, string | Buffer | Buffer[] | undefine
   return { ...m, headers };
 }
 
-function reasonOf(m: KafkaMessage): string {
+function reasonOf(m: IncomingMessage): string {
   try {
     fromKafkaMessage(m);
   } catch (err) {
