@@ -1,4 +1,4 @@
-import type { Generated, Kysely, Selectable, Transaction } from "kysely";
+import type { Generated, Kysely, Selectable } from "kysely";
 import { sql } from "kysely";
 import type { HumanRole } from "./model.js";
 
@@ -121,8 +121,6 @@ export const LOCKOUT_THRESHOLD = 5;
 export const LOCKOUT_BASE_SECONDS = 60;
 export const LOCKOUT_MAX_SECONDS = 3600;
 
-type Db = Kysely<IdentityDB> | Transaction<IdentityDB>;
-
 /** Every query of the identity service; the schema is already scoped by openDatabase. */
 export class IdentityStore {
   constructor(readonly db: Kysely<IdentityDB>) {}
@@ -199,8 +197,10 @@ export class IdentityStore {
   // ---- sessions and refresh tokens
 
   async insertSession(s: Omit<SessionRow, "revoked_at" | "revoke_reason">, refreshHash: string): Promise<void> {
-    await this.db.insertInto("sessions").values(s).execute();
-    await this.db.insertInto("refresh_tokens").values({ token_hash: refreshHash, session_id: s.id, created_at: s.created_at }).execute();
+    await this.db.transaction().execute(async (tx) => {
+      await tx.insertInto("sessions").values(s).execute();
+      await tx.insertInto("refresh_tokens").values({ token_hash: refreshHash, session_id: s.id, created_at: s.created_at }).execute();
+    });
   }
 
   async refreshToken(hash: string) {
@@ -214,11 +214,14 @@ export class IdentityStore {
 
   /** Marks a refresh token traded; false when someone traded it first (then it is reuse). */
   async rotateRefreshToken(oldHash: string, newHash: string, sessionId: string, now: Date): Promise<boolean> {
-    const res = await this.db.updateTable("refresh_tokens").set({ rotated_at: now }).where("token_hash", "=", oldHash).where("rotated_at", "is", null).executeTakeFirst();
-    if (Number(res.numUpdatedRows) !== 1) return false;
-    await this.db.insertInto("refresh_tokens").values({ token_hash: newHash, session_id: sessionId, created_at: now }).execute();
-    await this.db.updateTable("sessions").set({ last_used_at: now }).where("id", "=", sessionId).execute();
-    return true;
+    // One transaction: a token is never marked traded without its successor existing.
+    return this.db.transaction().execute(async (tx) => {
+      const res = await tx.updateTable("refresh_tokens").set({ rotated_at: now }).where("token_hash", "=", oldHash).where("rotated_at", "is", null).executeTakeFirst();
+      if (Number(res.numUpdatedRows) !== 1) return false;
+      await tx.insertInto("refresh_tokens").values({ token_hash: newHash, session_id: sessionId, created_at: now }).execute();
+      await tx.updateTable("sessions").set({ last_used_at: now }).where("id", "=", sessionId).execute();
+      return true;
+    });
   }
 
   async revokeSession(id: string, reason: string, now: Date, userId?: string): Promise<boolean> {
@@ -263,6 +266,10 @@ export class IdentityStore {
   }
 
   async confirmMfa(userId: string, step: number, backupHashes: string[], now: Date): Promise<boolean> {
+    return this.transaction((tx) => tx.confirmMfaIn(userId, step, backupHashes, now));
+  }
+
+  private async confirmMfaIn(userId: string, step: number, backupHashes: string[], now: Date): Promise<boolean> {
     const res = await this.db
       .updateTable("mfa")
       .set({ confirmed_at: now, last_used_step: step })
