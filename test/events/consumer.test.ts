@@ -1,0 +1,205 @@
+import { randomBytes } from "node:crypto";
+import type { Kafka, Producer } from "kafkajs";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { startBroker, type RunningBroker } from "../../deploy/embedded/kafka/index.js";
+import type { Database } from "../../platform/db/database.js";
+import { DlqHeaders, startIdempotentConsumer, type EventHandler, type IdempotentConsumer } from "../../platform/events/consumer.js";
+import { newEvent, protobufContentType, toKafkaMessage, type EventEnvelope } from "../../platform/events/envelope.js";
+import type { Logger } from "../../platform/telemetry/logger.js";
+import { createTopics, dbBackends, fastConsumer, kafkaFor, openTestDatabase, recordTopics, waitFor, type TestDatabase } from "./helpers.js";
+
+const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silent };
+
+function event(key: string, note: string): EventEnvelope {
+  return newEvent({
+    type: "medmesh.test.happened.v1",
+    source: "/medmesh/test",
+    key,
+    payload: new TextEncoder().encode(note),
+    contentType: protobufContentType("medmesh.test.v1.Happened"),
+  });
+}
+
+const rand = () => randomBytes(3).toString("hex");
+
+describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
+  let broker: RunningBroker;
+  let kafka: Kafka;
+  let producer: Producer;
+  let database: Database<TestDatabase>;
+  const consumers: IdempotentConsumer[] = [];
+  const cleanups: (() => Promise<void>)[] = [];
+
+  beforeAll(async () => {
+    broker = await startBroker({ port: 0, dataDir: null });
+    kafka = kafkaFor(broker.address);
+    producer = kafka.producer({ idempotent: true });
+    await producer.connect();
+    database = await openTestDatabase(backend);
+  });
+
+  afterEach(async () => {
+    for (const c of consumers.splice(0)) await c.stop();
+    for (const c of cleanups.splice(0)) await c();
+  });
+
+  afterAll(async () => {
+    await producer?.disconnect();
+    await database?.close();
+    await broker?.stop();
+  });
+
+  async function consume(groupId: string, topics: string[], handler: EventHandler, maxAttempts = 3): Promise<IdempotentConsumer> {
+    const c = await startIdempotentConsumer({
+      kafka,
+      groupId,
+      topics,
+      db: database.db,
+      handler,
+      maxAttempts,
+      backoffMs: () => 10,
+      consumerConfig: fastConsumer,
+      logger: silent,
+    });
+    consumers.push(c);
+    return c;
+  }
+
+  /** Committed offsets of the group have reached the end of every partition: all of it was dealt with. */
+  async function caughtUp(groupId: string, topic: string): Promise<boolean> {
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      const [ends, committed] = await Promise.all([admin.fetchTopicOffsets(topic), admin.fetchOffsets({ groupId, topics: [topic] })]);
+      const done = new Map(committed[0]!.partitions.map((p) => [p.partition, Number(p.offset)]));
+      return ends.every((e) => done.get(e.partition) === Number(e.high));
+    } finally {
+      await admin.disconnect();
+    }
+  }
+
+  it("handles every event once even when Kafka delivers it twice", async () => {
+    const topic = `consumer-dup-${rand()}`;
+    const groupId = `g-${rand()}`;
+    await createTopics(kafka, [{ topic, numPartitions: 2 }]);
+    const events = Array.from({ length: 10 }, (_, i) => event(`agg-${i % 4}`, `n${i}`));
+    await producer.send({ topic, acks: -1, messages: events.map(toKafkaMessage) });
+    // The same events again, as a relay that crashed before marking them sent would republish them.
+    await producer.send({ topic, acks: -1, messages: [events[1]!, events[4]!, events[7]!].map(toKafkaMessage) });
+
+    const calls: string[] = [];
+    const c = await consume(groupId, [topic], async (e, trx) => {
+      calls.push(e.id);
+      await trx.insertInto("effect").values({ event_id: e.id, key: e.key, note: new TextDecoder().decode(e.payload) }).execute();
+    });
+    await waitFor("the group to consume all 13 messages", () => caughtUp(groupId, topic));
+    // A duplicate arriving after the consumer restarts is skipped as well.
+    await c.stop();
+    await producer.send({ topic, acks: -1, messages: [toKafkaMessage(events[0]!)] });
+    await consume(groupId, [topic], async (e) => {
+      calls.push(e.id);
+    });
+    await waitFor("the group to consume the late duplicate", () => caughtUp(groupId, topic));
+
+    expect(calls.sort()).toEqual(events.map((e) => e.id).sort());
+    const effects = await database.db.selectFrom("effect").selectAll().where("event_id", "in", events.map((e) => e.id)).execute();
+    expect(effects).toHaveLength(10);
+    const inbox = await database.db.selectFrom("inbox").selectAll().where("group_id", "=", groupId).execute();
+    expect(inbox.map((r) => r.event_id).sort()).toEqual(events.map((e) => e.id).sort());
+  });
+
+  it("gives each consumer group its own inbox entry", async () => {
+    const topic = `consumer-groups-${rand()}`;
+    await createTopics(kafka, [{ topic, numPartitions: 1 }]);
+    const e = event("agg", "shared");
+    await producer.send({ topic, acks: -1, messages: [toKafkaMessage(e)] });
+    const seen: string[] = [];
+    await consume("indexer", [topic], async () => void seen.push("indexer"));
+    await consume("notifier", [topic], async () => void seen.push("notifier"));
+    await waitFor("both groups", () => seen.length === 2);
+    expect(seen.sort()).toEqual(["indexer", "notifier"]);
+  });
+
+  it("retries a failing handler and applies the event once when it finally succeeds", async () => {
+    const topic = `consumer-retry-${rand()}`;
+    const groupId = `g-${rand()}`;
+    await createTopics(kafka, [{ topic, numPartitions: 1 }]);
+    const flaky = event("agg-flaky", "flaky");
+    await producer.send({ topic, acks: -1, messages: [toKafkaMessage(flaky)] });
+
+    const attempts: number[] = [];
+    await consume(groupId, [topic], async (e, trx, delivery) => {
+      attempts.push(delivery.attempt);
+      // Written before the failure: it must be rolled back with the attempt, or the third
+      // attempt would collide with it.
+      await trx.insertInto("effect").values({ event_id: e.id, key: e.key, note: `attempt ${delivery.attempt}` }).execute();
+      if (delivery.attempt < 3) throw new Error(`transient failure ${delivery.attempt}`);
+    });
+    await waitFor("the group to move past the event", () => caughtUp(groupId, topic));
+
+    expect(attempts).toEqual([1, 2, 3]);
+    const effects = await database.db.selectFrom("effect").selectAll().where("event_id", "=", flaky.id).execute();
+    expect(effects.map((r) => r.note)).toEqual(["attempt 3"]);
+    const admin = kafka.admin();
+    await admin.connect();
+    const dlq = await admin.fetchTopicOffsets(`${topic}.${groupId}.dlq`);
+    await admin.disconnect();
+    expect(dlq.reduce((n, p) => n + Number(p.high), 0)).toBe(0);
+  });
+
+  it("dead-letters a poison message with error headers and goes on with the partition", async () => {
+    const topic = `consumer-poison-${rand()}`;
+    const groupId = `g-${rand()}`;
+    const dlqTopic = `${topic}.${groupId}.dlq`;
+    await createTopics(kafka, [{ topic, numPartitions: 1 }]);
+    const poison = event("agg-1", "poison");
+    const after = event("agg-1", "after");
+    const invalid = toKafkaMessage(event("agg-1", "invalid"));
+    delete (invalid.headers as Record<string, unknown>).ce_type;
+    const last = event("agg-1", "last");
+    await producer.send({ topic, acks: -1, messages: [toKafkaMessage(poison), toKafkaMessage(after), invalid, toKafkaMessage(last)] });
+
+    const handled: string[] = [];
+    let poisonCalls = 0;
+    await consume(groupId, [topic], async (e, trx) => {
+      const note = new TextDecoder().decode(e.payload);
+      if (note === "poison") {
+        poisonCalls++;
+        await trx.insertInto("effect").values({ event_id: e.id, key: e.key, note }).execute();
+        throw new Error("cannot handle this one");
+      }
+      handled.push(note);
+    });
+    await waitFor("the group to move past every message", () => caughtUp(groupId, topic));
+    expect(handled).toEqual(["after", "last"]);
+    expect(poisonCalls).toBe(3);
+    expect(await database.db.selectFrom("effect").selectAll().where("event_id", "=", poison.id).execute()).toEqual([]);
+    expect(await database.db.selectFrom("inbox").selectAll().where("event_id", "=", poison.id).execute()).toEqual([]);
+
+    const { received, consumer } = await recordTopics(kafka, [dlqTopic]);
+    cleanups.push(() => consumer.disconnect());
+    await waitFor("two dead letters", () => received.length >= 2);
+    const [failed, refused] = received;
+    expect(failed!.message.key!.toString()).toBe("agg-1");
+    expect(failed!.message.value!.toString()).toBe("poison");
+    expect(failed!.headers).toMatchObject({
+      ce_id: poison.id,
+      ce_type: poison.type,
+      [DlqHeaders.reason]: "failed",
+      [DlqHeaders.error]: "cannot handle this one",
+      [DlqHeaders.attempts]: "3",
+      [DlqHeaders.topic]: topic,
+      [DlqHeaders.partition]: "0",
+      [DlqHeaders.offset]: "0",
+      [DlqHeaders.group]: groupId,
+    });
+    expect(Number.isNaN(Date.parse(failed!.headers[DlqHeaders.failedAt]!))).toBe(false);
+    expect(refused!.message.value!.toString()).toBe("invalid");
+    expect(refused!.headers).toMatchObject({
+      [DlqHeaders.reason]: "invalid",
+      [DlqHeaders.error]: "missing header ce_type",
+      [DlqHeaders.attempts]: "0",
+      [DlqHeaders.offset]: "2",
+    });
+  });
+});
