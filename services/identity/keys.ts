@@ -103,7 +103,7 @@ export class SigningKeyRing {
       { kid, public_jwk: jwk, private_pkcs8: privateKey.export({ format: "der", type: "pkcs8" }).toString("base64"), created_at: now },
       new Date(now.getTime() - PUBLISH_AFTER_RETIREMENT_MS),
     );
-    logger.info("signing key rotated", { component: "identity", kid });
+    logger.info("new signing key in use", { component: "identity", kid });
     await this.reload();
     return kid;
   }

@@ -9,7 +9,7 @@ import { backends, testEnv } from "../../test/support/backends.js";
 import type { SigningKeyRing } from "./keys.js";
 import { startIdentity } from "./main.js";
 import type { Delivery } from "./service.js";
-import { newAccessClaims, signAccessToken, signJws } from "./tokens.js";
+import { newAccessClaims, signAccessToken, signJws, verifyAccessToken } from "./tokens.js";
 import { totp } from "./totp.js";
 
 type Client = ReturnType<typeof createMeshClient<typeof IdentityService>>;
@@ -416,6 +416,22 @@ describe.each(backends())("identity service on $name", (backend) => {
   });
 
   describe("signing keys", () => {
+    it("a token verifies with verifyAccessToken against the published JWKS and carries the documented claims", async () => {
+      const u = await newUser();
+      const t = await login(u.username);
+      const jwks = JSON.parse((await client.getJwks({})).jwksJson);
+      const r = verifyAccessToken(t.accessToken, jwks, { now: now() });
+      if (!r.ok) throw new Error(r.message);
+      expect(r.claims).toMatchObject({ iss: "medmesh-identity", aud: "medmesh", sub: u.user.id, role: "student", kind: "user", sid: t.sessionId });
+      expect(r.claims.exp - r.claims.iat).toBe(900);
+      expect(r.claims.nbf).toBe(r.claims.iat);
+      expect(r.claims.jti).toMatch(/^[0-9a-f-]{36}$/);
+      const device = await client.createApiKey({ name: `probe-${unique()}`, kind: PrincipalKind.DEVICE }, bearer(admin.accessToken));
+      const d = verifyAccessToken((await client.exchangeApiKey({ apiKey: device.key })).accessToken, jwks, { now: now() });
+      expect(d.ok && d.claims).toMatchObject({ sub: device.apiKey!.name, role: "device", kind: "device" });
+      expect(d.ok && "sid" in d.claims).toBe(false);
+    });
+
     it("GetJwks publishes Ed25519 keys; after RotateSigningKey both old and new tokens verify", async () => {
       const before = await client.getJwks({});
       expect(before.keys.length).toBeGreaterThanOrEqual(1);
@@ -571,6 +587,9 @@ describe.each(backends())("identity service on $name", (backend) => {
       await client.refresh({ refreshToken: t.refreshToken });
       const { events } = await client.listAuditEvents({ userId: u.user.id, pageSize: 200 }, bearer(admin.accessToken));
       expect(events.map((e) => e.event).reverse()).toEqual(["registered", "login_failed", "login_succeeded", "token_refreshed"]);
+      const page1 = await client.listAuditEvents({ userId: u.user.id, pageSize: 2 }, bearer(admin.accessToken));
+      const page2 = await client.listAuditEvents({ userId: u.user.id, pageSize: 2, beforeId: page1.events[1]!.id }, bearer(admin.accessToken));
+      expect([...page1.events, ...page2.events].map((e) => e.id)).toEqual(events.map((e) => e.id));
       const all = JSON.stringify(await client.listAuditEvents({ pageSize: 200 }, bearer(admin.accessToken)), (_k, v) => (typeof v === "bigint" ? String(v) : v));
       for (const secret of [password, "a wrong password", t.refreshToken, t.accessToken, ...outbox.map((d) => d.token)]) expect(all).not.toContain(secret);
     });
