@@ -1,7 +1,9 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { DescService } from "@bufbuild/protobuf";
-import type { ServiceImpl } from "@connectrpc/connect";
+import { createContextValues, type ServiceImpl } from "@connectrpc/connect";
+import { createRateLimiter } from "../platform/cache/rate-limiter.js";
+import { parseRateRules, peerKey } from "../platform/grpc/interceptors/rate-limit.js";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { commonSpec, ConfigError, env, loadConfig } from "../platform/config/env.js";
@@ -25,6 +27,8 @@ export const configSpec = {
   CORS_ALLOWED_ORIGINS: env.list("browser origins allowed to call the gateway", ["http://localhost:8080", "http://127.0.0.1:8080"]),
   DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
   MAX_DEADLINE_MS: env.int("longest deadline a call may ask for", 60_000, 100, 600_000),
+  REDIS_URL: env.url("Redis for rate limits shared by every gateway; unset keeps them in process", ["redis:", "rediss:"]),
+  RATE_LIMITS: env.string("token buckets per rate class, class=capacity:refill-per-second", "read=200:100,write=60:20,auth=10:0.2,upload=20:5"),
   ...Object.fromEntries(publicServices.map((s) => [targetVariable(s), env.string(`gRPC address of ${s.typeName}`, "127.0.0.1:50051")])),
 };
 
@@ -49,7 +53,14 @@ export async function startGateway(source: Record<string, string | undefined> = 
     return { service, target, forward: forwardingService(service, target, { maxMessageBytes: config.GATEWAY_MAX_BODY_BYTES, defaultUnaryMs: config.DEFAULT_DEADLINE_MS }), health: createMeshClient(Health, target) };
   });
 
-  const rpcInterceptors = meshInterceptors({ component: "gateway" });
+  let rateRules;
+  try {
+    rateRules = parseRateRules(config.RATE_LIMITS);
+  } catch (err) {
+    throw new ConfigError([`RATE_LIMITS: ${(err as Error).message}`]);
+  }
+  const limiter = createRateLimiter(config.REDIS_URL);
+  const rpcInterceptors = meshInterceptors({ component: "gateway", rateLimit: { limiter, rules: rateRules } });
   const infraInterceptors = infrastructureInterceptors("gateway");
   const rpc = connectNodeAdapter({
     readMaxBytes: config.GATEWAY_MAX_BODY_BYTES,
@@ -57,6 +68,8 @@ export async function startGateway(source: Record<string, string | undefined> = 
     maxTimeoutMs: config.MAX_DEADLINE_MS,
     // A misspelt field or enum name from a script is an error to report, not data to drop.
     jsonOptions: { ignoreUnknownFields: false },
+    // Anonymous callers are rate-limited by the address that connected to us.
+    contextValues: (req) => createContextValues().set(peerKey, req.socket?.remoteAddress),
     shutdownSignal: shutdown.signal,
     routes(router) {
       for (const u of upstreams) router.service(u.service, u.forward.impl, { interceptors: rpcInterceptors });
@@ -120,6 +133,7 @@ export async function startGateway(source: Record<string, string | undefined> = 
         u.forward.close();
         u.health.close();
       }
+      await limiter.close();
       await telemetry.shutdown();
     },
   };

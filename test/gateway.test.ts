@@ -15,6 +15,7 @@ startTelemetry({ serviceName: "test", exporter: spans, logLevel: "error" });
 
 const origin = "http://console.example";
 let gatewayUrl: string;
+let documentsPort: number;
 let stops: Array<() => Promise<void>> = [];
 
 async function closedPort(): Promise<number> {
@@ -27,6 +28,7 @@ async function closedPort(): Promise<number> {
 
 beforeAll(async () => {
   const docs = await startDocuments({ ...testEnv, MEDMESH_DATA_DIR: "memory://" });
+  documentsPort = docs.port;
   const gw = await startGateway({
     ...testEnv,
     DOCUMENTS_TARGET: `127.0.0.1:${docs.port}`,
@@ -202,6 +204,41 @@ describe("a dead upstream", () => {
     const res = await fetch(`${deadUrl}/readyz`);
     expect(res.status).toBe(503);
     expect(((await res.json()) as { ready: boolean }).ready).toBe(false);
+  });
+});
+
+describe("rate limits by the contract's rate class", () => {
+  let url: string;
+  let stop: () => Promise<void>;
+  beforeAll(async () => {
+    const gw = await startGateway({
+      ...testEnv,
+      DOCUMENTS_TARGET: `127.0.0.1:${documentsPort}`,
+      // In-process buckets: a fresh gateway starts with full ones, so reruns are independent.
+      // The Redis bucket itself is covered in rate-limiter.test.ts.
+      RATE_LIMITS: "read=2:0.01,write=1:0.01",
+    });
+    url = `http://127.0.0.1:${gw.port}`;
+    stop = gw.stop;
+  });
+  afterAll(() => stop());
+
+  it("refuses a caller over its bucket with resource_exhausted and a retry delay, per class", async () => {
+    const list = () =>
+      fetch(`${url}/medmesh.documents.v1.DocumentService/ListDocuments`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    const statuses: number[] = [];
+    for (let i = 0; i < 3; i++) statuses.push((await list()).status);
+    expect(statuses.slice(0, 2)).toEqual([200, 200]);
+    const refused = await list();
+    expect(refused.status).toBe(429);
+    const body = (await refused.json()) as { code: string; message: string; details: Array<{ type: string }> };
+    expect(body.code).toBe("resource_exhausted");
+    expect(body.message).toMatch(/too many read calls; try again in \d+ s/);
+    expect(body.details[0]!.type).toBe("google.rpc.RetryInfo");
+  });
+
+  it("misconfigured rules are refused at start with a sentence", async () => {
+    await expect(startGateway({ ...testEnv, DOCUMENTS_TARGET: "127.0.0.1:1", RATE_LIMITS: "reads=lots" })).rejects.toThrow(/RATE_LIMITS: rate rule "reads=lots"/);
   });
 });
 

@@ -51,19 +51,19 @@ export interface DeliveryInfo {
   attempt: number;
 }
 
-export type EventHandler = (event: EventEnvelope, trx: Transaction<any>, delivery: DeliveryInfo) => Promise<void>;
+export type EventHandler<DB = any> = (event: EventEnvelope, trx: Transaction<DB>, delivery: DeliveryInfo) => Promise<void>;
 
-export interface IdempotentConsumerOptions {
+export interface IdempotentConsumerOptions<DB = any> {
   kafka: Kafka;
   groupId: string;
   topics: string[];
   /** The service's schema-scoped database (holding its inbox table). */
-  db: Kysely<any>;
+  db: Kysely<DB>;
   /**
    * Applies the event. Every write must go through `trx`: it commits together with the inbox row,
    * which is what makes a redelivery a no-op. Throwing rolls both back and counts as a failed attempt.
    */
-  handler: EventHandler;
+  handler: EventHandler<DB>;
   /** Tries before the message goes to the dead-letter topic. Default 3. */
   maxAttempts?: number;
   /** Wait after failed attempt n (from 1). Default 2^n s. */
@@ -123,8 +123,8 @@ const headerGetter: TextMapGetter<IHeaders> = {
  * its offset is committed, so it never blocks its partition. If the dead-letter publish itself
  * fails, eachMessage throws and kafkajs redelivers the message: nothing is skipped silently.
  */
-export async function startIdempotentConsumer(opts: IdempotentConsumerOptions): Promise<IdempotentConsumer> {
-  const db = opts.db as Kysely<InboxDatabase>;
+export async function startIdempotentConsumer<DB = any>(opts: IdempotentConsumerOptions<DB>): Promise<IdempotentConsumer> {
+  const db = opts.db as unknown as Kysely<InboxDatabase>;
   const maxAttempts = Math.max(1, opts.maxAttempts ?? 3);
   const backoffMs = opts.backoffMs ?? ((n: number) => 2 ** n * 1000);
   const dlqTopic = opts.dlqTopic ?? defaultDlqTopic;
@@ -169,6 +169,13 @@ export async function startIdempotentConsumer(opts: IdempotentConsumerOptions): 
         },
       ],
     });
+  }
+
+  async function databaseAnswers(): Promise<boolean> {
+    return sql`select 1`.execute(db).then(
+      () => true,
+      () => false,
+    );
   }
 
   async function wait(ms: number, heartbeat: () => Promise<void>) {
@@ -224,7 +231,7 @@ export async function startIdempotentConsumer(opts: IdempotentConsumerOptions): 
                   .returning("event_id")
                   .executeTakeFirst();
                 if (!fresh) return "duplicate" as const;
-                await opts.handler(event, trx, { topic, partition, offset: message.offset, attempt });
+                await opts.handler(event, trx as unknown as Transaction<DB>, { topic, partition, offset: message.offset, attempt });
                 return "handled" as const;
               });
               span.setAttribute("medmesh.event.duplicate", outcome === "duplicate");
@@ -234,6 +241,12 @@ export async function startIdempotentConsumer(opts: IdempotentConsumerOptions): 
               const error = err as Error;
               span.recordException(error);
               if (attempt >= maxAttempts) {
+                if (!(await databaseAnswers())) {
+                  // The event is not at fault: dead-lettering it would turn an outage into lost
+                  // work. Throwing leaves the offset where it is and kafkajs delivers it again.
+                  log.warn("database unavailable; leaving the event for redelivery", { event_id: event.id, topic, error });
+                  throw error;
+                }
                 log.error("event failed every attempt; dead-lettering it", {
                   event_id: event.id,
                   type: event.type,

@@ -3,12 +3,16 @@ import { accessInterceptor, type PrincipalResolver } from "./access.js";
 import { deadlineInterceptor } from "./deadline.js";
 import { errorsInterceptor } from "./errors.js";
 import { loggingInterceptor } from "./logging.js";
+import { rateLimitInterceptor, type RateRules } from "./rate-limit.js";
+import type { RateLimiter } from "../../cache/rate-limiter.js";
 import { serverTracingInterceptor } from "./tracing.js";
 import { validationInterceptor } from "./validation.js";
 
 export interface MeshInterceptorOptions {
   component: string;
   resolvePrincipal?: PrincipalResolver;
+  /** Where the edge enforces rate classes (the gateway); services behind it need not. */
+  rateLimit?: { limiter: RateLimiter; rules: RateRules };
 }
 
 /**
@@ -23,6 +27,7 @@ export function meshInterceptors(opts: MeshInterceptorOptions): Interceptor[] {
     errorsInterceptor(),
     deadlineInterceptor(),
     accessInterceptor(opts.resolvePrincipal),
+    ...(opts.rateLimit ? [rateLimitInterceptor(opts.rateLimit.limiter, opts.rateLimit.rules)] : []),
     validationInterceptor(),
   ];
 }

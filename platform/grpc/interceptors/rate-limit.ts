@@ -1,0 +1,61 @@
+import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { RateClass } from "../../../gen/medmesh/access/v1/access_pb.js";
+import type { BucketRule, RateLimiter } from "../../cache/rate-limiter.js";
+import { logger } from "../../telemetry/logger.js";
+import { resourceExhausted } from "../errors.js";
+import { policyKey, principalKey } from "./access.js";
+
+/** The caller's network address, set by the server that accepted the connection. */
+export const peerKey = createContextKey<string | undefined>(undefined, { description: "peer address" });
+
+export type RateRules = Partial<Record<RateClass, BucketRule>>;
+
+/**
+ * Parses `read=200:100,write=50:20` (class=capacity:refill-per-second) into rules.
+ * Throws a sentence naming the bad entry.
+ */
+export function parseRateRules(spec: string): RateRules {
+  const rules: RateRules = {};
+  for (const entry of spec.split(",").map((s) => s.trim()).filter(Boolean)) {
+    const m = /^(read|write|auth|upload)=(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)$/.exec(entry);
+    if (!m || Number(m[2]) < 1 || Number(m[3]) <= 0) {
+      throw new Error(`rate rule "${entry}" must look like read=200:100 (class=capacity:refill-per-second, class one of read, write, auth, upload)`);
+    }
+    const cls = { read: RateClass.READ, write: RateClass.WRITE, auth: RateClass.AUTH, upload: RateClass.UPLOAD }[m[1] as "read"];
+    rules[cls] = { capacity: Number(m[2]), refillPerSecond: Number(m[3]) };
+  }
+  return rules;
+}
+
+/**
+ * Draws one token per call from the bucket of the method's rate class, keyed by the signed-in
+ * principal or, for anonymous callers, by their address. Runs after the access interceptor,
+ * which has put the policy (and the principal) into the context.
+ * If the limiter itself fails (Redis down), credential checks fail closed and everything else
+ * stays available: refusing every read because the limiter is down would be an outage of its own.
+ */
+export function rateLimitInterceptor(limiter: RateLimiter, rules: RateRules): Interceptor {
+  const log = logger.child({ component: "rate-limit" });
+  return (next) => async (req) => {
+    const policy = req.contextValues.get(policyKey);
+    const cls = policy?.rateClass ?? RateClass.UNSPECIFIED;
+    const rule = rules[cls];
+    if (!rule) return next(req);
+    const principal = req.contextValues.get(principalKey);
+    const who = principal ? `${principal.kind}:${principal.subject}` : `ip:${req.contextValues.get(peerKey) ?? "unknown"}`;
+    const name = RateClass[cls].toLowerCase();
+    let decision;
+    try {
+      decision = await limiter.take(`${name}:${who}`, rule);
+    } catch (err) {
+      log.warn("rate limiter unavailable", { error: (err as Error).message, rate_class: name });
+      if (cls === RateClass.AUTH) throw new ConnectError("sign-in is briefly unavailable; try again shortly", Code.Unavailable);
+      return next(req);
+    }
+    if (!decision.allowed) {
+      const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
+      throw resourceExhausted(`too many ${name} calls; try again in ${seconds} s`, decision.retryAfterMs);
+    }
+    return next(req);
+  };
+}
