@@ -154,6 +154,15 @@ describe.each(backends())("identity service on $name", (backend) => {
       expect(events.find((e) => e.event === "token_reuse_detected")?.details).toMatchObject({ session_id: first.sessionId, session_revoked: "true" });
     });
 
+    it("two concurrent refreshes with one token: exactly one wins, and the race ends the session as reuse", async () => {
+      const u = await newUser();
+      const t = await login(u.username);
+      const results = await Promise.allSettled([client.refresh({ refreshToken: t.refreshToken }), client.refresh({ refreshToken: t.refreshToken })]);
+      const won = results.filter((r): r is PromiseFulfilledResult<Awaited<ReturnType<Client["refresh"]>>> => r.status === "fulfilled");
+      expect(won).toHaveLength(1);
+      expect((await rejection(client.refresh({ refreshToken: won[0]!.value.tokens!.refreshToken }))).code).toBe(Code.Unauthenticated);
+    });
+
     it("Refresh refuses a made-up token", async () => {
       expect((await rejection(client.refresh({ refreshToken: "made-up" }))).code).toBe(Code.Unauthenticated);
     });
