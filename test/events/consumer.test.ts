@@ -202,4 +202,43 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
       [DlqHeaders.offset]: "2",
     });
   });
+
+  it("does not dead-letter events while its own database is down; it leaves them for redelivery", async () => {
+    const topic = `consumer-dbdown-${rand()}`;
+    const groupId = `g-${rand()}`;
+    await createTopics(kafka, [{ topic, numPartitions: 1 }]);
+    const own = await openTestDatabase(backend);
+    const lines: string[] = [];
+    const recording = (): Logger => ({
+      debug() {},
+      info() {},
+      warn: (m) => void lines.push(m),
+      error: (m) => void lines.push(m),
+      child: () => recording(),
+    });
+    const c = await startIdempotentConsumer({
+      kafka,
+      groupId,
+      topics: [topic],
+      db: own.db,
+      handler: async () => {},
+      backoffMs: () => 10,
+      consumerConfig: { ...fastConsumer, retry: { retries: 1000, initialRetryTime: 20, maxRetryTime: 100 } },
+      logger: recording(),
+    });
+    consumers.push(c);
+    await own.close();
+    await producer.send({ topic, acks: -1, messages: [toKafkaMessage(event("agg", "during the outage"))] });
+    const outageNoticed = () => lines.filter((l) => l === "database unavailable; leaving the event for redelivery").length;
+    // Seen more than once: Kafka delivered the event again after the first give-up.
+    await waitFor("two give-ups", () => outageNoticed() >= 2);
+    expect(lines).not.toContain("event failed every attempt; dead-lettering it");
+    const admin = kafka.admin();
+    await admin.connect();
+    const dlq = await admin.fetchTopicOffsets(`${topic}.${groupId}.dlq`);
+    const committed = await admin.fetchOffsets({ groupId, topics: [topic] });
+    await admin.disconnect();
+    expect(dlq.reduce((n, p) => n + Number(p.high), 0)).toBe(0);
+    expect(committed[0]!.partitions[0]!.offset).not.toBe("1");
+  });
 });
