@@ -17,7 +17,8 @@ import { startTelemetry } from "../platform/telemetry/sdk.js";
 import { applyCors } from "./cors.js";
 import { createDualProtocolServer } from "./dual-protocol-server.js";
 import { forwardingService } from "./forward.js";
-import { publicServices, targetVariable } from "./public-services.js";
+import { defaultTarget, publicServices, targetVariable } from "./public-services.js";
+import { IdentityService } from "../gen/medmesh/identity/v1/identity_pb.js";
 
 export const configSpec = {
   ...commonSpec,
@@ -29,7 +30,7 @@ export const configSpec = {
   MAX_DEADLINE_MS: env.int("longest deadline a call may ask for", 60_000, 100, 600_000),
   REDIS_URL: env.url("Redis for rate limits shared by every gateway; unset keeps them in process", ["redis:", "rediss:"]),
   RATE_LIMITS: env.string("token buckets per rate class, class=capacity:refill-per-second", "read=200:100,write=60:20,auth=10:0.2,upload=20:5"),
-  ...Object.fromEntries(publicServices.map((s) => [targetVariable(s), env.string(`gRPC address of ${s.typeName}`, "127.0.0.1:50051")])),
+  ...Object.fromEntries(publicServices.map((s) => [targetVariable(s), env.string(`gRPC address of ${s.typeName}`, defaultTarget(s))])),
 };
 
 type Req = IncomingMessage | Http2ServerRequest;
@@ -97,6 +98,18 @@ export async function startGateway(source: Record<string, string | undefined> = 
     return { ready: !shutdown.signal.aborted && results.every(([, s]) => s === "SERVING"), upstreams: Object.fromEntries(results) };
   }
 
+  // The identity service's signing keys, re-served for anyone verifying medmesh tokens. Cached
+  // briefly: a new key is published before it signs, so a short cache never misses one for long.
+  const identity = upstreams.find((u) => u.service === IdentityService);
+  const identityClient = identity ? createMeshClient(IdentityService, identity.target) : undefined;
+  let jwksCache: { body: string; until: number } | undefined;
+  async function jwks(): Promise<string> {
+    if (jwksCache && jwksCache.until > Date.now()) return jwksCache.body;
+    const res = await identityClient!.getJwks({}, { timeoutMs: 2_000 });
+    jwksCache = { body: res.jwksJson, until: Date.now() + 30_000 };
+    return res.jwksJson;
+  }
+
   async function plainHttp(req: Req, res: Res) {
     const path = (req.url ?? "/").split("?")[0];
     const json = (status: number, body: unknown) => {
@@ -107,6 +120,15 @@ export async function startGateway(source: Record<string, string | undefined> = 
     if (path === "/readyz") {
       const r = await readiness();
       return json(r.ready ? 200 : 503, r);
+    }
+    if (path === "/.well-known/jwks.json" && identityClient) {
+      try {
+        const body = await jwks();
+        res.writeHead(200, { "content-type": "application/jwk-set+json", "cache-control": "public, max-age=30" });
+        return res.end(body);
+      } catch {
+        return json(503, { code: "unavailable", message: "the signing keys cannot be fetched right now; try again shortly" });
+      }
     }
     if (path === "/metrics") {
       res.writeHead(200, { "content-type": "text/plain; version=0.0.4" });
@@ -134,6 +156,7 @@ export async function startGateway(source: Record<string, string | undefined> = 
         u.health.close();
       }
       await limiter.close();
+      identityClient?.close();
       await telemetry.shutdown();
     },
   };

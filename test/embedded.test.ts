@@ -60,6 +60,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
       MEDMESH_DATA_DIR: dataDir,
       GATEWAY_PORT: String(await freePort()),
       DOCUMENTS_PORT: String(await freePort()),
+      IDENTITY_PORT: String(await freePort()),
       EMBEDDED_PG_PORT: String(await freePort()),
       KAFKA_PORT: String(await freePort()),
     };
@@ -77,7 +78,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
 
   it("prints one `<name> <url>` line per endpoint, the gateway first", () => {
     expect(mesh.order[0]).toBe("gateway");
-    expect(new Set(mesh.order)).toEqual(new Set(["gateway", "postgres", "kafka", "documents"]));
+    expect(new Set(mesh.order)).toEqual(new Set(["gateway", "postgres", "kafka", "identity", "documents"]));
     expect(gateway).toBe(`http://127.0.0.1:${env.GATEWAY_PORT}`);
     expect(mesh.endpoints.get("kafka")).toBe(`127.0.0.1:${env.KAFKA_PORT}`);
   });
@@ -122,6 +123,30 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     });
   }
 
+  it("signs a user up and in through the gateway, and publishes the keys that verify the token", async () => {
+    const call = (method: string, body: unknown) =>
+      fetch(`${gateway}/medmesh.identity.v1.IdentityService/${method}`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    const registered = await call("Register", { email: "ada@example.org", username: "ada", password: "correct horse battery", firstName: "Ada", lastName: "Byron" });
+    expect(registered.status).toBe(200);
+    const login = await call("Login", { login: "ada@example.org", password: "correct horse battery" });
+    expect(login.status).toBe(200);
+    const body = (await login.json()) as { tokens?: { accessToken: string } };
+    const token = body.tokens!.accessToken;
+    const kid = JSON.parse(Buffer.from(token.split(".")[0]!, "base64url").toString()).kid;
+    const jwks = (await (await fetch(`${gateway}/.well-known/jwks.json`)).json()) as { keys: Array<{ kid: string; kty: string }> };
+    expect(jwks.keys.map((k) => k.kid)).toContain(kid);
+    const me = await fetch(`${gateway}/medmesh.identity.v1.IdentityService/GetMe`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+      body: "{}",
+    });
+    expect(me.status).toBe(200);
+  });
+
   it("buf curl shows a bad request as invalid_argument with the field", async () => {
     const err = await bufCurl("-d", '{"document":{"title":"x","documentType":"DOCUMENT_TYPE_REVIEW","doi":"bad"}}', `${gateway}/medmesh.documents.v1.DocumentService/CreateDocument`).catch(
       (e: { stderr: string }) => e.stderr,
@@ -143,7 +168,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
 
   it("stops every process on SIGTERM and keeps its data across a restart", async () => {
     const pids = pidsOf(mesh);
-    expect(Object.keys(pids).sort()).toEqual(["documents", "gateway", "kafka", "postgres"]);
+    expect(Object.keys(pids).sort()).toEqual(["documents", "gateway", "identity", "kafka", "postgres"]);
     const stopping = Date.now();
     expect(await mesh.stop("SIGTERM")).toBe(0);
     console.log(`stopped in ${Date.now() - stopping} ms; first start was ready in ${mesh.readyMs} ms`);

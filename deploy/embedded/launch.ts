@@ -12,6 +12,7 @@ const configSpec = {
   GATEWAY_HOST: env.string("interface the gateway binds", "127.0.0.1"),
   GATEWAY_PORT: env.port("gateway port", 8080),
   DOCUMENTS_PORT: env.port("documents gRPC port", 50051),
+  IDENTITY_PORT: env.port("identity gRPC port", 50052),
   KAFKA_BROKERS: env.optionalString("use these Kafka brokers instead of the embedded one"),
   KAFKA_PORT: env.port("port of the embedded Kafka-compatible broker", 9092),
   STARTUP_TIMEOUT_MS: env.int("how long a component may take to become ready", 120_000, 1_000, 600_000),
@@ -103,6 +104,7 @@ async function main() {
 
   let databaseUrl = config.DATABASE_URL;
   const documentsTarget = `127.0.0.1:${config.DOCUMENTS_PORT}`;
+  const identityTarget = `127.0.0.1:${config.IDENTITY_PORT}`;
   const components: Component[] = [];
   if (!databaseUrl) {
     components.push({
@@ -120,6 +122,11 @@ async function main() {
   }
   components.push(
     {
+      name: "identity",
+      entry: "services/identity/main.ts",
+      env: () => ({ DATABASE_URL: databaseUrl!, IDENTITY_PORT: String(config.IDENTITY_PORT) }),
+    },
+    {
       name: "documents",
       entry: "services/documents/main.ts",
       env: () => ({ DATABASE_URL: databaseUrl!, DOCUMENTS_PORT: String(config.DOCUMENTS_PORT) }),
@@ -127,13 +134,19 @@ async function main() {
     {
       name: "gateway",
       entry: "gateway/main.ts",
-      env: () => ({ DOCUMENTS_TARGET: documentsTarget, GATEWAY_PORT: String(config.GATEWAY_PORT), GATEWAY_HOST: config.GATEWAY_HOST }),
+      env: () => ({ DOCUMENTS_TARGET: documentsTarget, IDENTITY_TARGET: identityTarget, GATEWAY_PORT: String(config.GATEWAY_PORT), GATEWAY_HOST: config.GATEWAY_HOST }),
     },
   );
 
   try {
-    // Storage and the broker depend on nothing and start together; services follow in order.
-    const stages = [components.filter((c) => c.name === "postgres" || c.name === "kafka"), ...components.filter((c) => c.name !== "postgres" && c.name !== "kafka").map((c) => [c])];
+    // Storage and the broker depend on nothing and start together, then the services (which
+    // need only storage), then the gateway in front of them.
+    const infrastructure = new Set(["postgres", "kafka"]);
+    const stages = [
+      components.filter((c) => infrastructure.has(c.name)),
+      components.filter((c) => !infrastructure.has(c.name) && c.name !== "gateway"),
+      components.filter((c) => c.name === "gateway"),
+    ].filter((stage) => stage.length > 0);
     for (const stage of stages) {
       const results = await Promise.allSettled(stage.map((c) => startComponent(c, config.STARTUP_TIMEOUT_MS)));
       for (const [i, result] of results.entries()) {
