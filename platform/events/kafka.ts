@@ -10,7 +10,7 @@ export function kafkaLogCreator(base: Logger = rootLogger): logCreator {
   return () =>
     ({ namespace, level, log: entry }: LogEntry) => {
       const { message, timestamp: _timestamp, ...fields } = entry;
-      const f = { namespace, ...fields };
+      const f = namespace ? { namespace, ...fields } : fields;
       if (level === KafkaLogLevel.ERROR) log.error(message, f);
       else if (level === KafkaLogLevel.WARN) log.warn(message, f);
       else if (level === KafkaLogLevel.INFO) log.info(message, f);
