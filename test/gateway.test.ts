@@ -14,6 +14,8 @@ const spans = new InMemorySpanExporter();
 startTelemetry({ serviceName: "test", exporter: spans, logLevel: "error" });
 
 const origin = "http://console.example";
+// This file tests the gateway in front of one service; identity has its own tests.
+const documentsOnly = { services: [DocumentService] };
 let gatewayUrl: string;
 let documentsPort: number;
 let stops: Array<() => Promise<void>> = [];
@@ -34,7 +36,7 @@ beforeAll(async () => {
     DOCUMENTS_TARGET: `127.0.0.1:${docs.port}`,
     CORS_ALLOWED_ORIGINS: origin,
     GATEWAY_MAX_BODY_BYTES: "64KiB",
-  });
+  }, documentsOnly);
   gatewayUrl = `http://127.0.0.1:${gw.port}`;
   stops = [gw.stop, docs.stop];
 });
@@ -184,7 +186,7 @@ describe("a dead upstream", () => {
   let deadUrl: string;
   let stop: () => Promise<void>;
   beforeAll(async () => {
-    const gw = await startGateway({ ...testEnv, DOCUMENTS_TARGET: `127.0.0.1:${await closedPort()}` });
+    const gw = await startGateway({ ...testEnv, DOCUMENTS_TARGET: `127.0.0.1:${await closedPort()}` }, documentsOnly);
     deadUrl = `http://127.0.0.1:${gw.port}`;
     stop = gw.stop;
   });
@@ -217,7 +219,7 @@ describe("rate limits by the contract's rate class", () => {
       // In-process buckets: a fresh gateway starts with full ones, so reruns are independent.
       // The Redis bucket itself is covered in rate-limiter.test.ts.
       RATE_LIMITS: "read=2:0.01,write=1:0.01",
-    });
+    }, documentsOnly);
     url = `http://127.0.0.1:${gw.port}`;
     stop = gw.stop;
   });
