@@ -140,7 +140,13 @@ export async function startIdempotentConsumer<DB = any>(opts: IdempotentConsumer
     opts.topics.map((t) => ({ topic: dlqTopic(t, groupId), numPartitions: partitions.get(t) ?? 1 })),
   );
 
-  const dlq: Producer = opts.kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  const dlq: Producer = opts.kafka.producer({
+    idempotent: true,
+    maxInFlightRequests: 1,
+    // Bounded, unlike kafkajs' idempotent default (forever): a dead-letter publish that cannot get
+    // through should fail the message back to Kafka for redelivery, not hang stop() behind it.
+    retry: { retries: 5, initialRetryTime: 300, maxRetryTime: 5_000 },
+  });
   await dlq.connect();
   const consumer: Consumer = opts.kafka.consumer({ ...opts.consumerConfig, groupId });
   consumer.on(consumer.events.CRASH, (e) => {

@@ -241,4 +241,31 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
     expect(dlq.reduce((n, p) => n + Number(p.high), 0)).toBe(0);
     expect(committed[0]!.partitions[0]!.offset).not.toBe("1");
   });
+
+  it("stop() finishes the event in hand and commits its offset", async () => {
+    const topic = `consumer-stop-${rand()}`;
+    const groupId = `g-${rand()}`;
+    await createTopics(kafka, [{ topic, numPartitions: 1 }]);
+    const slow = event("agg", "slow");
+    await producer.send({ topic, acks: -1, messages: [toKafkaMessage(slow)] });
+    let started!: () => void;
+    const handlerStarted = new Promise<void>((r) => (started = r));
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const c = await consume(groupId, [topic], async (e, trx) => {
+      started();
+      await released;
+      await trx.insertInto("effect").values({ event_id: e.id, key: e.key, note: "finished" }).execute();
+    });
+    await handlerStarted;
+    const stopping = c.stop();
+    let stopped = false;
+    void stopping.then(() => (stopped = true));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(stopped).toBe(false);
+    release();
+    await stopping;
+    expect(await database.db.selectFrom("effect").select("note").where("event_id", "=", slow.id).execute()).toEqual([{ note: "finished" }]);
+    expect(await caughtUp(groupId, topic)).toBe(true);
+  });
 });
