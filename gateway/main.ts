@@ -3,6 +3,8 @@ import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextValues, type ServiceImpl } from "@connectrpc/connect";
 import { createRateLimiter } from "../platform/cache/rate-limiter.js";
+import { identityKeySet } from "../platform/auth/key-set.js";
+import { bearerPrincipalResolver } from "../platform/auth/principal.js";
 import { parseRateRules, peerKey } from "../platform/grpc/interceptors/rate-limit.js";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
@@ -61,7 +63,12 @@ export async function startGateway(source: Record<string, string | undefined> = 
     throw new ConfigError([`RATE_LIMITS: ${(err as Error).message}`]);
   }
   const limiter = createRateLimiter(config.REDIS_URL);
-  const rpcInterceptors = meshInterceptors({ component: "gateway", rateLimit: { limiter, rules: rateRules } });
+  const keys = identityKeySet(config.IDENTITY_TARGET!);
+  const rpcInterceptors = meshInterceptors({
+    component: "gateway",
+    resolvePrincipal: bearerPrincipalResolver(keys),
+    rateLimit: { limiter, rules: rateRules },
+  });
   const infraInterceptors = infrastructureInterceptors("gateway");
   const rpc = connectNodeAdapter({
     readMaxBytes: config.GATEWAY_MAX_BODY_BYTES,
@@ -156,6 +163,7 @@ export async function startGateway(source: Record<string, string | undefined> = 
         u.health.close();
       }
       await limiter.close();
+      keys.close();
       identityClient?.close();
       await telemetry.shutdown();
     },

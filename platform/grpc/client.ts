@@ -12,6 +12,8 @@ export interface MeshClientOptions {
   /** Deadline for calls that set none and are not made from inside another call. */
   defaultTimeoutMs?: number;
   maxMessageBytes?: number;
+  /** Sent with every call (e.g. authorization); a call's own headers win. */
+  headers?: HeadersInit;
   /** Extra grpc-js channel options. */
   channelOptions?: Partial<ClientOptions>;
 }
@@ -64,7 +66,7 @@ interface Prepared {
  * of the call we are serving, else the default), cancellation, headers and a client span whose
  * context travels as traceparent.
  */
-function prepare(method: DescMethod, options: CallOptions | undefined, defaultTimeoutMs: number | undefined): Prepared {
+function prepare(method: DescMethod, options: CallOptions | undefined, defaultTimeoutMs: number | undefined, baseHeaders?: HeadersInit): Prepared {
   const parent = currentCall();
   const parentRemaining = parent?.timeoutMs();
   const candidates = [options?.timeoutMs, parentRemaining, options?.timeoutMs === undefined && parentRemaining === undefined ? defaultTimeoutMs : undefined].filter(
@@ -75,7 +77,9 @@ function prepare(method: DescMethod, options: CallOptions | undefined, defaultTi
     kind: SpanKind.CLIENT,
     attributes: { "rpc.system": "grpc", "rpc.service": method.parent.typeName, "rpc.method": method.name },
   });
-  const metadata = headersToMetadata(new Headers(options?.headers));
+  const headers = new Headers(baseHeaders);
+  new Headers(options?.headers).forEach((v, k) => headers.set(k, v));
+  const metadata = headersToMetadata(headers);
   propagation.inject(trace.setSpan(context.active(), span), metadata, {
     set: (md: Metadata, k: string, v: string) => md.set(k, v),
   });
@@ -183,7 +187,7 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
     switch (method.methodKind) {
       case "unary":
         client[method.localName] = (init: MessageInitShape<DescMessage>, options?: CallOptions) => {
-          const p = prepare(method, options, opts.defaultTimeoutMs);
+          const p = prepare(method, options, opts.defaultTimeoutMs, opts.headers);
           return new Promise((resolve, reject) => {
             const call = channel.makeUnaryRequest(path, ser, de, create(method.input, init), p.metadata, { deadline: p.deadline }, (err, res) => {
               finish(p, err ?? undefined);
@@ -196,7 +200,7 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
         break;
       case "server_streaming":
         client[method.localName] = (init: MessageInitShape<DescMessage>, options?: CallOptions) => {
-          const p = prepare(method, options, opts.defaultTimeoutMs);
+          const p = prepare(method, options, opts.defaultTimeoutMs, opts.headers);
           const call = channel.makeServerStreamRequest(path, ser, de, create(method.input, init), p.metadata, { deadline: p.deadline });
           wireCall(p, call);
           return readAll(p, call, fromGrpc);
@@ -204,7 +208,7 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
         break;
       case "client_streaming":
         client[method.localName] = (input: AsyncIterable<unknown>, options?: CallOptions) => {
-          const p = prepare(method, options, opts.defaultTimeoutMs);
+          const p = prepare(method, options, opts.defaultTimeoutMs, opts.headers);
           return new Promise((resolve, reject) => {
             let pump: { failure: () => unknown } | undefined;
             const call = channel.makeClientStreamRequest(path, ser, de, p.metadata, { deadline: p.deadline }, (err, res) => {
@@ -221,7 +225,7 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
         break;
       case "bidi_streaming":
         client[method.localName] = (input: AsyncIterable<unknown>, options?: CallOptions) => {
-          const p = prepare(method, options, opts.defaultTimeoutMs);
+          const p = prepare(method, options, opts.defaultTimeoutMs, opts.headers);
           const call = channel.makeBidiStreamRequest(path, ser, de, p.metadata, { deadline: p.deadline });
           wireCall(p, call);
           const pump = pumpInto(input, method.input, call as never);

@@ -8,6 +8,8 @@ import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/ru
 import { startTelemetry } from "../../platform/telemetry/sdk.js";
 import { DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { migrations } from "./migrations/index.js";
+import { identityKeySet } from "../../platform/auth/key-set.js";
+import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
 import { documentService } from "./service.js";
 import { DocumentStore, type DocumentsDB } from "./store.js";
 
@@ -17,6 +19,7 @@ export const configSpec = {
   DOCUMENTS_PORT: env.port("gRPC port (0 picks a free one)", 50051),
   DATABASE_URL: env.url("Postgres server; unset means embedded PGlite under MEDMESH_DATA_DIR", ["postgres:", "postgresql:"]),
   DOCUMENTS_DB_SCHEMA: env.string("schema the service owns", "documents"),
+  IDENTITY_TARGET: env.string("where the identity service publishes the keys that verify access tokens", "127.0.0.1:50052"),
   DB_POOL_MAX: env.int("connections per service pool", 10, 1, 100),
   GRPC_MAX_MESSAGE_BYTES: env.bytes("largest gRPC message accepted or sent", 4 * 1024 * 1024),
   DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
@@ -33,13 +36,15 @@ export async function startDocuments(source: Record<string, string | undefined> 
     poolMax: config.DB_POOL_MAX,
   });
   await migrateToLatest(database.db as never, config.DOCUMENTS_DB_SCHEMA, migrations);
+  // Tokens are verified here too, not only at the gateway: services are reachable inside the mesh.
+  const keys = identityKeySet(config.IDENTITY_TARGET);
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const server = await startGrpcServer({
     name: "documents",
     host: config.DOCUMENTS_HOST,
     port: config.DOCUMENTS_PORT,
     services: [register(DocumentService, documentService(new DocumentStore(database.db)))],
-    interceptors: meshInterceptors({ component: "documents" }),
+    interceptors: meshInterceptors({ component: "documents", resolvePrincipal: bearerPrincipalResolver(keys) }),
     deadlines,
     maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
     readinessProbe: () => database.ping(),
@@ -49,6 +54,7 @@ export async function startDocuments(source: Record<string, string | undefined> 
     endpoints: { documents: `grpc://${server.address}` },
     async stop() {
       await server.shutdown(config.SHUTDOWN_GRACE_MS);
+      keys.close();
       await database.close();
       await telemetry.shutdown();
     },

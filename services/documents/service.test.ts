@@ -11,6 +11,7 @@ import {
 import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
 import { backends, testEnv } from "../../test/support/backends.js";
+import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";
 import { startDocuments } from "./main.js";
 
 type Client = ReturnType<typeof createMeshClient<typeof DocumentService>>;
@@ -31,16 +32,28 @@ const base = {
 
 describe.each(backends())("documents service on $name", (backend) => {
   let stop: () => Promise<void>;
+  let identity: TestIdentity;
+  let address: string;
   let client: Client;
+  const clients: Client[] = [];
+  /** A client signed in as someone (or as nobody, with no headers at all). */
+  const as = async (who?: Parameters<TestIdentity["bearer"]>[0], headers?: Record<string, string>): Promise<Client> => {
+    const c = createMeshClient(DocumentService, address, { defaultTimeoutMs: 10_000, headers: headers ?? (who ? await identity.bearer(who) : {}) });
+    clients.push(c);
+    return c;
+  };
 
   beforeAll(async () => {
-    const svc = await startDocuments({ ...testEnv, ...backend.env });
+    identity = await startTestIdentity();
+    const svc = await startDocuments({ ...testEnv, ...backend.env, IDENTITY_TARGET: identity.target });
     stop = svc.stop;
-    client = createMeshClient(DocumentService, `127.0.0.1:${svc.port}`, { defaultTimeoutMs: 10_000 });
+    address = `127.0.0.1:${svc.port}`;
+    client = await as("doctor");
   });
   afterAll(async () => {
-    client?.close();
+    for (const c of clients) c.close();
     await stop?.();
+    await identity?.stop();
   });
 
   it("creates a document with every field and reads it back", async () => {
@@ -151,7 +164,7 @@ describe.each(backends())("documents service on $name", (backend) => {
     });
 
     it("filters by status and uploader", async () => {
-      const pending = await client.listDocuments({ specialty, processingStatus: ProcessingStatus.PENDING, uploadedBy: "anonymous", pageSize: 100 });
+      const pending = await client.listDocuments({ specialty, processingStatus: ProcessingStatus.PENDING, uploadedBy: await identity.userId("doctor"), pageSize: 100 });
       expect(pending.documents.length).toBeGreaterThanOrEqual(7);
       const none = await client.listDocuments({ specialty, processingStatus: ProcessingStatus.INDEXED, pageSize: 100 });
       expect(none.documents).toHaveLength(0);
@@ -164,6 +177,88 @@ describe.each(backends())("documents service on $name", (backend) => {
       const err = await rejection(client.listDocuments({ specialty, documentType: DocumentType.REVIEW, pageToken: first.nextPageToken }));
       expect(err.code).toBe(Code.InvalidArgument);
       expect(err.rawMessage).toMatch(/different filters/);
+    });
+  });
+
+  describe("who may do what", () => {
+    let privateId: string;
+    let sharedId: string;
+    beforeAll(async () => {
+      privateId = (await client.createDocument({ document: { ...base, title: "doctor's private notes" } })).document!.id;
+      sharedId = (await client.createDocument({ document: { ...base, title: "shared with the platform", visibility: Visibility.PLATFORM } })).document!.id;
+    });
+
+    it("records the signed-in uploader", async () => {
+      const { document } = await client.getDocument({ id: privateId });
+      expect(document!.uploadedBy).toBe(await identity.userId("doctor"));
+    });
+
+    it("a private document is invisible to other users, reported exactly like a missing one", async () => {
+      for (const who of ["doctor2", "student", "researcher"] as const) {
+        const other = await as(who);
+        const err = await rejection(other.getDocument({ id: privateId }));
+        expect(err.code).toBe(Code.NotFound);
+        expect(err.rawMessage).toBe(`document ${privateId} does not exist`);
+        const listed = await other.listDocuments({ pageSize: 100 });
+        expect(listed.documents.map((d) => d.id)).not.toContain(privateId);
+        expect((await rejection(other.updateDocument({ document: { id: privateId, title: "x" }, updateMask: create(FieldMaskSchema, { paths: ["title"] }) }))).code).toBe(Code.NotFound);
+        expect((await rejection(other.deleteDocument({ id: privateId }))).code).toBe(Code.NotFound);
+      }
+    });
+
+    it("a platform document is readable by every signed-in user but changed only by its uploader or an admin", async () => {
+      const student = await as("student");
+      expect((await student.getDocument({ id: sharedId })).document!.title).toBe("shared with the platform");
+      expect((await student.listDocuments({ pageSize: 100 })).documents.map((d) => d.id)).toContain(sharedId);
+      const doctor2 = await as("doctor2");
+      const upd = await rejection(doctor2.updateDocument({ document: { id: sharedId, title: "hijacked" }, updateMask: create(FieldMaskSchema, { paths: ["title"] }) }));
+      expect(upd.code).toBe(Code.PermissionDenied);
+      expect(upd.rawMessage).toBe("only the uploader or an admin may change this document");
+      expect((await rejection(doctor2.deleteDocument({ id: sharedId }))).code).toBe(Code.PermissionDenied);
+      expect((await client.getDocument({ id: sharedId })).document!.title).toBe("shared with the platform");
+    });
+
+    it("an admin sees and changes everything", async () => {
+      const admin = await as("admin");
+      expect((await admin.getDocument({ id: privateId })).document!.id).toBe(privateId);
+      expect((await admin.listDocuments({ pageSize: 100 })).documents.map((d) => d.id)).toContain(privateId);
+      const { document } = await admin.updateDocument({ document: { id: privateId, journal: "Edited by admin" }, updateMask: create(FieldMaskSchema, { paths: ["journal"] }) });
+      expect(document!.journal).toBe("Edited by admin");
+      const doomed = (await client.createDocument({ document: base })).document!.id;
+      await admin.deleteDocument({ id: doomed });
+      expect((await rejection(client.getDocument({ id: doomed }))).code).toBe(Code.NotFound);
+    });
+
+    it("a student may not create documents: the contract's roles decide", async () => {
+      const err = await rejection((await as("student")).createDocument({ document: base }));
+      expect(err.code).toBe(Code.PermissionDenied);
+      expect(err.rawMessage).toMatch(/student role may not call CreateDocument/);
+    });
+
+    it("no token is unauthenticated; a malformed, tampered or foreign token is refused, never treated as anonymous", async () => {
+      expect((await rejection((await as()).getDocument({ id: sharedId }))).code).toBe(Code.Unauthenticated);
+      const token = await identity.token("doctor");
+      const [h, p, sig] = token.split(".") as [string, string, string];
+      const claims = JSON.parse(Buffer.from(p, "base64url").toString());
+      const tampered = `${h}.${Buffer.from(JSON.stringify({ ...claims, role: "admin" })).toString("base64url")}.${sig}`;
+      const none = `${Buffer.from(JSON.stringify({ alg: "none", typ: "JWT" })).toString("base64url")}.${p}.`;
+      for (const [what, header] of [
+        ["not a bearer token", `Basic ${Buffer.from("a:b").toString("base64")}`],
+        ["garbage", "Bearer not.a.jwt"],
+        ["tampered role", `Bearer ${tampered}`],
+        ["alg none", `Bearer ${none}`],
+      ] as const) {
+        const err = await rejection((await as(undefined, { authorization: header })).getDocument({ id: sharedId }));
+        expect(err.code, what).toBe(Code.Unauthenticated);
+      }
+    });
+
+    it("a page token cannot be replayed by someone who sees less", async () => {
+      const admin = await as("admin");
+      const page = await admin.listDocuments({ pageSize: 1 });
+      expect(page.nextPageToken).not.toBe("");
+      const err = await rejection(client.listDocuments({ pageSize: 1, pageToken: page.nextPageToken }));
+      expect(err.code).toBe(Code.InvalidArgument);
     });
   });
 

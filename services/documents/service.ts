@@ -2,10 +2,11 @@ import { randomUUID } from "node:crypto";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { DocumentService, Visibility, type Document } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { invalidArgument, type FieldViolation } from "../../platform/grpc/errors.js";
-import { principalKey } from "../../platform/grpc/interceptors/access.js";
+import { principalKey, type Principal } from "../../platform/grpc/interceptors/access.js";
+import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
 import { decodePageToken, encodePageToken } from "../../platform/grpc/page-token.js";
 import { documentTypes, isCalendarDate, statuses, toDocument, visibilities } from "./model.js";
-import type { DocumentChanges, DocumentStore, ListFilter } from "./store.js";
+import type { DocumentChanges, DocumentRow, DocumentStore, ListFilter } from "./store.js";
 
 const DEFAULT_PAGE_SIZE = 25;
 
@@ -23,8 +24,25 @@ const updatable = new Set([
   "metadata",
 ]);
 
-function callerOf(ctx: HandlerContext): string {
-  return ctx.values.get(principalKey)?.subject ?? "anonymous";
+/**
+ * Who is calling. The access interceptor has already admitted the caller by the contract's
+ * policy; every documents RPC requires a signed-in principal, so its absence is a wiring error.
+ */
+function callerOf(ctx: HandlerContext): Principal {
+  const p = ctx.values.get(principalKey);
+  if (!p) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
+  return p;
+}
+
+const isAdmin = (p: Principal) => p.role === Role.ADMIN;
+
+/** Platform documents are for every signed-in user; private ones for their uploader and admins. */
+function canSee(p: Principal, row: DocumentRow): boolean {
+  return row.visibility === "platform" || row.uploaded_by === p.subject || isAdmin(p);
+}
+
+function canChange(p: Principal, row: DocumentRow): boolean {
+  return row.uploaded_by === p.subject || isAdmin(p);
 }
 
 function notFound(id: string): ConnectError {
@@ -61,6 +79,24 @@ export function documentService(store: DocumentStore): ServiceImpl<typeof Docume
     }
   }
 
+  /**
+   * The live document if the caller may see it. A private document of someone else is reported
+   * exactly like a missing one, so ids cannot be probed for existence.
+   */
+  async function visible(id: string, caller: Principal): Promise<DocumentRow> {
+    const row = await store.findLive(id);
+    if (!row || !canSee(caller, row)) throw notFound(id);
+    return row;
+  }
+
+  async function changeable(id: string, caller: Principal): Promise<DocumentRow> {
+    const row = await visible(id, caller);
+    if (!canChange(caller, row)) {
+      throw new ConnectError("only the uploader or an admin may change this document", Code.PermissionDenied);
+    }
+    return row;
+  }
+
   return {
     async createDocument(req, ctx) {
       const doc = req.document!;
@@ -69,7 +105,7 @@ export function documentService(store: DocumentStore): ServiceImpl<typeof Docume
       checkDates([["document.publication_date", doc.publicationDate]]);
       await ensureDoiFree(fields.doi);
       try {
-        const row = await store.insert({ id: randomUUID(), uploaded_by: callerOf(ctx), ...fields });
+        const row = await store.insert({ id: randomUUID(), uploaded_by: callerOf(ctx).subject, ...fields });
         return { document: toDocument(row) };
       } catch (err) {
         // Two creates racing for one DOI: the unique index decides, the loser hears why.
@@ -78,13 +114,12 @@ export function documentService(store: DocumentStore): ServiceImpl<typeof Docume
       }
     },
 
-    async getDocument(req) {
-      const row = await store.findLive(req.id);
-      if (!row) throw notFound(req.id);
-      return { document: toDocument(row) };
+    async getDocument(req, ctx) {
+      return { document: toDocument(await visible(req.id, callerOf(ctx))) };
     },
 
-    async listDocuments(req) {
+    async listDocuments(req, ctx) {
+      const caller = callerOf(ctx);
       checkDates([
         ["published_after", req.publishedAfter],
         ["published_before", req.publishedBefore],
@@ -100,6 +135,8 @@ export function documentService(store: DocumentStore): ServiceImpl<typeof Docume
         published_after: req.publishedAfter || undefined,
         published_before: req.publishedBefore || undefined,
       };
+      // Part of the filter, so a page token cannot be replayed by someone who sees less.
+      filter.visible_to = isAdmin(caller) ? undefined : caller.subject;
       const after = decodePageToken(req.pageToken, filter);
       const size = req.pageSize || DEFAULT_PAGE_SIZE;
       // One extra row tells whether another page exists without a count query.
@@ -112,7 +149,7 @@ export function documentService(store: DocumentStore): ServiceImpl<typeof Docume
       };
     },
 
-    async updateDocument(req) {
+    async updateDocument(req, ctx) {
       const doc = req.document!;
       const paths = req.updateMask!.paths;
       if (paths.length === 0) throw invalidArgument([{ field: "update_mask", description: "name at least one field to change" }]);
@@ -129,6 +166,7 @@ export function documentService(store: DocumentStore): ServiceImpl<typeof Docume
         throw invalidArgument([{ field: "document.title", description: "title must not be blank" }]);
       }
       if ("publication_date" in changes) checkDates([["document.publication_date", doc.publicationDate]]);
+      await changeable(doc.id, callerOf(ctx));
       if (changes.doi) await ensureDoiFree(changes.doi, doc.id);
       try {
         const row = await store.update(doc.id, changes);
@@ -140,7 +178,8 @@ export function documentService(store: DocumentStore): ServiceImpl<typeof Docume
       }
     },
 
-    async deleteDocument(req) {
+    async deleteDocument(req, ctx) {
+      await changeable(req.id, callerOf(ctx));
       if (!(await store.softDelete(req.id))) throw notFound(req.id);
       return {};
     },

@@ -45,6 +45,8 @@ export interface ListFilter {
   uploaded_by?: string;
   published_after?: string;
   published_before?: string;
+  /** Only documents this principal may see: platform ones and its own. Unset for admins. */
+  visible_to?: string;
 }
 
 // publication_date goes out as text so no time zone can shift the calendar day.
@@ -109,6 +111,10 @@ export class DocumentStore {
     if (filter.uploaded_by) q = q.where("uploaded_by", "=", filter.uploaded_by);
     if (filter.published_after) q = q.where("publication_date", ">=", filter.published_after);
     if (filter.published_before) q = q.where("publication_date", "<=", filter.published_before);
+    if (filter.visible_to !== undefined) {
+      const who = filter.visible_to;
+      q = q.where((eb) => eb.or([eb("visibility", "=", "platform"), eb("uploaded_by", "=", who)]));
+    }
     if (afterSeq !== undefined) q = q.where("seq", "<", afterSeq);
     return q.orderBy("seq", "desc").limit(limit).execute() as Promise<DocumentRow[]>;
   }

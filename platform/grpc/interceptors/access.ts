@@ -7,6 +7,8 @@ export interface Principal {
   subject: string;
   role: Role;
   kind: "user" | "device" | "service";
+  /** The sign-in session a user's token belongs to. */
+  sessionId?: string;
 }
 
 /** Handlers read the authenticated caller from here. */

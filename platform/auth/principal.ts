@@ -1,0 +1,42 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
+import type { Principal, PrincipalResolver } from "../grpc/interceptors/access.js";
+import { verifyAccessToken } from "./access-token.js";
+import type { KeySet } from "./key-set.js";
+
+function roleOf(name: string): Role {
+  const v = (Role as unknown as Record<string, number>)[name.toUpperCase()];
+  return typeof v === "number" ? (v as Role) : Role.UNSPECIFIED;
+}
+
+/**
+ * The caller behind `authorization: Bearer <access token>`, verified locally against identity's
+ * published keys. No header means an anonymous caller (the policy decides whether that is
+ * enough); a header that does not verify is refused outright, whatever the method, so a broken
+ * or forged token never silently downgrades to anonymous.
+ */
+export function bearerPrincipalResolver(keys: KeySet, now: () => number = Date.now): PrincipalResolver {
+  return async (header) => {
+    const auth = header.get("authorization");
+    if (auth === null) return undefined;
+    const m = /^Bearer ([^\s]+)$/i.exec(auth.trim());
+    if (!m) throw new ConnectError("the authorization header must be 'Bearer <access token>'", Code.Unauthenticated);
+    const token = m[1]!;
+    let jwks;
+    try {
+      jwks = await keys.current();
+    } catch {
+      throw new ConnectError("tokens cannot be checked right now; try again shortly", Code.Unavailable);
+    }
+    let result = verifyAccessToken(token, jwks, { now: now(), clockToleranceSeconds: 5 });
+    if (!result.ok && result.reason === "unknown_key") {
+      // A key identity started signing with after our last fetch.
+      const fresh = await keys.refresh().catch(() => jwks);
+      result = verifyAccessToken(token, fresh, { now: now(), clockToleranceSeconds: 5 });
+    }
+    if (!result.ok) throw new ConnectError(`invalid access token: ${result.message}`, Code.Unauthenticated);
+    const c = result.claims;
+    const principal: Principal = { subject: c.sub, role: roleOf(c.role), kind: c.kind, ...(c.sid ? { sessionId: c.sid } : {}) };
+    return principal;
+  };
+}
