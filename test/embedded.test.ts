@@ -54,6 +54,8 @@ describe("the embedded mesh, as `npm start` runs it", () => {
   let mesh: EmbeddedMesh;
   let gateway: string;
   let documentsAddr: string;
+  /** The bootstrap admin's authorization header. */
+  let auth: { authorization: string };
 
   beforeAll(async () => {
     env = {
@@ -69,6 +71,12 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     mesh = await startEmbeddedMesh({ ...env, DATABASE_URL: "", KAFKA_BROKERS: "" });
     gateway = mesh.endpoints.get("gateway")!;
     documentsAddr = mesh.endpoints.get("documents")!.replace("grpc://", "");
+    // The embedded default makes admin@medmesh.local the first admin, as the README says.
+    const post = (method: string, body: unknown) =>
+      fetch(`${gateway}/medmesh.identity.v1.IdentityService/${method}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    expect((await post("Register", { email: "admin@medmesh.local", username: "admin", password: "an admin password", firstName: "Ad", lastName: "Min" })).status).toBe(200);
+    const login = (await (await post("Login", { login: "admin", password: "an admin password" })).json()) as { tokens: { accessToken: string } };
+    auth = { authorization: `Bearer ${login.tokens.accessToken}` };
   });
 
   afterAll(async () => {
@@ -94,12 +102,12 @@ describe("the embedded mesh, as `npm start` runs it", () => {
   it("speaks Connect JSON to curl-like clients and gRPC straight to the service", async () => {
     const res = await fetch(`${gateway}/medmesh.documents.v1.DocumentService/CreateDocument`, {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", ...auth },
       body: JSON.stringify({ document: { title: "Embedded end to end", documentType: "DOCUMENT_TYPE_CASE_REPORT", doi: "10.5555/e2e-1" } }),
     });
     expect(res.status).toBe(200);
     const { document } = (await res.json()) as { document: { id: string } };
-    const direct = createMeshClient(DocumentService, documentsAddr);
+    const direct = createMeshClient(DocumentService, documentsAddr, { headers: auth });
     const got = await direct.getDocument({ id: document.id }, { timeoutMs: 5_000 });
     expect(got.document!.doi).toBe("10.5555/e2e-1");
     direct.close();
@@ -118,7 +126,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
       }
       const fields = await describeMessage(target === "gateway" ? gateway.replace("http://", "") : documentsAddr, "medmesh.documents.v1.Document");
       expect(fields).toEqual(expect.arrayContaining(["title", "doi", "publication_date", "processing_status", "metadata"]));
-      const listed = JSON.parse(await bufCurl("-d", '{"pageSize": 5}', `${base}/medmesh.documents.v1.DocumentService/ListDocuments`));
+      const listed = JSON.parse(await bufCurl("-H", `authorization: ${auth.authorization}`, "-d", '{"pageSize": 5}', `${base}/medmesh.documents.v1.DocumentService/ListDocuments`));
       expect(listed.documents.some((d: { doi?: string }) => d.doi === "10.5555/e2e-1")).toBe(true);
     });
   }
@@ -147,8 +155,13 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     expect(me.status).toBe(200);
   });
 
+  it("refuses anonymous document calls with unauthenticated, through buf curl too", async () => {
+    const err = await bufCurl("-d", "{}", `${gateway}/medmesh.documents.v1.DocumentService/ListDocuments`).catch((e: { stderr: string }) => e.stderr);
+    expect(err).toContain('"code": "unauthenticated"');
+  });
+
   it("buf curl shows a bad request as invalid_argument with the field", async () => {
-    const err = await bufCurl("-d", '{"document":{"title":"x","documentType":"DOCUMENT_TYPE_REVIEW","doi":"bad"}}', `${gateway}/medmesh.documents.v1.DocumentService/CreateDocument`).catch(
+    const err = await bufCurl("-H", `authorization: ${auth.authorization}`, "-d", '{"document":{"title":"x","documentType":"DOCUMENT_TYPE_REVIEW","doi":"bad"}}', `${gateway}/medmesh.documents.v1.DocumentService/CreateDocument`).catch(
       (e: { stderr: string }) => e.stderr,
     );
     expect(err).toContain('"code": "invalid_argument"');
@@ -175,7 +188,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     for (const [name, pid] of Object.entries(pids)) expect(isAlive(pid), `${name} still running`).toBe(false);
 
     mesh = await startEmbeddedMesh({ ...env, DATABASE_URL: "", KAFKA_BROKERS: "" });
-    const listed = JSON.parse(await bufCurl("-d", "{}", `${mesh.endpoints.get("gateway")}/medmesh.documents.v1.DocumentService/ListDocuments`));
+    const listed = JSON.parse(await bufCurl("-H", `authorization: ${auth.authorization}`, "-d", "{}", `${mesh.endpoints.get("gateway")}/medmesh.documents.v1.DocumentService/ListDocuments`));
     expect(listed.documents.map((d: { doi?: string }) => d.doi)).toContain("10.5555/e2e-1");
     console.log(`restarted and ready in ${mesh.readyMs} ms`);
   });

@@ -9,6 +9,8 @@ import { startTelemetry } from "../platform/telemetry/sdk.js";
 import { startDocuments } from "../services/documents/main.js";
 import { startGateway } from "../gateway/main.js";
 import { testEnv } from "./support/backends.js";
+import { startTestIdentity, type TestIdentity } from "./support/identity.js";
+import type { Interceptor } from "@connectrpc/connect";
 
 const spans = new InMemorySpanExporter();
 startTelemetry({ serviceName: "test", exporter: spans, logLevel: "error" });
@@ -18,6 +20,13 @@ const origin = "http://console.example";
 const documentsOnly = { services: [DocumentService] };
 let gatewayUrl: string;
 let documentsPort: number;
+let identity: TestIdentity;
+/** The doctor's authorization header, sent by every call below unless a test says otherwise. */
+let auth: { authorization: string };
+const withAuth: Interceptor = (next) => (req) => {
+  req.header.set("authorization", auth.authorization);
+  return next(req);
+};
 let stops: Array<() => Promise<void>> = [];
 
 async function closedPort(): Promise<number> {
@@ -29,16 +38,19 @@ async function closedPort(): Promise<number> {
 }
 
 beforeAll(async () => {
-  const docs = await startDocuments({ ...testEnv, MEDMESH_DATA_DIR: "memory://" });
+  identity = await startTestIdentity();
+  auth = await identity.bearer("doctor");
+  const docs = await startDocuments({ ...testEnv, MEDMESH_DATA_DIR: "memory://", IDENTITY_TARGET: identity.target });
   documentsPort = docs.port;
   const gw = await startGateway({
     ...testEnv,
+    IDENTITY_TARGET: identity.target,
     DOCUMENTS_TARGET: `127.0.0.1:${docs.port}`,
     CORS_ALLOWED_ORIGINS: origin,
     GATEWAY_MAX_BODY_BYTES: "64KiB",
   }, documentsOnly);
   gatewayUrl = `http://127.0.0.1:${gw.port}`;
-  stops = [gw.stop, docs.stop];
+  stops = [gw.stop, docs.stop, () => identity.stop()];
 });
 
 afterAll(async () => {
@@ -48,7 +60,7 @@ afterAll(async () => {
 const rpc = (method: string) => `${gatewayUrl}/medmesh.documents.v1.DocumentService/${method}`;
 
 function postJson(method: string, body: string, headers: Record<string, string> = {}) {
-  return fetch(rpc(method), { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
+  return fetch(rpc(method), { method: "POST", headers: { "content-type": "application/json", ...auth, ...headers }, body });
 }
 
 async function createOne(title = "Statins after 75"): Promise<string> {
@@ -61,7 +73,7 @@ describe("Connect JSON with plain fetch", () => {
   it("creates with POST and reads with GET (NO_SIDE_EFFECTS methods are cacheable GETs)", async () => {
     const id = await createOne();
     const message = encodeURIComponent(JSON.stringify({ id }));
-    const res = await fetch(`${rpc("GetDocument")}?connect=v1&encoding=json&message=${message}`);
+    const res = await fetch(`${rpc("GetDocument")}?connect=v1&encoding=json&message=${message}`, { headers: auth });
     expect(res.status).toBe(200);
     expect(((await res.json()) as { document: { id: string } }).document.id).toBe(id);
   });
@@ -83,9 +95,9 @@ describe("Connect JSON with plain fetch", () => {
 });
 
 describe.each([
-  ["Connect binary over HTTP/1.1", () => createConnectTransport({ baseUrl: gatewayUrl, httpVersion: "1.1", useBinaryFormat: true })],
-  ["gRPC-web over HTTP/1.1", () => createGrpcWebTransport({ baseUrl: gatewayUrl, httpVersion: "1.1" })],
-  ["gRPC over h2c", () => createGrpcTransport({ baseUrl: gatewayUrl })],
+  ["Connect binary over HTTP/1.1", () => createConnectTransport({ baseUrl: gatewayUrl, httpVersion: "1.1", useBinaryFormat: true, interceptors: [withAuth] })],
+  ["gRPC-web over HTTP/1.1", () => createGrpcWebTransport({ baseUrl: gatewayUrl, httpVersion: "1.1", interceptors: [withAuth] })],
+  ["gRPC over h2c", () => createGrpcTransport({ baseUrl: gatewayUrl, interceptors: [withAuth] })],
 ] as Array<[string, () => Transport]>)("connect-node client, %s", (_name, transport) => {
   it("creates, gets, lists and sees upstream errors with details", async () => {
     const client = createClient(DocumentService, transport());
@@ -98,6 +110,23 @@ describe.each([
     expect(err).toBeInstanceOf(ConnectError);
     expect((err as ConnectError).code).toBe(Code.InvalidArgument);
     expect((err as ConnectError).findDetails(BadRequestSchema)[0]!.fieldViolations[0]!.field).toBe("document.title");
+  });
+});
+
+describe("the access policy at the edge", () => {
+  it("no token -> 401 unauthenticated; a forged one too", async () => {
+    const anonymous = await fetch(rpc("ListDocuments"), { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    expect(anonymous.status).toBe(401);
+    expect(await anonymous.json()).toEqual({ code: "unauthenticated", message: "sign in to call this method" });
+    const forged = await postJson("ListDocuments", "{}", { authorization: "Bearer e30.e30.AAAA" });
+    expect(forged.status).toBe(401);
+    expect(((await forged.json()) as { message: string }).message).toMatch(/^invalid access token: /);
+  });
+
+  it("a role the contract does not list -> 403 permission_denied, before the service is called", async () => {
+    const res = await postJson("CreateDocument", JSON.stringify({ document: { title: "t", documentType: "DOCUMENT_TYPE_REVIEW" } }), await identity.bearer("student"));
+    expect(res.status).toBe(403);
+    expect(((await res.json()) as { message: string }).message).toBe("the student role may not call CreateDocument");
   });
 });
 
@@ -186,7 +215,7 @@ describe("a dead upstream", () => {
   let deadUrl: string;
   let stop: () => Promise<void>;
   beforeAll(async () => {
-    const gw = await startGateway({ ...testEnv, DOCUMENTS_TARGET: `127.0.0.1:${await closedPort()}` }, documentsOnly);
+    const gw = await startGateway({ ...testEnv, IDENTITY_TARGET: identity.target, DOCUMENTS_TARGET: `127.0.0.1:${await closedPort()}` }, documentsOnly);
     deadUrl = `http://127.0.0.1:${gw.port}`;
     stop = gw.stop;
   });
@@ -195,7 +224,7 @@ describe("a dead upstream", () => {
   it("gives unavailable with a sentence, not a hang", async () => {
     const res = await fetch(`${deadUrl}/medmesh.documents.v1.DocumentService/ListDocuments`, {
       method: "POST",
-      headers: { "content-type": "application/json", "connect-timeout-ms": "20000" },
+      headers: { "content-type": "application/json", "connect-timeout-ms": "20000", ...auth },
       body: "{}",
     });
     expect(res.status).toBe(503);
@@ -215,6 +244,7 @@ describe("rate limits by the contract's rate class", () => {
   beforeAll(async () => {
     const gw = await startGateway({
       ...testEnv,
+      IDENTITY_TARGET: identity.target,
       DOCUMENTS_TARGET: `127.0.0.1:${documentsPort}`,
       // In-process buckets: a fresh gateway starts with full ones, so reruns are independent.
       // The Redis bucket itself is covered in rate-limiter.test.ts.
@@ -227,7 +257,7 @@ describe("rate limits by the contract's rate class", () => {
 
   it("refuses a caller over its bucket with resource_exhausted and a retry delay, per class", async () => {
     const list = () =>
-      fetch(`${url}/medmesh.documents.v1.DocumentService/ListDocuments`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+      fetch(`${url}/medmesh.documents.v1.DocumentService/ListDocuments`, { method: "POST", headers: { "content-type": "application/json", ...auth }, body: "{}" });
     const statuses: number[] = [];
     for (let i = 0; i < 3; i++) statuses.push((await list()).status);
     expect(statuses.slice(0, 2)).toEqual([200, 200]);

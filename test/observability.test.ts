@@ -7,6 +7,7 @@ import { configureLogging } from "../platform/telemetry/logger.js";
 import { startTelemetry } from "../platform/telemetry/sdk.js";
 import { startDocuments } from "../services/documents/main.js";
 import { testEnv } from "./support/backends.js";
+import { startTestIdentity, type TestIdentity } from "./support/identity.js";
 
 // A stand-in OTLP/HTTP collector: it only records what arrives, the exporter is the real one.
 const received: Array<{ path: string; type: string; body: Buffer }> = [];
@@ -24,20 +25,23 @@ const lines: Array<Record<string, unknown>> = [];
 let telemetry: { shutdown(): Promise<void> };
 let stop: () => Promise<void>;
 let client: ReturnType<typeof createMeshClient<typeof DocumentService>>;
+let identity: TestIdentity;
 
 beforeAll(async () => {
   await new Promise<void>((r) => collector.listen(0, "127.0.0.1", () => r()));
   const endpoint = `http://127.0.0.1:${(collector.address() as { port: number }).port}`;
   telemetry = startTelemetry({ serviceName: "documents", otlpEndpoint: endpoint, logLevel: "info" });
-  const svc = await startDocuments({ ...testEnv, LOG_LEVEL: "info", MEDMESH_DATA_DIR: "memory://" });
+  identity = await startTestIdentity();
+  const svc = await startDocuments({ ...testEnv, LOG_LEVEL: "info", MEDMESH_DATA_DIR: "memory://", IDENTITY_TARGET: identity.target });
   configureLogging({ level: "info", write: (line) => lines.push(JSON.parse(line)) });
   stop = svc.stop;
-  client = createMeshClient(DocumentService, `127.0.0.1:${svc.port}`);
+  client = createMeshClient(DocumentService, `127.0.0.1:${svc.port}`, { headers: await identity.bearer("doctor") });
 });
 
 afterAll(async () => {
   client?.close();
   await stop?.();
+  await identity?.stop();
   collector.close();
 });
 

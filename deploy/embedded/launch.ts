@@ -13,6 +13,7 @@ const configSpec = {
   GATEWAY_PORT: env.port("gateway port", 8080),
   DOCUMENTS_PORT: env.port("documents gRPC port", 50051),
   IDENTITY_PORT: env.port("identity gRPC port", 50052),
+  IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.string("the account registered with this address becomes the first admin", "admin@medmesh.local"),
   KAFKA_BROKERS: env.optionalString("use these Kafka brokers instead of the embedded one"),
   KAFKA_PORT: env.port("port of the embedded Kafka-compatible broker", 9092),
   STARTUP_TIMEOUT_MS: env.int("how long a component may take to become ready", 120_000, 1_000, 600_000),
@@ -124,12 +125,12 @@ async function main() {
     {
       name: "identity",
       entry: "services/identity/main.ts",
-      env: () => ({ DATABASE_URL: databaseUrl!, IDENTITY_PORT: String(config.IDENTITY_PORT) }),
+      env: () => ({ DATABASE_URL: databaseUrl!, IDENTITY_PORT: String(config.IDENTITY_PORT), IDENTITY_BOOTSTRAP_ADMIN_EMAIL: config.IDENTITY_BOOTSTRAP_ADMIN_EMAIL }),
     },
     {
       name: "documents",
       entry: "services/documents/main.ts",
-      env: () => ({ DATABASE_URL: databaseUrl!, DOCUMENTS_PORT: String(config.DOCUMENTS_PORT) }),
+      env: () => ({ DATABASE_URL: databaseUrl!, DOCUMENTS_PORT: String(config.DOCUMENTS_PORT), IDENTITY_TARGET: identityTarget }),
     },
     {
       name: "gateway",
