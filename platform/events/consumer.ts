@@ -111,8 +111,8 @@ const headerGetter: TextMapGetter<IHeaders> = {
 };
 
 /**
- * Consumes events and hands each to `handler` at most once per group, however often Kafka
- * delivers it.
+ * Consumes events so that each one's effect is committed once per group, however often Kafka
+ * delivers it (the handler may run more than once when an attempt fails and rolls back).
  *
  * Failures are retried in place, inside kafkajs' eachMessage, with the consumer heartbeating while
  * it waits, so the group does not evict it. Retrying in place (rather than pausing the partition
@@ -121,7 +121,8 @@ const headerGetter: TextMapGetter<IHeaders> = {
  * enough that their sum stays well under the rebalance timeout. A message that still fails, or
  * that is not a valid event at all, is published to the dead-letter topic with error headers and
  * its offset is committed, so it never blocks its partition. If the dead-letter publish itself
- * fails, eachMessage throws and kafkajs redelivers the message: nothing is skipped silently.
+ * fails, or the service's database does not answer (the event is then not at fault), eachMessage
+ * throws and kafkajs redelivers the message: nothing is skipped silently.
  */
 export async function startIdempotentConsumer<DB = any>(opts: IdempotentConsumerOptions<DB>): Promise<IdempotentConsumer> {
   const db = opts.db as unknown as Kysely<InboxDatabase>;
