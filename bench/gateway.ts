@@ -16,7 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { fromBinary, toBinary, create } from "@bufbuild/protobuf";
-import { createClient, type Client } from "@connectrpc/connect";
+import { type Interceptor, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import {
   DocumentService,
@@ -173,7 +173,7 @@ async function verify(mesh: Mesh, clients: Clients, id: string, body: Buffer, co
     expectId((await connectViaGateway.getDocument({ id }, { timeoutMs: 5_000 })).document?.id, "gateway Connect"),
   );
   await check("gatewayConnect", "wrk's POST and GET requests -> gateway (HTTP 200, the document)", async () => {
-    const headers = { "connect-protocol-version": "1" };
+    const headers = { "connect-protocol-version": "1", authorization: process.env.BENCH_AUTHORIZATION! };
     for (const [how, res] of [
       ["POST", await fetch(gateway + METHOD_PATH, { method: "POST", headers: { ...headers, "content-type": "application/json" }, body: connectBody })],
       ["GET", await fetch(getUrl, { headers })],
@@ -199,6 +199,16 @@ function failuresText(f: Record<string, number>): string {
   return entries.length ? entries.map(([k, v]) => `${v} ${k}`).join(", ") : "0";
 }
 
+/** Registers (first run) and signs in the bootstrap admin through the gateway; returns its token. */
+async function signIn(gateway: string): Promise<string> {
+  const call = (method: string, body: unknown) =>
+    fetch(`${gateway}/medmesh.identity.v1.IdentityService/${method}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  await call("Register", { email: "admin@medmesh.local", username: "benchadmin", password: "bench admin password", firstName: "Bench", lastName: "Admin" });
+  const res = (await (await call("Login", { login: "admin@medmesh.local", password: "bench admin password" })).json()) as { tokens?: { accessToken: string } };
+  if (!res.tokens) throw new Error(`could not sign in: ${JSON.stringify(res)}`);
+  return res.tokens.accessToken;
+}
+
 async function main() {
   const tools = { h2load: which("h2load"), wrk: which("wrk") };
   if (!tools.h2load) say("h2load not found on PATH (Debian/Ubuntu: apt-get install nghttp2-client); its rows will be skipped");
@@ -222,8 +232,15 @@ async function main() {
   const documentsOrigin = `http://${documentsTarget}`;
   const gateway = mesh.endpoints.gateway!;
   say(`mesh up: gateway ${gateway}, documents ${documentsTarget}, pids ${JSON.stringify(mesh.pids)}`);
-  const direct = createMeshClient(DocumentService, documentsTarget, { defaultTimeoutMs: 10_000 });
   let exitCode = 0;
+  // Sign in as the embedded default's bootstrap admin; every load below sends this token.
+  process.env.BENCH_AUTHORIZATION = `Bearer ${await signIn(gateway)}`;
+  const authHeader = { authorization: process.env.BENCH_AUTHORIZATION };
+  const withAuth: Interceptor = (next) => (req) => {
+    req.header.set("authorization", authHeader.authorization);
+    return next(req);
+  };
+  const direct = createMeshClient(DocumentService, documentsTarget, { defaultTimeoutMs: 10_000, headers: authHeader });
   try {
     const { document } = await direct.createDocument({
       document: {
@@ -247,8 +264,8 @@ async function main() {
     const getUrl = `${gateway}${METHOD_PATH}?connect=v1&encoding=json&message=${encodeURIComponent(connectBody)}`;
     const clients: Clients = {
       direct,
-      grpcViaGateway: createClient(DocumentService, createGrpcTransport({ baseUrl: gateway })),
-      connectViaGateway: createClient(DocumentService, createConnectTransport({ baseUrl: gateway, httpVersion: "1.1", useHttpGet: true })),
+      grpcViaGateway: createClient(DocumentService, createGrpcTransport({ baseUrl: gateway, interceptors: [withAuth] })),
+      connectViaGateway: createClient(DocumentService, createConnectTransport({ baseUrl: gateway, httpVersion: "1.1", useHttpGet: true, interceptors: [withAuth] })),
     };
     const verified = await verify(mesh, clients, id, body, connectBody, getUrl);
 

@@ -101,6 +101,8 @@ function h2loadArgs(r: H2loadRun, seconds: number, logFile?: string): string[] {
     "-d", r.bodyFile,
     "-H", "content-type: application/grpc",
     "-H", "te: trailers",
+    // Every documents RPC needs a signed-in caller; the harness signs in before it loads.
+    ...(process.env.BENCH_AUTHORIZATION ? ["-H", `authorization: ${process.env.BENCH_AUTHORIZATION}`] : []),
     ...(logFile ? [`--log-file=${logFile}`] : []),
     r.url,
   ];

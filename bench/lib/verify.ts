@@ -27,7 +27,8 @@ export function rawGrpcCall(origin: string, path: string, body: Buffer, timeoutM
       else resolve(reply!);
     };
     session.on("error", (err) => done(err));
-    const req = session.request({ ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers" });
+    const auth = process.env.BENCH_AUTHORIZATION;
+    const req = session.request({ ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers", ...(auth ? { authorization: auth } : {}) });
     let httpStatus = 0;
     let grpcStatus: string | undefined;
     let grpcMessage: string | undefined;

@@ -3,6 +3,10 @@
 local body = os.getenv("BENCH_BODY")
 wrk.method = os.getenv("BENCH_METHOD") or "GET"
 wrk.headers["Connect-Protocol-Version"] = "1"
+local auth = os.getenv("BENCH_AUTHORIZATION")
+if auth ~= nil and auth ~= "" then
+  wrk.headers["Authorization"] = auth
+end
 if body ~= nil and body ~= "" then
   wrk.body = body
   wrk.headers["Content-Type"] = "application/json"
