@@ -1,5 +1,5 @@
 import { NodeSDK } from "@opentelemetry/sdk-node";
-import { BatchSpanProcessor, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { BatchSpanProcessor, NoopSpanProcessor, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { configureLogging, type Level } from "./logger.js";
@@ -28,6 +28,10 @@ export function startTelemetry(opts: TelemetryOptions): { shutdown(): Promise<vo
   if (opts.otlpEndpoint) {
     processors.push(new BatchSpanProcessor(new OTLPTraceExporter({ url: new URL("/v1/traces", opts.otlpEndpoint).toString() })));
   }
+  // With nothing to export to, NodeSDK would register no tracer provider at all: spans would have
+  // all-zero ids, logs no trace_id and outgoing calls no traceparent. A processor that drops
+  // finished spans keeps ids and propagation real at almost no cost.
+  if (processors.length === 0) processors.push(new NoopSpanProcessor());
   sdk = new NodeSDK({
     resource: resourceFromAttributes({ "service.name": opts.serviceName }),
     spanProcessors: processors,
