@@ -12,8 +12,8 @@ function roleOf(name: string): Role {
 /**
  * The caller behind `authorization: Bearer <access token>`, verified locally against identity's
  * published keys. No header means an anonymous caller (the policy decides whether that is
- * enough); a header that does not verify is refused outright, whatever the method, so a broken
- * or forged token never silently downgrades to anonymous.
+ * enough); a header that does not verify is an error, so on any method that needs a caller a
+ * broken or forged token is refused rather than downgraded to anonymous.
  */
 export function bearerPrincipalResolver(keys: KeySet, now: () => number = Date.now): PrincipalResolver {
   return async (header) => {

@@ -31,9 +31,14 @@ export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interce
     }
     req.contextValues.set(policyKey, policy);
     if (!resolvePrincipal) return next(req);
+    if (policy.audience === Audience.PUBLIC) {
+      // A stale or broken token must not lock anyone out of signing in or refreshing: on a public
+      // method it only fails to identify the caller.
+      req.contextValues.set(principalKey, await resolvePrincipal(req.header).catch(() => undefined));
+      return next(req);
+    }
     const principal = await resolvePrincipal(req.header);
     req.contextValues.set(principalKey, principal);
-    if (policy.audience === Audience.PUBLIC) return next(req);
     if (!principal) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
     if (policy.audience === Audience.ROLES && !policy.roles.includes(principal.role)) {
       throw new ConnectError(`the ${Role[principal.role].toLowerCase()} role may not call ${req.method.name}`, Code.PermissionDenied);
