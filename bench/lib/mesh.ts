@@ -43,6 +43,7 @@ export async function startMesh(opts: StartOptions): Promise<Mesh> {
   const ports = {
     GATEWAY_PORT: await freePort(),
     DOCUMENTS_PORT: await freePort(),
+    IDENTITY_PORT: await freePort(),
     EMBEDDED_PG_PORT: await freePort(),
     // Harmless where the launcher has no broker; where it has one, this keeps it off 9092,
     // which a developer's own mesh may hold.
@@ -56,6 +57,9 @@ export async function startMesh(opts: StartOptions): Promise<Mesh> {
       ...process.env,
       MEDMESH_DATA_DIR: opts.dataDir,
       GATEWAY_HOST: "127.0.0.1",
+      // One signed-in caller sends every request of the load: with the default buckets the
+      // gateway would (rightly) refuse most of them. The limiter still runs on every call.
+      RATE_LIMITS: "read=100000000:100000000,write=100000000:100000000,auth=1000:1000,upload=1000:1000",
       ...Object.fromEntries(Object.entries(ports).map(([k, v]) => [k, String(v)])),
     },
     // Component logs go to a file: under load an error per call would otherwise flood the report.
