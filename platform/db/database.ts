@@ -4,6 +4,9 @@ import { Kysely, PostgresDialect, sql, type Dialect } from "kysely";
 import pg from "pg";
 import { PGliteDialect } from "./pglite-dialect.js";
 import { tracedDialect } from "./traced-dialect.js";
+import path from "node:path";
+import type { Migration } from "kysely";
+import { migrateToLatest } from "./migrate.js";
 
 // Postgres bigint (int8) and numeric arrive as strings from pg by default; counts and sizes in
 // this mesh fit in a double, and PGlite already returns numbers, so both paths agree.
@@ -70,4 +73,24 @@ export async function openDatabase<DB>(opts: DatabaseOptions): Promise<Database<
       await root.destroy();
     },
   };
+}
+
+/**
+ * A service's database, migrated: its own schema on DATABASE_URL, or its own in-process PGlite
+ * under MEDMESH_DATA_DIR/pglite-<service> when no server is configured.
+ */
+export async function openServiceDatabase<DB>(
+  service: string,
+  config: { DATABASE_URL?: string; MEDMESH_DATA_DIR: string; DB_POOL_MAX: number },
+  schema: string,
+  migrations: Record<string, Migration>,
+): Promise<Database<DB>> {
+  const database = await openDatabase<DB>({
+    url: config.DATABASE_URL,
+    dataDir: config.MEDMESH_DATA_DIR === "memory://" ? "memory://" : path.join(config.MEDMESH_DATA_DIR, `pglite-${service}`),
+    schema,
+    poolMax: config.DB_POOL_MAX,
+  });
+  await migrateToLatest(database.db as never, schema, migrations);
+  return database;
 }

@@ -186,24 +186,36 @@ async function writeAll(
   }
 }
 
+/** The single answer of a unary or client-streaming call: the message, or the status. */
+function answerOnce(
+  call: ServerSurfaceCall,
+  ctx: HandlerContext & { abort(r?: unknown): void },
+  method: DescMethod,
+  callback: sendUnaryData<Buffer>,
+  work: () => Promise<unknown>,
+): void {
+  runInCall(ctx, async () => {
+    try {
+      const response = await untilAborted(ctx.signal, work());
+      sendHeaderOnce(call, ctx, { done: false });
+      callback(null, encode(method.output, response), headersToMetadata(ctx.responseTrailer));
+    } catch (err) {
+      callback(toGrpcStatus(err, ctx.responseTrailer));
+    } finally {
+      release(ctx);
+    }
+  });
+}
+
 function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptions) {
   const { interceptors } = opts;
   switch (method.methodKind) {
     case "unary":
       return (call: ServerUnaryCall<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
         const ctx = contextFor(call, method, opts);
-        runInCall(ctx, async () => {
-          try {
-            const request = decode(method.input, call.request);
-            const response = await untilAborted(ctx.signal, invokeUnaryImplementation(spec as MethodImplSpec & { kind: "unary" }, ctx, request, interceptors));
-            sendHeaderOnce(call, ctx, { done: false });
-            callback(null, encode(method.output, response), headersToMetadata(ctx.responseTrailer));
-          } catch (err) {
-            callback(toGrpcStatus(err, ctx.responseTrailer));
-          } finally {
-            release(ctx);
-          }
-        });
+        answerOnce(call, ctx, method, callback, () =>
+          invokeUnaryImplementation(spec as MethodImplSpec & { kind: "unary" }, ctx, decode(method.input, call.request), interceptors),
+        );
       };
     case "server_streaming":
       return (call: ServerWritableStream<Buffer, Buffer>) => {
@@ -225,18 +237,7 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
     case "client_streaming":
       return (call: ServerReadableStream<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
         const ctx = contextFor(call, method, opts);
-        runInCall(ctx, async () => {
-          try {
-            const output = transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call));
-            const response = await untilAborted(ctx.signal, lastOf(output));
-            sendHeaderOnce(call, ctx, { done: false });
-            callback(null, encode(method.output, response), headersToMetadata(ctx.responseTrailer));
-          } catch (err) {
-            callback(toGrpcStatus(err, ctx.responseTrailer));
-          } finally {
-            release(ctx);
-          }
-        });
+        answerOnce(call, ctx, method, callback, () => lastOf(transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call))));
       };
     case "bidi_streaming":
       return (call: ServerDuplexStream<Buffer, Buffer>) => {

@@ -1,7 +1,5 @@
-import path from "node:path";
-import { commonSpec, env, loadConfig } from "../../platform/config/env.js";
-import { migrateToLatest } from "../../platform/db/migrate.js";
-import { openDatabase } from "../../platform/db/database.js";
+import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
+import { openServiceDatabase } from "../../platform/db/database.js";
 import { meshInterceptors } from "../../platform/grpc/interceptors/index.js";
 import { register, startGrpcServer } from "../../platform/grpc/server.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
@@ -14,28 +12,17 @@ import { documentService } from "./service.js";
 import { DocumentStore, type DocumentsDB } from "./store.js";
 
 export const configSpec = {
-  ...commonSpec,
+  ...serviceSpec,
   DOCUMENTS_HOST: env.string("interface the gRPC server binds", "127.0.0.1"),
   DOCUMENTS_PORT: env.port("gRPC port (0 picks a free one)", 50051),
-  DATABASE_URL: env.url("Postgres server; unset means embedded PGlite under MEDMESH_DATA_DIR", ["postgres:", "postgresql:"]),
   DOCUMENTS_DB_SCHEMA: env.string("schema the service owns", "documents"),
   IDENTITY_TARGET: env.string("where the identity service publishes the keys that verify access tokens", "127.0.0.1:50052"),
-  DB_POOL_MAX: env.int("connections per service pool", 10, 1, 100),
-  GRPC_MAX_MESSAGE_BYTES: env.bytes("largest gRPC message accepted or sent", 4 * 1024 * 1024),
-  DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
-  MAX_DEADLINE_MS: env.int("longest deadline a unary call may ask for", 60_000, 100, 600_000),
 };
 
 export async function startDocuments(source: Record<string, string | undefined> = process.env): Promise<Started & { port: number }> {
   const config = loadConfig(configSpec, source);
   const telemetry = startTelemetry({ serviceName: "documents", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
-  const database = await openDatabase<DocumentsDB>({
-    url: config.DATABASE_URL,
-    dataDir: config.MEDMESH_DATA_DIR === "memory://" ? "memory://" : path.join(config.MEDMESH_DATA_DIR, "pglite-documents"),
-    schema: config.DOCUMENTS_DB_SCHEMA,
-    poolMax: config.DB_POOL_MAX,
-  });
-  await migrateToLatest(database.db as never, config.DOCUMENTS_DB_SCHEMA, migrations);
+  const database = await openServiceDatabase<DocumentsDB>("documents", config, config.DOCUMENTS_DB_SCHEMA, migrations);
   // Tokens are verified here too, not only at the gateway: services are reachable inside the mesh.
   const keys = identityKeySet(config.IDENTITY_TARGET);
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };

@@ -1,7 +1,5 @@
-import path from "node:path";
-import { commonSpec, env, loadConfig } from "../../platform/config/env.js";
-import { migrateToLatest } from "../../platform/db/migrate.js";
-import { openDatabase } from "../../platform/db/database.js";
+import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
+import { openServiceDatabase } from "../../platform/db/database.js";
 import { meshInterceptors } from "../../platform/grpc/interceptors/index.js";
 import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
 import type { KeySet } from "../../platform/auth/key-set.js";
@@ -16,15 +14,10 @@ import { identityService, type Deliver } from "./service.js";
 import { IdentityStore, type IdentityDB } from "./store.js";
 
 export const configSpec = {
-  ...commonSpec,
+  ...serviceSpec,
   IDENTITY_HOST: env.string("interface the gRPC server binds", "127.0.0.1"),
   IDENTITY_PORT: env.port("gRPC port (0 picks a free one)", 50052),
-  DATABASE_URL: env.url("Postgres server; unset means embedded PGlite under MEDMESH_DATA_DIR", ["postgres:", "postgresql:"]),
   IDENTITY_DB_SCHEMA: env.string("schema the service owns", "identity"),
-  DB_POOL_MAX: env.int("connections per service pool", 10, 1, 100),
-  GRPC_MAX_MESSAGE_BYTES: env.bytes("largest gRPC message accepted or sent", 4 * 1024 * 1024),
-  DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
-  MAX_DEADLINE_MS: env.int("longest deadline a unary call may ask for", 60_000, 100, 600_000),
   IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.optionalString("the account registered with this address becomes admin while there is no admin"),
   IDENTITY_SCRYPT_LOG_N: env.int("scrypt cost for new password hashes, as log2(N)", 15, 14, 20),
   IDENTITY_SESSION_TTL_HOURS: env.int("how long a session (refresh-token family) lives at most", 720, 1, 8760),
@@ -43,13 +36,7 @@ export async function startIdentity(
 ): Promise<Started & { port: number; keys: SigningKeyRing }> {
   const config = loadConfig(configSpec, source);
   const telemetry = startTelemetry({ serviceName: "identity", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
-  const database = await openDatabase<IdentityDB>({
-    url: config.DATABASE_URL,
-    dataDir: config.MEDMESH_DATA_DIR === "memory://" ? "memory://" : path.join(config.MEDMESH_DATA_DIR, "pglite-identity"),
-    schema: config.IDENTITY_DB_SCHEMA,
-    poolMax: config.DB_POOL_MAX,
-  });
-  await migrateToLatest(database.db as never, config.IDENTITY_DB_SCHEMA, migrations);
+  const database = await openServiceDatabase<IdentityDB>("identity", config, config.IDENTITY_DB_SCHEMA, migrations);
   const now = hooks.now ?? (() => new Date());
   const store = new IdentityStore(database.db);
   const keys = new SigningKeyRing(store, { now, rotateAfterMs: config.IDENTITY_KEY_ROTATION_HOURS * 3600_000 });
