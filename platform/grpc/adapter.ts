@@ -5,6 +5,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
+  createContextValues,
   createHandlerContext,
   createServiceImplSpec,
   type HandlerContext,
@@ -26,12 +27,14 @@ import type {
 /** The part of every grpc-js server call the adapter uses, whatever the streaming kind. */
 interface ServerSurfaceCall {
   readonly cancelled: boolean;
+  getPeer(): string;
   readonly metadata: Metadata;
   sendMetadata(md: Metadata): void;
   getDeadline(): Date | number;
   on(event: "cancelled", listener: () => void): unknown;
 }
 import { runInCall } from "./call-context.js";
+import { peerKey } from "./interceptors/rate-limit.js";
 import { toGrpcStatus } from "./errors.js";
 import { headersToMetadata, metadataToHeaders } from "./metadata.js";
 
@@ -115,6 +118,7 @@ function contextFor(call: ServerSurfaceCall, method: DescMethod, opts: AdapterOp
     shutdownSignal: opts.shutdownSignal,
     requestSignal: cancelled.signal,
     requestHeader: metadataToHeaders(call.metadata),
+    contextValues: createContextValues().set(peerKey, peerAddress(call.getPeer())),
   });
 }
 
@@ -149,6 +153,13 @@ async function lastOf(output: AsyncIterable<unknown>): Promise<unknown> {
   let last: unknown;
   for await (const m of output) last = m;
   return last;
+}
+
+/** grpc-js names peers "ipv4:1.2.3.4:5678", "ipv6:[::1]:5678" or "1.2.3.4:5678"; keep the address. */
+function peerAddress(peer: string): string {
+  const bare = peer.replace(/^ipv[46]:/, "");
+  const m = /^\[(.*)\]:\d+$/.exec(bare) ?? /^(.*):\d+$/.exec(bare);
+  return m ? m[1]! : bare;
 }
 
 function sendHeaderOnce(call: ServerSurfaceCall, ctx: HandlerContext, sent: { done: boolean }): void {

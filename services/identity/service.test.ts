@@ -65,6 +65,9 @@ describe.each(backends())("identity service on $name", (backend) => {
         // The lowest cost the service accepts, to keep the suite quick; tokens.test.ts covers the default.
         IDENTITY_SCRYPT_LOG_N: "14",
         IDENTITY_KEY_ROTATION_HOURS: "720",
+        // Rate limits have their own tests (gateway and rate-limiter); here they would only
+        // stand in front of the rules this suite checks, such as the lockout.
+        RATE_LIMITS: "read=100000:100000,write=100000:100000,auth=100000:100000",
       },
       { now, deliver: (d) => void outbox.push(d) },
     );

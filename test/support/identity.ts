@@ -38,6 +38,8 @@ export async function startTestIdentity(env: Record<string, string> = {}): Promi
     IDENTITY_PORT: "0",
     IDENTITY_SCRYPT_LOG_N: "14",
     IDENTITY_BOOTSTRAP_ADMIN_EMAIL: "admin@medmesh.test",
+    // Many people sign in from one test process; rate limits have tests of their own.
+    RATE_LIMITS: "read=100000:100000,write=100000:100000,auth=100000:100000",
     ...env,
   });
   const target = `127.0.0.1:${svc.port}`;

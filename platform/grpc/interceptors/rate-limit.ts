@@ -1,3 +1,5 @@
+import { createHash } from "node:crypto";
+import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import { RateClass } from "../../../gen/medmesh/access/v1/access_pb.js";
 import type { BucketRule, RateLimiter } from "../../cache/rate-limiter.js";
@@ -27,9 +29,31 @@ export function parseRateRules(spec: string): RateRules {
   return rules;
 }
 
+// The request fields that name the account (or credential) a sign-in style call is about.
+const accountFields = ["login", "email", "username", "refresh_token", "api_key", "challenge_id", "token"];
+
+/**
+ * For credential calls (rate class AUTH), what the call is aimed at: the account named in the
+ * request, or a digest of the secret presented. Guessing against one account from many
+ * addresses then drains one bucket, as guessing from one address against many accounts does.
+ */
+function accountOf(schema: DescMessage, message: MessageShape<DescMessage>): string | undefined {
+  for (const name of accountFields) {
+    const field = schema.fields.find((f) => f.name === name && f.fieldKind === "scalar");
+    const value = field ? (message as Record<string, unknown>)[field.localName] : undefined;
+    if (typeof value === "string" && value !== "") {
+      const v = value.trim().toLowerCase();
+      // Secrets are hashed so they never sit in Redis or in memory as keys.
+      return name === "login" || name === "email" || name === "username" ? `${name}:${v}` : `${name}:${createHash("sha256").update(v).digest("base64url").slice(0, 22)}`;
+    }
+  }
+  return undefined;
+}
+
 /**
  * Draws one token per call from the bucket of the method's rate class, keyed by the signed-in
- * principal or, for anonymous callers, by their address. Runs after the access interceptor,
+ * principal or, for anonymous callers, by their address; credential calls also draw from the
+ * bucket of the account they name. Runs after the access interceptor,
  * which has put the policy (and the principal) into the context.
  * If the limiter itself fails (Redis down), credential checks fail closed and everything else
  * stays available: refusing every read because the limiter is down would be an outage of its own.
@@ -44,17 +68,23 @@ export function rateLimitInterceptor(limiter: RateLimiter, rules: RateRules): In
     const principal = req.contextValues.get(principalKey);
     const who = principal ? `${principal.kind}:${principal.subject}` : `ip:${req.contextValues.get(peerKey) ?? "unknown"}`;
     const name = RateClass[cls].toLowerCase();
-    let decision;
-    try {
-      decision = await limiter.take(`${name}:${who}`, rule);
-    } catch (err) {
-      log.warn("rate limiter unavailable", { error: (err as Error).message, rate_class: name });
-      if (cls === RateClass.AUTH) throw new ConnectError("sign-in is briefly unavailable; try again shortly", Code.Unavailable);
-      return next(req);
-    }
-    if (!decision.allowed) {
-      const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
-      throw resourceExhausted(`too many ${name} calls; try again in ${seconds} s`, decision.retryAfterMs);
+    const keys = [`${name}:${who}`];
+    const account = cls === RateClass.AUTH && !req.stream ? accountOf(req.method.input, req.message) : undefined;
+    if (account) keys.push(`${name}:account:${account}`);
+    for (const key of keys) {
+      let decision;
+      try {
+        decision = await limiter.take(key, rule);
+      } catch (err) {
+        log.warn("rate limiter unavailable", { error: (err as Error).message, rate_class: name });
+        if (cls === RateClass.AUTH) throw new ConnectError("sign-in is briefly unavailable; try again shortly", Code.Unavailable);
+        return next(req);
+      }
+      if (!decision.allowed) {
+        const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
+        const what = key.includes(":account:") ? `${name} calls for this account` : `${name} calls`;
+        throw resourceExhausted(`too many ${what}; try again in ${seconds} s`, decision.retryAfterMs);
+      }
     }
     return next(req);
   };
