@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { DescService } from "@bufbuild/protobuf";
@@ -5,6 +6,7 @@ import { createContextValues, type ServiceImpl } from "@connectrpc/connect";
 import { createRateLimiter } from "../platform/cache/rate-limiter.js";
 import { identityKeySet } from "../platform/auth/key-set.js";
 import { bearerPrincipalResolver } from "../platform/auth/principal.js";
+import type { PrincipalResolver } from "../platform/grpc/interceptors/access.js";
 import { parseRateRules, peerKey } from "../platform/grpc/interceptors/rate-limit.js";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
@@ -41,12 +43,16 @@ type Res = ServerResponse | Http2ServerResponse;
 export interface GatewayOptions {
   /** Services to expose instead of the contracts' public ones (tests use this). */
   services?: DescService[];
+  /** Replaces token verification; only code can pass this (benchmarks measure what it costs). */
+  resolvePrincipal?: PrincipalResolver;
 }
 
 export async function startGateway(source: Record<string, string | undefined> = process.env, opts: GatewayOptions = {}): Promise<Started & { port: number }> {
   const config = loadConfig(configSpec, source) as ReturnType<typeof loadConfig<typeof configSpec>> & Record<string, string>;
   const telemetry = startTelemetry({ serviceName: "gateway", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
   const shutdown = new AbortController();
+  // Every call in flight listens to this signal; hundreds at once is normal, not a leak.
+  setMaxListeners(0, shutdown.signal);
   const gatewayHealth = new HealthState([]);
 
   const exposed = opts.services ?? publicServices;
@@ -66,7 +72,7 @@ export async function startGateway(source: Record<string, string | undefined> = 
   const keys = identityKeySet(config.IDENTITY_TARGET!);
   const rpcInterceptors = meshInterceptors({
     component: "gateway",
-    resolvePrincipal: bearerPrincipalResolver(keys),
+    resolvePrincipal: opts.resolvePrincipal ?? bearerPrincipalResolver(keys),
     rateLimit: { limiter, rules: rateRules },
   });
   const infraInterceptors = infrastructureInterceptors("gateway");

@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import type { DescService } from "@bufbuild/protobuf";
 import type { Interceptor, ServiceImpl } from "@connectrpc/connect";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
@@ -48,6 +49,8 @@ export function bindAddress(host: string, port: number): string {
 export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningGrpcServer> {
   const log = logger.child({ component: opts.name });
   const shutdown = new AbortController();
+  // Every call in flight listens to this signal; hundreds at once is normal, not a leak.
+  setMaxListeners(0, shutdown.signal);
   const server = new Server({
     "grpc.max_receive_message_length": opts.maxMessageBytes,
     "grpc.max_send_message_length": opts.maxMessageBytes,

@@ -8,6 +8,7 @@ import { DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js"
 import { migrations } from "./migrations/index.js";
 import { identityKeySet } from "../../platform/auth/key-set.js";
 import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
+import type { PrincipalResolver } from "../../platform/grpc/interceptors/access.js";
 import { documentService } from "./service.js";
 import { DocumentStore, type DocumentsDB } from "./store.js";
 
@@ -19,7 +20,15 @@ export const configSpec = {
   IDENTITY_TARGET: env.string("where the identity service publishes the keys that verify access tokens", "127.0.0.1:50052"),
 };
 
-export async function startDocuments(source: Record<string, string | undefined> = process.env): Promise<Started & { port: number }> {
+export interface DocumentsHooks {
+  /** Replaces token verification; only code can pass this (benchmarks measure what it costs). */
+  resolvePrincipal?: PrincipalResolver;
+}
+
+export async function startDocuments(
+  source: Record<string, string | undefined> = process.env,
+  hooks: DocumentsHooks = {},
+): Promise<Started & { port: number }> {
   const config = loadConfig(configSpec, source);
   const telemetry = startTelemetry({ serviceName: "documents", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
   const database = await openServiceDatabase<DocumentsDB>("documents", config, config.DOCUMENTS_DB_SCHEMA, migrations);
@@ -31,7 +40,7 @@ export async function startDocuments(source: Record<string, string | undefined> 
     host: config.DOCUMENTS_HOST,
     port: config.DOCUMENTS_PORT,
     services: [register(DocumentService, documentService(new DocumentStore(database.db)))],
-    interceptors: meshInterceptors({ component: "documents", resolvePrincipal: bearerPrincipalResolver(keys) }),
+    interceptors: meshInterceptors({ component: "documents", resolvePrincipal: hooks.resolvePrincipal ?? bearerPrincipalResolver(keys) }),
     deadlines,
     maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
     readinessProbe: () => database.ping(),
