@@ -9,7 +9,6 @@ import { register, startGrpcServer } from "../../platform/grpc/server.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
 import { startTelemetry } from "../../platform/telemetry/sdk.js";
 import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
-import { bearerAuthenticator } from "./caller.js";
 import { SigningKeyRing } from "./keys.js";
 import { migrations } from "./migrations/index.js";
 import { identityService, type Deliver } from "./service.js";
@@ -56,7 +55,6 @@ export async function startIdentity(
   const impl = identityService({
     store,
     keys,
-    authenticate: bearerAuthenticator(keys, now),
     now,
     deliver: hooks.deliver,
     bootstrapAdminEmail: config.IDENTITY_BOOTSTRAP_ADMIN_EMAIL,

@@ -5,7 +5,7 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { IdentityService, JwkSchema, TokensSchema, type Tokens } from "../../gen/medmesh/identity/v1/identity_pb.js";
 import { invalidArgument, resourceExhausted } from "../../platform/grpc/errors.js";
 import { logger } from "../../platform/telemetry/logger.js";
-import { callerOf, guard, sessionOf, userOf, type Authenticate } from "./caller.js";
+import { callerOf, sessionOf, userOf } from "./caller.js";
 import type { SigningKeyRing } from "./keys.js";
 import { kindFromName, kindName, roleName, toApiKey, toAuditEvent, toSession, toUser, type HumanRole } from "./model.js";
 import { DEFAULT_PARAMS, decoyHash, hashPassword, needsRehash, verifyPassword, type ScryptParams } from "./passwords.js";
@@ -30,8 +30,6 @@ export type Deliver = (d: Delivery) => void | Promise<void>;
 export interface IdentityOptions {
   store: IdentityStore;
   keys: SigningKeyRing;
-  /** Resolves callers from their bearer tokens until the mesh's access interceptor does. */
-  authenticate: Authenticate;
   now?: () => Date;
   deliver?: Deliver;
   /** The account registered with this address becomes admin while no admin exists. */
@@ -63,7 +61,7 @@ function newBackupCode(): string {
 const normaliseBackupCode = (code: string) => code.replace(/-/g, "").toLowerCase();
 
 export function identityService(opts: IdentityOptions): ServiceImpl<typeof IdentityService> {
-  const { store, keys, authenticate } = opts;
+  const { store, keys } = opts;
   const now = opts.now ?? (() => new Date());
   const deliver = opts.deliver ?? (() => undefined);
   const scrypt = opts.scrypt ?? DEFAULT_PARAMS;
@@ -271,7 +269,7 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
 
     async logout(_req, ctx) {
       const userId = userOf(ctx);
-      const sessionId = await sessionOf(ctx, authenticate);
+      const sessionId = sessionOf(ctx);
       if (!sessionId) throw new ConnectError("this access token belongs to no session", Code.FailedPrecondition);
       await store.revokeSession(sessionId, "logout", now(), userId);
       await audit({ event: "logout", userId, actor: userId, details: { session_id: sessionId } });
@@ -280,7 +278,7 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
 
     async listSessions(_req, ctx) {
       const userId = userOf(ctx);
-      const current = await sessionOf(ctx, authenticate);
+      const current = sessionOf(ctx);
       const rows = await store.openSessions(userId, now());
       return { sessions: rows.map((r) => toSession(r, current)) };
     },
@@ -425,6 +423,6 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
     },
   };
 
-  return guard(IdentityService, impl, authenticate);
+  return impl;
 }
 
