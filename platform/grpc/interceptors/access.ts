@@ -20,8 +20,9 @@ export type PrincipalResolver = (header: Headers) => Promise<Principal | undefin
 
 /**
  * Enforces the access option of the contract. Every method must declare one: a method without
- * a policy is refused outright, so forgetting the annotation fails closed. Until a resolver is
- * configured the mesh has no notion of callers and only that check applies.
+ * a policy is refused outright, so forgetting the annotation fails closed. Every mesh server
+ * passes a resolver (bearer tokens, platform/auth); a server built without one (the test-only
+ * conformance service) applies only that first check.
  */
 export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interceptor {
   return (next) => async (req) => {
@@ -41,7 +42,7 @@ export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interce
     req.contextValues.set(principalKey, principal);
     if (!principal) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
     if (policy.audience === Audience.ROLES && !policy.roles.includes(principal.role)) {
-      throw new ConnectError(`the ${Role[principal.role].toLowerCase()} role may not call ${req.method.name}`, Code.PermissionDenied);
+      throw new ConnectError(`the ${(Role[principal.role] ?? "unknown").toLowerCase()} role may not call ${req.method.name}`, Code.PermissionDenied);
     }
     return next(req);
   };
