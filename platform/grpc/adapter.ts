@@ -170,10 +170,14 @@ function sendHeaderOnce(call: ServerSurfaceCall, ctx: HandlerContext, sent: { do
   if (any) call.sendMetadata(headersToMetadata(ctx.responseHeader));
 }
 
-async function* decodeStream<T extends DescMessage>(schema: T, call: Readable): AsyncIterable<MessageShape<T>> {
+async function* decodeStream<T extends DescMessage>(schema: T, call: Readable & { cancelled?: boolean }): AsyncIterable<MessageShape<T>> {
   // Node destroys a stream once its async iterator completes; for a duplex call that would
   // also destroy the writable half before the status is sent, and the client would hang.
   for await (const chunk of call.iterator({ destroyOnReturn: false })) yield decode(schema, chunk as Buffer);
+  // grpc-js ends the request stream when the client cancels, just as when it finishes sending;
+  // a handler must not mistake a cancelled upload for a complete one.
+  await new Promise((r) => setImmediate(r));
+  if (call.cancelled) throw new ConnectError("the client cancelled the call", Code.Canceled);
 }
 
 async function writeAll(

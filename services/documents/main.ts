@@ -1,3 +1,7 @@
+import { mkdtempSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { FsBlobStore } from "../../platform/blobs/index.js";
 import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
 import { openServiceDatabase } from "../../platform/db/database.js";
 import { meshInterceptors } from "../../platform/grpc/interceptors/index.js";
@@ -17,6 +21,8 @@ export const configSpec = {
   DOCUMENTS_HOST: env.string("interface the gRPC server binds", "127.0.0.1"),
   DOCUMENTS_PORT: env.port("gRPC port (0 picks a free one)", 50051),
   DOCUMENTS_DB_SCHEMA: env.string("schema the service owns", "documents"),
+  BLOB_DIR: env.optionalString("where uploaded files are stored; default MEDMESH_DATA_DIR/blobs"),
+  UPLOAD_MAX_BYTES: env.bytes("largest file an upload may carry", 100 * 1024 * 1024),
   IDENTITY_TARGET: env.string("where the identity service publishes the keys that verify access tokens", "127.0.0.1:50052"),
 };
 
@@ -34,12 +40,13 @@ export async function startDocuments(
   const database = await openServiceDatabase<DocumentsDB>("documents", config, config.DOCUMENTS_DB_SCHEMA, migrations);
   // Tokens are verified here too, not only at the gateway: services are reachable inside the mesh.
   const keys = identityKeySet(config.IDENTITY_TARGET);
+  const blobs = new FsBlobStore({ root: blobRoot(config.BLOB_DIR, config.MEDMESH_DATA_DIR), maxBytes: config.UPLOAD_MAX_BYTES });
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const server = await startGrpcServer({
     name: "documents",
     host: config.DOCUMENTS_HOST,
     port: config.DOCUMENTS_PORT,
-    services: [register(DocumentService, documentService(new DocumentStore(database.db)))],
+    services: [register(DocumentService, documentService(new DocumentStore(database.db), { blobs, maxUploadBytes: config.UPLOAD_MAX_BYTES }))],
     interceptors: meshInterceptors({ component: "documents", resolvePrincipal: hooks.resolvePrincipal ?? bearerPrincipalResolver(keys) }),
     deadlines,
     maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
@@ -55,6 +62,13 @@ export async function startDocuments(
       await telemetry.shutdown();
     },
   };
+}
+
+/** BLOB_DIR, else beside the other embedded data; in-memory runs get a throwaway directory. */
+function blobRoot(blobDir: string | undefined, dataDir: string): string {
+  if (blobDir) return blobDir;
+  if (dataDir === "memory://") return mkdtempSync(path.join(os.tmpdir(), "medmesh-blobs-"));
+  return path.join(dataDir, "blobs");
 }
 
 if (isEntryPoint(import.meta.url)) void runMain("documents", () => startDocuments());

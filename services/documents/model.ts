@@ -7,7 +7,8 @@ import {
   Visibility,
   type Document,
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
-import type { DocumentRow } from "./store.js";
+import type { DocumentRow, VersionRow } from "./store.js";
+import { DocumentVersionSchema, type DocumentVersion } from "../../gen/medmesh/documents/v1/documents_pb.js";
 
 // Enums are stored by their short lower-case name ("research_paper"), readable in SQL and
 // independent of proto numbering.
@@ -48,6 +49,19 @@ export function toDocument(row: DocumentRow): Document {
     metadata: row.metadata,
     createTime: timestampFromDate(new Date(row.created_at)),
     updateTime: timestampFromDate(new Date(row.updated_at)),
+  });
+}
+
+export function toVersion(row: VersionRow): DocumentVersion {
+  return create(DocumentVersionSchema, {
+    version: row.version,
+    sha256: row.sha256,
+    sizeBytes: BigInt(row.size_bytes),
+    mimeType: row.mime_type,
+    needsOcr: row.needs_ocr,
+    filename: row.filename,
+    uploadedBy: row.uploaded_by,
+    createTime: timestampFromDate(new Date(row.created_at)),
   });
 }
 

@@ -1,12 +1,15 @@
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { DocumentService, Visibility, type Document } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { DocumentSchema, DocumentService, Visibility, type Document } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { invalidArgument, type FieldViolation } from "../../platform/grpc/errors.js";
 import { principalKey, type Principal } from "../../platform/grpc/interceptors/access.js";
 import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
 import { decodePageToken, encodePageToken } from "../../platform/grpc/page-token.js";
-import { documentTypes, isCalendarDate, statuses, toDocument, visibilities } from "./model.js";
-import type { DocumentChanges, DocumentRow, DocumentStore, ListFilter } from "./store.js";
+import { documentTypes, isCalendarDate, statuses, toDocument, toVersion, visibilities } from "./model.js";
+import { receiveUpload } from "./upload.js";
+import type { BlobStore } from "../../platform/blobs/index.js";
+import { check } from "../../platform/grpc/interceptors/validation.js";
+import type { DocumentChanges, DocumentRow, DocumentStore, ListFilter, NewDocument } from "./store.js";
 
 const DEFAULT_PAGE_SIZE = 25;
 
@@ -71,7 +74,15 @@ function normalised(doc: Document) {
   };
 }
 
-export function documentService(store: DocumentStore): ServiceImpl<typeof DocumentService> {
+export interface ContentOptions {
+  blobs: BlobStore;
+  /** Largest file an upload may carry. */
+  maxUploadBytes: number;
+}
+
+const READ_CHUNK_BYTES = 64 * 1024;
+
+export function documentService(store: DocumentStore, content: ContentOptions): ServiceImpl<typeof DocumentService> {
   async function ensureDoiFree(doi: string | null, exceptId?: string) {
     if (!doi) return;
     if (await store.findLiveByDoi(doi, exceptId)) {
@@ -176,6 +187,67 @@ export function documentService(store: DocumentStore): ServiceImpl<typeof Docume
         if ((err as { code?: string }).code === "23505") throw new ConnectError(`a document with DOI ${changes.doi} already exists`, Code.AlreadyExists);
         throw err;
       }
+    },
+
+    async upload(requests, ctx) {
+      const caller = callerOf(ctx);
+      let create: NewDocument | undefined;
+      const file = await receiveUpload(requests, content.blobs, {
+        maxBytes: content.maxUploadBytes,
+        signal: ctx.signal,
+        discard: async (blob) => {
+          if (!(await store.blobInUse(blob.sha256))) await content.blobs.delete(blob.key);
+        },
+        authorize: async (header) => {
+          if (header.documentId) {
+            await changeable(header.documentId, caller);
+            return;
+          }
+          const doc = header.document;
+          if (!doc) throw invalidArgument([{ field: "header.document", description: "name a document_id, or describe the new document" }]);
+          const fields = normalised(doc);
+          if (fields.title === "") throw invalidArgument([{ field: "header.document.title", description: "title must not be blank" }]);
+          if (!doc.documentType) throw invalidArgument([{ field: "header.document.document_type", description: "document_type is required" }]);
+          check(DocumentSchema, doc);
+          checkDates([["header.document.publication_date", doc.publicationDate]]);
+          await ensureDoiFree(fields.doi);
+          create = { id: randomUUID(), uploaded_by: caller.subject, ...fields };
+        },
+      });
+      const version = {
+        sha256: file.blob.sha256,
+        size_bytes: file.blob.size,
+        mime_type: file.type.mime,
+        needs_ocr: file.type.needsOcr,
+        filename: file.header.filename,
+        uploaded_by: caller.subject,
+      };
+      const saved = await store.addVersion(create ? { create } : { id: file.header.documentId }, version);
+      if (!saved) throw notFound(file.header.documentId);
+      return { document: toDocument(saved.document), version: toVersion(saved.version) };
+    },
+
+    async *readContent(req, ctx) {
+      const row = await visible(req.documentId, callerOf(ctx));
+      const wanted = req.version || row.version;
+      if (wanted === 0) throw new ConnectError(`document ${req.documentId} has no content yet`, Code.FailedPrecondition);
+      const version = await store.version(req.documentId, wanted);
+      if (!version) throw new ConnectError(`document ${req.documentId} has no version ${wanted}`, Code.NotFound);
+      const stream = await content.blobs.get(version.sha256, { signal: ctx.signal });
+      let pending: Buffer = Buffer.alloc(0);
+      for await (const piece of stream as AsyncIterable<Buffer>) {
+        pending = pending.length ? Buffer.concat([pending, piece]) : piece;
+        while (pending.length >= READ_CHUNK_BYTES) {
+          yield { chunk: pending.subarray(0, READ_CHUNK_BYTES) };
+          pending = pending.subarray(READ_CHUNK_BYTES);
+        }
+      }
+      if (pending.length) yield { chunk: pending };
+    },
+
+    async listVersions(req, ctx) {
+      await visible(req.documentId, callerOf(ctx));
+      return { versions: (await store.versions(req.documentId)).map(toVersion) };
     },
 
     async deleteDocument(req, ctx) {

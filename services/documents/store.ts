@@ -24,9 +24,25 @@ export interface DocumentTable {
   deleted_at: Date | null;
 }
 
+export interface DocumentVersionTable {
+  document_id: string;
+  version: number;
+  sha256: string;
+  size_bytes: number;
+  mime_type: string;
+  needs_ocr: boolean;
+  filename: string;
+  uploaded_by: string;
+  created_at: Generated<Date>;
+}
+
 export interface DocumentsDB {
   document: DocumentTable;
+  document_version: DocumentVersionTable;
 }
+
+export type VersionRow = Selectable<DocumentVersionTable>;
+export type NewVersion = Omit<DocumentVersionTable, "document_id" | "version" | "created_at">;
 
 export type DocumentRow = Selectable<DocumentTable>;
 
@@ -130,6 +146,56 @@ export class DocumentStore {
       .where("deleted_at", "is", null)
       .returning(columns)
       .executeTakeFirst() as Promise<DocumentRow | undefined>;
+  }
+
+  /**
+   * Records a new content version, and the document itself first when `create` is given, in one
+   * transaction: the version number comes from the locked document row, so two uploads racing on
+   * one document get consecutive numbers.
+   */
+  async addVersion(target: { id: string } | { create: NewDocument }, v: NewVersion): Promise<{ document: DocumentRow; version: VersionRow } | undefined> {
+    return this.db.transaction().execute(async (trx) => {
+      const store = new DocumentStore(trx);
+      const id = "create" in target ? (await store.insert(target.create)).id : target.id;
+      const current = await trx
+        .selectFrom("document")
+        .select("version")
+        .where("id", "=", id)
+        .where("deleted_at", "is", null)
+        .forUpdate()
+        .executeTakeFirst();
+      if (!current) return undefined;
+      const version = await trx
+        .insertInto("document_version")
+        .values({ ...v, document_id: id, version: current.version + 1 })
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      await trx
+        .updateTable("document")
+        .set({
+          version: version.version,
+          size_bytes: v.size_bytes,
+          mime_type: v.mime_type,
+          processing_status: "uploaded",
+          updated_at: sql`now()` as never,
+        })
+        .where("id", "=", id)
+        .execute();
+      return { document: (await store.findLive(id))!, version };
+    });
+  }
+
+  /** Whether any version keeps this content (blobs are shared by identical uploads). */
+  async blobInUse(sha256: string): Promise<boolean> {
+    return (await this.db.selectFrom("document_version").select("version").where("sha256", "=", sha256).limit(1).executeTakeFirst()) !== undefined;
+  }
+
+  async versions(documentId: string): Promise<VersionRow[]> {
+    return this.db.selectFrom("document_version").selectAll().where("document_id", "=", documentId).orderBy("version", "desc").execute();
+  }
+
+  async version(documentId: string, version: number): Promise<VersionRow | undefined> {
+    return this.db.selectFrom("document_version").selectAll().where("document_id", "=", documentId).where("version", "=", version).executeTakeFirst();
   }
 
   async softDelete(id: string): Promise<boolean> {

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file medmesh/documents/v1/documents.proto.
  */
 export const file_medmesh_documents_v1_documents: GenFile = /*@__PURE__*/
-  fileDesc("CiRtZWRtZXNoL2RvY3VtZW50cy92MS9kb2N1bWVudHMucHJvdG8SFG1lZG1lc2guZG9jdW1lbnRzLnYxItgICghEb2N1bWVudBIXCgJpZBgBIAEoCUILukgI2AEBcgOwAQESGgoFdGl0bGUYAiABKAlCC7pICNgBAXIDGPQDEiMKB2F1dGhvcnMYAyADKAlCErpID5IBDBDIASIHcgUQARjIARIcCgdqb3VybmFsGAQgASgJQgu6SAjYAQFyAxisAhKYAQoQcHVibGljYXRpb25fZGF0ZRgFIAEoCUJ+ukh7ugF1CgtkYXRlLmZvcm1hdBIhbXVzdCBiZSBhIGRhdGUgd3JpdHRlbiBZWVlZLU1NLUREGkN0aGlzLm1hdGNoZXMoJ15bMC05XXs0fS0oMFsxLTldfDFbMC0yXSktKDBbMS05XXxbMTJdWzAtOV18M1swMV0pJCcp2AEBEowBCgNkb2kYBiABKAlCf7pIfLoBcQoKZG9pLmZvcm1hdBIrbXVzdCBiZSBhIERPSSBzdWNoIGFzIDEwLjEwNTYvTkVKTW9hMjAzNDU3Nxo2dGhpcy5tYXRjaGVzKCdeMTBcXC5bMC05XXs0LDl9L1stLl87KCkvOkEtWmEtejAtOV0rJCcp2AEBcgMY/wESbAoEcG1pZBgHIAEoCUJeukhbugFVCgtwbWlkLmZvcm1hdBIjbXVzdCBiZSBhIFB1Yk1lZCBpZDogdXAgdG8gOSBkaWdpdHMaIXRoaXMubWF0Y2hlcygnXlsxLTldWzAtOV17MCw4fSQnKdgBARJDCg1kb2N1bWVudF90eXBlGAggASgOMiIubWVkbWVzaC5kb2N1bWVudHMudjEuRG9jdW1lbnRUeXBlQgi6SAWCAQIQARIdCglzcGVjaWFsdHkYCSABKAlCCrpIB9gBAXICGGQSSwoRcHJvY2Vzc2luZ19zdGF0dXMYCiABKA4yJi5tZWRtZXNoLmRvY3VtZW50cy52MS5Qcm9jZXNzaW5nU3RhdHVzQgi6SAWCAQIQARISCgpzaXplX2J5dGVzGAsgASgDEhEKCW1pbWVfdHlwZRgMIAEoCRITCgt1cGxvYWRlZF9ieRgNIAEoCRI+Cgp2aXNpYmlsaXR5GA4gASgOMiAubWVkbWVzaC5kb2N1bWVudHMudjEuVmlzaWJpbGl0eUIIukgFggECEAESDwoHdmVyc2lvbhgPIAEoBRJrCghtZXRhZGF0YRgQIAMoCzIsLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50Lk1ldGFkYXRhRW50cnlCK7pIKJoBJRBAIhpyGBABGEAyEl5bQS1aYS16MC05Xy46LV0rJCoFcgMYgAgSLwoLY3JlYXRlX3RpbWUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi9wEKFUNyZWF0ZURvY3VtZW50UmVxdWVzdBLdAQoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudEKqAbpIpgG6AUMKF2RvY3VtZW50LnRpdGxlX3JlcXVpcmVkEhF0aXRsZSBpcyByZXF1aXJlZBoVdGhpcy50aXRsZS5zaXplKCkgPiAwugFaCh9kb2N1bWVudC5kb2N1bWVudF90eXBlX3JlcXVpcmVkEhlkb2N1bWVudF90eXBlIGlzIHJlcXVpcmVkGhxpbnQodGhpcy5kb2N1bWVudF90eXBlKSAhPSAwyAEBIkoKFkNyZWF0ZURvY3VtZW50UmVzcG9uc2USMAoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudCIqChJHZXREb2N1bWVudFJlcXVlc3QSFAoCaWQYASABKAlCCLpIBXIDsAEBIkcKE0dldERvY3VtZW50UmVzcG9uc2USMAoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudCLUBAoUTGlzdERvY3VtZW50c1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSGgoJc3BlY2lhbHR5GAMgASgJQge6SARyAhhkEkMKDWRvY3VtZW50X3R5cGUYBCABKA4yIi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudFR5cGVCCLpIBYIBAhABEksKEXByb2Nlc3Npbmdfc3RhdHVzGAUgASgOMiYubWVkbWVzaC5kb2N1bWVudHMudjEuUHJvY2Vzc2luZ1N0YXR1c0IIukgFggECEAESHQoLdXBsb2FkZWRfYnkYBiABKAlCCLpIBXIDGIABEpcBCg9wdWJsaXNoZWRfYWZ0ZXIYByABKAlCfrpIe7oBdQoLZGF0ZS5mb3JtYXQSIW11c3QgYmUgYSBkYXRlIHdyaXR0ZW4gWVlZWS1NTS1ERBpDdGhpcy5tYXRjaGVzKCdeWzAtOV17NH0tKDBbMS05XXwxWzAtMl0pLSgwWzEtOV18WzEyXVswLTldfDNbMDFdKSQnKdgBARKYAQoQcHVibGlzaGVkX2JlZm9yZRgIIAEoCUJ+ukh7ugF1CgtkYXRlLmZvcm1hdBIhbXVzdCBiZSBhIGRhdGUgd3JpdHRlbiBZWVlZLU1NLUREGkN0aGlzLm1hdGNoZXMoJ15bMC05XXs0fS0oMFsxLTldfDFbMC0yXSktKDBbMS05XXxbMTJdWzAtOV18M1swMV0pJCcp2AEBImMKFUxpc3REb2N1bWVudHNSZXNwb25zZRIxCglkb2N1bWVudHMYASADKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkixwEKFVVwZGF0ZURvY3VtZW50UmVxdWVzdBJ1Cghkb2N1bWVudBgBIAEoCzIeLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50QkO6SEC6AToKFGRvY3VtZW50LmlkX3JlcXVpcmVkEg5pZCBpcyByZXF1aXJlZBoSdGhpcy5pZC5zaXplKCkgPiAwyAEBEjcKC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IGukgDyAEBIkoKFlVwZGF0ZURvY3VtZW50UmVzcG9uc2USMAoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudCItChVEZWxldGVEb2N1bWVudFJlcXVlc3QSFAoCaWQYASABKAlCCLpIBXIDsAEBIhgKFkRlbGV0ZURvY3VtZW50UmVzcG9uc2Uq4AEKDERvY3VtZW50VHlwZRIdChlET0NVTUVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASIAocRE9DVU1FTlRfVFlQRV9SRVNFQVJDSF9QQVBFUhABEiAKHERPQ1VNRU5UX1RZUEVfQ0xJTklDQUxfVFJJQUwQAhIYChRET0NVTUVOVF9UWVBFX1JFVklFVxADEhsKF0RPQ1VNRU5UX1RZUEVfR1VJREVMSU5FEAQSHQoZRE9DVU1FTlRfVFlQRV9DQVNFX1JFUE9SVBAFEhcKE0RPQ1VNRU5UX1RZUEVfT1RIRVIQBir0AQoQUHJvY2Vzc2luZ1N0YXR1cxIhCh1QUk9DRVNTSU5HX1NUQVRVU19VTlNQRUNJRklFRBAAEh0KGVBST0NFU1NJTkdfU1RBVFVTX1BFTkRJTkcQARIeChpQUk9DRVNTSU5HX1NUQVRVU19VUExPQURFRBACEiAKHFBST0NFU1NJTkdfU1RBVFVTX1BST0NFU1NJTkcQAxIfChtQUk9DRVNTSU5HX1NUQVRVU19QUk9DRVNTRUQQBBIdChlQUk9DRVNTSU5HX1NUQVRVU19JTkRFWEVEEAUSHAoYUFJPQ0VTU0lOR19TVEFUVVNfRkFJTEVEEAYqWQoKVmlzaWJpbGl0eRIaChZWSVNJQklMSVRZX1VOU1BFQ0lGSUVEEAASFgoSVklTSUJJTElUWV9QUklWQVRFEAESFwoTVklTSUJJTElUWV9QTEFURk9STRACMu4ECg9Eb2N1bWVudFNlcnZpY2USfAoOQ3JlYXRlRG9jdW1lbnQSKy5tZWRtZXNoLmRvY3VtZW50cy52MS5DcmVhdGVEb2N1bWVudFJlcXVlc3QaLC5tZWRtZXNoLmRvY3VtZW50cy52MS5DcmVhdGVEb2N1bWVudFJlc3BvbnNlIg+iuxgLCAMSBQECAwUGGAISbwoLR2V0RG9jdW1lbnQSKC5tZWRtZXNoLmRvY3VtZW50cy52MS5HZXREb2N1bWVudFJlcXVlc3QaKS5tZWRtZXNoLmRvY3VtZW50cy52MS5HZXREb2N1bWVudFJlc3BvbnNlIguQAgGiuxgECAIYARJ1Cg1MaXN0RG9jdW1lbnRzEioubWVkbWVzaC5kb2N1bWVudHMudjEuTGlzdERvY3VtZW50c1JlcXVlc3QaKy5tZWRtZXNoLmRvY3VtZW50cy52MS5MaXN0RG9jdW1lbnRzUmVzcG9uc2UiC5ACAaK7GAQIAhgBEnUKDlVwZGF0ZURvY3VtZW50EisubWVkbWVzaC5kb2N1bWVudHMudjEuVXBkYXRlRG9jdW1lbnRSZXF1ZXN0GiwubWVkbWVzaC5kb2N1bWVudHMudjEuVXBkYXRlRG9jdW1lbnRSZXNwb25zZSIIorsYBAgCGAISeAoORGVsZXRlRG9jdW1lbnQSKy5tZWRtZXNoLmRvY3VtZW50cy52MS5EZWxldGVEb2N1bWVudFJlcXVlc3QaLC5tZWRtZXNoLmRvY3VtZW50cy52MS5EZWxldGVEb2N1bWVudFJlc3BvbnNlIguQAgKiuxgECAIYAhoEqLsYAWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_medmesh_access_v1_access]);
+  fileDesc("CiRtZWRtZXNoL2RvY3VtZW50cy92MS9kb2N1bWVudHMucHJvdG8SFG1lZG1lc2guZG9jdW1lbnRzLnYxItgICghEb2N1bWVudBIXCgJpZBgBIAEoCUILukgI2AEBcgOwAQESGgoFdGl0bGUYAiABKAlCC7pICNgBAXIDGPQDEiMKB2F1dGhvcnMYAyADKAlCErpID5IBDBDIASIHcgUQARjIARIcCgdqb3VybmFsGAQgASgJQgu6SAjYAQFyAxisAhKYAQoQcHVibGljYXRpb25fZGF0ZRgFIAEoCUJ+ukh7ugF1CgtkYXRlLmZvcm1hdBIhbXVzdCBiZSBhIGRhdGUgd3JpdHRlbiBZWVlZLU1NLUREGkN0aGlzLm1hdGNoZXMoJ15bMC05XXs0fS0oMFsxLTldfDFbMC0yXSktKDBbMS05XXxbMTJdWzAtOV18M1swMV0pJCcp2AEBEowBCgNkb2kYBiABKAlCf7pIfLoBcQoKZG9pLmZvcm1hdBIrbXVzdCBiZSBhIERPSSBzdWNoIGFzIDEwLjEwNTYvTkVKTW9hMjAzNDU3Nxo2dGhpcy5tYXRjaGVzKCdeMTBcXC5bMC05XXs0LDl9L1stLl87KCkvOkEtWmEtejAtOV0rJCcp2AEBcgMY/wESbAoEcG1pZBgHIAEoCUJeukhbugFVCgtwbWlkLmZvcm1hdBIjbXVzdCBiZSBhIFB1Yk1lZCBpZDogdXAgdG8gOSBkaWdpdHMaIXRoaXMubWF0Y2hlcygnXlsxLTldWzAtOV17MCw4fSQnKdgBARJDCg1kb2N1bWVudF90eXBlGAggASgOMiIubWVkbWVzaC5kb2N1bWVudHMudjEuRG9jdW1lbnRUeXBlQgi6SAWCAQIQARIdCglzcGVjaWFsdHkYCSABKAlCCrpIB9gBAXICGGQSSwoRcHJvY2Vzc2luZ19zdGF0dXMYCiABKA4yJi5tZWRtZXNoLmRvY3VtZW50cy52MS5Qcm9jZXNzaW5nU3RhdHVzQgi6SAWCAQIQARISCgpzaXplX2J5dGVzGAsgASgDEhEKCW1pbWVfdHlwZRgMIAEoCRITCgt1cGxvYWRlZF9ieRgNIAEoCRI+Cgp2aXNpYmlsaXR5GA4gASgOMiAubWVkbWVzaC5kb2N1bWVudHMudjEuVmlzaWJpbGl0eUIIukgFggECEAESDwoHdmVyc2lvbhgPIAEoBRJrCghtZXRhZGF0YRgQIAMoCzIsLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50Lk1ldGFkYXRhRW50cnlCK7pIKJoBJRBAIhpyGBABGEAyEl5bQS1aYS16MC05Xy46LV0rJCoFcgMYgAgSLwoLY3JlYXRlX3RpbWUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi9wEKFUNyZWF0ZURvY3VtZW50UmVxdWVzdBLdAQoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudEKqAbpIpgG6AUMKF2RvY3VtZW50LnRpdGxlX3JlcXVpcmVkEhF0aXRsZSBpcyByZXF1aXJlZBoVdGhpcy50aXRsZS5zaXplKCkgPiAwugFaCh9kb2N1bWVudC5kb2N1bWVudF90eXBlX3JlcXVpcmVkEhlkb2N1bWVudF90eXBlIGlzIHJlcXVpcmVkGhxpbnQodGhpcy5kb2N1bWVudF90eXBlKSAhPSAwyAEBIkoKFkNyZWF0ZURvY3VtZW50UmVzcG9uc2USMAoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudCIqChJHZXREb2N1bWVudFJlcXVlc3QSFAoCaWQYASABKAlCCLpIBXIDsAEBIkcKE0dldERvY3VtZW50UmVzcG9uc2USMAoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudCLUBAoUTGlzdERvY3VtZW50c1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSGgoJc3BlY2lhbHR5GAMgASgJQge6SARyAhhkEkMKDWRvY3VtZW50X3R5cGUYBCABKA4yIi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudFR5cGVCCLpIBYIBAhABEksKEXByb2Nlc3Npbmdfc3RhdHVzGAUgASgOMiYubWVkbWVzaC5kb2N1bWVudHMudjEuUHJvY2Vzc2luZ1N0YXR1c0IIukgFggECEAESHQoLdXBsb2FkZWRfYnkYBiABKAlCCLpIBXIDGIABEpcBCg9wdWJsaXNoZWRfYWZ0ZXIYByABKAlCfrpIe7oBdQoLZGF0ZS5mb3JtYXQSIW11c3QgYmUgYSBkYXRlIHdyaXR0ZW4gWVlZWS1NTS1ERBpDdGhpcy5tYXRjaGVzKCdeWzAtOV17NH0tKDBbMS05XXwxWzAtMl0pLSgwWzEtOV18WzEyXVswLTldfDNbMDFdKSQnKdgBARKYAQoQcHVibGlzaGVkX2JlZm9yZRgIIAEoCUJ+ukh7ugF1CgtkYXRlLmZvcm1hdBIhbXVzdCBiZSBhIGRhdGUgd3JpdHRlbiBZWVlZLU1NLUREGkN0aGlzLm1hdGNoZXMoJ15bMC05XXs0fS0oMFsxLTldfDFbMC0yXSktKDBbMS05XXxbMTJdWzAtOV18M1swMV0pJCcp2AEBImMKFUxpc3REb2N1bWVudHNSZXNwb25zZRIxCglkb2N1bWVudHMYASADKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkixwEKFVVwZGF0ZURvY3VtZW50UmVxdWVzdBJ1Cghkb2N1bWVudBgBIAEoCzIeLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50QkO6SEC6AToKFGRvY3VtZW50LmlkX3JlcXVpcmVkEg5pZCBpcyByZXF1aXJlZBoSdGhpcy5pZC5zaXplKCkgPiAwyAEBEjcKC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IGukgDyAEBIkoKFlVwZGF0ZURvY3VtZW50UmVzcG9uc2USMAoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudCItChVEZWxldGVEb2N1bWVudFJlcXVlc3QSFAoCaWQYASABKAlCCLpIBXIDsAEBIhgKFkRlbGV0ZURvY3VtZW50UmVzcG9uc2UixAEKD0RvY3VtZW50VmVyc2lvbhIPCgd2ZXJzaW9uGAEgASgFEg4KBnNoYTI1NhgCIAEoCRISCgpzaXplX2J5dGVzGAMgASgDEhEKCW1pbWVfdHlwZRgEIAEoCRIRCgluZWVkc19vY3IYBSABKAgSEAoIZmlsZW5hbWUYBiABKAkSEwoLdXBsb2FkZWRfYnkYByABKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInIKDVVwbG9hZFJlcXVlc3QSNAoGaGVhZGVyGAEgASgLMiIubWVkbWVzaC5kb2N1bWVudHMudjEuVXBsb2FkSGVhZGVySAASHAoFY2h1bmsYAiABKAxCC7pICHoGEAEYgIBASABCDQoEcGFydBIFukgCCAEijwIKDFVwbG9hZEhlYWRlchIgCgtkb2N1bWVudF9pZBgBIAEoCUILukgI2AEBcgOwAQESMAoIZG9jdW1lbnQYAiABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudBIaCghmaWxlbmFtZRgDIAEoCUIIukgFcgMY/wESIwoSZGVjbGFyZWRfbWltZV90eXBlGAQgASgJQge6SARyAhh/EmoKBnNoYTI1NhgFIAEoCUJaukhXugFRCg1zaGEyNTYuZm9ybWF0EiBtdXN0IGJlIDY0IGxvd2VyLWNhc2UgaGV4IGRpZ2l0cxoedGhpcy5tYXRjaGVzKCdeWzAtOWEtZl17NjR9JCcp2AEBInoKDlVwbG9hZFJlc3BvbnNlEjAKCGRvY3VtZW50GAEgASgLMh4ubWVkbWVzaC5kb2N1bWVudHMudjEuRG9jdW1lbnQSNgoHdmVyc2lvbhgCIAEoCzIlLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50VmVyc2lvbiJNChJSZWFkQ29udGVudFJlcXVlc3QSHQoLZG9jdW1lbnRfaWQYASABKAlCCLpIBXIDsAEBEhgKB3ZlcnNpb24YAiABKAVCB7pIBBoCKAAiJAoTUmVhZENvbnRlbnRSZXNwb25zZRINCgVjaHVuaxgBIAEoDCI0ChNMaXN0VmVyc2lvbnNSZXF1ZXN0Eh0KC2RvY3VtZW50X2lkGAEgASgJQgi6SAVyA7ABASJPChRMaXN0VmVyc2lvbnNSZXNwb25zZRI3Cgh2ZXJzaW9ucxgBIAMoCzIlLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50VmVyc2lvbirgAQoMRG9jdW1lbnRUeXBlEh0KGURPQ1VNRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIgChxET0NVTUVOVF9UWVBFX1JFU0VBUkNIX1BBUEVSEAESIAocRE9DVU1FTlRfVFlQRV9DTElOSUNBTF9UUklBTBACEhgKFERPQ1VNRU5UX1RZUEVfUkVWSUVXEAMSGwoXRE9DVU1FTlRfVFlQRV9HVUlERUxJTkUQBBIdChlET0NVTUVOVF9UWVBFX0NBU0VfUkVQT1JUEAUSFwoTRE9DVU1FTlRfVFlQRV9PVEhFUhAGKvQBChBQcm9jZXNzaW5nU3RhdHVzEiEKHVBST0NFU1NJTkdfU1RBVFVTX1VOU1BFQ0lGSUVEEAASHQoZUFJPQ0VTU0lOR19TVEFUVVNfUEVORElORxABEh4KGlBST0NFU1NJTkdfU1RBVFVTX1VQTE9BREVEEAISIAocUFJPQ0VTU0lOR19TVEFUVVNfUFJPQ0VTU0lORxADEh8KG1BST0NFU1NJTkdfU1RBVFVTX1BST0NFU1NFRBAEEh0KGVBST0NFU1NJTkdfU1RBVFVTX0lOREVYRUQQBRIcChhQUk9DRVNTSU5HX1NUQVRVU19GQUlMRUQQBipZCgpWaXNpYmlsaXR5EhoKFlZJU0lCSUxJVFlfVU5TUEVDSUZJRUQQABIWChJWSVNJQklMSVRZX1BSSVZBVEUQARIXChNWSVNJQklMSVRZX1BMQVRGT1JNEAIyvQcKD0RvY3VtZW50U2VydmljZRJ8Cg5DcmVhdGVEb2N1bWVudBIrLm1lZG1lc2guZG9jdW1lbnRzLnYxLkNyZWF0ZURvY3VtZW50UmVxdWVzdBosLm1lZG1lc2guZG9jdW1lbnRzLnYxLkNyZWF0ZURvY3VtZW50UmVzcG9uc2UiD6K7GAsIAxIFAQIDBQYYAhJvCgtHZXREb2N1bWVudBIoLm1lZG1lc2guZG9jdW1lbnRzLnYxLkdldERvY3VtZW50UmVxdWVzdBopLm1lZG1lc2guZG9jdW1lbnRzLnYxLkdldERvY3VtZW50UmVzcG9uc2UiC5ACAaK7GAQIAhgBEnUKDUxpc3REb2N1bWVudHMSKi5tZWRtZXNoLmRvY3VtZW50cy52MS5MaXN0RG9jdW1lbnRzUmVxdWVzdBorLm1lZG1lc2guZG9jdW1lbnRzLnYxLkxpc3REb2N1bWVudHNSZXNwb25zZSILkAIBorsYBAgCGAESdQoOVXBkYXRlRG9jdW1lbnQSKy5tZWRtZXNoLmRvY3VtZW50cy52MS5VcGRhdGVEb2N1bWVudFJlcXVlc3QaLC5tZWRtZXNoLmRvY3VtZW50cy52MS5VcGRhdGVEb2N1bWVudFJlc3BvbnNlIgiiuxgECAIYAhJmCgZVcGxvYWQSIy5tZWRtZXNoLmRvY3VtZW50cy52MS5VcGxvYWRSZXF1ZXN0GiQubWVkbWVzaC5kb2N1bWVudHMudjEuVXBsb2FkUmVzcG9uc2UiD6K7GAsIAxIFAQIDBQYYBCgBEnEKC1JlYWRDb250ZW50EigubWVkbWVzaC5kb2N1bWVudHMudjEuUmVhZENvbnRlbnRSZXF1ZXN0GikubWVkbWVzaC5kb2N1bWVudHMudjEuUmVhZENvbnRlbnRSZXNwb25zZSILkAIBorsYBAgCGAEwARJyCgxMaXN0VmVyc2lvbnMSKS5tZWRtZXNoLmRvY3VtZW50cy52MS5MaXN0VmVyc2lvbnNSZXF1ZXN0GioubWVkbWVzaC5kb2N1bWVudHMudjEuTGlzdFZlcnNpb25zUmVzcG9uc2UiC5ACAaK7GAQIAhgBEngKDkRlbGV0ZURvY3VtZW50EisubWVkbWVzaC5kb2N1bWVudHMudjEuRGVsZXRlRG9jdW1lbnRSZXF1ZXN0GiwubWVkbWVzaC5kb2N1bWVudHMudjEuRGVsZXRlRG9jdW1lbnRSZXNwb25zZSILkAICorsYBAgCGAIaBKi7GAFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_medmesh_access_v1_access]);
 
 /**
  * A document. Fields marked output-only are set by the platform and ignored on input.
@@ -375,6 +375,244 @@ export const DeleteDocumentResponseSchema: GenMessage<DeleteDocumentResponse> = 
   messageDesc(file_medmesh_documents_v1_documents, 10);
 
 /**
+ * One stored version of a document's content. Versions are immutable; a new upload adds one.
+ *
+ * @generated from message medmesh.documents.v1.DocumentVersion
+ */
+export type DocumentVersion = Message<"medmesh.documents.v1.DocumentVersion"> & {
+  /**
+   * @generated from field: int32 version = 1;
+   */
+  version: number;
+
+  /**
+   * Lower-case hex SHA-256 of the bytes.
+   *
+   * @generated from field: string sha256 = 2;
+   */
+  sha256: string;
+
+  /**
+   * @generated from field: int64 size_bytes = 3;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * Detected from the content, not taken from the sender.
+   *
+   * @generated from field: string mime_type = 4;
+   */
+  mimeType: string;
+
+  /**
+   * Images carry no text layer: their text needs OCR.
+   *
+   * @generated from field: bool needs_ocr = 5;
+   */
+  needsOcr: boolean;
+
+  /**
+   * @generated from field: string filename = 6;
+   */
+  filename: string;
+
+  /**
+   * @generated from field: string uploaded_by = 7;
+   */
+  uploadedBy: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 8;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.DocumentVersion.
+ * Use `create(DocumentVersionSchema)` to create a new message.
+ */
+export const DocumentVersionSchema: GenMessage<DocumentVersion> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 11);
+
+/**
+ * @generated from message medmesh.documents.v1.UploadRequest
+ */
+export type UploadRequest = Message<"medmesh.documents.v1.UploadRequest"> & {
+  /**
+   * @generated from oneof medmesh.documents.v1.UploadRequest.part
+   */
+  part: {
+    /**
+     * First message only.
+     *
+     * @generated from field: medmesh.documents.v1.UploadHeader header = 1;
+     */
+    value: UploadHeader;
+    case: "header";
+  } | {
+    /**
+     * Every following message: the next bytes of the file.
+     *
+     * @generated from field: bytes chunk = 2;
+     */
+    value: Uint8Array;
+    case: "chunk";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message medmesh.documents.v1.UploadRequest.
+ * Use `create(UploadRequestSchema)` to create a new message.
+ */
+export const UploadRequestSchema: GenMessage<UploadRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 12);
+
+/**
+ * @generated from message medmesh.documents.v1.UploadHeader
+ */
+export type UploadHeader = Message<"medmesh.documents.v1.UploadHeader"> & {
+  /**
+   * Adds a version to this document. Empty: `document` describes a new one.
+   *
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * The metadata of a new document (title and document_type required); ignored with document_id.
+   *
+   * @generated from field: medmesh.documents.v1.Document document = 2;
+   */
+  document?: Document | undefined;
+
+  /**
+   * The file's name on the sender's side, kept for people; never used as a path.
+   *
+   * @generated from field: string filename = 3;
+   */
+  filename: string;
+
+  /**
+   * What the sender believes the file is; the server detects the type itself and refuses a file
+   * whose bytes contradict this.
+   *
+   * @generated from field: string declared_mime_type = 4;
+   */
+  declaredMimeType: string;
+
+  /**
+   * The sender's SHA-256 of the whole file, lower-case hex; checked when present.
+   *
+   * @generated from field: string sha256 = 5;
+   */
+  sha256: string;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.UploadHeader.
+ * Use `create(UploadHeaderSchema)` to create a new message.
+ */
+export const UploadHeaderSchema: GenMessage<UploadHeader> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 13);
+
+/**
+ * @generated from message medmesh.documents.v1.UploadResponse
+ */
+export type UploadResponse = Message<"medmesh.documents.v1.UploadResponse"> & {
+  /**
+   * @generated from field: medmesh.documents.v1.Document document = 1;
+   */
+  document?: Document | undefined;
+
+  /**
+   * @generated from field: medmesh.documents.v1.DocumentVersion version = 2;
+   */
+  version?: DocumentVersion | undefined;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.UploadResponse.
+ * Use `create(UploadResponseSchema)` to create a new message.
+ */
+export const UploadResponseSchema: GenMessage<UploadResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 14);
+
+/**
+ * @generated from message medmesh.documents.v1.ReadContentRequest
+ */
+export type ReadContentRequest = Message<"medmesh.documents.v1.ReadContentRequest"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * 0 reads the current version.
+   *
+   * @generated from field: int32 version = 2;
+   */
+  version: number;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.ReadContentRequest.
+ * Use `create(ReadContentRequestSchema)` to create a new message.
+ */
+export const ReadContentRequestSchema: GenMessage<ReadContentRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 15);
+
+/**
+ * @generated from message medmesh.documents.v1.ReadContentResponse
+ */
+export type ReadContentResponse = Message<"medmesh.documents.v1.ReadContentResponse"> & {
+  /**
+   * @generated from field: bytes chunk = 1;
+   */
+  chunk: Uint8Array;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.ReadContentResponse.
+ * Use `create(ReadContentResponseSchema)` to create a new message.
+ */
+export const ReadContentResponseSchema: GenMessage<ReadContentResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 16);
+
+/**
+ * @generated from message medmesh.documents.v1.ListVersionsRequest
+ */
+export type ListVersionsRequest = Message<"medmesh.documents.v1.ListVersionsRequest"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.ListVersionsRequest.
+ * Use `create(ListVersionsRequestSchema)` to create a new message.
+ */
+export const ListVersionsRequestSchema: GenMessage<ListVersionsRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 17);
+
+/**
+ * @generated from message medmesh.documents.v1.ListVersionsResponse
+ */
+export type ListVersionsResponse = Message<"medmesh.documents.v1.ListVersionsResponse"> & {
+  /**
+   * @generated from field: repeated medmesh.documents.v1.DocumentVersion versions = 1;
+   */
+  versions: DocumentVersion[];
+};
+
+/**
+ * Describes the message medmesh.documents.v1.ListVersionsResponse.
+ * Use `create(ListVersionsResponseSchema)` to create a new message.
+ */
+export const ListVersionsResponseSchema: GenMessage<ListVersionsResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 18);
+
+/**
  * @generated from enum medmesh.documents.v1.DocumentType
  */
 export enum DocumentType {
@@ -541,6 +779,39 @@ export const DocumentService: GenService<{
     methodKind: "unary";
     input: typeof UpdateDocumentRequestSchema;
     output: typeof UpdateDocumentResponseSchema;
+  },
+  /**
+   * Devices and scripts send a file as a stream: the first message says what it is (a new
+   * document, or a new version of an existing one), the following ones carry its bytes in order.
+   * The server never holds the whole file, checks its type from its first bytes and its size as
+   * it arrives, and keeps nothing of a stream that is cancelled or refused.
+   *
+   * @generated from rpc medmesh.documents.v1.DocumentService.Upload
+   */
+  upload: {
+    methodKind: "client_streaming";
+    input: typeof UploadRequestSchema;
+    output: typeof UploadResponseSchema;
+  },
+  /**
+   * Streams the bytes of one version (the current one unless asked otherwise).
+   *
+   * @generated from rpc medmesh.documents.v1.DocumentService.ReadContent
+   */
+  readContent: {
+    methodKind: "server_streaming";
+    input: typeof ReadContentRequestSchema;
+    output: typeof ReadContentResponseSchema;
+  },
+  /**
+   * Every content version of a document, newest first.
+   *
+   * @generated from rpc medmesh.documents.v1.DocumentService.ListVersions
+   */
+  listVersions: {
+    methodKind: "unary";
+    input: typeof ListVersionsRequestSchema;
+    output: typeof ListVersionsResponseSchema;
   },
   /**
    * Soft delete: the document disappears from reads; its row is kept for audit.
