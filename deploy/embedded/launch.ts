@@ -104,6 +104,7 @@ async function main() {
   }, 1_000).unref();
 
   let databaseUrl = config.DATABASE_URL;
+  let kafkaBrokers = config.KAFKA_BROKERS;
   const documentsTarget = `127.0.0.1:${config.DOCUMENTS_PORT}`;
   const identityTarget = `127.0.0.1:${config.IDENTITY_PORT}`;
   const components: Component[] = [];
@@ -130,7 +131,7 @@ async function main() {
     {
       name: "documents",
       entry: "services/documents/main.ts",
-      env: () => ({ DATABASE_URL: databaseUrl!, DOCUMENTS_PORT: String(config.DOCUMENTS_PORT), IDENTITY_TARGET: identityTarget }),
+      env: () => ({ DATABASE_URL: databaseUrl!, DOCUMENTS_PORT: String(config.DOCUMENTS_PORT), IDENTITY_TARGET: identityTarget, KAFKA_BROKERS: kafkaBrokers! }),
     },
     {
       name: "gateway",
@@ -156,6 +157,7 @@ async function main() {
         const c = stage[i]!;
         running.push(r);
         if (c.name === "postgres") databaseUrl = r.endpoints.postgres;
+        if (c.name === "kafka") kafkaBrokers = r.endpoints.kafka;
         // A component that dies later takes the mesh down with it, loudly, rather than leaving
         // a half-working mesh behind.
         r.child.once("exit", (code, signal) => {

@@ -14,13 +14,15 @@ import { identityKeySet } from "../../platform/auth/key-set.js";
 import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
 import type { PrincipalResolver } from "../../platform/grpc/interceptors/access.js";
 import { documentService } from "./service.js";
-import { DocumentStore, type DocumentsDB } from "./store.js";
+import { DOCUMENT_EVENTS_TOPIC, DocumentStore, type DocumentsDB } from "./store.js";
+import { createKafka, ensureTopics, startOutboxRelay, type OutboxRelay } from "../../platform/events/index.js";
 
 export const configSpec = {
   ...serviceSpec,
   DOCUMENTS_HOST: env.string("interface the gRPC server binds", "127.0.0.1"),
   DOCUMENTS_PORT: env.port("gRPC port (0 picks a free one)", 50051),
   DOCUMENTS_DB_SCHEMA: env.string("schema the service owns", "documents"),
+  KAFKA_BROKERS: env.list("Kafka brokers (host:port, comma separated) the outbox publishes to; unset keeps events in the outbox", []),
   BLOB_DIR: env.optionalString("where uploaded files are stored; default MEDMESH_DATA_DIR/blobs"),
   UPLOAD_MAX_BYTES: env.bytes("largest file an upload may carry", 100 * 1024 * 1024),
   IDENTITY_TARGET: env.string("where the identity service publishes the keys that verify access tokens", "127.0.0.1:50052"),
@@ -40,13 +42,20 @@ export async function startDocuments(
   const database = await openServiceDatabase<DocumentsDB>("documents", config, config.DOCUMENTS_DB_SCHEMA, migrations);
   // Tokens are verified here too, not only at the gateway: services are reachable inside the mesh.
   const keys = identityKeySet(config.IDENTITY_TARGET);
+  // Events wait in the outbox table until a relay publishes them; without brokers they simply wait.
+  let relay: OutboxRelay | undefined;
+  if (config.KAFKA_BROKERS.length > 0) {
+    const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "documents" });
+    await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS_TOPIC, numPartitions: 3 }]);
+    relay = startOutboxRelay({ db: database.db, kafka });
+  }
   const blobs = new FsBlobStore({ root: blobRoot(config.BLOB_DIR, config.MEDMESH_DATA_DIR), maxBytes: config.UPLOAD_MAX_BYTES });
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const server = await startGrpcServer({
     name: "documents",
     host: config.DOCUMENTS_HOST,
     port: config.DOCUMENTS_PORT,
-    services: [register(DocumentService, documentService(new DocumentStore(database.db), { blobs, maxUploadBytes: config.UPLOAD_MAX_BYTES }))],
+    services: [register(DocumentService, documentService(new DocumentStore(database.db), { blobs, maxUploadBytes: config.UPLOAD_MAX_BYTES, onEvent: () => relay?.wake() }))],
     interceptors: meshInterceptors({ component: "documents", resolvePrincipal: hooks.resolvePrincipal ?? bearerPrincipalResolver(keys) }),
     deadlines,
     maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
@@ -58,6 +67,7 @@ export async function startDocuments(
     async stop() {
       await server.shutdown(config.SHUTDOWN_GRACE_MS);
       keys.close();
+      await relay?.stop();
       await database.close();
       await telemetry.shutdown();
     },

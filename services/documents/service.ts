@@ -78,6 +78,8 @@ export interface ContentOptions {
   blobs: BlobStore;
   /** Largest file an upload may carry. */
   maxUploadBytes: number;
+  /** Told when a committed change left an event in the outbox, so the relay need not wait to poll. */
+  onEvent?: () => void;
 }
 
 const READ_CHUNK_BYTES = 64 * 1024;
@@ -224,6 +226,7 @@ export function documentService(store: DocumentStore, content: ContentOptions): 
       };
       const saved = await store.addVersion(create ? { create } : { id: file.header.documentId }, version);
       if (!saved) throw notFound(file.header.documentId);
+      content.onEvent?.();
       return { document: toDocument(saved.document), version: toVersion(saved.version) };
     },
 

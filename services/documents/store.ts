@@ -1,5 +1,11 @@
 import type { Generated, Kysely, Selectable } from "kysely";
 import { sql } from "kysely";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
+import { enqueue, protobufContentType } from "../../platform/events/index.js";
+
+export const DOCUMENT_EVENTS_TOPIC = "document.events";
 
 export interface DocumentTable {
   id: string;
@@ -170,6 +176,27 @@ export class DocumentStore {
         .values({ ...v, document_id: id, version: current.version + 1 })
         .returningAll()
         .executeTakeFirstOrThrow();
+      // The event is written with the version: it exists if and only if the version does.
+      await enqueue(trx, {
+        topic: DOCUMENT_EVENTS_TOPIC,
+        type: "medmesh.document.uploaded.v1",
+        source: "/medmesh/documents",
+        key: id,
+        contentType: protobufContentType(DocumentUploadedSchema.typeName),
+        payload: toBinary(
+          DocumentUploadedSchema,
+          create(DocumentUploadedSchema, {
+            documentId: id,
+            version: version.version,
+            sha256: version.sha256,
+            sizeBytes: BigInt(version.size_bytes),
+            mimeType: version.mime_type,
+            needsOcr: version.needs_ocr,
+            uploadedBy: version.uploaded_by,
+            uploadTime: timestampFromDate(new Date(version.created_at)),
+          }),
+        ),
+      });
       await trx
         .updateTable("document")
         .set({
