@@ -3,11 +3,10 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextValues, type ServiceImpl } from "@connectrpc/connect";
-import { createRateLimiter } from "../platform/cache/rate-limiter.js";
 import { identityKeySet } from "../platform/auth/key-set.js";
 import { bearerPrincipalResolver } from "../platform/auth/principal.js";
 import type { PrincipalResolver } from "../platform/grpc/interceptors/access.js";
-import { parseRateRules, peerKey } from "../platform/grpc/interceptors/rate-limit.js";
+import { peerKey, rateLimitSpec, rateLimiting } from "../platform/grpc/interceptors/rate-limit.js";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { commonSpec, ConfigError, env, loadConfig } from "../platform/config/env.js";
@@ -22,7 +21,6 @@ import { applyCors } from "./cors.js";
 import { createDualProtocolServer } from "./dual-protocol-server.js";
 import { forwardingService } from "./forward.js";
 import { defaultTarget, publicServices, targetVariable } from "./public-services.js";
-import { IdentityService } from "../gen/medmesh/identity/v1/identity_pb.js";
 
 export const configSpec = {
   ...commonSpec,
@@ -32,8 +30,7 @@ export const configSpec = {
   CORS_ALLOWED_ORIGINS: env.list("browser origins allowed to call the gateway", ["http://localhost:8080", "http://127.0.0.1:8080"]),
   DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
   MAX_DEADLINE_MS: env.int("longest deadline a call may ask for", 60_000, 100, 600_000),
-  REDIS_URL: env.url("Redis for rate limits shared by every gateway; unset keeps them in process", ["redis:", "rediss:"]),
-  RATE_LIMITS: env.string("token buckets per rate class, class=capacity:refill-per-second", "read=200:100,write=60:20,auth=10:0.2,upload=20:5"),
+  ...rateLimitSpec,
   ...Object.fromEntries(publicServices.map((s) => [targetVariable(s), env.string(`gRPC address of ${s.typeName}`, defaultTarget(s))])),
 };
 
@@ -62,18 +59,13 @@ export async function startGateway(source: Record<string, string | undefined> = 
     return { service, target, forward: forwardingService(service, target, { maxMessageBytes: config.GATEWAY_MAX_BODY_BYTES, defaultUnaryMs: config.DEFAULT_DEADLINE_MS }), health: createMeshClient(Health, target) };
   });
 
-  let rateRules;
-  try {
-    rateRules = parseRateRules(config.RATE_LIMITS);
-  } catch (err) {
-    throw new ConfigError([`RATE_LIMITS: ${(err as Error).message}`]);
-  }
-  const limiter = createRateLimiter(config.REDIS_URL);
-  const keys = identityKeySet(config.IDENTITY_TARGET!);
+  const rateLimit = rateLimiting(config);
+  // Short enough that /.well-known/jwks.json (max-age 30) shows a rotated key promptly.
+  const keys = identityKeySet(config.IDENTITY_TARGET!, { ttlMs: 30_000 });
   const rpcInterceptors = meshInterceptors({
     component: "gateway",
     resolvePrincipal: opts.resolvePrincipal ?? bearerPrincipalResolver(keys),
-    rateLimit: { limiter, rules: rateRules },
+    rateLimit,
   });
   const infraInterceptors = infrastructureInterceptors("gateway");
   const rpc = connectNodeAdapter({
@@ -111,18 +103,6 @@ export async function startGateway(source: Record<string, string | undefined> = 
     return { ready: !shutdown.signal.aborted && results.every(([, s]) => s === "SERVING"), upstreams: Object.fromEntries(results) };
   }
 
-  // The identity service's signing keys, re-served for anyone verifying medmesh tokens. Cached
-  // briefly: a new key is published before it signs, so a short cache never misses one for long.
-  const identity = upstreams.find((u) => u.service === IdentityService);
-  const identityClient = identity ? createMeshClient(IdentityService, identity.target) : undefined;
-  let jwksCache: { body: string; until: number } | undefined;
-  async function jwks(): Promise<string> {
-    if (jwksCache && jwksCache.until > Date.now()) return jwksCache.body;
-    const res = await identityClient!.getJwks({}, { timeoutMs: 2_000 });
-    jwksCache = { body: res.jwksJson, until: Date.now() + 30_000 };
-    return res.jwksJson;
-  }
-
   async function plainHttp(req: Req, res: Res) {
     const path = (req.url ?? "/").split("?")[0];
     const json = (status: number, body: unknown) => {
@@ -134,9 +114,10 @@ export async function startGateway(source: Record<string, string | undefined> = 
       const r = await readiness();
       return json(r.ready ? 200 : 503, r);
     }
-    if (path === "/.well-known/jwks.json" && identityClient) {
+    if (path === "/.well-known/jwks.json") {
+      // The key set the gateway verifies with, re-served for anyone verifying medmesh tokens.
       try {
-        const body = await jwks();
+        const body = JSON.stringify(await keys.current());
         res.writeHead(200, { "content-type": "application/jwk-set+json", "cache-control": "public, max-age=30" });
         return res.end(body);
       } catch {
@@ -168,9 +149,8 @@ export async function startGateway(source: Record<string, string | undefined> = 
         u.forward.close();
         u.health.close();
       }
-      await limiter.close();
+      await rateLimit.limiter.close();
       keys.close();
-      identityClient?.close();
       await telemetry.shutdown();
     },
   };

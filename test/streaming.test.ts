@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { MeshTestService } from "../gen/medmesh/meshtest/v1/meshtest_pb.js";
 import { createMeshClient } from "../platform/grpc/client.js";
@@ -7,6 +7,7 @@ import { meshInterceptors } from "../platform/grpc/interceptors/index.js";
 import { register, startGrpcServer, type RunningGrpcServer } from "../platform/grpc/server.js";
 import { startGateway } from "../gateway/main.js";
 import { testEnv } from "./support/backends.js";
+import { rejection } from "./support/rejection.js";
 import { meshTestService, type Observed } from "./support/meshtest-service.js";
 
 type MeshTest = Client<typeof MeshTestService>;
@@ -27,14 +28,6 @@ async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   return out;
 }
 
-async function failure(p: Promise<unknown>): Promise<ConnectError> {
-  return p.then(
-    () => {
-      throw new Error("expected failure");
-    },
-    (e) => ConnectError.from(e),
-  );
-}
 
 beforeAll(async () => {
   server = await startGrpcServer({
@@ -81,19 +74,19 @@ describe.each(["grpc-js straight to the server", "gRPC over h2c through the gate
   });
 
   it("a streamed message that breaks the contract ends the call with invalid_argument", async () => {
-    const err = await failure(client().sum(from([{ value: 1n }, { value: 5000n }])));
+    const err = await rejection(client().sum(from([{ value: 1n }, { value: 5000n }])));
     expect(err.code).toBe(Code.InvalidArgument);
     expect(err.rawMessage).toMatch(/value/);
   });
 
   it("a bug in a handler is internal with a fixed sentence, never the stack", async () => {
-    const err = await failure(client().echo({ text: "boom" }));
+    const err = await rejection(client().echo({ text: "boom" }));
     expect(err.code).toBe(Code.Internal);
     expect(err.rawMessage).toBe("internal error; it has been logged");
   });
 
   it("a handler's own status comes through unchanged", async () => {
-    const err = await failure(client().echo({ text: "refuse" }));
+    const err = await rejection(client().echo({ text: "refuse" }));
     expect(err.code).toBe(Code.FailedPrecondition);
     expect(err.rawMessage).toBe("refused on purpose");
   });
@@ -102,7 +95,7 @@ describe.each(["grpc-js straight to the server", "gRPC over h2c through the gate
     const res = await client().wait({ ms: 0 }, { timeoutMs: 3_000 });
     expect(Number(res.remainingMs)).toBeGreaterThan(0);
     expect(Number(res.remainingMs)).toBeLessThanOrEqual(3_000);
-    const err = await failure(client().wait({ ms: 5_000 }, { timeoutMs: 200 }));
+    const err = await rejection(client().wait({ ms: 5_000 }, { timeoutMs: 200 }));
     expect(err.code).toBe(Code.DeadlineExceeded);
   });
 
@@ -172,7 +165,7 @@ describe("health", () => {
     server.health.setAll(ServingStatus.SERVING);
     expect((await it.next()).value.status).toBe(S.SERVING);
     await it.return?.();
-    const err = await failure(health.check({ service: "no.such.Service" }));
+    const err = await rejection(health.check({ service: "no.such.Service" }));
     expect(err.code).toBe(Code.NotFound);
     health.close();
   });

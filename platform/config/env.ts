@@ -88,6 +88,19 @@ export const env = {
       },
     };
   },
+  /** A value with its own syntax: `parse` throws a sentence, reported as `NAME: sentence`. */
+  parsed<T>(describe: string, def: string, parse: (raw: string) => T): Field<T> {
+    return {
+      describe,
+      parse(raw, name) {
+        try {
+          return parse(raw === undefined || raw === "" ? def : raw);
+        } catch (err) {
+          throw new Problem(`${name}: ${(err as Error).message}`);
+        }
+      },
+    };
+  },
   list(describe: string, def: string[]): Field<string[]> {
     return {
       describe,

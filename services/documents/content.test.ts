@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { DocumentService, DocumentType, ProcessingStatus, Visibility, type UploadRequest } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
@@ -11,6 +11,7 @@ import { startGateway } from "../../gateway/main.js";
 import { backends, testEnv } from "../../test/support/backends.js";
 import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";
 import { startDocuments } from "./main.js";
+import { rejection } from "../../test/support/rejection.js";
 
 type Client = ReturnType<typeof createMeshClient<typeof DocumentService>>;
 type Part = UploadRequest["part"];
@@ -33,14 +34,6 @@ const newDoc = (title: string, extra: Record<string, unknown> = {}): Part => ({
   value: { document: { title, documentType: DocumentType.RESEARCH_PAPER, ...extra }, filename: "paper.pdf", declaredMimeType: "application/pdf" } as never,
 });
 
-async function rejection(p: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await p;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to fail");
-}
 
 /** Every file under the blob root, temp files included. */
 function filesUnder(root: string): string[] {

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
 import { FieldMaskSchema } from "@bufbuild/protobuf/wkt";
 import {
@@ -13,17 +13,10 @@ import { createMeshClient } from "../../platform/grpc/client.js";
 import { backends, testEnv } from "../../test/support/backends.js";
 import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";
 import { startDocuments } from "./main.js";
+import { rejection } from "../../test/support/rejection.js";
 
 type Client = ReturnType<typeof createMeshClient<typeof DocumentService>>;
 
-async function rejection(p: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await p;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to fail");
-}
 
 const base = {
   title: "Low-dose aspirin for primary prevention of stroke",

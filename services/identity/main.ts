@@ -1,6 +1,5 @@
-import { ConfigError, env, loadConfig, serviceSpec } from "../../platform/config/env.js";
-import { createRateLimiter } from "../../platform/cache/rate-limiter.js";
-import { parseRateRules } from "../../platform/grpc/interceptors/rate-limit.js";
+import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
+import { rateLimitSpec, rateLimiting } from "../../platform/grpc/interceptors/rate-limit.js";
 import { openServiceDatabase } from "../../platform/db/database.js";
 import { meshInterceptors } from "../../platform/grpc/interceptors/index.js";
 import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
@@ -19,8 +18,7 @@ export const configSpec = {
   IDENTITY_HOST: env.string("interface the gRPC server binds", "127.0.0.1"),
   IDENTITY_PORT: env.port("gRPC port (0 picks a free one)", 50052),
   IDENTITY_DB_SCHEMA: env.string("schema the service owns", "identity"),
-  REDIS_URL: env.url("Redis for rate limits shared by every replica; unset keeps them in process", ["redis:", "rediss:"]),
-  RATE_LIMITS: env.string("token buckets per rate class, class=capacity:refill-per-second", "read=200:100,write=60:20,auth=10:0.2,upload=20:5"),
+  ...rateLimitSpec,
   IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.optionalString("the account registered with this address becomes admin while there is no admin"),
   IDENTITY_SCRYPT_LOG_N: env.int("scrypt cost for new password hashes, as log2(N)", 15, 14, 20),
   IDENTITY_SESSION_TTL_HOURS: env.int("how long a session (refresh-token family) lives at most", 720, 1, 8760),
@@ -44,13 +42,7 @@ export async function startIdentity(
   const store = new IdentityStore(database.db);
   const keys = new SigningKeyRing(store, { now, rotateAfterMs: config.IDENTITY_KEY_ROTATION_HOURS * 3600_000 });
   await keys.start();
-  let rateRules;
-  try {
-    rateRules = parseRateRules(config.RATE_LIMITS);
-  } catch (err) {
-    throw new ConfigError([`RATE_LIMITS: ${(err as Error).message}`]);
-  }
-  const limiter = createRateLimiter(config.REDIS_URL);
+  const rateLimit = rateLimiting(config);
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const impl = identityService({
     store,
@@ -72,7 +64,7 @@ export async function startIdentity(
       component: "identity",
       resolvePrincipal: bearerPrincipalResolver(ringKeySet(keys), () => now().getTime()),
       // Sign-in is limited here as well as at the gateway: this port is reachable inside the mesh.
-      rateLimit: { limiter, rules: rateRules },
+      rateLimit,
     }),
     deadlines,
     maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
@@ -83,7 +75,7 @@ export async function startIdentity(
     keys,
     endpoints: { identity: `grpc://${server.address}` },
     async stop() {
-      await limiter.close();
+      await rateLimit.limiter.close();
       await server.shutdown(config.SHUTDOWN_GRACE_MS);
       await database.close();
       await telemetry.shutdown();

@@ -11,17 +11,10 @@ import { startIdentity } from "./main.js";
 import type { Delivery } from "./service.js";
 import { newAccessClaims, signAccessToken, signJws, verifyAccessToken } from "./tokens.js";
 import { totp } from "./totp.js";
+import { rejection } from "../../test/support/rejection.js";
 
 type Client = ReturnType<typeof createMeshClient<typeof IdentityService>>;
 
-async function rejection(p: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await p;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to fail");
-}
 
 const bearer = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
 const password = "correct horse battery staple";

@@ -2,7 +2,8 @@ import { createHash } from "node:crypto";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import { RateClass } from "../../../gen/medmesh/access/v1/access_pb.js";
-import type { BucketRule, RateLimiter } from "../../cache/rate-limiter.js";
+import { createRateLimiter, type BucketRule, type RateLimiter } from "../../cache/rate-limiter.js";
+import { env } from "../../config/env.js";
 import { logger } from "../../telemetry/logger.js";
 import { resourceExhausted } from "../errors.js";
 import { policyKey, principalKey } from "./access.js";
@@ -88,4 +89,19 @@ export function rateLimitInterceptor(limiter: RateLimiter, rules: RateRules): In
     }
     return next(req);
   };
+}
+
+/** The variables of every process that enforces rate classes (the gateway, identity). */
+export const rateLimitSpec = {
+  REDIS_URL: env.url("Redis for rate limits shared by every replica; unset keeps them in process", ["redis:", "rediss:"]),
+  RATE_LIMITS: env.parsed(
+    "token buckets per rate class, class=capacity:refill-per-second",
+    "read=200:100,write=60:20,auth=10:0.2,upload=20:5",
+    parseRateRules,
+  ),
+};
+
+/** The limiter and rules those variables describe, ready for meshInterceptors({ rateLimit }). */
+export function rateLimiting(config: { REDIS_URL?: string; RATE_LIMITS: RateRules }): { limiter: RateLimiter; rules: RateRules } {
+  return { limiter: createRateLimiter(config.REDIS_URL), rules: config.RATE_LIMITS };
 }
