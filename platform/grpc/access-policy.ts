@@ -11,8 +11,12 @@ export type { Policy };
 
 /** The access policy the contract declares on a method, or undefined when it declares none. */
 export function policyOf(method: DescMethod): Policy | undefined {
-  return hasOption(method, policyExtension) ? getOption(method, policyExtension) : undefined;
+  // Read on every call by the access interceptor; decoding the option each time would be waste.
+  if (!policies.has(method)) policies.set(method, hasOption(method, policyExtension) ? getOption(method, policyExtension) : undefined);
+  return policies.get(method);
 }
+
+const policies = new WeakMap<DescMethod, Policy | undefined>();
 
 /** Methods whose contract forgot the policy option; the mesh refuses to serve them. */
 export function methodsWithoutPolicy(services: DescService[]): string[] {
