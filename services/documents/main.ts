@@ -14,6 +14,7 @@ import { identityKeySet } from "../../platform/auth/key-set.js";
 import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
 import type { PrincipalResolver } from "../../platform/grpc/interceptors/access.js";
 import { documentService } from "./service.js";
+import { StatusFeed } from "./status.js";
 import { DOCUMENT_EVENTS_TOPIC, DocumentStore, type DocumentsDB } from "./store.js";
 import { createKafka, ensureTopics, startOutboxRelay, type OutboxRelay } from "../../platform/events/index.js";
 
@@ -25,6 +26,7 @@ export const configSpec = {
   KAFKA_BROKERS: env.list("Kafka brokers (host:port, comma separated) the outbox publishes to; unset keeps events in the outbox", []),
   BLOB_DIR: env.optionalString("where uploaded files are stored; default MEDMESH_DATA_DIR/blobs"),
   UPLOAD_MAX_BYTES: env.bytes("largest file an upload may carry", 100 * 1024 * 1024),
+  UPLOAD_SESSION_TTL_MS: env.int("a resumable upload nobody touches for this long expires and its bytes are removed", 24 * 3600_000, 1000, 30 * 24 * 3600_000),
   IDENTITY_TARGET: env.string("where the identity service publishes the keys that verify access tokens", "127.0.0.1:50052"),
 };
 
@@ -50,12 +52,25 @@ export async function startDocuments(
     relay = startOutboxRelay({ db: database.db, kafka });
   }
   const blobs = new FsBlobStore({ root: blobRoot(config.BLOB_DIR, config.MEDMESH_DATA_DIR), maxBytes: config.UPLOAD_MAX_BYTES });
+  const store = new DocumentStore(database.db);
+  const statusFeed = new StatusFeed();
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const server = await startGrpcServer({
     name: "documents",
     host: config.DOCUMENTS_HOST,
     port: config.DOCUMENTS_PORT,
-    services: [register(DocumentService, documentService(new DocumentStore(database.db), { blobs, maxUploadBytes: config.UPLOAD_MAX_BYTES, onEvent: () => relay?.wake() }))],
+    services: [
+      register(
+        DocumentService,
+        documentService(store, {
+          blobs,
+          maxUploadBytes: config.UPLOAD_MAX_BYTES,
+          onEvent: () => relay?.wake(),
+          resumable: { sessionTtlMs: config.UPLOAD_SESSION_TTL_MS },
+          statusFeed,
+        }),
+      ),
+    ],
     interceptors: meshInterceptors({ component: "documents", resolvePrincipal: hooks.resolvePrincipal ?? bearerPrincipalResolver(keys) }),
     deadlines,
     maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,

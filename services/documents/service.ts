@@ -1,15 +1,15 @@
-import { randomUUID } from "node:crypto";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { DocumentSchema, DocumentService, Visibility, type Document } from "../../gen/medmesh/documents/v1/documents_pb.js";
-import { invalidArgument, type FieldViolation } from "../../platform/grpc/errors.js";
-import { principalKey, type Principal } from "../../platform/grpc/interceptors/access.js";
-import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import { DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { invalidArgument } from "../../platform/grpc/errors.js";
 import { decodePageToken, encodePageToken } from "../../platform/grpc/page-token.js";
-import { documentTypes, isCalendarDate, statuses, toDocument, toVersion, visibilities } from "./model.js";
+import { documentTypes, statuses, toDocument, toVersion } from "./model.js";
 import { receiveUpload } from "./upload.js";
 import type { BlobStore } from "../../platform/blobs/index.js";
-import { check } from "../../platform/grpc/interceptors/validation.js";
-import type { DocumentChanges, DocumentRow, DocumentStore, ListFilter, NewDocument } from "./store.js";
+import { callerOf, checkDates, DocumentAccess, isAdmin, normalised, notFound } from "./access.js";
+import { resumableUploadHandlers, type ResumableUploadOptions } from "./resumable-upload.js";
+import { statusHandlers, type StatusFeed } from "./status.js";
+import type { DocumentChanges, DocumentStore, ListFilter, NewDocument } from "./store.js";
+import { randomUUID } from "node:crypto";
 
 const DEFAULT_PAGE_SIZE = 25;
 
@@ -27,90 +27,29 @@ const updatable = new Set([
   "metadata",
 ]);
 
-/**
- * Who is calling. The access interceptor has already admitted the caller by the contract's
- * policy; every documents RPC requires a signed-in principal, so its absence is a wiring error.
- */
-function callerOf(ctx: HandlerContext): Principal {
-  const p = ctx.values.get(principalKey);
-  if (!p) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
-  return p;
-}
-
-const isAdmin = (p: Principal) => p.role === Role.ADMIN;
-
-/** Platform documents are for every signed-in user; private ones for their uploader and admins. */
-function canSee(p: Principal, row: DocumentRow): boolean {
-  return row.visibility === "platform" || row.uploaded_by === p.subject || isAdmin(p);
-}
-
-function canChange(p: Principal, row: DocumentRow): boolean {
-  return row.uploaded_by === p.subject || isAdmin(p);
-}
-
-function notFound(id: string): ConnectError {
-  return new ConnectError(`document ${id} does not exist`, Code.NotFound);
-}
-
-function checkDates(fields: Array<[string, string]>): void {
-  const bad: FieldViolation[] = fields
-    .filter(([, v]) => v !== "" && !isCalendarDate(v))
-    .map(([field, v]) => ({ field, description: `${v} is not a date in the calendar` }));
-  if (bad.length) throw invalidArgument(bad);
-}
-
-function normalised(doc: Document) {
-  return {
-    title: doc.title.trim(),
-    authors: doc.authors.map((a) => a.trim()),
-    journal: doc.journal.trim() || null,
-    publication_date: doc.publicationDate || null,
-    doi: doc.doi || null,
-    pmid: doc.pmid || null,
-    document_type: doc.documentType ? documentTypes.toName(doc.documentType) : "other",
-    specialty: doc.specialty.trim() || null,
-    visibility: visibilities.toName(doc.visibility || Visibility.PRIVATE),
-    metadata: doc.metadata,
-  };
-}
-
 export interface ContentOptions {
   blobs: BlobStore;
   /** Largest file an upload may carry. */
   maxUploadBytes: number;
   /** Told when a committed change left an event in the outbox, so the relay need not wait to poll. */
   onEvent?: () => void;
+  /** Resumable (browser) uploads; see resumable-upload.ts. */
+  resumable: ResumableUploadOptions;
+  /** Tells watchers of a document that its status changed. */
+  statusFeed: StatusFeed;
 }
 
 const READ_CHUNK_BYTES = 64 * 1024;
 
 export function documentService(store: DocumentStore, content: ContentOptions): ServiceImpl<typeof DocumentService> {
-  async function ensureDoiFree(doi: string | null, exceptId?: string) {
-    if (!doi) return;
-    if (await store.findLiveByDoi(doi, exceptId)) {
-      throw new ConnectError(`a document with DOI ${doi} already exists`, Code.AlreadyExists);
-    }
-  }
-
-  /**
-   * The live document if the caller may see it. A private document of someone else is reported
-   * exactly like a missing one, so ids cannot be probed for existence.
-   */
-  async function visible(id: string, caller: Principal): Promise<DocumentRow> {
-    const row = await store.findLive(id);
-    if (!row || !canSee(caller, row)) throw notFound(id);
-    return row;
-  }
-
-  async function changeable(id: string, caller: Principal): Promise<DocumentRow> {
-    const row = await visible(id, caller);
-    if (!canChange(caller, row)) {
-      throw new ConnectError("only the uploader or an admin may change this document", Code.PermissionDenied);
-    }
-    return row;
-  }
+  const access = new DocumentAccess(store);
+  const { visible, changeable } = { visible: access.visible.bind(access), changeable: access.changeable.bind(access) };
+  const ensureDoiFree = access.ensureDoiFree.bind(access);
 
   return {
+    ...resumableUploadHandlers(store, access, content),
+    ...statusHandlers(store, access, content.statusFeed),
+
     async createDocument(req, ctx) {
       const doc = req.document!;
       const fields = normalised(doc);
@@ -193,7 +132,7 @@ export function documentService(store: DocumentStore, content: ContentOptions): 
 
     async upload(requests, ctx) {
       const caller = callerOf(ctx);
-      let create: NewDocument | undefined;
+      let target: { id: string } | { create: NewDocument } | undefined;
       const file = await receiveUpload(requests, content.blobs, {
         maxBytes: content.maxUploadBytes,
         signal: ctx.signal,
@@ -201,19 +140,7 @@ export function documentService(store: DocumentStore, content: ContentOptions): 
           if (!(await store.blobInUse(blob.sha256))) await content.blobs.delete(blob.key);
         },
         authorize: async (header) => {
-          if (header.documentId) {
-            await changeable(header.documentId, caller);
-            return;
-          }
-          const doc = header.document;
-          if (!doc) throw invalidArgument([{ field: "header.document", description: "name a document_id, or describe the new document" }]);
-          const fields = normalised(doc);
-          if (fields.title === "") throw invalidArgument([{ field: "header.document.title", description: "title must not be blank" }]);
-          if (!doc.documentType) throw invalidArgument([{ field: "header.document.document_type", description: "document_type is required" }]);
-          check(DocumentSchema, doc);
-          checkDates([["header.document.publication_date", doc.publicationDate]]);
-          await ensureDoiFree(fields.doi);
-          create = { id: randomUUID(), uploaded_by: caller.subject, ...fields };
+          target = await access.uploadTarget(header, caller);
         },
       });
       const version = {
@@ -224,7 +151,7 @@ export function documentService(store: DocumentStore, content: ContentOptions): 
         filename: file.header.filename,
         uploaded_by: caller.subject,
       };
-      const saved = await store.addVersion(create ? { create } : { id: file.header.documentId }, version);
+      const saved = await store.addVersion(target!, version);
       if (!saved) throw notFound(file.header.documentId);
       content.onEvent?.();
       return { document: toDocument(saved.document), version: toVersion(saved.version) };

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file medmesh/documents/v1/documents.proto.
  */
 export const file_medmesh_documents_v1_documents: GenFile = /*@__PURE__*/
-  fileDesc("CiRtZWRtZXNoL2RvY3VtZW50cy92MS9kb2N1bWVudHMucHJvdG8SFG1lZG1lc2guZG9jdW1lbnRzLnYxItgICghEb2N1bWVudBIXCgJpZBgBIAEoCUILukgI2AEBcgOwAQESGgoFdGl0bGUYAiABKAlCC7pICNgBAXIDGPQDEiMKB2F1dGhvcnMYAyADKAlCErpID5IBDBDIASIHcgUQARjIARIcCgdqb3VybmFsGAQgASgJQgu6SAjYAQFyAxisAhKYAQoQcHVibGljYXRpb25fZGF0ZRgFIAEoCUJ+ukh7ugF1CgtkYXRlLmZvcm1hdBIhbXVzdCBiZSBhIGRhdGUgd3JpdHRlbiBZWVlZLU1NLUREGkN0aGlzLm1hdGNoZXMoJ15bMC05XXs0fS0oMFsxLTldfDFbMC0yXSktKDBbMS05XXxbMTJdWzAtOV18M1swMV0pJCcp2AEBEowBCgNkb2kYBiABKAlCf7pIfLoBcQoKZG9pLmZvcm1hdBIrbXVzdCBiZSBhIERPSSBzdWNoIGFzIDEwLjEwNTYvTkVKTW9hMjAzNDU3Nxo2dGhpcy5tYXRjaGVzKCdeMTBcXC5bMC05XXs0LDl9L1stLl87KCkvOkEtWmEtejAtOV0rJCcp2AEBcgMY/wESbAoEcG1pZBgHIAEoCUJeukhbugFVCgtwbWlkLmZvcm1hdBIjbXVzdCBiZSBhIFB1Yk1lZCBpZDogdXAgdG8gOSBkaWdpdHMaIXRoaXMubWF0Y2hlcygnXlsxLTldWzAtOV17MCw4fSQnKdgBARJDCg1kb2N1bWVudF90eXBlGAggASgOMiIubWVkbWVzaC5kb2N1bWVudHMudjEuRG9jdW1lbnRUeXBlQgi6SAWCAQIQARIdCglzcGVjaWFsdHkYCSABKAlCCrpIB9gBAXICGGQSSwoRcHJvY2Vzc2luZ19zdGF0dXMYCiABKA4yJi5tZWRtZXNoLmRvY3VtZW50cy52MS5Qcm9jZXNzaW5nU3RhdHVzQgi6SAWCAQIQARISCgpzaXplX2J5dGVzGAsgASgDEhEKCW1pbWVfdHlwZRgMIAEoCRITCgt1cGxvYWRlZF9ieRgNIAEoCRI+Cgp2aXNpYmlsaXR5GA4gASgOMiAubWVkbWVzaC5kb2N1bWVudHMudjEuVmlzaWJpbGl0eUIIukgFggECEAESDwoHdmVyc2lvbhgPIAEoBRJrCghtZXRhZGF0YRgQIAMoCzIsLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50Lk1ldGFkYXRhRW50cnlCK7pIKJoBJRBAIhpyGBABGEAyEl5bQS1aYS16MC05Xy46LV0rJCoFcgMYgAgSLwoLY3JlYXRlX3RpbWUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi9wEKFUNyZWF0ZURvY3VtZW50UmVxdWVzdBLdAQoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudEKqAbpIpgG6AUMKF2RvY3VtZW50LnRpdGxlX3JlcXVpcmVkEhF0aXRsZSBpcyByZXF1aXJlZBoVdGhpcy50aXRsZS5zaXplKCkgPiAwugFaCh9kb2N1bWVudC5kb2N1bWVudF90eXBlX3JlcXVpcmVkEhlkb2N1bWVudF90eXBlIGlzIHJlcXVpcmVkGhxpbnQodGhpcy5kb2N1bWVudF90eXBlKSAhPSAwyAEBIkoKFkNyZWF0ZURvY3VtZW50UmVzcG9uc2USMAoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudCIqChJHZXREb2N1bWVudFJlcXVlc3QSFAoCaWQYASABKAlCCLpIBXIDsAEBIkcKE0dldERvY3VtZW50UmVzcG9uc2USMAoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudCLUBAoUTGlzdERvY3VtZW50c1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSGgoJc3BlY2lhbHR5GAMgASgJQge6SARyAhhkEkMKDWRvY3VtZW50X3R5cGUYBCABKA4yIi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudFR5cGVCCLpIBYIBAhABEksKEXByb2Nlc3Npbmdfc3RhdHVzGAUgASgOMiYubWVkbWVzaC5kb2N1bWVudHMudjEuUHJvY2Vzc2luZ1N0YXR1c0IIukgFggECEAESHQoLdXBsb2FkZWRfYnkYBiABKAlCCLpIBXIDGIABEpcBCg9wdWJsaXNoZWRfYWZ0ZXIYByABKAlCfrpIe7oBdQoLZGF0ZS5mb3JtYXQSIW11c3QgYmUgYSBkYXRlIHdyaXR0ZW4gWVlZWS1NTS1ERBpDdGhpcy5tYXRjaGVzKCdeWzAtOV17NH0tKDBbMS05XXwxWzAtMl0pLSgwWzEtOV18WzEyXVswLTldfDNbMDFdKSQnKdgBARKYAQoQcHVibGlzaGVkX2JlZm9yZRgIIAEoCUJ+ukh7ugF1CgtkYXRlLmZvcm1hdBIhbXVzdCBiZSBhIGRhdGUgd3JpdHRlbiBZWVlZLU1NLUREGkN0aGlzLm1hdGNoZXMoJ15bMC05XXs0fS0oMFsxLTldfDFbMC0yXSktKDBbMS05XXxbMTJdWzAtOV18M1swMV0pJCcp2AEBImMKFUxpc3REb2N1bWVudHNSZXNwb25zZRIxCglkb2N1bWVudHMYASADKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkixwEKFVVwZGF0ZURvY3VtZW50UmVxdWVzdBJ1Cghkb2N1bWVudBgBIAEoCzIeLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50QkO6SEC6AToKFGRvY3VtZW50LmlkX3JlcXVpcmVkEg5pZCBpcyByZXF1aXJlZBoSdGhpcy5pZC5zaXplKCkgPiAwyAEBEjcKC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IGukgDyAEBIkoKFlVwZGF0ZURvY3VtZW50UmVzcG9uc2USMAoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudCItChVEZWxldGVEb2N1bWVudFJlcXVlc3QSFAoCaWQYASABKAlCCLpIBXIDsAEBIhgKFkRlbGV0ZURvY3VtZW50UmVzcG9uc2UixAEKD0RvY3VtZW50VmVyc2lvbhIPCgd2ZXJzaW9uGAEgASgFEg4KBnNoYTI1NhgCIAEoCRISCgpzaXplX2J5dGVzGAMgASgDEhEKCW1pbWVfdHlwZRgEIAEoCRIRCgluZWVkc19vY3IYBSABKAgSEAoIZmlsZW5hbWUYBiABKAkSEwoLdXBsb2FkZWRfYnkYByABKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInIKDVVwbG9hZFJlcXVlc3QSNAoGaGVhZGVyGAEgASgLMiIubWVkbWVzaC5kb2N1bWVudHMudjEuVXBsb2FkSGVhZGVySAASHAoFY2h1bmsYAiABKAxCC7pICHoGEAEYgIBASABCDQoEcGFydBIFukgCCAEijwIKDFVwbG9hZEhlYWRlchIgCgtkb2N1bWVudF9pZBgBIAEoCUILukgI2AEBcgOwAQESMAoIZG9jdW1lbnQYAiABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudBIaCghmaWxlbmFtZRgDIAEoCUIIukgFcgMY/wESIwoSZGVjbGFyZWRfbWltZV90eXBlGAQgASgJQge6SARyAhh/EmoKBnNoYTI1NhgFIAEoCUJaukhXugFRCg1zaGEyNTYuZm9ybWF0EiBtdXN0IGJlIDY0IGxvd2VyLWNhc2UgaGV4IGRpZ2l0cxoedGhpcy5tYXRjaGVzKCdeWzAtOWEtZl17NjR9JCcp2AEBInoKDlVwbG9hZFJlc3BvbnNlEjAKCGRvY3VtZW50GAEgASgLMh4ubWVkbWVzaC5kb2N1bWVudHMudjEuRG9jdW1lbnQSNgoHdmVyc2lvbhgCIAEoCzIlLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50VmVyc2lvbiJNChJSZWFkQ29udGVudFJlcXVlc3QSHQoLZG9jdW1lbnRfaWQYASABKAlCCLpIBXIDsAEBEhgKB3ZlcnNpb24YAiABKAVCB7pIBBoCKAAiJAoTUmVhZENvbnRlbnRSZXNwb25zZRINCgVjaHVuaxgBIAEoDCI0ChNMaXN0VmVyc2lvbnNSZXF1ZXN0Eh0KC2RvY3VtZW50X2lkGAEgASgJQgi6SAVyA7ABASJPChRMaXN0VmVyc2lvbnNSZXNwb25zZRI3Cgh2ZXJzaW9ucxgBIAMoCzIlLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50VmVyc2lvbirgAQoMRG9jdW1lbnRUeXBlEh0KGURPQ1VNRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIgChxET0NVTUVOVF9UWVBFX1JFU0VBUkNIX1BBUEVSEAESIAocRE9DVU1FTlRfVFlQRV9DTElOSUNBTF9UUklBTBACEhgKFERPQ1VNRU5UX1RZUEVfUkVWSUVXEAMSGwoXRE9DVU1FTlRfVFlQRV9HVUlERUxJTkUQBBIdChlET0NVTUVOVF9UWVBFX0NBU0VfUkVQT1JUEAUSFwoTRE9DVU1FTlRfVFlQRV9PVEhFUhAGKvQBChBQcm9jZXNzaW5nU3RhdHVzEiEKHVBST0NFU1NJTkdfU1RBVFVTX1VOU1BFQ0lGSUVEEAASHQoZUFJPQ0VTU0lOR19TVEFUVVNfUEVORElORxABEh4KGlBST0NFU1NJTkdfU1RBVFVTX1VQTE9BREVEEAISIAocUFJPQ0VTU0lOR19TVEFUVVNfUFJPQ0VTU0lORxADEh8KG1BST0NFU1NJTkdfU1RBVFVTX1BST0NFU1NFRBAEEh0KGVBST0NFU1NJTkdfU1RBVFVTX0lOREVYRUQQBRIcChhQUk9DRVNTSU5HX1NUQVRVU19GQUlMRUQQBipZCgpWaXNpYmlsaXR5EhoKFlZJU0lCSUxJVFlfVU5TUEVDSUZJRUQQABIWChJWSVNJQklMSVRZX1BSSVZBVEUQARIXChNWSVNJQklMSVRZX1BMQVRGT1JNEAIyvQcKD0RvY3VtZW50U2VydmljZRJ8Cg5DcmVhdGVEb2N1bWVudBIrLm1lZG1lc2guZG9jdW1lbnRzLnYxLkNyZWF0ZURvY3VtZW50UmVxdWVzdBosLm1lZG1lc2guZG9jdW1lbnRzLnYxLkNyZWF0ZURvY3VtZW50UmVzcG9uc2UiD6K7GAsIAxIFAQIDBQYYAhJvCgtHZXREb2N1bWVudBIoLm1lZG1lc2guZG9jdW1lbnRzLnYxLkdldERvY3VtZW50UmVxdWVzdBopLm1lZG1lc2guZG9jdW1lbnRzLnYxLkdldERvY3VtZW50UmVzcG9uc2UiC5ACAaK7GAQIAhgBEnUKDUxpc3REb2N1bWVudHMSKi5tZWRtZXNoLmRvY3VtZW50cy52MS5MaXN0RG9jdW1lbnRzUmVxdWVzdBorLm1lZG1lc2guZG9jdW1lbnRzLnYxLkxpc3REb2N1bWVudHNSZXNwb25zZSILkAIBorsYBAgCGAESdQoOVXBkYXRlRG9jdW1lbnQSKy5tZWRtZXNoLmRvY3VtZW50cy52MS5VcGRhdGVEb2N1bWVudFJlcXVlc3QaLC5tZWRtZXNoLmRvY3VtZW50cy52MS5VcGRhdGVEb2N1bWVudFJlc3BvbnNlIgiiuxgECAIYAhJmCgZVcGxvYWQSIy5tZWRtZXNoLmRvY3VtZW50cy52MS5VcGxvYWRSZXF1ZXN0GiQubWVkbWVzaC5kb2N1bWVudHMudjEuVXBsb2FkUmVzcG9uc2UiD6K7GAsIAxIFAQIDBQYYBCgBEnEKC1JlYWRDb250ZW50EigubWVkbWVzaC5kb2N1bWVudHMudjEuUmVhZENvbnRlbnRSZXF1ZXN0GikubWVkbWVzaC5kb2N1bWVudHMudjEuUmVhZENvbnRlbnRSZXNwb25zZSILkAIBorsYBAgCGAEwARJyCgxMaXN0VmVyc2lvbnMSKS5tZWRtZXNoLmRvY3VtZW50cy52MS5MaXN0VmVyc2lvbnNSZXF1ZXN0GioubWVkbWVzaC5kb2N1bWVudHMudjEuTGlzdFZlcnNpb25zUmVzcG9uc2UiC5ACAaK7GAQIAhgBEngKDkRlbGV0ZURvY3VtZW50EisubWVkbWVzaC5kb2N1bWVudHMudjEuRGVsZXRlRG9jdW1lbnRSZXF1ZXN0GiwubWVkbWVzaC5kb2N1bWVudHMudjEuRGVsZXRlRG9jdW1lbnRSZXNwb25zZSILkAICorsYBAgCGAIaBKi7GAFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_medmesh_access_v1_access]);
+  fileDesc("CiRtZWRtZXNoL2RvY3VtZW50cy92MS9kb2N1bWVudHMucHJvdG8SFG1lZG1lc2guZG9jdW1lbnRzLnYxItgICghEb2N1bWVudBIXCgJpZBgBIAEoCUILukgI2AEBcgOwAQESGgoFdGl0bGUYAiABKAlCC7pICNgBAXIDGPQDEiMKB2F1dGhvcnMYAyADKAlCErpID5IBDBDIASIHcgUQARjIARIcCgdqb3VybmFsGAQgASgJQgu6SAjYAQFyAxisAhKYAQoQcHVibGljYXRpb25fZGF0ZRgFIAEoCUJ+ukh7ugF1CgtkYXRlLmZvcm1hdBIhbXVzdCBiZSBhIGRhdGUgd3JpdHRlbiBZWVlZLU1NLUREGkN0aGlzLm1hdGNoZXMoJ15bMC05XXs0fS0oMFsxLTldfDFbMC0yXSktKDBbMS05XXxbMTJdWzAtOV18M1swMV0pJCcp2AEBEowBCgNkb2kYBiABKAlCf7pIfLoBcQoKZG9pLmZvcm1hdBIrbXVzdCBiZSBhIERPSSBzdWNoIGFzIDEwLjEwNTYvTkVKTW9hMjAzNDU3Nxo2dGhpcy5tYXRjaGVzKCdeMTBcXC5bMC05XXs0LDl9L1stLl87KCkvOkEtWmEtejAtOV0rJCcp2AEBcgMY/wESbAoEcG1pZBgHIAEoCUJeukhbugFVCgtwbWlkLmZvcm1hdBIjbXVzdCBiZSBhIFB1Yk1lZCBpZDogdXAgdG8gOSBkaWdpdHMaIXRoaXMubWF0Y2hlcygnXlsxLTldWzAtOV17MCw4fSQnKdgBARJDCg1kb2N1bWVudF90eXBlGAggASgOMiIubWVkbWVzaC5kb2N1bWVudHMudjEuRG9jdW1lbnRUeXBlQgi6SAWCAQIQARIdCglzcGVjaWFsdHkYCSABKAlCCrpIB9gBAXICGGQSSwoRcHJvY2Vzc2luZ19zdGF0dXMYCiABKA4yJi5tZWRtZXNoLmRvY3VtZW50cy52MS5Qcm9jZXNzaW5nU3RhdHVzQgi6SAWCAQIQARISCgpzaXplX2J5dGVzGAsgASgDEhEKCW1pbWVfdHlwZRgMIAEoCRITCgt1cGxvYWRlZF9ieRgNIAEoCRI+Cgp2aXNpYmlsaXR5GA4gASgOMiAubWVkbWVzaC5kb2N1bWVudHMudjEuVmlzaWJpbGl0eUIIukgFggECEAESDwoHdmVyc2lvbhgPIAEoBRJrCghtZXRhZGF0YRgQIAMoCzIsLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50Lk1ldGFkYXRhRW50cnlCK7pIKJoBJRBAIhpyGBABGEAyEl5bQS1aYS16MC05Xy46LV0rJCoFcgMYgAgSLwoLY3JlYXRlX3RpbWUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi9wEKFUNyZWF0ZURvY3VtZW50UmVxdWVzdBLdAQoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudEKqAbpIpgG6AUMKF2RvY3VtZW50LnRpdGxlX3JlcXVpcmVkEhF0aXRsZSBpcyByZXF1aXJlZBoVdGhpcy50aXRsZS5zaXplKCkgPiAwugFaCh9kb2N1bWVudC5kb2N1bWVudF90eXBlX3JlcXVpcmVkEhlkb2N1bWVudF90eXBlIGlzIHJlcXVpcmVkGhxpbnQodGhpcy5kb2N1bWVudF90eXBlKSAhPSAwyAEBIkoKFkNyZWF0ZURvY3VtZW50UmVzcG9uc2USMAoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudCIqChJHZXREb2N1bWVudFJlcXVlc3QSFAoCaWQYASABKAlCCLpIBXIDsAEBIkcKE0dldERvY3VtZW50UmVzcG9uc2USMAoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudCLUBAoUTGlzdERvY3VtZW50c1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSGgoJc3BlY2lhbHR5GAMgASgJQge6SARyAhhkEkMKDWRvY3VtZW50X3R5cGUYBCABKA4yIi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudFR5cGVCCLpIBYIBAhABEksKEXByb2Nlc3Npbmdfc3RhdHVzGAUgASgOMiYubWVkbWVzaC5kb2N1bWVudHMudjEuUHJvY2Vzc2luZ1N0YXR1c0IIukgFggECEAESHQoLdXBsb2FkZWRfYnkYBiABKAlCCLpIBXIDGIABEpcBCg9wdWJsaXNoZWRfYWZ0ZXIYByABKAlCfrpIe7oBdQoLZGF0ZS5mb3JtYXQSIW11c3QgYmUgYSBkYXRlIHdyaXR0ZW4gWVlZWS1NTS1ERBpDdGhpcy5tYXRjaGVzKCdeWzAtOV17NH0tKDBbMS05XXwxWzAtMl0pLSgwWzEtOV18WzEyXVswLTldfDNbMDFdKSQnKdgBARKYAQoQcHVibGlzaGVkX2JlZm9yZRgIIAEoCUJ+ukh7ugF1CgtkYXRlLmZvcm1hdBIhbXVzdCBiZSBhIGRhdGUgd3JpdHRlbiBZWVlZLU1NLUREGkN0aGlzLm1hdGNoZXMoJ15bMC05XXs0fS0oMFsxLTldfDFbMC0yXSktKDBbMS05XXxbMTJdWzAtOV18M1swMV0pJCcp2AEBImMKFUxpc3REb2N1bWVudHNSZXNwb25zZRIxCglkb2N1bWVudHMYASADKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkixwEKFVVwZGF0ZURvY3VtZW50UmVxdWVzdBJ1Cghkb2N1bWVudBgBIAEoCzIeLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50QkO6SEC6AToKFGRvY3VtZW50LmlkX3JlcXVpcmVkEg5pZCBpcyByZXF1aXJlZBoSdGhpcy5pZC5zaXplKCkgPiAwyAEBEjcKC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IGukgDyAEBIkoKFlVwZGF0ZURvY3VtZW50UmVzcG9uc2USMAoIZG9jdW1lbnQYASABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudCItChVEZWxldGVEb2N1bWVudFJlcXVlc3QSFAoCaWQYASABKAlCCLpIBXIDsAEBIhgKFkRlbGV0ZURvY3VtZW50UmVzcG9uc2UixAEKD0RvY3VtZW50VmVyc2lvbhIPCgd2ZXJzaW9uGAEgASgFEg4KBnNoYTI1NhgCIAEoCRISCgpzaXplX2J5dGVzGAMgASgDEhEKCW1pbWVfdHlwZRgEIAEoCRIRCgluZWVkc19vY3IYBSABKAgSEAoIZmlsZW5hbWUYBiABKAkSEwoLdXBsb2FkZWRfYnkYByABKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInIKDVVwbG9hZFJlcXVlc3QSNAoGaGVhZGVyGAEgASgLMiIubWVkbWVzaC5kb2N1bWVudHMudjEuVXBsb2FkSGVhZGVySAASHAoFY2h1bmsYAiABKAxCC7pICHoGEAEYgIBASABCDQoEcGFydBIFukgCCAEijwIKDFVwbG9hZEhlYWRlchIgCgtkb2N1bWVudF9pZBgBIAEoCUILukgI2AEBcgOwAQESMAoIZG9jdW1lbnQYAiABKAsyHi5tZWRtZXNoLmRvY3VtZW50cy52MS5Eb2N1bWVudBIaCghmaWxlbmFtZRgDIAEoCUIIukgFcgMY/wESIwoSZGVjbGFyZWRfbWltZV90eXBlGAQgASgJQge6SARyAhh/EmoKBnNoYTI1NhgFIAEoCUJaukhXugFRCg1zaGEyNTYuZm9ybWF0EiBtdXN0IGJlIDY0IGxvd2VyLWNhc2UgaGV4IGRpZ2l0cxoedGhpcy5tYXRjaGVzKCdeWzAtOWEtZl17NjR9JCcp2AEBInoKDlVwbG9hZFJlc3BvbnNlEjAKCGRvY3VtZW50GAEgASgLMh4ubWVkbWVzaC5kb2N1bWVudHMudjEuRG9jdW1lbnQSNgoHdmVyc2lvbhgCIAEoCzIlLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50VmVyc2lvbiJNChJSZWFkQ29udGVudFJlcXVlc3QSHQoLZG9jdW1lbnRfaWQYASABKAlCCLpIBXIDsAEBEhgKB3ZlcnNpb24YAiABKAVCB7pIBBoCKAAiJAoTUmVhZENvbnRlbnRSZXNwb25zZRINCgVjaHVuaxgBIAEoDCI0ChNMaXN0VmVyc2lvbnNSZXF1ZXN0Eh0KC2RvY3VtZW50X2lkGAEgASgJQgi6SAVyA7ABASJPChRMaXN0VmVyc2lvbnNSZXNwb25zZRI3Cgh2ZXJzaW9ucxgBIAMoCzIlLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50VmVyc2lvbiL+AQoNVXBsb2FkU2Vzc2lvbhIRCgl1cGxvYWRfaWQYASABKAkSEwoLZG9jdW1lbnRfaWQYAiABKAkSEAoIZmlsZW5hbWUYAyABKAkSEgoKc2l6ZV9ieXRlcxgEIAEoAxITCgtuZXh0X29mZnNldBgFIAEoAxIwCgVzdGF0ZRgGIAEoDjIhLm1lZG1lc2guZG9jdW1lbnRzLnYxLlVwbG9hZFN0YXRlEhYKDm1heF9wYXJ0X2J5dGVzGAcgASgFEi8KC2V4cGlyZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd2ZXJzaW9uGAkgASgFIm0KElN0YXJ0VXBsb2FkUmVxdWVzdBI6CgZoZWFkZXIYASABKAsyIi5tZWRtZXNoLmRvY3VtZW50cy52MS5VcGxvYWRIZWFkZXJCBrpIA8gBARIbCgpzaXplX2J5dGVzGAIgASgDQge6SAQiAiAAIkoKE1N0YXJ0VXBsb2FkUmVzcG9uc2USMwoGdXBsb2FkGAEgASgLMiMubWVkbWVzaC5kb2N1bWVudHMudjEuVXBsb2FkU2Vzc2lvbiJlChFVcGxvYWRQYXJ0UmVxdWVzdBIbCgl1cGxvYWRfaWQYASABKAlCCLpIBXIDsAEBEhcKBm9mZnNldBgCIAEoA0IHukgEIgIoABIaCgRkYXRhGAMgASgMQgy6SAl6BxABGICAgAIiSQoSVXBsb2FkUGFydFJlc3BvbnNlEjMKBnVwbG9hZBgBIAEoCzIjLm1lZG1lc2guZG9jdW1lbnRzLnYxLlVwbG9hZFNlc3Npb24iNQoWR2V0VXBsb2FkU3RhdHVzUmVxdWVzdBIbCgl1cGxvYWRfaWQYASABKAlCCLpIBXIDsAEBIk4KF0dldFVwbG9hZFN0YXR1c1Jlc3BvbnNlEjMKBnVwbG9hZBgBIAEoCzIjLm1lZG1lc2guZG9jdW1lbnRzLnYxLlVwbG9hZFNlc3Npb24inQEKFUNvbXBsZXRlVXBsb2FkUmVxdWVzdBIbCgl1cGxvYWRfaWQYASABKAlCCLpIBXIDsAEBEmcKBnNoYTI1NhgCIAEoCUJXukhUugFRCg1zaGEyNTYuZm9ybWF0EiBtdXN0IGJlIDY0IGxvd2VyLWNhc2UgaGV4IGRpZ2l0cxoedGhpcy5tYXRjaGVzKCdeWzAtOWEtZl17NjR9JCcpIrcBChZDb21wbGV0ZVVwbG9hZFJlc3BvbnNlEjAKCGRvY3VtZW50GAEgASgLMh4ubWVkbWVzaC5kb2N1bWVudHMudjEuRG9jdW1lbnQSNgoHdmVyc2lvbhgCIAEoCzIlLm1lZG1lc2guZG9jdW1lbnRzLnYxLkRvY3VtZW50VmVyc2lvbhIzCgZ1cGxvYWQYAyABKAsyIy5tZWRtZXNoLmRvY3VtZW50cy52MS5VcGxvYWRTZXNzaW9uIjEKEkFib3J0VXBsb2FkUmVxdWVzdBIbCgl1cGxvYWRfaWQYASABKAlCCLpIBXIDsAEBIhUKE0Fib3J0VXBsb2FkUmVzcG9uc2UiLAoUV2F0Y2hEb2N1bWVudFJlcXVlc3QSFAoCaWQYASABKAlCCLpIBXIDsAEBIuABChVXYXRjaERvY3VtZW50UmVzcG9uc2USEwoLZG9jdW1lbnRfaWQYASABKAkSNgoGc3RhdHVzGAIgASgOMiYubWVkbWVzaC5kb2N1bWVudHMudjEuUHJvY2Vzc2luZ1N0YXR1cxIPCgd2ZXJzaW9uGAMgASgFEjgKB2ZhaWx1cmUYBCABKAsyJy5tZWRtZXNoLmRvY3VtZW50cy52MS5Qcm9jZXNzaW5nRmFpbHVyZRIvCgtjaGFuZ2VfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibwoRUHJvY2Vzc2luZ0ZhaWx1cmUSPwoGcmVhc29uGAEgASgOMiMubWVkbWVzaC5kb2N1bWVudHMudjEuRmFpbHVyZVJlYXNvbkIKukgHggEEEAEgABIZCgdtZXNzYWdlGAIgASgJQgi6SAVyAxjQDyLnAQoGRW50aXR5EhYKBHRleHQYASABKAlCCLpIBXIDGMgBEhsKCWNhbm9uaWNhbBgCIAEoCUIIukgFcgMYyAESOAoEdHlwZRgDIAEoDjIgLm1lZG1lc2guZG9jdW1lbnRzLnYxLkVudGl0eVR5cGVCCLpIBYIBAhABEhYKBXN0YXJ0GAQgASgFQge6SAQaAigAEhQKA2VuZBgFIAEoBUIHukgEGgIoABIjCgpjb25maWRlbmNlGAYgASgCQg+6SAwKCh0AAIA/LQAAAAASGwoKbWF0Y2hlZF9ieRgHIAEoCUIHukgEcgIYFCKhAQoLRW50aXR5Q291bnQSGwoJY2Fub25pY2FsGAEgASgJQgi6SAVyAxjIARI4CgR0eXBlGAIgASgOMiAubWVkbWVzaC5kb2N1bWVudHMudjEuRW50aXR5VHlwZUIIukgFggECEAESFgoFY291bnQYAyABKAVCB7pIBBoCKAESIwoKY29uZmlkZW5jZRgEIAEoAkIPukgMCgodAACAPy0AAAAAIooBCghDaXRhdGlvbhI6CgR0eXBlGAEgASgOMiIubWVkbWVzaC5kb2N1bWVudHMudjEuQ2l0YXRpb25UeXBlQgi6SAWCAQIQARIUCgJpZBgCIAEoCUIIukgFcgMYrAISFgoFc3RhcnQYAyABKAVCB7pIBBoCKAASFAoDZW5kGAQgASgFQge6SAQaAigAIkwKDlNwZWNpYWx0eVNoYXJlEhoKCXNwZWNpYWx0eRgBIAEoCUIHukgEcgIYZBIeCgVzaGFyZRgCIAEoAkIPukgMCgodAACAPy0AAAAAIrMBCgxRdWFsaXR5U2NvcmUSHgoFc2NvcmUYASABKAJCD7pIDAoKHQAAgD8tAAAAABJQCgpjb21wb25lbnRzGAIgAygLMjIubWVkbWVzaC5kb2N1bWVudHMudjEuUXVhbGl0eVNjb3JlLkNvbXBvbmVudHNFbnRyeUIIukgFmgECECAaMQoPQ29tcG9uZW50c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAjoCOAEi3gUKEFByb2Nlc3NpbmdSZXN1bHQSGgoJbWltZV90eXBlGAEgASgJQge6SARyAhh/EhYKBXBhZ2VzGAIgASgFQge6SAQaAigAEhsKCndvcmRfY291bnQYAyABKAVCB7pIBBoCKAASHAoLdGV4dF9sZW5ndGgYBCABKAVCB7pIBBoCKAASGQoIbGFuZ3VhZ2UYBSABKAlCB7pIBHICGAgSFwoFdGl0bGUYBiABKAlCCLpIBXIDGOgHEhsKCGFic3RyYWN0GAcgASgJQgm6SAZyBBignAESIQoIa2V5d29yZHMYCCADKAlCD7pIDJIBCRBkIgVyAxjIARI5CghlbnRpdGllcxgJIAMoCzIcLm1lZG1lc2guZG9jdW1lbnRzLnYxLkVudGl0eUIJukgGkgEDEOgHEhoKEmVudGl0aWVzX3RydW5jYXRlZBgKIAEoCBJECg5lbnRpdHlfc3VtbWFyeRgLIAMoCzIhLm1lZG1lc2guZG9jdW1lbnRzLnYxLkVudGl0eUNvdW50Qgm6SAaSAQMQiCcSPAoJY2l0YXRpb25zGAwgAygLMh4ubWVkbWVzaC5kb2N1bWVudHMudjEuQ2l0YXRpb25CCbpIBpIBAxCIJxIaCglzcGVjaWFsdHkYDSABKAlCB7pIBHICGGQSQwoLc3BlY2lhbHRpZXMYDiADKAsyJC5tZWRtZXNoLmRvY3VtZW50cy52MS5TcGVjaWFsdHlTaGFyZUIIukgFkgECEAoSMwoHcXVhbGl0eRgPIAEoCzIiLm1lZG1lc2guZG9jdW1lbnRzLnYxLlF1YWxpdHlTY29yZRIiCghzZWN0aW9ucxgQIAMoCUIQukgNkgEKEMgBIgVyAxjIARIhCgh3YXJuaW5ncxgRIAMoCUIPukgMkgEJEDIiBXIDGOgHEhcKBHRleHQYEiABKAlCCbpIBnIEKICAQBIWCg50ZXh0X3RydW5jYXRlZBgTIAEoCCLrAQoRUHJvY2Vzc2luZ091dGNvbWUSEwoLZG9jdW1lbnRfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoBRI4CgZyZXN1bHQYAyABKAsyJi5tZWRtZXNoLmRvY3VtZW50cy52MS5Qcm9jZXNzaW5nUmVzdWx0SAASOgoHZmFpbHVyZRgEIAEoCzInLm1lZG1lc2guZG9jdW1lbnRzLnYxLlByb2Nlc3NpbmdGYWlsdXJlSAASLwoLcmVjb3JkX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgkKB291dGNvbWUiVQoaR2V0UHJvY2Vzc2luZ1Jlc3VsdFJlcXVlc3QSHQoLZG9jdW1lbnRfaWQYASABKAlCCLpIBXIDsAEBEhgKB3ZlcnNpb24YAiABKAVCB7pIBBoCKAAiVwobR2V0UHJvY2Vzc2luZ1Jlc3VsdFJlc3BvbnNlEjgKB291dGNvbWUYASABKAsyJy5tZWRtZXNoLmRvY3VtZW50cy52MS5Qcm9jZXNzaW5nT3V0Y29tZSJRChZTdGFydFByb2Nlc3NpbmdSZXF1ZXN0Eh0KC2RvY3VtZW50X2lkGAEgASgJQgi6SAVyA7ABARIYCgd2ZXJzaW9uGAIgASgFQge6SAQaAigBImQKF1N0YXJ0UHJvY2Vzc2luZ1Jlc3BvbnNlEg8KB3Byb2NlZWQYASABKAgSOAoHb3V0Y29tZRgCIAEoCzInLm1lZG1lc2guZG9jdW1lbnRzLnYxLlByb2Nlc3NpbmdPdXRjb21lIuABCh1SZWNvcmRQcm9jZXNzaW5nUmVzdWx0UmVxdWVzdBIdCgtkb2N1bWVudF9pZBgBIAEoCUIIukgFcgOwAQESGAoHdmVyc2lvbhgCIAEoBUIHukgEGgIoARI4CgZyZXN1bHQYAyABKAsyJi5tZWRtZXNoLmRvY3VtZW50cy52MS5Qcm9jZXNzaW5nUmVzdWx0SAASOgoHZmFpbHVyZRgEIAEoCzInLm1lZG1lc2guZG9jdW1lbnRzLnYxLlByb2Nlc3NpbmdGYWlsdXJlSABCEAoHb3V0Y29tZRIFukgCCAEidAoeUmVjb3JkUHJvY2Vzc2luZ1Jlc3VsdFJlc3BvbnNlEjgKB291dGNvbWUYASABKAsyJy5tZWRtZXNoLmRvY3VtZW50cy52MS5Qcm9jZXNzaW5nT3V0Y29tZRIYChBhbHJlYWR5X3JlY29yZGVkGAIgASgIKuABCgxEb2N1bWVudFR5cGUSHQoZRE9DVU1FTlRfVFlQRV9VTlNQRUNJRklFRBAAEiAKHERPQ1VNRU5UX1RZUEVfUkVTRUFSQ0hfUEFQRVIQARIgChxET0NVTUVOVF9UWVBFX0NMSU5JQ0FMX1RSSUFMEAISGAoURE9DVU1FTlRfVFlQRV9SRVZJRVcQAxIbChdET0NVTUVOVF9UWVBFX0dVSURFTElORRAEEh0KGURPQ1VNRU5UX1RZUEVfQ0FTRV9SRVBPUlQQBRIXChNET0NVTUVOVF9UWVBFX09USEVSEAYq9AEKEFByb2Nlc3NpbmdTdGF0dXMSIQodUFJPQ0VTU0lOR19TVEFUVVNfVU5TUEVDSUZJRUQQABIdChlQUk9DRVNTSU5HX1NUQVRVU19QRU5ESU5HEAESHgoaUFJPQ0VTU0lOR19TVEFUVVNfVVBMT0FERUQQAhIgChxQUk9DRVNTSU5HX1NUQVRVU19QUk9DRVNTSU5HEAMSHwobUFJPQ0VTU0lOR19TVEFUVVNfUFJPQ0VTU0VEEAQSHQoZUFJPQ0VTU0lOR19TVEFUVVNfSU5ERVhFRBAFEhwKGFBST0NFU1NJTkdfU1RBVFVTX0ZBSUxFRBAGKlkKClZpc2liaWxpdHkSGgoWVklTSUJJTElUWV9VTlNQRUNJRklFRBAAEhYKElZJU0lCSUxJVFlfUFJJVkFURRABEhcKE1ZJU0lCSUxJVFlfUExBVEZPUk0QAipeCgtVcGxvYWRTdGF0ZRIcChhVUExPQURfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFVUExPQURfU1RBVEVfT1BFThABEhoKFlVQTE9BRF9TVEFURV9DT01QTEVURUQQAiqKAgoNRmFpbHVyZVJlYXNvbhIeChpGQUlMVVJFX1JFQVNPTl9VTlNQRUNJRklFRBAAEhwKGEZBSUxVUkVfUkVBU09OX0VOQ1JZUFRFRBABEh0KGUZBSUxVUkVfUkVBU09OX0lNQUdFX09OTFkQAhIaChZGQUlMVVJFX1JFQVNPTl9DT1JSVVBUEAMSGAoURkFJTFVSRV9SRUFTT05fRU1QVFkQBBIjCh9GQUlMVVJFX1JFQVNPTl9VTlNVUFBPUlRFRF9UWVBFEAUSHAoYRkFJTFVSRV9SRUFTT05fVE9PX0xBUkdFEAYSIwofRkFJTFVSRV9SRUFTT05fUFJPQ0VTU0lOR19FUlJPUhAHKowBCgpFbnRpdHlUeXBlEhsKF0VOVElUWV9UWVBFX1VOU1BFQ0lGSUVEEAASFwoTRU5USVRZX1RZUEVfRElTRUFTRRABEhQKEEVOVElUWV9UWVBFX0RSVUcQAhIZChVFTlRJVFlfVFlQRV9QUk9DRURVUkUQAxIXChNFTlRJVFlfVFlQRV9BTkFUT01ZEAQqdQoMQ2l0YXRpb25UeXBlEh0KGUNJVEFUSU9OX1RZUEVfVU5TUEVDSUZJRUQQABIVChFDSVRBVElPTl9UWVBFX0RPSRABEhYKEkNJVEFUSU9OX1RZUEVfUE1JRBACEhcKE0NJVEFUSU9OX1RZUEVfUE1DSUQQAzKLDgoPRG9jdW1lbnRTZXJ2aWNlEnwKDkNyZWF0ZURvY3VtZW50EisubWVkbWVzaC5kb2N1bWVudHMudjEuQ3JlYXRlRG9jdW1lbnRSZXF1ZXN0GiwubWVkbWVzaC5kb2N1bWVudHMudjEuQ3JlYXRlRG9jdW1lbnRSZXNwb25zZSIPorsYCwgDEgUBAgMFBhgCEm8KC0dldERvY3VtZW50EigubWVkbWVzaC5kb2N1bWVudHMudjEuR2V0RG9jdW1lbnRSZXF1ZXN0GikubWVkbWVzaC5kb2N1bWVudHMudjEuR2V0RG9jdW1lbnRSZXNwb25zZSILkAIBorsYBAgCGAESdQoNTGlzdERvY3VtZW50cxIqLm1lZG1lc2guZG9jdW1lbnRzLnYxLkxpc3REb2N1bWVudHNSZXF1ZXN0GisubWVkbWVzaC5kb2N1bWVudHMudjEuTGlzdERvY3VtZW50c1Jlc3BvbnNlIguQAgGiuxgECAIYARJ1Cg5VcGRhdGVEb2N1bWVudBIrLm1lZG1lc2guZG9jdW1lbnRzLnYxLlVwZGF0ZURvY3VtZW50UmVxdWVzdBosLm1lZG1lc2guZG9jdW1lbnRzLnYxLlVwZGF0ZURvY3VtZW50UmVzcG9uc2UiCKK7GAQIAhgCEmYKBlVwbG9hZBIjLm1lZG1lc2guZG9jdW1lbnRzLnYxLlVwbG9hZFJlcXVlc3QaJC5tZWRtZXNoLmRvY3VtZW50cy52MS5VcGxvYWRSZXNwb25zZSIPorsYCwgDEgUBAgMFBhgEKAEScQoLUmVhZENvbnRlbnQSKC5tZWRtZXNoLmRvY3VtZW50cy52MS5SZWFkQ29udGVudFJlcXVlc3QaKS5tZWRtZXNoLmRvY3VtZW50cy52MS5SZWFkQ29udGVudFJlc3BvbnNlIguQAgGiuxgECAIYATABEnIKDExpc3RWZXJzaW9ucxIpLm1lZG1lc2guZG9jdW1lbnRzLnYxLkxpc3RWZXJzaW9uc1JlcXVlc3QaKi5tZWRtZXNoLmRvY3VtZW50cy52MS5MaXN0VmVyc2lvbnNSZXNwb25zZSILkAIBorsYBAgCGAEScwoLU3RhcnRVcGxvYWQSKC5tZWRtZXNoLmRvY3VtZW50cy52MS5TdGFydFVwbG9hZFJlcXVlc3QaKS5tZWRtZXNoLmRvY3VtZW50cy52MS5TdGFydFVwbG9hZFJlc3BvbnNlIg+iuxgLCAMSBQECAwUGGAQSbAoKVXBsb2FkUGFydBInLm1lZG1lc2guZG9jdW1lbnRzLnYxLlVwbG9hZFBhcnRSZXF1ZXN0GigubWVkbWVzaC5kb2N1bWVudHMudjEuVXBsb2FkUGFydFJlc3BvbnNlIguQAgKiuxgECAIYBBJ7Cg9HZXRVcGxvYWRTdGF0dXMSLC5tZWRtZXNoLmRvY3VtZW50cy52MS5HZXRVcGxvYWRTdGF0dXNSZXF1ZXN0Gi0ubWVkbWVzaC5kb2N1bWVudHMudjEuR2V0VXBsb2FkU3RhdHVzUmVzcG9uc2UiC5ACAaK7GAQIAhgBEngKDkNvbXBsZXRlVXBsb2FkEisubWVkbWVzaC5kb2N1bWVudHMudjEuQ29tcGxldGVVcGxvYWRSZXF1ZXN0GiwubWVkbWVzaC5kb2N1bWVudHMudjEuQ29tcGxldGVVcGxvYWRSZXNwb25zZSILkAICorsYBAgCGAQSbwoLQWJvcnRVcGxvYWQSKC5tZWRtZXNoLmRvY3VtZW50cy52MS5BYm9ydFVwbG9hZFJlcXVlc3QaKS5tZWRtZXNoLmRvY3VtZW50cy52MS5BYm9ydFVwbG9hZFJlc3BvbnNlIguQAgKiuxgECAIYAhJ3Cg1XYXRjaERvY3VtZW50EioubWVkbWVzaC5kb2N1bWVudHMudjEuV2F0Y2hEb2N1bWVudFJlcXVlc3QaKy5tZWRtZXNoLmRvY3VtZW50cy52MS5XYXRjaERvY3VtZW50UmVzcG9uc2UiC5ACAaK7GAQIAhgBMAEShwEKE0dldFByb2Nlc3NpbmdSZXN1bHQSMC5tZWRtZXNoLmRvY3VtZW50cy52MS5HZXRQcm9jZXNzaW5nUmVzdWx0UmVxdWVzdBoxLm1lZG1lc2guZG9jdW1lbnRzLnYxLkdldFByb2Nlc3NpbmdSZXN1bHRSZXNwb25zZSILkAIBorsYBAgCGAESeAoORGVsZXRlRG9jdW1lbnQSKy5tZWRtZXNoLmRvY3VtZW50cy52MS5EZWxldGVEb2N1bWVudFJlcXVlc3QaLC5tZWRtZXNoLmRvY3VtZW50cy52MS5EZWxldGVEb2N1bWVudFJlc3BvbnNlIguQAgKiuxgECAIYAhoEqLsYATK3AgoZRG9jdW1lbnRQcm9jZXNzaW5nU2VydmljZRJ+Cg9TdGFydFByb2Nlc3NpbmcSLC5tZWRtZXNoLmRvY3VtZW50cy52MS5TdGFydFByb2Nlc3NpbmdSZXF1ZXN0Gi0ubWVkbWVzaC5kb2N1bWVudHMudjEuU3RhcnRQcm9jZXNzaW5nUmVzcG9uc2UiDpACAqK7GAcIAxIBBhgCEpMBChZSZWNvcmRQcm9jZXNzaW5nUmVzdWx0EjMubWVkbWVzaC5kb2N1bWVudHMudjEuUmVjb3JkUHJvY2Vzc2luZ1Jlc3VsdFJlcXVlc3QaNC5tZWRtZXNoLmRvY3VtZW50cy52MS5SZWNvcmRQcm9jZXNzaW5nUmVzdWx0UmVzcG9uc2UiDpACAqK7GAcIAxIBBhgCGgSouxgCYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_medmesh_access_v1_access]);
 
 /**
  * A document. Fields marked output-only are set by the platform and ignored on input.
@@ -613,6 +613,860 @@ export const ListVersionsResponseSchema: GenMessage<ListVersionsResponse> = /*@_
   messageDesc(file_medmesh_documents_v1_documents, 18);
 
 /**
+ * A resumable upload in progress.
+ *
+ * @generated from message medmesh.documents.v1.UploadSession
+ */
+export type UploadSession = Message<"medmesh.documents.v1.UploadSession"> & {
+  /**
+   * @generated from field: string upload_id = 1;
+   */
+  uploadId: string;
+
+  /**
+   * The document the upload adds a version to; for a new document, set once completed.
+   *
+   * @generated from field: string document_id = 2;
+   */
+  documentId: string;
+
+  /**
+   * @generated from field: string filename = 3;
+   */
+  filename: string;
+
+  /**
+   * The whole file's size, announced by StartUpload.
+   *
+   * @generated from field: int64 size_bytes = 4;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * Bytes received so far: the offset the next part must start at.
+   *
+   * @generated from field: int64 next_offset = 5;
+   */
+  nextOffset: bigint;
+
+  /**
+   * @generated from field: medmesh.documents.v1.UploadState state = 6;
+   */
+  state: UploadState;
+
+  /**
+   * The largest part UploadPart accepts.
+   *
+   * @generated from field: int32 max_part_bytes = 7;
+   */
+  maxPartBytes: number;
+
+  /**
+   * When the upload expires unless another part arrives first.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 8;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * Set once completed.
+   *
+   * @generated from field: int32 version = 9;
+   */
+  version: number;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.UploadSession.
+ * Use `create(UploadSessionSchema)` to create a new message.
+ */
+export const UploadSessionSchema: GenMessage<UploadSession> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 19);
+
+/**
+ * @generated from message medmesh.documents.v1.StartUploadRequest
+ */
+export type StartUploadRequest = Message<"medmesh.documents.v1.StartUploadRequest"> & {
+  /**
+   * The same header a streaming upload starts with; its sha256, if given, is checked at the end.
+   *
+   * @generated from field: medmesh.documents.v1.UploadHeader header = 1;
+   */
+  header?: UploadHeader | undefined;
+
+  /**
+   * The whole file's size, so that a file over the limit is refused before any byte is sent.
+   *
+   * @generated from field: int64 size_bytes = 2;
+   */
+  sizeBytes: bigint;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.StartUploadRequest.
+ * Use `create(StartUploadRequestSchema)` to create a new message.
+ */
+export const StartUploadRequestSchema: GenMessage<StartUploadRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 20);
+
+/**
+ * @generated from message medmesh.documents.v1.StartUploadResponse
+ */
+export type StartUploadResponse = Message<"medmesh.documents.v1.StartUploadResponse"> & {
+  /**
+   * @generated from field: medmesh.documents.v1.UploadSession upload = 1;
+   */
+  upload?: UploadSession | undefined;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.StartUploadResponse.
+ * Use `create(StartUploadResponseSchema)` to create a new message.
+ */
+export const StartUploadResponseSchema: GenMessage<StartUploadResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 21);
+
+/**
+ * @generated from message medmesh.documents.v1.UploadPartRequest
+ */
+export type UploadPartRequest = Message<"medmesh.documents.v1.UploadPartRequest"> & {
+  /**
+   * @generated from field: string upload_id = 1;
+   */
+  uploadId: string;
+
+  /**
+   * Where these bytes go in the file: the session's next_offset (or earlier, to repeat a part).
+   *
+   * @generated from field: int64 offset = 2;
+   */
+  offset: bigint;
+
+  /**
+   * @generated from field: bytes data = 3;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.UploadPartRequest.
+ * Use `create(UploadPartRequestSchema)` to create a new message.
+ */
+export const UploadPartRequestSchema: GenMessage<UploadPartRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 22);
+
+/**
+ * @generated from message medmesh.documents.v1.UploadPartResponse
+ */
+export type UploadPartResponse = Message<"medmesh.documents.v1.UploadPartResponse"> & {
+  /**
+   * @generated from field: medmesh.documents.v1.UploadSession upload = 1;
+   */
+  upload?: UploadSession | undefined;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.UploadPartResponse.
+ * Use `create(UploadPartResponseSchema)` to create a new message.
+ */
+export const UploadPartResponseSchema: GenMessage<UploadPartResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 23);
+
+/**
+ * @generated from message medmesh.documents.v1.GetUploadStatusRequest
+ */
+export type GetUploadStatusRequest = Message<"medmesh.documents.v1.GetUploadStatusRequest"> & {
+  /**
+   * @generated from field: string upload_id = 1;
+   */
+  uploadId: string;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.GetUploadStatusRequest.
+ * Use `create(GetUploadStatusRequestSchema)` to create a new message.
+ */
+export const GetUploadStatusRequestSchema: GenMessage<GetUploadStatusRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 24);
+
+/**
+ * @generated from message medmesh.documents.v1.GetUploadStatusResponse
+ */
+export type GetUploadStatusResponse = Message<"medmesh.documents.v1.GetUploadStatusResponse"> & {
+  /**
+   * @generated from field: medmesh.documents.v1.UploadSession upload = 1;
+   */
+  upload?: UploadSession | undefined;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.GetUploadStatusResponse.
+ * Use `create(GetUploadStatusResponseSchema)` to create a new message.
+ */
+export const GetUploadStatusResponseSchema: GenMessage<GetUploadStatusResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 25);
+
+/**
+ * @generated from message medmesh.documents.v1.CompleteUploadRequest
+ */
+export type CompleteUploadRequest = Message<"medmesh.documents.v1.CompleteUploadRequest"> & {
+  /**
+   * @generated from field: string upload_id = 1;
+   */
+  uploadId: string;
+
+  /**
+   * The whole file's SHA-256, lower-case hex.
+   *
+   * @generated from field: string sha256 = 2;
+   */
+  sha256: string;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.CompleteUploadRequest.
+ * Use `create(CompleteUploadRequestSchema)` to create a new message.
+ */
+export const CompleteUploadRequestSchema: GenMessage<CompleteUploadRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 26);
+
+/**
+ * @generated from message medmesh.documents.v1.CompleteUploadResponse
+ */
+export type CompleteUploadResponse = Message<"medmesh.documents.v1.CompleteUploadResponse"> & {
+  /**
+   * @generated from field: medmesh.documents.v1.Document document = 1;
+   */
+  document?: Document | undefined;
+
+  /**
+   * @generated from field: medmesh.documents.v1.DocumentVersion version = 2;
+   */
+  version?: DocumentVersion | undefined;
+
+  /**
+   * @generated from field: medmesh.documents.v1.UploadSession upload = 3;
+   */
+  upload?: UploadSession | undefined;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.CompleteUploadResponse.
+ * Use `create(CompleteUploadResponseSchema)` to create a new message.
+ */
+export const CompleteUploadResponseSchema: GenMessage<CompleteUploadResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 27);
+
+/**
+ * @generated from message medmesh.documents.v1.AbortUploadRequest
+ */
+export type AbortUploadRequest = Message<"medmesh.documents.v1.AbortUploadRequest"> & {
+  /**
+   * @generated from field: string upload_id = 1;
+   */
+  uploadId: string;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.AbortUploadRequest.
+ * Use `create(AbortUploadRequestSchema)` to create a new message.
+ */
+export const AbortUploadRequestSchema: GenMessage<AbortUploadRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 28);
+
+/**
+ * @generated from message medmesh.documents.v1.AbortUploadResponse
+ */
+export type AbortUploadResponse = Message<"medmesh.documents.v1.AbortUploadResponse"> & {
+};
+
+/**
+ * Describes the message medmesh.documents.v1.AbortUploadResponse.
+ * Use `create(AbortUploadResponseSchema)` to create a new message.
+ */
+export const AbortUploadResponseSchema: GenMessage<AbortUploadResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 29);
+
+/**
+ * @generated from message medmesh.documents.v1.WatchDocumentRequest
+ */
+export type WatchDocumentRequest = Message<"medmesh.documents.v1.WatchDocumentRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.WatchDocumentRequest.
+ * Use `create(WatchDocumentRequestSchema)` to create a new message.
+ */
+export const WatchDocumentRequestSchema: GenMessage<WatchDocumentRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 30);
+
+/**
+ * One status of a document: the first message is where it stands, each later one a change.
+ *
+ * @generated from message medmesh.documents.v1.WatchDocumentResponse
+ */
+export type WatchDocumentResponse = Message<"medmesh.documents.v1.WatchDocumentResponse"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * @generated from field: medmesh.documents.v1.ProcessingStatus status = 2;
+   */
+  status: ProcessingStatus;
+
+  /**
+   * The content version the status is about (0 before the first upload).
+   *
+   * @generated from field: int32 version = 3;
+   */
+  version: number;
+
+  /**
+   * Set when status is FAILED.
+   *
+   * @generated from field: medmesh.documents.v1.ProcessingFailure failure = 4;
+   */
+  failure?: ProcessingFailure | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp change_time = 5;
+   */
+  changeTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.WatchDocumentResponse.
+ * Use `create(WatchDocumentResponseSchema)` to create a new message.
+ */
+export const WatchDocumentResponseSchema: GenMessage<WatchDocumentResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 31);
+
+/**
+ * @generated from message medmesh.documents.v1.ProcessingFailure
+ */
+export type ProcessingFailure = Message<"medmesh.documents.v1.ProcessingFailure"> & {
+  /**
+   * @generated from field: medmesh.documents.v1.FailureReason reason = 1;
+   */
+  reason: FailureReason;
+
+  /**
+   * A sentence for the uploader.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.ProcessingFailure.
+ * Use `create(ProcessingFailureSchema)` to create a new message.
+ */
+export const ProcessingFailureSchema: GenMessage<ProcessingFailure> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 32);
+
+/**
+ * A medical term found in the text.
+ *
+ * @generated from message medmesh.documents.v1.Entity
+ */
+export type Entity = Message<"medmesh.documents.v1.Entity"> & {
+  /**
+   * As written in the document.
+   *
+   * @generated from field: string text = 1;
+   */
+  text: string;
+
+  /**
+   * The lexicon's name for it.
+   *
+   * @generated from field: string canonical = 2;
+   */
+  canonical: string;
+
+  /**
+   * @generated from field: medmesh.documents.v1.EntityType type = 3;
+   */
+  type: EntityType;
+
+  /**
+   * Character offsets into the extracted text: text == extracted[start:end].
+   *
+   * @generated from field: int32 start = 4;
+   */
+  start: number;
+
+  /**
+   * @generated from field: int32 end = 5;
+   */
+  end: number;
+
+  /**
+   * 0 to 1.
+   *
+   * @generated from field: float confidence = 6;
+   */
+  confidence: number;
+
+  /**
+   * How it matched: canonical, synonym or abbreviation.
+   *
+   * @generated from field: string matched_by = 7;
+   */
+  matchedBy: string;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.Entity.
+ * Use `create(EntitySchema)` to create a new message.
+ */
+export const EntitySchema: GenMessage<Entity> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 33);
+
+/**
+ * One distinct term and how often it occurs.
+ *
+ * @generated from message medmesh.documents.v1.EntityCount
+ */
+export type EntityCount = Message<"medmesh.documents.v1.EntityCount"> & {
+  /**
+   * @generated from field: string canonical = 1;
+   */
+  canonical: string;
+
+  /**
+   * @generated from field: medmesh.documents.v1.EntityType type = 2;
+   */
+  type: EntityType;
+
+  /**
+   * @generated from field: int32 count = 3;
+   */
+  count: number;
+
+  /**
+   * @generated from field: float confidence = 4;
+   */
+  confidence: number;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.EntityCount.
+ * Use `create(EntityCountSchema)` to create a new message.
+ */
+export const EntityCountSchema: GenMessage<EntityCount> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 34);
+
+/**
+ * @generated from message medmesh.documents.v1.Citation
+ */
+export type Citation = Message<"medmesh.documents.v1.Citation"> & {
+  /**
+   * @generated from field: medmesh.documents.v1.CitationType type = 1;
+   */
+  type: CitationType;
+
+  /**
+   * Normalised: DOIs lower-case, PMCIDs as PMC followed by digits.
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * @generated from field: int32 start = 3;
+   */
+  start: number;
+
+  /**
+   * @generated from field: int32 end = 4;
+   */
+  end: number;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.Citation.
+ * Use `create(CitationSchema)` to create a new message.
+ */
+export const CitationSchema: GenMessage<Citation> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 35);
+
+/**
+ * @generated from message medmesh.documents.v1.SpecialtyShare
+ */
+export type SpecialtyShare = Message<"medmesh.documents.v1.SpecialtyShare"> & {
+  /**
+   * @generated from field: string specialty = 1;
+   */
+  specialty: string;
+
+  /**
+   * @generated from field: float share = 2;
+   */
+  share: number;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.SpecialtyShare.
+ * Use `create(SpecialtyShareSchema)` to create a new message.
+ */
+export const SpecialtyShareSchema: GenMessage<SpecialtyShare> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 36);
+
+/**
+ * The documented quality score (services/processing/extract/README.md): a weighted sum of
+ * components, each 0 to 1.
+ *
+ * @generated from message medmesh.documents.v1.QualityScore
+ */
+export type QualityScore = Message<"medmesh.documents.v1.QualityScore"> & {
+  /**
+   * @generated from field: float score = 1;
+   */
+  score: number;
+
+  /**
+   * @generated from field: map<string, float> components = 2;
+   */
+  components: { [key: string]: number };
+};
+
+/**
+ * Describes the message medmesh.documents.v1.QualityScore.
+ * Use `create(QualityScoreSchema)` to create a new message.
+ */
+export const QualityScoreSchema: GenMessage<QualityScore> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 37);
+
+/**
+ * What processing extracted from one version.
+ *
+ * @generated from message medmesh.documents.v1.ProcessingResult
+ */
+export type ProcessingResult = Message<"medmesh.documents.v1.ProcessingResult"> & {
+  /**
+   * @generated from field: string mime_type = 1;
+   */
+  mimeType: string;
+
+  /**
+   * @generated from field: int32 pages = 2;
+   */
+  pages: number;
+
+  /**
+   * @generated from field: int32 word_count = 3;
+   */
+  wordCount: number;
+
+  /**
+   * Characters in the whole extracted text, even when `text` holds only its start.
+   *
+   * @generated from field: int32 text_length = 4;
+   */
+  textLength: number;
+
+  /**
+   * ISO 639-1; empty when unsure.
+   *
+   * @generated from field: string language = 5;
+   */
+  language: string;
+
+  /**
+   * A hint taken from the content (an HTML title, a first short line); not authoritative.
+   *
+   * @generated from field: string title = 6;
+   */
+  title: string;
+
+  /**
+   * @generated from field: string abstract = 7;
+   */
+  abstract: string;
+
+  /**
+   * @generated from field: repeated string keywords = 8;
+   */
+  keywords: string[];
+
+  /**
+   * Occurrences in order of appearance, at most 1000.
+   *
+   * @generated from field: repeated medmesh.documents.v1.Entity entities = 9;
+   */
+  entities: Entity[];
+
+  /**
+   * @generated from field: bool entities_truncated = 10;
+   */
+  entitiesTruncated: boolean;
+
+  /**
+   * Every distinct term with its count over the whole text.
+   *
+   * @generated from field: repeated medmesh.documents.v1.EntityCount entity_summary = 11;
+   */
+  entitySummary: EntityCount[];
+
+  /**
+   * @generated from field: repeated medmesh.documents.v1.Citation citations = 12;
+   */
+  citations: Citation[];
+
+  /**
+   * The primary specialty; empty when the evidence is too thin to name one.
+   *
+   * @generated from field: string specialty = 13;
+   */
+  specialty: string;
+
+  /**
+   * @generated from field: repeated medmesh.documents.v1.SpecialtyShare specialties = 14;
+   */
+  specialties: SpecialtyShare[];
+
+  /**
+   * @generated from field: medmesh.documents.v1.QualityScore quality = 15;
+   */
+  quality?: QualityScore | undefined;
+
+  /**
+   * @generated from field: repeated string sections = 16;
+   */
+  sections: string[];
+
+  /**
+   * @generated from field: repeated string warnings = 17;
+   */
+  warnings: string[];
+
+  /**
+   * The extracted text that offsets point into, cut at 1 MiB.
+   *
+   * @generated from field: string text = 18;
+   */
+  text: string;
+
+  /**
+   * @generated from field: bool text_truncated = 19;
+   */
+  textTruncated: boolean;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.ProcessingResult.
+ * Use `create(ProcessingResultSchema)` to create a new message.
+ */
+export const ProcessingResultSchema: GenMessage<ProcessingResult> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 38);
+
+/**
+ * What became of one version: a result or a failure.
+ *
+ * @generated from message medmesh.documents.v1.ProcessingOutcome
+ */
+export type ProcessingOutcome = Message<"medmesh.documents.v1.ProcessingOutcome"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * @generated from field: int32 version = 2;
+   */
+  version: number;
+
+  /**
+   * @generated from oneof medmesh.documents.v1.ProcessingOutcome.outcome
+   */
+  outcome: {
+    /**
+     * @generated from field: medmesh.documents.v1.ProcessingResult result = 3;
+     */
+    value: ProcessingResult;
+    case: "result";
+  } | {
+    /**
+     * @generated from field: medmesh.documents.v1.ProcessingFailure failure = 4;
+     */
+    value: ProcessingFailure;
+    case: "failure";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from field: google.protobuf.Timestamp record_time = 5;
+   */
+  recordTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.ProcessingOutcome.
+ * Use `create(ProcessingOutcomeSchema)` to create a new message.
+ */
+export const ProcessingOutcomeSchema: GenMessage<ProcessingOutcome> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 39);
+
+/**
+ * @generated from message medmesh.documents.v1.GetProcessingResultRequest
+ */
+export type GetProcessingResultRequest = Message<"medmesh.documents.v1.GetProcessingResultRequest"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * 0 asks about the current version.
+   *
+   * @generated from field: int32 version = 2;
+   */
+  version: number;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.GetProcessingResultRequest.
+ * Use `create(GetProcessingResultRequestSchema)` to create a new message.
+ */
+export const GetProcessingResultRequestSchema: GenMessage<GetProcessingResultRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 40);
+
+/**
+ * @generated from message medmesh.documents.v1.GetProcessingResultResponse
+ */
+export type GetProcessingResultResponse = Message<"medmesh.documents.v1.GetProcessingResultResponse"> & {
+  /**
+   * @generated from field: medmesh.documents.v1.ProcessingOutcome outcome = 1;
+   */
+  outcome?: ProcessingOutcome | undefined;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.GetProcessingResultResponse.
+ * Use `create(GetProcessingResultResponseSchema)` to create a new message.
+ */
+export const GetProcessingResultResponseSchema: GenMessage<GetProcessingResultResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 41);
+
+/**
+ * @generated from message medmesh.documents.v1.StartProcessingRequest
+ */
+export type StartProcessingRequest = Message<"medmesh.documents.v1.StartProcessingRequest"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * @generated from field: int32 version = 2;
+   */
+  version: number;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.StartProcessingRequest.
+ * Use `create(StartProcessingRequestSchema)` to create a new message.
+ */
+export const StartProcessingRequestSchema: GenMessage<StartProcessingRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 42);
+
+/**
+ * @generated from message medmesh.documents.v1.StartProcessingResponse
+ */
+export type StartProcessingResponse = Message<"medmesh.documents.v1.StartProcessingResponse"> & {
+  /**
+   * True: process the version. False: it already has an outcome, which is in `outcome`.
+   *
+   * @generated from field: bool proceed = 1;
+   */
+  proceed: boolean;
+
+  /**
+   * @generated from field: medmesh.documents.v1.ProcessingOutcome outcome = 2;
+   */
+  outcome?: ProcessingOutcome | undefined;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.StartProcessingResponse.
+ * Use `create(StartProcessingResponseSchema)` to create a new message.
+ */
+export const StartProcessingResponseSchema: GenMessage<StartProcessingResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 43);
+
+/**
+ * @generated from message medmesh.documents.v1.RecordProcessingResultRequest
+ */
+export type RecordProcessingResultRequest = Message<"medmesh.documents.v1.RecordProcessingResultRequest"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * @generated from field: int32 version = 2;
+   */
+  version: number;
+
+  /**
+   * @generated from oneof medmesh.documents.v1.RecordProcessingResultRequest.outcome
+   */
+  outcome: {
+    /**
+     * @generated from field: medmesh.documents.v1.ProcessingResult result = 3;
+     */
+    value: ProcessingResult;
+    case: "result";
+  } | {
+    /**
+     * @generated from field: medmesh.documents.v1.ProcessingFailure failure = 4;
+     */
+    value: ProcessingFailure;
+    case: "failure";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message medmesh.documents.v1.RecordProcessingResultRequest.
+ * Use `create(RecordProcessingResultRequestSchema)` to create a new message.
+ */
+export const RecordProcessingResultRequestSchema: GenMessage<RecordProcessingResultRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 44);
+
+/**
+ * @generated from message medmesh.documents.v1.RecordProcessingResultResponse
+ */
+export type RecordProcessingResultResponse = Message<"medmesh.documents.v1.RecordProcessingResultResponse"> & {
+  /**
+   * The outcome on record: the one sent, or the earlier one when this version already had one.
+   *
+   * @generated from field: medmesh.documents.v1.ProcessingOutcome outcome = 1;
+   */
+  outcome?: ProcessingOutcome | undefined;
+
+  /**
+   * True when an earlier call had already recorded the outcome.
+   *
+   * @generated from field: bool already_recorded = 2;
+   */
+  alreadyRecorded: boolean;
+};
+
+/**
+ * Describes the message medmesh.documents.v1.RecordProcessingResultResponse.
+ * Use `create(RecordProcessingResultResponseSchema)` to create a new message.
+ */
+export const RecordProcessingResultResponseSchema: GenMessage<RecordProcessingResultResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_documents_v1_documents, 45);
+
+/**
  * @generated from enum medmesh.documents.v1.DocumentType
  */
 export enum DocumentType {
@@ -739,6 +1593,166 @@ export const VisibilitySchema: GenEnum<Visibility> = /*@__PURE__*/
   enumDesc(file_medmesh_documents_v1_documents, 2);
 
 /**
+ * @generated from enum medmesh.documents.v1.UploadState
+ */
+export enum UploadState {
+  /**
+   * @generated from enum value: UPLOAD_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Taking parts.
+   *
+   * @generated from enum value: UPLOAD_STATE_OPEN = 1;
+   */
+  OPEN = 1,
+
+  /**
+   * Made into a version; kept until it expires so a repeated CompleteUpload gets the same answer.
+   *
+   * @generated from enum value: UPLOAD_STATE_COMPLETED = 2;
+   */
+  COMPLETED = 2,
+}
+
+/**
+ * Describes the enum medmesh.documents.v1.UploadState.
+ */
+export const UploadStateSchema: GenEnum<UploadState> = /*@__PURE__*/
+  enumDesc(file_medmesh_documents_v1_documents, 3);
+
+/**
+ * Why processing could not use a version.
+ *
+ * @generated from enum medmesh.documents.v1.FailureReason
+ */
+export enum FailureReason {
+  /**
+   * @generated from enum value: FAILURE_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The PDF is password-protected.
+   *
+   * @generated from enum value: FAILURE_REASON_ENCRYPTED = 1;
+   */
+  ENCRYPTED = 1,
+
+  /**
+   * The PDF holds pictures of pages and no text layer; it needs OCR.
+   *
+   * @generated from enum value: FAILURE_REASON_IMAGE_ONLY = 2;
+   */
+  IMAGE_ONLY = 2,
+
+  /**
+   * The file is damaged or not what its type says.
+   *
+   * @generated from enum value: FAILURE_REASON_CORRUPT = 3;
+   */
+  CORRUPT = 3,
+
+  /**
+   * There is no text in it.
+   *
+   * @generated from enum value: FAILURE_REASON_EMPTY = 4;
+   */
+  EMPTY = 4,
+
+  /**
+   * @generated from enum value: FAILURE_REASON_UNSUPPORTED_TYPE = 5;
+   */
+  UNSUPPORTED_TYPE = 5,
+
+  /**
+   * @generated from enum value: FAILURE_REASON_TOO_LARGE = 6;
+   */
+  TOO_LARGE = 6,
+
+  /**
+   * Processing itself failed on every try; the event went to the dead-letter topic.
+   *
+   * @generated from enum value: FAILURE_REASON_PROCESSING_ERROR = 7;
+   */
+  PROCESSING_ERROR = 7,
+}
+
+/**
+ * Describes the enum medmesh.documents.v1.FailureReason.
+ */
+export const FailureReasonSchema: GenEnum<FailureReason> = /*@__PURE__*/
+  enumDesc(file_medmesh_documents_v1_documents, 4);
+
+/**
+ * @generated from enum medmesh.documents.v1.EntityType
+ */
+export enum EntityType {
+  /**
+   * @generated from enum value: ENTITY_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: ENTITY_TYPE_DISEASE = 1;
+   */
+  DISEASE = 1,
+
+  /**
+   * @generated from enum value: ENTITY_TYPE_DRUG = 2;
+   */
+  DRUG = 2,
+
+  /**
+   * @generated from enum value: ENTITY_TYPE_PROCEDURE = 3;
+   */
+  PROCEDURE = 3,
+
+  /**
+   * @generated from enum value: ENTITY_TYPE_ANATOMY = 4;
+   */
+  ANATOMY = 4,
+}
+
+/**
+ * Describes the enum medmesh.documents.v1.EntityType.
+ */
+export const EntityTypeSchema: GenEnum<EntityType> = /*@__PURE__*/
+  enumDesc(file_medmesh_documents_v1_documents, 5);
+
+/**
+ * @generated from enum medmesh.documents.v1.CitationType
+ */
+export enum CitationType {
+  /**
+   * @generated from enum value: CITATION_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: CITATION_TYPE_DOI = 1;
+   */
+  DOI = 1,
+
+  /**
+   * @generated from enum value: CITATION_TYPE_PMID = 2;
+   */
+  PMID = 2,
+
+  /**
+   * @generated from enum value: CITATION_TYPE_PMCID = 3;
+   */
+  PMCID = 3,
+}
+
+/**
+ * Describes the enum medmesh.documents.v1.CitationType.
+ */
+export const CitationTypeSchema: GenEnum<CitationType> = /*@__PURE__*/
+  enumDesc(file_medmesh_documents_v1_documents, 6);
+
+/**
  * @generated from service medmesh.documents.v1.DocumentService
  */
 export const DocumentService: GenService<{
@@ -814,6 +1828,79 @@ export const DocumentService: GenService<{
     output: typeof ListVersionsResponseSchema;
   },
   /**
+   * Browsers upload in parts instead: StartUpload announces the file and its size, UploadPart
+   * sends the bytes from a given offset (at most 4 MiB per part), CompleteUpload checks the whole
+   * file's SHA-256 and makes it a version. After a disconnect, GetUploadStatus tells where to go
+   * on from. An upload nobody touches for UPLOAD_SESSION_TTL expires and its bytes are removed.
+   *
+   * @generated from rpc medmesh.documents.v1.DocumentService.StartUpload
+   */
+  startUpload: {
+    methodKind: "unary";
+    input: typeof StartUploadRequestSchema;
+    output: typeof StartUploadResponseSchema;
+  },
+  /**
+   * Sending a part that was already received again is harmless: the answer is the same.
+   *
+   * @generated from rpc medmesh.documents.v1.DocumentService.UploadPart
+   */
+  uploadPart: {
+    methodKind: "unary";
+    input: typeof UploadPartRequestSchema;
+    output: typeof UploadPartResponseSchema;
+  },
+  /**
+   * @generated from rpc medmesh.documents.v1.DocumentService.GetUploadStatus
+   */
+  getUploadStatus: {
+    methodKind: "unary";
+    input: typeof GetUploadStatusRequestSchema;
+    output: typeof GetUploadStatusResponseSchema;
+  },
+  /**
+   * Completing an upload twice returns the version the first call made.
+   *
+   * @generated from rpc medmesh.documents.v1.DocumentService.CompleteUpload
+   */
+  completeUpload: {
+    methodKind: "unary";
+    input: typeof CompleteUploadRequestSchema;
+    output: typeof CompleteUploadResponseSchema;
+  },
+  /**
+   * Drops an unfinished upload and the bytes received so far.
+   *
+   * @generated from rpc medmesh.documents.v1.DocumentService.AbortUpload
+   */
+  abortUpload: {
+    methodKind: "unary";
+    input: typeof AbortUploadRequestSchema;
+    output: typeof AbortUploadResponseSchema;
+  },
+  /**
+   * Streams the document's processing status: first where it is now, then every change, and
+   * ends once the current version reaches a terminal state (PROCESSED or FAILED; INDEXED once
+   * search exists). Cancel the call to stop watching earlier.
+   *
+   * @generated from rpc medmesh.documents.v1.DocumentService.WatchDocument
+   */
+  watchDocument: {
+    methodKind: "server_streaming";
+    input: typeof WatchDocumentRequestSchema;
+    output: typeof WatchDocumentResponseSchema;
+  },
+  /**
+   * What processing found in a version (the current one unless asked otherwise), or why it failed.
+   *
+   * @generated from rpc medmesh.documents.v1.DocumentService.GetProcessingResult
+   */
+  getProcessingResult: {
+    methodKind: "unary";
+    input: typeof GetProcessingResultRequestSchema;
+    output: typeof GetProcessingResultResponseSchema;
+  },
+  /**
    * Soft delete: the document disappears from reads; its row is kept for audit.
    *
    * @generated from rpc medmesh.documents.v1.DocumentService.DeleteDocument
@@ -825,4 +1912,37 @@ export const DocumentService: GenService<{
   },
 }> = /*@__PURE__*/
   serviceDesc(file_medmesh_documents_v1_documents, 0);
+
+/**
+ * Mesh-internal: how the processing worker reports on the versions it handles. The gateway does
+ * not expose it, and only service principals may call it.
+ *
+ * @generated from service medmesh.documents.v1.DocumentProcessingService
+ */
+export const DocumentProcessingService: GenService<{
+  /**
+   * Moves the version to PROCESSING and says whether to go ahead. A version that already has an
+   * outcome (the event was delivered again) answers with that outcome instead, so the worker
+   * repeats no work and publishes what was recorded.
+   *
+   * @generated from rpc medmesh.documents.v1.DocumentProcessingService.StartProcessing
+   */
+  startProcessing: {
+    methodKind: "unary";
+    input: typeof StartProcessingRequestSchema;
+    output: typeof StartProcessingResponseSchema;
+  },
+  /**
+   * Records a version's outcome and moves the document to PROCESSED or FAILED. The first outcome
+   * recorded for a version stands: a repeated call changes nothing and answers with it.
+   *
+   * @generated from rpc medmesh.documents.v1.DocumentProcessingService.RecordProcessingResult
+   */
+  recordProcessingResult: {
+    methodKind: "unary";
+    input: typeof RecordProcessingResultRequestSchema;
+    output: typeof RecordProcessingResultResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_medmesh_documents_v1_documents, 1);
 

@@ -9,13 +9,15 @@ import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { FailureReason } from "../../documents/v1/documents_pb.js";
+import { file_medmesh_documents_v1_documents } from "../../documents/v1/documents_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file medmesh/events/v1/document_events.proto.
  */
 export const file_medmesh_events_v1_document_events: GenFile = /*@__PURE__*/
-  fileDesc("CidtZWRtZXNoL2V2ZW50cy92MS9kb2N1bWVudF9ldmVudHMucHJvdG8SEW1lZG1lc2guZXZlbnRzLnYxIsgBChBEb2N1bWVudFVwbG9hZGVkEhMKC2RvY3VtZW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSDgoGc2hhMjU2GAMgASgJEhIKCnNpemVfYnl0ZXMYBCABKAMSEQoJbWltZV90eXBlGAUgASgJEhEKCW5lZWRzX29jchgGIAEoCBITCgt1cGxvYWRlZF9ieRgHIAEoCRIvCgt1cGxvYWRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("CidtZWRtZXNoL2V2ZW50cy92MS9kb2N1bWVudF9ldmVudHMucHJvdG8SEW1lZG1lc2guZXZlbnRzLnYxIsgBChBEb2N1bWVudFVwbG9hZGVkEhMKC2RvY3VtZW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSDgoGc2hhMjU2GAMgASgJEhIKCnNpemVfYnl0ZXMYBCABKAMSEQoJbWltZV90eXBlGAUgASgJEhEKCW5lZWRzX29jchgGIAEoCBITCgt1cGxvYWRlZF9ieRgHIAEoCRIvCgt1cGxvYWRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqgIKEURvY3VtZW50UHJvY2Vzc2VkEhMKC2RvY3VtZW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSEQoJbWltZV90eXBlGAMgASgJEg0KBXBhZ2VzGAQgASgFEhIKCndvcmRfY291bnQYBSABKAUSEAoIbGFuZ3VhZ2UYBiABKAkSEQoJc3BlY2lhbHR5GAcgASgJEhUKDXF1YWxpdHlfc2NvcmUYCCABKAISFAoMZW50aXR5X2NvdW50GAkgASgFEh0KFWRpc3RpbmN0X2VudGl0eV9jb3VudBgKIAEoBRIWCg5jaXRhdGlvbl9jb3VudBgLIAEoBRIwCgxwcm9jZXNzX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqsBCg5Eb2N1bWVudEZhaWxlZBITCgtkb2N1bWVudF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgFEjMKBnJlYXNvbhgDIAEoDjIjLm1lZG1lc2guZG9jdW1lbnRzLnYxLkZhaWx1cmVSZWFzb24SDwoHbWVzc2FnZRgEIAEoCRItCglmYWlsX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wYgZwcm90bzM", [file_google_protobuf_timestamp, file_medmesh_documents_v1_documents]);
 
 /**
  * ce_type medmesh.document.uploaded.v1: a new content version is stored and waits for processing.
@@ -74,4 +76,122 @@ export type DocumentUploaded = Message<"medmesh.events.v1.DocumentUploaded"> & {
  */
 export const DocumentUploadedSchema: GenMessage<DocumentUploaded> = /*@__PURE__*/
   messageDesc(file_medmesh_events_v1_document_events, 0);
+
+/**
+ * ce_type medmesh.document.processed.v1: processing extracted a version; the full result is
+ * served by DocumentService.GetProcessingResult.
+ *
+ * @generated from message medmesh.events.v1.DocumentProcessed
+ */
+export type DocumentProcessed = Message<"medmesh.events.v1.DocumentProcessed"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * @generated from field: int32 version = 2;
+   */
+  version: number;
+
+  /**
+   * @generated from field: string mime_type = 3;
+   */
+  mimeType: string;
+
+  /**
+   * @generated from field: int32 pages = 4;
+   */
+  pages: number;
+
+  /**
+   * @generated from field: int32 word_count = 5;
+   */
+  wordCount: number;
+
+  /**
+   * @generated from field: string language = 6;
+   */
+  language: string;
+
+  /**
+   * The primary specialty; empty when none stood out.
+   *
+   * @generated from field: string specialty = 7;
+   */
+  specialty: string;
+
+  /**
+   * @generated from field: float quality_score = 8;
+   */
+  qualityScore: number;
+
+  /**
+   * Entity occurrences and distinct terms.
+   *
+   * @generated from field: int32 entity_count = 9;
+   */
+  entityCount: number;
+
+  /**
+   * @generated from field: int32 distinct_entity_count = 10;
+   */
+  distinctEntityCount: number;
+
+  /**
+   * @generated from field: int32 citation_count = 11;
+   */
+  citationCount: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp process_time = 12;
+   */
+  processTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message medmesh.events.v1.DocumentProcessed.
+ * Use `create(DocumentProcessedSchema)` to create a new message.
+ */
+export const DocumentProcessedSchema: GenMessage<DocumentProcessed> = /*@__PURE__*/
+  messageDesc(file_medmesh_events_v1_document_events, 1);
+
+/**
+ * ce_type medmesh.document.failed.v1: processing could not use a version.
+ *
+ * @generated from message medmesh.events.v1.DocumentFailed
+ */
+export type DocumentFailed = Message<"medmesh.events.v1.DocumentFailed"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * @generated from field: int32 version = 2;
+   */
+  version: number;
+
+  /**
+   * @generated from field: medmesh.documents.v1.FailureReason reason = 3;
+   */
+  reason: FailureReason;
+
+  /**
+   * @generated from field: string message = 4;
+   */
+  message: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp fail_time = 5;
+   */
+  failTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message medmesh.events.v1.DocumentFailed.
+ * Use `create(DocumentFailedSchema)` to create a new message.
+ */
+export const DocumentFailedSchema: GenMessage<DocumentFailed> = /*@__PURE__*/
+  messageDesc(file_medmesh_events_v1_document_events, 2);
 

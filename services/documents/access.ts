@@ -1,0 +1,109 @@
+import { randomUUID } from "node:crypto";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { DocumentSchema, Visibility, type Document, type UploadHeader } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
+import { invalidArgument, type FieldViolation } from "../../platform/grpc/errors.js";
+import { principalKey, type Principal } from "../../platform/grpc/interceptors/access.js";
+import { check } from "../../platform/grpc/interceptors/validation.js";
+import { documentTypes, isCalendarDate, visibilities } from "./model.js";
+import type { DocumentRow, DocumentStore, NewDocument } from "./store.js";
+
+/**
+ * Who is calling. The access interceptor has already admitted the caller by the contract's
+ * policy; every documents RPC requires a signed-in principal, so its absence is a wiring error.
+ */
+export function callerOf(ctx: HandlerContext): Principal {
+  const p = ctx.values.get(principalKey);
+  if (!p) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
+  return p;
+}
+
+export const isAdmin = (p: Principal) => p.role === Role.ADMIN;
+
+/**
+ * Platform documents are for every signed-in user; private ones for their uploader and admins.
+ * Mesh services (the processing worker) read every document: processing is the platform's own work.
+ */
+function canSee(p: Principal, row: DocumentRow): boolean {
+  return row.visibility === "platform" || row.uploaded_by === p.subject || isAdmin(p) || p.role === Role.SERVICE;
+}
+
+function canChange(p: Principal, row: DocumentRow): boolean {
+  return row.uploaded_by === p.subject || isAdmin(p);
+}
+
+export function notFound(id: string): ConnectError {
+  return new ConnectError(`document ${id} does not exist`, Code.NotFound);
+}
+
+export function checkDates(fields: Array<[string, string]>): void {
+  const bad: FieldViolation[] = fields
+    .filter(([, v]) => v !== "" && !isCalendarDate(v))
+    .map(([field, v]) => ({ field, description: `${v} is not a date in the calendar` }));
+  if (bad.length) throw invalidArgument(bad);
+}
+
+export function normalised(doc: Document) {
+  return {
+    title: doc.title.trim(),
+    authors: doc.authors.map((a) => a.trim()),
+    journal: doc.journal.trim() || null,
+    publication_date: doc.publicationDate || null,
+    doi: doc.doi || null,
+    pmid: doc.pmid || null,
+    document_type: doc.documentType ? documentTypes.toName(doc.documentType) : "other",
+    specialty: doc.specialty.trim() || null,
+    visibility: visibilities.toName(doc.visibility || Visibility.PRIVATE),
+    metadata: doc.metadata,
+  };
+}
+
+/** The ownership rules of documents, shared by every handler that touches one. */
+export class DocumentAccess {
+  constructor(private readonly store: DocumentStore) {}
+
+  async ensureDoiFree(doi: string | null, exceptId?: string): Promise<void> {
+    if (!doi) return;
+    if (await this.store.findLiveByDoi(doi, exceptId)) {
+      throw new ConnectError(`a document with DOI ${doi} already exists`, Code.AlreadyExists);
+    }
+  }
+
+  /**
+   * The live document if the caller may see it. A private document of someone else is reported
+   * exactly like a missing one, so ids cannot be probed for existence.
+   */
+  async visible(id: string, caller: Principal): Promise<DocumentRow> {
+    const row = await this.store.findLive(id);
+    if (!row || !canSee(caller, row)) throw notFound(id);
+    return row;
+  }
+
+  async changeable(id: string, caller: Principal): Promise<DocumentRow> {
+    const row = await this.visible(id, caller);
+    if (!canChange(caller, row)) {
+      throw new ConnectError("only the uploader or an admin may change this document", Code.PermissionDenied);
+    }
+    return row;
+  }
+
+  /**
+   * Settles what an upload header asks for before any byte is accepted: a version of a document
+   * the caller may change, or a new document (returned, not yet stored) described well enough.
+   */
+  async uploadTarget(header: UploadHeader, caller: Principal, field = "header"): Promise<{ id: string } | { create: NewDocument }> {
+    if (header.documentId) {
+      await this.changeable(header.documentId, caller);
+      return { id: header.documentId };
+    }
+    const doc = header.document;
+    if (!doc) throw invalidArgument([{ field: `${field}.document`, description: "name a document_id, or describe the new document" }]);
+    const fields = normalised(doc);
+    if (fields.title === "") throw invalidArgument([{ field: `${field}.document.title`, description: "title must not be blank" }]);
+    if (!doc.documentType) throw invalidArgument([{ field: `${field}.document.document_type`, description: "document_type is required" }]);
+    check(DocumentSchema, doc);
+    checkDates([[`${field}.document.publication_date`, doc.publicationDate]]);
+    await this.ensureDoiFree(fields.doi);
+    return { create: { id: randomUUID(), uploaded_by: caller.subject, ...fields } };
+  }
+}
