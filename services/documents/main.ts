@@ -8,7 +8,9 @@ import { meshInterceptors } from "../../platform/grpc/interceptors/index.js";
 import { register, startGrpcServer } from "../../platform/grpc/server.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
 import { startTelemetry } from "../../platform/telemetry/sdk.js";
-import { DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { DocumentProcessingService, DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { documentProcessingService } from "./processing-service.js";
+import { ProcessingStore } from "./processing-store.js";
 import { migrations } from "./migrations/index.js";
 import { identityKeySet } from "../../platform/auth/key-set.js";
 import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
@@ -27,6 +29,7 @@ export const configSpec = {
   BLOB_DIR: env.optionalString("where uploaded files are stored; default MEDMESH_DATA_DIR/blobs"),
   UPLOAD_MAX_BYTES: env.bytes("largest file an upload may carry", 100 * 1024 * 1024),
   UPLOAD_SESSION_TTL_MS: env.int("a resumable upload nobody touches for this long expires and its bytes are removed", 24 * 3600_000, 1000, 30 * 24 * 3600_000),
+  WATCH_POLL_MS: env.int("how often WatchDocument looks for changes made by other replicas", 1000, 50, 60_000),
   IDENTITY_TARGET: env.string("where the identity service publishes the keys that verify access tokens", "127.0.0.1:50052"),
 };
 
@@ -52,8 +55,10 @@ export async function startDocuments(
     relay = startOutboxRelay({ db: database.db, kafka });
   }
   const blobs = new FsBlobStore({ root: blobRoot(config.BLOB_DIR, config.MEDMESH_DATA_DIR), maxBytes: config.UPLOAD_MAX_BYTES });
-  const store = new DocumentStore(database.db);
-  const statusFeed = new StatusFeed();
+  const statusFeed = new StatusFeed(config.WATCH_POLL_MS);
+  const notify = (id: string) => statusFeed.notify(id);
+  const store = new DocumentStore(database.db, notify);
+  const processing = new ProcessingStore(database.db, notify);
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const server = await startGrpcServer({
     name: "documents",
@@ -62,7 +67,7 @@ export async function startDocuments(
     services: [
       register(
         DocumentService,
-        documentService(store, {
+        documentService(store, processing, {
           blobs,
           maxUploadBytes: config.UPLOAD_MAX_BYTES,
           onEvent: () => relay?.wake(),
@@ -70,6 +75,7 @@ export async function startDocuments(
           statusFeed,
         }),
       ),
+      register(DocumentProcessingService, documentProcessingService(processing)),
     ],
     interceptors: meshInterceptors({ component: "documents", resolvePrincipal: hooks.resolvePrincipal ?? bearerPrincipalResolver(keys) }),
     deadlines,

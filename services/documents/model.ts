@@ -7,8 +7,19 @@ import {
   Visibility,
   type Document,
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
-import type { DocumentRow, VersionRow } from "./store.js";
-import { DocumentVersionSchema, type DocumentVersion } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import type { DocumentRow, OutcomeRow, StatusRow, VersionRow } from "./store.js";
+import {
+  DocumentVersionSchema,
+  FailureReason,
+  ProcessingOutcomeSchema,
+  ProcessingResultSchema,
+  WatchDocumentResponseSchema,
+  type DocumentVersion,
+  type ProcessingFailure,
+  type ProcessingOutcome,
+  type WatchDocumentResponse,
+} from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { fromBinary } from "@bufbuild/protobuf";
 
 // Enums are stored by their short lower-case name ("research_paper"), readable in SQL and
 // independent of proto numbering.
@@ -28,6 +39,37 @@ function enumCodec<E extends Record<string, string | number>>(e: E, prefix: stri
 export const documentTypes = enumCodec(DocumentType, "DocumentType.");
 export const statuses = enumCodec(ProcessingStatus, "ProcessingStatus.");
 export const visibilities = enumCodec(Visibility, "Visibility.");
+export const failureReasons = enumCodec(FailureReason, "FailureReason.");
+
+function failureOf(reason: string | null, message: string | null): ProcessingFailure | undefined {
+  if (!reason) return undefined;
+  return { $typeName: "medmesh.documents.v1.ProcessingFailure", reason: failureReasons.fromName(reason), message: message ?? "" };
+}
+
+export function toOutcome(row: OutcomeRow): ProcessingOutcome {
+  const failure = failureOf(row.failure_reason, row.failure_message);
+  return create(ProcessingOutcomeSchema, {
+    documentId: row.document_id,
+    version: row.version,
+    outcome:
+      row.status === "processed" && row.result
+        ? { case: "result", value: fromBinary(ProcessingResultSchema, row.result) }
+        : failure
+          ? { case: "failure", value: failure }
+          : { case: undefined },
+    recordTime: timestampFromDate(new Date(row.created_at)),
+  });
+}
+
+export function toStatusChange(row: Pick<StatusRow, "document_id" | "version" | "status" | "failure_reason" | "failure_message" | "created_at">): WatchDocumentResponse {
+  return create(WatchDocumentResponseSchema, {
+    documentId: row.document_id,
+    status: statuses.fromName(row.status),
+    version: row.version,
+    failure: failureOf(row.failure_reason, row.failure_message),
+    changeTime: timestampFromDate(new Date(row.created_at)),
+  });
+}
 
 export function toDocument(row: DocumentRow): Document {
   return create(DocumentSchema, {

@@ -8,6 +8,7 @@ import type { BlobStore } from "../../platform/blobs/index.js";
 import { callerOf, checkDates, DocumentAccess, isAdmin, normalised, notFound } from "./access.js";
 import { resumableUploadHandlers, type ResumableUploadOptions } from "./resumable-upload.js";
 import { statusHandlers, type StatusFeed } from "./status.js";
+import type { ProcessingStore } from "./processing-store.js";
 import type { DocumentChanges, DocumentStore, ListFilter, NewDocument } from "./store.js";
 import { randomUUID } from "node:crypto";
 
@@ -41,14 +42,14 @@ export interface ContentOptions {
 
 const READ_CHUNK_BYTES = 64 * 1024;
 
-export function documentService(store: DocumentStore, content: ContentOptions): ServiceImpl<typeof DocumentService> {
+export function documentService(store: DocumentStore, processing: ProcessingStore, content: ContentOptions): ServiceImpl<typeof DocumentService> {
   const access = new DocumentAccess(store);
   const { visible, changeable } = { visible: access.visible.bind(access), changeable: access.changeable.bind(access) };
   const ensureDoiFree = access.ensureDoiFree.bind(access);
 
   return {
     ...resumableUploadHandlers(store, access, content),
-    ...statusHandlers(store, access, content.statusFeed),
+    ...statusHandlers(store, access, processing, content.statusFeed),
 
     async createDocument(req, ctx) {
       const doc = req.document!;

@@ -4,6 +4,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
 import { enqueue, protobufContentType } from "../../platform/events/index.js";
+import type { UploadSessionTable } from "./upload-sessions.js";
 
 export const DOCUMENT_EVENTS_TOPIC = "document.events";
 
@@ -42,10 +43,38 @@ export interface DocumentVersionTable {
   created_at: Generated<Date>;
 }
 
+export interface DocumentStatusTable {
+  seq: Generated<number>;
+  document_id: string;
+  version: number;
+  status: string;
+  failure_reason: string | null;
+  failure_message: string | null;
+  created_at: Generated<Date>;
+}
+
+export interface ProcessingOutcomeTable {
+  document_id: string;
+  version: number;
+  /** "processed" or "failed". */
+  status: string;
+  /** ProcessingResult, protobuf binary; set when processed. */
+  result: Uint8Array | null;
+  failure_reason: string | null;
+  failure_message: string | null;
+  created_at: Generated<Date>;
+}
+
 export interface DocumentsDB {
   document: DocumentTable;
   document_version: DocumentVersionTable;
+  document_status: DocumentStatusTable;
+  processing_outcome: ProcessingOutcomeTable;
+  upload_session: UploadSessionTable;
 }
+
+export type StatusRow = Selectable<DocumentStatusTable>;
+export type OutcomeRow = Selectable<ProcessingOutcomeTable>;
 
 export type VersionRow = Selectable<DocumentVersionTable>;
 export type NewVersion = Omit<DocumentVersionTable, "document_id" | "version" | "created_at">;
@@ -97,14 +126,33 @@ const columns = [
 
 /** Every query of the documents service; the schema is already scoped by openDatabase. */
 export class DocumentStore {
-  constructor(private readonly db: Kysely<DocumentsDB>) {}
+  /** `onStatusChange` hears of each committed status change, so watchers need not wait to poll. */
+  constructor(
+    private readonly db: Kysely<DocumentsDB>,
+    private readonly onStatusChange?: (documentId: string) => void,
+  ) {}
 
   async insert(doc: NewDocument): Promise<DocumentRow> {
-    return this.db
+    if (!this.db.isTransaction) {
+      const row = await this.db.transaction().execute((trx) => new DocumentStore(trx).insert(doc));
+      this.onStatusChange?.(row.id);
+      return row;
+    }
+    const row = (await this.db
       .insertInto("document")
       .values({ ...doc, authors: JSON.stringify(doc.authors) as never, metadata: JSON.stringify(doc.metadata) as never })
       .returning(columns)
-      .executeTakeFirstOrThrow() as Promise<DocumentRow>;
+      .executeTakeFirstOrThrow()) as DocumentRow;
+    await this.recordStatus(row.id, 0, "pending");
+    return row;
+  }
+
+  /** Appends to the document's status history; call it in the transaction that changes the status. */
+  async recordStatus(documentId: string, version: number, status: string, failure?: { reason: string; message: string }): Promise<void> {
+    await this.db
+      .insertInto("document_status")
+      .values({ document_id: documentId, version, status, failure_reason: failure?.reason ?? null, failure_message: failure?.message ?? null })
+      .execute();
   }
 
   async findLive(id: string): Promise<DocumentRow | undefined> {
@@ -159,8 +207,13 @@ export class DocumentStore {
    * transaction: the version number comes from the locked document row, so two uploads racing on
    * one document get consecutive numbers.
    */
-  async addVersion(target: { id: string } | { create: NewDocument }, v: NewVersion): Promise<{ document: DocumentRow; version: VersionRow } | undefined> {
-    return this.db.transaction().execute(async (trx) => {
+  async addVersion(
+    target: { id: string } | { create: NewDocument },
+    v: NewVersion,
+    /** Runs in the same transaction once the version is written; throwing undoes the version. */
+    within?: (trx: Kysely<DocumentsDB>, saved: { document: DocumentRow; version: VersionRow }) => Promise<void>,
+  ): Promise<{ document: DocumentRow; version: VersionRow } | undefined> {
+    const saved = await this.db.transaction().execute(async (trx) => {
       const store = new DocumentStore(trx);
       const id = "create" in target ? (await store.insert(target.create)).id : target.id;
       const current = await trx
@@ -208,8 +261,13 @@ export class DocumentStore {
         })
         .where("id", "=", id)
         .execute();
-      return { document: (await store.findLive(id))!, version };
+      await store.recordStatus(id, version.version, "uploaded");
+      const result = { document: (await store.findLive(id))!, version };
+      await within?.(trx, result);
+      return result;
     });
+    if (saved) this.onStatusChange?.(saved.document.id);
+    return saved;
   }
 
   /** Whether any version keeps this content (blobs are shared by identical uploads). */

@@ -1,5 +1,5 @@
 import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
-import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
+import { IdentityService, PrincipalKind } from "../../gen/medmesh/identity/v1/identity_pb.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
 import { startIdentity } from "../../services/identity/main.js";
 import { testEnv } from "./backends.js";
@@ -14,6 +14,8 @@ export interface TestIdentity {
   /** The persona's user id: the `uploaded_by` of what it creates. */
   userId(who: Persona): Promise<string>;
   bearer(who: Persona): Promise<{ authorization: string }>;
+  /** A service principal's headers: an admin-made API key of kind service, exchanged as services do. */
+  serviceBearer(name?: string): Promise<{ authorization: string }>;
   stop(): Promise<void>;
 }
 
@@ -46,6 +48,7 @@ export async function startTestIdentity(env: Record<string, string> = {}): Promi
   const client = createMeshClient(IdentityService, target, { defaultTimeoutMs: 10_000 });
   const ids = new Map<Persona, string>();
   const tokens = new Map<Persona, string>();
+  const serviceTokens = new Map<string, string>();
 
   async function signIn(who: Persona): Promise<string> {
     const res = await client.login({ login: `${who}@medmesh.test`, password });
@@ -77,6 +80,16 @@ export async function startTestIdentity(env: Record<string, string> = {}): Promi
     async bearer(who) {
       await ensure(who);
       return { authorization: `Bearer ${tokens.get(who)}` };
+    },
+    async serviceBearer(name = "processing") {
+      await ensure("admin");
+      let token = serviceTokens.get(name);
+      if (!token) {
+        const { key } = await client.createApiKey({ name, kind: PrincipalKind.SERVICE }, { headers: { authorization: `Bearer ${tokens.get("admin")}` } });
+        token = (await client.exchangeApiKey({ apiKey: key })).accessToken;
+        serviceTokens.set(name, token);
+      }
+      return { authorization: `Bearer ${token}` };
     },
     async stop() {
       client.close();
