@@ -1,4 +1,4 @@
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, defaultTextMapSetter, trace, type Link } from "@opentelemetry/api";
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, defaultTextMapSetter, trace, type Link, type Span } from "@opentelemetry/api";
 import { W3CTraceContextPropagator, suppressTracing } from "@opentelemetry/core";
 import { sql, type ColumnType, type Generated, type Kysely, type Migration } from "kysely";
 import type { Kafka, Message, Producer } from "kafkajs";
@@ -207,13 +207,28 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
       const ids = rows.map((r) => r.id);
       const byTopic = new Map<string, Message[]>();
       const links: Link[] = [];
+      // One send span per event, inside the trace of the request that caused it, and the event
+      // goes out carrying that span: the consumer's work then hangs off the relay's step, and a
+      // trace reads request -> outbox send -> consumer as one chain.
+      const sends: Span[] = [];
       for (const r of rows) {
-        const headers = typeof r.headers === "string" ? (JSON.parse(r.headers) as Record<string, string>) : r.headers;
+        const stored = typeof r.headers === "string" ? (JSON.parse(r.headers) as Record<string, string>) : r.headers;
+        const parentContext = w3c.extract(ROOT_CONTEXT, stored, { get: (c, k) => c[k], keys: Object.keys });
+        const parent = trace.getSpanContext(parentContext);
+        const headers = { ...stored };
+        if (parent) {
+          links.push({ context: parent });
+          const send = tracer.startSpan(
+            `${r.topic} send`,
+            { kind: SpanKind.PRODUCER, attributes: { "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.destination.name": r.topic, "messaging.message.id": stored.ce_id ?? r.id } },
+            parentContext,
+          );
+          sends.push(send);
+          w3c.inject(trace.setSpan(parentContext, send), headers, defaultTextMapSetter);
+        }
         const list = byTopic.get(r.topic) ?? [];
         list.push({ key: r.key, value: Buffer.from(r.payload), headers, timestamp: String(new Date(r.created_at).getTime()) });
         byTopic.set(r.topic, list);
-        const parent = trace.getSpanContext(w3c.extract(ROOT_CONTEXT, headers, { get: (c, k) => c[k], keys: Object.keys }));
-        if (parent) links.push({ context: parent });
       }
       const error = await tracer.startActiveSpan(
         "outbox publish",
@@ -224,9 +239,11 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
             return undefined;
           } catch (err) {
             span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+            for (const send of sends) send.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
             return err as Error;
           } finally {
             span.end();
+            for (const send of sends) send.end();
           }
         },
       );

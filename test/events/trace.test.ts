@@ -81,13 +81,16 @@ describe.each(dbBackends())("trace across Kafka on $name", (backend) => {
     const consumerSpan = await findSpan((s) => s.kind === SpanKind.CONSUMER && s.attributes["messaging.message.id"] === id);
     expect(consumerSpan.name).toBe(`${topic} process`);
     expect(consumerSpan.spanContext().traceId).toBe(requestTrace);
-    expect(consumerSpan.parentSpanContext?.spanId).toBe(requestSpan);
+    // request -> the relay's send of this event -> the consumer.
+    const send = await findSpan((s) => s.name === `${topic} send` && s.attributes["messaging.message.id"] === id);
+    expect([send.kind, send.spanContext().traceId, send.parentSpanContext?.spanId]).toEqual([SpanKind.PRODUCER, requestTrace, requestSpan]);
+    expect(consumerSpan.parentSpanContext?.spanId).toBe(send.spanContext().spanId);
     expect(consumerSpan.attributes["messaging.consumer.group.name"]).toBe("trace-g");
     // The handler ran inside the consumer span, so its SQL is part of the same trace.
     expect(handled.get(id)).toBe(consumerSpan.spanContext().spanId);
     const insert = await findSpan((s) => s.name.startsWith("INSERT") && s.parentSpanContext?.spanId === consumerSpan.spanContext().spanId && String(s.attributes["db.statement"]).includes("effect"));
     expect(insert.spanContext().traceId).toBe(requestTrace);
-    // The relay's publish is its own trace, linked to the request it carries.
+    // The relay's batch publish is its own trace, linked to every request it carries.
     const publish = await findSpan((s) => s.name === "outbox publish" && s.links.some((l) => l.context.spanId === requestSpan));
     expect(publish.kind).toBe(SpanKind.PRODUCER);
   });
