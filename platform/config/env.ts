@@ -146,7 +146,8 @@ export const serviceSpec = {
   ...commonSpec,
   DATABASE_URL: env.url("Postgres server; unset means embedded PGlite under MEDMESH_DATA_DIR", ["postgres:", "postgresql:"]),
   DB_POOL_MAX: env.int("connections per service pool", 10, 1, 100),
-  GRPC_MAX_MESSAGE_BYTES: env.bytes("largest gRPC message accepted or sent", 4 * 1024 * 1024),
+  // Room for a 4 MiB upload part plus its envelope: exactly 4 MiB would refuse the largest part.
+  GRPC_MAX_MESSAGE_BYTES: env.bytes("largest gRPC message accepted or sent", 8 * 1024 * 1024),
   DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
   MAX_DEADLINE_MS: env.int("longest deadline a unary call may ask for", 60_000, 100, 600_000),
 };

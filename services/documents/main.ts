@@ -16,6 +16,8 @@ import { identityKeySet } from "../../platform/auth/key-set.js";
 import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
 import type { PrincipalResolver } from "../../platform/grpc/interceptors/access.js";
 import { documentService } from "./service.js";
+import { uploadSweeper, type ResumableUploadOptions, type UploadSweeper } from "./resumable-upload.js";
+import { UploadSessionStore } from "./upload-sessions.js";
 import { StatusFeed } from "./status.js";
 import { DOCUMENT_EVENTS_TOPIC, DocumentStore, type DocumentsDB } from "./store.js";
 import { createKafka, ensureTopics, startOutboxRelay, type OutboxRelay } from "../../platform/events/index.js";
@@ -36,12 +38,14 @@ export const configSpec = {
 export interface DocumentsHooks {
   /** Replaces token verification; only code can pass this (benchmarks measure what it costs). */
   resolvePrincipal?: PrincipalResolver;
+  /** How often expired uploads are swept; 0 leaves it to the caller of `sweepUploads` (tests). */
+  uploadSweepIntervalMs?: number;
 }
 
 export async function startDocuments(
   source: Record<string, string | undefined> = process.env,
   hooks: DocumentsHooks = {},
-): Promise<Started & { port: number }> {
+): Promise<Started & { port: number; sweepUploads: UploadSweeper["sweep"] }> {
   const config = loadConfig(configSpec, source);
   const telemetry = startTelemetry({ serviceName: "documents", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
   const database = await openServiceDatabase<DocumentsDB>("documents", config, config.DOCUMENTS_DB_SCHEMA, migrations);
@@ -54,7 +58,18 @@ export async function startDocuments(
     await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS_TOPIC, numPartitions: 3 }]);
     relay = startOutboxRelay({ db: database.db, kafka });
   }
-  const blobs = new FsBlobStore({ root: blobRoot(config.BLOB_DIR, config.MEDMESH_DATA_DIR), maxBytes: config.UPLOAD_MAX_BYTES });
+  const blobDir = blobRoot(config.BLOB_DIR, config.MEDMESH_DATA_DIR);
+  const blobs = new FsBlobStore({ root: blobDir, maxBytes: config.UPLOAD_MAX_BYTES });
+  // Staging beside the blobs keeps unfinished uploads on the volume that is sized for files.
+  const resumable: ResumableUploadOptions = {
+    sessionTtlMs: config.UPLOAD_SESSION_TTL_MS,
+    stagingDir: path.join(blobDir, "uploads"),
+    sessions: new UploadSessionStore(database.db),
+  };
+  const uploads = uploadSweeper(resumable);
+  // Before serving: staging files a crash left without their session go now, not a TTL later.
+  await uploads.sweep();
+  uploads.start(hooks.uploadSweepIntervalMs ?? Math.min(config.UPLOAD_SESSION_TTL_MS / 4, 60_000));
   const statusFeed = new StatusFeed(config.WATCH_POLL_MS);
   const notify = (id: string) => statusFeed.notify(id);
   const store = new DocumentStore(database.db, notify);
@@ -71,7 +86,7 @@ export async function startDocuments(
           blobs,
           maxUploadBytes: config.UPLOAD_MAX_BYTES,
           onEvent: () => relay?.wake(),
-          resumable: { sessionTtlMs: config.UPLOAD_SESSION_TTL_MS },
+          resumable,
           statusFeed,
         }),
       ),
@@ -85,8 +100,10 @@ export async function startDocuments(
   return {
     port: server.port,
     endpoints: { documents: `grpc://${server.address}` },
+    sweepUploads: () => uploads.sweep(),
     async stop() {
       await server.shutdown(config.SHUTDOWN_GRACE_MS);
+      await uploads.stop();
       keys.close();
       await relay?.stop();
       await database.close();

@@ -13,7 +13,7 @@ function invalid(message: string): ConnectError {
 }
 
 /** The declared type, if any, must agree with what the bytes are (a PDF is not text/plain). */
-function contradicts(declared: string, detected: DetectedType): boolean {
+export function contradicts(declared: string, detected: DetectedType): boolean {
   const d = declared.split(";")[0]!.trim().toLowerCase();
   if (d === "" || d === "application/octet-stream") return false;
   if (d === "application/pdf") return detected.kind !== "pdf";

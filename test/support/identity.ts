@@ -16,6 +16,8 @@ export interface TestIdentity {
   bearer(who: Persona): Promise<{ authorization: string }>;
   /** A service principal's headers: an admin-made API key of kind service, exchanged as services do. */
   serviceBearer(name?: string): Promise<{ authorization: string }>;
+  /** A new API key of kind service, made by the admin: what a worker process is configured with. */
+  serviceApiKey(name: string): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -67,6 +69,11 @@ export async function startTestIdentity(env: Record<string, string> = {}): Promi
     tokens.set(who, await signIn(who));
   }
 
+  async function serviceApiKey(name: string): Promise<string> {
+    await ensure("admin");
+    return (await client.createApiKey({ name, kind: PrincipalKind.SERVICE }, { headers: { authorization: `Bearer ${tokens.get("admin")}` } })).key;
+  }
+
   return {
     target,
     async token(who) {
@@ -81,11 +88,11 @@ export async function startTestIdentity(env: Record<string, string> = {}): Promi
       await ensure(who);
       return { authorization: `Bearer ${tokens.get(who)}` };
     },
+    serviceApiKey,
     async serviceBearer(name = "processing") {
-      await ensure("admin");
       let token = serviceTokens.get(name);
       if (!token) {
-        const { key } = await client.createApiKey({ name, kind: PrincipalKind.SERVICE }, { headers: { authorization: `Bearer ${tokens.get("admin")}` } });
+        const key = await serviceApiKey(name);
         token = (await client.exchangeApiKey({ apiKey: key })).accessToken;
         serviceTokens.set(name, token);
       }
