@@ -1,10 +1,11 @@
 import { execFile } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DocumentService } from "../gen/medmesh/documents/v1/documents_pb.js";
+import { DocumentService, ProcessingStatus } from "../gen/medmesh/documents/v1/documents_pb.js";
+import { paperPdf } from "./fixtures/documents/make-fixtures.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { createMeshClient } from "../platform/grpc/client.js";
 import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
@@ -63,6 +64,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
       GATEWAY_PORT: String(await freePort()),
       DOCUMENTS_PORT: String(await freePort()),
       IDENTITY_PORT: String(await freePort()),
+      PROCESSING_PORT: String(await freePort()),
       EMBEDDED_PG_PORT: String(await freePort()),
       KAFKA_PORT: String(await freePort()),
     };
@@ -86,7 +88,8 @@ describe("the embedded mesh, as `npm start` runs it", () => {
 
   it("prints one `<name> <url>` line per endpoint, the gateway first", () => {
     expect(mesh.order[0]).toBe("gateway");
-    expect(new Set(mesh.order)).toEqual(new Set(["gateway", "postgres", "kafka", "identity", "documents"]));
+    expect(new Set(mesh.order)).toEqual(new Set(["gateway", "postgres", "kafka", "identity", "documents", "processing"]));
+    expect(mesh.endpoints.get("processing")).toBe(`grpc://127.0.0.1:${env.PROCESSING_PORT}`);
     expect(gateway).toBe(`http://127.0.0.1:${env.GATEWAY_PORT}`);
     expect(mesh.endpoints.get("kafka")).toBe(`127.0.0.1:${env.KAFKA_PORT}`);
   });
@@ -179,9 +182,46 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     expect(stdout).toContain(`broker 1 at ${mesh.endpoints.get("kafka")}`);
   });
 
+  it("runs the pipeline: an uploaded PDF is processed, DocumentProcessed is on document.events, and the worker's key is kept owner-only", async () => {
+    const health = createMeshClient(Health, mesh.endpoints.get("processing")!.replace("grpc://", ""));
+    expect((await health.check({ service: "" }, { timeoutMs: 5_000 })).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+    health.close();
+    expect(statSync(path.join(dataDir, "secrets", "processing-api-key")).mode & 0o777).toBe(0o600);
+
+    const uploaded = JSON.parse(
+      await bufCurl(
+        "-H",
+        `authorization: ${auth.authorization}`,
+        "-d",
+        JSON.stringify({ header: { document: { title: "Embedded pipeline", documentType: "DOCUMENT_TYPE_RESEARCH_PAPER" }, filename: "paper.pdf", declaredMimeType: "application/pdf" } }) +
+          "\n" +
+          JSON.stringify({ chunk: paperPdf().toString("base64") }),
+        `${gateway}/medmesh.documents.v1.DocumentService/Upload`,
+      ),
+    ) as { document: { id: string } };
+    const id = uploaded.document.id;
+    const direct = createMeshClient(DocumentService, documentsAddr, { headers: auth });
+    await expect
+      .poll(async () => (await direct.getDocument({ id }, { timeoutMs: 5_000 })).document!.processingStatus, { timeout: 30_000, interval: 200 })
+      .toBe(ProcessingStatus.PROCESSED);
+    const result = await direct.getProcessingResult({ documentId: id }, { timeoutMs: 5_000 });
+    expect(result.outcome!.outcome).toMatchObject({ case: "result", value: { pages: 3, specialty: "cardiology" } });
+    direct.close();
+
+    const kcat = await run("kcat", ["-V"]).then(
+      () => true,
+      () => false,
+    );
+    if (!kcat && process.env.CI) throw new Error("kcat is required in CI");
+    if (!kcat) return;
+    const { stdout } = await run("kcat", ["-b", mesh.endpoints.get("kafka")!, "-C", "-t", "document.events", "-o", "beginning", "-e", "-q", "-f", "%k %h\n"]);
+    const lines = stdout.split("\n").filter((l) => l.startsWith(id));
+    expect(lines.map((l) => /ce_type=([a-z0-9.]+)/.exec(l)?.[1])).toEqual(["medmesh.document.uploaded.v1", "medmesh.document.processed.v1"]);
+  });
+
   it("stops every process on SIGTERM and keeps its data across a restart", async () => {
     const pids = pidsOf(mesh);
-    expect(Object.keys(pids).sort()).toEqual(["documents", "gateway", "identity", "kafka", "postgres"]);
+    expect(Object.keys(pids).sort()).toEqual(["documents", "gateway", "identity", "kafka", "postgres", "processing"]);
     const stopping = Date.now();
     expect(await mesh.stop("SIGTERM")).toBe(0);
     console.log(`stopped in ${Date.now() - stopping} ms; first start was ready in ${mesh.readyMs} ms`);

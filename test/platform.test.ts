@@ -10,6 +10,7 @@ import { isCalendarDate } from "../services/documents/model.js";
 import { configSpec as documentsConfig } from "../services/documents/main.js";
 import { configSpec as gatewayConfig } from "../gateway/main.js";
 import { configSpec as identityConfig } from "../services/identity/main.js";
+import { configSpec as processingConfig } from "../services/processing/main.js";
 import { configSpec as postgresConfig } from "../deploy/embedded/postgres.js";
 import { configSpec as kafkaConfig } from "../deploy/embedded/kafka-component.js";
 import { repoRoot } from "./support/embedded-mesh.js";
@@ -69,7 +70,14 @@ describe("configuration", () => {
   it("the README's configuration table names every variable the processes read", () => {
     const readme = readFileSync(path.join(repoRoot, "README.md"), "utf8");
     const launcher = readFileSync(path.join(repoRoot, "deploy/embedded/launch.ts"), "utf8");
-    const names = new Set([...Object.keys(documentsConfig), ...Object.keys(gatewayConfig), ...Object.keys(identityConfig), ...Object.keys(postgresConfig), ...Object.keys(kafkaConfig)]);
+    const names = new Set([
+      ...Object.keys(documentsConfig),
+      ...Object.keys(gatewayConfig),
+      ...Object.keys(identityConfig),
+      ...Object.keys(processingConfig),
+      ...Object.keys(postgresConfig),
+      ...Object.keys(kafkaConfig),
+    ]);
     for (const m of launcher.matchAll(/^\s+([A-Z][A-Z0-9_]+): env\./gm)) names.add(m[1]!);
     const missing = [...names].filter((n) => !readme.includes(`| \`${n}\` |`));
     expect(missing).toEqual([]);

@@ -33,6 +33,8 @@ export interface StartOptions {
   /** Endpoint names that must all be printed before the mesh counts as up. */
   required: string[];
   timeoutMs: number;
+  /** Extra environment for the launcher and so every component (e.g. UPLOAD_MAX_BYTES); wins over the bench's own. */
+  env?: Record<string, string>;
 }
 
 /**
@@ -48,6 +50,8 @@ export async function startMesh(opts: StartOptions): Promise<Mesh> {
     // Harmless where the launcher has no broker; where it has one, this keeps it off 9092,
     // which a developer's own mesh may hold.
     KAFKA_PORT: await freePort(),
+    // Same for the processing worker's health port, where the launcher starts one.
+    PROCESSING_PORT: await freePort(),
   };
   const logFile = path.join(opts.dataDir, "mesh.log");
   const log = fs.openSync(logFile, "a");
@@ -61,6 +65,7 @@ export async function startMesh(opts: StartOptions): Promise<Mesh> {
       // gateway would (rightly) refuse most of them. The limiter still runs on every call.
       RATE_LIMITS: "read=100000000:100000000,write=100000000:100000000,auth=1000:1000,upload=1000:1000",
       ...Object.fromEntries(Object.entries(ports).map(([k, v]) => [k, String(v)])),
+      ...opts.env,
     },
     // Component logs go to a file: under load an error per call would otherwise flood the report.
     stdio: ["ignore", "pipe", log],

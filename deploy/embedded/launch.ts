@@ -1,4 +1,6 @@
 import { fork, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { ConfigError, env, loadConfig } from "../../platform/config/env.js";
@@ -13,6 +15,8 @@ const configSpec = {
   GATEWAY_PORT: env.port("gateway port", 8080),
   DOCUMENTS_PORT: env.port("documents gRPC port", 50051),
   IDENTITY_PORT: env.port("identity gRPC port", 50052),
+  PROCESSING_PORT: env.port("processing worker's health port", 50053),
+  PROCESSING_API_KEY: env.optionalString("the processing worker's API key; unset means one generated on first start and kept in the data dir"),
   IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.string("the account registered with this address becomes the first admin", "admin@medmesh.local"),
   KAFKA_BROKERS: env.optionalString("use these Kafka brokers instead of the embedded one"),
   KAFKA_PORT: env.port("port of the embedded Kafka-compatible broker", 9092),
@@ -71,6 +75,29 @@ async function stopComponent(r: Running, boundMs: number): Promise<void> {
   clearTimeout(timer);
 }
 
+/**
+ * The processing worker's API key: the one configured, else the one made on first start and kept
+ * beside the data (owner-only file), else a fresh one. Identity is told to make sure it exists, so
+ * the worker can trade it for tokens from the start without anyone creating it by hand.
+ */
+function processingApiKey(configured: string | undefined, dataDir: string): string {
+  if (configured) return configured;
+  const fresh = () => `mmk_${randomBytes(32).toString("base64url")}`;
+  // In-memory data forgets identity's copy too; a key per run matches that.
+  if (dataDir === "memory://") return fresh();
+  const file = path.resolve(dataDir, "secrets", "processing-api-key");
+  try {
+    const kept = readFileSync(file, "utf8").trim();
+    if (kept) return kept;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+  }
+  const key = fresh();
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  writeFileSync(file, `${key}\n`, { mode: 0o600, flag: "wx" });
+  return key;
+}
+
 async function main() {
   let config: ReturnType<typeof loadConfig<typeof configSpec>>;
   try {
@@ -103,6 +130,16 @@ async function main() {
     if (process.ppid !== parent) void stopAll(0);
   }, 1_000).unref();
 
+  let apiKey: string;
+  try {
+    apiKey = processingApiKey(config.PROCESSING_API_KEY, config.MEDMESH_DATA_DIR);
+  } catch (err) {
+    process.stderr.write(`medmesh: cannot keep the processing worker's API key under ${config.MEDMESH_DATA_DIR}: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+  // Keys someone configured for other services stay; the worker's is added to them.
+  const bootstrapKeys = [process.env.IDENTITY_BOOTSTRAP_API_KEYS, `processing=${apiKey}`].filter(Boolean).join(",");
+
   let databaseUrl = config.DATABASE_URL;
   let kafkaBrokers = config.KAFKA_BROKERS;
   const documentsTarget = `127.0.0.1:${config.DOCUMENTS_PORT}`;
@@ -126,12 +163,29 @@ async function main() {
     {
       name: "identity",
       entry: "services/identity/main.ts",
-      env: () => ({ DATABASE_URL: databaseUrl!, IDENTITY_PORT: String(config.IDENTITY_PORT), IDENTITY_BOOTSTRAP_ADMIN_EMAIL: config.IDENTITY_BOOTSTRAP_ADMIN_EMAIL }),
+      env: () => ({
+        DATABASE_URL: databaseUrl!,
+        IDENTITY_PORT: String(config.IDENTITY_PORT),
+        IDENTITY_BOOTSTRAP_ADMIN_EMAIL: config.IDENTITY_BOOTSTRAP_ADMIN_EMAIL,
+        IDENTITY_BOOTSTRAP_API_KEYS: bootstrapKeys,
+      }),
     },
     {
       name: "documents",
       entry: "services/documents/main.ts",
       env: () => ({ DATABASE_URL: databaseUrl!, DOCUMENTS_PORT: String(config.DOCUMENTS_PORT), IDENTITY_TARGET: identityTarget, KAFKA_BROKERS: kafkaBrokers! }),
+    },
+    {
+      name: "processing",
+      entry: "services/processing/main.ts",
+      env: () => ({
+        DATABASE_URL: databaseUrl!,
+        PROCESSING_PORT: String(config.PROCESSING_PORT),
+        KAFKA_BROKERS: kafkaBrokers!,
+        DOCUMENTS_TARGET: documentsTarget,
+        IDENTITY_TARGET: identityTarget,
+        PROCESSING_API_KEY: apiKey,
+      }),
     },
     {
       name: "gateway",
@@ -142,12 +196,14 @@ async function main() {
 
   try {
     // Storage and the broker depend on nothing and start together, then the services (which
-    // need only storage), then the gateway in front of them.
+    // need only storage), then what calls the services: the gateway in front of them and the
+    // processing worker behind them.
     const infrastructure = new Set(["postgres", "kafka"]);
+    const callers = new Set(["gateway", "processing"]);
     const stages = [
       components.filter((c) => infrastructure.has(c.name)),
-      components.filter((c) => !infrastructure.has(c.name) && c.name !== "gateway"),
-      components.filter((c) => c.name === "gateway"),
+      components.filter((c) => !infrastructure.has(c.name) && !callers.has(c.name)),
+      components.filter((c) => callers.has(c.name)),
     ].filter((stage) => stage.length > 0);
     for (const stage of stages) {
       const results = await Promise.allSettled(stage.map((c) => startComponent(c, config.STARTUP_TIMEOUT_MS)));

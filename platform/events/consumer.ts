@@ -51,9 +51,12 @@ export interface DeliveryInfo {
   attempt: number;
 }
 
-export type EventHandler<DB = any> = (event: EventEnvelope, trx: Transaction<DB>, delivery: DeliveryInfo) => Promise<void>;
+export type EventHandler<DB = any, P = undefined> = (event: EventEnvelope, trx: Transaction<DB>, delivery: DeliveryInfo, prepared: P) => Promise<void>;
 
-export interface IdempotentConsumerOptions<DB = any> {
+/** The part of handling an event that happens before its transaction opens; see `prepare`. */
+export type EventPreparer<P> = (event: EventEnvelope, delivery: DeliveryInfo) => Promise<P>;
+
+export interface IdempotentConsumerOptions<DB = any, P = undefined> {
   kafka: Kafka;
   groupId: string;
   topics: string[];
@@ -63,7 +66,19 @@ export interface IdempotentConsumerOptions<DB = any> {
    * Applies the event. Every write must go through `trx`: it commits together with the inbox row,
    * which is what makes a redelivery a no-op. Throwing rolls both back and counts as a failed attempt.
    */
-  handler: EventHandler<DB>;
+  handler: EventHandler<DB, P>;
+  /**
+   * Work that must not hold the transaction open: calls to other services, long computations.
+   * Runs before the transaction, only for events the inbox has not recorded, and its result is
+   * handed to `handler`. It is not covered by the inbox: it runs again when an attempt fails, and
+   * may run twice when two members get the same event at once, so it must be safe to repeat
+   * (idempotent calls, keyed by the event or the aggregate). Keeping it outside matters most on
+   * the embedded Postgres, where an open transaction holds the one session every service shares.
+   * Throwing counts as a failed attempt, like the handler.
+   */
+  prepare?: EventPreparer<P>;
+  /** Called once the transaction that handled an event has committed (not for duplicates): wake a relay here. */
+  afterCommit?: (event: EventEnvelope) => void;
   /** Tries before the message goes to the dead-letter topic. Default 3. */
   maxAttempts?: number;
   /** Wait after failed attempt n (from 1). Default 2^n s. */
@@ -82,6 +97,8 @@ export interface IdempotentConsumerOptions<DB = any> {
 export interface IdempotentConsumer {
   /** Finishes the message in hand (retries included), commits offsets, leaves the group. */
   stop(): Promise<void>;
+  /** False once kafkajs gave up on the consumer (a crash it will not restart from) or it stopped. */
+  running(): boolean;
 }
 
 export const defaultDlqTopic = (topic: string, groupId: string): string => `${topic}.${groupId}.dlq`;
@@ -124,7 +141,7 @@ const headerGetter: TextMapGetter<IHeaders> = {
  * fails, or the service's database does not answer (the event is then not at fault), eachMessage
  * throws and kafkajs redelivers the message: nothing is skipped silently.
  */
-export async function startIdempotentConsumer<DB = any>(opts: IdempotentConsumerOptions<DB>): Promise<IdempotentConsumer> {
+export async function startIdempotentConsumer<DB = any, P = undefined>(opts: IdempotentConsumerOptions<DB, P>): Promise<IdempotentConsumer> {
   const db = opts.db as unknown as Kysely<InboxDatabase>;
   const maxAttempts = Math.max(1, opts.maxAttempts ?? 3);
   const backoffMs = opts.backoffMs ?? ((n: number) => 2 ** n * 1000);
@@ -150,8 +167,10 @@ export async function startIdempotentConsumer<DB = any>(opts: IdempotentConsumer
   });
   await dlq.connect();
   const consumer: Consumer = opts.kafka.consumer({ ...opts.consumerConfig, groupId });
+  let alive = true;
   consumer.on(consumer.events.CRASH, (e) => {
     log.error("consumer crashed", { error: e.payload.error, restart: e.payload.restart });
+    if (!e.payload.restart) alive = false;
   });
 
   async function deadLetter(topic: string, partition: number, message: KafkaMessage, reason: string, error: string, attempts: number) {
@@ -198,6 +217,42 @@ export async function startIdempotentConsumer<DB = any>(opts: IdempotentConsumer
     }
   }
 
+  function afterCommit(event: EventEnvelope) {
+    // The event is handled and committed whatever the callback does; its failure must not retry it.
+    try {
+      opts.afterCommit?.(event);
+    } catch (err) {
+      log.warn("afterCommit failed", { event_id: event.id, error: err as Error });
+    }
+  }
+
+  async function attemptOnce(event: EventEnvelope, delivery: DeliveryInfo): Promise<"duplicate" | "handled"> {
+    let prepared = undefined as P;
+    if (opts.prepare) {
+      // A cheap look first, so a redelivered event does not repeat the outside work; the insert
+      // below still decides, should another member be on the same event right now.
+      const seen = await db
+        .selectFrom("inbox")
+        .select("event_id")
+        .where("group_id", "=", groupId)
+        .where("event_id", "=", event.id)
+        .executeTakeFirst();
+      if (seen) return "duplicate";
+      prepared = await opts.prepare(event, delivery);
+    }
+    return db.transaction().execute(async (trx) => {
+      const fresh = await trx
+        .insertInto("inbox")
+        .values({ group_id: groupId, event_id: event.id })
+        .onConflict((oc) => oc.columns(["group_id", "event_id"]).doNothing())
+        .returning("event_id")
+        .executeTakeFirst();
+      if (!fresh) return "duplicate" as const;
+      await opts.handler(event, trx as unknown as Transaction<DB>, delivery, prepared);
+      return "handled" as const;
+    });
+  }
+
   async function handleMessage(topic: string, partition: number, message: KafkaMessage, heartbeat: () => Promise<void>) {
     const parent = w3c.extract(ROOT_CONTEXT, message.headers ?? {}, headerGetter);
     await tracer.startActiveSpan(
@@ -230,23 +285,22 @@ export async function startIdempotentConsumer<DB = any>(opts: IdempotentConsumer
           span.setAttribute("cloudevents.event_type", event.type);
           for (let attempt = 1; ; attempt++) {
             try {
-              const outcome = await db.transaction().execute(async (trx) => {
-                const fresh = await trx
-                  .insertInto("inbox")
-                  .values({ group_id: groupId, event_id: event.id })
-                  .onConflict((oc) => oc.columns(["group_id", "event_id"]).doNothing())
-                  .returning("event_id")
-                  .executeTakeFirst();
-                if (!fresh) return "duplicate" as const;
-                await opts.handler(event, trx as unknown as Transaction<DB>, { topic, partition, offset: message.offset, attempt });
-                return "handled" as const;
-              });
+              const delivery = { topic, partition, offset: message.offset, attempt };
+              const outcome = await whileHeartbeating(heartbeat, () => attemptOnce(event, delivery));
               span.setAttribute("medmesh.event.duplicate", outcome === "duplicate");
               if (outcome === "duplicate") log.debug("skipping an event already handled", { event_id: event.id, topic });
+              else afterCommit(event);
               return;
             } catch (err) {
               const error = err as Error;
               span.recordException(error);
+              if (error instanceof PoisonMessageError) {
+                // The handler found the payload unreadable: no retry can change that.
+                log.warn("dead-lettering an event its handler cannot read", { event_id: event.id, topic, partition, offset: message.offset, reason: error.reason });
+                span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
+                await deadLetter(topic, partition, message, "invalid", error.reason, attempt);
+                return;
+              }
               if (attempt >= maxAttempts) {
                 if (!(await databaseAnswers())) {
                   // The event is not at fault: dead-lettering it would turn an outage into lost
@@ -293,6 +347,7 @@ export async function startIdempotentConsumer<DB = any>(opts: IdempotentConsumer
 
   let stopped: Promise<void> | undefined;
   return {
+    running: () => alive && !stopped,
     stop() {
       // kafkajs' disconnect waits for the message in hand, commits resolved offsets and leaves the group.
       stopped ??= (async () => {
@@ -302,4 +357,21 @@ export async function startIdempotentConsumer<DB = any>(opts: IdempotentConsumer
       return stopped;
     },
   };
+}
+
+/**
+ * Runs one attempt while telling the group coordinator, every second, that this member is alive:
+ * kafkajs only heartbeats between messages, so an attempt longer than the session timeout (a big
+ * document's analysis) would otherwise get the member evicted mid-message. heartbeat() only sends
+ * once its interval has passed, so calling it often is cheap. A failed heartbeat (a rebalance
+ * started) is not acted on here: the work in hand cannot be abandoned half-way, and the offset
+ * commit that follows fails, so the next owner gets the message again, and the inbox absorbs it.
+ */
+async function whileHeartbeating<T>(heartbeat: () => Promise<void>, work: () => Promise<T>): Promise<T> {
+  const timer = setInterval(() => void heartbeat().catch(() => undefined), 1_000);
+  try {
+    return await work();
+  } finally {
+    clearInterval(timer);
+  }
 }

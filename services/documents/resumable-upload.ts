@@ -20,7 +20,7 @@ import { callerOf, notFound, type DocumentAccess } from "./access.js";
 import { toDocument, toVersion } from "./model.js";
 import type { ContentOptions } from "./service.js";
 import type { DocumentStore, NewDocument } from "./store.js";
-import { contradicts } from "./upload.js";
+import { bytesText, contradicts } from "./upload.js";
 import type { UploadSessionRow, UploadSessionStore } from "./upload-sessions.js";
 
 export interface ResumableUploadOptions {
@@ -50,11 +50,7 @@ function fail(code: Code, message: string): ConnectError {
 
 const uploadNotFound = (id: string) => fail(Code.NotFound, `upload ${id} does not exist`);
 
-function bytes(n: number): string {
-  if (n >= 1024 * 1024) return `${+(n / 1024 / 1024).toFixed(1)} MiB`;
-  if (n >= 1024) return `${+(n / 1024).toFixed(1)} KiB`;
-  return `${n} bytes`;
-}
+const bytes = bytesText;
 
 const isMissing = (err: unknown) => (err as { code?: string })?.code === "ENOENT";
 

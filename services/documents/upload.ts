@@ -8,6 +8,13 @@ export interface ReceivedFile {
   type: DetectedType;
 }
 
+/** A size for people: "256 KiB", "100 MiB". */
+export function bytesText(n: number): string {
+  if (n >= 1024 * 1024) return `${+(n / 1024 / 1024).toFixed(1)} MiB`;
+  if (n >= 1024) return `${+(n / 1024).toFixed(1)} KiB`;
+  return `${n} bytes`;
+}
+
 function invalid(message: string): ConnectError {
   return new ConnectError(message, Code.InvalidArgument);
 }
@@ -100,7 +107,7 @@ export async function receiveUpload(
   } catch (err) {
     if (err instanceof ConnectError) throw err;
     if (err instanceof BlobTooLargeError) {
-      throw new ConnectError(`the file is larger than the ${Math.round(opts.maxBytes / 1024 / 1024)} MiB limit`, Code.ResourceExhausted);
+      throw new ConnectError(`the file is larger than the ${bytesText(opts.maxBytes)} limit`, Code.ResourceExhausted);
     }
     if (err instanceof BlobIntegrityError) throw invalid("the file's SHA-256 does not match the sha256 in the header");
     if ((err instanceof BlobStoreError && err.code === "aborted") || opts.signal.aborted) throw new ConnectError("the upload was cancelled", Code.Canceled);

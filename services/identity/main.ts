@@ -8,6 +8,7 @@ import { register, startGrpcServer } from "../../platform/grpc/server.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
 import { startTelemetry } from "../../platform/telemetry/sdk.js";
 import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
+import { ensureBootstrapKeys, parseBootstrapKeys } from "./bootstrap-keys.js";
 import { SigningKeyRing } from "./keys.js";
 import { migrations } from "./migrations/index.js";
 import { identityService, type Deliver } from "./service.js";
@@ -20,6 +21,7 @@ export const configSpec = {
   IDENTITY_DB_SCHEMA: env.string("schema the service owns", "identity"),
   ...rateLimitSpec,
   IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.optionalString("the account registered with this address becomes admin while there is no admin"),
+  IDENTITY_BOOTSTRAP_API_KEYS: env.parsed("service API keys made sure of at start, as name=key[,name=key] (secret)", "", parseBootstrapKeys),
   IDENTITY_SCRYPT_LOG_N: env.int("scrypt cost for new password hashes, as log2(N)", 15, 14, 20),
   IDENTITY_SESSION_TTL_HOURS: env.int("how long a session (refresh-token family) lives at most", 720, 1, 8760),
   IDENTITY_KEY_ROTATION_HOURS: env.int("rotate the token signing key once it is this old; 0 never rotates by itself", 720, 0, 87_600),
@@ -42,6 +44,8 @@ export async function startIdentity(
   const store = new IdentityStore(database.db);
   const keys = new SigningKeyRing(store, { now, rotateAfterMs: config.IDENTITY_KEY_ROTATION_HOURS * 3600_000 });
   await keys.start();
+  // Before the port opens, so a worker holding one of these keys can exchange it from the start.
+  await ensureBootstrapKeys(store, config.IDENTITY_BOOTSTRAP_API_KEYS, now());
   const rateLimit = rateLimiting(config);
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const impl = identityService({

@@ -38,7 +38,7 @@ export interface IdentityOptions {
   sessionTtlMs?: number;
 }
 
-const API_KEY_PREFIX = "mmk_";
+export const API_KEY_PREFIX = "mmk_";
 const MFA_CHALLENGE_MS = 5 * 60_000;
 const EMAIL_VERIFICATION_MS = 24 * 3600_000;
 const PASSWORD_RESET_MS = 30 * 60_000;

@@ -358,6 +358,24 @@ export class IdentityStore {
     return Number(res.numUpdatedRows) > 0;
   }
 
+  /** The key with this hash, live or revoked. */
+  async apiKeyByHash(hash: string): Promise<ApiKeyRow | undefined> {
+    return this.db.selectFrom("api_keys").selectAll().where("key_hash", "=", hash).executeTakeFirst();
+  }
+
+  /** Revokes the live keys of `name` that `createdBy` made, except `keepId`; answers how many. */
+  async revokeConfiguredApiKeys(name: string, createdBy: string, keepId: string, now: Date): Promise<number> {
+    const res = await this.db
+      .updateTable("api_keys")
+      .set({ revoked_at: now })
+      .where("name", "=", name)
+      .where("created_by", "=", createdBy)
+      .where("id", "!=", keepId)
+      .where("revoked_at", "is", null)
+      .executeTakeFirst();
+    return Number(res.numUpdatedRows);
+  }
+
   /** The live key with this hash, marked used now. */
   async useApiKey(hash: string, now: Date): Promise<ApiKeyRow | undefined> {
     return this.db

@@ -1,0 +1,133 @@
+import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
+import { serviceToken } from "../../platform/auth/service-token.js";
+import { openServiceDatabase } from "../../platform/db/database.js";
+import { createKafka, ensureTopics, startIdempotentConsumer, startOutboxRelay, type IdempotentConsumer } from "../../platform/events/index.js";
+import { createMeshClient } from "../../platform/grpc/client.js";
+import { startGrpcServer, type RunningGrpcServer } from "../../platform/grpc/server.js";
+import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
+import { startTelemetry } from "../../platform/telemetry/sdk.js";
+import { DocumentProcessingService, DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { startAnalysisPool } from "./analysis.js";
+import { migrations } from "./migrations/index.js";
+import { DOCUMENT_EVENTS_TOPIC } from "./result.js";
+import { processingWorker, type ProcessingDB, type ProcessingHooks } from "./worker.js";
+
+const requiredList = (what: string) => (raw: string) => {
+  const list = raw
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+  if (list.length === 0) throw new Error(`is required (${what})`);
+  return list;
+};
+
+export const configSpec = {
+  ...serviceSpec,
+  PROCESSING_HOST: env.string("interface the health server binds", "127.0.0.1"),
+  PROCESSING_PORT: env.port("port of the health server (grpc.health.v1 and reflection; 0 picks a free one)", 50053),
+  PROCESSING_DB_SCHEMA: env.string("schema the worker owns (its inbox and outbox)", "processing"),
+  KAFKA_BROKERS: env.parsed("Kafka brokers (host:port, comma separated) to consume document.events from and publish to", "", requiredList("Kafka brokers, host:port, comma separated")),
+  DOCUMENTS_TARGET: env.string("where the documents service is", "127.0.0.1:50051"),
+  IDENTITY_TARGET: env.string("where the identity service is (the API key is exchanged there)", "127.0.0.1:50052"),
+  PROCESSING_API_KEY: env.string("the worker's service API key (secret), traded with identity for access tokens"),
+  PROCESSING_GROUP_ID: env.string("Kafka consumer group", "processing"),
+  PROCESSING_CONCURRENCY: env.int("partitions handled at once, and analysis threads", 3, 1, 64),
+  PROCESSING_MAX_ATTEMPTS: env.int("tries per event before it goes to the dead-letter topic", 3, 1, 10),
+  PROCESSING_RETRY_BASE_MS: env.int("backoff after failed try n is this times 2^n", 1000, 1, 60_000),
+  PROCESSING_DLQ_TOPIC: env.string("dead-letter topic for document.events", "document.events.dlq"),
+  PROCESSING_MAX_BYTES: env.bytes("larger versions fail as too_large without being read", 100 * 1024 * 1024),
+  PROCESSING_ANALYSIS_TIMEOUT_MS: env.int("a document still being analysed after this long is stopped (the try fails)", 60_000, 100, 3_600_000),
+};
+
+export async function startProcessing(
+  source: Record<string, string | undefined> = process.env,
+  hooks: ProcessingHooks = {},
+): Promise<Started & { port: number }> {
+  const config = loadConfig(configSpec, source);
+  const telemetry = startTelemetry({ serviceName: "processing", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
+  const database = await openServiceDatabase<ProcessingDB>("processing", config, config.PROCESSING_DB_SCHEMA, migrations);
+  const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "processing" });
+  // The worker both reads and writes the topic; creating it here (as documents does) means
+  // neither needs the other to have started first.
+  await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS_TOPIC, numPartitions: 3 }]);
+  const relay = startOutboxRelay({ db: database.db, kafka });
+  const clientOptions = { defaultTimeoutMs: config.DEFAULT_DEADLINE_MS, maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES };
+  const documents = createMeshClient(DocumentService, config.DOCUMENTS_TARGET, clientOptions);
+  const processing = createMeshClient(DocumentProcessingService, config.DOCUMENTS_TARGET, clientOptions);
+  const token = serviceToken({ identityTarget: config.IDENTITY_TARGET, apiKey: config.PROCESSING_API_KEY, keyName: "PROCESSING_API_KEY" });
+  const analysis = startAnalysisPool({ size: config.PROCESSING_CONCURRENCY, timeoutMs: config.PROCESSING_ANALYSIS_TIMEOUT_MS, maxBytes: config.PROCESSING_MAX_BYTES });
+  const worker = processingWorker({
+    documents,
+    processing,
+    token,
+    analysis,
+    maxAttempts: config.PROCESSING_MAX_ATTEMPTS,
+    maxBytes: config.PROCESSING_MAX_BYTES,
+    maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
+    readTimeoutMs: config.MAX_DEADLINE_MS,
+    hooks,
+  });
+
+  const closeClients = () => {
+    token.close();
+    documents.close();
+    processing.close();
+  };
+  const closeAll = async (consumer?: IdempotentConsumer) => {
+    await consumer?.stop();
+    await relay.stop();
+    await analysis.close();
+    closeClients();
+    await database.close();
+    await telemetry.shutdown();
+  };
+  let consumer: IdempotentConsumer;
+  try {
+    consumer = await startIdempotentConsumer<ProcessingDB, Awaited<ReturnType<typeof worker.prepare>>>({
+      kafka,
+      groupId: config.PROCESSING_GROUP_ID,
+      topics: [DOCUMENT_EVENTS_TOPIC],
+      db: database.db,
+      prepare: worker.prepare,
+      handler: worker.handler,
+      afterCommit: () => relay.wake(),
+      maxAttempts: config.PROCESSING_MAX_ATTEMPTS,
+      backoffMs: (n) => config.PROCESSING_RETRY_BASE_MS * 2 ** n,
+      dlqTopic: () => config.PROCESSING_DLQ_TOPIC,
+      partitionsConsumedConcurrently: config.PROCESSING_CONCURRENCY,
+    });
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+
+  // Health only: probes and operators ask whether the worker can work, nothing else is served.
+  let server: RunningGrpcServer;
+  try {
+    server = await startGrpcServer({
+      name: "processing",
+      host: config.PROCESSING_HOST,
+      port: config.PROCESSING_PORT,
+      services: [],
+      interceptors: [],
+      maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
+      readinessProbe: async () => consumer.running() && (await database.ping()),
+    });
+  } catch (err) {
+    await closeAll(consumer);
+    throw err;
+  }
+
+  return {
+    port: server.port,
+    endpoints: { processing: `grpc://${server.address}` },
+    async stop() {
+      // NOT_SERVING first; then the message in hand is finished and its offset committed, and
+      // the events it produced are published before the connections close.
+      await server.shutdown(config.SHUTDOWN_GRACE_MS);
+      await closeAll(consumer);
+    },
+  };
+}
+
+if (isEntryPoint(import.meta.url)) void runMain("processing", () => startProcessing());
