@@ -143,6 +143,8 @@ describe("the processing worker killed mid-batch", () => {
       PROCESSING_API_KEY: await identity.serviceApiKey("processing"),
       PROCESSING_CONCURRENCY: "3",
       PROCESSING_RETRY_BASE_MS: "100",
+      // The killed worker's partitions wait for its session to expire before the new one gets them.
+      PROCESSING_SESSION_TIMEOUT_MS: "3000",
       LOG_LEVEL: "error",
       SHUTDOWN_GRACE_MS: "2000",
     };

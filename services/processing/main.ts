@@ -34,6 +34,7 @@ export const configSpec = {
   PROCESSING_CONCURRENCY: env.int("partitions handled at once, and analysis threads", 3, 1, 64),
   PROCESSING_MAX_ATTEMPTS: env.int("tries per event before it goes to the dead-letter topic", 3, 1, 10),
   PROCESSING_RETRY_BASE_MS: env.int("backoff after failed try n is this times 2^n", 1000, 1, 60_000),
+  PROCESSING_SESSION_TIMEOUT_MS: env.int("a worker silent this long is dropped from the group and its partitions go to the others", 10_000, 1000, 300_000),
   PROCESSING_DLQ_TOPIC: env.string("dead-letter topic for document.events", "document.events.dlq"),
   PROCESSING_MAX_BYTES: env.bytes("larger versions fail as too_large without being read", 100 * 1024 * 1024),
   PROCESSING_ANALYSIS_TIMEOUT_MS: env.int("a document still being analysed after this long is stopped (the try fails)", 60_000, 100, 3_600_000),
@@ -95,6 +96,9 @@ export async function startProcessing(
       backoffMs: (n) => config.PROCESSING_RETRY_BASE_MS * 2 ** n,
       dlqTopic: () => config.PROCESSING_DLQ_TOPIC,
       partitionsConsumedConcurrently: config.PROCESSING_CONCURRENCY,
+      // Shorter than kafkajs' 30 s: a crashed worker's partitions stall until its session
+      // expires, and documents should not sit that long behind a dead pod.
+      consumerConfig: { sessionTimeout: config.PROCESSING_SESSION_TIMEOUT_MS, heartbeatInterval: Math.max(100, Math.floor(config.PROCESSING_SESSION_TIMEOUT_MS / 10)) },
     });
   } catch (err) {
     await closeAll();
