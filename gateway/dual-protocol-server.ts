@@ -106,6 +106,10 @@ export function createDualProtocolServer(handler: Handler, opts: { maxHeaderByte
       if (looksH2) {
         // node:http2 reads straight from the socket's handle, so bytes already read cannot be
         // unshifted back; it gets a stream that replays them first. HTTP/1.1 accepts unshift.
+        // node:http2 turns Nagle off on the sockets it accepts itself, but not on a stream it is
+        // handed: left on, every flow-control round trip waits out the peer's delayed ACK and an
+        // upload crawls at about 1 MB/s.
+        socket.setNoDelay(true);
         h2.emit("connection", new ReplayingSocket(socket, seen));
       } else {
         socket.pause();
