@@ -4,7 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { PgMultiplexer } from "../deploy/embedded/pg-multiplexer.js";
 import { startEmbeddedPostgres } from "../deploy/embedded/postgres.js";
 import { freePort } from "./support/embedded-mesh.js";
@@ -23,9 +23,13 @@ beforeAll(async () => {
   postgres = await startEmbeddedPostgres({ MEDMESH_DATA_DIR: dataDir, EMBEDDED_PG_PORT: String(port) });
 });
 
+// Each test's connections go, so the next starts well under the connection limit.
+afterEach(async () => {
+  await Promise.all(pools.splice(0).map((p) => p.end().catch(() => undefined)));
+  await Promise.all(clients.splice(0).map((c) => c.end().catch(() => undefined)));
+});
+
 afterAll(async () => {
-  await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
-  await Promise.all(clients.map((c) => c.end().catch(() => undefined)));
   await postgres?.stop();
   rmSync(dataDir, { recursive: true, force: true });
 });
@@ -277,13 +281,28 @@ describe("the embedded Postgres multiplexer", () => {
   it("answers a client that reads a portal in pages with Execute and Flush, while others run", async () => {
     const paged = await client();
     const others = pool(4);
+    // Connected before the paging starts, so their queries land between its pages.
+    await Promise.all([1, 2, 3, 4].map(() => others.query("select 1")));
+    let done = false;
+    const answers: number[] = [];
     const busy = Promise.all(
-      Array.from({ length: 40 }, (_, i) => others.query("select $1::int as v", [i]).then((r) => r.rows[0].v)),
+      Array.from({ length: 4 }, async (_, w) => {
+        for (let i = 0; !done; i++) {
+          const v = w * 1_000_000 + i;
+          const r = await others.query("select $1::int as v", [v]);
+          if (r.rows[0].v !== v) throw new Error(`asked ${v}, got ${JSON.stringify(r.rows)}`);
+          answers.push(v);
+        }
+      }),
     );
-    // `rows` makes pg fetch the portal a few rows at a time, each Execute followed by Flush, not Sync.
-    const pages = await paged.query({ text: "select g from generate_series(1, $1::int) g", values: [25], rows: 4 } as pg.QueryConfig);
-    expect(pages.rows.map((r) => r.g)).toEqual(Array.from({ length: 25 }, (_, i) => i + 1));
-    expect(await busy).toEqual(Array.from({ length: 40 }, (_, i) => i));
+    // `rows` makes pg fetch the portal a few rows at a time, each Execute followed by Flush, not
+    // Sync: the unnamed portal must survive the other connections' queries in between.
+    const pages = await paged
+      .query({ text: "select g from generate_series(1, $1::int) g", values: [200], rows: 2 } as pg.QueryConfig)
+      .finally(() => (done = true));
+    await busy;
+    expect(pages.rows.map((r) => r.g)).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
+    expect(answers.length).toBeGreaterThan(0);
   });
 
   it("keeps a bad query to its own connection", async () => {
