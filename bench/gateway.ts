@@ -29,20 +29,12 @@ import { closedLoop } from "./lib/grpc-load.js";
 import { cpuSecondsOf, machineCpuSeconds, memoryOf, startMesh, tail, type Mesh, type ProcMemory } from "./lib/mesh.js";
 import { grpcFrame, percentile, runH2load, runWrk, versionOf, which, type ToolResult } from "./lib/tools.js";
 import { rawGrpcCall, singleFrame } from "./lib/verify.js";
+import { intFromEnv } from "./lib/env.js";
+import { signInBenchAdmin } from "./lib/sign-in.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const METHOD_PATH = `/${DocumentService.typeName}/GetDocument`;
 
-function intFromEnv(name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min || n > max) {
-    process.stderr.write(`bench: ${name}=${raw} must be an integer from ${min} to ${max}\n`);
-    process.exit(2);
-  }
-  return n;
-}
 
 const SECONDS = intFromEnv("BENCH_SECONDS", 10, 1, 120);
 const WARMUP_SECONDS = intFromEnv("BENCH_WARMUP_SECONDS", 2, 0, 60);
@@ -199,15 +191,6 @@ function failuresText(f: Record<string, number>): string {
   return entries.length ? entries.map(([k, v]) => `${v} ${k}`).join(", ") : "0";
 }
 
-/** Registers (first run) and signs in the bootstrap admin through the gateway; returns its token. */
-async function signIn(gateway: string): Promise<string> {
-  const call = (method: string, body: unknown) =>
-    fetch(`${gateway}/medmesh.identity.v1.IdentityService/${method}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-  await call("Register", { email: "admin@medmesh.local", username: "benchadmin", password: "bench admin password", firstName: "Bench", lastName: "Admin" });
-  const res = (await (await call("Login", { login: "admin@medmesh.local", password: "bench admin password" })).json()) as { tokens?: { accessToken: string } };
-  if (!res.tokens) throw new Error(`could not sign in: ${JSON.stringify(res)}`);
-  return res.tokens.accessToken;
-}
 
 async function main() {
   const tools = { h2load: which("h2load"), wrk: which("wrk") };
@@ -234,7 +217,7 @@ async function main() {
   say(`mesh up: gateway ${gateway}, documents ${documentsTarget}, pids ${JSON.stringify(mesh.pids)}`);
   let exitCode = 0;
   // Sign in as the embedded default's bootstrap admin; every load below sends this token.
-  process.env.BENCH_AUTHORIZATION = `Bearer ${await signIn(gateway)}`;
+  process.env.BENCH_AUTHORIZATION = `Bearer ${await signInBenchAdmin(gateway)}`;
   const authHeader = { authorization: process.env.BENCH_AUTHORIZATION };
   const withAuth: Interceptor = (next) => (req) => {
     req.header.set("authorization", authHeader.authorization);

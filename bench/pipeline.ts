@@ -27,19 +27,11 @@ import { DocumentService, DocumentType, ProcessingStatus, type UploadRequest } f
 import { onePagePdf } from "../test/fixtures/documents/make-fixtures.js";
 import { cpuSecondsOf, memoryOf, startMesh } from "./lib/mesh.js";
 import { percentile } from "./lib/tools.js";
+import { intFromEnv } from "./lib/env.js";
+import { signInBenchAdmin } from "./lib/sign-in.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
-function intFromEnv(name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min || n > max) {
-    process.stderr.write(`bench: ${name}=${raw} must be an integer from ${min} to ${max}\n`);
-    process.exit(2);
-  }
-  return n;
-}
 
 const DOCS = intFromEnv("BENCH_DOCS", 1000, 1, 100_000);
 const PACED_DOCS = intFromEnv("BENCH_PACED_DOCS", 200, 0, 100_000);
@@ -168,14 +160,6 @@ async function run(name: string, docs: Docs, count: number, offset: number, pids
   };
 }
 
-async function signIn(gateway: string): Promise<string> {
-  const call = (method: string, body: unknown) =>
-    fetch(`${gateway}/medmesh.identity.v1.IdentityService/${method}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-  await call("Register", { email: "admin@medmesh.local", username: "benchadmin", password: "bench admin password", firstName: "Bench", lastName: "Admin" });
-  const res = (await (await call("Login", { login: "admin@medmesh.local", password: "bench admin password" })).json()) as { tokens?: { accessToken: string } };
-  if (!res.tokens) throw new Error(`could not sign in: ${JSON.stringify(res)}`);
-  return res.tokens.accessToken;
-}
 
 function report(r: RunResult): string[] {
   const seconds = (r.lastDoneMs - r.firstUploadMs) / 1000;
@@ -194,7 +178,7 @@ async function main() {
   try {
     const gateway = mesh.endpoints.gateway!;
     say(`mesh up: gateway ${gateway}, pids ${JSON.stringify(mesh.pids)}`);
-    const token = await signIn(gateway);
+    const token = await signInBenchAdmin(gateway);
     const auth: Interceptor = (next) => (req) => {
       req.header.set("authorization", `Bearer ${token}`);
       return next(req);
