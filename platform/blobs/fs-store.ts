@@ -2,6 +2,7 @@ import { createHash, randomUUID } from "node:crypto";
 import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { addAbortSignal, type Readable } from "node:stream";
+import { nextUnlessAborted } from "../lifecycle/abortable.js";
 import {
   assertBlobKey,
   BlobAbortedError,
@@ -189,17 +190,10 @@ async function* abortable(source: BlobSource, signal: AbortSignal | undefined): 
   const iterable = source as AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
   const it: Iterator<Uint8Array> | AsyncIterator<Uint8Array> =
     Symbol.asyncIterator in iterable ? iterable[Symbol.asyncIterator]() : iterable[Symbol.iterator]();
-  let onAbort: (() => void) | undefined;
-  const aborted = new Promise<never>((_, reject) => {
-    if (!signal) return;
-    onAbort = () => reject(new BlobAbortedError(signal.reason));
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
-  aborted.catch(() => {});
   let finished = false;
   try {
     for (;;) {
-      const r = signal ? await Promise.race([it.next(), aborted]) : await it.next();
+      const r = signal ? await nextUnlessAborted(it, signal, () => new BlobAbortedError(signal.reason)) : await it.next();
       if (r.done) {
         finished = true;
         return;
@@ -207,7 +201,6 @@ async function* abortable(source: BlobSource, signal: AbortSignal | undefined): 
       yield r.value;
     }
   } finally {
-    if (onAbort) signal?.removeEventListener("abort", onAbort);
     if (!finished) {
       // A Node stream's iterator only tears down after its pending read settles; destroying the
       // stream releases the socket or file behind it now.

@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { nextUnlessAborted } from "../../platform/lifecycle/abortable.js";
 import type { UploadHeader, UploadRequest } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { BlobIntegrityError, BlobStoreError, BlobTooLargeError, detectContentType, SNIFF_BYTES, type BlobRef, type BlobStore, type DetectedType } from "../../platform/blobs/index.js";
 
@@ -56,14 +57,8 @@ export async function receiveUpload(
 
   // A cancelled call may leave the request stream silent forever; waiting on it must end when the
   // call does, so the store gets to remove its partial file.
-  const cancelled = new Promise<never>((_, reject) => {
-    const fail = () => reject(new ConnectError("the upload was cancelled", Code.Canceled));
-    if (opts.signal.aborted) fail();
-    else opts.signal.addEventListener("abort", fail, { once: true });
-  });
-  cancelled.catch(() => undefined);
   const nextChunk = async (): Promise<Uint8Array | undefined> => {
-    const r = await Promise.race([it.next(), cancelled]);
+    const r = await nextUnlessAborted(it, opts.signal, () => new ConnectError("the upload was cancelled", Code.Canceled));
     if (r.done) return undefined;
     if (r.value.part.case !== "chunk") throw invalid("only the first message of an upload may be a header");
     return r.value.part.value;
