@@ -26,10 +26,11 @@ import {
 } from "../gen/medmesh/documents/v1/documents_pb.js";
 import { createMeshClient } from "../platform/grpc/client.js";
 import { closedLoop } from "./lib/grpc-load.js";
-import { cpuSecondsOf, machineCpuSeconds, memoryOf, startMesh, tail, type Mesh, type ProcMemory } from "./lib/mesh.js";
+import { cpuSecondsOf, machineCpuSeconds, memoryOf, QUIET_CORES, startMesh, tail, waitForQuiet, type Mesh, type ProcMemory } from "./lib/mesh.js";
 import { grpcFrame, percentile, runH2load, runWrk, versionOf, which, type ToolResult } from "./lib/tools.js";
 import { rawGrpcCall, singleFrame } from "./lib/verify.js";
 import { intFromEnv } from "./lib/env.js";
+import { fmt, mib, say } from "./lib/format.js";
 import { signInBenchAdmin } from "./lib/sign-in.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -42,16 +43,11 @@ const CONCURRENCY = intFromEnv("BENCH_CONCURRENCY", 64, 1, 1024);
 const H2_CLIENTS = intFromEnv("BENCH_H2_CLIENTS", 1, 1, CONCURRENCY);
 const MESH_WARMUP_SECONDS = intFromEnv("BENCH_MESH_WARMUP_SECONDS", 10, 0, 120);
 const QUIET_WAIT_SECONDS = intFromEnv("BENCH_QUIET_WAIT_SECONDS", 30, 0, 600);
-// An idle mesh and the odd daemon stay well below this; a concurrent test run does not.
-const QUIET_CORES = 0.3;
 if (CONCURRENCY % H2_CLIENTS !== 0) {
   process.stderr.write(`bench: BENCH_CONCURRENCY (${CONCURRENCY}) must be a multiple of BENCH_H2_CLIENTS (${H2_CLIENTS})\n`);
   process.exit(2);
 }
 
-function say(msg: string) {
-  process.stderr.write(`bench: ${msg}\n`);
-}
 
 type Outcome =
   | { kind: "measured"; result: ToolResult; cpu: CpuShare }
@@ -72,24 +68,6 @@ interface CpuShare {
   machine: number;
   /** What the machine spent beyond the mesh and the generator: other work sharing the cores. */
   others: number;
-}
-
-/**
- * On a shared machine someone else's test suite can take most of the cores for a while; starting
- * a row then measures them, not us. Waits (bounded) for a second in which the machine is close to
- * idle; what was seen is returned so the report can say so when the wait ran out.
- */
-async function waitForQuiet(maxSeconds: number): Promise<{ waitedSeconds: number; busyCores: number }> {
-  const started = performance.now();
-  let busyCores = NaN;
-  while (true) {
-    const a = machineCpuSeconds();
-    await new Promise((r) => setTimeout(r, 1_000));
-    const b = machineCpuSeconds();
-    busyCores = (b.busy - a.busy) / ((b.total - a.total) / os.availableParallelism());
-    const waitedSeconds = (performance.now() - started) / 1000;
-    if (busyCores < QUIET_CORES || waitedSeconds >= maxSeconds) return { waitedSeconds, busyCores };
-  }
 }
 
 /** Runs `load` while accounting the CPU each mesh process and the machine spent meanwhile. */
@@ -178,13 +156,7 @@ async function verify(mesh: Mesh, clients: Clients, id: string, body: Buffer, co
   return out;
 }
 
-function fmt(n: number, digits = 1): string {
-  return Number.isFinite(n) ? n.toFixed(digits) : "-";
-}
 
-function mib(bytes: number | undefined): string {
-  return bytes === undefined || !Number.isFinite(bytes) ? "-" : `${(bytes / 1024 / 1024).toFixed(0)} MiB`;
-}
 
 function failuresText(f: Record<string, number>): string {
   const entries = Object.entries(f);

@@ -28,6 +28,7 @@ import { onePagePdf } from "../test/fixtures/documents/make-fixtures.js";
 import { cpuSecondsOf, memoryOf, startMesh } from "./lib/mesh.js";
 import { percentile } from "./lib/tools.js";
 import { intFromEnv } from "./lib/env.js";
+import { fmt, mib, say } from "./lib/format.js";
 import { signInBenchAdmin } from "./lib/sign-in.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -38,11 +39,7 @@ const PACED_DOCS = intFromEnv("BENCH_PACED_DOCS", 200, 0, 100_000);
 const CONCURRENCY = intFromEnv("BENCH_UPLOAD_CONCURRENCY", 8, 1, 256);
 const TIMEOUT_SECONDS = intFromEnv("BENCH_TIMEOUT_SECONDS", 1800, 10, 7200);
 
-function say(msg: string) {
-  process.stderr.write(`bench: ${msg}\n`);
-}
 
-const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) : "-");
 
 type Docs = ReturnType<typeof createClient<typeof DocumentService>>;
 
@@ -201,7 +198,6 @@ async function main() {
     const damage = mesh.damage();
     if (damage) throw new Error(damage);
 
-    const mib = (b: number) => `${fmt(b / 1024 / 1024, 0)} MiB`;
     const lines = [
       "# Document pipeline benchmark",
       "",

@@ -32,8 +32,9 @@ import { DocumentService, DocumentType, type UploadRequestSchema, type UploadRes
 import { createMeshClient } from "../platform/grpc/client.js";
 import { postChunks, startSink, type Sink } from "./lib/h2-sink.js";
 import { intFromEnv } from "./lib/env.js";
+import { fmt, mib, say } from "./lib/format.js";
 import { signInBenchAdmin } from "./lib/sign-in.js";
-import { cpuSecondsOf, machineCpuSeconds, memoryOf, startMesh, tail, type Mesh } from "./lib/mesh.js";
+import { cpuSecondsOf, machineCpuSeconds, memoryOf, QUIET_CORES, startMesh, tail, waitForQuiet, type Mesh } from "./lib/mesh.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const MiB = 1024 * 1024;
@@ -50,15 +51,11 @@ const WARMUP_MIB = intFromEnv("BENCH_WARMUP_MIB", 32, 0, 1024);
 // on every flow-control round trip and runs at about 1 MB/s, a minute per 64 MiB.
 const LISTENER_MIB = intFromEnv("BENCH_LISTENER_MIB", 64, 0, 1024);
 const QUIET_WAIT_SECONDS = intFromEnv("BENCH_QUIET_WAIT_SECONDS", 30, 0, 600);
-const QUIET_CORES = 0.3;
 // Part 1 sends a file with no repeats up to this size; part 2 cycles a small pool instead, so
 // that what the client holds is visibly not the file.
 const THROUGHPUT_POOL_BYTES = 256 * MiB;
 const RSS_POOL_BYTES = 16 * MiB;
 
-function say(msg: string) {
-  process.stderr.write(`bench: ${msg}\n`);
-}
 
 /**
  * A file that exists only as a recipe: a pool of random bytes, cycled chunk by chunk, behind a
@@ -139,25 +136,10 @@ interface RowResult {
   failures: string[];
 }
 
-/**
- * On a shared machine another team's test run can hold the cores for a while; an upload started
- * then measures them. Waits, up to a bound, for a second of near idleness, and reports what it saw.
- */
-async function waitForQuiet(maxSeconds: number): Promise<number> {
-  const started = performance.now();
-  for (;;) {
-    const a = machineCpuSeconds();
-    await new Promise((r) => setTimeout(r, 1_000));
-    const b = machineCpuSeconds();
-    const busy = (b.busy - a.busy) / ((b.total - a.total) / os.availableParallelism());
-    if (busy < QUIET_CORES || (performance.now() - started) / 1000 >= maxSeconds) return busy;
-  }
-}
-
 async function quiet() {
   if (QUIET_WAIT_SECONDS === 0) return;
-  const busy = await waitForQuiet(QUIET_WAIT_SECONDS);
-  if (busy >= QUIET_CORES) say(`  machine still busy (${busy.toFixed(2)} cores) after ${QUIET_WAIT_SECONDS}s; measuring anyway`);
+  const { busyCores } = await waitForQuiet(QUIET_WAIT_SECONDS);
+  if (busyCores >= QUIET_CORES) say(`  machine still busy (${busyCores.toFixed(2)} cores) after ${QUIET_WAIT_SECONDS}s; measuring anyway`);
 }
 
 function selfCpuSeconds(): number {
@@ -564,13 +546,7 @@ async function main() {
   process.exit(exitCode);
 }
 
-function mib(bytes: number | undefined): string {
-  return bytes === undefined || !Number.isFinite(bytes) ? "-" : `${(bytes / MiB).toFixed(0)} MiB`;
-}
 
-function fmt(n: number, digits = 1): string {
-  return Number.isFinite(n) ? n.toFixed(digits) : "-";
-}
 
 /** The commit the run measured, and whether the tree differed from it: others edit while benches run. */
 function codeVersion(): string {

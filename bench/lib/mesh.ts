@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
+import os from "node:os";
 import path from "node:path";
 
 /** A port the kernel just handed out on loopback; closed again so the mesh can bind it. */
@@ -249,5 +250,25 @@ export function machineCpuSeconds(): { busy: number; total: number } {
     return { busy: (total - idle) / TICKS_PER_SECOND, total: total / TICKS_PER_SECOND };
   } catch {
     return { busy: NaN, total: NaN };
+  }
+}
+
+/** Below this many busy cores the machine counts as idle (an idle mesh and the odd daemon stay well below it). */
+export const QUIET_CORES = 0.3;
+
+/**
+ * On a shared machine someone else's test run can hold the cores for a while, and a measurement
+ * started then measures them. Waits, up to `maxSeconds`, for a second in which the machine is
+ * near idle; returns what it saw, so a report can say when the wait ran out.
+ */
+export async function waitForQuiet(maxSeconds: number): Promise<{ waitedSeconds: number; busyCores: number }> {
+  const started = performance.now();
+  for (;;) {
+    const a = machineCpuSeconds();
+    await new Promise((r) => setTimeout(r, 1_000));
+    const b = machineCpuSeconds();
+    const busyCores = (b.busy - a.busy) / ((b.total - a.total) / os.availableParallelism());
+    const waitedSeconds = (performance.now() - started) / 1000;
+    if (busyCores < QUIET_CORES || waitedSeconds >= maxSeconds) return { waitedSeconds, busyCores };
   }
 }

@@ -11,6 +11,7 @@ import type { DocumentRow, OutcomeRow, StatusRow, VersionRow } from "./store.js"
 import {
   DocumentVersionSchema,
   FailureReason,
+  ProcessingFailureSchema,
   ProcessingOutcomeSchema,
   ProcessingResultSchema,
   WatchDocumentResponseSchema,
@@ -43,7 +44,7 @@ export const failureReasons = enumCodec(FailureReason, "FailureReason.");
 
 function failureOf(reason: string | null, message: string | null): ProcessingFailure | undefined {
   if (!reason) return undefined;
-  return { $typeName: "medmesh.documents.v1.ProcessingFailure", reason: failureReasons.fromName(reason), message: message ?? "" };
+  return create(ProcessingFailureSchema, { reason: failureReasons.fromName(reason), message: message ?? "" });
 }
 
 export function toOutcome(row: OutcomeRow): ProcessingOutcome {

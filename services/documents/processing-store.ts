@@ -18,6 +18,10 @@ export type RecordResult =
   | { kind: "no_version"; current: number }
   | { kind: "recorded"; outcome: OutcomeRow; already: boolean; moved: boolean };
 
+function outcomeIn(db: Kysely<DocumentsDB>, documentId: string, version: number): Promise<OutcomeRow | undefined> {
+  return db.selectFrom("processing_outcome").selectAll().where("document_id", "=", documentId).where("version", "=", version).executeTakeFirst();
+}
+
 /** Statuses after which nothing more happens to a version until someone uploads another. */
 export const TERMINAL_STATUSES = new Set(["processed", "failed", "indexed"]);
 
@@ -59,7 +63,7 @@ export class ProcessingStore {
       const doc = await this.lockDocument(trx, documentId);
       if (!doc) return { kind: "no_document" } as const;
       if (version > doc.version) return { kind: "no_version", current: doc.version } as const;
-      const done = await trx.selectFrom("processing_outcome").selectAll().where("document_id", "=", documentId).where("version", "=", version).executeTakeFirst();
+      const done = await outcomeIn(trx, documentId, version);
       if (done) return { kind: "done", outcome: done } as const;
       // Only the step from uploaded is a change: a retry finds it processing already, and an
       // older version's processing says nothing about the current content.
@@ -90,7 +94,7 @@ export class ProcessingStore {
         .returningAll()
         .executeTakeFirst();
       if (!inserted) {
-        const first = await trx.selectFrom("processing_outcome").selectAll().where("document_id", "=", documentId).where("version", "=", version).executeTakeFirstOrThrow();
+        const first = (await outcomeIn(trx, documentId, version))!;
         return { kind: "recorded", outcome: first, already: true, moved: false } as const;
       }
       if (version !== doc.version) return { kind: "recorded", outcome: inserted, already: false, moved: false } as const;
@@ -101,7 +105,7 @@ export class ProcessingStore {
   }
 
   async outcome(documentId: string, version: number): Promise<OutcomeRow | undefined> {
-    return this.db.selectFrom("processing_outcome").selectAll().where("document_id", "=", documentId).where("version", "=", version).executeTakeFirst();
+    return outcomeIn(this.db, documentId, version);
   }
 
   async latestStatus(documentId: string): Promise<StatusRow | undefined> {

@@ -20,7 +20,7 @@ import { callerOf, notFound, type DocumentAccess } from "./access.js";
 import { toDocument, toVersion } from "./model.js";
 import type { ContentOptions } from "./service.js";
 import type { DocumentStore, NewDocument } from "./store.js";
-import { bytesText, contradicts } from "./upload.js";
+import { bytesText, contradicts, discardUnlessUsed } from "./upload.js";
 import type { UploadSessionRow, UploadSessionStore } from "./upload-sessions.js";
 
 export interface ResumableUploadOptions {
@@ -50,7 +50,6 @@ function fail(code: Code, message: string): ConnectError {
 
 const uploadNotFound = (id: string) => fail(Code.NotFound, `upload ${id} does not exist`);
 
-const bytes = bytesText;
 
 const isMissing = (err: unknown) => (err as { code?: string })?.code === "ENOENT";
 
@@ -166,10 +165,7 @@ export function resumableUploadHandlers(store: DocumentStore, access: DocumentAc
     return fail(Code.DataLoss, `the bytes received so far for upload ${id} are no longer on the server; abort it and upload the file again`);
   }
 
-  /** Removes a stored blob nobody turned out to need (identical content may belong to a version). */
-  async function discard(blob: BlobRef): Promise<void> {
-    if (!(await store.blobInUse(blob.sha256))) await content.blobs.delete(blob.key);
-  }
+  const discard = (blob: BlobRef) => discardUnlessUsed(store, content.blobs, blob);
 
   async function endSession(id: string): Promise<void> {
     await sessions.remove(id);
@@ -196,7 +192,7 @@ export function resumableUploadHandlers(store: DocumentStore, access: DocumentAc
       if (size > content.maxUploadBytes) {
         throw fail(
           Code.ResourceExhausted,
-          `the file is ${size} bytes (${bytes(size)}), more than the ${bytes(content.maxUploadBytes)} an upload may carry`,
+          `the file is ${size} bytes (${bytesText(size)}), more than the ${bytesText(content.maxUploadBytes)} an upload may carry`,
         );
       }
       const row = await sessions.create(
@@ -337,7 +333,7 @@ export function resumableUploadHandlers(store: DocumentStore, access: DocumentAc
             );
           }
           if (err instanceof BlobTooLargeError) {
-            throw fail(Code.ResourceExhausted, `the file is more than the ${bytes(content.maxUploadBytes)} an upload may carry`);
+            throw fail(Code.ResourceExhausted, `the file is more than the ${bytesText(content.maxUploadBytes)} an upload may carry`);
           }
           if (isMissing(err)) throw await lost(id, caller);
           throw err;

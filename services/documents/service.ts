@@ -3,7 +3,7 @@ import { DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js"
 import { invalidArgument } from "../../platform/grpc/errors.js";
 import { decodePageToken, encodePageToken } from "../../platform/grpc/page-token.js";
 import { documentTypes, statuses, toDocument, toVersion } from "./model.js";
-import { receiveUpload } from "./upload.js";
+import { discardUnlessUsed, receiveUpload } from "./upload.js";
 import type { BlobStore } from "../../platform/blobs/index.js";
 import { callerOf, checkDates, DocumentAccess, isAdmin, normalised, notFound } from "./access.js";
 import { resumableUploadHandlers, type ResumableUploadOptions } from "./resumable-upload.js";
@@ -137,9 +137,7 @@ export function documentService(store: DocumentStore, processing: ProcessingStor
       const file = await receiveUpload(requests, content.blobs, {
         maxBytes: content.maxUploadBytes,
         signal: ctx.signal,
-        discard: async (blob) => {
-          if (!(await store.blobInUse(blob.sha256))) await content.blobs.delete(blob.key);
-        },
+        discard: (blob) => discardUnlessUsed(store, content.blobs, blob),
         authorize: async (header) => {
           target = await access.uploadTarget(header, caller);
         },

@@ -1,5 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { nextUnlessAborted } from "../../platform/lifecycle/abortable.js";
+import type { DocumentStore } from "./store.js";
 import type { UploadHeader, UploadRequest } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { BlobIntegrityError, BlobStoreError, BlobTooLargeError, detectContentType, SNIFF_BYTES, type BlobRef, type BlobStore, type DetectedType } from "../../platform/blobs/index.js";
 
@@ -14,6 +15,11 @@ export function bytesText(n: number): string {
   if (n >= 1024 * 1024) return `${+(n / 1024 / 1024).toFixed(1)} MiB`;
   if (n >= 1024) return `${+(n / 1024).toFixed(1)} KiB`;
   return `${n} bytes`;
+}
+
+/** Removes a stored blob nobody turned out to need; identical content may still belong to a version. */
+export async function discardUnlessUsed(store: DocumentStore, blobs: BlobStore, blob: BlobRef): Promise<void> {
+  if (!(await store.blobInUse(blob.sha256))) await blobs.delete(blob.key);
 }
 
 function invalid(message: string): ConnectError {
