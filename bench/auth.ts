@@ -37,15 +37,26 @@ async function throughput(verify: boolean, dir: string): Promise<ToolResult> {
   const identity = await startTestIdentity();
   const token = await identity.token("doctor");
   const doctor = await identity.userId("doctor");
-  const trusted: PrincipalResolver | undefined = verify ? undefined : async () => ({ subject: doctor, role: Role.DOCTOR, kind: "user" });
+  const trusted: PrincipalResolver | undefined = verify
+    ? undefined
+    : async () => ({ subject: doctor, role: Role.DOCTOR, kind: "user" });
   const docs = await startDocuments({ ...quiet, IDENTITY_TARGET: identity.target }, { resolvePrincipal: trusted });
   const gw = await startGateway(
-    { ...quiet, IDENTITY_TARGET: identity.target, DOCUMENTS_TARGET: `127.0.0.1:${docs.port}`, RATE_LIMITS: "read=100000000:100000000" },
+    {
+      ...quiet,
+      IDENTITY_TARGET: identity.target,
+      DOCUMENTS_TARGET: `127.0.0.1:${docs.port}`,
+      RATE_LIMITS: "read=100000000:100000000",
+    },
     { services: [DocumentService], resolvePrincipal: trusted },
   );
   try {
-    const client = createMeshClient(DocumentService, `127.0.0.1:${docs.port}`, { headers: { authorization: `Bearer ${token}` } });
-    const { document } = await client.createDocument({ document: { title: "bench", documentType: DocumentType.REVIEW } });
+    const client = createMeshClient(DocumentService, `127.0.0.1:${docs.port}`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    const { document } = await client.createDocument({
+      document: { title: "bench", documentType: DocumentType.REVIEW },
+    });
     client.close();
     if (verify) process.env.BENCH_AUTHORIZATION = `Bearer ${token}`;
     else delete process.env.BENCH_AUTHORIZATION;
@@ -56,7 +67,15 @@ async function throughput(verify: boolean, dir: string): Promise<ToolResult> {
     const probe = await rawGrpcCall(origin, "/medmesh.documents.v1.DocumentService/GetDocument", body);
     if (probe.grpcStatus !== "0") throw new Error(`probe failed: ${probe.grpcStatus} ${probe.grpcMessage}`);
     return await runH2load(
-      { url: origin + "/medmesh.documents.v1.DocumentService/GetDocument", bodyFile, clients: 1, streamsPerClient: 64, seconds: 10, okResponseDataBytes: probe.data.length, logFile: path.join(dir, `h2load-${verify}.log`) },
+      {
+        url: origin + "/medmesh.documents.v1.DocumentService/GetDocument",
+        bodyFile,
+        clients: 1,
+        streamsPerClient: 64,
+        seconds: 10,
+        okResponseDataBytes: probe.data.length,
+        logFile: path.join(dir, `h2load-${verify}.log`),
+      },
       3,
     );
   } finally {
@@ -94,7 +113,10 @@ async function main() {
   const { privateKey, publicKey } = generateKeyPairSync("ed25519");
   const x = (publicKey.export({ format: "jwk" }) as { x: string }).x;
   const jwks: Jwks = { keys: [{ kty: "OKP", crv: "Ed25519", x, kid: "k1", alg: "EdDSA", use: "sig" }] };
-  const token = signAccessToken(newAccessClaims({ sub: "u1", role: "doctor", kind: "user", sid: "s1" }, new Date()), { kid: "k1", privateKey });
+  const token = signAccessToken(newAccessClaims({ sub: "u1", role: "doctor", kind: "user", sid: "s1" }, new Date()), {
+    kid: "k1",
+    privateKey,
+  });
   const N = 20_000;
   for (let i = 0; i < 2_000; i++) verifyAccessToken(token, jwks, { now: Date.now() }); // warm-up
   let t = performance.now();
@@ -102,7 +124,11 @@ async function main() {
     if (!verifyAccessToken(token, jwks, { now: Date.now() }).ok) throw new Error("token did not verify");
   }
   const verifyUs = ((performance.now() - t) * 1000) / N;
-  const resolve = bearerPrincipalResolver({ current: async () => jwks, refresh: async () => jwks, close: () => undefined });
+  const resolve = bearerPrincipalResolver({
+    current: async () => jwks,
+    refresh: async () => jwks,
+    close: () => undefined,
+  });
   const header = new Headers({ authorization: `Bearer ${token}` });
   for (let i = 0; i < 2_000; i++) await resolve(header);
   t = performance.now();
@@ -137,7 +163,10 @@ async function main() {
   const md = [
     "# Authentication costs",
     "",
-    `Run ${new Date().toISOString()} on ${os.cpus()[0]?.model ?? "?"} (nproc ${os.cpus().length}), Node ${process.version}, load average ${os.loadavg().map((l) => l.toFixed(2)).join(" ")}.`,
+    `Run ${new Date().toISOString()} on ${os.cpus()[0]?.model ?? "?"} (nproc ${os.cpus().length}), Node ${process.version}, load average ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}.`,
     "",
     "| what | figure |",
     "|---|---:|",

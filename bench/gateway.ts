@@ -26,7 +26,17 @@ import {
 } from "../gen/medmesh/documents/v1/documents_pb.js";
 import { createMeshClient } from "../platform/grpc/client.js";
 import { closedLoop } from "./lib/grpc-load.js";
-import { cpuSecondsOf, machineCpuSeconds, memoryOf, QUIET_CORES, startMesh, tail, waitForQuiet, type Mesh, type ProcMemory } from "./lib/mesh.js";
+import {
+  cpuSecondsOf,
+  machineCpuSeconds,
+  memoryOf,
+  QUIET_CORES,
+  startMesh,
+  tail,
+  waitForQuiet,
+  type Mesh,
+  type ProcMemory,
+} from "./lib/mesh.js";
 import { grpcFrame, percentile, runH2load, runWrk, versionOf, which, type ToolResult } from "./lib/tools.js";
 import { rawGrpcCall, singleFrame } from "./lib/verify.js";
 import { intFromEnv } from "./lib/env.js";
@@ -36,7 +46,6 @@ import { signInBenchAdmin } from "./lib/sign-in.js";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const METHOD_PATH = `/${DocumentService.typeName}/GetDocument`;
 
-
 const SECONDS = intFromEnv("BENCH_SECONDS", 10, 1, 120);
 const WARMUP_SECONDS = intFromEnv("BENCH_WARMUP_SECONDS", 2, 0, 60);
 const CONCURRENCY = intFromEnv("BENCH_CONCURRENCY", 64, 1, 1024);
@@ -44,10 +53,11 @@ const H2_CLIENTS = intFromEnv("BENCH_H2_CLIENTS", 1, 1, CONCURRENCY);
 const MESH_WARMUP_SECONDS = intFromEnv("BENCH_MESH_WARMUP_SECONDS", 10, 0, 120);
 const QUIET_WAIT_SECONDS = intFromEnv("BENCH_QUIET_WAIT_SECONDS", 30, 0, 600);
 if (CONCURRENCY % H2_CLIENTS !== 0) {
-  process.stderr.write(`bench: BENCH_CONCURRENCY (${CONCURRENCY}) must be a multiple of BENCH_H2_CLIENTS (${H2_CLIENTS})\n`);
+  process.stderr.write(
+    `bench: BENCH_CONCURRENCY (${CONCURRENCY}) must be a multiple of BENCH_H2_CLIENTS (${H2_CLIENTS})\n`,
+  );
   process.exit(2);
 }
-
 
 type Outcome =
   | { kind: "measured"; result: ToolResult; cpu: CpuShare }
@@ -79,7 +89,9 @@ async function withCpu(pids: Record<string, number>, load: () => Promise<ToolRes
     const result = await load();
     const wall = (performance.now() - t0) / 1000;
     const machine = (machineCpuSeconds().busy - machineBefore.busy) / wall;
-    const perProcess = Object.fromEntries(Object.entries(pids).map(([n, p]) => [n, (cpuSecondsOf(p) - before[n]!) / wall]));
+    const perProcess = Object.fromEntries(
+      Object.entries(pids).map(([n, p]) => [n, (cpuSecondsOf(p) - before[n]!) / wall]),
+    );
     const generator = result.generatorCpuSeconds / wall;
     const others = machine - generator - Object.values(perProcess).reduce((a, b) => a + b, 0);
     return { kind: "measured", result, cpu: { perProcess, generator, machine, others } };
@@ -103,11 +115,22 @@ interface Clients {
   connectViaGateway: Client<typeof DocumentService>;
 }
 
-async function verify(mesh: Mesh, clients: Clients, id: string, body: Buffer, connectBody: string, getUrl: string): Promise<Verified> {
+async function verify(
+  mesh: Mesh,
+  clients: Clients,
+  id: string,
+  body: Buffer,
+  connectBody: string,
+  getUrl: string,
+): Promise<Verified> {
   const { direct, grpcViaGateway, connectViaGateway } = clients;
   const gateway = mesh.endpoints.gateway!;
   const documentsOrigin = `http://${mesh.endpoints.documents!.replace(/^grpc:\/\//, "")}`;
-  const out: Verified = { id, okDataBytes: {}, broken: { documents: undefined, gatewayGrpc: undefined, gatewayConnect: undefined } };
+  const out: Verified = {
+    id,
+    okDataBytes: {},
+    broken: { documents: undefined, gatewayGrpc: undefined, gatewayConnect: undefined },
+  };
   const check = async (key: keyof Verified["broken"], what: string, fn: () => Promise<void>) => {
     try {
       await fn();
@@ -123,7 +146,9 @@ async function verify(mesh: Mesh, clients: Clients, id: string, body: Buffer, co
   const rawBytes = async (origin: string) => {
     const reply = await rawGrpcCall(origin, METHOD_PATH, body);
     if (reply.httpStatus !== 200 || reply.grpcStatus !== "0") {
-      throw new Error(`HTTP ${reply.httpStatus}, grpc-status ${reply.grpcStatus ?? "(none)"} ${reply.grpcMessage ?? ""}`);
+      throw new Error(
+        `HTTP ${reply.httpStatus}, grpc-status ${reply.grpcStatus ?? "(none)"} ${reply.grpcMessage ?? ""}`,
+      );
     }
     const frame = singleFrame(reply.data);
     if (typeof frame === "string") throw new Error(frame);
@@ -131,8 +156,12 @@ async function verify(mesh: Mesh, clients: Clients, id: string, body: Buffer, co
     out.okDataBytes[origin] = reply.data.length;
   };
 
-  await check("documents", "grpc-js client -> documents", async () => expectId((await direct.getDocument({ id })).document?.id, "grpc-js"));
-  await check("documents", `h2load's request bytes -> documents (grpc-status 0 in trailers)`, () => rawBytes(documentsOrigin));
+  await check("documents", "grpc-js client -> documents", async () =>
+    expectId((await direct.getDocument({ id })).document?.id, "grpc-js"),
+  );
+  await check("documents", `h2load's request bytes -> documents (grpc-status 0 in trailers)`, () =>
+    rawBytes(documentsOrigin),
+  );
 
   await check("gatewayGrpc", "connect-node gRPC client -> gateway (h2c)", async () =>
     expectId((await grpcViaGateway.getDocument({ id }, { timeoutMs: 5_000 })).document?.id, "gateway gRPC"),
@@ -145,7 +174,14 @@ async function verify(mesh: Mesh, clients: Clients, id: string, body: Buffer, co
   await check("gatewayConnect", "wrk's POST and GET requests -> gateway (HTTP 200, the document)", async () => {
     const headers = { "connect-protocol-version": "1", authorization: process.env.BENCH_AUTHORIZATION! };
     for (const [how, res] of [
-      ["POST", await fetch(gateway + METHOD_PATH, { method: "POST", headers: { ...headers, "content-type": "application/json" }, body: connectBody })],
+      [
+        "POST",
+        await fetch(gateway + METHOD_PATH, {
+          method: "POST",
+          headers: { ...headers, "content-type": "application/json" },
+          body: connectBody,
+        }),
+      ],
       ["GET", await fetch(getUrl, { headers })],
     ] as const) {
       const text = await res.text();
@@ -156,17 +192,15 @@ async function verify(mesh: Mesh, clients: Clients, id: string, body: Buffer, co
   return out;
 }
 
-
-
 function failuresText(f: Record<string, number>): string {
   const entries = Object.entries(f);
   return entries.length ? entries.map(([k, v]) => `${v} ${k}`).join(", ") : "0";
 }
 
-
 async function main() {
   const tools = { h2load: which("h2load"), wrk: which("wrk") };
-  if (!tools.h2load) say("h2load not found on PATH (Debian/Ubuntu: apt-get install nghttp2-client); its rows will be skipped");
+  if (!tools.h2load)
+    say("h2load not found on PATH (Debian/Ubuntu: apt-get install nghttp2-client); its rows will be skipped");
   if (!tools.wrk) say("wrk not found on PATH (Debian/Ubuntu: apt-get install wrk); its rows will be skipped");
 
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "medmesh-gateway-bench-"));
@@ -219,39 +253,64 @@ async function main() {
     const getUrl = `${gateway}${METHOD_PATH}?connect=v1&encoding=json&message=${encodeURIComponent(connectBody)}`;
     const clients: Clients = {
       direct,
-      grpcViaGateway: createClient(DocumentService, createGrpcTransport({ baseUrl: gateway, interceptors: [withAuth] })),
-      connectViaGateway: createClient(DocumentService, createConnectTransport({ baseUrl: gateway, httpVersion: "1.1", useHttpGet: true, interceptors: [withAuth] })),
+      grpcViaGateway: createClient(
+        DocumentService,
+        createGrpcTransport({ baseUrl: gateway, interceptors: [withAuth] }),
+      ),
+      connectViaGateway: createClient(
+        DocumentService,
+        createConnectTransport({ baseUrl: gateway, httpVersion: "1.1", useHttpGet: true, interceptors: [withAuth] }),
+      ),
     };
     const verified = await verify(mesh, clients, id, body, connectBody, getUrl);
 
     // Let start-up work (JIT, GC after migrations) settle so "idle" means idle.
     await new Promise((r) => setTimeout(r, 1_000));
-    const idleMemory: Record<string, ProcMemory | undefined> = Object.fromEntries(Object.entries(mesh.pids).map(([n, p]) => [n, memoryOf(p)]));
+    const idleMemory: Record<string, ProcMemory | undefined> = Object.fromEntries(
+      Object.entries(mesh.pids).map(([n, p]) => [n, memoryOf(p)]),
+    );
 
     // A cold mesh (V8 and PGlite's WebAssembly still tiering up) runs at a fraction of its
     // speed for its first several thousand calls; without this the first row would measure
     // warm-up. Every path the rows use is exercised, so no row inherits another's warm-up.
     if (MESH_WARMUP_SECONDS > 0) {
       say(`warming the mesh up for ${MESH_WARMUP_SECONDS}s through every path`);
-      const paths = [() => direct.getDocument({ id }), () => clients.grpcViaGateway.getDocument({ id }), () => clients.connectViaGateway.getDocument({ id })];
+      const paths = [
+        () => direct.getDocument({ id }),
+        () => clients.grpcViaGateway.getDocument({ id }),
+        () => clients.connectViaGateway.getDocument({ id }),
+      ];
       let turn = 0;
-      const warm = await closedLoop(() => paths[turn++ % paths.length]!(), { concurrency: CONCURRENCY, warmupMs: 0, durationMs: MESH_WARMUP_SECONDS * 1000 });
+      const warm = await closedLoop(() => paths[turn++ % paths.length]!(), {
+        concurrency: CONCURRENCY,
+        warmupMs: 0,
+        durationMs: MESH_WARMUP_SECONDS * 1000,
+      });
       say(`  ${warm.ok} calls, ${Object.values(warm.errors).reduce((a, b) => a + b, 0)} failed`);
     }
 
     const streams = CONCURRENCY / H2_CLIENTS;
     const h2Shape = `${H2_CLIENTS} conn x ${streams} streams`;
     const rows: Row[] = [];
-    const measure = async (row: Omit<Row, "outcome">, needs: { tool?: keyof typeof tools; path: keyof Verified["broken"] }, load: () => Promise<ToolResult>) => {
+    const measure = async (
+      row: Omit<Row, "outcome">,
+      needs: { tool?: keyof typeof tools; path: keyof Verified["broken"] },
+      load: () => Promise<ToolResult>,
+    ) => {
       let outcome: Outcome;
       const damageBefore = mesh.damage();
       if (damageBefore) outcome = { kind: "skipped", reason: damageBefore };
-      else if (needs.tool && !tools[needs.tool]) outcome = { kind: "skipped", reason: `${needs.tool} is not installed` };
-      else if (verified.broken[needs.path]) outcome = { kind: "skipped", reason: `verification failed: ${verified.broken[needs.path]}` };
+      else if (needs.tool && !tools[needs.tool])
+        outcome = { kind: "skipped", reason: `${needs.tool} is not installed` };
+      else if (verified.broken[needs.path])
+        outcome = { kind: "skipped", reason: `verification failed: ${verified.broken[needs.path]}` };
       else {
         if (QUIET_WAIT_SECONDS > 0) {
           const q = await waitForQuiet(QUIET_WAIT_SECONDS);
-          if (q.busyCores >= QUIET_CORES) say(`machine still busy (${fmt(q.busyCores, 2)} cores) after waiting ${fmt(q.waitedSeconds, 0)}s; measuring anyway`);
+          if (q.busyCores >= QUIET_CORES)
+            say(
+              `machine still busy (${fmt(q.busyCores, 2)} cores) after waiting ${fmt(q.waitedSeconds, 0)}s; measuring anyway`,
+            );
           else if (q.waitedSeconds > 1.5) say(`waited ${fmt(q.waitedSeconds, 0)}s for the machine to go quiet`);
         }
         say(`load: ${row.path} with ${row.generator} (${WARMUP_SECONDS}s warm-up + ${SECONDS}s)`);
@@ -261,25 +320,35 @@ async function main() {
         if (damage) outcome = { kind: "error", reason: `during this load: ${damage}` };
         if (outcome.kind === "measured") {
           const r = outcome.result;
-          say(`  ${fmt(r.ok / r.durationSeconds, 0)} req/s, p50 ${fmt(r.p50Ms, 2)} ms, p99 ${fmt(r.p99Ms, 2)} ms, failures: ${failuresText(r.failures)}`);
+          say(
+            `  ${fmt(r.ok / r.durationSeconds, 0)} req/s, p50 ${fmt(r.p50Ms, 2)} ms, p99 ${fmt(r.p99Ms, 2)} ms, failures: ${failuresText(r.failures)}`,
+          );
         } else say(`  ${outcome.reason}`);
       }
       rows.push({ ...row, outcome });
     };
 
-    await measure({ path: "documents (direct)", generator: `grpc-js, createMeshClient, 1 channel, ${CONCURRENCY} in flight` }, { path: "documents" }, async () => {
-      const cpu0 = process.cpuUsage();
-      const r = await closedLoop(() => direct.getDocument({ id }), { concurrency: CONCURRENCY, warmupMs: WARMUP_SECONDS * 1000, durationMs: SECONDS * 1000 });
-      const cpu1 = process.cpuUsage(cpu0);
-      return {
-        generatorCpuSeconds: (cpu1.user + cpu1.system) / 1e6,
-        ok: r.ok,
-        durationSeconds: r.windowSeconds,
-        p50Ms: percentile(r.latenciesMs, 50),
-        p99Ms: percentile(r.latenciesMs, 99),
-        failures: r.errors,
-      };
-    });
+    await measure(
+      { path: "documents (direct)", generator: `grpc-js, createMeshClient, 1 channel, ${CONCURRENCY} in flight` },
+      { path: "documents" },
+      async () => {
+        const cpu0 = process.cpuUsage();
+        const r = await closedLoop(() => direct.getDocument({ id }), {
+          concurrency: CONCURRENCY,
+          warmupMs: WARMUP_SECONDS * 1000,
+          durationMs: SECONDS * 1000,
+        });
+        const cpu1 = process.cpuUsage(cpu0);
+        return {
+          generatorCpuSeconds: (cpu1.user + cpu1.system) / 1e6,
+          ok: r.ok,
+          durationSeconds: r.windowSeconds,
+          p50Ms: percentile(r.latenciesMs, 50),
+          p99Ms: percentile(r.latenciesMs, 99),
+          failures: r.errors,
+        };
+      },
+    );
     const h2 = (origin: string) => ({
       url: origin + METHOD_PATH,
       bodyFile,
@@ -289,18 +358,32 @@ async function main() {
       okResponseDataBytes: verified.okDataBytes[origin] ?? 1,
       logFile: path.join(dataDir, "h2load.log"),
     });
-    await measure({ path: "documents (direct)", generator: `h2load gRPC, ${h2Shape}` }, { tool: "h2load", path: "documents" }, () => runH2load(h2(documentsOrigin), WARMUP_SECONDS));
-    await measure({ path: "gateway, gRPC over h2c", generator: `h2load gRPC, ${h2Shape}` }, { tool: "h2load", path: "gatewayGrpc" }, () => runH2load(h2(gateway), WARMUP_SECONDS));
+    await measure(
+      { path: "documents (direct)", generator: `h2load gRPC, ${h2Shape}` },
+      { tool: "h2load", path: "documents" },
+      () => runH2load(h2(documentsOrigin), WARMUP_SECONDS),
+    );
+    await measure(
+      { path: "gateway, gRPC over h2c", generator: `h2load gRPC, ${h2Shape}` },
+      { tool: "h2load", path: "gatewayGrpc" },
+      () => runH2load(h2(gateway), WARMUP_SECONDS),
+    );
     const script = path.join(root, "bench/lib/wrk-connect.lua");
     const wrk = { connections: CONCURRENCY, threads: 1, seconds: SECONDS, script };
-    await measure({ path: "gateway, Connect JSON POST, HTTP/1.1", generator: `wrk, ${CONCURRENCY} connections` }, { tool: "wrk", path: "gatewayConnect" }, () =>
-      runWrk({ ...wrk, url: gateway + METHOD_PATH, method: "POST", body: connectBody }, WARMUP_SECONDS),
+    await measure(
+      { path: "gateway, Connect JSON POST, HTTP/1.1", generator: `wrk, ${CONCURRENCY} connections` },
+      { tool: "wrk", path: "gatewayConnect" },
+      () => runWrk({ ...wrk, url: gateway + METHOD_PATH, method: "POST", body: connectBody }, WARMUP_SECONDS),
     );
-    await measure({ path: "gateway, Connect JSON GET, HTTP/1.1", generator: `wrk, ${CONCURRENCY} connections` }, { tool: "wrk", path: "gatewayConnect" }, () =>
-      runWrk({ ...wrk, url: getUrl, method: "GET" }, WARMUP_SECONDS),
+    await measure(
+      { path: "gateway, Connect JSON GET, HTTP/1.1", generator: `wrk, ${CONCURRENCY} connections` },
+      { tool: "wrk", path: "gatewayConnect" },
+      () => runWrk({ ...wrk, url: getUrl, method: "GET" }, WARMUP_SECONDS),
     );
 
-    const afterMemory: Record<string, ProcMemory | undefined> = Object.fromEntries(Object.entries(mesh.pids).map(([n, p]) => [n, memoryOf(p)]));
+    const afterMemory: Record<string, ProcMemory | undefined> = Object.fromEntries(
+      Object.entries(mesh.pids).map(([n, p]) => [n, memoryOf(p)]),
+    );
     const md = report({ rows, idleMemory, afterMemory, loadBefore, pids: mesh.pids, tools });
     fs.mkdirSync(path.join(root, "bench/results"), { recursive: true });
     fs.writeFileSync(path.join(root, "bench/results/gateway.md"), md);
@@ -362,17 +445,27 @@ function report(input: {
         `| ${r.path} | ${r.generator} | ${fmt(x.ok / x.durationSeconds, 0)} | ${fmt(x.p50Ms, 2)} | ${fmt(x.p99Ms, 2)} | ${failuresText(x.failures)} | ${fmt(o.cpu.others, 2)} |`,
       );
     } else {
-      lines.push(`| ${r.path} | ${r.generator} | - | - | - | ${o.kind}: ${o.reason.replace(/\|/g, "\\|").replace(/\n/g, " ")} | - |`);
+      lines.push(
+        `| ${r.path} | ${r.generator} | - | - | - | ${o.kind}: ${o.reason.replace(/\|/g, "\\|").replace(/\n/g, " ")} | - |`,
+      );
     }
   }
   lines.push("");
-  lines.push("req/s counts successful calls only: for gRPC via h2load a call counts when it returned HTTP 200 *and* a response message ");
-  lines.push("(a failed gRPC call is also HTTP 200, with grpc-status in trailers and no DATA), for wrk when the status was 200.");
-  lines.push("Latencies are per call from the generator's side. \"Other load\" is CPU used meanwhile by processes that are neither the mesh");
+  lines.push(
+    "req/s counts successful calls only: for gRPC via h2load a call counts when it returned HTTP 200 *and* a response message ",
+  );
+  lines.push(
+    "(a failed gRPC call is also HTTP 200, with grpc-status in trailers and no DATA), for wrk when the status was 200.",
+  );
+  lines.push(
+    'Latencies are per call from the generator\'s side. "Other load" is CPU used meanwhile by processes that are neither the mesh',
+  );
   lines.push("nor the generator; a row where it is well above 0 was measured on a shared, busy machine.");
   lines.push("");
 
-  const measured = rows.filter((r): r is Row & { outcome: Extract<Outcome, { kind: "measured" }> } => r.outcome.kind === "measured");
+  const measured = rows.filter(
+    (r): r is Row & { outcome: Extract<Outcome, { kind: "measured" }> } => r.outcome.kind === "measured",
+  );
   const rate = (pathPrefix: string, gen: string) => {
     const r = measured.find((m) => m.path.startsWith(pathPrefix) && m.generator.startsWith(gen));
     return r ? r.outcome.result.ok / r.outcome.result.durationSeconds : NaN;
@@ -382,17 +475,27 @@ function report(input: {
   const gwPost = rate("gateway, Connect JSON POST", "wrk");
   const directGrpcJs = rate("documents", "grpc-js");
   const ratios: string[] = [];
-  if (Number.isFinite(directH2) && Number.isFinite(gwH2)) ratios.push(`gateway gRPC / direct gRPC (both h2load): ${fmt(gwH2 / directH2, 2)}`);
-  if (Number.isFinite(directH2) && Number.isFinite(gwPost)) ratios.push(`gateway Connect JSON POST / direct gRPC (h2load): ${fmt(gwPost / directH2, 2)}`);
-  if (Number.isFinite(directH2) && Number.isFinite(directGrpcJs)) ratios.push(`grpc-js generator / h2load generator, same target: ${fmt(directGrpcJs / directH2, 2)}`);
+  if (Number.isFinite(directH2) && Number.isFinite(gwH2))
+    ratios.push(`gateway gRPC / direct gRPC (both h2load): ${fmt(gwH2 / directH2, 2)}`);
+  if (Number.isFinite(directH2) && Number.isFinite(gwPost))
+    ratios.push(`gateway Connect JSON POST / direct gRPC (h2load): ${fmt(gwPost / directH2, 2)}`);
+  if (Number.isFinite(directH2) && Number.isFinite(directGrpcJs))
+    ratios.push(`grpc-js generator / h2load generator, same target: ${fmt(directGrpcJs / directH2, 2)}`);
   if (ratios.length) lines.push(`Throughput ratios: ${ratios.join("; ")}.`, "");
 
-  lines.push(`CPU while each load ran, in cores (warm-up included; "others" is the machine's busy time not spent by the mesh or the generator):`, "");
-  lines.push(`| path | load generator | ${names.join(" | ")} | generator | others | machine busy (of ${cpus.length}) |`);
+  lines.push(
+    `CPU while each load ran, in cores (warm-up included; "others" is the machine's busy time not spent by the mesh or the generator):`,
+    "",
+  );
+  lines.push(
+    `| path | load generator | ${names.join(" | ")} | generator | others | machine busy (of ${cpus.length}) |`,
+  );
   lines.push(`|---|---|${names.map(() => "---:").join("|")}|---:|---:|---:|`);
   for (const r of measured) {
     const c = r.outcome.cpu;
-    lines.push(`| ${r.path} | ${r.generator} | ${names.map((n) => fmt(c.perProcess[n] ?? NaN, 2)).join(" | ")} | ${fmt(c.generator, 2)} | ${fmt(c.others, 2)} | ${fmt(c.machine, 2)} |`);
+    lines.push(
+      `| ${r.path} | ${r.generator} | ${names.map((n) => fmt(c.perProcess[n] ?? NaN, 2)).join(" | ")} | ${fmt(c.generator, 2)} | ${fmt(c.others, 2)} | ${fmt(c.machine, 2)} |`,
+    );
   }
   const noisy = measured.filter((r) => r.outcome.cpu.others > 0.2);
   if (noisy.length) {
@@ -408,7 +511,9 @@ function report(input: {
   lines.push("| process | idle, before load | after all loads | peak (VmHWM) |");
   lines.push("|---|---:|---:|---:|");
   for (const n of names) {
-    lines.push(`| ${n} | ${mib(input.idleMemory[n]?.rssBytes)} | ${mib(input.afterMemory[n]?.rssBytes)} | ${mib(input.afterMemory[n]?.peakBytes)} |`);
+    lines.push(
+      `| ${n} | ${mib(input.idleMemory[n]?.rssBytes)} | ${mib(input.afterMemory[n]?.rssBytes)} | ${mib(input.afterMemory[n]?.peakBytes)} |`,
+    );
   }
   lines.push("");
   lines.push(

@@ -35,10 +35,23 @@ function rssOf(pid: number): number {
 }
 
 async function startBrokerProcess(dataDir: string): Promise<{ child: ChildProcess; address: string }> {
-  const child = spawn(process.execPath, ["--import", "tsx", "deploy/embedded/kafka/main.ts", "--port", "0", ...(process.env.BENCH_BROKER_MEMORY ? ["--memory"] : ["--data-dir", dataDir]), "--log-level", "warn"], {
-    cwd: root,
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const child = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      "deploy/embedded/kafka/main.ts",
+      "--port",
+      "0",
+      ...(process.env.BENCH_BROKER_MEMORY ? ["--memory"] : ["--data-dir", dataDir]),
+      "--log-level",
+      "warn",
+    ],
+    {
+      cwd: root,
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
   const address = await new Promise<string>((resolve, reject) => {
     let out = "";
     child.stdout!.on("data", (d: Buffer) => {
@@ -137,7 +150,9 @@ async function kafkajsLatency(kafka: Kafka): Promise<number[]> {
     if (wait > 0) await sleep(wait);
     // Each message is its own request: latency includes one produce round trip with fsync.
     for (let i = 0; i < perTick; i++) {
-      pending.push(producer.send({ topic, acks: -1, messages: [{ value: performance.now().toFixed(3).padStart(20) + pad }] }));
+      pending.push(
+        producer.send({ topic, acks: -1, messages: [{ value: performance.now().toFixed(3).padStart(20) + pad }] }),
+      );
     }
   }
   await Promise.all(pending);
@@ -150,9 +165,13 @@ async function kafkajsLatency(kafka: Kafka): Promise<number[]> {
 function kcatProduce(address: string, file: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const start = performance.now();
-    const p = spawn("kcat", ["-b", address, "-P", "-t", "bench-kcat", "-l", file], { stdio: ["ignore", "ignore", "inherit"] });
+    const p = spawn("kcat", ["-b", address, "-P", "-t", "bench-kcat", "-l", file], {
+      stdio: ["ignore", "ignore", "inherit"],
+    });
     p.on("error", reject);
-    p.on("exit", (code) => (code === 0 ? resolve((performance.now() - start) / 1000) : reject(new Error(`kcat exited ${code}`))));
+    p.on("exit", (code) =>
+      code === 0 ? resolve((performance.now() - start) / 1000) : reject(new Error(`kcat exited ${code}`)),
+    );
   });
 }
 
@@ -164,7 +183,9 @@ async function tcpCeiling(totalBytes: number): Promise<number> {
     const srv = net.createServer((s) => { let n = 0; s.on("data", (d) => { n += d.length; if (n >= total) s.end("done"); }); });
     srv.listen(0, "127.0.0.1", () => console.log(srv.address().port));`;
   const sink = spawn(process.execPath, ["-e", sinkCode], { stdio: ["ignore", "pipe", "inherit"] });
-  const port = await new Promise<number>((resolve) => sink.stdout!.once("data", (d: Buffer) => resolve(Number(d.toString().trim()))));
+  const port = await new Promise<number>((resolve) =>
+    sink.stdout!.once("data", (d: Buffer) => resolve(Number(d.toString().trim()))),
+  );
   const chunk = Buffer.alloc(BATCH * MESSAGE_BYTES, "t");
   const seconds = await new Promise<number>((resolve, reject) => {
     const s = net.connect({ host: "127.0.0.1", port }, async () => {
@@ -213,8 +234,16 @@ async function main(): Promise<void> {
 
     const mb = (n: number): number => (n * MESSAGE_BYTES) / 1e6;
     const rows: [string, string, string][] = [
-      ["kafkajs produce (acks=-1, 1 KB x 100 per send, 8 sends in flight)", `${Math.round(THROUGHPUT_MESSAGES / tp.produceSeconds)} msg/s`, `${(mb(THROUGHPUT_MESSAGES) / tp.produceSeconds).toFixed(1)} MB/s`],
-      ["kafkajs produce -> consume end to end (same run)", `${Math.round(THROUGHPUT_MESSAGES / tp.endToEndSeconds)} msg/s`, `${(mb(THROUGHPUT_MESSAGES) / tp.endToEndSeconds).toFixed(1)} MB/s`],
+      [
+        "kafkajs produce (acks=-1, 1 KB x 100 per send, 8 sends in flight)",
+        `${Math.round(THROUGHPUT_MESSAGES / tp.produceSeconds)} msg/s`,
+        `${(mb(THROUGHPUT_MESSAGES) / tp.produceSeconds).toFixed(1)} MB/s`,
+      ],
+      [
+        "kafkajs produce -> consume end to end (same run)",
+        `${Math.round(THROUGHPUT_MESSAGES / tp.endToEndSeconds)} msg/s`,
+        `${(mb(THROUGHPUT_MESSAGES) / tp.endToEndSeconds).toFixed(1)} MB/s`,
+      ],
       [
         `kafkajs end-to-end latency at ${LATENCY_RATE} msg/s (1 KB, 1 message per send)`,
         `p50 ${percentile(lat, 50).toFixed(2)} ms`,
@@ -222,10 +251,26 @@ async function main(): Promise<void> {
       ],
       kcatSeconds === null
         ? ["kcat -P 100k x 1 KB", "kcat not installed", "-"]
-        : ["kcat -P 100k x 1 KB (librdkafka defaults, acks=all)", `${Math.round(KCAT_MESSAGES / kcatSeconds)} msg/s`, `${(mb(KCAT_MESSAGES) / kcatSeconds).toFixed(1)} MB/s`],
-      ["plain TCP loopback, same bytes, to a counting process (ceiling)", `${Math.round(THROUGHPUT_MESSAGES / ceiling)} msg/s equiv.`, `${(mb(THROUGHPUT_MESSAGES) / ceiling).toFixed(1)} MB/s`],
-      ["broker CPU during the kafkajs throughput run (share of one core)", `${Math.round(brokerCpuShare * 100)} %`, "-"],
-      ["broker RSS idle / peak under this load", `${(idleRss / 1048576).toFixed(0)} MiB`, `${(peakRss / 1048576).toFixed(0)} MiB`],
+        : [
+            "kcat -P 100k x 1 KB (librdkafka defaults, acks=all)",
+            `${Math.round(KCAT_MESSAGES / kcatSeconds)} msg/s`,
+            `${(mb(KCAT_MESSAGES) / kcatSeconds).toFixed(1)} MB/s`,
+          ],
+      [
+        "plain TCP loopback, same bytes, to a counting process (ceiling)",
+        `${Math.round(THROUGHPUT_MESSAGES / ceiling)} msg/s equiv.`,
+        `${(mb(THROUGHPUT_MESSAGES) / ceiling).toFixed(1)} MB/s`,
+      ],
+      [
+        "broker CPU during the kafkajs throughput run (share of one core)",
+        `${Math.round(brokerCpuShare * 100)} %`,
+        "-",
+      ],
+      [
+        "broker RSS idle / peak under this load",
+        `${(idleRss / 1048576).toFixed(0)} MiB`,
+        `${(peakRss / 1048576).toFixed(0)} MiB`,
+      ],
     ];
     const md = [
       "# Embedded Kafka broker benchmark",

@@ -23,7 +23,12 @@ import { fileURLToPath } from "node:url";
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import { DocumentService, DocumentType, ProcessingStatus, type UploadRequest } from "../gen/medmesh/documents/v1/documents_pb.js";
+import {
+  DocumentService,
+  DocumentType,
+  ProcessingStatus,
+  type UploadRequest,
+} from "../gen/medmesh/documents/v1/documents_pb.js";
 import { onePagePdf } from "../test/fixtures/documents/make-fixtures.js";
 import { cpuSecondsOf, memoryOf, startMesh } from "./lib/mesh.js";
 import { percentile } from "./lib/tools.js";
@@ -33,13 +38,10 @@ import { signInBenchAdmin } from "./lib/sign-in.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
-
 const DOCS = intFromEnv("BENCH_DOCS", 1000, 1, 100_000);
 const PACED_DOCS = intFromEnv("BENCH_PACED_DOCS", 200, 0, 100_000);
 const CONCURRENCY = intFromEnv("BENCH_UPLOAD_CONCURRENCY", 8, 1, 256);
 const TIMEOUT_SECONDS = intFromEnv("BENCH_TIMEOUT_SECONDS", 1800, 10, 7200);
-
-
 
 type Docs = ReturnType<typeof createClient<typeof DocumentService>>;
 
@@ -69,7 +71,14 @@ interface RunResult {
 
 async function* uploadOf(n: number, run: string): AsyncIterable<UploadRequest> {
   yield {
-    part: { case: "header", value: { document: { title: `Pipeline bench ${run} ${n}`, documentType: DocumentType.CASE_REPORT }, filename: `case-${n}.pdf`, declaredMimeType: "application/pdf" } },
+    part: {
+      case: "header",
+      value: {
+        document: { title: `Pipeline bench ${run} ${n}`, documentType: DocumentType.CASE_REPORT },
+        filename: `case-${n}.pdf`,
+        declaredMimeType: "application/pdf",
+      },
+    },
   } as UploadRequest;
   yield { part: { case: "chunk", value: onePagePdf(n) } } as unknown as UploadRequest;
 }
@@ -92,7 +101,9 @@ async function drained(docs: Docs): Promise<void> {
   const deadline = Date.now() + TIMEOUT_SECONDS * 1000;
   for (;;) {
     const busy = await Promise.all(
-      [ProcessingStatus.PENDING, ProcessingStatus.UPLOADED, ProcessingStatus.PROCESSING].map((s) => docs.listDocuments({ processingStatus: s, pageSize: 1 })),
+      [ProcessingStatus.PENDING, ProcessingStatus.UPLOADED, ProcessingStatus.PROCESSING].map((s) =>
+        docs.listDocuments({ processingStatus: s, pageSize: 1 }),
+      ),
     );
     if (busy.every((b) => b.documents.length === 0)) return;
     if (Date.now() > deadline) throw new Error(`documents still in flight after ${TIMEOUT_SECONDS} s`);
@@ -112,7 +123,14 @@ async function pool<T, R>(items: T[], n: number, fn: (t: T) => Promise<R>): Prom
   return out;
 }
 
-async function run(name: string, docs: Docs, count: number, offset: number, pids: Record<string, number>, intervalMs: number): Promise<RunResult> {
+async function run(
+  name: string,
+  docs: Docs,
+  count: number,
+  offset: number,
+  pids: Record<string, number>,
+  intervalMs: number,
+): Promise<RunResult> {
   const cpuBefore = Object.fromEntries(Object.entries(pids).map(([n, p]) => [n, cpuSecondsOf(p)]));
   const peakRss: Record<string, number> = {};
   const sampler = setInterval(() => {
@@ -156,7 +174,6 @@ async function run(name: string, docs: Docs, count: number, offset: number, pids
     peakRss,
   };
 }
-
 
 function report(r: RunResult): string[] {
   const seconds = (r.lastDoneMs - r.firstUploadMs) / 1000;

@@ -28,17 +28,30 @@ import { fileURLToPath } from "node:url";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { DocumentService, DocumentType, type UploadRequestSchema, type UploadResponse } from "../gen/medmesh/documents/v1/documents_pb.js";
+import {
+  DocumentService,
+  DocumentType,
+  type UploadRequestSchema,
+  type UploadResponse,
+} from "../gen/medmesh/documents/v1/documents_pb.js";
 import { createMeshClient } from "../platform/grpc/client.js";
 import { postChunks, startSink, type Sink } from "./lib/h2-sink.js";
 import { intFromEnv } from "./lib/env.js";
 import { fmt, mib, say } from "./lib/format.js";
 import { signInBenchAdmin } from "./lib/sign-in.js";
-import { cpuSecondsOf, machineCpuSeconds, memoryOf, QUIET_CORES, startMesh, tail, waitForQuiet, type Mesh } from "./lib/mesh.js";
+import {
+  cpuSecondsOf,
+  machineCpuSeconds,
+  memoryOf,
+  QUIET_CORES,
+  startMesh,
+  tail,
+  waitForQuiet,
+  type Mesh,
+} from "./lib/mesh.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const MiB = 1024 * 1024;
-
 
 const UPLOAD_MIB = intFromEnv("BENCH_UPLOAD_MIB", 256, 1, 16_384);
 const REPEAT = intFromEnv("BENCH_REPEAT", 3, 1, 20);
@@ -55,7 +68,6 @@ const QUIET_WAIT_SECONDS = intFromEnv("BENCH_QUIET_WAIT_SECONDS", 30, 0, 600);
 // that what the client holds is visibly not the file.
 const THROUGHPUT_POOL_BYTES = 256 * MiB;
 const RSS_POOL_BYTES = 16 * MiB;
-
 
 /**
  * A file that exists only as a recipe: a pool of random bytes, cycled chunk by chunk, behind a
@@ -97,7 +109,10 @@ class SyntheticFile {
   }
 }
 
-async function* uploadMessages(file: SyntheticFile, title: string): AsyncGenerator<MessageInitShape<typeof UploadRequestSchema>> {
+async function* uploadMessages(
+  file: SyntheticFile,
+  title: string,
+): AsyncGenerator<MessageInitShape<typeof UploadRequestSchema>> {
   yield {
     part: {
       case: "header",
@@ -139,7 +154,8 @@ interface RowResult {
 async function quiet() {
   if (QUIET_WAIT_SECONDS === 0) return;
   const { busyCores } = await waitForQuiet(QUIET_WAIT_SECONDS);
-  if (busyCores >= QUIET_CORES) say(`  machine still busy (${busyCores.toFixed(2)} cores) after ${QUIET_WAIT_SECONDS}s; measuring anyway`);
+  if (busyCores >= QUIET_CORES)
+    say(`  machine still busy (${busyCores.toFixed(2)} cores) after ${QUIET_WAIT_SECONDS}s; measuring anyway`);
 }
 
 function selfCpuSeconds(): number {
@@ -148,7 +164,12 @@ function selfCpuSeconds(): number {
 }
 
 /** One timed upload with the CPU every known process spent on it. */
-async function timedUpload(p: Path, file: SyntheticFile, title: string, pids: Record<string, number>): Promise<Sample & { landed: () => Promise<string> }> {
+async function timedUpload(
+  p: Path,
+  file: SyntheticFile,
+  title: string,
+  pids: Record<string, number>,
+): Promise<Sample & { landed: () => Promise<string> }> {
   const cpu0 = Object.fromEntries(Object.entries(pids).map(([n, pid]) => [n, cpuSecondsOf(pid)]));
   const self0 = selfCpuSeconds();
   const machine0 = machineCpuSeconds();
@@ -190,7 +211,8 @@ interface RssRun {
 }
 
 async function rssRun(p: Path, file: SyntheticFile, watch: Record<string, number | "self">): Promise<RssRun> {
-  const rssOf = (pid: number | "self") => (pid === "self" ? process.memoryUsage.rss() : (memoryOf(pid)?.rssBytes ?? NaN));
+  const rssOf = (pid: number | "self") =>
+    pid === "self" ? process.memoryUsage.rss() : (memoryOf(pid)?.rssBytes ?? NaN);
   const read = () => Object.fromEntries(Object.entries(watch).map(([n, pid]) => [n, rssOf(pid)]));
   // A second of samples at rest, so one GC or allocation spike does not set the baseline.
   const rest: Record<string, number[]> = Object.fromEntries(Object.keys(watch).map((n) => [n, []]));
@@ -236,7 +258,12 @@ async function rssRun(p: Path, file: SyntheticFile, watch: Record<string, number
     samples,
     maxGapMs,
     verified,
-    perProcess: Object.fromEntries(Object.keys(watch).map((n) => [n, { baseline: median(rest[n]!), peak: peak[n]!, hwm: hwm[n]!, after: after[n]! }])),
+    perProcess: Object.fromEntries(
+      Object.keys(watch).map((n) => [
+        n,
+        { baseline: median(rest[n]!), peak: peak[n]!, hwm: hwm[n]!, after: after[n]! },
+      ]),
+    ),
   };
 }
 
@@ -252,7 +279,9 @@ async function measureRounds(rows: RowResult[], file: SyntheticFile, stage: Stag
         const s = await timedUpload(row.path, file, `round ${round} via ${row.path.key}`, stage.pids);
         const verified = await s.landed();
         row.samples.push(s);
-        say(`round ${round}/${REPEAT} ${row.path.key}: ${(file.bytes / 1e6 / s.seconds).toFixed(1)} MB/s in ${s.seconds.toFixed(2)} s; ${verified}`);
+        say(
+          `round ${round}/${REPEAT} ${row.path.key}: ${(file.bytes / 1e6 / s.seconds).toFixed(1)} MB/s in ${s.seconds.toFixed(2)} s; ${verified}`,
+        );
       } catch (err) {
         row.failures.push((err as Error).message);
         say(`round ${round}/${REPEAT} ${row.path.key}: FAILED ${(err as Error).message}`);
@@ -280,7 +309,6 @@ class Auth {
     return { authorization: `Bearer ${this.token}` };
   }
 }
-
 
 /** Reads that only check an upload are retried on Internal, and each retry is reported. */
 const readRetries: string[] = [];
@@ -319,7 +347,13 @@ let stageCount = 0;
  * the documents process keeps its RSS until V8 next collects, so a second run on the same mesh
  * would start from the first one's peak.
  */
-async function openStage(dataDir: string, sink: Sink, uploadMax: string, sinkSession: http2.ClientHttp2Session, dualSession: http2.ClientHttp2Session): Promise<Stage> {
+async function openStage(
+  dataDir: string,
+  sink: Sink,
+  uploadMax: string,
+  sinkSession: http2.ClientHttp2Session,
+  dualSession: http2.ClientHttp2Session,
+): Promise<Stage> {
   const meshDir = path.join(dataDir, `mesh-${++stageCount}`);
   fs.mkdirSync(meshDir);
   say(`starting a mesh (data dir ${meshDir}, UPLOAD_MAX_BYTES=${uploadMax})`);
@@ -351,16 +385,21 @@ async function openStage(dataDir: string, sink: Sink, uploadMax: string, sinkSes
   /** Checks what the Upload answered and that the version is there when asked afterwards. */
   const grpcLanded = (res: UploadResponse, file: SyntheticFile) => async () => {
     const v = res.version;
-    if (!v || v.sha256 !== file.sha256) throw new Error(`Upload answered sha256 ${v?.sha256 ?? "(none)"}, the file's is ${file.sha256}`);
-    if (Number(v.sizeBytes) !== file.bytes) throw new Error(`Upload answered ${v.sizeBytes} bytes, the file has ${file.bytes}`);
+    if (!v || v.sha256 !== file.sha256)
+      throw new Error(`Upload answered sha256 ${v?.sha256 ?? "(none)"}, the file's is ${file.sha256}`);
+    if (Number(v.sizeBytes) !== file.bytes)
+      throw new Error(`Upload answered ${v.sizeBytes} bytes, the file has ${file.bytes}`);
     const id = res.document!.id;
     const headers = await auth.header();
     const { document } = await checkRead("GetDocument", () => reader.getDocument({ id }, { headers }));
     if (document?.version !== v.version || Number(document.sizeBytes) !== file.bytes) {
-      throw new Error(`GetDocument ${id}: version ${document?.version}, ${document?.sizeBytes} bytes; expected version ${v.version}, ${file.bytes} bytes`);
+      throw new Error(
+        `GetDocument ${id}: version ${document?.version}, ${document?.sizeBytes} bytes; expected version ${v.version}, ${file.bytes} bytes`,
+      );
     }
     const { versions } = await checkRead("ListVersions", () => reader.listVersions({ documentId: id }, { headers }));
-    if (!versions.some((x) => x.version === v.version && x.sha256 === file.sha256)) throw new Error(`ListVersions ${id} has no version ${v.version} with the file's sha256`);
+    if (!versions.some((x) => x.version === v.version && x.sha256 === file.sha256))
+      throw new Error(`ListVersions ${id} has no version ${v.version} with the file's sha256`);
     return `sha256 and size match, version ${v.version} listed`;
   };
   const grpcPath = (key: string, label: string, client: string, docs: DocumentsClient): Path => ({
@@ -384,8 +423,18 @@ async function openStage(dataDir: string, sink: Sink, uploadMax: string, sinkSes
   const paths: Path[] = [
     grpcPath("direct", "documents, direct (gRPC)", "connect-node createGrpcTransport", connectDirect),
     grpcPath("gateway", "gateway, gRPC over h2c -> documents", "connect-node createGrpcTransport", connectGateway),
-    grpcPath("direct-grpc-js", "documents, direct (gRPC)", "grpc-js (createMeshClient, as the gateway's upstream)", grpcJsDirect),
-    { key: "h2-discard", label: "raw HTTP/2 POST -> Node sink, discarded", client: "node:http2", send: discardVia(sinkSession) },
+    grpcPath(
+      "direct-grpc-js",
+      "documents, direct (gRPC)",
+      "grpc-js (createMeshClient, as the gateway's upstream)",
+      grpcJsDirect,
+    ),
+    {
+      key: "h2-discard",
+      label: "raw HTTP/2 POST -> Node sink, discarded",
+      client: "node:http2",
+      send: discardVia(sinkSession),
+    },
     {
       key: "h2-file",
       label: "raw HTTP/2 POST -> Node sink, file + SHA-256 + fsync",
@@ -394,7 +443,10 @@ async function openStage(dataDir: string, sink: Sink, uploadMax: string, sinkSes
         const reply = await postChunks(sinkSession, "/file", file.chunks());
         return {
           landed: async () => {
-            if (reply.bytes !== file.bytes || reply.sha256 !== file.sha256) throw new Error(`sink wrote ${reply.bytes} bytes, sha256 ${reply.sha256}; sent ${file.bytes}, ${file.sha256}`);
+            if (reply.bytes !== file.bytes || reply.sha256 !== file.sha256)
+              throw new Error(
+                `sink wrote ${reply.bytes} bytes, sha256 ${reply.sha256}; sent ${file.bytes}, ${file.sha256}`,
+              );
             return "sha256 and size match";
           },
         };
@@ -402,8 +454,18 @@ async function openStage(dataDir: string, sink: Sink, uploadMax: string, sinkSes
     },
   ];
   const listenerPaths: Path[] = [
-    { key: "listener-plain", label: "raw HTTP/2 POST -> Node sink (http2.createServer), discarded", client: "node:http2", send: discardVia(sinkSession) },
-    { key: "listener-gateway", label: "raw HTTP/2 POST -> same sink behind gateway/dual-protocol-server.ts, discarded", client: "node:http2", send: discardVia(dualSession) },
+    {
+      key: "listener-plain",
+      label: "raw HTTP/2 POST -> Node sink (http2.createServer), discarded",
+      client: "node:http2",
+      send: discardVia(sinkSession),
+    },
+    {
+      key: "listener-gateway",
+      label: "raw HTTP/2 POST -> same sink behind gateway/dual-protocol-server.ts, discarded",
+      client: "node:http2",
+      send: discardVia(dualSession),
+    },
   ];
   return {
     mesh,
@@ -440,7 +502,9 @@ async function main() {
   const need = (rssMib: number) => (2 * UPLOAD_MIB + 2 * rssMib + 1024) * MiB;
   let diskNote = `${(free / 2 ** 30).toFixed(0)} GiB free on the data dir's filesystem before the run`;
   if (free < need(0)) {
-    say(`only ${(free / MiB).toFixed(0)} MiB free under ${dataDir}; BENCH_UPLOAD_MIB=${UPLOAD_MIB} needs about ${(need(0) / MiB).toFixed(0)} MiB`);
+    say(
+      `only ${(free / MiB).toFixed(0)} MiB free under ${dataDir}; BENCH_UPLOAD_MIB=${UPLOAD_MIB} needs about ${(need(0) / MiB).toFixed(0)} MiB`,
+    );
     fs.rmSync(dataDir, { recursive: true, force: true });
     process.exit(2);
   }
@@ -491,7 +555,11 @@ async function main() {
         await stage.auth.header();
         await quiet();
         say(`memory: ${RSS_MIB} MiB via ${p.label}, sampling every ${RSS_INTERVAL_MS} ms`);
-        const watch: Record<string, number | "self"> = { documents: stage.mesh.pids.documents!, gateway: stage.mesh.pids.gateway!, client: "self" };
+        const watch: Record<string, number | "self"> = {
+          documents: stage.mesh.pids.documents!,
+          gateway: stage.mesh.pids.gateway!,
+          client: "self",
+        };
         const r = await rssRun(p, rssFile, watch);
         rssRuns.push(r);
         say(
@@ -546,8 +614,6 @@ async function main() {
   process.exit(exitCode);
 }
 
-
-
 /** The commit the run measured, and whether the tree differed from it: others edit while benches run. */
 function codeVersion(): string {
   const git = (...args: string[]) => spawnSync("git", args, { cwd: root, encoding: "utf8" });
@@ -559,14 +625,22 @@ function codeVersion(): string {
 
 function throughputTable(rows: RowResult[], file: SyntheticFile): string[] {
   const lines: string[] = [];
-  lines.push("| path | client | MB/s (median) | MiB/s | seconds (median) | MB/s min – max | client CPU s | gateway CPU s | documents CPU s | postgres CPU s | sink CPU s | other load (cores, max) | verified |");
+  lines.push(
+    "| path | client | MB/s (median) | MiB/s | seconds (median) | MB/s min – max | client CPU s | gateway CPU s | documents CPU s | postgres CPU s | sink CPU s | other load (cores, max) | verified |",
+  );
   lines.push("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|");
   const medianOf = (r: RowResult, f: (s: Sample) => number) => median(r.samples.map(f));
   for (const r of rows) {
     const rates = r.samples.map((s) => file.bytes / 1e6 / s.seconds);
     const sec = medianOf(r, (s) => s.seconds);
-    const cpu = (n: string) => fmt(medianOf(r, (s) => s.cpu[n] ?? NaN), 2);
-    const verified = r.failures.length ? `**${r.failures.length} of ${REPEAT} failed**: ${r.failures[0]!.replace(/\|/g, "\\|").slice(0, 200)}` : `${r.samples.length} of ${REPEAT}`;
+    const cpu = (n: string) =>
+      fmt(
+        medianOf(r, (s) => s.cpu[n] ?? NaN),
+        2,
+      );
+    const verified = r.failures.length
+      ? `**${r.failures.length} of ${REPEAT} failed**: ${r.failures[0]!.replace(/\|/g, "\\|").slice(0, 200)}`
+      : `${r.samples.length} of ${REPEAT}`;
     lines.push(
       `| ${r.path.label} | ${r.path.client} | ${fmt(median(rates))} | ${fmt(file.bytes / MiB / sec)} | ${fmt(sec, 2)} | ${fmt(Math.min(...rates))} – ${fmt(Math.max(...rates))} | ` +
         `${cpu("client")} | ${cpu("gateway")} | ${cpu("documents")} | ${cpu("postgres")} | ${cpu("sink")} | ${fmt(Math.max(...r.samples.map((s) => s.otherCores)), 2)} | ${verified} |`,
@@ -596,7 +670,9 @@ function report(input: {
       `${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, ${os.platform()} ${os.release()}; ` +
       `load average before the run ${input.loadBefore.map((l) => l.toFixed(2)).join(" ")}.`,
   );
-  lines.push(`Data dir under ${path.dirname(input.dataDir)}: ${input.diskNote}. Code: ${input.code} at the start of the run.`);
+  lines.push(
+    `Data dir under ${path.dirname(input.dataDir)}: ${input.diskNote}. Code: ${input.code} at the start of the run.`,
+  );
   lines.push(
     "Embedded mesh as `npm start` runs it (PGlite behind the pg wire protocol, the in-repo Kafka broker, telemetry without an exporter), " +
       `with UPLOAD_MAX_BYTES raised; processes: ${input.meshProcesses.join(", ")}. The documents service stores each upload with FsBlobStore ` +
@@ -625,7 +701,7 @@ function report(input: {
   lines.push("");
   lines.push(
     "MB is 10^6 bytes, MiB 2^20. CPU seconds are per upload (median over rounds), from /proc for the mesh and the sink and from process.cpuUsage for the client. " +
-      "\"Other load\" is machine busy time not spent by any of these, in cores: well above 0 means someone else was using the machine. " +
+      '"Other load" is machine busy time not spent by any of these, in cores: well above 0 means someone else was using the machine. ' +
       "Verified means: for gRPC, the SHA-256 and size in the Upload answer are the file's, GetDocument shows that version as current and ListVersions lists it " +
       "with the same SHA-256; for the sink, the byte count (discard) or the SHA-256 of what was written (file).",
   );
@@ -633,7 +709,8 @@ function report(input: {
     lines.push(
       "",
       `${readRetries.length} of those check reads failed with Internal and passed when repeated (the upload itself had succeeded): ` +
-        [...new Set(readRetries)].map((r) => `\`${r.replace(/`/g, "'")}\``).join("; ") + ".",
+        [...new Set(readRetries)].map((r) => `\`${r.replace(/`/g, "'")}\``).join("; ") +
+        ".",
     );
   }
   const byKey = (k: string) => rows.find((r) => r.path.key === k);
@@ -642,7 +719,8 @@ function report(input: {
     return r && r.samples.length ? median(r.samples.map((s) => file.bytes / 1e6 / s.seconds)) : NaN;
   };
   const ratios: string[] = [];
-  const pair = (a: string, b: string, what: string) => Number.isFinite(rate(a) / rate(b)) && ratios.push(`${what}: ${fmt(rate(a) / rate(b), 2)}`);
+  const pair = (a: string, b: string, what: string) =>
+    Number.isFinite(rate(a) / rate(b)) && ratios.push(`${what}: ${fmt(rate(a) / rate(b), 2)}`);
   pair("gateway", "direct", "gateway / direct");
   pair("direct", "h2-file", "direct gRPC / raw HTTP/2 to an fsynced file");
   pair("direct", "h2-discard", "direct gRPC / raw HTTP/2 discarded");
@@ -662,7 +740,9 @@ function report(input: {
         "start from the first one's peak.",
     );
     lines.push("");
-    lines.push("| upload | process | baseline RSS | peak RSS (sampled) | peak (VmHWM) | peak − baseline | as a share of the file | 1 s after |");
+    lines.push(
+      "| upload | process | baseline RSS | peak RSS (sampled) | peak (VmHWM) | peak − baseline | as a share of the file | 1 s after |",
+    );
     lines.push("|---|---|---:|---:|---:|---:|---:|---:|");
     for (const r of input.rssRuns) {
       for (const [n, m] of Object.entries(r.perProcess)) {
@@ -676,7 +756,9 @@ function report(input: {
     lines.push("| upload | seconds | MB/s | samples | longest gap between samples | verified |");
     lines.push("|---|---:|---:|---:|---:|---|");
     for (const r of input.rssRuns) {
-      lines.push(`| ${r.path.label} | ${fmt(r.seconds, 1)} | ${fmt(rf.bytes / 1e6 / r.seconds)} | ${r.samples} | ${fmt(r.maxGapMs, 0)} ms | ${r.verified} |`);
+      lines.push(
+        `| ${r.path.label} | ${fmt(r.seconds, 1)} | ${fmt(rf.bytes / 1e6 / r.seconds)} | ${r.samples} | ${fmt(r.maxGapMs, 0)} ms | ${r.verified} |`,
+      );
     }
     lines.push("");
   }

@@ -3,7 +3,10 @@ import http2 from "node:http2";
 import net from "node:net";
 import { Duplex } from "node:stream";
 
-type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
+type Handler = (
+  req: http.IncomingMessage | http2.Http2ServerRequest,
+  res: http.ServerResponse | http2.Http2ServerResponse,
+) => void;
 
 /** A duplex over a socket that first yields bytes already read from it. */
 class ReplayingSocket extends Duplex {
@@ -80,7 +83,10 @@ export function createDualProtocolServer(handler: Handler, opts: { maxHeaderByte
     res.once("close", () => inflight.set(socket, (inflight.get(socket) ?? 1) - 1));
     (handler as http.RequestListener)(req, res);
   });
-  const h2 = http2.createServer({ maxSessionMemory: 64 }, handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void);
+  const h2 = http2.createServer(
+    { maxSessionMemory: 64 },
+    handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
+  );
   h1.keepAliveTimeout = 65_000;
   const sockets = new Set<net.Socket>();
   const sessions = new Set<http2.ServerHttp2Session>();

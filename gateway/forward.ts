@@ -4,7 +4,24 @@ import { createMeshClient } from "../platform/grpc/client.js";
 import { isTransportHeader } from "../platform/grpc/metadata.js";
 
 // Headers a browser sends that mean nothing to a service and should not travel inward.
-const edgeOnly = new Set(["origin", "referer", "cookie", "accept", "accept-language", "sec-fetch-mode", "sec-fetch-site", "sec-fetch-dest", "sec-ch-ua", "sec-ch-ua-mobile", "sec-ch-ua-platform", "x-grpc-web", "x-user-agent", "priority", "pragma", "cache-control"]);
+const edgeOnly = new Set([
+  "origin",
+  "referer",
+  "cookie",
+  "accept",
+  "accept-language",
+  "sec-fetch-mode",
+  "sec-fetch-site",
+  "sec-fetch-dest",
+  "sec-ch-ua",
+  "sec-ch-ua-mobile",
+  "sec-ch-ua-platform",
+  "x-grpc-web",
+  "x-user-agent",
+  "priority",
+  "pragma",
+  "cache-control",
+]);
 
 function inbound(ctx: HandlerContext): Headers {
   const out = new Headers();
@@ -46,7 +63,9 @@ export function forwardingService(
   target: string,
   opts: { maxMessageBytes: number; defaultUnaryMs: number },
 ): { impl: ServiceImpl<DescService>; close(): void } {
-  const upstream = createMeshClient(service, target, { maxMessageBytes: opts.maxMessageBytes }) as unknown as Client<DescService> & { close(): void };
+  const upstream = createMeshClient(service, target, {
+    maxMessageBytes: opts.maxMessageBytes,
+  }) as unknown as Client<DescService> & { close(): void };
   const impl: Record<string, unknown> = {};
   for (const method of service.methods) {
     const call = (upstream as unknown as Record<string, AnyMethod>)[method.localName]!;
@@ -63,6 +82,7 @@ function forwarder(method: DescMethod, call: AnyMethod, defaultUnaryMs: number) 
       return (input: unknown, ctx: HandlerContext) => call(input, callOptions(ctx, undefined));
     case "server_streaming":
     case "bidi_streaming":
-      return (input: unknown, ctx: HandlerContext) => call(input, callOptions(ctx, undefined)) as AsyncIterable<unknown>;
+      return (input: unknown, ctx: HandlerContext) =>
+        call(input, callOptions(ctx, undefined)) as AsyncIterable<unknown>;
   }
 }

@@ -28,11 +28,16 @@ export const configSpec = {
   GATEWAY_PORT: env.port("one port for HTTP/1.1 (Connect, gRPC-web) and h2c (gRPC)", 8080),
   // A 4 MiB upload part sent as Connect JSON is base64: about 5.6 MB of body.
   GATEWAY_MAX_BODY_BYTES: env.bytes("largest request message accepted (and response sent)", 8 * 1024 * 1024),
-  CORS_ALLOWED_ORIGINS: env.list("browser origins allowed to call the gateway", ["http://localhost:8080", "http://127.0.0.1:8080"]),
+  CORS_ALLOWED_ORIGINS: env.list("browser origins allowed to call the gateway", [
+    "http://localhost:8080",
+    "http://127.0.0.1:8080",
+  ]),
   DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
   MAX_DEADLINE_MS: env.int("longest deadline a call may ask for", 60_000, 100, 600_000),
   ...rateLimitSpec,
-  ...Object.fromEntries(publicServices.map((s) => [targetVariable(s), env.string(`gRPC address of ${s.typeName}`, defaultTarget(s))])),
+  ...Object.fromEntries(
+    publicServices.map((s) => [targetVariable(s), env.string(`gRPC address of ${s.typeName}`, defaultTarget(s))]),
+  ),
 };
 
 type Req = IncomingMessage | Http2ServerRequest;
@@ -45,9 +50,17 @@ export interface GatewayOptions {
   resolvePrincipal?: PrincipalResolver;
 }
 
-export async function startGateway(source: Record<string, string | undefined> = process.env, opts: GatewayOptions = {}): Promise<Started & { port: number }> {
-  const config = loadConfig(configSpec, source) as ReturnType<typeof loadConfig<typeof configSpec>> & Record<string, string>;
-  const telemetry = startTelemetry({ serviceName: "gateway", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
+export async function startGateway(
+  source: Record<string, string | undefined> = process.env,
+  opts: GatewayOptions = {},
+): Promise<Started & { port: number }> {
+  const config = loadConfig(configSpec, source) as ReturnType<typeof loadConfig<typeof configSpec>> &
+    Record<string, string>;
+  const telemetry = startTelemetry({
+    serviceName: "gateway",
+    logLevel: config.LOG_LEVEL,
+    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
+  });
   const shutdown = new AbortController();
   // Every call in flight listens to this signal; hundreds at once is normal, not a leak.
   setMaxListeners(0, shutdown.signal);
@@ -56,8 +69,17 @@ export async function startGateway(source: Record<string, string | undefined> = 
   const exposed = opts.services ?? publicServices;
   const upstreams = exposed.map((service) => {
     const target = config[targetVariable(service)] ?? source[targetVariable(service)];
-    if (!target) throw new ConfigError([`${targetVariable(service)} is required (gRPC address of ${service.typeName})`]);
-    return { service, target, forward: forwardingService(service, target, { maxMessageBytes: config.GATEWAY_MAX_BODY_BYTES, defaultUnaryMs: config.DEFAULT_DEADLINE_MS }), health: createMeshClient(Health, target) };
+    if (!target)
+      throw new ConfigError([`${targetVariable(service)} is required (gRPC address of ${service.typeName})`]);
+    return {
+      service,
+      target,
+      forward: forwardingService(service, target, {
+        maxMessageBytes: config.GATEWAY_MAX_BODY_BYTES,
+        defaultUnaryMs: config.DEFAULT_DEADLINE_MS,
+      }),
+      health: createMeshClient(Health, target),
+    };
   });
 
   const rateLimit = rateLimiting(config);
@@ -101,7 +123,10 @@ export async function startGateway(source: Record<string, string | undefined> = 
         }
       }),
     );
-    return { ready: !shutdown.signal.aborted && results.every(([, s]) => s === "SERVING"), upstreams: Object.fromEntries(results) };
+    return {
+      ready: !shutdown.signal.aborted && results.every(([, s]) => s === "SERVING"),
+      upstreams: Object.fromEntries(results),
+    };
   }
 
   async function plainHttp(req: Req, res: Res) {
@@ -110,7 +135,8 @@ export async function startGateway(source: Record<string, string | undefined> = 
       res.writeHead(status, { "content-type": "application/json" });
       res.end(JSON.stringify(body) + "\n");
     };
-    if (path === "/healthz") return json(shutdown.signal.aborted ? 503 : 200, { status: shutdown.signal.aborted ? "stopping" : "ok" });
+    if (path === "/healthz")
+      return json(shutdown.signal.aborted ? 503 : 200, { status: shutdown.signal.aborted ? "stopping" : "ok" });
     if (path === "/readyz") {
       const r = await readiness();
       return json(r.ready ? 200 : 503, r);
@@ -122,14 +148,20 @@ export async function startGateway(source: Record<string, string | undefined> = 
         res.writeHead(200, { "content-type": "application/jwk-set+json", "cache-control": "public, max-age=30" });
         return res.end(body);
       } catch {
-        return json(503, { code: "unavailable", message: "the signing keys cannot be fetched right now; try again shortly" });
+        return json(503, {
+          code: "unavailable",
+          message: "the signing keys cannot be fetched right now; try again shortly",
+        });
       }
     }
     if (path === "/metrics") {
       res.writeHead(200, { "content-type": "text/plain; version=0.0.4" });
       return res.end(renderMetrics());
     }
-    json(404, { code: "not_found", message: `no route for ${req.method} ${path}; RPCs live under /<package>.<Service>/<Method>` });
+    json(404, {
+      code: "not_found",
+      message: `no route for ${req.method} ${path}; RPCs live under /<package>.<Service>/<Method>`,
+    });
   }
 
   const allowed = new Set(config.CORS_ALLOWED_ORIGINS);

@@ -83,14 +83,29 @@ const int32 = (n: number) => {
 };
 const raw = {
   startup: () => {
-    const body = Buffer.concat([int32(196608), cstr("user"), cstr("postgres"), cstr("database"), cstr("postgres"), Buffer.from([0])]);
+    const body = Buffer.concat([
+      int32(196608),
+      cstr("user"),
+      cstr("postgres"),
+      cstr("database"),
+      cstr("postgres"),
+      Buffer.from([0]),
+    ]);
     return Buffer.concat([int32(body.length + 4), body]);
   },
   sslRequest: () => Buffer.concat([int32(8), int32(80877103)]),
   query: (sql: string) => message("Q", cstr(sql)),
   parse: (sql: string) => message("P", cstr(""), cstr(sql), int16(0)),
   bind: (...params: string[]) =>
-    message("B", cstr(""), cstr(""), int16(0), int16(params.length), ...params.flatMap((p) => [int32(Buffer.byteLength(p)), Buffer.from(p)]), int16(0)),
+    message(
+      "B",
+      cstr(""),
+      cstr(""),
+      int16(0),
+      int16(params.length),
+      ...params.flatMap((p) => [int32(Buffer.byteLength(p)), Buffer.from(p)]),
+      int16(0),
+    ),
   execute: (rows = 0) => message("E", cstr(""), int32(rows)),
   flush: () => message("H"),
   sync: () => message("S"),
@@ -160,7 +175,14 @@ class RawClient {
       this.buffered = this.buffered.subarray(length + 1);
       this.reply.types += type;
       this.reply.bytes += length + 1;
-      if (type === "E") this.reply.errors.push(body.toString("utf8").split("\0").find((f) => f.startsWith("M"))!.slice(1));
+      if (type === "E")
+        this.reply.errors.push(
+          body
+            .toString("utf8")
+            .split("\0")
+            .find((f) => f.startsWith("M"))!
+            .slice(1),
+        );
       if (type === "Z" && this.waiting) {
         const reply = { ...this.reply, status: String.fromCharCode(body[0]!) };
         this.reply = { types: "", status: "", errors: [], bytes: 0 };

@@ -17,7 +17,9 @@ const run = promisify(execFile);
 const buf = path.join(repoRoot, "node_modules/.bin/buf");
 
 async function bufCurl(...args: string[]): Promise<string> {
-  const { stdout } = await run(buf, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", ...args], { timeout: 30_000 });
+  const { stdout } = await run(buf, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", ...args], {
+    timeout: 30_000,
+  });
   return stdout;
 }
 
@@ -29,7 +31,8 @@ async function describeMessage(address: string, typeName: string): Promise<strin
       yield { messageRequest: { case: "fileContainingSymbol" as const, value: typeName } };
     }
     for await (const res of reflection.serverReflectionInfo(ask(), { timeoutMs: 10_000 })) {
-      if (res.messageResponse.case !== "fileDescriptorResponse") throw new Error(`reflection answered ${res.messageResponse.case}`);
+      if (res.messageResponse.case !== "fileDescriptorResponse")
+        throw new Error(`reflection answered ${res.messageResponse.case}`);
       const files = res.messageResponse.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b));
       const [pkg, name] = [typeName.slice(0, typeName.lastIndexOf(".")), typeName.slice(typeName.lastIndexOf(".") + 1)];
       const message = files.find((f) => f.package === pkg)?.messageType.find((m) => m.name === name);
@@ -75,9 +78,25 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     documentsAddr = mesh.endpoints.get("documents")!.replace("grpc://", "");
     // The embedded default makes admin@medmesh.local the first admin, as the README says.
     const post = (method: string, body: unknown) =>
-      fetch(`${gateway}/medmesh.identity.v1.IdentityService/${method}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-    expect((await post("Register", { email: "admin@medmesh.local", username: "admin", password: "an admin password", firstName: "Ad", lastName: "Min" })).status).toBe(200);
-    const login = (await (await post("Login", { login: "admin", password: "an admin password" })).json()) as { tokens: { accessToken: string } };
+      fetch(`${gateway}/medmesh.identity.v1.IdentityService/${method}`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    expect(
+      (
+        await post("Register", {
+          email: "admin@medmesh.local",
+          username: "admin",
+          password: "an admin password",
+          firstName: "Ad",
+          lastName: "Min",
+        })
+      ).status,
+    ).toBe(200);
+    const login = (await (await post("Login", { login: "admin", password: "an admin password" })).json()) as {
+      tokens: { accessToken: string };
+    };
     auth = { authorization: `Bearer ${login.tokens.accessToken}` };
   });
 
@@ -88,7 +107,9 @@ describe("the embedded mesh, as `npm start` runs it", () => {
 
   it("prints one `<name> <url>` line per endpoint, the gateway first", () => {
     expect(mesh.order[0]).toBe("gateway");
-    expect(new Set(mesh.order)).toEqual(new Set(["gateway", "postgres", "kafka", "identity", "documents", "processing"]));
+    expect(new Set(mesh.order)).toEqual(
+      new Set(["gateway", "postgres", "kafka", "identity", "documents", "processing"]),
+    );
     expect(mesh.endpoints.get("processing")).toBe(`grpc://127.0.0.1:${env.PROCESSING_PORT}`);
     expect(gateway).toBe(`http://127.0.0.1:${env.GATEWAY_PORT}`);
     expect(mesh.endpoints.get("kafka")).toBe(`127.0.0.1:${env.KAFKA_PORT}`);
@@ -106,7 +127,9 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     const res = await fetch(`${gateway}/medmesh.documents.v1.DocumentService/CreateDocument`, {
       method: "POST",
       headers: { "content-type": "application/json", ...auth },
-      body: JSON.stringify({ document: { title: "Embedded end to end", documentType: "DOCUMENT_TYPE_CASE_REPORT", doi: "10.5555/e2e-1" } }),
+      body: JSON.stringify({
+        document: { title: "Embedded end to end", documentType: "DOCUMENT_TYPE_CASE_REPORT", doi: "10.5555/e2e-1" },
+      }),
     });
     expect(res.status).toBe(200);
     const { document } = (await res.json()) as { document: { id: string } };
@@ -121,15 +144,33 @@ describe("the embedded mesh, as `npm start` runs it", () => {
       const base = target === "gateway" ? gateway : `http://${documentsAddr}`;
       const services = await bufCurl("--list-services", base);
       expect(services.split("\n")).toEqual(
-        expect.arrayContaining(["medmesh.documents.v1.DocumentService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]),
+        expect.arrayContaining([
+          "medmesh.documents.v1.DocumentService",
+          "grpc.health.v1.Health",
+          "grpc.reflection.v1.ServerReflection",
+          "grpc.reflection.v1alpha.ServerReflection",
+        ]),
       );
       const methods = await bufCurl("--list-methods", base);
       for (const m of ["CreateDocument", "GetDocument", "ListDocuments", "UpdateDocument", "DeleteDocument"]) {
         expect(methods).toContain(`medmesh.documents.v1.DocumentService/${m}`);
       }
-      const fields = await describeMessage(target === "gateway" ? gateway.replace("http://", "") : documentsAddr, "medmesh.documents.v1.Document");
-      expect(fields).toEqual(expect.arrayContaining(["title", "doi", "publication_date", "processing_status", "metadata"]));
-      const listed = JSON.parse(await bufCurl("-H", `authorization: ${auth.authorization}`, "-d", '{"pageSize": 5}', `${base}/medmesh.documents.v1.DocumentService/ListDocuments`));
+      const fields = await describeMessage(
+        target === "gateway" ? gateway.replace("http://", "") : documentsAddr,
+        "medmesh.documents.v1.Document",
+      );
+      expect(fields).toEqual(
+        expect.arrayContaining(["title", "doi", "publication_date", "processing_status", "metadata"]),
+      );
+      const listed = JSON.parse(
+        await bufCurl(
+          "-H",
+          `authorization: ${auth.authorization}`,
+          "-d",
+          '{"pageSize": 5}',
+          `${base}/medmesh.documents.v1.DocumentService/ListDocuments`,
+        ),
+      );
       expect(listed.documents.some((d: { doi?: string }) => d.doi === "10.5555/e2e-1")).toBe(true);
     });
   }
@@ -141,14 +182,22 @@ describe("the embedded mesh, as `npm start` runs it", () => {
         headers: { "content-type": "application/json" },
         body: JSON.stringify(body),
       });
-    const registered = await call("Register", { email: "ada@example.org", username: "ada", password: "correct horse battery", firstName: "Ada", lastName: "Byron" });
+    const registered = await call("Register", {
+      email: "ada@example.org",
+      username: "ada",
+      password: "correct horse battery",
+      firstName: "Ada",
+      lastName: "Byron",
+    });
     expect(registered.status).toBe(200);
     const login = await call("Login", { login: "ada@example.org", password: "correct horse battery" });
     expect(login.status).toBe(200);
     const body = (await login.json()) as { tokens?: { accessToken: string } };
     const token = body.tokens!.accessToken;
     const kid = JSON.parse(Buffer.from(token.split(".")[0]!, "base64url").toString()).kid;
-    const jwks = (await (await fetch(`${gateway}/.well-known/jwks.json`)).json()) as { keys: Array<{ kid: string; kty: string }> };
+    const jwks = (await (await fetch(`${gateway}/.well-known/jwks.json`)).json()) as {
+      keys: Array<{ kid: string; kty: string }>;
+    };
     expect(jwks.keys.map((k) => k.kid)).toContain(kid);
     const me = await fetch(`${gateway}/medmesh.identity.v1.IdentityService/GetMe`, {
       method: "POST",
@@ -159,14 +208,20 @@ describe("the embedded mesh, as `npm start` runs it", () => {
   });
 
   it("refuses anonymous document calls with unauthenticated, through buf curl too", async () => {
-    const err = await bufCurl("-d", "{}", `${gateway}/medmesh.documents.v1.DocumentService/ListDocuments`).catch((e: { stderr: string }) => e.stderr);
+    const err = await bufCurl("-d", "{}", `${gateway}/medmesh.documents.v1.DocumentService/ListDocuments`).catch(
+      (e: { stderr: string }) => e.stderr,
+    );
     expect(err).toContain('"code": "unauthenticated"');
   });
 
   it("buf curl shows a bad request as invalid_argument with the field", async () => {
-    const err = await bufCurl("-H", `authorization: ${auth.authorization}`, "-d", '{"document":{"title":"x","documentType":"DOCUMENT_TYPE_REVIEW","doi":"bad"}}', `${gateway}/medmesh.documents.v1.DocumentService/CreateDocument`).catch(
-      (e: { stderr: string }) => e.stderr,
-    );
+    const err = await bufCurl(
+      "-H",
+      `authorization: ${auth.authorization}`,
+      "-d",
+      '{"document":{"title":"x","documentType":"DOCUMENT_TYPE_REVIEW","doi":"bad"}}',
+      `${gateway}/medmesh.documents.v1.DocumentService/CreateDocument`,
+    ).catch((e: { stderr: string }) => e.stderr);
     expect(err).toContain('"code": "invalid_argument"');
     expect(err).toContain("document.doi");
   });
@@ -184,7 +239,9 @@ describe("the embedded mesh, as `npm start` runs it", () => {
 
   it("runs the pipeline: an uploaded PDF is processed, DocumentProcessed is on document.events, and the worker's key is kept owner-only", async () => {
     const health = createMeshClient(Health, mesh.endpoints.get("processing")!.replace("grpc://", ""));
-    expect((await health.check({ service: "" }, { timeoutMs: 5_000 })).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+    expect((await health.check({ service: "" }, { timeoutMs: 5_000 })).status).toBe(
+      HealthCheckResponse_ServingStatus.SERVING,
+    );
     health.close();
     expect(statSync(path.join(dataDir, "secrets", "processing-api-key")).mode & 0o777).toBe(0o600);
 
@@ -193,7 +250,13 @@ describe("the embedded mesh, as `npm start` runs it", () => {
         "-H",
         `authorization: ${auth.authorization}`,
         "-d",
-        JSON.stringify({ header: { document: { title: "Embedded pipeline", documentType: "DOCUMENT_TYPE_RESEARCH_PAPER" }, filename: "paper.pdf", declaredMimeType: "application/pdf" } }) +
+        JSON.stringify({
+          header: {
+            document: { title: "Embedded pipeline", documentType: "DOCUMENT_TYPE_RESEARCH_PAPER" },
+            filename: "paper.pdf",
+            declaredMimeType: "application/pdf",
+          },
+        }) +
           "\n" +
           JSON.stringify({ chunk: paperPdf().toString("base64") }),
         `${gateway}/medmesh.documents.v1.DocumentService/Upload`,
@@ -202,7 +265,10 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     const id = uploaded.document.id;
     const direct = createMeshClient(DocumentService, documentsAddr, { headers: auth });
     await expect
-      .poll(async () => (await direct.getDocument({ id }, { timeoutMs: 5_000 })).document!.processingStatus, { timeout: 30_000, interval: 200 })
+      .poll(async () => (await direct.getDocument({ id }, { timeoutMs: 5_000 })).document!.processingStatus, {
+        timeout: 30_000,
+        interval: 200,
+      })
       .toBe(ProcessingStatus.PROCESSED);
     const result = await direct.getProcessingResult({ documentId: id }, { timeoutMs: 5_000 });
     expect(result.outcome!.outcome).toMatchObject({ case: "result", value: { pages: 3, specialty: "cardiology" } });
@@ -214,9 +280,24 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     );
     if (!kcat && process.env.CI) throw new Error("kcat is required in CI");
     if (!kcat) return;
-    const { stdout } = await run("kcat", ["-b", mesh.endpoints.get("kafka")!, "-C", "-t", "document.events", "-o", "beginning", "-e", "-q", "-f", "%k %h\n"]);
+    const { stdout } = await run("kcat", [
+      "-b",
+      mesh.endpoints.get("kafka")!,
+      "-C",
+      "-t",
+      "document.events",
+      "-o",
+      "beginning",
+      "-e",
+      "-q",
+      "-f",
+      "%k %h\n",
+    ]);
     const lines = stdout.split("\n").filter((l) => l.startsWith(id));
-    expect(lines.map((l) => /ce_type=([a-z0-9.]+)/.exec(l)?.[1])).toEqual(["medmesh.document.uploaded.v1", "medmesh.document.processed.v1"]);
+    expect(lines.map((l) => /ce_type=([a-z0-9.]+)/.exec(l)?.[1])).toEqual([
+      "medmesh.document.uploaded.v1",
+      "medmesh.document.processed.v1",
+    ]);
   });
 
   it("stops every process on SIGTERM and keeps its data across a restart", async () => {
@@ -228,7 +309,15 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     for (const [name, pid] of Object.entries(pids)) expect(isAlive(pid), `${name} still running`).toBe(false);
 
     mesh = await startEmbeddedMesh({ ...env, DATABASE_URL: "", KAFKA_BROKERS: "" });
-    const listed = JSON.parse(await bufCurl("-H", `authorization: ${auth.authorization}`, "-d", "{}", `${mesh.endpoints.get("gateway")}/medmesh.documents.v1.DocumentService/ListDocuments`));
+    const listed = JSON.parse(
+      await bufCurl(
+        "-H",
+        `authorization: ${auth.authorization}`,
+        "-d",
+        "{}",
+        `${mesh.endpoints.get("gateway")}/medmesh.documents.v1.DocumentService/ListDocuments`,
+      ),
+    );
     expect(listed.documents.map((d: { doi?: string }) => d.doi)).toContain("10.5555/e2e-1");
     console.log(`restarted and ready in ${mesh.readyMs} ms`);
   });

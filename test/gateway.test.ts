@@ -42,13 +42,16 @@ beforeAll(async () => {
   auth = await identity.bearer("doctor");
   const docs = await startDocuments({ ...testEnv, MEDMESH_DATA_DIR: "memory://", IDENTITY_TARGET: identity.target });
   documentsPort = docs.port;
-  const gw = await startGateway({
-    ...testEnv,
-    IDENTITY_TARGET: identity.target,
-    DOCUMENTS_TARGET: `127.0.0.1:${docs.port}`,
-    CORS_ALLOWED_ORIGINS: origin,
-    GATEWAY_MAX_BODY_BYTES: "64KiB",
-  }, documentsOnly);
+  const gw = await startGateway(
+    {
+      ...testEnv,
+      IDENTITY_TARGET: identity.target,
+      DOCUMENTS_TARGET: `127.0.0.1:${docs.port}`,
+      CORS_ALLOWED_ORIGINS: origin,
+      GATEWAY_MAX_BODY_BYTES: "64KiB",
+    },
+    documentsOnly,
+  );
   gatewayUrl = `http://127.0.0.1:${gw.port}`;
   stops = [gw.stop, docs.stop, () => identity.stop()];
 });
@@ -60,11 +63,18 @@ afterAll(async () => {
 const rpc = (method: string) => `${gatewayUrl}/medmesh.documents.v1.DocumentService/${method}`;
 
 function postJson(method: string, body: string, headers: Record<string, string> = {}) {
-  return fetch(rpc(method), { method: "POST", headers: { "content-type": "application/json", ...auth, ...headers }, body });
+  return fetch(rpc(method), {
+    method: "POST",
+    headers: { "content-type": "application/json", ...auth, ...headers },
+    body,
+  });
 }
 
 async function createOne(title = "Statins after 75"): Promise<string> {
-  const res = await postJson("CreateDocument", JSON.stringify({ document: { title, documentType: "DOCUMENT_TYPE_REVIEW" } }));
+  const res = await postJson(
+    "CreateDocument",
+    JSON.stringify({ document: { title, documentType: "DOCUMENT_TYPE_REVIEW" } }),
+  );
   expect(res.status).toBe(200);
   return ((await res.json()) as { document: { id: string } }).document.id;
 }
@@ -79,7 +89,10 @@ describe("Connect JSON with plain fetch", () => {
   });
 
   it("keeps the upstream status and its field-level details", async () => {
-    const res = await postJson("CreateDocument", JSON.stringify({ document: { title: "", documentType: "DOCUMENT_TYPE_REVIEW", doi: "nope" } }));
+    const res = await postJson(
+      "CreateDocument",
+      JSON.stringify({ document: { title: "", documentType: "DOCUMENT_TYPE_REVIEW", doi: "nope" } }),
+    );
     expect(res.status).toBe(400);
     const body = (await res.json()) as { code: string; message: string; details: Array<{ type: string }> };
     expect(body.code).toBe("invalid_argument");
@@ -90,23 +103,42 @@ describe("Connect JSON with plain fetch", () => {
   it("maps not_found to HTTP 404 with the service's sentence", async () => {
     const res = await postJson("GetDocument", JSON.stringify({ id: "00000000-0000-4000-8000-000000000000" }));
     expect(res.status).toBe(404);
-    expect(await res.json()).toEqual({ code: "not_found", message: "document 00000000-0000-4000-8000-000000000000 does not exist" });
+    expect(await res.json()).toEqual({
+      code: "not_found",
+      message: "document 00000000-0000-4000-8000-000000000000 does not exist",
+    });
   });
 });
 
 describe.each([
-  ["Connect binary over HTTP/1.1", () => createConnectTransport({ baseUrl: gatewayUrl, httpVersion: "1.1", useBinaryFormat: true, interceptors: [withAuth] })],
-  ["gRPC-web over HTTP/1.1", () => createGrpcWebTransport({ baseUrl: gatewayUrl, httpVersion: "1.1", interceptors: [withAuth] })],
+  [
+    "Connect binary over HTTP/1.1",
+    () =>
+      createConnectTransport({
+        baseUrl: gatewayUrl,
+        httpVersion: "1.1",
+        useBinaryFormat: true,
+        interceptors: [withAuth],
+      }),
+  ],
+  [
+    "gRPC-web over HTTP/1.1",
+    () => createGrpcWebTransport({ baseUrl: gatewayUrl, httpVersion: "1.1", interceptors: [withAuth] }),
+  ],
   ["gRPC over h2c", () => createGrpcTransport({ baseUrl: gatewayUrl, interceptors: [withAuth] })],
 ] as Array<[string, () => Transport]>)("connect-node client, %s", (_name, transport) => {
   it("creates, gets, lists and sees upstream errors with details", async () => {
     const client = createClient(DocumentService, transport());
-    const { document } = await client.createDocument({ document: { title: "Through the gateway", documentType: DocumentType.GUIDELINE } });
+    const { document } = await client.createDocument({
+      document: { title: "Through the gateway", documentType: DocumentType.GUIDELINE },
+    });
     const got = await client.getDocument({ id: document!.id });
     expect(got.document!.title).toBe("Through the gateway");
     const list = await client.listDocuments({ pageSize: 100 });
     expect(list.documents.some((d) => d.id === document!.id)).toBe(true);
-    const err = await client.createDocument({ document: { title: "x".repeat(501), documentType: DocumentType.GUIDELINE } }).catch((e) => ConnectError.from(e));
+    const err = await client
+      .createDocument({ document: { title: "x".repeat(501), documentType: DocumentType.GUIDELINE } })
+      .catch((e) => ConnectError.from(e));
     expect(err).toBeInstanceOf(ConnectError);
     expect((err as ConnectError).code).toBe(Code.InvalidArgument);
     expect((err as ConnectError).findDetails(BadRequestSchema)[0]!.fieldViolations[0]!.field).toBe("document.title");
@@ -115,7 +147,11 @@ describe.each([
 
 describe("the access policy at the edge", () => {
   it("no token -> 401 unauthenticated; a forged one too", async () => {
-    const anonymous = await fetch(rpc("ListDocuments"), { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    const anonymous = await fetch(rpc("ListDocuments"), {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    });
     expect(anonymous.status).toBe(401);
     expect(await anonymous.json()).toEqual({ code: "unauthenticated", message: "sign in to call this method" });
     const forged = await postJson("ListDocuments", "{}", { authorization: "Bearer e30.e30.AAAA" });
@@ -124,7 +160,11 @@ describe("the access policy at the edge", () => {
   });
 
   it("a role the contract does not list -> 403 permission_denied, before the service is called", async () => {
-    const res = await postJson("CreateDocument", JSON.stringify({ document: { title: "t", documentType: "DOCUMENT_TYPE_REVIEW" } }), await identity.bearer("student"));
+    const res = await postJson(
+      "CreateDocument",
+      JSON.stringify({ document: { title: "t", documentType: "DOCUMENT_TYPE_REVIEW" } }),
+      await identity.bearer("student"),
+    );
     expect(res.status).toBe(403);
     expect(((await res.json()) as { message: string }).message).toBe("the student role may not call CreateDocument");
   });
@@ -132,7 +172,10 @@ describe("the access policy at the edge", () => {
 
 describe("bad requests at the edge get a clear status and the gateway keeps serving", () => {
   it("unknown field name -> invalid_argument naming it", async () => {
-    const res = await postJson("CreateDocument", JSON.stringify({ document: { titel: "t", documentType: "DOCUMENT_TYPE_REVIEW" } }));
+    const res = await postJson(
+      "CreateDocument",
+      JSON.stringify({ document: { titel: "t", documentType: "DOCUMENT_TYPE_REVIEW" } }),
+    );
     expect(res.status).toBe(400);
     expect(((await res.json()) as { message: string }).message).toMatch(/titel/);
   });
@@ -144,18 +187,29 @@ describe("bad requests at the edge get a clear status and the gateway keeps serv
   });
 
   it("unknown enum name -> invalid_argument", async () => {
-    const res = await postJson("CreateDocument", JSON.stringify({ document: { title: "t", documentType: "DOCUMENT_TYPE_POEM" } }));
+    const res = await postJson(
+      "CreateDocument",
+      JSON.stringify({ document: { title: "t", documentType: "DOCUMENT_TYPE_POEM" } }),
+    );
     expect(res.status).toBe(400);
     expect(((await res.json()) as { message: string }).message).toMatch(/DOCUMENT_TYPE_POEM/);
   });
 
   it("wrong content-type -> 415", async () => {
-    const res = await fetch(rpc("CreateDocument"), { method: "POST", headers: { "content-type": "text/plain" }, body: "{}" });
+    const res = await fetch(rpc("CreateDocument"), {
+      method: "POST",
+      headers: { "content-type": "text/plain" },
+      body: "{}",
+    });
     expect(res.status).toBe(415);
   });
 
   it("unknown service and unknown method -> 404", async () => {
-    const a = await fetch(`${gatewayUrl}/medmesh.nothing.v1.NoService/Call`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    const a = await fetch(`${gatewayUrl}/medmesh.nothing.v1.NoService/Call`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    });
     expect(a.status).toBe(404);
     const b = await postJson("Frobnicate", "{}");
     expect(b.status).toBe(404);
@@ -167,7 +221,10 @@ describe("bad requests at the edge get a clear status and the gateway keeps serv
   });
 
   it("body over the configured limit -> resource_exhausted", async () => {
-    const res = await postJson("CreateDocument", JSON.stringify({ document: { title: "x".repeat(100 * 1024), documentType: "DOCUMENT_TYPE_REVIEW" } }));
+    const res = await postJson(
+      "CreateDocument",
+      JSON.stringify({ document: { title: "x".repeat(100 * 1024), documentType: "DOCUMENT_TYPE_REVIEW" } }),
+    );
     const body = (await res.json()) as { code: string; message: string };
     expect(body.code).toBe("resource_exhausted");
     expect(body.message).toMatch(/larger than|exceeds|max/i);
@@ -190,7 +247,10 @@ describe("CORS allow-list", () => {
   });
 
   it("refuses a preflight from any other origin and sends no allow header on its requests", async () => {
-    const pre = await fetch(rpc("CreateDocument"), { method: "OPTIONS", headers: { origin: "http://evil.example", "access-control-request-method": "POST" } });
+    const pre = await fetch(rpc("CreateDocument"), {
+      method: "OPTIONS",
+      headers: { origin: "http://evil.example", "access-control-request-method": "POST" },
+    });
     expect(pre.status).toBe(403);
     const res = await postJson("ListDocuments", "{}", { origin: "http://evil.example" });
     expect(res.headers.get("access-control-allow-origin")).toBeNull();
@@ -202,12 +262,17 @@ describe("health", () => {
     expect((await fetch(`${gatewayUrl}/healthz`)).status).toBe(200);
     const ready = await fetch(`${gatewayUrl}/readyz`);
     expect(ready.status).toBe(200);
-    expect(await ready.json()).toEqual({ ready: true, upstreams: { "medmesh.documents.v1.DocumentService": "SERVING" } });
+    expect(await ready.json()).toEqual({
+      ready: true,
+      upstreams: { "medmesh.documents.v1.DocumentService": "SERVING" },
+    });
   });
 
   it("/metrics counts the calls made", async () => {
     const text = await (await fetch(`${gatewayUrl}/metrics`)).text();
-    expect(text).toMatch(/medmesh_rpc_requests_total\{component="gateway",method="medmesh.documents.v1.DocumentService\/CreateDocument",code="ok"\} \d+/);
+    expect(text).toMatch(
+      /medmesh_rpc_requests_total\{component="gateway",method="medmesh.documents.v1.DocumentService\/CreateDocument",code="ok"\} \d+/,
+    );
   });
 });
 
@@ -215,7 +280,10 @@ describe("a dead upstream", () => {
   let deadUrl: string;
   let stop: () => Promise<void>;
   beforeAll(async () => {
-    const gw = await startGateway({ ...testEnv, IDENTITY_TARGET: identity.target, DOCUMENTS_TARGET: `127.0.0.1:${await closedPort()}` }, documentsOnly);
+    const gw = await startGateway(
+      { ...testEnv, IDENTITY_TARGET: identity.target, DOCUMENTS_TARGET: `127.0.0.1:${await closedPort()}` },
+      documentsOnly,
+    );
     deadUrl = `http://127.0.0.1:${gw.port}`;
     stop = gw.stop;
   });
@@ -228,7 +296,10 @@ describe("a dead upstream", () => {
       body: "{}",
     });
     expect(res.status).toBe(503);
-    expect(await res.json()).toEqual({ code: "unavailable", message: "DocumentService is unavailable right now; try again shortly" });
+    expect(await res.json()).toEqual({
+      code: "unavailable",
+      message: "DocumentService is unavailable right now; try again shortly",
+    });
   });
 
   it("reports not ready", async () => {
@@ -242,14 +313,17 @@ describe("rate limits by the contract's rate class", () => {
   let url: string;
   let stop: () => Promise<void>;
   beforeAll(async () => {
-    const gw = await startGateway({
-      ...testEnv,
-      IDENTITY_TARGET: identity.target,
-      DOCUMENTS_TARGET: `127.0.0.1:${documentsPort}`,
-      // In-process buckets: a fresh gateway starts with full ones, so reruns are independent.
-      // The Redis bucket itself is covered in rate-limiter.test.ts.
-      RATE_LIMITS: "read=2:0.01,write=1:0.01",
-    }, documentsOnly);
+    const gw = await startGateway(
+      {
+        ...testEnv,
+        IDENTITY_TARGET: identity.target,
+        DOCUMENTS_TARGET: `127.0.0.1:${documentsPort}`,
+        // In-process buckets: a fresh gateway starts with full ones, so reruns are independent.
+        // The Redis bucket itself is covered in rate-limiter.test.ts.
+        RATE_LIMITS: "read=2:0.01,write=1:0.01",
+      },
+      documentsOnly,
+    );
     url = `http://127.0.0.1:${gw.port}`;
     stop = gw.stop;
   });
@@ -257,7 +331,11 @@ describe("rate limits by the contract's rate class", () => {
 
   it("refuses a caller over its bucket with resource_exhausted and a retry delay, per class", async () => {
     const list = () =>
-      fetch(`${url}/medmesh.documents.v1.DocumentService/ListDocuments`, { method: "POST", headers: { "content-type": "application/json", ...auth }, body: "{}" });
+      fetch(`${url}/medmesh.documents.v1.DocumentService/ListDocuments`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...auth },
+        body: "{}",
+      });
     const statuses: number[] = [];
     for (let i = 0; i < 3; i++) statuses.push((await list()).status);
     expect(statuses.slice(0, 2)).toEqual([200, 200]);
@@ -270,7 +348,9 @@ describe("rate limits by the contract's rate class", () => {
   });
 
   it("misconfigured rules are refused at start with a sentence", async () => {
-    await expect(startGateway({ ...testEnv, DOCUMENTS_TARGET: "127.0.0.1:1", RATE_LIMITS: "reads=lots" })).rejects.toThrow(/RATE_LIMITS: rate rule "reads=lots"/);
+    await expect(
+      startGateway({ ...testEnv, DOCUMENTS_TARGET: "127.0.0.1:1", RATE_LIMITS: "reads=lots" }),
+    ).rejects.toThrow(/RATE_LIMITS: rate rule "reads=lots"/);
   });
 });
 
@@ -278,9 +358,13 @@ describe("tracing", () => {
   it("one trace spans the browser's call, the gateway, the documents service and its SQL", async () => {
     spans.reset();
     const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
-    const res = await postJson("CreateDocument", JSON.stringify({ document: { title: "traced", documentType: "DOCUMENT_TYPE_REVIEW" } }), {
-      traceparent: `00-${traceId}-00f067aa0ba902b7-01`,
-    });
+    const res = await postJson(
+      "CreateDocument",
+      JSON.stringify({ document: { title: "traced", documentType: "DOCUMENT_TYPE_REVIEW" } }),
+      {
+        traceparent: `00-${traceId}-00f067aa0ba902b7-01`,
+      },
+    );
     expect(res.status).toBe(200);
     // The SQL and server spans end as the response leaves; give the exporter a moment.
     await new Promise((r) => setTimeout(r, 100));

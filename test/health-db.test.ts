@@ -21,7 +21,12 @@ beforeAll(async () => {
   pgEnv = { MEDMESH_DATA_DIR: dataDir, EMBEDDED_PG_PORT: String(await freePort()) };
   postgres = await startEmbeddedPostgres(pgEnv);
   identity = await startTestIdentity();
-  documents = await startDocuments({ ...testEnv, DATABASE_URL: postgres.url, DB_POOL_MAX: "2", IDENTITY_TARGET: identity.target });
+  documents = await startDocuments({
+    ...testEnv,
+    DATABASE_URL: postgres.url,
+    DB_POOL_MAX: "2",
+    IDENTITY_TARGET: identity.target,
+  });
 });
 
 afterAll(async () => {
@@ -33,8 +38,11 @@ afterAll(async () => {
 
 it("reports NOT_SERVING while its database is unreachable and SERVING once it is back, without losing data", async () => {
   const health = createMeshClient(Health, `127.0.0.1:${documents.port}`);
-  const docs = createMeshClient(DocumentService, `127.0.0.1:${documents.port}`, { headers: await identity.bearer("doctor") });
-  const status = async () => (await health.check({ service: "medmesh.documents.v1.DocumentService" }, { timeoutMs: 5_000 })).status;
+  const docs = createMeshClient(DocumentService, `127.0.0.1:${documents.port}`, {
+    headers: await identity.bearer("doctor"),
+  });
+  const status = async () =>
+    (await health.check({ service: "medmesh.documents.v1.DocumentService" }, { timeoutMs: 5_000 })).status;
   expect(await status()).toBe(S.SERVING);
   const { document } = await docs.createDocument({ document: { title: "survives an outage", documentType: 1 } });
 
@@ -46,9 +54,13 @@ it("reports NOT_SERVING while its database is unreachable and SERVING once it is
 
   postgres = await startEmbeddedPostgres(pgEnv);
   await expect.poll(status, { timeout: 15_000, interval: 250 }).toBe(S.SERVING);
-  await expect.poll(async () => (await docs.getDocument({ id: document!.id }, { timeoutMs: 5_000 }).catch(() => undefined))?.document?.title, { timeout: 15_000 }).toBe(
-    "survives an outage",
-  );
+  await expect
+    .poll(
+      async () =>
+        (await docs.getDocument({ id: document!.id }, { timeoutMs: 5_000 }).catch(() => undefined))?.document?.title,
+      { timeout: 15_000 },
+    )
+    .toBe("survives an outage");
   health.close();
   docs.close();
 });

@@ -32,7 +32,12 @@ beforeAll(async () => {
   const endpoint = `http://127.0.0.1:${(collector.address() as { port: number }).port}`;
   telemetry = startTelemetry({ serviceName: "documents", otlpEndpoint: endpoint, logLevel: "info" });
   identity = await startTestIdentity();
-  const svc = await startDocuments({ ...testEnv, LOG_LEVEL: "info", MEDMESH_DATA_DIR: "memory://", IDENTITY_TARGET: identity.target });
+  const svc = await startDocuments({
+    ...testEnv,
+    LOG_LEVEL: "info",
+    MEDMESH_DATA_DIR: "memory://",
+    IDENTITY_TARGET: identity.target,
+  });
   configureLogging({ level: "info", write: (line) => lines.push(JSON.parse(line)) });
   stop = svc.stop;
   client = createMeshClient(DocumentService, `127.0.0.1:${svc.port}`, { headers: await identity.bearer("doctor") });
@@ -47,7 +52,9 @@ afterAll(async () => {
 
 describe("observability", () => {
   it("log lines are JSON with the trace id of the call they belong to", async () => {
-    const err = await client.getDocument({ id: "00000000-0000-4000-8000-000000000000" }).catch((e) => ConnectError.from(e));
+    const err = await client
+      .getDocument({ id: "00000000-0000-4000-8000-000000000000" })
+      .catch((e) => ConnectError.from(e));
     expect((err as ConnectError).code).toBe(Code.NotFound);
     const line = lines.find((l) => l.rpc === "medmesh.documents.v1.DocumentService/GetDocument");
     expect(line).toMatchObject({ level: "info", msg: "rpc rejected", code: "NotFound", service: "documents" });

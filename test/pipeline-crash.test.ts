@@ -9,7 +9,13 @@ import { fromBinary } from "@bufbuild/protobuf";
 import type { Kafka } from "kafkajs";
 import { startBroker, type RunningBroker } from "../deploy/embedded/kafka/index.js";
 import { startEmbeddedPostgres } from "../deploy/embedded/postgres.js";
-import { DocumentService, DocumentType, FailureReason, ProcessingStatus, type UploadRequest } from "../gen/medmesh/documents/v1/documents_pb.js";
+import {
+  DocumentService,
+  DocumentType,
+  FailureReason,
+  ProcessingStatus,
+  type UploadRequest,
+} from "../gen/medmesh/documents/v1/documents_pb.js";
 import { DocumentFailedSchema, DocumentProcessedSchema } from "../gen/medmesh/events/v1/document_events_pb.js";
 import { createMeshClient } from "../platform/grpc/client.js";
 import { createKafka } from "../platform/events/index.js";
@@ -30,20 +36,43 @@ type Docs = ReturnType<typeof createMeshClient<typeof DocumentService>>;
 
 const GOOD = 24;
 const expected: Array<{ bytes: Buffer; title: string; status: ProcessingStatus; reason?: FailureReason }> = [
-  ...Array.from({ length: GOOD }, (_, i) => ({ bytes: onePagePdf(i), title: `Crash batch ${i}`, status: ProcessingStatus.PROCESSED })),
-  ...[0, 1, 2].map((i) => ({ bytes: encryptedPdf(), title: `Locked ${i}`, status: ProcessingStatus.FAILED, reason: FailureReason.ENCRYPTED })),
-  ...[0, 1, 2].map((i) => ({ bytes: imageOnlyPdf(), title: `Scanned ${i}`, status: ProcessingStatus.FAILED, reason: FailureReason.IMAGE_ONLY })),
-  ...[0, 1].map((i) => ({ bytes: truncatedPdf(), title: `Broken ${i}`, status: ProcessingStatus.FAILED, reason: FailureReason.CORRUPT })),
+  ...Array.from({ length: GOOD }, (_, i) => ({
+    bytes: onePagePdf(i),
+    title: `Crash batch ${i}`,
+    status: ProcessingStatus.PROCESSED,
+  })),
+  ...[0, 1, 2].map((i) => ({
+    bytes: encryptedPdf(),
+    title: `Locked ${i}`,
+    status: ProcessingStatus.FAILED,
+    reason: FailureReason.ENCRYPTED,
+  })),
+  ...[0, 1, 2].map((i) => ({
+    bytes: imageOnlyPdf(),
+    title: `Scanned ${i}`,
+    status: ProcessingStatus.FAILED,
+    reason: FailureReason.IMAGE_ONLY,
+  })),
+  ...[0, 1].map((i) => ({
+    bytes: truncatedPdf(),
+    title: `Broken ${i}`,
+    status: ProcessingStatus.FAILED,
+    reason: FailureReason.CORRUPT,
+  })),
 ];
 
 async function* uploadOf(title: string, bytes: Buffer): AsyncIterable<UploadRequest> {
-  yield { part: { case: "header", value: { document: { title, documentType: DocumentType.CASE_REPORT }, filename: "f.pdf" } } } as UploadRequest;
+  yield {
+    part: { case: "header", value: { document: { title, documentType: DocumentType.CASE_REPORT }, filename: "f.pdf" } },
+  } as UploadRequest;
   yield { part: { case: "chunk", value: bytes } } as unknown as UploadRequest;
 }
 
 async function terminalCount(docs: Docs, ids: string[]): Promise<number> {
   const states = await Promise.all(ids.map((id) => docs.getDocument({ id })));
-  return states.filter((s) => [ProcessingStatus.PROCESSED, ProcessingStatus.FAILED].includes(s.document!.processingStatus)).length;
+  return states.filter((s) =>
+    [ProcessingStatus.PROCESSED, ProcessingStatus.FAILED].includes(s.document!.processingStatus),
+  ).length;
 }
 
 async function until(what: string, check: () => Promise<boolean>, timeoutMs: number, everyMs = 50): Promise<void> {
@@ -55,7 +84,11 @@ async function until(what: string, check: () => Promise<boolean>, timeoutMs: num
 }
 
 /** All events on a topic from the beginning, read by a throwaway consumer group. */
-async function readAll(kafka: Kafka, topic: string, atLeast: number): Promise<Array<{ key: string; headers: Record<string, string>; value: Buffer }>> {
+async function readAll(
+  kafka: Kafka,
+  topic: string,
+  atLeast: number,
+): Promise<Array<{ key: string; headers: Record<string, string>; value: Buffer }>> {
   const out: Array<{ key: string; headers: Record<string, string>; value: Buffer }> = [];
   const consumer = kafka.consumer({ groupId: `crash-reader-${randomBytes(3).toString("hex")}` });
   await consumer.connect();
@@ -92,7 +125,11 @@ describe("the processing worker killed mid-batch", () => {
   let worker: ChildProcess | undefined;
 
   function startWorker(): Promise<ChildProcess> {
-    const child = spawn(process.execPath, ["--import", "tsx", "services/processing/main.ts"], { cwd: repoRoot, env: workerEnv, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, ["--import", "tsx", "services/processing/main.ts"], {
+      cwd: repoRoot,
+      env: workerEnv,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let err = "";
     child.stderr!.on("data", (d) => (err += d.toString()));
     return new Promise((resolve, reject) => {
@@ -114,7 +151,10 @@ describe("the processing worker killed mid-batch", () => {
     if (process.env.DATABASE_URL) databaseUrl = process.env.DATABASE_URL;
     else {
       // The embedded default's Postgres, as `npm start` runs it: a server the worker reaches over TCP.
-      const pgServer = await startEmbeddedPostgres({ MEDMESH_DATA_DIR: dataDir, EMBEDDED_PG_PORT: String(await freePort()) });
+      const pgServer = await startEmbeddedPostgres({
+        MEDMESH_DATA_DIR: dataDir,
+        EMBEDDED_PG_PORT: String(await freePort()),
+      });
       databaseUrl = pgServer.url;
       stopPostgres = pgServer.stop;
     }
@@ -131,7 +171,10 @@ describe("the processing worker killed mid-batch", () => {
     });
     stopDocuments = svc.stop;
     documentsTarget = `127.0.0.1:${svc.port}`;
-    docs = createMeshClient(DocumentService, documentsTarget, { headers: await identity.bearer("doctor"), defaultTimeoutMs: 30_000 });
+    docs = createMeshClient(DocumentService, documentsTarget, {
+      headers: await identity.bearer("doctor"),
+      defaultTimeoutMs: 30_000,
+    });
     workerEnv = {
       ...process.env,
       DATABASE_URL: databaseUrl,
@@ -159,7 +202,9 @@ describe("the processing worker killed mid-batch", () => {
     if (process.env.DATABASE_URL) {
       const client = new pg.Client({ connectionString: databaseUrl });
       await client.connect();
-      await client.query(`drop schema if exists ${documentsSchema} cascade; drop schema if exists ${processingSchema} cascade`);
+      await client.query(
+        `drop schema if exists ${documentsSchema} cascade; drop schema if exists ${processingSchema} cascade`,
+      );
       await client.end();
     }
     await stopPostgres?.();
@@ -187,7 +232,8 @@ describe("the processing worker killed mid-batch", () => {
       const doc = (await docs.getDocument({ id })).document!;
       expect([doc.title, doc.processingStatus]).toEqual([expected[i]!.title, expected[i]!.status]);
       const { outcome } = await docs.getProcessingResult({ documentId: id });
-      if (expected[i]!.reason) expect(outcome!.outcome).toMatchObject({ case: "failure", value: { reason: expected[i]!.reason } });
+      if (expected[i]!.reason)
+        expect(outcome!.outcome).toMatchObject({ case: "failure", value: { reason: expected[i]!.reason } });
       else expect(outcome!.outcome.case).toBe("result");
     }
 
@@ -211,11 +257,16 @@ describe("the processing worker killed mid-batch", () => {
     // which consumers deduplicate, so distinct ids are what must be exactly one.
     const uploads = ids.length;
     const events = await readAll(kafka, "document.events", uploads * 2);
-    const outcomeEvents = events.filter((e) => e.headers.ce_type === "medmesh.document.processed.v1" || e.headers.ce_type === "medmesh.document.failed.v1");
+    const outcomeEvents = events.filter(
+      (e) =>
+        e.headers.ce_type === "medmesh.document.processed.v1" || e.headers.ce_type === "medmesh.document.failed.v1",
+    );
     const idsByDoc = new Map<string, Set<string>>();
     for (const e of outcomeEvents) {
       const payload =
-        e.headers.ce_type === "medmesh.document.processed.v1" ? fromBinary(DocumentProcessedSchema, e.value) : fromBinary(DocumentFailedSchema, e.value);
+        e.headers.ce_type === "medmesh.document.processed.v1"
+          ? fromBinary(DocumentProcessedSchema, e.value)
+          : fromBinary(DocumentFailedSchema, e.value);
       expect(payload.documentId).toBe(e.key);
       idsByDoc.set(e.key, (idsByDoc.get(e.key) ?? new Set()).add(e.headers.ce_id!));
     }

@@ -2,7 +2,12 @@ import { SpanKind, trace } from "@opentelemetry/api";
 import { InMemorySpanExporter } from "@opentelemetry/sdk-trace-base";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startBroker, type RunningBroker } from "../deploy/embedded/kafka/index.js";
-import { DocumentService, DocumentType, ProcessingStatus, type UploadRequest } from "../gen/medmesh/documents/v1/documents_pb.js";
+import {
+  DocumentService,
+  DocumentType,
+  ProcessingStatus,
+  type UploadRequest,
+} from "../gen/medmesh/documents/v1/documents_pb.js";
 import { createMeshClient } from "../platform/grpc/client.js";
 import { startTelemetry } from "../platform/telemetry/sdk.js";
 import { startDocuments } from "../services/documents/main.js";
@@ -26,7 +31,12 @@ describe("one trace through the pipeline", () => {
   beforeAll(async () => {
     broker = await startBroker({ port: 0, dataDir: null, logLevel: "error" });
     identity = await startTestIdentity();
-    const documents = await startDocuments({ ...testEnv, MEDMESH_DATA_DIR: "memory://", IDENTITY_TARGET: identity.target, KAFKA_BROKERS: broker.address });
+    const documents = await startDocuments({
+      ...testEnv,
+      MEDMESH_DATA_DIR: "memory://",
+      IDENTITY_TARGET: identity.target,
+      KAFKA_BROKERS: broker.address,
+    });
     stops.push(documents.stop);
     const worker = await startProcessing({
       ...testEnv,
@@ -39,7 +49,10 @@ describe("one trace through the pipeline", () => {
       PROCESSING_CONCURRENCY: "1",
     });
     stops.unshift(worker.stop);
-    docs = createMeshClient(DocumentService, `127.0.0.1:${documents.port}`, { headers: await identity.bearer("doctor"), defaultTimeoutMs: 30_000 });
+    docs = createMeshClient(DocumentService, `127.0.0.1:${documents.port}`, {
+      headers: await identity.bearer("doctor"),
+      defaultTimeoutMs: 30_000,
+    });
   }, 120_000);
 
   afterAll(async () => {
@@ -54,7 +67,15 @@ describe("one trace through the pipeline", () => {
     // The caller's own span is the root, as a browser's or a device's would be.
     const { id, traceId } = await trace.getTracer("test").startActiveSpan("client upload", async (root) => {
       async function* upload(): AsyncIterable<UploadRequest> {
-        yield { part: { case: "header", value: { document: { title: "Traced paper", documentType: DocumentType.RESEARCH_PAPER }, filename: "paper.pdf" } } } as UploadRequest;
+        yield {
+          part: {
+            case: "header",
+            value: {
+              document: { title: "Traced paper", documentType: DocumentType.RESEARCH_PAPER },
+              filename: "paper.pdf",
+            },
+          },
+        } as UploadRequest;
         yield { part: { case: "chunk", value: paperPdf() } } as unknown as UploadRequest;
       }
       const res = await docs.upload(upload());
@@ -73,21 +94,36 @@ describe("one trace through the pipeline", () => {
       for (;;) {
         const found = inTrace().find(match);
         if (found) return found;
-        if (Date.now() > deadline) throw new Error(`no ${what} span in trace ${traceId}: ${inTrace().map((s) => s.name).join(", ")}`);
+        if (Date.now() > deadline)
+          throw new Error(
+            `no ${what} span in trace ${traceId}: ${inTrace()
+              .map((s) => s.name)
+              .join(", ")}`,
+          );
         await new Promise((r) => setTimeout(r, 50));
       }
     };
     const server = (rpc: string) => (s: Span) => s.kind === SpanKind.SERVER && s.name === `medmesh.documents.v1.${rpc}`;
     const uploadRpc = await find("Upload server", server("DocumentService/Upload"));
     const send = await find("relay send", (s) => s.kind === SpanKind.PRODUCER && s.name === "document.events send");
-    const consume = await find("worker consume", (s) => s.kind === SpanKind.CONSUMER && s.name === "document.events process" && s.attributes["messaging.consumer.group.name"] === "processing");
+    const consume = await find(
+      "worker consume",
+      (s) =>
+        s.kind === SpanKind.CONSUMER &&
+        s.name === "document.events process" &&
+        s.attributes["messaging.consumer.group.name"] === "processing",
+    );
     const readContent = await find("ReadContent server", server("DocumentService/ReadContent"));
-    const result = await find("RecordProcessingResult server", server("DocumentProcessingService/RecordProcessingResult"));
+    const result = await find(
+      "RecordProcessingResult server",
+      server("DocumentProcessingService/RecordProcessingResult"),
+    );
 
     const byId = new Map(inTrace().map((s) => [s.spanContext().spanId, s]));
     const ancestors = (s: Span): Span[] => {
       const chain: Span[] = [];
-      for (let p = s.parentSpanContext?.spanId; p && byId.has(p); p = byId.get(p)!.parentSpanContext?.spanId) chain.push(byId.get(p)!);
+      for (let p = s.parentSpanContext?.spanId; p && byId.has(p); p = byId.get(p)!.parentSpanContext?.spanId)
+        chain.push(byId.get(p)!);
       return chain;
     };
     // The relay's send hangs off the upload; the worker's consumption off the send; the worker's
@@ -98,7 +134,10 @@ describe("one trace through the pipeline", () => {
     expect(ancestors(result)).toEqual(expect.arrayContaining([consume, send, uploadRpc]));
     expect(ancestors(result).at(-1)!.name).toBe("client upload");
     // And the DocumentProcessed event the worker publishes carries the same trace onward.
-    const processedSend = await find("processed event send", (s) => s.kind === SpanKind.PRODUCER && s.name === "document.events send" && s !== send);
+    const processedSend = await find(
+      "processed event send",
+      (s) => s.kind === SpanKind.PRODUCER && s.name === "document.events send" && s !== send,
+    );
     expect(ancestors(processedSend)).toContain(consume);
   }, 120_000);
 });

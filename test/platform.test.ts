@@ -18,7 +18,9 @@ import { repoRoot } from "./support/embedded-mesh.js";
 /** Every service in every medmesh contract, found by walking gen/ rather than listed by hand. */
 async function allMeshServices(): Promise<DescService[]> {
   const dir = path.join(repoRoot, "gen/medmesh");
-  const files = readdirSync(dir, { recursive: true }).map(String).filter((f) => f.endsWith("_pb.ts"));
+  const files = readdirSync(dir, { recursive: true })
+    .map(String)
+    .filter((f) => f.endsWith("_pb.ts"));
   const services: DescService[] = [];
   for (const f of files) {
     const mod = (await import(path.join(dir, f))) as Record<string, unknown>;
@@ -45,10 +47,20 @@ describe("access policy in the contracts", () => {
 });
 
 describe("configuration", () => {
-  const spec = { PORT: env.port("port", 1), SIZE: env.bytes("size", 1), URL: env.url("db", ["postgres:"]), MODE: env.oneOf("mode", ["a", "b"] as const, "a") };
+  const spec = {
+    PORT: env.port("port", 1),
+    SIZE: env.bytes("size", 1),
+    URL: env.url("db", ["postgres:"]),
+    MODE: env.oneOf("mode", ["a", "b"] as const, "a"),
+  };
 
   it("parses sizes, ports and defaults", () => {
-    expect(loadConfig(spec, { PORT: "8080", SIZE: "4MiB" })).toEqual({ PORT: 8080, SIZE: 4 * 1024 * 1024, URL: undefined, MODE: "a" });
+    expect(loadConfig(spec, { PORT: "8080", SIZE: "4MiB" })).toEqual({
+      PORT: 8080,
+      SIZE: 4 * 1024 * 1024,
+      URL: undefined,
+      MODE: "a",
+    });
   });
 
   it("reports every problem at once, each as a sentence naming the variable", () => {
@@ -95,7 +107,9 @@ describe("page tokens", () => {
     ["JSON of the wrong shape", Buffer.from('{"v":2,"p":"x"}').toString("base64url")],
     ["an unsafe integer", Buffer.from('{"v":1,"p":1e300,"f":"x"}').toString("base64url")],
   ])("refuse %s with invalid_argument", (_what, token) => {
-    expect(() => decodePageToken(token, {})).toThrowError(expect.objectContaining({ code: Code.InvalidArgument }) as ConnectError);
+    expect(() => decodePageToken(token, {})).toThrowError(
+      expect.objectContaining({ code: Code.InvalidArgument }) as ConnectError,
+    );
   });
 
   it("refuse a token issued for other filters", () => {

@@ -6,7 +6,13 @@ import { rejection } from "./support/rejection.js";
 import { startTestIdentity, type TestIdentity } from "./support/identity.js";
 
 const tokenOf = (h: { authorization: string }) => h.authorization.replace(/^Bearer /, "");
-const claimsOf = (h: { authorization: string }) => JSON.parse(Buffer.from(tokenOf(h).split(".")[1]!, "base64url").toString()) as { sub: string; role: string; exp: number; jti: string };
+const claimsOf = (h: { authorization: string }) =>
+  JSON.parse(Buffer.from(tokenOf(h).split(".")[1]!, "base64url").toString()) as {
+    sub: string;
+    role: string;
+    exp: number;
+    jti: string;
+  };
 
 describe("a service's access token from its API key", () => {
   const apiKey = `mmk_${randomBytes(32).toString("base64url")}`;

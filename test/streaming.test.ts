@@ -28,7 +28,6 @@ async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   return out;
 }
 
-
 beforeAll(async () => {
   server = await startGrpcServer({
     name: "meshtest",
@@ -39,12 +38,16 @@ beforeAll(async () => {
     deadlines: { defaultUnaryMs: 5_000, maxUnaryMs: 10_000 },
     maxMessageBytes: 1024 * 1024,
   });
-  const gw = await startGateway({ ...testEnv, MESHTEST_TARGET: `127.0.0.1:${server.port}` }, { services: [MeshTestService] });
+  const gw = await startGateway(
+    { ...testEnv, MESHTEST_TARGET: `127.0.0.1:${server.port}` },
+    { services: [MeshTestService] },
+  );
   stopGateway = gw.stop;
   gatewayUrl = `http://127.0.0.1:${gw.port}`;
   const direct = createMeshClient(MeshTestService, `127.0.0.1:${server.port}`);
   clients["grpc-js straight to the server"] = () => direct as unknown as MeshTest;
-  clients["gRPC over h2c through the gateway"] = () => createClient(MeshTestService, createGrpcTransport({ baseUrl: gatewayUrl }));
+  clients["gRPC over h2c through the gateway"] = () =>
+    createClient(MeshTestService, createGrpcTransport({ baseUrl: gatewayUrl }));
 });
 
 afterAll(async () => {
@@ -52,75 +55,81 @@ afterAll(async () => {
   await server?.shutdown(1_000);
 });
 
-describe.each(["grpc-js straight to the server", "gRPC over h2c through the gateway"])("every call kind, %s", (name) => {
-  const client = () => clients[name]!();
+describe.each(["grpc-js straight to the server", "gRPC over h2c through the gateway"])(
+  "every call kind, %s",
+  (name) => {
+    const client = () => clients[name]!();
 
-  it("unary", async () => {
-    expect((await client().echo({ text: "hi" })).text).toBe("hi");
-  });
+    it("unary", async () => {
+      expect((await client().echo({ text: "hi" })).text).toBe("hi");
+    });
 
-  it("server streaming", async () => {
-    expect((await collect(client().count({ count: 5 }))).map((r) => r.n)).toEqual([1, 2, 3, 4, 5]);
-  });
+    it("server streaming", async () => {
+      expect((await collect(client().count({ count: 5 }))).map((r) => r.n)).toEqual([1, 2, 3, 4, 5]);
+    });
 
-  it("client streaming", async () => {
-    const res = await client().sum(from([1n, 2n, 3n, 4n].map((value) => ({ value }))));
-    expect(res.total).toBe(10n);
-    expect(res.messages).toBe(4);
-  });
+    it("client streaming", async () => {
+      const res = await client().sum(from([1n, 2n, 3n, 4n].map((value) => ({ value }))));
+      expect(res.total).toBe(10n);
+      expect(res.messages).toBe(4);
+    });
 
-  it("bidi streaming", async () => {
-    expect((await collect(client().chat(from([{ text: "a" }, { text: "b" }])))).map((r) => r.text)).toEqual(["A", "B"]);
-  });
+    it("bidi streaming", async () => {
+      expect((await collect(client().chat(from([{ text: "a" }, { text: "b" }])))).map((r) => r.text)).toEqual([
+        "A",
+        "B",
+      ]);
+    });
 
-  it("a streamed message that breaks the contract ends the call with invalid_argument", async () => {
-    const err = await rejection(client().sum(from([{ value: 1n }, { value: 5000n }])));
-    expect(err.code).toBe(Code.InvalidArgument);
-    expect(err.rawMessage).toMatch(/value/);
-  });
+    it("a streamed message that breaks the contract ends the call with invalid_argument", async () => {
+      const err = await rejection(client().sum(from([{ value: 1n }, { value: 5000n }])));
+      expect(err.code).toBe(Code.InvalidArgument);
+      expect(err.rawMessage).toMatch(/value/);
+    });
 
-  it("a bug in a handler is internal with a fixed sentence, never the stack", async () => {
-    const err = await rejection(client().echo({ text: "boom" }));
-    expect(err.code).toBe(Code.Internal);
-    expect(err.rawMessage).toBe("internal error; it has been logged");
-  });
+    it("a bug in a handler is internal with a fixed sentence, never the stack", async () => {
+      const err = await rejection(client().echo({ text: "boom" }));
+      expect(err.code).toBe(Code.Internal);
+      expect(err.rawMessage).toBe("internal error; it has been logged");
+    });
 
-  it("a handler's own status comes through unchanged", async () => {
-    const err = await rejection(client().echo({ text: "refuse" }));
-    expect(err.code).toBe(Code.FailedPrecondition);
-    expect(err.rawMessage).toBe("refused on purpose");
-  });
+    it("a handler's own status comes through unchanged", async () => {
+      const err = await rejection(client().echo({ text: "refuse" }));
+      expect(err.code).toBe(Code.FailedPrecondition);
+      expect(err.rawMessage).toBe("refused on purpose");
+    });
 
-  it("the caller's deadline reaches the handler and expires as deadline_exceeded", async () => {
-    const res = await client().wait({ ms: 0 }, { timeoutMs: 3_000 });
-    expect(Number(res.remainingMs)).toBeGreaterThan(0);
-    expect(Number(res.remainingMs)).toBeLessThanOrEqual(3_000);
-    const err = await rejection(client().wait({ ms: 5_000 }, { timeoutMs: 200 }));
-    expect(err.code).toBe(Code.DeadlineExceeded);
-  });
+    it("the caller's deadline reaches the handler and expires as deadline_exceeded", async () => {
+      const res = await client().wait({ ms: 0 }, { timeoutMs: 3_000 });
+      expect(Number(res.remainingMs)).toBeGreaterThan(0);
+      expect(Number(res.remainingMs)).toBeLessThanOrEqual(3_000);
+      const err = await rejection(client().wait({ ms: 5_000 }, { timeoutMs: 200 }));
+      expect(err.code).toBe(Code.DeadlineExceeded);
+    });
 
-  it("a unary call with no deadline gets the server's default", async () => {
-    const res = await client().wait({ ms: 0 });
-    expect(Number(res.remainingMs)).toBeGreaterThan(0);
-    expect(Number(res.remainingMs)).toBeLessThanOrEqual(10_000);
-  });
+    it("a unary call with no deadline gets the server's default", async () => {
+      const res = await client().wait({ ms: 0 });
+      expect(Number(res.remainingMs)).toBeGreaterThan(0);
+      expect(Number(res.remainingMs)).toBeLessThanOrEqual(10_000);
+    });
 
-  it("cancelling a stream cancels the handler", async () => {
-    const before = observed.cancelledStreams;
-    const controller = new AbortController();
-    const seen: number[] = [];
-    await expect(
-      (async () => {
-        for await (const r of client().count({ count: 1000, intervalMs: 20 }, { signal: controller.signal })) {
-          seen.push(r.n);
-          if (r.n === 3) controller.abort();
-        }
-      })(),
-    ).rejects.toBeDefined();
-    expect(seen).toEqual([1, 2, 3]);
-    await expect.poll(() => observed.cancelledStreams, { timeout: 5_000 }).toBeGreaterThan(before);
-  });
-});
+    it("cancelling a stream cancels the handler", async () => {
+      const before = observed.cancelledStreams;
+      const controller = new AbortController();
+      const seen: number[] = [];
+      await expect(
+        (async () => {
+          for await (const r of client().count({ count: 1000, intervalMs: 20 }, { signal: controller.signal })) {
+            seen.push(r.n);
+            if (r.n === 3) controller.abort();
+          }
+        })(),
+      ).rejects.toBeDefined();
+      expect(seen).toEqual([1, 2, 3]);
+      await expect.poll(() => observed.cancelledStreams, { timeout: 5_000 }).toBeGreaterThan(before);
+    });
+  },
+);
 
 describe("server streaming to browsers", () => {
   it("works over gRPC-web on HTTP/1.1", async () => {
@@ -141,7 +150,7 @@ describe("server streaming to browsers", () => {
     expect(res.status).toBe(200);
     const bytes = Buffer.from(await res.arrayBuffer());
     const messages: string[] = [];
-    for (let at = 0; at < bytes.length; ) {
+    for (let at = 0; at < bytes.length;) {
       const flags = bytes[at]!;
       const len = bytes.readUInt32BE(at + 1);
       messages.push(`${flags}:${bytes.subarray(at + 5, at + 5 + len).toString()}`);

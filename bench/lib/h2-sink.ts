@@ -35,10 +35,15 @@ export interface Sink {
 
 /** Forks the sink; `fileDir` is where /file writes (the bench's temp dir, the same disk as the mesh's blobs). */
 export async function startSink(fileDir: string): Promise<Sink> {
-  const child: ChildProcess = fork(fileURLToPath(import.meta.url), [fileDir], { execArgv: ["--import", "tsx"], stdio: ["ignore", "ignore", "inherit", "ipc"] });
+  const child: ChildProcess = fork(fileURLToPath(import.meta.url), [fileDir], {
+    execArgv: ["--import", "tsx"],
+    stdio: ["ignore", "ignore", "inherit", "ipc"],
+  });
   const { port, dualPort } = await new Promise<{ port: number; dualPort: number }>((resolve, reject) => {
     child.once("message", (m: { port?: number; dualPort?: number }) =>
-      m.port && m.dualPort ? resolve({ port: m.port, dualPort: m.dualPort }) : reject(new Error(`sink said ${JSON.stringify(m)}`)),
+      m.port && m.dualPort
+        ? resolve({ port: m.port, dualPort: m.dualPort })
+        : reject(new Error(`sink said ${JSON.stringify(m)}`)),
     );
     child.once("exit", (code, signal) => reject(new Error(`sink exited during start (${signal ?? `code ${code}`})`)));
   });
@@ -122,7 +127,9 @@ function serve(fileDir: string) {
   // by the first bytes): what the listener costs, apart from gRPC and the forwarding.
   const dual = createDualProtocolServer(handler as Parameters<typeof createDualProtocolServer>[0]);
   plain.listen(0, "127.0.0.1", () => {
-    void dual.listen(0, "127.0.0.1").then((dualPort) => process.send!({ port: (plain.address() as { port: number }).port, dualPort }));
+    void dual
+      .listen(0, "127.0.0.1")
+      .then((dualPort) => process.send!({ port: (plain.address() as { port: number }).port, dualPort }));
   });
   process.on("SIGTERM", () => {
     void dual.close(1_000);
@@ -136,7 +143,11 @@ function serve(fileDir: string) {
  * POSTs `chunks` over one HTTP/2 stream of `session`, honouring backpressure, and returns the
  * sink's answer. The body is the file's bytes as they are, with no framing.
  */
-export function postChunks(session: http2.ClientHttp2Session, pathname: string, chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<SinkReply> {
+export function postChunks(
+  session: http2.ClientHttp2Session,
+  pathname: string,
+  chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+): Promise<SinkReply> {
   return new Promise((resolve, reject) => {
     const req = session.request({ ":method": "POST", ":path": pathname, "content-type": "application/octet-stream" });
     let status = 0;
@@ -152,12 +163,13 @@ export function postChunks(session: http2.ClientHttp2Session, pathname: string, 
     void (async () => {
       try {
         for await (const c of chunks) {
-          if (!req.write(c)) await new Promise<void>((r, j) => {
-            const onDrain = () => (req.off("error", onErr), r());
-            const onErr = (e: Error) => (req.off("drain", onDrain), j(e));
-            req.once("drain", onDrain);
-            req.once("error", onErr);
-          });
+          if (!req.write(c))
+            await new Promise<void>((r, j) => {
+              const onDrain = () => (req.off("error", onErr), r());
+              const onErr = (e: Error) => (req.off("drain", onDrain), j(e));
+              req.once("drain", onDrain);
+              req.once("error", onErr);
+            });
         }
         req.end();
       } catch (err) {
@@ -167,4 +179,5 @@ export function postChunks(session: http2.ClientHttp2Session, pathname: string, 
   });
 }
 
-if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) serve(process.argv[2] ?? process.cwd());
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url))
+  serve(process.argv[2] ?? process.cwd());

@@ -78,7 +78,10 @@ export async function startMesh(opts: StartOptions): Promise<Mesh> {
   const exitPromise = new Promise<void>((resolve) => launcher.once("exit", () => ((exited = true), resolve())));
 
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => fail(new Error(`mesh did not print ${opts.required.join(", ")} within ${opts.timeoutMs} ms`)), opts.timeoutMs);
+    const timer = setTimeout(
+      () => fail(new Error(`mesh did not print ${opts.required.join(", ")} within ${opts.timeoutMs} ms`)),
+      opts.timeoutMs,
+    );
     let buffered = "";
     const onData = (d: Buffer) => {
       buffered += d.toString();
@@ -98,7 +101,9 @@ export async function startMesh(opts: StartOptions): Promise<Mesh> {
     };
     const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
       clearTimeout(timer);
-      reject(new Error(`mesh exited during start (${signal ?? `code ${code}`}); log: ${logFile}\n${tail(logFile, 15)}`));
+      reject(
+        new Error(`mesh exited during start (${signal ?? `code ${code}`}); log: ${logFile}\n${tail(logFile, 15)}`),
+      );
     };
     const fail = (err: Error) => {
       launcher.kill("SIGTERM");
@@ -204,7 +209,11 @@ async function componentPids(launcherPid: number, logFile: string): Promise<Reco
   const named: Record<string, number> = {};
   for (const pid of childrenOf(launcherPid)) {
     try {
-      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").find((a) => a.endsWith(".ts")) ?? `pid-${pid}`;
+      const cmd =
+        fs
+          .readFileSync(`/proc/${pid}/cmdline`, "utf8")
+          .split("\0")
+          .find((a) => a.endsWith(".ts")) ?? `pid-${pid}`;
       named[path.basename(path.dirname(cmd)) + "/" + path.basename(cmd, ".ts")] = pid;
     } catch {
       // exited meanwhile

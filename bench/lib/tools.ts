@@ -20,7 +20,12 @@ export function which(name: string): string | undefined {
 
 export function versionOf(tool: string, args: string[]): string {
   const r = spawnSync(tool, args, { encoding: "utf8", timeout: 5_000 });
-  return ((r.stdout ?? "") + (r.stderr ?? "")).split("\n").find((l) => l.trim())?.trim() ?? "unknown";
+  return (
+    ((r.stdout ?? "") + (r.stderr ?? ""))
+      .split("\n")
+      .find((l) => l.trim())
+      ?.trim() ?? "unknown"
+  );
 }
 
 /** The 5-byte gRPC length prefix (uncompressed) followed by the message. */
@@ -94,13 +99,20 @@ export interface H2loadRun {
 
 function h2loadArgs(r: H2loadRun, seconds: number, logFile?: string): string[] {
   return [
-    "-t", "1",
-    "-c", String(r.clients),
-    "-m", String(r.streamsPerClient),
-    "-D", String(seconds),
-    "-d", r.bodyFile,
-    "-H", "content-type: application/grpc",
-    "-H", "te: trailers",
+    "-t",
+    "1",
+    "-c",
+    String(r.clients),
+    "-m",
+    String(r.streamsPerClient),
+    "-D",
+    String(seconds),
+    "-d",
+    r.bodyFile,
+    "-H",
+    "content-type: application/grpc",
+    "-H",
+    "te: trailers",
     // Every documents RPC needs a signed-in caller; the harness signs in before it loads.
     ...(process.env.BENCH_AUTHORIZATION ? ["-H", `authorization: ${process.env.BENCH_AUTHORIZATION}`] : []),
     ...(logFile ? [`--log-file=${logFile}`] : []),
@@ -119,12 +131,18 @@ function h2loadArgs(r: H2loadRun, seconds: number, logFile?: string): string[] {
  */
 export async function runH2load(r: H2loadRun, warmupSeconds: number): Promise<ToolResult> {
   const timeoutMs = (s: number) => (s + 20) * 1000;
-  const warm = warmupSeconds > 0 ? await run("h2load", h2loadArgs(r, warmupSeconds), { timeoutMs: timeoutMs(warmupSeconds) }) : undefined;
+  const warm =
+    warmupSeconds > 0
+      ? await run("h2load", h2loadArgs(r, warmupSeconds), { timeoutMs: timeoutMs(warmupSeconds) })
+      : undefined;
   // h2load appends to an existing log file; a leftover would mix runs.
   fs.rmSync(r.logFile, { force: true });
   const out = await run("h2load", h2loadArgs(r, r.seconds, r.logFile), { timeoutMs: timeoutMs(r.seconds) });
   const text = out.stdout + out.stderr;
-  const requests = /requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/.exec(text);
+  const requests =
+    /requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/.exec(
+      text,
+    );
   const statuses = /status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx/.exec(text);
   const data = /traffic: .*?, \S+ \((\d+)\) data/.exec(text);
   if (out.code !== 0 || !requests || !statuses || !data) {
@@ -182,16 +200,34 @@ interface WrkReport {
 }
 
 function wrkArgs(r: WrkRun, seconds: number): string[] {
-  return ["-t", String(r.threads), "-c", String(r.connections), "-d", `${seconds}s`, "--timeout", "10s", "-s", r.script, r.url];
+  return [
+    "-t",
+    String(r.threads),
+    "-c",
+    String(r.connections),
+    "-d",
+    `${seconds}s`,
+    "--timeout",
+    "10s",
+    "-s",
+    r.script,
+    r.url,
+  ];
 }
 
 export async function runWrk(r: WrkRun, warmupSeconds: number): Promise<ToolResult> {
   const env = { ...process.env, BENCH_METHOD: r.method, BENCH_BODY: r.body ?? "" };
   const timeoutMs = (s: number) => (s + 20) * 1000;
-  const warm = warmupSeconds > 0 ? await run("wrk", wrkArgs(r, warmupSeconds), { timeoutMs: timeoutMs(warmupSeconds), env }) : undefined;
+  const warm =
+    warmupSeconds > 0
+      ? await run("wrk", wrkArgs(r, warmupSeconds), { timeoutMs: timeoutMs(warmupSeconds), env })
+      : undefined;
   const out = await run("wrk", wrkArgs(r, r.seconds), { timeoutMs: timeoutMs(r.seconds), env });
   const line = /^BENCH_RESULT (\{.*\})$/m.exec(out.stdout);
-  if (out.code !== 0 || !line) throw new Error(`wrk failed (exit ${out.code}):\n${(out.stdout + out.stderr).trim().split("\n").slice(-12).join("\n")}`);
+  if (out.code !== 0 || !line)
+    throw new Error(
+      `wrk failed (exit ${out.code}):\n${(out.stdout + out.stderr).trim().split("\n").slice(-12).join("\n")}`,
+    );
   const rep = JSON.parse(line[1]!) as WrkReport;
   const failures: Record<string, number> = {};
   const note = (k: string, n: number) => n > 0 && (failures[k] = n);

@@ -28,7 +28,13 @@ export function rawGrpcCall(origin: string, path: string, body: Buffer, timeoutM
     };
     session.on("error", (err) => done(err));
     const auth = process.env.BENCH_AUTHORIZATION;
-    const req = session.request({ ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers", ...(auth ? { authorization: auth } : {}) });
+    const req = session.request({
+      ":method": "POST",
+      ":path": path,
+      "content-type": "application/grpc",
+      te: "trailers",
+      ...(auth ? { authorization: auth } : {}),
+    });
     let httpStatus = 0;
     let grpcStatus: string | undefined;
     let grpcMessage: string | undefined;

@@ -52,13 +52,15 @@ export async function probeHealth(target: string, opts: ProbeOptions = {}): Prom
     const response = await new Promise<HealthCheckResponse>((resolve, reject) => {
       client.makeUnaryRequest(
         checkPath,
-        (req: ReturnType<typeof create<typeof HealthCheckRequestSchema>>) => Buffer.from(toBinary(HealthCheckRequestSchema, req)),
+        (req: ReturnType<typeof create<typeof HealthCheckRequestSchema>>) =>
+          Buffer.from(toBinary(HealthCheckRequestSchema, req)),
         (bytes: Buffer) => fromBinary(HealthCheckResponseSchema, bytes),
         create(HealthCheckRequestSchema, { service }),
         new Metadata(),
         // waitForReady stays off so a refused connection fails now rather than at the deadline.
         { deadline: Date.now() + timeoutMs },
-        (err: ServiceError | null, value?: HealthCheckResponse) => (err || !value ? reject(err ?? new Error("empty response")) : resolve(value)),
+        (err: ServiceError | null, value?: HealthCheckResponse) =>
+          err || !value ? reject(err ?? new Error("empty response")) : resolve(value),
       );
     });
     const name = Status[response.status] ?? String(response.status);
@@ -70,8 +72,12 @@ export async function probeHealth(target: string, opts: ProbeOptions = {}): Prom
     const e = err as Partial<ServiceError>;
     // NOT_FOUND is the health protocol's way of saying the named service is unknown: the server is
     // up but cannot vouch for that service, which is "not serving", not "unreachable".
-    if (e.code === 5) return { exitCode: ExitCode.notServing, message: `${target}: service "${service}" unknown to the server` };
-    return { exitCode: ExitCode.unreachable, message: `${target}: health check failed: ${e.details || e.message || String(err)}` };
+    if (e.code === 5)
+      return { exitCode: ExitCode.notServing, message: `${target}: service "${service}" unknown to the server` };
+    return {
+      exitCode: ExitCode.unreachable,
+      message: `${target}: health check failed: ${e.details || e.message || String(err)}`,
+    };
   } finally {
     client.close();
   }

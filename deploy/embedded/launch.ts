@@ -16,8 +16,13 @@ const configSpec = {
   DOCUMENTS_PORT: env.port("documents gRPC port", 50051),
   IDENTITY_PORT: env.port("identity gRPC port", 50052),
   PROCESSING_PORT: env.port("processing worker's health port", 50053),
-  PROCESSING_API_KEY: env.optionalString("the processing worker's API key; unset means one generated on first start and kept in the data dir"),
-  IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.string("the account registered with this address becomes the first admin", "admin@medmesh.local"),
+  PROCESSING_API_KEY: env.optionalString(
+    "the processing worker's API key; unset means one generated on first start and kept in the data dir",
+  ),
+  IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.string(
+    "the account registered with this address becomes the first admin",
+    "admin@medmesh.local",
+  ),
   KAFKA_BROKERS: env.optionalString("use these Kafka brokers instead of the embedded one"),
   KAFKA_PORT: env.port("port of the embedded Kafka-compatible broker", 9092),
   STARTUP_TIMEOUT_MS: env.int("how long a component may take to become ready", 120_000, 1_000, 600_000),
@@ -36,7 +41,9 @@ interface Running {
 }
 
 function log(msg: string, fields: Record<string, unknown> = {}) {
-  process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level: "info", service: "launcher", msg, ...fields }) + "\n");
+  process.stderr.write(
+    JSON.stringify({ time: new Date().toISOString(), level: "info", service: "launcher", msg, ...fields }) + "\n",
+  );
 }
 
 /** Forks one component and resolves with its endpoints once it reports ready over IPC. */
@@ -134,7 +141,9 @@ async function main() {
   try {
     apiKey = processingApiKey(config.PROCESSING_API_KEY, config.MEDMESH_DATA_DIR);
   } catch (err) {
-    process.stderr.write(`medmesh: cannot keep the processing worker's API key under ${config.MEDMESH_DATA_DIR}: ${(err as Error).message}\n`);
+    process.stderr.write(
+      `medmesh: cannot keep the processing worker's API key under ${config.MEDMESH_DATA_DIR}: ${(err as Error).message}\n`,
+    );
     process.exit(2);
   }
   // Keys someone configured for other services stay; the worker's is added to them.
@@ -173,7 +182,12 @@ async function main() {
     {
       name: "documents",
       entry: "services/documents/main.ts",
-      env: () => ({ DATABASE_URL: databaseUrl!, DOCUMENTS_PORT: String(config.DOCUMENTS_PORT), IDENTITY_TARGET: identityTarget, KAFKA_BROKERS: kafkaBrokers! }),
+      env: () => ({
+        DATABASE_URL: databaseUrl!,
+        DOCUMENTS_PORT: String(config.DOCUMENTS_PORT),
+        IDENTITY_TARGET: identityTarget,
+        KAFKA_BROKERS: kafkaBrokers!,
+      }),
     },
     {
       name: "processing",
@@ -190,7 +204,12 @@ async function main() {
     {
       name: "gateway",
       entry: "gateway/main.ts",
-      env: () => ({ DOCUMENTS_TARGET: documentsTarget, IDENTITY_TARGET: identityTarget, GATEWAY_PORT: String(config.GATEWAY_PORT), GATEWAY_HOST: config.GATEWAY_HOST }),
+      env: () => ({
+        DOCUMENTS_TARGET: documentsTarget,
+        IDENTITY_TARGET: identityTarget,
+        GATEWAY_PORT: String(config.GATEWAY_PORT),
+        GATEWAY_HOST: config.GATEWAY_HOST,
+      }),
     },
   );
 

@@ -381,7 +381,8 @@ export class PgMultiplexer {
       }
       const unit = c.units.shift()!;
       c.queuedBytes -= unit.bytes.length;
-      if (c.socket.isPaused() && c.units.length < MAX_QUEUED_UNITS / 2 && c.queuedBytes < MAX_QUEUED_BYTES / 2) c.socket.resume();
+      if (c.socket.isPaused() && c.units.length < MAX_QUEUED_UNITS / 2 && c.queuedBytes < MAX_QUEUED_BYTES / 2)
+        c.socket.resume();
       c.running = true;
       try {
         await this.runUnit(c, unit);
@@ -471,14 +472,19 @@ export class PgMultiplexer {
         }),
       );
     } catch (err) {
-      logger.error("embedded postgres could not roll back a departed client's transaction", { connection: c.id, error: err });
+      logger.error("embedded postgres could not roll back a departed client's transaction", {
+        connection: c.id,
+        error: err,
+      });
     } finally {
       live = false;
     }
     this.status = tracker.status ?? IDLE;
     c.inRun = false;
     if (this.status !== IDLE) {
-      logger.error("embedded postgres session not idle after rolling back a departed client", { status: String.fromCharCode(this.status) });
+      logger.error("embedded postgres session not idle after rolling back a departed client", {
+        status: String.fromCharCode(this.status),
+      });
     }
     // Released even if the rollback failed: a stuck session would stop every client for good.
     this.setOwner(undefined);

@@ -19,7 +19,9 @@ export const configSpec = {
  * single session; pg-multiplexer.ts shares it between connections a whole query, extended-protocol
  * run or transaction at a time.
  */
-export async function startEmbeddedPostgres(source: Record<string, string | undefined> = process.env): Promise<Started & { url: string }> {
+export async function startEmbeddedPostgres(
+  source: Record<string, string | undefined> = process.env,
+): Promise<Started & { url: string }> {
   const config = loadConfig(configSpec, source);
   configureLogging({ service: "postgres" });
   // memory:// means what it means for the services: nothing kept once the process ends.

@@ -13,7 +13,14 @@ export const ACCESS_TOKEN_TTL_SECONDS = 900;
 
 export type PrincipalKindName = "user" | "device" | "service";
 export type RoleName = "admin" | "doctor" | "researcher" | "student" | "device" | "service";
-const roleNames: ReadonlySet<string> = new Set<RoleName>(["admin", "doctor", "researcher", "student", "device", "service"]);
+const roleNames: ReadonlySet<string> = new Set<RoleName>([
+  "admin",
+  "doctor",
+  "researcher",
+  "student",
+  "device",
+  "service",
+]);
 const kindNames: ReadonlySet<string> = new Set<PrincipalKindName>(["user", "device", "service"]);
 
 export interface Jwk {
@@ -56,8 +63,7 @@ export type VerifyFailureReason =
   | "not_yet_valid";
 
 export type VerifyResult =
-  | { ok: true; claims: AccessClaims; kid: string }
-  | { ok: false; reason: VerifyFailureReason; message: string };
+  { ok: true; claims: AccessClaims; kid: string } | { ok: false; reason: VerifyFailureReason; message: string };
 
 export interface VerifyOptions {
   now: Date | number;
@@ -122,7 +128,8 @@ export function verifyAccessToken(token: string, jwks: Jwks, opts: VerifyOptions
   if (!headerBytes || !payloadBytes || !signature) return fail("malformed", "the token is not a JWT");
   const header = parseJson(headerBytes);
   if (!header) return fail("malformed", "the token header is not a JSON object");
-  if (header.alg !== "EdDSA") return fail("unsupported_algorithm", `tokens signed with ${JSON.stringify(header.alg ?? null)} are not accepted`);
+  if (header.alg !== "EdDSA")
+    return fail("unsupported_algorithm", `tokens signed with ${JSON.stringify(header.alg ?? null)} are not accepted`);
   if (header.typ !== undefined && header.typ !== "JWT") return fail("malformed", "the token is not a JWT");
   // Extensions we do not implement must not be silently ignored (RFC 7515 §4.1.11).
   if (header.crit !== undefined) return fail("malformed", "the token header names critical extensions");

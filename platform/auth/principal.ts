@@ -36,7 +36,12 @@ export function bearerPrincipalResolver(keys: KeySet, now: () => number = Date.n
     }
     if (!result.ok) throw new ConnectError(`invalid access token: ${result.message}`, Code.Unauthenticated);
     const c = result.claims;
-    const principal: Principal = { subject: c.sub, role: roleOf(c.role), kind: c.kind, ...(c.sid ? { sessionId: c.sid } : {}) };
+    const principal: Principal = {
+      subject: c.sub,
+      role: roleOf(c.role),
+      kind: c.kind,
+      ...(c.sid ? { sessionId: c.sid } : {}),
+    };
     return principal;
   };
 }

@@ -40,7 +40,9 @@ export function serviceToken(opts: ServiceTokenOptions): ServiceToken {
   const now = opts.now ?? Date.now;
   const renewBeforeMs = opts.renewBeforeMs ?? 60_000;
   const keyName = opts.keyName ?? "the service API key";
-  const identity = createMeshClient(IdentityService, opts.identityTarget, { defaultTimeoutMs: opts.timeoutMs ?? 10_000 });
+  const identity = createMeshClient(IdentityService, opts.identityTarget, {
+    defaultTimeoutMs: opts.timeoutMs ?? 10_000,
+  });
   let cached: Cached | undefined;
   let pending: Promise<Cached> | undefined;
 
@@ -52,7 +54,8 @@ export function serviceToken(opts: ServiceTokenOptions): ServiceToken {
     } catch (err) {
       const ce = ConnectError.from(err);
       // Say which setting is wrong, never what it holds.
-      if (ce.code === Code.Unauthenticated) throw new ConnectError(`identity refused ${keyName}: it is unknown or revoked`, Code.Unauthenticated);
+      if (ce.code === Code.Unauthenticated)
+        throw new ConnectError(`identity refused ${keyName}: it is unknown or revoked`, Code.Unauthenticated);
       throw ce;
     }
   }

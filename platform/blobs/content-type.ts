@@ -38,7 +38,8 @@ const REFUSED: Signature[] = [
     bytes: [...ascii("PK"), 0x03, 0x04],
     mime: "application/zip",
     kind: "unknown",
-    reason: "The file is a ZIP archive (Word, Excel and EPUB files are ZIPs too); only PDF, text, HTML and images are accepted.",
+    reason:
+      "The file is a ZIP archive (Word, Excel and EPUB files are ZIPs too); only PDF, text, HTML and images are accepted.",
   },
   {
     bytes: [0x7f, ...ascii("ELF")],

@@ -193,7 +193,9 @@ async function* abortable(source: BlobSource, signal: AbortSignal | undefined): 
   let finished = false;
   try {
     for (;;) {
-      const r = signal ? await nextUnlessAborted(it, signal, () => new BlobAbortedError(signal.reason)) : await it.next();
+      const r = signal
+        ? await nextUnlessAborted(it, signal, () => new BlobAbortedError(signal.reason))
+        : await it.next();
       if (r.done) {
         finished = true;
         return;

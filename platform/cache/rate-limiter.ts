@@ -53,12 +53,9 @@ export function redisRateLimiter(url: string, prefix = "medmesh:rl:"): RateLimit
   redis.defineCommand("medmeshTake", { numberOfKeys: 1, lua: TAKE });
   return {
     async take(key, rule, cost = 1) {
-      const [allowed, wait, remaining] = (await (redis as unknown as { medmeshTake(...a: unknown[]): Promise<number[]> }).medmeshTake(
-        prefix + key,
-        rule.capacity,
-        rule.refillPerSecond,
-        cost,
-      )) as [number, number, number];
+      const [allowed, wait, remaining] = (await (
+        redis as unknown as { medmeshTake(...a: unknown[]): Promise<number[]> }
+      ).medmeshTake(prefix + key, rule.capacity, rule.refillPerSecond, cost)) as [number, number, number];
       return { allowed: allowed === 1, retryAfterMs: wait, remaining };
     },
     async close() {
@@ -86,7 +83,11 @@ export function memoryRateLimiter(maxKeys = 100_000): RateLimiter {
         b.tokens -= cost;
         return { allowed: true, retryAfterMs: 0, remaining: Math.floor(b.tokens) };
       }
-      return { allowed: false, retryAfterMs: Math.ceil(((cost - b.tokens) * 1000) / rule.refillPerSecond), remaining: 0 };
+      return {
+        allowed: false,
+        retryAfterMs: Math.ceil(((cost - b.tokens) * 1000) / rule.refillPerSecond),
+        remaining: 0,
+      };
     },
     async close() {
       buckets.clear();

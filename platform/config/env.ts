@@ -118,7 +118,10 @@ export const env = {
 export type Spec = Record<string, Field<unknown>>;
 export type Parsed<S extends Spec> = { [K in keyof S]: S[K] extends Field<infer T> ? T : never };
 
-export function loadConfig<S extends Spec>(spec: S, source: Record<string, string | undefined> = process.env): Parsed<S> {
+export function loadConfig<S extends Spec>(
+  spec: S,
+  source: Record<string, string | undefined> = process.env,
+): Parsed<S> {
   const out: Record<string, unknown> = {};
   const problems: string[] = [];
   for (const [name, field] of Object.entries(spec)) {
@@ -144,7 +147,10 @@ export const commonSpec = {
 /** What every gRPC service with its own database reads, beside its own variables. */
 export const serviceSpec = {
   ...commonSpec,
-  DATABASE_URL: env.url("Postgres server; unset means embedded PGlite under MEDMESH_DATA_DIR", ["postgres:", "postgresql:"]),
+  DATABASE_URL: env.url("Postgres server; unset means embedded PGlite under MEDMESH_DATA_DIR", [
+    "postgres:",
+    "postgresql:",
+  ]),
   DB_POOL_MAX: env.int("connections per service pool", 10, 1, 100),
   // Room for a 4 MiB upload part plus its envelope: exactly 4 MiB would refuse the largest part.
   GRPC_MAX_MESSAGE_BYTES: env.bytes("largest gRPC message accepted or sent", 8 * 1024 * 1024),

@@ -87,7 +87,8 @@ export async function openServiceDatabase<DB>(
 ): Promise<Database<DB>> {
   const database = await openDatabase<DB>({
     url: config.DATABASE_URL,
-    dataDir: config.MEDMESH_DATA_DIR === "memory://" ? "memory://" : path.join(config.MEDMESH_DATA_DIR, `pglite-${service}`),
+    dataDir:
+      config.MEDMESH_DATA_DIR === "memory://" ? "memory://" : path.join(config.MEDMESH_DATA_DIR, `pglite-${service}`),
     schema,
     poolMax: config.DB_POOL_MAX,
   });

@@ -6,7 +6,11 @@ import { Migrator, type Kysely, type Migration } from "kysely";
  * tested (no directory scan that a stray file could join). The bookkeeping tables live in the
  * service's own schema, so services never contend for one lock table.
  */
-export async function migrateToLatest(db: Kysely<unknown>, schema: string, migrations: Record<string, Migration>): Promise<string[]> {
+export async function migrateToLatest(
+  db: Kysely<unknown>,
+  schema: string,
+  migrations: Record<string, Migration>,
+): Promise<string[]> {
   const migrator = new Migrator({
     db,
     provider: { getMigrations: async () => migrations },
@@ -15,7 +19,9 @@ export async function migrateToLatest(db: Kysely<unknown>, schema: string, migra
   const { error, results } = await migrator.migrateToLatest();
   const failed = results?.find((r) => r.status === "Error");
   if (error || failed) {
-    throw new Error(`migration ${failed?.migrationName ?? ""} of schema ${schema} failed: ${(error as Error)?.message ?? "unknown"}`);
+    throw new Error(
+      `migration ${failed?.migrationName ?? ""} of schema ${schema} failed: ${(error as Error)?.message ?? "unknown"}`,
+    );
   }
   return (results ?? []).filter((r) => r.status === "Success").map((r) => r.migrationName);
 }

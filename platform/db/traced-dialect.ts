@@ -42,11 +42,18 @@ export function tracedDialect(inner: Dialect, dbName: string): Dialect {
   };
 }
 
-async function traced<R>(dbName: string, q: CompiledQuery, run: () => Promise<QueryResult<R>>): Promise<QueryResult<R>> {
+async function traced<R>(
+  dbName: string,
+  q: CompiledQuery,
+  run: () => Promise<QueryResult<R>>,
+): Promise<QueryResult<R>> {
   const operation = q.sql.trimStart().split(/\s+/, 1)[0]?.toUpperCase() ?? "SQL";
   return tracer.startActiveSpan(
     `${operation} ${dbName}`,
-    { kind: SpanKind.CLIENT, attributes: { "db.system": "postgresql", "db.name": dbName, "db.statement": q.sql, "db.operation": operation } },
+    {
+      kind: SpanKind.CLIENT,
+      attributes: { "db.system": "postgresql", "db.name": dbName, "db.statement": q.sql, "db.operation": operation },
+    },
     async (span) => {
       try {
         return await run();

@@ -39,7 +39,10 @@ export const inboxMigration: Migration = {
 
 /** Deletes inbox rows older than `before`. Keep them longer than any redelivery can take (days). */
 export async function pruneInbox(db: Kysely<any>, before: Date): Promise<number> {
-  const res = await (db as Kysely<InboxDatabase>).deleteFrom("inbox").where("processed_at", "<", before).executeTakeFirst();
+  const res = await (db as Kysely<InboxDatabase>)
+    .deleteFrom("inbox")
+    .where("processed_at", "<", before)
+    .executeTakeFirst();
   return Number(res.numDeletedRows);
 }
 
@@ -51,7 +54,12 @@ export interface DeliveryInfo {
   attempt: number;
 }
 
-export type EventHandler<DB = any, P = undefined> = (event: EventEnvelope, trx: Transaction<DB>, delivery: DeliveryInfo, prepared: P) => Promise<void>;
+export type EventHandler<DB = any, P = undefined> = (
+  event: EventEnvelope,
+  trx: Transaction<DB>,
+  delivery: DeliveryInfo,
+  prepared: P,
+) => Promise<void>;
 
 /** The part of handling an event that happens before its transaction opens; see `prepare`. */
 export type EventPreparer<P> = (event: EventEnvelope, delivery: DeliveryInfo) => Promise<P>;
@@ -141,7 +149,9 @@ const headerGetter: TextMapGetter<IHeaders> = {
  * fails, or the service's database does not answer (the event is then not at fault), eachMessage
  * throws and kafkajs redelivers the message: nothing is skipped silently.
  */
-export async function startIdempotentConsumer<DB = any, P = undefined>(opts: IdempotentConsumerOptions<DB, P>): Promise<IdempotentConsumer> {
+export async function startIdempotentConsumer<DB = any, P = undefined>(
+  opts: IdempotentConsumerOptions<DB, P>,
+): Promise<IdempotentConsumer> {
   const db = opts.db as unknown as Kysely<InboxDatabase>;
   const maxAttempts = Math.max(1, opts.maxAttempts ?? 3);
   const backoffMs = opts.backoffMs ?? ((n: number) => 2 ** n * 1000);
@@ -173,7 +183,14 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(opts: Ide
     if (!e.payload.restart) alive = false;
   });
 
-  async function deadLetter(topic: string, partition: number, message: KafkaMessage, reason: string, error: string, attempts: number) {
+  async function deadLetter(
+    topic: string,
+    partition: number,
+    message: KafkaMessage,
+    reason: string,
+    error: string,
+    attempts: number,
+  ) {
     await dlq.send({
       topic: dlqTopic(topic, groupId),
       acks: -1,
@@ -253,7 +270,12 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(opts: Ide
     });
   }
 
-  async function handleMessage(topic: string, partition: number, message: KafkaMessage, heartbeat: () => Promise<void>) {
+  async function handleMessage(
+    topic: string,
+    partition: number,
+    message: KafkaMessage,
+    heartbeat: () => Promise<void>,
+  ) {
     const parent = w3c.extract(ROOT_CONTEXT, message.headers ?? {}, headerGetter);
     await tracer.startActiveSpan(
       `${topic} process`,
@@ -276,7 +298,12 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(opts: Ide
             event = fromKafkaMessage(message);
           } catch (err) {
             if (!(err instanceof PoisonMessageError)) throw err;
-            log.warn("dead-lettering an invalid message", { topic, partition, offset: message.offset, reason: err.reason });
+            log.warn("dead-lettering an invalid message", {
+              topic,
+              partition,
+              offset: message.offset,
+              reason: err.reason,
+            });
             span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
             await deadLetter(topic, partition, message, "invalid", err.reason, 0);
             return;
@@ -288,7 +315,8 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(opts: Ide
               const delivery = { topic, partition, offset: message.offset, attempt };
               const outcome = await whileHeartbeating(heartbeat, () => attemptOnce(event, delivery));
               span.setAttribute("medmesh.event.duplicate", outcome === "duplicate");
-              if (outcome === "duplicate") log.debug("skipping an event already handled", { event_id: event.id, topic });
+              if (outcome === "duplicate")
+                log.debug("skipping an event already handled", { event_id: event.id, topic });
               else afterCommit(event);
               return;
             } catch (err) {
@@ -296,7 +324,13 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(opts: Ide
               span.recordException(error);
               if (error instanceof PoisonMessageError) {
                 // The handler found the payload unreadable: no retry can change that.
-                log.warn("dead-lettering an event its handler cannot read", { event_id: event.id, topic, partition, offset: message.offset, reason: error.reason });
+                log.warn("dead-lettering an event its handler cannot read", {
+                  event_id: event.id,
+                  topic,
+                  partition,
+                  offset: message.offset,
+                  reason: error.reason,
+                });
                 span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
                 await deadLetter(topic, partition, message, "invalid", error.reason, attempt);
                 return;
@@ -305,7 +339,11 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(opts: Ide
                 if (!(await databaseAnswers())) {
                   // The event is not at fault: dead-lettering it would turn an outage into lost
                   // work. Throwing leaves the offset where it is and kafkajs delivers it again.
-                  log.warn("database unavailable; leaving the event for redelivery", { event_id: event.id, topic, error });
+                  log.warn("database unavailable; leaving the event for redelivery", {
+                    event_id: event.id,
+                    topic,
+                    error,
+                  });
                   throw error;
                 }
                 log.error("event failed every attempt; dead-lettering it", {

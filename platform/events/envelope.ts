@@ -100,7 +100,8 @@ export type IncomingMessage = Pick<KafkaMessage, "key" | "value" | "headers">;
 export function fromKafkaMessage(m: IncomingMessage): EventEnvelope {
   const headers = m.headers ?? {};
   const specversion = required(headers, EventHeaderNames.specversion);
-  if (specversion !== SPEC_VERSION) throw new PoisonMessageError(`unsupported ${EventHeaderNames.specversion} "${specversion}"`);
+  if (specversion !== SPEC_VERSION)
+    throw new PoisonMessageError(`unsupported ${EventHeaderNames.specversion} "${specversion}"`);
   const id = required(headers, EventHeaderNames.id);
   const type = required(headers, EventHeaderNames.type);
   const source = required(headers, EventHeaderNames.source);

@@ -1,4 +1,13 @@
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, defaultTextMapSetter, trace, type Link, type Span } from "@opentelemetry/api";
+import {
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  context,
+  defaultTextMapSetter,
+  trace,
+  type Link,
+  type Span,
+} from "@opentelemetry/api";
 import { W3CTraceContextPropagator, suppressTracing } from "@opentelemetry/core";
 import { sql, type ColumnType, type Generated, type Kysely, type Migration } from "kysely";
 import type { Kafka, Message, Producer } from "kafkajs";
@@ -51,7 +60,12 @@ export const outboxMigration: Migration = {
       .execute();
     // The relay only ever reads the unsent tail; a partial index keeps that cheap however many
     // sent rows are kept around.
-    await db.schema.createIndex("outbox_unsent_seq_idx").on("outbox").column("seq").where(sql.ref("sent_at"), "is", null).execute();
+    await db.schema
+      .createIndex("outbox_unsent_seq_idx")
+      .on("outbox")
+      .column("seq")
+      .where(sql.ref("sent_at"), "is", null)
+      .execute();
   },
 };
 
@@ -93,7 +107,10 @@ export async function enqueue(trx: Kysely<any>, event: OutboxEvent): Promise<Eve
 
 /** Deletes rows sent before `before`; returns how many. Sent rows are only kept for inspection. */
 export async function pruneOutbox(db: Kysely<any>, before: Date): Promise<number> {
-  const res = await (db as Kysely<OutboxDatabase>).deleteFrom("outbox").where("sent_at", "<", before).executeTakeFirst();
+  const res = await (db as Kysely<OutboxDatabase>)
+    .deleteFrom("outbox")
+    .where("sent_at", "<", before)
+    .executeTakeFirst();
   return Number(res.numDeletedRows);
 }
 
@@ -220,22 +237,42 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
           links.push({ context: parent });
           const send = tracer.startSpan(
             `${r.topic} send`,
-            { kind: SpanKind.PRODUCER, attributes: { "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.destination.name": r.topic, "messaging.message.id": stored.ce_id ?? r.id } },
+            {
+              kind: SpanKind.PRODUCER,
+              attributes: {
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": r.topic,
+                "messaging.message.id": stored.ce_id ?? r.id,
+              },
+            },
             parentContext,
           );
           sends.push(send);
           w3c.inject(trace.setSpan(parentContext, send), headers, defaultTextMapSetter);
         }
         const list = byTopic.get(r.topic) ?? [];
-        list.push({ key: r.key, value: Buffer.from(r.payload), headers, timestamp: String(new Date(r.created_at).getTime()) });
+        list.push({
+          key: r.key,
+          value: Buffer.from(r.payload),
+          headers,
+          timestamp: String(new Date(r.created_at).getTime()),
+        });
         byTopic.set(r.topic, list);
       }
       const error = await tracer.startActiveSpan(
         "outbox publish",
-        { kind: SpanKind.PRODUCER, links, attributes: { "messaging.system": "kafka", "messaging.batch.message_count": rows.length } },
+        {
+          kind: SpanKind.PRODUCER,
+          links,
+          attributes: { "messaging.system": "kafka", "messaging.batch.message_count": rows.length },
+        },
         async (span) => {
           try {
-            await p.sendBatch({ acks: -1, topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })) });
+            await p.sendBatch({
+              acks: -1,
+              topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
+            });
             return undefined;
           } catch (err) {
             span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });

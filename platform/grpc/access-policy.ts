@@ -12,7 +12,8 @@ export type { Policy };
 /** The access policy the contract declares on a method, or undefined when it declares none. */
 export function policyOf(method: DescMethod): Policy | undefined {
   // Read on every call by the access interceptor; decoding the option each time would be waste.
-  if (!policies.has(method)) policies.set(method, hasOption(method, policyExtension) ? getOption(method, policyExtension) : undefined);
+  if (!policies.has(method))
+    policies.set(method, hasOption(method, policyExtension) ? getOption(method, policyExtension) : undefined);
   return policies.get(method);
 }
 

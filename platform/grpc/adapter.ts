@@ -13,7 +13,11 @@ import {
   type MethodImplSpec,
   type ServiceImpl,
 } from "@connectrpc/connect";
-import { createAsyncIterable, invokeUnaryImplementation, transformInvokeImplementation } from "@connectrpc/connect/protocol";
+import {
+  createAsyncIterable,
+  invokeUnaryImplementation,
+  transformInvokeImplementation,
+} from "@connectrpc/connect/protocol";
 import type {
   Metadata,
   sendUnaryData,
@@ -61,7 +65,11 @@ const passThrough = {
  * grpc-js, so a malformed message becomes invalid_argument with a sentence instead of grpc-js'
  * generic internal error, and the same Connect interceptors run as in the gateway.
  */
-export function toGrpcService(service: DescService, impl: Partial<ServiceImpl<DescService>>, opts: AdapterOptions): GrpcService {
+export function toGrpcService(
+  service: DescService,
+  impl: Partial<ServiceImpl<DescService>>,
+  opts: AdapterOptions,
+): GrpcService {
   const spec = createServiceImplSpec(service, impl);
   const definition: Record<string, ServiceDefinition[string]> = {};
   const implementation: UntypedServiceImplementation = {};
@@ -97,7 +105,11 @@ function encode(schema: DescMessage, message: unknown): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-function contextFor(call: ServerSurfaceCall, method: DescMethod, opts: AdapterOptions): HandlerContext & { abort(r?: unknown): void } {
+function contextFor(
+  call: ServerSurfaceCall,
+  method: DescMethod,
+  opts: AdapterOptions,
+): HandlerContext & { abort(r?: unknown): void } {
   const cancelled = new AbortController();
   call.on("cancelled", () => cancelled.abort(new ConnectError("the client cancelled the call", Code.Canceled)));
   const deadline = call.getDeadline();
@@ -170,7 +182,10 @@ function sendHeaderOnce(call: ServerSurfaceCall, ctx: HandlerContext, sent: { do
   if (any) call.sendMetadata(headersToMetadata(ctx.responseHeader));
 }
 
-async function* decodeStream<T extends DescMessage>(schema: T, call: Readable & { cancelled?: boolean }): AsyncIterable<MessageShape<T>> {
+async function* decodeStream<T extends DescMessage>(
+  schema: T,
+  call: Readable & { cancelled?: boolean },
+): AsyncIterable<MessageShape<T>> {
   // Node destroys a stream once its async iterator completes; for a duplex call that would
   // also destroy the writable half before the status is sent, and the client would hang.
   for await (const chunk of call.iterator({ destroyOnReturn: false })) yield decode(schema, chunk as Buffer);
@@ -191,7 +206,8 @@ async function writeAll(
     for await (const message of output) {
       sendHeaderOnce(call, ctx, sent);
       if (call.cancelled) return;
-      if (!call.write(encode(schema, message))) await once(call, "drain", { signal: ctx.signal }).catch(() => undefined);
+      if (!call.write(encode(schema, message)))
+        await once(call, "drain", { signal: ctx.signal }).catch(() => undefined);
     }
     sendHeaderOnce(call, ctx, sent);
     call.end(headersToMetadata(ctx.responseTrailer));
@@ -229,7 +245,12 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
       return (call: ServerUnaryCall<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
         const ctx = contextFor(call, method, opts);
         answerOnce(call, ctx, method, callback, () =>
-          invokeUnaryImplementation(spec as MethodImplSpec & { kind: "unary" }, ctx, decode(method.input, call.request), interceptors),
+          invokeUnaryImplementation(
+            spec as MethodImplSpec & { kind: "unary" },
+            ctx,
+            decode(method.input, call.request),
+            interceptors,
+          ),
         );
       };
     case "server_streaming":
@@ -252,15 +273,20 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
     case "client_streaming":
       return (call: ServerReadableStream<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
         const ctx = contextFor(call, method, opts);
-        answerOnce(call, ctx, method, callback, () => lastOf(transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call))));
+        answerOnce(call, ctx, method, callback, () =>
+          lastOf(transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call))),
+        );
       };
     case "bidi_streaming":
       return (call: ServerDuplexStream<Buffer, Buffer>) => {
         const ctx = contextFor(call, method, opts);
         runInCall(ctx, () =>
-          writeAll(call, ctx, transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call)), method.output).finally(() =>
-            release(ctx),
-          ),
+          writeAll(
+            call,
+            ctx,
+            transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call)),
+            method.output,
+          ).finally(() => release(ctx)),
         );
       };
   }

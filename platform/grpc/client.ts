@@ -1,5 +1,14 @@
 import { once } from "node:events";
-import { create, fromBinary, toBinary, type DescMessage, type DescMethod, type DescService, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import {
+  create,
+  fromBinary,
+  toBinary,
+  type DescMessage,
+  type DescMethod,
+  type DescService,
+  type MessageInitShape,
+  type MessageShape,
+} from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type CallOptions, type Client } from "@connectrpc/connect";
 import { Client as GrpcClient, credentials, Metadata, type ClientOptions, type StatusObject } from "@grpc/grpc-js";
@@ -66,12 +75,19 @@ interface Prepared {
  * of the call we are serving, else the default), cancellation, headers and a client span whose
  * context travels as traceparent.
  */
-function prepare(method: DescMethod, options: CallOptions | undefined, defaultTimeoutMs: number | undefined, baseHeaders?: HeadersInit): Prepared {
+function prepare(
+  method: DescMethod,
+  options: CallOptions | undefined,
+  defaultTimeoutMs: number | undefined,
+  baseHeaders?: HeadersInit,
+): Prepared {
   const parent = currentCall();
   const parentRemaining = parent?.timeoutMs();
-  const candidates = [options?.timeoutMs, parentRemaining, options?.timeoutMs === undefined && parentRemaining === undefined ? defaultTimeoutMs : undefined].filter(
-    (v): v is number => typeof v === "number" && v > 0,
-  );
+  const candidates = [
+    options?.timeoutMs,
+    parentRemaining,
+    options?.timeoutMs === undefined && parentRemaining === undefined ? defaultTimeoutMs : undefined,
+  ].filter((v): v is number => typeof v === "number" && v > 0);
   const timeout = candidates.length ? Math.min(...candidates) : undefined;
   const span = tracer.startSpan(`${method.parent.typeName}/${method.name}`, {
     kind: SpanKind.CLIENT,
@@ -160,7 +176,11 @@ async function* readAll(
  * round_robin over every address the target resolves to, retries for idempotent methods,
  * deadline propagation and trace context.
  */
-export function createMeshClient<S extends DescService>(service: S, target: string, opts: MeshClientOptions = {}): Client<S> & { close(): void } {
+export function createMeshClient<S extends DescService>(
+  service: S,
+  target: string,
+  opts: MeshClientOptions = {},
+): Client<S> & { close(): void } {
   const max = opts.maxMessageBytes ?? 8 * 1024 * 1024;
   const channel = new GrpcClient(target, credentials.createInsecure(), {
     "grpc.service_config": serviceConfig(service),
@@ -189,11 +209,19 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
         client[method.localName] = (init: MessageInitShape<DescMessage>, options?: CallOptions) => {
           const p = prepare(method, options, opts.defaultTimeoutMs, opts.headers);
           return new Promise((resolve, reject) => {
-            const call = channel.makeUnaryRequest(path, ser, de, create(method.input, init), p.metadata, { deadline: p.deadline }, (err, res) => {
-              finish(p, err ?? undefined);
-              if (err) reject(fromGrpc(err));
-              else resolve(res);
-            });
+            const call = channel.makeUnaryRequest(
+              path,
+              ser,
+              de,
+              create(method.input, init),
+              p.metadata,
+              { deadline: p.deadline },
+              (err, res) => {
+                finish(p, err ?? undefined);
+                if (err) reject(fromGrpc(err));
+                else resolve(res);
+              },
+            );
             wireCall(p, call);
           });
         };
@@ -201,7 +229,9 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
       case "server_streaming":
         client[method.localName] = (init: MessageInitShape<DescMessage>, options?: CallOptions) => {
           const p = prepare(method, options, opts.defaultTimeoutMs, opts.headers);
-          const call = channel.makeServerStreamRequest(path, ser, de, create(method.input, init), p.metadata, { deadline: p.deadline });
+          const call = channel.makeServerStreamRequest(path, ser, de, create(method.input, init), p.metadata, {
+            deadline: p.deadline,
+          });
           wireCall(p, call);
           return readAll(p, call, fromGrpc);
         };
@@ -211,13 +241,20 @@ export function createMeshClient<S extends DescService>(service: S, target: stri
           const p = prepare(method, options, opts.defaultTimeoutMs, opts.headers);
           return new Promise((resolve, reject) => {
             let pump: { failure: () => unknown } | undefined;
-            const call = channel.makeClientStreamRequest(path, ser, de, p.metadata, { deadline: p.deadline }, (err, res) => {
-              const inputFailure = pump?.failure();
-              finish(p, inputFailure ?? err ?? undefined);
-              if (inputFailure !== undefined) reject(ConnectError.from(inputFailure));
-              else if (err) reject(fromGrpc(err));
-              else resolve(res);
-            });
+            const call = channel.makeClientStreamRequest(
+              path,
+              ser,
+              de,
+              p.metadata,
+              { deadline: p.deadline },
+              (err, res) => {
+                const inputFailure = pump?.failure();
+                finish(p, inputFailure ?? err ?? undefined);
+                if (inputFailure !== undefined) reject(ConnectError.from(inputFailure));
+                else if (err) reject(fromGrpc(err));
+                else resolve(res);
+              },
+            );
             wireCall(p, call);
             pump = pumpInto(input, method.input, call as never);
           });

@@ -24,7 +24,9 @@ const transportOwned = new Set([
 
 export function isTransportHeader(key: string): boolean {
   const k = key.toLowerCase();
-  return transportOwned.has(k) || k.startsWith(":") || k.startsWith("connect-content-") || k.startsWith("access-control-");
+  return (
+    transportOwned.has(k) || k.startsWith(":") || k.startsWith("connect-content-") || k.startsWith("access-control-")
+  );
 }
 
 /** gRPC metadata as Fetch Headers; binary values travel base64-encoded, as on the wire. */

@@ -22,7 +22,12 @@ export function decodePageToken(token: string, filters: unknown): number | undef
   } catch {
     throw new ConnectError("page_token is not a token issued by this service", Code.InvalidArgument);
   }
-  if (parsed?.v !== 1 || typeof parsed.p !== "number" || !Number.isSafeInteger(parsed.p) || typeof parsed.f !== "string") {
+  if (
+    parsed?.v !== 1 ||
+    typeof parsed.p !== "number" ||
+    !Number.isSafeInteger(parsed.p) ||
+    typeof parsed.f !== "string"
+  ) {
     throw new ConnectError("page_token is not a token issued by this service", Code.InvalidArgument);
   }
   if (parsed.f !== filterDigest(filters)) {

@@ -83,7 +83,10 @@ function answer(index: ReflectionIndex, req: Request): ResponseBody {
   });
   const files = (file: DescFile | undefined, what: string): ResponseBody =>
     file
-      ? { case: "fileDescriptorResponse", value: create(v1.FileDescriptorResponseSchema, { fileDescriptorProto: withDependencies(file) }) }
+      ? {
+          case: "fileDescriptorResponse",
+          value: create(v1.FileDescriptorResponseSchema, { fileDescriptorProto: withDependencies(file) }),
+        }
       : notFound(what);
   const r = req.messageRequest;
   switch (r.case) {
@@ -116,7 +119,10 @@ function answer(index: ReflectionIndex, req: Request): ResponseBody {
     default:
       return {
         case: "errorResponse",
-        value: create(v1.ErrorResponseSchema, { errorCode: INVALID_ARGUMENT, errorMessage: "empty reflection request" }),
+        value: create(v1.ErrorResponseSchema, {
+          errorCode: INVALID_ARGUMENT,
+          errorMessage: "empty reflection request",
+        }),
       };
   }
 }
@@ -125,7 +131,9 @@ function answer(index: ReflectionIndex, req: Request): ResponseBody {
  * grpc.reflection v1 and v1alpha. The two versions share field names and numbers, so one
  * answer function serves both; only the outer message schema differs.
  */
-export function reflectionServices(services: DescService[]): Array<{ service: DescService; impl: Partial<ServiceImpl<DescService>> }> {
+export function reflectionServices(
+  services: DescService[],
+): Array<{ service: DescService; impl: Partial<ServiceImpl<DescService>> }> {
   const index = buildReflectionIndex(services);
   const make = (schema: typeof v1.ServerReflectionResponseSchema | typeof v1alpha.ServerReflectionResponseSchema) =>
     async function* serverReflectionInfo(requests: AsyncIterable<Request>) {
@@ -140,6 +148,9 @@ export function reflectionServices(services: DescService[]): Array<{ service: De
     };
   return [
     { service: v1.ServerReflection, impl: { serverReflectionInfo: make(v1.ServerReflectionResponseSchema) } as never },
-    { service: v1alpha.ServerReflection, impl: { serverReflectionInfo: make(v1alpha.ServerReflectionResponseSchema) } as never },
+    {
+      service: v1alpha.ServerReflection,
+      impl: { serverReflectionInfo: make(v1alpha.ServerReflectionResponseSchema) } as never,
+    },
   ];
 }

@@ -59,7 +59,11 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
     "grpc.keepalive_permit_without_calls": 1,
   });
   const health = new HealthState(opts.services.map((s) => s.service.typeName));
-  const adapterFor = (interceptors: Interceptor[]) => ({ interceptors, shutdownSignal: shutdown.signal, deadlines: opts.deadlines });
+  const adapterFor = (interceptors: Interceptor[]) => ({
+    interceptors,
+    shutdownSignal: shutdown.signal,
+    deadlines: opts.deadlines,
+  });
 
   for (const { service, impl } of opts.services) {
     const g = toGrpcService(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(opts.interceptors));
@@ -67,12 +71,18 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
   }
   const infra = [healthService(health), ...reflectionServices(opts.services.map((s) => s.service))];
   for (const { service, impl } of infra) {
-    const g = toGrpcService(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(infrastructureInterceptors(opts.name)));
+    const g = toGrpcService(
+      service,
+      impl as Partial<ServiceImpl<DescService>>,
+      adapterFor(infrastructureInterceptors(opts.name)),
+    );
     server.addService(g.definition, g.implementation);
   }
 
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(bindAddress(opts.host, opts.port), ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync(bindAddress(opts.host, opts.port), ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
   );
 
   let probing: NodeJS.Timeout | undefined;
@@ -82,7 +92,8 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
       const ok = await probe().catch(() => false);
       if (shutdown.signal.aborted) return;
       const next = ok ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
-      if (health.get("") !== next) log.warn(ok ? "dependency recovered; serving" : "dependency unreachable; not serving");
+      if (health.get("") !== next)
+        log.warn(ok ? "dependency recovered; serving" : "dependency unreachable; not serving");
       health.setAll(next);
     };
     await run();

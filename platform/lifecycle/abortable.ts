@@ -6,7 +6,11 @@
  * promise is pending, so a long stream would keep every chunk it ever read (a 1 GiB upload held
  * 1 GiB). Here each read has its own listener, removed as soon as the read settles.
  */
-export function nextUnlessAborted<T>(it: Iterator<T> | AsyncIterator<T>, signal: AbortSignal, reason: () => Error): Promise<IteratorResult<T>> {
+export function nextUnlessAborted<T>(
+  it: Iterator<T> | AsyncIterator<T>,
+  signal: AbortSignal,
+  reason: () => Error,
+): Promise<IteratorResult<T>> {
   if (signal.aborted) return Promise.reject(reason());
   return new Promise<IteratorResult<T>>((resolve, reject) => {
     const abort = () => reject(reason());

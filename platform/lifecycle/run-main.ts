@@ -56,5 +56,7 @@ export async function runMain(name: string, start: () => Promise<Started>, stopB
 export function isEntryPoint(metaUrl: string): boolean {
   const arg = process.argv[1];
   if (!arg) return false;
-  return new URL(metaUrl).pathname === new URL(`file://${arg.startsWith("/") ? arg : `${process.cwd()}/${arg}`}`).pathname;
+  return (
+    new URL(metaUrl).pathname === new URL(`file://${arg.startsWith("/") ? arg : `${process.cwd()}/${arg}`}`).pathname
+  );
 }

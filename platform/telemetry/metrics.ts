@@ -39,7 +39,10 @@ export function registerGauge(name: string, read: () => number): void {
 
 export function renderMetrics(): string {
   const out: string[] = [];
-  out.push("# HELP medmesh_rpc_requests_total RPCs finished, by status code.", "# TYPE medmesh_rpc_requests_total counter");
+  out.push(
+    "# HELP medmesh_rpc_requests_total RPCs finished, by status code.",
+    "# TYPE medmesh_rpc_requests_total counter",
+  );
   for (const [k, v] of rpcCounts) out.push(`medmesh_rpc_requests_total{${k}} ${v}`);
   out.push("# HELP medmesh_rpc_duration_ms RPC duration in milliseconds.", "# TYPE medmesh_rpc_duration_ms histogram");
   for (const [k, s] of rpcDurations) {

@@ -1,5 +1,11 @@
 import { NodeSDK } from "@opentelemetry/sdk-node";
-import { BatchSpanProcessor, NoopSpanProcessor, SimpleSpanProcessor, type SpanExporter, type SpanProcessor } from "@opentelemetry/sdk-trace-base";
+import {
+  BatchSpanProcessor,
+  NoopSpanProcessor,
+  SimpleSpanProcessor,
+  type SpanExporter,
+  type SpanProcessor,
+} from "@opentelemetry/sdk-trace-base";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { configureLogging, type Level } from "./logger.js";
@@ -26,7 +32,9 @@ export function startTelemetry(opts: TelemetryOptions): { shutdown(): Promise<vo
   const processors: SpanProcessor[] = [];
   if (opts.exporter) processors.push(new SimpleSpanProcessor(opts.exporter));
   if (opts.otlpEndpoint) {
-    processors.push(new BatchSpanProcessor(new OTLPTraceExporter({ url: new URL("/v1/traces", opts.otlpEndpoint).toString() })));
+    processors.push(
+      new BatchSpanProcessor(new OTLPTraceExporter({ url: new URL("/v1/traces", opts.otlpEndpoint).toString() })),
+    );
   }
   // With nothing to export to, NodeSDK would register no tracer provider at all: spans would have
   // all-zero ids, logs no trace_id and outgoing calls no traceparent. A processor that drops

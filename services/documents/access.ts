@@ -1,6 +1,11 @@
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
-import { DocumentSchema, Visibility, type Document, type UploadHeader } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import {
+  DocumentSchema,
+  Visibility,
+  type Document,
+  type UploadHeader,
+} from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
 import { invalidArgument, type FieldViolation } from "../../platform/grpc/errors.js";
 import { principalKey, type Principal } from "../../platform/grpc/interceptors/access.js";
@@ -91,16 +96,25 @@ export class DocumentAccess {
    * Settles what an upload header asks for before any byte is accepted: a version of a document
    * the caller may change, or a new document (returned, not yet stored) described well enough.
    */
-  async uploadTarget(header: UploadHeader, caller: Principal, field = "header"): Promise<{ id: string } | { create: NewDocument }> {
+  async uploadTarget(
+    header: UploadHeader,
+    caller: Principal,
+    field = "header",
+  ): Promise<{ id: string } | { create: NewDocument }> {
     if (header.documentId) {
       await this.changeable(header.documentId, caller);
       return { id: header.documentId };
     }
     const doc = header.document;
-    if (!doc) throw invalidArgument([{ field: `${field}.document`, description: "name a document_id, or describe the new document" }]);
+    if (!doc)
+      throw invalidArgument([
+        { field: `${field}.document`, description: "name a document_id, or describe the new document" },
+      ]);
     const fields = normalised(doc);
-    if (fields.title === "") throw invalidArgument([{ field: `${field}.document.title`, description: "title must not be blank" }]);
-    if (!doc.documentType) throw invalidArgument([{ field: `${field}.document.document_type`, description: "document_type is required" }]);
+    if (fields.title === "")
+      throw invalidArgument([{ field: `${field}.document.title`, description: "title must not be blank" }]);
+    if (!doc.documentType)
+      throw invalidArgument([{ field: `${field}.document.document_type`, description: "document_type is required" }]);
     check(DocumentSchema, doc);
     checkDates([[`${field}.document.publication_date`, doc.publicationDate]]);
     await this.ensureDoiFree(fields.doi);

@@ -5,7 +5,13 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { DocumentService, DocumentType, ProcessingStatus, Visibility, type UploadRequest } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import {
+  DocumentService,
+  DocumentType,
+  ProcessingStatus,
+  Visibility,
+  type UploadRequest,
+} from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
 import { startGateway } from "../../gateway/main.js";
 import { backends, testEnv } from "../../test/support/backends.js";
@@ -16,7 +22,8 @@ import { rejection } from "../../test/support/rejection.js";
 type Client = ReturnType<typeof createMeshClient<typeof DocumentService>>;
 type Part = UploadRequest["part"];
 
-const pdf = (text: string) => Buffer.from(`%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n% ${text}\n${"x".repeat(5000)}\n%%EOF\n`);
+const pdf = (text: string) =>
+  Buffer.from(`%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n% ${text}\n${"x".repeat(5000)}\n%%EOF\n`);
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
 async function* parts(...items: Part[]): AsyncIterable<{ part: Part }> {
@@ -31,9 +38,12 @@ function chunks(bytes: Buffer, size = 64 * 1024): Part[] {
 
 const newDoc = (title: string, extra: Record<string, unknown> = {}): Part => ({
   case: "header",
-  value: { document: { title, documentType: DocumentType.RESEARCH_PAPER, ...extra }, filename: "paper.pdf", declaredMimeType: "application/pdf" } as never,
+  value: {
+    document: { title, documentType: DocumentType.RESEARCH_PAPER, ...extra },
+    filename: "paper.pdf",
+    declaredMimeType: "application/pdf",
+  } as never,
 });
-
 
 /** Every file under the blob root, temp files included. */
 function filesUnder(root: string): string[] {
@@ -52,17 +62,29 @@ describe.each(backends())("uploads on $name", (backend) => {
   let doctor: Client;
   const clients: Client[] = [];
   const as = async (who: Parameters<TestIdentity["bearer"]>[0]) => {
-    const c = createMeshClient(DocumentService, address, { headers: await identity.bearer(who), defaultTimeoutMs: 20_000 });
+    const c = createMeshClient(DocumentService, address, {
+      headers: await identity.bearer(who),
+      defaultTimeoutMs: 20_000,
+    });
     clients.push(c);
     return c;
   };
 
   beforeAll(async () => {
     identity = await startTestIdentity();
-    const svc = await startDocuments({ ...testEnv, ...backend.env, IDENTITY_TARGET: identity.target, BLOB_DIR: blobDir, UPLOAD_MAX_BYTES: "256KiB" });
+    const svc = await startDocuments({
+      ...testEnv,
+      ...backend.env,
+      IDENTITY_TARGET: identity.target,
+      BLOB_DIR: blobDir,
+      UPLOAD_MAX_BYTES: "256KiB",
+    });
     stop = svc.stop;
     address = `127.0.0.1:${svc.port}`;
-    const gw = await startGateway({ ...testEnv, IDENTITY_TARGET: identity.target, DOCUMENTS_TARGET: address }, { services: [DocumentService] });
+    const gw = await startGateway(
+      { ...testEnv, IDENTITY_TARGET: identity.target, DOCUMENTS_TARGET: address },
+      { services: [DocumentService] },
+    );
     stopGateway = gw.stop;
     gatewayUrl = `http://127.0.0.1:${gw.port}`;
     doctor = await as("doctor");
@@ -78,8 +100,20 @@ describe.each(backends())("uploads on $name", (backend) => {
   it("creates a document from a streamed file, detects its type and stores exactly its bytes", async () => {
     const file = pdf("first");
     const res = await doctor.upload(parts(newDoc("Streamed paper"), ...chunks(file, 1000)));
-    expect(res.version).toMatchObject({ version: 1, sha256: sha(file), sizeBytes: BigInt(file.length), mimeType: "application/pdf", filename: "paper.pdf", needsOcr: false });
-    expect(res.document).toMatchObject({ version: 1, sizeBytes: BigInt(file.length), mimeType: "application/pdf", processingStatus: ProcessingStatus.UPLOADED });
+    expect(res.version).toMatchObject({
+      version: 1,
+      sha256: sha(file),
+      sizeBytes: BigInt(file.length),
+      mimeType: "application/pdf",
+      filename: "paper.pdf",
+      needsOcr: false,
+    });
+    expect(res.document).toMatchObject({
+      version: 1,
+      sizeBytes: BigInt(file.length),
+      mimeType: "application/pdf",
+      processingStatus: ProcessingStatus.UPLOADED,
+    });
     const back: Buffer[] = [];
     for await (const m of doctor.readContent({ documentId: res.document!.id })) back.push(Buffer.from(m.chunk));
     expect(Buffer.concat(back).equals(file)).toBe(true);
@@ -89,7 +123,9 @@ describe.each(backends())("uploads on $name", (backend) => {
     const v1 = pdf("v1");
     const v2 = Buffer.from("Plain text notes, second version.\n".repeat(50));
     const { document } = await doctor.upload(parts(newDoc("Versioned"), ...chunks(v1)));
-    const second = await doctor.upload(parts({ case: "header", value: { documentId: document!.id, filename: "notes.txt" } as never }, ...chunks(v2)));
+    const second = await doctor.upload(
+      parts({ case: "header", value: { documentId: document!.id, filename: "notes.txt" } as never }, ...chunks(v2)),
+    );
     expect(second.version!.version).toBe(2);
     expect(second.document!.mimeType).toMatch(/^text\/plain/);
     const read = async (version: number) => {
@@ -105,7 +141,15 @@ describe.each(backends())("uploads on $name", (backend) => {
   it("carries client streaming through the gateway over h2c", async () => {
     const viaGateway = createClient(
       DocumentService,
-      createGrpcTransport({ baseUrl: gatewayUrl, interceptors: [(next) => async (req) => (req.header.set("authorization", (await identity.bearer("doctor")).authorization), next(req))] }),
+      createGrpcTransport({
+        baseUrl: gatewayUrl,
+        interceptors: [
+          (next) => async (req) => (
+            req.header.set("authorization", (await identity.bearer("doctor")).authorization),
+            next(req)
+          ),
+        ],
+      }),
     );
     const file = pdf("through the gateway");
     const res = await viaGateway.upload(parts(newDoc("Via gateway"), ...chunks(file)));
@@ -116,23 +160,67 @@ describe.each(backends())("uploads on $name", (backend) => {
     const before = () => filesUnder(blobDir).length;
 
     it.each([
-      ["a stream without a header", () => parts(...chunks(pdf("x"))), Code.InvalidArgument, /first message of an upload must be its header/],
-      ["a second header", () => parts(newDoc("two headers"), newDoc("again")), Code.InvalidArgument, /only the first message/],
+      [
+        "a stream without a header",
+        () => parts(...chunks(pdf("x"))),
+        Code.InvalidArgument,
+        /first message of an upload must be its header/,
+      ],
+      [
+        "a second header",
+        () => parts(newDoc("two headers"), newDoc("again")),
+        Code.InvalidArgument,
+        /only the first message/,
+      ],
       ["a zero-byte file", () => parts(newDoc("empty")), Code.InvalidArgument, /the file is empty/],
-      ["a file of an unsupported type (ZIP)", () => parts(newDoc("zip"), { case: "chunk", value: Buffer.from("PK\u0003\u0004 zip archive bytes") }), Code.InvalidArgument, /cannot be accepted/],
-      ["magic bytes that contradict the declared type", () => parts(newDoc("liar"), { case: "chunk", value: Buffer.from("just some text, not a PDF at all\n".repeat(10)) }), Code.InvalidArgument, /declared as application\/pdf but its content is text\/plain/],
-      ["a file over the size limit", () => parts(newDoc("too big"), ...chunks(pdf("big"), 64 * 1024), ...chunks(Buffer.alloc(300 * 1024, 0x41))), Code.ResourceExhausted, /^the file is larger than the 256 KiB limit$/],
-      ["a wrong sha256", () => parts({ case: "header", value: { document: { title: "bad digest", documentType: DocumentType.REVIEW }, sha256: "0".repeat(64) } as never }, ...chunks(pdf("d"))), Code.InvalidArgument, /SHA-256 does not match/],
+      [
+        "a file of an unsupported type (ZIP)",
+        () => parts(newDoc("zip"), { case: "chunk", value: Buffer.from("PK\u0003\u0004 zip archive bytes") }),
+        Code.InvalidArgument,
+        /cannot be accepted/,
+      ],
+      [
+        "magic bytes that contradict the declared type",
+        () =>
+          parts(newDoc("liar"), { case: "chunk", value: Buffer.from("just some text, not a PDF at all\n".repeat(10)) }),
+        Code.InvalidArgument,
+        /declared as application\/pdf but its content is text\/plain/,
+      ],
+      [
+        "a file over the size limit",
+        () => parts(newDoc("too big"), ...chunks(pdf("big"), 64 * 1024), ...chunks(Buffer.alloc(300 * 1024, 0x41))),
+        Code.ResourceExhausted,
+        /^the file is larger than the 256 KiB limit$/,
+      ],
+      [
+        "a wrong sha256",
+        () =>
+          parts(
+            {
+              case: "header",
+              value: {
+                document: { title: "bad digest", documentType: DocumentType.REVIEW },
+                sha256: "0".repeat(64),
+              } as never,
+            },
+            ...chunks(pdf("d")),
+          ),
+        Code.InvalidArgument,
+        /SHA-256 does not match/,
+      ],
       ["a new document without a title", () => parts(newDoc(""), ...chunks(pdf("t"))), Code.InvalidArgument, /title/],
-    ] as Array<[string, () => AsyncIterable<{ part: Part }>, Code, RegExp]>)("%s", async (_what, stream, code, message) => {
-      const files = before();
-      const listed = (await doctor.listDocuments({ pageSize: 100 })).documents.length;
-      const err = await rejection(doctor.upload(stream()));
-      expect(err.code).toBe(code);
-      expect(err.rawMessage).toMatch(message);
-      expect(filesUnder(blobDir).length).toBe(files);
-      expect((await doctor.listDocuments({ pageSize: 100 })).documents.length).toBe(listed);
-    });
+    ] as Array<[string, () => AsyncIterable<{ part: Part }>, Code, RegExp]>)(
+      "%s",
+      async (_what, stream, code, message) => {
+        const files = before();
+        const listed = (await doctor.listDocuments({ pageSize: 100 })).documents.length;
+        const err = await rejection(doctor.upload(stream()));
+        expect(err.code).toBe(code);
+        expect(err.rawMessage).toMatch(message);
+        expect(filesUnder(blobDir).length).toBe(files);
+        expect((await doctor.listDocuments({ pageSize: 100 })).documents.length).toBe(listed);
+      },
+    );
 
     it("a client that cancels mid-stream leaves no blob, no temp file and no document", async () => {
       const files = before();
@@ -155,17 +243,23 @@ describe.each(backends())("uploads on $name", (backend) => {
   describe("ownership", () => {
     it("nobody but the uploader or an admin adds a version; a private document is not even found", async () => {
       const { document: priv } = await doctor.upload(parts(newDoc("private paper"), ...chunks(pdf("p"))));
-      const { document: shared } = await doctor.upload(parts(newDoc("shared paper", { visibility: Visibility.PLATFORM }), ...chunks(pdf("s"))));
+      const { document: shared } = await doctor.upload(
+        parts(newDoc("shared paper", { visibility: Visibility.PLATFORM }), ...chunks(pdf("s"))),
+      );
       const other = await as("doctor2");
       const header = (id: string): Part => ({ case: "header", value: { documentId: id } as never });
       expect((await rejection(other.upload(parts(header(priv!.id), ...chunks(pdf("x")))))).code).toBe(Code.NotFound);
-      expect((await rejection(other.upload(parts(header(shared!.id), ...chunks(pdf("x")))))).code).toBe(Code.PermissionDenied);
+      expect((await rejection(other.upload(parts(header(shared!.id), ...chunks(pdf("x")))))).code).toBe(
+        Code.PermissionDenied,
+      );
       const readPrivate = async () => {
         for await (const _ of other.readContent({ documentId: priv!.id })) void _;
       };
       expect((await rejection(readPrivate())).code).toBe(Code.NotFound);
       const student = await as("student");
-      expect((await rejection(student.upload(parts(newDoc("student paper"), ...chunks(pdf("s")))))).code).toBe(Code.PermissionDenied);
+      expect((await rejection(student.upload(parts(newDoc("student paper"), ...chunks(pdf("s")))))).code).toBe(
+        Code.PermissionDenied,
+      );
       const admin = await as("admin");
       expect((await admin.upload(parts(header(priv!.id), ...chunks(pdf("admin"))))).version!.version).toBe(2);
     });

@@ -18,7 +18,12 @@ let address: string;
 beforeAll(async () => {
   broker = await startBroker({ port: 0, dataDir: null, logLevel: "silent" });
   identity = await startTestIdentity();
-  const svc = await startDocuments({ ...testEnv, MEDMESH_DATA_DIR: "memory://", IDENTITY_TARGET: identity.target, KAFKA_BROKERS: broker.address });
+  const svc = await startDocuments({
+    ...testEnv,
+    MEDMESH_DATA_DIR: "memory://",
+    IDENTITY_TARGET: identity.target,
+    KAFKA_BROKERS: broker.address,
+  });
   stop = svc.stop;
   address = `127.0.0.1:${svc.port}`;
 });
@@ -33,19 +38,31 @@ it("an upload publishes DocumentUploaded on document.events through the outbox: 
   const client = createMeshClient(DocumentService, address, { headers: await identity.bearer("doctor") });
   const bytes = Buffer.from("%PDF-1.7\n% a tiny pdf for the event test\n%%EOF\n");
   async function* upload() {
-    yield { part: { case: "header" as const, value: { document: { title: "Evented", documentType: DocumentType.REVIEW } } as never } };
+    yield {
+      part: {
+        case: "header" as const,
+        value: { document: { title: "Evented", documentType: DocumentType.REVIEW } } as never,
+      },
+    };
     yield { part: { case: "chunk" as const, value: bytes } };
   }
   // The caller's own span: the event must carry its trace across Kafka.
-  const { traceId, document, version } = await trace.getTracer("events-test").startActiveSpan("caller", async (span) => {
-    const res = await client.upload(upload());
-    span.end();
-    return { traceId: span.spanContext().traceId, ...res };
-  });
+  const { traceId, document, version } = await trace
+    .getTracer("events-test")
+    .startActiveSpan("caller", async (span) => {
+      const res = await client.upload(upload());
+      span.end();
+      return { traceId: span.spanContext().traceId, ...res };
+    });
   client.close();
 
   const kafka = new Kafka({ brokers: [broker.address], clientId: "events-test", logLevel: logLevel.NOTHING });
-  const consumer = kafka.consumer({ groupId: "events-test", sessionTimeout: 6_000, heartbeatInterval: 500, maxWaitTimeInMs: 100 });
+  const consumer = kafka.consumer({
+    groupId: "events-test",
+    sessionTimeout: 6_000,
+    heartbeatInterval: 500,
+    maxWaitTimeInMs: 100,
+  });
   await consumer.connect();
   await consumer.subscribe({ topic: "document.events", fromBeginning: true });
   const seen: Array<{ key: string; headers: Record<string, string>; value: Buffer }> = [];
@@ -72,5 +89,11 @@ it("an upload publishes DocumentUploaded on document.events through the outbox: 
   expect(event!.headers.ce_id).toMatch(/^[0-9a-f-]{36}$/);
   expect(event!.headers.traceparent).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`));
   const uploaded = fromBinary(DocumentUploadedSchema, event!.value);
-  expect(uploaded).toMatchObject({ documentId: document!.id, version: 1, sha256: version!.sha256, sizeBytes: BigInt(bytes.length), mimeType: "application/pdf" });
+  expect(uploaded).toMatchObject({
+    documentId: document!.id,
+    version: 1,
+    sha256: version!.sha256,
+    sizeBytes: BigInt(bytes.length),
+    mimeType: "application/pdf",
+  });
 });

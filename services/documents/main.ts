@@ -27,12 +27,23 @@ export const configSpec = {
   DOCUMENTS_HOST: env.string("interface the gRPC server binds", "127.0.0.1"),
   DOCUMENTS_PORT: env.port("gRPC port (0 picks a free one)", 50051),
   DOCUMENTS_DB_SCHEMA: env.string("schema the service owns", "documents"),
-  KAFKA_BROKERS: env.list("Kafka brokers (host:port, comma separated) the outbox publishes to; unset keeps events in the outbox", []),
+  KAFKA_BROKERS: env.list(
+    "Kafka brokers (host:port, comma separated) the outbox publishes to; unset keeps events in the outbox",
+    [],
+  ),
   BLOB_DIR: env.optionalString("where uploaded files are stored; default MEDMESH_DATA_DIR/blobs"),
   UPLOAD_MAX_BYTES: env.bytes("largest file an upload may carry", 100 * 1024 * 1024),
-  UPLOAD_SESSION_TTL_MS: env.int("a resumable upload nobody touches for this long expires and its bytes are removed", 24 * 3600_000, 1000, 30 * 24 * 3600_000),
+  UPLOAD_SESSION_TTL_MS: env.int(
+    "a resumable upload nobody touches for this long expires and its bytes are removed",
+    24 * 3600_000,
+    1000,
+    30 * 24 * 3600_000,
+  ),
   WATCH_POLL_MS: env.int("how often WatchDocument looks for changes made by other replicas", 1000, 50, 60_000),
-  IDENTITY_TARGET: env.string("where the identity service publishes the keys that verify access tokens", "127.0.0.1:50052"),
+  IDENTITY_TARGET: env.string(
+    "where the identity service publishes the keys that verify access tokens",
+    "127.0.0.1:50052",
+  ),
 };
 
 export interface DocumentsHooks {
@@ -47,7 +58,11 @@ export async function startDocuments(
   hooks: DocumentsHooks = {},
 ): Promise<Started & { port: number; sweepUploads: UploadSweeper["sweep"] }> {
   const config = loadConfig(configSpec, source);
-  const telemetry = startTelemetry({ serviceName: "documents", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
+  const telemetry = startTelemetry({
+    serviceName: "documents",
+    logLevel: config.LOG_LEVEL,
+    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
+  });
   const database = await openServiceDatabase<DocumentsDB>("documents", config, config.DOCUMENTS_DB_SCHEMA, migrations);
   // Tokens are verified here too, not only at the gateway: services are reachable inside the mesh.
   const keys = identityKeySet(config.IDENTITY_TARGET);
@@ -92,7 +107,10 @@ export async function startDocuments(
       ),
       register(DocumentProcessingService, documentProcessingService(processing)),
     ],
-    interceptors: meshInterceptors({ component: "documents", resolvePrincipal: hooks.resolvePrincipal ?? bearerPrincipalResolver(keys) }),
+    interceptors: meshInterceptors({
+      component: "documents",
+      resolvePrincipal: hooks.resolvePrincipal ?? bearerPrincipalResolver(keys),
+    }),
     deadlines,
     maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
     readinessProbe: () => database.ping(),

@@ -62,7 +62,9 @@ export function toOutcome(row: OutcomeRow): ProcessingOutcome {
   });
 }
 
-export function toStatusChange(row: Pick<StatusRow, "document_id" | "version" | "status" | "failure_reason" | "failure_message" | "created_at">): WatchDocumentResponse {
+export function toStatusChange(
+  row: Pick<StatusRow, "document_id" | "version" | "status" | "failure_reason" | "failure_message" | "created_at">,
+): WatchDocumentResponse {
   return create(WatchDocumentResponseSchema, {
     documentId: row.document_id,
     status: statuses.fromName(row.status),

@@ -6,7 +6,10 @@ import { failureReasons, toOutcome } from "./model.js";
 import type { NewOutcome, ProcessingStore } from "./processing-store.js";
 
 function noVersion(documentId: string, version: number, current: number): ConnectError {
-  return new ConnectError(`document ${documentId} has no version ${version} (its current version is ${current})`, Code.NotFound);
+  return new ConnectError(
+    `document ${documentId} has no version ${version} (its current version is ${current})`,
+    Code.NotFound,
+  );
 }
 
 /**
@@ -32,9 +35,16 @@ export function documentProcessingService(processing: ProcessingStore): ServiceI
     async recordProcessingResult(req) {
       let outcome: NewOutcome;
       if (req.outcome.case === "result") {
-        outcome = { status: "processed", result: toBinary(ProcessingResultSchema, create(ProcessingResultSchema, req.outcome.value)) };
+        outcome = {
+          status: "processed",
+          result: toBinary(ProcessingResultSchema, create(ProcessingResultSchema, req.outcome.value)),
+        };
       } else if (req.outcome.case === "failure") {
-        outcome = { status: "failed", reason: failureReasons.toName(req.outcome.value.reason), message: req.outcome.value.message };
+        outcome = {
+          status: "failed",
+          reason: failureReasons.toName(req.outcome.value.reason),
+          message: req.outcome.value.message,
+        };
       } else {
         // Validation requires one of them; this only guards a caller that skipped it.
         throw new ConnectError("send a result or a failure", Code.InvalidArgument);

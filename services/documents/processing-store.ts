@@ -10,8 +10,7 @@ export type StartResult =
   | { kind: "proceed"; moved: boolean };
 
 export type NewOutcome =
-  | { status: "processed"; result: Uint8Array }
-  | { status: "failed"; reason: string; message: string };
+  { status: "processed"; result: Uint8Array } | { status: "failed"; reason: string; message: string };
 
 export type RecordResult =
   | { kind: "no_document" }
@@ -19,7 +18,12 @@ export type RecordResult =
   | { kind: "recorded"; outcome: OutcomeRow; already: boolean; moved: boolean };
 
 function outcomeIn(db: Kysely<DocumentsDB>, documentId: string, version: number): Promise<OutcomeRow | undefined> {
-  return db.selectFrom("processing_outcome").selectAll().where("document_id", "=", documentId).where("version", "=", version).executeTakeFirst();
+  return db
+    .selectFrom("processing_outcome")
+    .selectAll()
+    .where("document_id", "=", documentId)
+    .where("version", "=", version)
+    .executeTakeFirst();
 }
 
 /** Statuses after which nothing more happens to a version until someone uploads another. */
@@ -67,8 +71,13 @@ export class ProcessingStore {
       if (done) return { kind: "done", outcome: done } as const;
       // Only the step from uploaded is a change: a retry finds it processing already, and an
       // older version's processing says nothing about the current content.
-      if (version !== doc.version || doc.processing_status !== "uploaded") return { kind: "proceed", moved: false } as const;
-      await trx.updateTable("document").set({ processing_status: "processing", updated_at: sql`now()` as never }).where("id", "=", documentId).execute();
+      if (version !== doc.version || doc.processing_status !== "uploaded")
+        return { kind: "proceed", moved: false } as const;
+      await trx
+        .updateTable("document")
+        .set({ processing_status: "processing", updated_at: sql`now()` as never })
+        .where("id", "=", documentId)
+        .execute();
       await new DocumentStore(trx).recordStatus(documentId, version, "processing");
       return { kind: "proceed", moved: true } as const;
     });
@@ -97,8 +106,13 @@ export class ProcessingStore {
         const first = (await outcomeIn(trx, documentId, version))!;
         return { kind: "recorded", outcome: first, already: true, moved: false } as const;
       }
-      if (version !== doc.version) return { kind: "recorded", outcome: inserted, already: false, moved: false } as const;
-      await trx.updateTable("document").set({ processing_status: outcome.status, updated_at: sql`now()` as never }).where("id", "=", documentId).execute();
+      if (version !== doc.version)
+        return { kind: "recorded", outcome: inserted, already: false, moved: false } as const;
+      await trx
+        .updateTable("document")
+        .set({ processing_status: outcome.status, updated_at: sql`now()` as never })
+        .where("id", "=", documentId)
+        .execute();
       await new DocumentStore(trx).recordStatus(documentId, version, outcome.status, failure);
       return { kind: "recorded", outcome: inserted, already: false, moved: true } as const;
     });
@@ -109,10 +123,22 @@ export class ProcessingStore {
   }
 
   async latestStatus(documentId: string): Promise<StatusRow | undefined> {
-    return this.db.selectFrom("document_status").selectAll().where("document_id", "=", documentId).orderBy("seq", "desc").limit(1).executeTakeFirst();
+    return this.db
+      .selectFrom("document_status")
+      .selectAll()
+      .where("document_id", "=", documentId)
+      .orderBy("seq", "desc")
+      .limit(1)
+      .executeTakeFirst();
   }
 
   async statusesAfter(documentId: string, afterSeq: number): Promise<StatusRow[]> {
-    return this.db.selectFrom("document_status").selectAll().where("document_id", "=", documentId).where("seq", ">", afterSeq).orderBy("seq").execute();
+    return this.db
+      .selectFrom("document_status")
+      .selectAll()
+      .where("document_id", "=", documentId)
+      .where("seq", ">", afterSeq)
+      .orderBy("seq")
+      .execute();
   }
 }

@@ -23,10 +23,20 @@ import { startDocuments } from "./main.js";
 type Docs = ReturnType<typeof createMeshClient<typeof DocumentService>>;
 type Worker = ReturnType<typeof createMeshClient<typeof DocumentProcessingService>>;
 
-const pdf = (text: string) => Buffer.from(`%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n% ${text}\n${"x".repeat(3000)}\n%%EOF\n`);
+const pdf = (text: string) =>
+  Buffer.from(`%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n% ${text}\n${"x".repeat(3000)}\n%%EOF\n`);
 
-async function* uploadOf(title: string, bytes: Buffer, extra: Record<string, unknown> = {}): AsyncIterable<UploadRequest> {
-  yield { part: { case: "header", value: { document: { title, documentType: DocumentType.RESEARCH_PAPER, ...extra }, filename: "p.pdf" } } } as never;
+async function* uploadOf(
+  title: string,
+  bytes: Buffer,
+  extra: Record<string, unknown> = {},
+): AsyncIterable<UploadRequest> {
+  yield {
+    part: {
+      case: "header",
+      value: { document: { title, documentType: DocumentType.RESEARCH_PAPER, ...extra }, filename: "p.pdf" },
+    },
+  } as never;
   yield { part: { case: "chunk", value: bytes } } as never;
 }
 
@@ -45,7 +55,17 @@ const result = (extra: Record<string, unknown> = {}) => ({
     language: "en",
     abstract: "We studied hypertension.",
     keywords: ["hypertension"],
-    entities: [{ text: "hypertension", canonical: "hypertension", type: EntityType.DISEASE, start: 11, end: 23, confidence: 0.95, matchedBy: "canonical" }],
+    entities: [
+      {
+        text: "hypertension",
+        canonical: "hypertension",
+        type: EntityType.DISEASE,
+        start: 11,
+        end: 23,
+        confidence: 0.95,
+        matchedBy: "canonical",
+      },
+    ],
     entitySummary: [{ canonical: "hypertension", type: EntityType.DISEASE, count: 1, confidence: 0.95 }],
     citations: [{ type: CitationType.DOI, id: "10.1000/xyz123", start: 100, end: 114 }],
     specialty: "cardiology",
@@ -79,18 +99,33 @@ describe.each(backends())("processing status and results on $name", (backend) =>
 
   beforeAll(async () => {
     identity = await startTestIdentity();
-    const svc = await startDocuments({ ...testEnv, ...backend.env, IDENTITY_TARGET: identity.target, WATCH_POLL_MS: "100" });
+    const svc = await startDocuments({
+      ...testEnv,
+      ...backend.env,
+      IDENTITY_TARGET: identity.target,
+      WATCH_POLL_MS: "100",
+    });
     stops.push(svc.stop);
     address = `127.0.0.1:${svc.port}`;
-    const gw = await startGateway({ ...testEnv, IDENTITY_TARGET: identity.target, DOCUMENTS_TARGET: address }, { services: [DocumentService] });
+    const gw = await startGateway(
+      { ...testEnv, IDENTITY_TARGET: identity.target, DOCUMENTS_TARGET: address },
+      { services: [DocumentService] },
+    );
     stops.unshift(gw.stop);
     gatewayUrl = `http://127.0.0.1:${gw.port}`;
-    const docs = async (who: "doctor" | "doctor2" | "admin") => createMeshClient(DocumentService, address, { headers: await identity.bearer(who), defaultTimeoutMs: 20_000 });
+    const docs = async (who: "doctor" | "doctor2" | "admin") =>
+      createMeshClient(DocumentService, address, { headers: await identity.bearer(who), defaultTimeoutMs: 20_000 });
     doctor = await docs("doctor");
     doctor2 = await docs("doctor2");
     admin = await docs("admin");
-    worker = createMeshClient(DocumentProcessingService, address, { headers: await identity.serviceBearer("processing"), defaultTimeoutMs: 20_000 });
-    doctorAsWorker = createMeshClient(DocumentProcessingService, address, { headers: await identity.bearer("doctor"), defaultTimeoutMs: 20_000 });
+    worker = createMeshClient(DocumentProcessingService, address, {
+      headers: await identity.serviceBearer("processing"),
+      defaultTimeoutMs: 20_000,
+    });
+    doctorAsWorker = createMeshClient(DocumentProcessingService, address, {
+      headers: await identity.bearer("doctor"),
+      defaultTimeoutMs: 20_000,
+    });
     closers.push(doctor, doctor2, admin, worker, doctorAsWorker);
   });
   afterAll(async () => {
@@ -100,7 +135,9 @@ describe.each(backends())("processing status and results on $name", (backend) =>
   });
 
   it("a document moves PENDING -> UPLOADED -> PROCESSING -> PROCESSED, and a watcher sees every step and then the end", async () => {
-    const created = await doctor.createDocument({ document: { title: "Watched from the start", documentType: DocumentType.REVIEW } });
+    const created = await doctor.createDocument({
+      document: { title: "Watched from the start", documentType: DocumentType.REVIEW },
+    });
     const id = created.document!.id;
     expect(created.document!.processingStatus).toBe(ProcessingStatus.PENDING);
     const watched = collect(doctor.watchDocument({ id }, { timeoutMs: 20_000 }));
@@ -131,7 +168,12 @@ describe.each(backends())("processing status and results on $name", (backend) =>
     const got = await doctor.getProcessingResult({ documentId: id });
     expect(got.outcome!.version).toBe(1);
     expect(got.outcome!.outcome.case).toBe("result");
-    const r = got.outcome!.outcome.value as { specialty: string; entities: unknown[]; citations: Array<{ id: string }>; quality: { score: number } };
+    const r = got.outcome!.outcome.value as {
+      specialty: string;
+      entities: unknown[];
+      citations: Array<{ id: string }>;
+      quality: { score: number };
+    };
     expect(r.specialty).toBe("cardiology");
     expect(r.entities).toHaveLength(1);
     expect(r.citations[0]!.id).toBe("10.1000/xyz123");
@@ -143,7 +185,11 @@ describe.each(backends())("processing status and results on $name", (backend) =>
     const id = up.document!.id;
     await worker.startProcessing({ documentId: id, version: 1 });
     await worker.recordProcessingResult({ documentId: id, version: 1, outcome: result({ specialty: "cardiology" }) });
-    const second = await worker.recordProcessingResult({ documentId: id, version: 1, outcome: { case: "failure", value: { reason: FailureReason.CORRUPT, message: "no" } as never } });
+    const second = await worker.recordProcessingResult({
+      documentId: id,
+      version: 1,
+      outcome: { case: "failure", value: { reason: FailureReason.CORRUPT, message: "no" } as never },
+    });
     expect(second.alreadyRecorded).toBe(true);
     expect(second.outcome!.outcome.case).toBe("result");
     const restart = await worker.startProcessing({ documentId: id, version: 1 });
@@ -164,11 +210,24 @@ describe.each(backends())("processing status and results on $name", (backend) =>
     await worker.recordProcessingResult({
       documentId: id,
       version: 1,
-      outcome: { case: "failure", value: { reason: FailureReason.ENCRYPTED, message: "The PDF is password-protected; upload it without a password." } as never },
+      outcome: {
+        case: "failure",
+        value: {
+          reason: FailureReason.ENCRYPTED,
+          message: "The PDF is password-protected; upload it without a password.",
+        } as never,
+      },
     });
     const seen = await watched;
-    expect(seen.map((m) => m.status)).toEqual([ProcessingStatus.UPLOADED, ProcessingStatus.PROCESSING, ProcessingStatus.FAILED]);
-    expect(seen.at(-1)!.failure).toMatchObject({ reason: FailureReason.ENCRYPTED, message: expect.stringContaining("password") });
+    expect(seen.map((m) => m.status)).toEqual([
+      ProcessingStatus.UPLOADED,
+      ProcessingStatus.PROCESSING,
+      ProcessingStatus.FAILED,
+    ]);
+    expect(seen.at(-1)!.failure).toMatchObject({
+      reason: FailureReason.ENCRYPTED,
+      message: expect.stringContaining("password"),
+    });
     const got = await doctor.getProcessingResult({ documentId: id, version: 1 });
     expect(got.outcome!.outcome).toMatchObject({ case: "failure", value: { reason: FailureReason.ENCRYPTED } });
     expect((await doctor.getDocument({ id })).document!.processingStatus).toBe(ProcessingStatus.FAILED);
@@ -195,13 +254,20 @@ describe.each(backends())("processing status and results on $name", (backend) =>
   it("browsers watch through the gateway with Connect server streaming", async () => {
     const up = await doctor.upload(uploadOf("Watched from a browser", pdf("browser")));
     const id = up.document!.id;
-    const browser = createClient(DocumentService, createConnectTransport({ baseUrl: gatewayUrl, httpVersion: "1.1", useBinaryFormat: false }));
+    const browser = createClient(
+      DocumentService,
+      createConnectTransport({ baseUrl: gatewayUrl, httpVersion: "1.1", useBinaryFormat: false }),
+    );
     const headers = await identity.bearer("doctor");
     const watched = collect(browser.watchDocument({ id }, { headers, timeoutMs: 20_000 }));
     await new Promise((r) => setTimeout(r, 300));
     await worker.startProcessing({ documentId: id, version: 1 });
     await worker.recordProcessingResult({ documentId: id, version: 1, outcome: result() });
-    expect((await watched).map((m) => m.status)).toEqual([ProcessingStatus.UPLOADED, ProcessingStatus.PROCESSING, ProcessingStatus.PROCESSED]);
+    expect((await watched).map((m) => m.status)).toEqual([
+      ProcessingStatus.UPLOADED,
+      ProcessingStatus.PROCESSING,
+      ProcessingStatus.PROCESSED,
+    ]);
     const viaGateway = await browser.getProcessingResult({ documentId: id }, { headers });
     expect(viaGateway.outcome!.outcome.case).toBe("result");
   });
@@ -209,15 +275,32 @@ describe.each(backends())("processing status and results on $name", (backend) =>
   it("the worker's RPCs are for service principals only and are not exposed by the gateway", async () => {
     const up = await doctor.upload(uploadOf("Not yours to process", pdf("guard")));
     const id = up.document!.id;
-    expect((await rejection(doctorAsWorker.startProcessing({ documentId: id, version: 1 }))).code).toBe(Code.PermissionDenied);
-    expect((await rejection(doctorAsWorker.recordProcessingResult({ documentId: id, version: 1, outcome: result() }))).code).toBe(Code.PermissionDenied);
+    expect((await rejection(doctorAsWorker.startProcessing({ documentId: id, version: 1 }))).code).toBe(
+      Code.PermissionDenied,
+    );
+    expect(
+      (await rejection(doctorAsWorker.recordProcessingResult({ documentId: id, version: 1, outcome: result() }))).code,
+    ).toBe(Code.PermissionDenied);
     const anonymous = createMeshClient(DocumentProcessingService, address, { defaultTimeoutMs: 5_000 });
     closers.push(anonymous);
-    expect((await rejection(anonymous.startProcessing({ documentId: id, version: 1 }))).code).toBe(Code.Unauthenticated);
-    const viaGateway = createClient(DocumentProcessingService, createConnectTransport({ baseUrl: gatewayUrl, httpVersion: "1.1" }));
-    const refused = await rejection(viaGateway.startProcessing({ documentId: id, version: 1 }, { headers: await identity.serviceBearer("processing") }));
+    expect((await rejection(anonymous.startProcessing({ documentId: id, version: 1 }))).code).toBe(
+      Code.Unauthenticated,
+    );
+    const viaGateway = createClient(
+      DocumentProcessingService,
+      createConnectTransport({ baseUrl: gatewayUrl, httpVersion: "1.1" }),
+    );
+    const refused = await rejection(
+      viaGateway.startProcessing(
+        { documentId: id, version: 1 },
+        { headers: await identity.serviceBearer("processing") },
+      ),
+    );
     // The gateway has no route for a mesh-internal service at all.
-    expect([refused.code, refused.rawMessage]).toEqual([Code.NotFound, expect.stringContaining("no route for POST /medmesh.documents.v1.DocumentProcessingService/StartProcessing")]);
+    expect([refused.code, refused.rawMessage]).toEqual([
+      Code.NotFound,
+      expect.stringContaining("no route for POST /medmesh.documents.v1.DocumentProcessingService/StartProcessing"),
+    ]);
     expect((await doctor.getDocument({ id })).document!.processingStatus).toBe(ProcessingStatus.UPLOADED);
   });
 
@@ -228,22 +311,43 @@ describe.each(backends())("processing status and results on $name", (backend) =>
     // Unknown document, and a version it does not have yet.
     expect((await rejection(worker.startProcessing({ documentId: missing, version: 1 }))).code).toBe(Code.NotFound);
     const ahead = await rejection(worker.recordProcessingResult({ documentId: id, version: 7, outcome: result() }));
-    expect([ahead.code, ahead.rawMessage]).toEqual([Code.NotFound, `document ${id} has no version 7 (its current version is 1)`]);
+    expect([ahead.code, ahead.rawMessage]).toEqual([
+      Code.NotFound,
+      `document ${id} has no version 7 (its current version is 1)`,
+    ]);
     // Not a UUID, version 0, no outcome at all, a failure without a reason, too many entities.
-    expect((await rejection(worker.startProcessing({ documentId: "nope", version: 1 }))).code).toBe(Code.InvalidArgument);
+    expect((await rejection(worker.startProcessing({ documentId: "nope", version: 1 }))).code).toBe(
+      Code.InvalidArgument,
+    );
     expect((await rejection(worker.startProcessing({ documentId: id, version: 0 }))).code).toBe(Code.InvalidArgument);
-    expect((await rejection(worker.recordProcessingResult({ documentId: id, version: 1 }))).code).toBe(Code.InvalidArgument);
-    const noReason = await rejection(worker.recordProcessingResult({ documentId: id, version: 1, outcome: { case: "failure", value: { message: "?" } as never } }));
+    expect((await rejection(worker.recordProcessingResult({ documentId: id, version: 1 }))).code).toBe(
+      Code.InvalidArgument,
+    );
+    const noReason = await rejection(
+      worker.recordProcessingResult({
+        documentId: id,
+        version: 1,
+        outcome: { case: "failure", value: { message: "?" } as never },
+      }),
+    );
     expect(noReason.code).toBe(Code.InvalidArgument);
     const entity = { text: "x", canonical: "x", type: EntityType.DRUG, start: 0, end: 1, confidence: 0.5 };
-    const tooMany = await rejection(worker.recordProcessingResult({ documentId: id, version: 1, outcome: result({ entities: Array.from({ length: 1001 }, () => entity) }) }));
+    const tooMany = await rejection(
+      worker.recordProcessingResult({
+        documentId: id,
+        version: 1,
+        outcome: result({ entities: Array.from({ length: 1001 }, () => entity) }),
+      }),
+    );
     expect(tooMany.code).toBe(Code.InvalidArgument);
     // None of it left a trace.
     expect((await doctor.getDocument({ id })).document!.processingStatus).toBe(ProcessingStatus.UPLOADED);
     expect((await rejection(doctor.getProcessingResult({ documentId: id }))).code).toBe(Code.FailedPrecondition);
     // GetProcessingResult on a document without content, and on a version it lacks.
     const bare = await doctor.createDocument({ document: { title: "No content", documentType: DocumentType.OTHER } });
-    expect((await rejection(doctor.getProcessingResult({ documentId: bare.document!.id }))).code).toBe(Code.FailedPrecondition);
+    expect((await rejection(doctor.getProcessingResult({ documentId: bare.document!.id }))).code).toBe(
+      Code.FailedPrecondition,
+    );
     expect((await rejection(doctor.getProcessingResult({ documentId: id, version: 3 }))).code).toBe(Code.NotFound);
   });
 
@@ -271,9 +375,17 @@ describe.each(backends())("processing status and results on $name", (backend) =>
   });
 
   it.runIf(backend.name === "postgres")("a watcher on one replica sees changes made through another", async () => {
-    const other = await startDocuments({ ...testEnv, ...backend.env, IDENTITY_TARGET: identity.target, WATCH_POLL_MS: "100" });
+    const other = await startDocuments({
+      ...testEnv,
+      ...backend.env,
+      IDENTITY_TARGET: identity.target,
+      WATCH_POLL_MS: "100",
+    });
     stops.push(other.stop);
-    const workerOnOther = createMeshClient(DocumentProcessingService, `127.0.0.1:${other.port}`, { headers: await identity.serviceBearer("processing"), defaultTimeoutMs: 20_000 });
+    const workerOnOther = createMeshClient(DocumentProcessingService, `127.0.0.1:${other.port}`, {
+      headers: await identity.serviceBearer("processing"),
+      defaultTimeoutMs: 20_000,
+    });
     closers.push(workerOnOther);
     const up = await doctor.upload(uploadOf("Two replicas", pdf("replicas")));
     const id = up.document!.id;
@@ -281,6 +393,10 @@ describe.each(backends())("processing status and results on $name", (backend) =>
     await new Promise((r) => setTimeout(r, 200));
     await workerOnOther.startProcessing({ documentId: id, version: 1 });
     await workerOnOther.recordProcessingResult({ documentId: id, version: 1, outcome: result() });
-    expect((await watched).map((m) => m.status)).toEqual([ProcessingStatus.UPLOADED, ProcessingStatus.PROCESSING, ProcessingStatus.PROCESSED]);
+    expect((await watched).map((m) => m.status)).toEqual([
+      ProcessingStatus.UPLOADED,
+      ProcessingStatus.PROCESSING,
+      ProcessingStatus.PROCESSED,
+    ]);
   });
 });

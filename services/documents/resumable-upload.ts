@@ -13,7 +13,13 @@ import {
   type DocumentService,
   type UploadSession,
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
-import { BlobIntegrityError, BlobTooLargeError, detectContentType, SNIFF_BYTES, type BlobRef } from "../../platform/blobs/index.js";
+import {
+  BlobIntegrityError,
+  BlobTooLargeError,
+  detectContentType,
+  SNIFF_BYTES,
+  type BlobRef,
+} from "../../platform/blobs/index.js";
 import type { Principal } from "../../platform/grpc/interceptors/access.js";
 import { logger } from "../../platform/telemetry/logger.js";
 import { callerOf, notFound, type DocumentAccess } from "./access.js";
@@ -31,12 +37,16 @@ export interface ResumableUploadOptions {
   sessions: UploadSessionStore;
 }
 
-type Handlers = Pick<ServiceImpl<typeof DocumentService>, "startUpload" | "uploadPart" | "getUploadStatus" | "completeUpload" | "abortUpload">;
+type Handlers = Pick<
+  ServiceImpl<typeof DocumentService>,
+  "startUpload" | "uploadPart" | "getUploadStatus" | "completeUpload" | "abortUpload"
+>;
 
 /** Read from the contract's validation rule, so the number announced and the number enforced agree. */
 const MAX_PART_BYTES = (() => {
   const rules = getOption(UploadPartRequestSchema.field.data, validationRules);
-  if (rules.type.case !== "bytes" || !rules.type.value.maxLen) throw new Error("UploadPartRequest.data lost its max_len rule in the contract");
+  if (rules.type.case !== "bytes" || !rules.type.value.maxLen)
+    throw new Error("UploadPartRequest.data lost its max_len rule in the contract");
   return Number(rules.type.value.maxLen);
 })();
 
@@ -49,7 +59,6 @@ function fail(code: Code, message: string): ConnectError {
 }
 
 const uploadNotFound = (id: string) => fail(Code.NotFound, `upload ${id} does not exist`);
-
 
 const isMissing = (err: unknown) => (err as { code?: string })?.code === "ENOENT";
 
@@ -92,7 +101,7 @@ async function createEmpty(file: string): Promise<void> {
 async function writeAt(file: string, data: Uint8Array, position: number): Promise<void> {
   const fh = await open(file, "r+");
   try {
-    for (let done = 0; done < data.length; ) {
+    for (let done = 0; done < data.length;) {
       const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
       done += bytesWritten;
     }
@@ -137,7 +146,11 @@ function toSession(row: UploadSessionRow): UploadSession {
 /** Thrown inside the completing transaction when the session is no longer open, to undo the version. */
 class SessionMoved extends Error {}
 
-export function resumableUploadHandlers(store: DocumentStore, access: DocumentAccess, content: ContentOptions): Handlers {
+export function resumableUploadHandlers(
+  store: DocumentStore,
+  access: DocumentAccess,
+  content: ContentOptions,
+): Handlers {
   const { sessions, stagingDir, sessionTtlMs: ttl } = content.resumable;
   const queue = new PerKeyQueue();
   const fileOf = (id: string) => stagingPath(stagingDir, id);
@@ -162,7 +175,10 @@ export function resumableUploadHandlers(store: DocumentStore, access: DocumentAc
       return err as ConnectError;
     }
     logger.error("the staging file of an upload is missing or short", { upload_id: id });
-    return fail(Code.DataLoss, `the bytes received so far for upload ${id} are no longer on the server; abort it and upload the file again`);
+    return fail(
+      Code.DataLoss,
+      `the bytes received so far for upload ${id} are no longer on the server; abort it and upload the file again`,
+    );
   }
 
   const discard = (blob: BlobRef) => discardUnlessUsed(store, content.blobs, blob);
@@ -174,7 +190,10 @@ export function resumableUploadHandlers(store: DocumentStore, access: DocumentAc
 
   async function completedAnswer(row: UploadSessionRow, sha256: string, caller: Principal) {
     if (row.sha256 !== sha256) {
-      throw fail(Code.FailedPrecondition, `upload ${row.id} was already completed with SHA-256 ${row.sha256}, not ${sha256}`);
+      throw fail(
+        Code.FailedPrecondition,
+        `upload ${row.id} was already completed with SHA-256 ${row.sha256}, not ${sha256}`,
+      );
     }
     const document = await access.visible(row.document_id!, caller);
     const version = await store.version(row.document_id!, row.version!);
@@ -259,11 +278,17 @@ export function resumableUploadHandlers(store: DocumentStore, access: DocumentAc
           // An unacceptable file cannot become acceptable by sending more, so the upload ends here.
           if (type.kind === "unknown") {
             await endSession(id);
-            throw fail(Code.InvalidArgument, `this file cannot be accepted: ${type.reason ?? "its type is not supported"}`);
+            throw fail(
+              Code.InvalidArgument,
+              `this file cannot be accepted: ${type.reason ?? "its type is not supported"}`,
+            );
           }
           if (contradicts(row.declared_mime_type, type)) {
             await endSession(id);
-            throw fail(Code.InvalidArgument, `the file was declared as ${row.declared_mime_type} but its content is ${type.mime}`);
+            throw fail(
+              Code.InvalidArgument,
+              `the file was declared as ${row.declared_mime_type} but its content is ${type.mime}`,
+            );
           }
           detected = { mime_type: type.mime, needs_ocr: type.needsOcr };
         }
@@ -279,7 +304,10 @@ export function resumableUploadHandlers(store: DocumentStore, access: DocumentAc
         // Someone else moved the session first (another replica, an abort, the sweeper).
         const now = await owned(id, caller);
         if (now.next_offset >= end) return { upload: toSession(now) };
-        throw fail(Code.FailedPrecondition, `upload ${id} continues at byte ${now.next_offset}; send the bytes from ${now.next_offset} on`);
+        throw fail(
+          Code.FailedPrecondition,
+          `upload ${id} continues at byte ${now.next_offset}; send the bytes from ${now.next_offset} on`,
+        );
       });
     },
 
@@ -301,7 +329,10 @@ export function resumableUploadHandlers(store: DocumentStore, access: DocumentAc
           );
         }
         if (row.expected_sha256 && row.expected_sha256 !== req.sha256) {
-          throw fail(Code.InvalidArgument, `the sha256 ${req.sha256} differs from ${row.expected_sha256}, given when the upload started`);
+          throw fail(
+            Code.InvalidArgument,
+            `the sha256 ${req.sha256} differs from ${row.expected_sha256}, given when the upload started`,
+          );
         }
         // Checked again: the document may have been deleted, or the DOI taken, since the start.
         let target: { id: string } | { create: NewDocument };
@@ -333,7 +364,10 @@ export function resumableUploadHandlers(store: DocumentStore, access: DocumentAc
             );
           }
           if (err instanceof BlobTooLargeError) {
-            throw fail(Code.ResourceExhausted, `the file is more than the ${bytesText(content.maxUploadBytes)} an upload may carry`);
+            throw fail(
+              Code.ResourceExhausted,
+              `the file is more than the ${bytesText(content.maxUploadBytes)} an upload may carry`,
+            );
           }
           if (isMissing(err)) throw await lost(id, caller);
           throw err;
@@ -355,7 +389,12 @@ export function resumableUploadHandlers(store: DocumentStore, access: DocumentAc
         let saved: Awaited<ReturnType<DocumentStore["addVersion"]>>;
         try {
           saved = await store.addVersion(target, version, async (trx, s) => {
-            completed = await sessions.markCompleted(trx, id, { document_id: s.document.id, version: s.version.version, sha256: blob.sha256 }, ttl);
+            completed = await sessions.markCompleted(
+              trx,
+              id,
+              { document_id: s.document.id, version: s.version.version, sha256: blob.sha256 },
+              ttl,
+            );
             if (!completed) throw new SessionMoved();
           });
         } catch (err) {
@@ -365,7 +404,8 @@ export function resumableUploadHandlers(store: DocumentStore, access: DocumentAc
             // Another replica completed it first (racing on the same new document id ends in a
             // unique violation), or it was aborted meanwhile.
             const now = await sessions.find(id);
-            if (now?.state === "completed" && now.owner === caller.subject) return completedAnswer(now, req.sha256, caller);
+            if (now?.state === "completed" && now.owner === caller.subject)
+              return completedAnswer(now, req.sha256, caller);
             if (!now || err instanceof SessionMoved) throw uploadNotFound(id);
             throw fail(Code.AlreadyExists, `a document with DOI ${row.new_document?.doi} already exists`);
           }
@@ -377,7 +417,11 @@ export function resumableUploadHandlers(store: DocumentStore, access: DocumentAc
         }
         content.onEvent?.();
         await rm(file, { force: true });
-        return { document: toDocument(saved.document), version: toVersion(saved.version), upload: toSession(completed!) };
+        return {
+          document: toDocument(saved.document),
+          version: toVersion(saved.version),
+          upload: toSession(completed!),
+        };
       });
     },
 
@@ -469,7 +513,9 @@ export function uploadSweeper(opts: ResumableUploadOptions): UploadSweeper {
     start(intervalMs) {
       if (intervalMs <= 0 || timer) return;
       timer = setInterval(() => {
-        sweep().catch((err: unknown) => logger.warn("sweeping expired uploads failed; will try again", { error: (err as Error).message }));
+        sweep().catch((err: unknown) =>
+          logger.warn("sweeping expired uploads failed; will try again", { error: (err as Error).message }),
+        );
       }, intervalMs);
       timer.unref();
     },

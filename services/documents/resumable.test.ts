@@ -50,7 +50,8 @@ async function sendFrom(client: Client, upload: UploadSession, file: Buffer, siz
   let s = upload;
   while (Number(s.nextOffset) < file.length) {
     const at = Number(s.nextOffset);
-    s = (await client.uploadPart({ uploadId: s.uploadId, offset: BigInt(at), data: file.subarray(at, at + size) })).upload!;
+    s = (await client.uploadPart({ uploadId: s.uploadId, offset: BigInt(at), data: file.subarray(at, at + size) }))
+      .upload!;
   }
   return s;
 }
@@ -71,7 +72,10 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
   let doctor: Client;
   const clients: Client[] = [];
   const as = async (who: Persona, target = address) => {
-    const c = createMeshClient(DocumentService, target, { headers: await identity.bearer(who), defaultTimeoutMs: 30_000 });
+    const c = createMeshClient(DocumentService, target, {
+      headers: await identity.bearer(who),
+      defaultTimeoutMs: 30_000,
+    });
     clients.push(c);
     return c;
   };
@@ -80,7 +84,13 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
     identity = await startTestIdentity();
     stops.push(() => identity.stop());
     // Default message and body limits throughout: they are what must carry a 4 MiB part.
-    const svc = await startDocuments({ ...testEnv, ...backend.env, IDENTITY_TARGET: identity.target, BLOB_DIR: blobDir, UPLOAD_MAX_BYTES: "16MiB" });
+    const svc = await startDocuments({
+      ...testEnv,
+      ...backend.env,
+      IDENTITY_TARGET: identity.target,
+      BLOB_DIR: blobDir,
+      UPLOAD_MAX_BYTES: "16MiB",
+    });
     stops.unshift(svc.stop);
     address = `127.0.0.1:${svc.port}`;
 
@@ -103,7 +113,10 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
     shortAddress = `127.0.0.1:${short.port}`;
     sweepShort = short.sweepUploads;
 
-    const gw = await startGateway({ ...testEnv, IDENTITY_TARGET: identity.target, DOCUMENTS_TARGET: address }, { services: [DocumentService] });
+    const gw = await startGateway(
+      { ...testEnv, IDENTITY_TARGET: identity.target, DOCUMENTS_TARGET: address },
+      { services: [DocumentService] },
+    );
     stops.unshift(gw.stop);
     gatewayUrl = `http://127.0.0.1:${gw.port}`;
     doctor = await as("doctor");
@@ -119,22 +132,49 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
   it("start, parts, complete: the version holds exactly the bytes, and the session says so", async () => {
     const file = paperPdf();
     const { upload } = await doctor.startUpload({ header: newDoc("Resumable paper"), sizeBytes: BigInt(file.length) });
-    expect(upload).toMatchObject({ state: UploadState.OPEN, nextOffset: 0n, sizeBytes: BigInt(file.length), maxPartBytes: PART, filename: "paper.pdf", documentId: "" });
+    expect(upload).toMatchObject({
+      state: UploadState.OPEN,
+      nextOffset: 0n,
+      sizeBytes: BigInt(file.length),
+      maxPartBytes: PART,
+      filename: "paper.pdf",
+      documentId: "",
+    });
     expect(existsSync(staged(blobDir, upload!.uploadId))).toBe(true);
     // Uneven parts, the first shorter than the type sniff window.
     const cuts = [0, 1000, 2000, file.length];
     let last: UploadSession | undefined;
     for (let i = 0; i + 1 < cuts.length; i++) {
-      last = (await doctor.uploadPart({ uploadId: upload!.uploadId, offset: BigInt(cuts[i]!), data: file.subarray(cuts[i], cuts[i + 1]) })).upload;
+      last = (
+        await doctor.uploadPart({
+          uploadId: upload!.uploadId,
+          offset: BigInt(cuts[i]!),
+          data: file.subarray(cuts[i], cuts[i + 1]),
+        })
+      ).upload;
       expect(last!.nextOffset).toBe(BigInt(cuts[i + 1]!));
     }
     const done = await doctor.completeUpload({ uploadId: upload!.uploadId, sha256: sha(file) });
-    expect(done.version).toMatchObject({ version: 1, sha256: sha(file), sizeBytes: BigInt(file.length), mimeType: "application/pdf", filename: "paper.pdf", needsOcr: false });
+    expect(done.version).toMatchObject({
+      version: 1,
+      sha256: sha(file),
+      sizeBytes: BigInt(file.length),
+      mimeType: "application/pdf",
+      filename: "paper.pdf",
+      needsOcr: false,
+    });
     expect(done.document).toMatchObject({ title: "Resumable paper", version: 1, mimeType: "application/pdf" });
-    expect(done.upload).toMatchObject({ state: UploadState.COMPLETED, documentId: done.document!.id, version: 1, nextOffset: BigInt(file.length) });
+    expect(done.upload).toMatchObject({
+      state: UploadState.COMPLETED,
+      documentId: done.document!.id,
+      version: 1,
+      nextOffset: BigInt(file.length),
+    });
     expect((await readAll(doctor, done.document!.id)).equals(file)).toBe(true);
     const versions = (await doctor.listVersions({ documentId: done.document!.id })).versions;
-    expect(versions.map((v) => [v.version, v.sha256, v.uploadedBy])).toEqual([[1, sha(file), await identity.userId("doctor")]]);
+    expect(versions.map((v) => [v.version, v.sha256, v.uploadedBy])).toEqual([
+      [1, sha(file), await identity.userId("doctor")],
+    ]);
     expect(existsSync(staged(blobDir, upload!.uploadId))).toBe(false);
   });
 
@@ -143,13 +183,15 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
     const part = 64 * 1024;
     const first = await as("doctor");
     const { upload } = await first.startUpload({ header: newDoc("Interrupted"), sizeBytes: BigInt(file.length) });
-    for (const at of [0, part]) await first.uploadPart({ uploadId: upload!.uploadId, offset: BigInt(at), data: file.subarray(at, at + part) });
+    for (const at of [0, part])
+      await first.uploadPart({ uploadId: upload!.uploadId, offset: BigInt(at), data: file.subarray(at, at + part) });
     first.close();
 
     const second = await as("doctor");
     const status = (await second.getUploadStatus({ uploadId: upload!.uploadId })).upload!;
     expect(status.nextOffset).toBe(BigInt(2 * part));
-    const again = (await second.uploadPart({ uploadId: upload!.uploadId, offset: 0n, data: file.subarray(0, part) })).upload!;
+    const again = (await second.uploadPart({ uploadId: upload!.uploadId, offset: 0n, data: file.subarray(0, part) }))
+      .upload!;
     expect(again.nextOffset).toBe(BigInt(2 * part));
     // The retried part did not move the expiry either: nothing was written.
     expect(again.expireTime).toEqual(status.expireTime);
@@ -163,7 +205,8 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
     const file = paperPdf();
     const { upload } = await doctor.startUpload({ header: newDoc("Expiry moves"), sizeBytes: BigInt(file.length) });
     await new Promise((r) => setTimeout(r, 20));
-    const after = (await doctor.uploadPart({ uploadId: upload!.uploadId, offset: 0n, data: file.subarray(0, 100) })).upload!;
+    const after = (await doctor.uploadPart({ uploadId: upload!.uploadId, offset: 0n, data: file.subarray(0, 100) }))
+      .upload!;
     expect(after.expireTime!.seconds * 1000n + BigInt(after.expireTime!.nanos / 1e6)).toBeGreaterThan(
       upload!.expireTime!.seconds * 1000n + BigInt(upload!.expireTime!.nanos / 1e6),
     );
@@ -178,7 +221,13 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
         [6000, 100],
         [2000, 4000],
       ] as const) {
-        const err = await rejection(doctor.uploadPart({ uploadId: upload!.uploadId, offset: BigInt(offset), data: file.subarray(offset, offset + length) }));
+        const err = await rejection(
+          doctor.uploadPart({
+            uploadId: upload!.uploadId,
+            offset: BigInt(offset),
+            data: file.subarray(offset, offset + length),
+          }),
+        );
         expect(err.code).toBe(Code.FailedPrecondition);
         expect(err.rawMessage).toMatch(/continues at byte 5000/);
       }
@@ -187,7 +236,9 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
 
     it("a part over 4 MiB is refused by the contract's validation", async () => {
       const { upload } = await doctor.startUpload({ header: newDoc("Too big a part"), sizeBytes: BigInt(8 * MiB) });
-      const err = await rejection(doctor.uploadPart({ uploadId: upload!.uploadId, offset: 0n, data: bigPdf(PART + 1) }));
+      const err = await rejection(
+        doctor.uploadPart({ uploadId: upload!.uploadId, offset: 0n, data: bigPdf(PART + 1) }),
+      );
       expect(err.code).toBe(Code.InvalidArgument);
       expect(err.rawMessage).toMatch(/data/);
       expect((await doctor.getUploadStatus({ uploadId: upload!.uploadId })).upload!.nextOffset).toBe(0n);
@@ -206,18 +257,31 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
 
     it("bytes beyond the announced size are refused", async () => {
       const file = Buffer.from(TEXT_NOTES);
-      const { upload } = await doctor.startUpload({ header: newDoc("Short", { declaredMimeType: "text/plain" }), sizeBytes: 100n });
+      const { upload } = await doctor.startUpload({
+        header: newDoc("Short", { declaredMimeType: "text/plain" }),
+        sizeBytes: 100n,
+      });
       const err = await rejection(doctor.uploadPart({ uploadId: upload!.uploadId, offset: 0n, data: file }));
       expect(err.code).toBe(Code.InvalidArgument);
       expect(err.rawMessage).toMatch(new RegExp(`would end at byte ${file.length}, past the 100 bytes announced`));
     });
 
     it.each([
-      ["content contradicting the declared type", Buffer.from("just some text, not a PDF at all\n".repeat(200)), /declared as application\/pdf but its content is text\/plain/],
-      ["a type that is not accepted (ZIP)", Buffer.concat([Buffer.from("PK\u0003\u0004"), randomBytes(6000)]), /cannot be accepted: The file is a ZIP archive/],
+      [
+        "content contradicting the declared type",
+        Buffer.from("just some text, not a PDF at all\n".repeat(200)),
+        /declared as application\/pdf but its content is text\/plain/,
+      ],
+      [
+        "a type that is not accepted (ZIP)",
+        Buffer.concat([Buffer.from("PK\u0003\u0004"), randomBytes(6000)]),
+        /cannot be accepted: The file is a ZIP archive/,
+      ],
     ])("%s is refused at the first part, and the upload ends", async (_what, file, message) => {
       const { upload } = await doctor.startUpload({ header: newDoc("Liar"), sizeBytes: BigInt(file.length) });
-      const err = await rejection(doctor.uploadPart({ uploadId: upload!.uploadId, offset: 0n, data: file.subarray(0, 4096) }));
+      const err = await rejection(
+        doctor.uploadPart({ uploadId: upload!.uploadId, offset: 0n, data: file.subarray(0, 4096) }),
+      );
       expect(err.code).toBe(Code.InvalidArgument);
       expect(err.rawMessage).toMatch(message);
       expect((await rejection(doctor.getUploadStatus({ uploadId: upload!.uploadId }))).code).toBe(Code.NotFound);
@@ -229,7 +293,9 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
       const { upload } = await doctor.startUpload({ header: newDoc("Slow liar"), sizeBytes: BigInt(file.length) });
       const first = await doctor.uploadPart({ uploadId: upload!.uploadId, offset: 0n, data: file.subarray(0, 100) });
       expect(first.upload!.nextOffset).toBe(100n);
-      const err = await rejection(doctor.uploadPart({ uploadId: upload!.uploadId, offset: 100n, data: file.subarray(100, 5000) }));
+      const err = await rejection(
+        doctor.uploadPart({ uploadId: upload!.uploadId, offset: 100n, data: file.subarray(100, 5000) }),
+      );
       expect(err.rawMessage).toMatch(/declared as application\/pdf but its content is text\/plain/);
     });
 
@@ -247,7 +313,10 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
 
     it("a sha256 given at the start must match the one given at completion", async () => {
       const file = paperPdf();
-      const { upload } = await doctor.startUpload({ header: newDoc("Digest twice", { sha256: "a".repeat(64) }), sizeBytes: BigInt(file.length) });
+      const { upload } = await doctor.startUpload({
+        header: newDoc("Digest twice", { sha256: "a".repeat(64) }),
+        sizeBytes: BigInt(file.length),
+      });
       await sendFrom(doctor, upload!, file, PART);
       const err = await rejection(doctor.completeUpload({ uploadId: upload!.uploadId, sha256: sha(file) }));
       expect(err.code).toBe(Code.InvalidArgument);
@@ -260,7 +329,11 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
       await doctor.uploadPart({ uploadId: upload!.uploadId, offset: 0n, data: file.subarray(0, 5000) });
       const err = await rejection(doctor.completeUpload({ uploadId: upload!.uploadId, sha256: sha(file) }));
       expect(err.code).toBe(Code.FailedPrecondition);
-      expect(err.rawMessage).toMatch(new RegExp(`${file.length - 5000} of the file's ${file.length} bytes are still missing; send them from byte 5000`));
+      expect(err.rawMessage).toMatch(
+        new RegExp(
+          `${file.length - 5000} of the file's ${file.length} bytes are still missing; send them from byte 5000`,
+        ),
+      );
     });
   });
 
@@ -276,7 +349,11 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
     expect(b.document!.id).toBe(a.document!.id);
     expect(b.version!.version).toBe(a.version!.version);
     const later = await doctor.completeUpload({ uploadId: upload!.uploadId, sha256: sha(file) });
-    expect([later.document!.id, later.version!.version, later.upload!.state]).toEqual([a.document!.id, 1, UploadState.COMPLETED]);
+    expect([later.document!.id, later.version!.version, later.upload!.state]).toEqual([
+      a.document!.id,
+      1,
+      UploadState.COMPLETED,
+    ]);
     expect((await doctor.listVersions({ documentId: a.document!.id })).versions).toHaveLength(1);
     // A completed upload is not aborted: its version exists.
     expect((await rejection(doctor.abortUpload({ uploadId: upload!.uploadId }))).code).toBe(Code.FailedPrecondition);
@@ -307,12 +384,22 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
 
   it("StartUpload follows the streamed upload's rules about who may add what", async () => {
     const student = await as("student");
-    expect((await rejection(student.startUpload({ header: newDoc("Student"), sizeBytes: 10n }))).code).toBe(Code.PermissionDenied);
-    const { document: priv } = await doctor.createDocument({ document: { title: "Private", documentType: DocumentType.REVIEW } });
-    const { document: shared } = await doctor.createDocument({ document: { title: "Shared", documentType: DocumentType.REVIEW, visibility: Visibility.PLATFORM } });
+    expect((await rejection(student.startUpload({ header: newDoc("Student"), sizeBytes: 10n }))).code).toBe(
+      Code.PermissionDenied,
+    );
+    const { document: priv } = await doctor.createDocument({
+      document: { title: "Private", documentType: DocumentType.REVIEW },
+    });
+    const { document: shared } = await doctor.createDocument({
+      document: { title: "Shared", documentType: DocumentType.REVIEW, visibility: Visibility.PLATFORM },
+    });
     const other = await as("doctor2");
-    expect((await rejection(other.startUpload({ header: { documentId: priv!.id } as UploadHeader, sizeBytes: 10n }))).code).toBe(Code.NotFound);
-    expect((await rejection(other.startUpload({ header: { documentId: shared!.id } as UploadHeader, sizeBytes: 10n }))).code).toBe(Code.PermissionDenied);
+    expect(
+      (await rejection(other.startUpload({ header: { documentId: priv!.id } as UploadHeader, sizeBytes: 10n }))).code,
+    ).toBe(Code.NotFound);
+    expect(
+      (await rejection(other.startUpload({ header: { documentId: shared!.id } as UploadHeader, sizeBytes: 10n }))).code,
+    ).toBe(Code.PermissionDenied);
     const untitled = await rejection(doctor.startUpload({ header: newDoc(""), sizeBytes: 10n }));
     expect([untitled.code, untitled.rawMessage]).toEqual([Code.InvalidArgument, expect.stringMatching(/title/)]);
   });
@@ -325,7 +412,10 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
     await doctor.abortUpload({ uploadId: upload!.uploadId });
     expect(existsSync(staged(blobDir, upload!.uploadId))).toBe(false);
     expect((await rejection(doctor.getUploadStatus({ uploadId: upload!.uploadId }))).code).toBe(Code.NotFound);
-    expect((await rejection(doctor.uploadPart({ uploadId: upload!.uploadId, offset: 5000n, data: file.subarray(5000) }))).code).toBe(Code.NotFound);
+    expect(
+      (await rejection(doctor.uploadPart({ uploadId: upload!.uploadId, offset: 5000n, data: file.subarray(5000) })))
+        .code,
+    ).toBe(Code.NotFound);
     await doctor.abortUpload({ uploadId: upload!.uploadId });
     await doctor.abortUpload({ uploadId: randomUUID() });
   });
@@ -337,11 +427,18 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
     const { document } = await doctor.completeUpload({ uploadId: first.upload!.uploadId, sha256: sha(v1) });
 
     const v2 = Buffer.from(TEXT_NOTES.repeat(40));
-    const second = await doctor.startUpload({ header: { documentId: document!.id, filename: "letter.txt" } as UploadHeader, sizeBytes: BigInt(v2.length) });
+    const second = await doctor.startUpload({
+      header: { documentId: document!.id, filename: "letter.txt" } as UploadHeader,
+      sizeBytes: BigInt(v2.length),
+    });
     expect(second.upload!.documentId).toBe(document!.id);
     await sendFrom(doctor, second.upload!, v2, 3000);
     const done = await doctor.completeUpload({ uploadId: second.upload!.uploadId, sha256: sha(v2) });
-    expect(done.version).toMatchObject({ version: 2, filename: "letter.txt", mimeType: expect.stringMatching(/^text\/plain/) });
+    expect(done.version).toMatchObject({
+      version: 2,
+      filename: "letter.txt",
+      mimeType: expect.stringMatching(/^text\/plain/),
+    });
     expect(done.document).toMatchObject({ id: document!.id, version: 2 });
     expect((await doctor.listVersions({ documentId: document!.id })).versions.map((v) => v.version)).toEqual([2, 1]);
     expect((await readAll(doctor, document!.id, 1)).equals(v1)).toBe(true);
@@ -361,7 +458,10 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
       await short.uploadPart({ uploadId: upload!.uploadId, offset: 0n, data: file.subarray(0, 5000) });
       // Completed uploads are kept only as long, too.
       const small = Buffer.from(TEXT_NOTES);
-      const quick = await short.startUpload({ header: newDoc("Finished", { declaredMimeType: "text/plain" }), sizeBytes: BigInt(small.length) });
+      const quick = await short.startUpload({
+        header: newDoc("Finished", { declaredMimeType: "text/plain" }),
+        sizeBytes: BigInt(small.length),
+      });
       await short.uploadPart({ uploadId: quick.upload!.uploadId, offset: 0n, data: small });
       await short.completeUpload({ uploadId: quick.upload!.uploadId, sha256: sha(small) });
 
@@ -380,7 +480,9 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
       expect(swept.expired).toBeGreaterThanOrEqual(2);
       expect(existsSync(staged(shortBlobDir, upload!.uploadId))).toBe(false);
       for (const id of [upload!.uploadId, quick.upload!.uploadId]) {
-        expect((await rejection(short.getUploadStatus({ uploadId: id }))).rawMessage).toBe(`upload ${id} does not exist`);
+        expect((await rejection(short.getUploadStatus({ uploadId: id }))).rawMessage).toBe(
+          `upload ${id} does not exist`,
+        );
       }
     });
   });
@@ -402,7 +504,11 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
     const part = (at: number) => ({ offset: at, data: file.subarray(at, at + PART).toString("base64") });
 
     const { upload } = await call("StartUpload", {
-      header: { document: { title: "Large report", documentType: "DOCUMENT_TYPE_RESEARCH_PAPER" }, filename: "report.pdf", declaredMimeType: "application/pdf" },
+      header: {
+        document: { title: "Large report", documentType: "DOCUMENT_TYPE_RESEARCH_PAPER" },
+        filename: "report.pdf",
+        declaredMimeType: "application/pdf",
+      },
       sizeBytes: String(file.length),
     });
     const id = upload.uploadId;

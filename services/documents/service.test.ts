@@ -17,7 +17,6 @@ import { rejection } from "../../test/support/rejection.js";
 
 type Client = ReturnType<typeof createMeshClient<typeof DocumentService>>;
 
-
 const base = {
   title: "Low-dose aspirin for primary prevention of stroke",
   documentType: DocumentType.RESEARCH_PAPER,
@@ -31,7 +30,10 @@ describe.each(backends())("documents service on $name", (backend) => {
   const clients: Client[] = [];
   /** A client signed in as someone (or as nobody, with no headers at all). */
   const as = async (who?: Parameters<TestIdentity["bearer"]>[0], headers?: Record<string, string>): Promise<Client> => {
-    const c = createMeshClient(DocumentService, address, { defaultTimeoutMs: 10_000, headers: headers ?? (who ? await identity.bearer(who) : {}) });
+    const c = createMeshClient(DocumentService, address, {
+      defaultTimeoutMs: 10_000,
+      headers: headers ?? (who ? await identity.bearer(who) : {}),
+    });
     clients.push(c);
     return c;
   };
@@ -87,7 +89,9 @@ describe.each(backends())("documents service on $name", (backend) => {
   });
 
   it("updates only the fields named in the mask", async () => {
-    const { document } = await client.createDocument({ document: { ...base, journal: "BMJ", specialty: "cardiology" } });
+    const { document } = await client.createDocument({
+      document: { ...base, journal: "BMJ", specialty: "cardiology" },
+    });
     const { document: updated } = await client.updateDocument({
       document: { id: document!.id, title: "Renamed", journal: "ignored because not in mask" },
       updateMask: create(FieldMaskSchema, { paths: ["title"] }),
@@ -150,14 +154,28 @@ describe.each(backends())("documents service on $name", (backend) => {
     });
 
     it("filters by type, specialty (case-insensitively) and publication date range", async () => {
-      const reviews = await client.listDocuments({ specialty: specialty.toUpperCase(), documentType: DocumentType.REVIEW, pageSize: 100 });
+      const reviews = await client.listDocuments({
+        specialty: specialty.toUpperCase(),
+        documentType: DocumentType.REVIEW,
+        pageSize: 100,
+      });
       expect(reviews.documents.map((d) => d.title).sort()).toEqual(["List 1", "List 3", "List 5"]);
-      const ranged = await client.listDocuments({ specialty, publishedAfter: "2020-03-01", publishedBefore: "2020-05-31", pageSize: 100 });
+      const ranged = await client.listDocuments({
+        specialty,
+        publishedAfter: "2020-03-01",
+        publishedBefore: "2020-05-31",
+        pageSize: 100,
+      });
       expect(ranged.documents.map((d) => d.title).sort()).toEqual(["List 2", "List 3", "List 4"]);
     });
 
     it("filters by status and uploader", async () => {
-      const pending = await client.listDocuments({ specialty, processingStatus: ProcessingStatus.PENDING, uploadedBy: await identity.userId("doctor"), pageSize: 100 });
+      const pending = await client.listDocuments({
+        specialty,
+        processingStatus: ProcessingStatus.PENDING,
+        uploadedBy: await identity.userId("doctor"),
+        pageSize: 100,
+      });
       expect(pending.documents.length).toBeGreaterThanOrEqual(7);
       const none = await client.listDocuments({ specialty, processingStatus: ProcessingStatus.INDEXED, pageSize: 100 });
       expect(none.documents).toHaveLength(0);
@@ -167,7 +185,9 @@ describe.each(backends())("documents service on $name", (backend) => {
 
     it("refuses a page token reused with different filters", async () => {
       const first = await client.listDocuments({ specialty, pageSize: 2 });
-      const err = await rejection(client.listDocuments({ specialty, documentType: DocumentType.REVIEW, pageToken: first.nextPageToken }));
+      const err = await rejection(
+        client.listDocuments({ specialty, documentType: DocumentType.REVIEW, pageToken: first.nextPageToken }),
+      );
       expect(err.code).toBe(Code.InvalidArgument);
       expect(err.rawMessage).toMatch(/different filters/);
     });
@@ -177,8 +197,13 @@ describe.each(backends())("documents service on $name", (backend) => {
     let privateId: string;
     let sharedId: string;
     beforeAll(async () => {
-      privateId = (await client.createDocument({ document: { ...base, title: "doctor's private notes" } })).document!.id;
-      sharedId = (await client.createDocument({ document: { ...base, title: "shared with the platform", visibility: Visibility.PLATFORM } })).document!.id;
+      privateId = (await client.createDocument({ document: { ...base, title: "doctor's private notes" } })).document!
+        .id;
+      sharedId = (
+        await client.createDocument({
+          document: { ...base, title: "shared with the platform", visibility: Visibility.PLATFORM },
+        })
+      ).document!.id;
     });
 
     it("records the signed-in uploader", async () => {
@@ -194,7 +219,16 @@ describe.each(backends())("documents service on $name", (backend) => {
         expect(err.rawMessage).toBe(`document ${privateId} does not exist`);
         const listed = await other.listDocuments({ pageSize: 100 });
         expect(listed.documents.map((d) => d.id)).not.toContain(privateId);
-        expect((await rejection(other.updateDocument({ document: { id: privateId, title: "x" }, updateMask: create(FieldMaskSchema, { paths: ["title"] }) }))).code).toBe(Code.NotFound);
+        expect(
+          (
+            await rejection(
+              other.updateDocument({
+                document: { id: privateId, title: "x" },
+                updateMask: create(FieldMaskSchema, { paths: ["title"] }),
+              }),
+            )
+          ).code,
+        ).toBe(Code.NotFound);
         expect((await rejection(other.deleteDocument({ id: privateId }))).code).toBe(Code.NotFound);
       }
     });
@@ -204,7 +238,12 @@ describe.each(backends())("documents service on $name", (backend) => {
       expect((await student.getDocument({ id: sharedId })).document!.title).toBe("shared with the platform");
       expect((await student.listDocuments({ pageSize: 100 })).documents.map((d) => d.id)).toContain(sharedId);
       const doctor2 = await as("doctor2");
-      const upd = await rejection(doctor2.updateDocument({ document: { id: sharedId, title: "hijacked" }, updateMask: create(FieldMaskSchema, { paths: ["title"] }) }));
+      const upd = await rejection(
+        doctor2.updateDocument({
+          document: { id: sharedId, title: "hijacked" },
+          updateMask: create(FieldMaskSchema, { paths: ["title"] }),
+        }),
+      );
       expect(upd.code).toBe(Code.PermissionDenied);
       expect(upd.rawMessage).toBe("only the uploader or an admin may change this document");
       expect((await rejection(doctor2.deleteDocument({ id: sharedId }))).code).toBe(Code.PermissionDenied);
@@ -215,7 +254,10 @@ describe.each(backends())("documents service on $name", (backend) => {
       const admin = await as("admin");
       expect((await admin.getDocument({ id: privateId })).document!.id).toBe(privateId);
       expect((await admin.listDocuments({ pageSize: 100 })).documents.map((d) => d.id)).toContain(privateId);
-      const { document } = await admin.updateDocument({ document: { id: privateId, journal: "Edited by admin" }, updateMask: create(FieldMaskSchema, { paths: ["journal"] }) });
+      const { document } = await admin.updateDocument({
+        document: { id: privateId, journal: "Edited by admin" },
+        updateMask: create(FieldMaskSchema, { paths: ["journal"] }),
+      });
       expect(document!.journal).toBe("Edited by admin");
       const doomed = (await client.createDocument({ document: base })).document!.id;
       await admin.deleteDocument({ id: doomed });
@@ -266,21 +308,36 @@ describe.each(backends())("documents service on $name", (backend) => {
 
     it("empty title", () => invalid(client.createDocument({ document: { ...base, title: "" } }), /document/));
     it("blank title", () => invalid(client.createDocument({ document: { ...base, title: "   " } }), /document\.title/));
-    it("title over 500 characters", () => invalid(client.createDocument({ document: { ...base, title: "x".repeat(501) } }), /document\.title/));
-    it("missing document", async () => expect((await rejection(client.createDocument({}))).code).toBe(Code.InvalidArgument));
-    it("malformed DOI", () => invalid(client.createDocument({ document: { ...base, doi: "doi:10.1/x" } }), /document\.doi/));
-    it("malformed PMID", () => invalid(client.createDocument({ document: { ...base, pmid: "PM123" } }), /document\.pmid/));
-    it("date in the wrong format", () => invalid(client.createDocument({ document: { ...base, publicationDate: "2021/01/01" } }), /publication_date/));
+    it("title over 500 characters", () =>
+      invalid(client.createDocument({ document: { ...base, title: "x".repeat(501) } }), /document\.title/));
+    it("missing document", async () =>
+      expect((await rejection(client.createDocument({}))).code).toBe(Code.InvalidArgument));
+    it("malformed DOI", () =>
+      invalid(client.createDocument({ document: { ...base, doi: "doi:10.1/x" } }), /document\.doi/));
+    it("malformed PMID", () =>
+      invalid(client.createDocument({ document: { ...base, pmid: "PM123" } }), /document\.pmid/));
+    it("date in the wrong format", () =>
+      invalid(client.createDocument({ document: { ...base, publicationDate: "2021/01/01" } }), /publication_date/));
     it("date not in the calendar", async () => {
-      const err = await invalid(client.createDocument({ document: { ...base, publicationDate: "2023-02-29" } }), /publication_date/);
+      const err = await invalid(
+        client.createDocument({ document: { ...base, publicationDate: "2023-02-29" } }),
+        /publication_date/,
+      );
       expect(err.rawMessage).toMatch(/not a date in the calendar/);
     });
-    it("unknown enum number", () => invalid(client.createDocument({ document: { ...base, documentType: 99 as DocumentType } }), /document_type/));
-    it("missing document type", () => invalid(client.createDocument({ document: { ...base, documentType: DocumentType.UNSPECIFIED } }), /document/));
-    it("metadata key with spaces", () => invalid(client.createDocument({ document: { ...base, metadata: { "bad key": "v" } } }), /metadata/));
+    it("unknown enum number", () =>
+      invalid(client.createDocument({ document: { ...base, documentType: 99 as DocumentType } }), /document_type/));
+    it("missing document type", () =>
+      invalid(client.createDocument({ document: { ...base, documentType: DocumentType.UNSPECIFIED } }), /document/));
+    it("metadata key with spaces", () =>
+      invalid(client.createDocument({ document: { ...base, metadata: { "bad key": "v" } } }), /metadata/));
     it("id that is not a UUID", () => invalid(client.getDocument({ id: "42; drop table document" }), /id/));
     it("page size over 100", () => invalid(client.listDocuments({ pageSize: 101 }), /page_size/));
-    it("date range upside down", () => invalid(client.listDocuments({ publishedAfter: "2021-01-01", publishedBefore: "2020-01-01" }), /published_after/));
+    it("date range upside down", () =>
+      invalid(
+        client.listDocuments({ publishedAfter: "2021-01-01", publishedBefore: "2020-01-01" }),
+        /published_after/,
+      ));
     it("garbage page token", async () => {
       const err = await rejection(client.listDocuments({ pageToken: "not-a-token" }));
       expect(err.code).toBe(Code.InvalidArgument);
@@ -302,23 +359,52 @@ describe.each(backends())("documents service on $name", (backend) => {
       const doi = `10.5555/taken-${Date.now()}`;
       await client.createDocument({ document: { ...base, doi } });
       const { document } = await client.createDocument({ document: base });
-      const err = await rejection(client.updateDocument({ document: { id: document!.id, doi }, updateMask: create(FieldMaskSchema, { paths: ["doi"] }) }));
+      const err = await rejection(
+        client.updateDocument({
+          document: { id: document!.id, doi },
+          updateMask: create(FieldMaskSchema, { paths: ["doi"] }),
+        }),
+      );
       expect(err.code).toBe(Code.AlreadyExists);
     });
     it("field mask naming an unknown or output-only field", async () => {
       const { document } = await client.createDocument({ document: base });
       for (const path of ["nonsense", "processing_status", "uploaded_by", "id"]) {
-        const err = await invalid(client.updateDocument({ document: { id: document!.id }, updateMask: create(FieldMaskSchema, { paths: [path] }) }), /update_mask/);
+        const err = await invalid(
+          client.updateDocument({
+            document: { id: document!.id },
+            updateMask: create(FieldMaskSchema, { paths: [path] }),
+          }),
+          /update_mask/,
+        );
         expect(err.rawMessage).toContain(path);
       }
     });
-    it("empty field mask", () => invalid(client.updateDocument({ document: { id: "00000000-0000-4000-8000-000000000000" }, updateMask: create(FieldMaskSchema, { paths: [] }) }), /update_mask/));
+    it("empty field mask", () =>
+      invalid(
+        client.updateDocument({
+          document: { id: "00000000-0000-4000-8000-000000000000" },
+          updateMask: create(FieldMaskSchema, { paths: [] }),
+        }),
+        /update_mask/,
+      ));
     it("update clearing the title", async () => {
       const { document } = await client.createDocument({ document: base });
-      await invalid(client.updateDocument({ document: { id: document!.id, title: "" }, updateMask: create(FieldMaskSchema, { paths: ["title"] }) }), /title/);
+      await invalid(
+        client.updateDocument({
+          document: { id: document!.id, title: "" },
+          updateMask: create(FieldMaskSchema, { paths: ["title"] }),
+        }),
+        /title/,
+      );
     });
     it("update of an unknown id", async () => {
-      const err = await rejection(client.updateDocument({ document: { id: "00000000-0000-4000-8000-000000000000", title: "x" }, updateMask: create(FieldMaskSchema, { paths: ["title"] }) }));
+      const err = await rejection(
+        client.updateDocument({
+          document: { id: "00000000-0000-4000-8000-000000000000", title: "x" },
+          updateMask: create(FieldMaskSchema, { paths: ["title"] }),
+        }),
+      );
       expect(err.code).toBe(Code.NotFound);
     });
     it("SQL metacharacters are stored as text", async () => {

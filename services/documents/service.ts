@@ -42,7 +42,11 @@ export interface ContentOptions {
 
 const READ_CHUNK_BYTES = 64 * 1024;
 
-export function documentService(store: DocumentStore, processing: ProcessingStore, content: ContentOptions): ServiceImpl<typeof DocumentService> {
+export function documentService(
+  store: DocumentStore,
+  processing: ProcessingStore,
+  content: ContentOptions,
+): ServiceImpl<typeof DocumentService> {
   const access = new DocumentAccess(store);
   const { visible, changeable } = { visible: access.visible.bind(access), changeable: access.changeable.bind(access) };
   const ensureDoiFree = access.ensureDoiFree.bind(access);
@@ -54,7 +58,8 @@ export function documentService(store: DocumentStore, processing: ProcessingStor
     async createDocument(req, ctx) {
       const doc = req.document!;
       const fields = normalised(doc);
-      if (fields.title === "") throw invalidArgument([{ field: "document.title", description: "title must not be blank" }]);
+      if (fields.title === "")
+        throw invalidArgument([{ field: "document.title", description: "title must not be blank" }]);
       checkDates([["document.publication_date", doc.publicationDate]]);
       await ensureDoiFree(fields.doi);
       try {
@@ -62,7 +67,8 @@ export function documentService(store: DocumentStore, processing: ProcessingStor
         return { document: toDocument(row) };
       } catch (err) {
         // Two creates racing for one DOI: the unique index decides, the loser hears why.
-        if ((err as { code?: string }).code === "23505") throw new ConnectError(`a document with DOI ${fields.doi} already exists`, Code.AlreadyExists);
+        if ((err as { code?: string }).code === "23505")
+          throw new ConnectError(`a document with DOI ${fields.doi} already exists`, Code.AlreadyExists);
         throw err;
       }
     },
@@ -105,11 +111,15 @@ export function documentService(store: DocumentStore, processing: ProcessingStor
     async updateDocument(req, ctx) {
       const doc = req.document!;
       const paths = req.updateMask!.paths;
-      if (paths.length === 0) throw invalidArgument([{ field: "update_mask", description: "name at least one field to change" }]);
+      if (paths.length === 0)
+        throw invalidArgument([{ field: "update_mask", description: "name at least one field to change" }]);
       const unknown = paths.filter((p) => !updatable.has(p));
       if (unknown.length) {
         throw invalidArgument(
-          unknown.map((p) => ({ field: "update_mask", description: `${p} is not a field you can change (allowed: ${[...updatable].join(", ")})` })),
+          unknown.map((p) => ({
+            field: "update_mask",
+            description: `${p} is not a field you can change (allowed: ${[...updatable].join(", ")})`,
+          })),
         );
       }
       const all = normalised(doc);
@@ -126,7 +136,8 @@ export function documentService(store: DocumentStore, processing: ProcessingStor
         if (!row) throw notFound(doc.id);
         return { document: toDocument(row) };
       } catch (err) {
-        if ((err as { code?: string }).code === "23505") throw new ConnectError(`a document with DOI ${changes.doi} already exists`, Code.AlreadyExists);
+        if ((err as { code?: string }).code === "23505")
+          throw new ConnectError(`a document with DOI ${changes.doi} already exists`, Code.AlreadyExists);
         throw err;
       }
     },
@@ -159,7 +170,8 @@ export function documentService(store: DocumentStore, processing: ProcessingStor
     async *readContent(req, ctx) {
       const row = await visible(req.documentId, callerOf(ctx));
       const wanted = req.version || row.version;
-      if (wanted === 0) throw new ConnectError(`document ${req.documentId} has no content yet`, Code.FailedPrecondition);
+      if (wanted === 0)
+        throw new ConnectError(`document ${req.documentId} has no content yet`, Code.FailedPrecondition);
       const version = await store.version(req.documentId, wanted);
       if (!version) throw new ConnectError(`document ${req.documentId} has no version ${wanted}`, Code.NotFound);
       const stream = await content.blobs.get(version.sha256, { signal: ctx.signal });

@@ -69,7 +69,12 @@ export class StatusFeed {
 
 type Handlers = Pick<ServiceImpl<typeof DocumentService>, "watchDocument" | "getProcessingResult">;
 
-export function statusHandlers(store: DocumentStore, access: DocumentAccess, processing: ProcessingStore, feed: StatusFeed): Handlers {
+export function statusHandlers(
+  store: DocumentStore,
+  access: DocumentAccess,
+  processing: ProcessingStore,
+  feed: StatusFeed,
+): Handlers {
   return {
     async *watchDocument(req, ctx) {
       const caller = callerOf(ctx);
@@ -84,7 +89,14 @@ export function statusHandlers(store: DocumentStore, access: DocumentAccess, pro
           yield toStatusChange(latest);
           if (TERMINAL_STATUSES.has(latest.status)) return;
         } else {
-          yield toStatusChange({ document_id: doc.id, version: doc.version, status: doc.processing_status, failure_reason: null, failure_message: null, created_at: doc.updated_at });
+          yield toStatusChange({
+            document_id: doc.id,
+            version: doc.version,
+            status: doc.processing_status,
+            failure_reason: null,
+            failure_message: null,
+            created_at: doc.updated_at,
+          });
           if (TERMINAL_STATUSES.has(doc.processing_status)) return;
         }
         for (;;) {
@@ -93,7 +105,8 @@ export function statusHandlers(store: DocumentStore, access: DocumentAccess, pro
           const rows = await processing.statusesAfter(req.id, lastSeq);
           if (rows.length === 0) {
             // Quiet for a poll interval: make sure the document still exists for this caller.
-            if (!(await store.findLive(req.id))) throw new ConnectError(`document ${req.id} was deleted`, Code.NotFound);
+            if (!(await store.findLive(req.id)))
+              throw new ConnectError(`document ${req.id} was deleted`, Code.NotFound);
             continue;
           }
           for (const row of rows) {
@@ -110,16 +123,19 @@ export function statusHandlers(store: DocumentStore, access: DocumentAccess, pro
     async getProcessingResult(req, ctx) {
       const doc = await access.visible(req.documentId, callerOf(ctx));
       const version = req.version || doc.version;
-      if (version === 0) throw new ConnectError(`document ${req.documentId} has no content yet`, Code.FailedPrecondition);
-      if (version > doc.version) throw new ConnectError(`document ${req.documentId} has no version ${version}`, Code.NotFound);
+      if (version === 0)
+        throw new ConnectError(`document ${req.documentId} has no content yet`, Code.FailedPrecondition);
+      if (version > doc.version)
+        throw new ConnectError(`document ${req.documentId} has no version ${version}`, Code.NotFound);
       const outcome = await processing.outcome(req.documentId, version);
       if (!outcome) {
         const where = version === doc.version ? ` (its status is ${doc.processing_status})` : "";
-        throw new ConnectError(`version ${version} of document ${req.documentId} has not been processed yet${where}`, Code.FailedPrecondition);
+        throw new ConnectError(
+          `version ${version} of document ${req.documentId} has not been processed yet${where}`,
+          Code.FailedPrecondition,
+        );
       }
       return { outcome: toOutcome(outcome) };
     },
   };
 }
-
-

@@ -140,7 +140,11 @@ export class DocumentStore {
     }
     const row = (await this.db
       .insertInto("document")
-      .values({ ...doc, authors: JSON.stringify(doc.authors) as never, metadata: JSON.stringify(doc.metadata) as never })
+      .values({
+        ...doc,
+        authors: JSON.stringify(doc.authors) as never,
+        metadata: JSON.stringify(doc.metadata) as never,
+      })
       .returning(columns)
       .executeTakeFirstOrThrow()) as DocumentRow;
     await this.recordStatus(row.id, 0, "pending");
@@ -148,17 +152,31 @@ export class DocumentStore {
   }
 
   /** Appends to the document's status history; call it in the transaction that changes the status. */
-  async recordStatus(documentId: string, version: number, status: string, failure?: { reason: string; message: string }): Promise<void> {
+  async recordStatus(
+    documentId: string,
+    version: number,
+    status: string,
+    failure?: { reason: string; message: string },
+  ): Promise<void> {
     await this.db
       .insertInto("document_status")
-      .values({ document_id: documentId, version, status, failure_reason: failure?.reason ?? null, failure_message: failure?.message ?? null })
+      .values({
+        document_id: documentId,
+        version,
+        status,
+        failure_reason: failure?.reason ?? null,
+        failure_message: failure?.message ?? null,
+      })
       .execute();
   }
 
   async findLive(id: string): Promise<DocumentRow | undefined> {
-    return this.db.selectFrom("document").select(columns).where("id", "=", id).where("deleted_at", "is", null).executeTakeFirst() as Promise<
-      DocumentRow | undefined
-    >;
+    return this.db
+      .selectFrom("document")
+      .select(columns)
+      .where("id", "=", id)
+      .where("deleted_at", "is", null)
+      .executeTakeFirst() as Promise<DocumentRow | undefined>;
   }
 
   /** The live document holding this DOI (case-insensitively), other than `exceptId`. */
@@ -272,15 +290,32 @@ export class DocumentStore {
 
   /** Whether any version keeps this content (blobs are shared by identical uploads). */
   async blobInUse(sha256: string): Promise<boolean> {
-    return (await this.db.selectFrom("document_version").select("version").where("sha256", "=", sha256).limit(1).executeTakeFirst()) !== undefined;
+    return (
+      (await this.db
+        .selectFrom("document_version")
+        .select("version")
+        .where("sha256", "=", sha256)
+        .limit(1)
+        .executeTakeFirst()) !== undefined
+    );
   }
 
   async versions(documentId: string): Promise<VersionRow[]> {
-    return this.db.selectFrom("document_version").selectAll().where("document_id", "=", documentId).orderBy("version", "desc").execute();
+    return this.db
+      .selectFrom("document_version")
+      .selectAll()
+      .where("document_id", "=", documentId)
+      .orderBy("version", "desc")
+      .execute();
   }
 
   async version(documentId: string, version: number): Promise<VersionRow | undefined> {
-    return this.db.selectFrom("document_version").selectAll().where("document_id", "=", documentId).where("version", "=", version).executeTakeFirst();
+    return this.db
+      .selectFrom("document_version")
+      .selectAll()
+      .where("document_id", "=", documentId)
+      .where("version", "=", version)
+      .executeTakeFirst();
   }
 
   async softDelete(id: string): Promise<boolean> {

@@ -54,7 +54,11 @@ export class UploadSessionStore {
   async create(s: NewUploadSession, ttlMs: number): Promise<UploadSessionRow> {
     return this.db
       .insertInto("upload_session")
-      .values({ ...s, new_document: s.new_document && JSON.stringify(s.new_document), expires_at: expiresIn(ttlMs) as never })
+      .values({
+        ...s,
+        new_document: s.new_document && JSON.stringify(s.new_document),
+        expires_at: expiresIn(ttlMs) as never,
+      })
       .returningAll()
       .returning(expired)
       .executeTakeFirstOrThrow();
@@ -68,7 +72,13 @@ export class UploadSessionStore {
    * Moves next_offset from `from` to `to` and pushes the expiry out, only if nobody moved it first
    * and the session is still open and alive; undefined otherwise.
    */
-  async advance(id: string, from: number, to: number, ttlMs: number, detected?: DetectedColumns): Promise<UploadSessionRow | undefined> {
+  async advance(
+    id: string,
+    from: number,
+    to: number,
+    ttlMs: number,
+    detected?: DetectedColumns,
+  ): Promise<UploadSessionRow | undefined> {
     return this.db
       .updateTable("upload_session")
       .set({ next_offset: to, expires_at: expiresIn(ttlMs) as never, ...detected })
@@ -110,7 +120,11 @@ export class UploadSessionStore {
 
   /** Deletes an open session; false if it is gone or completed meanwhile. */
   async removeOpen(id: string): Promise<boolean> {
-    const res = await this.db.deleteFrom("upload_session").where("id", "=", id).where("state", "=", "open").executeTakeFirst();
+    const res = await this.db
+      .deleteFrom("upload_session")
+      .where("id", "=", id)
+      .where("state", "=", "open")
+      .executeTakeFirst();
     return Number(res.numDeletedRows) > 0;
   }
 
@@ -118,7 +132,13 @@ export class UploadSessionStore {
   async removeExpired(limit: number): Promise<string[]> {
     const rows = await this.db
       .deleteFrom("upload_session")
-      .where("id", "in", (eb) => eb.selectFrom("upload_session").select("id").where(sql<boolean>`expires_at <= now()`).limit(limit))
+      .where("id", "in", (eb) =>
+        eb
+          .selectFrom("upload_session")
+          .select("id")
+          .where(sql<boolean>`expires_at <= now()`)
+          .limit(limit),
+      )
       // Re-checked here: a part may have extended the session since the subquery saw it.
       .where(sql<boolean>`expires_at <= now()`)
       .returning("id")

@@ -2,7 +2,16 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { nextUnlessAborted } from "../../platform/lifecycle/abortable.js";
 import type { DocumentStore } from "./store.js";
 import type { UploadHeader, UploadRequest } from "../../gen/medmesh/documents/v1/documents_pb.js";
-import { BlobIntegrityError, BlobStoreError, BlobTooLargeError, detectContentType, SNIFF_BYTES, type BlobRef, type BlobStore, type DetectedType } from "../../platform/blobs/index.js";
+import {
+  BlobIntegrityError,
+  BlobStoreError,
+  BlobTooLargeError,
+  detectContentType,
+  SNIFF_BYTES,
+  type BlobRef,
+  type BlobStore,
+  type DetectedType,
+} from "../../platform/blobs/index.js";
 
 export interface ReceivedFile {
   header: UploadHeader;
@@ -56,7 +65,8 @@ export async function receiveUpload(
 ): Promise<ReceivedFile> {
   const it = requests[Symbol.asyncIterator]();
   const first = await it.next();
-  if (first.done || first.value.part.case !== "header") throw invalid("the first message of an upload must be its header");
+  if (first.done || first.value.part.case !== "header")
+    throw invalid("the first message of an upload must be its header");
   const header = first.value.part.value;
   // Who may upload what is settled before a single byte is read.
   await opts.authorize(header);
@@ -64,7 +74,11 @@ export async function receiveUpload(
   // A cancelled call may leave the request stream silent forever; waiting on it must end when the
   // call does, so the store gets to remove its partial file.
   const nextChunk = async (): Promise<Uint8Array | undefined> => {
-    const r = await nextUnlessAborted(it, opts.signal, () => new ConnectError("the upload was cancelled", Code.Canceled));
+    const r = await nextUnlessAborted(
+      it,
+      opts.signal,
+      () => new ConnectError("the upload was cancelled", Code.Canceled),
+    );
     if (r.done) return undefined;
     if (r.value.part.case !== "chunk") throw invalid("only the first message of an upload may be a header");
     return r.value.part.value;
@@ -84,7 +98,8 @@ export async function receiveUpload(
   }
   if (headBytes === 0) throw invalid("the file is empty");
   const type = detectContentType(Buffer.concat(head).subarray(0, SNIFF_BYTES));
-  if (type.kind === "unknown") throw invalid(`this file cannot be accepted: ${type.reason ?? "its type is not supported"}`);
+  if (type.kind === "unknown")
+    throw invalid(`this file cannot be accepted: ${type.reason ?? "its type is not supported"}`);
   if (contradicts(header.declaredMimeType, type)) {
     throw invalid(`the file was declared as ${header.declaredMimeType} but its content is ${type.mime}`);
   }
@@ -96,7 +111,11 @@ export async function receiveUpload(
   }
 
   try {
-    const blob = await blobs.put(rest(), { signal: opts.signal, maxBytes: opts.maxBytes, expectedSha256: header.sha256 || undefined });
+    const blob = await blobs.put(rest(), {
+      signal: opts.signal,
+      maxBytes: opts.maxBytes,
+      expectedSha256: header.sha256 || undefined,
+    });
     // grpc-js reports a client's cancel as the end of its stream first and as a cancellation
     // only just after; by the time the bytes are durable the cancellation has arrived, and a
     // cancelled upload must not become a version.
@@ -111,7 +130,8 @@ export async function receiveUpload(
       throw new ConnectError(`the file is larger than the ${bytesText(opts.maxBytes)} limit`, Code.ResourceExhausted);
     }
     if (err instanceof BlobIntegrityError) throw invalid("the file's SHA-256 does not match the sha256 in the header");
-    if ((err instanceof BlobStoreError && err.code === "aborted") || opts.signal.aborted) throw new ConnectError("the upload was cancelled", Code.Canceled);
+    if ((err instanceof BlobStoreError && err.code === "aborted") || opts.signal.aborted)
+      throw new ConnectError("the upload was cancelled", Code.Canceled);
     throw err;
   }
 }

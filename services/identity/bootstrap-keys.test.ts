@@ -13,7 +13,8 @@ import { parseBootstrapKeys } from "./bootstrap-keys.js";
 import { configSpec, startIdentity } from "./main.js";
 
 const newKey = () => `mmk_${randomBytes(32).toString("base64url")}`;
-const claimsOf = (token: string) => JSON.parse(Buffer.from(token.split(".")[1]!, "base64url").toString()) as Record<string, unknown>;
+const claimsOf = (token: string) =>
+  JSON.parse(Buffer.from(token.split(".")[1]!, "base64url").toString()) as Record<string, unknown>;
 
 describe("IDENTITY_BOOTSTRAP_API_KEYS", () => {
   it("reads name=key pairs", () => {
@@ -66,7 +67,10 @@ describe.each(backends())("configured service keys on $name", (backend) => {
   afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
 
   /** Starts identity with these keys configured, runs `use` against it, stops it. */
-  async function withIdentity<T>(keys: string, use: (client: ReturnType<typeof createMeshClient<typeof IdentityService>>) => Promise<T>): Promise<T> {
+  async function withIdentity<T>(
+    keys: string,
+    use: (client: ReturnType<typeof createMeshClient<typeof IdentityService>>) => Promise<T>,
+  ): Promise<T> {
     const svc = await startIdentity({ ...env, IDENTITY_BOOTSTRAP_API_KEYS: keys });
     const client = createMeshClient(IdentityService, `127.0.0.1:${svc.port}`, { defaultTimeoutMs: 10_000 });
     try {
@@ -78,7 +82,15 @@ describe.each(backends())("configured service keys on $name", (backend) => {
   }
 
   async function adminAuth(client: ReturnType<typeof createMeshClient<typeof IdentityService>>) {
-    await client.register({ email: "root@medmesh.test", username: "root", password: "a long admin password", firstName: "R", lastName: "T" }).catch(() => undefined);
+    await client
+      .register({
+        email: "root@medmesh.test",
+        username: "root",
+        password: "a long admin password",
+        firstName: "R",
+        lastName: "T",
+      })
+      .catch(() => undefined);
     const res = await client.login({ login: "root", password: "a long admin password" });
     if (res.result.case !== "tokens") throw new Error("no tokens");
     return { headers: { authorization: `Bearer ${res.result.value.accessToken}` } };
@@ -94,7 +106,9 @@ describe.each(backends())("configured service keys on $name", (backend) => {
         expect(claimsOf(accessToken)).toMatchObject({ sub: "processing", role: "service", kind: "service" });
         expect(expiresInSeconds).toBe(900);
         const listed = (await client.listApiKeys({ includeRevoked: true }, await adminAuth(client))).apiKeys;
-        expect(listed.map((k) => [k.name, k.createdBy, k.prefix])).toEqual([["processing", "bootstrap", first.slice(0, 10)]]);
+        expect(listed.map((k) => [k.name, k.createdBy, k.prefix])).toEqual([
+          ["processing", "bootstrap", first.slice(0, 10)],
+        ]);
       });
     }
   });

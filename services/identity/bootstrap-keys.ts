@@ -36,7 +36,9 @@ export function parseBootstrapKeys(raw: string): BootstrapKey[] {
     const name = entry.slice(0, eq).trim();
     const key = entry.slice(eq + 1).trim();
     if (!NAME.test(name)) {
-      throw new Error(`entry ${i + 1}: the name must be 1 to 64 lower-case letters, digits, dots, dashes or underscores, starting with a letter or digit`);
+      throw new Error(
+        `entry ${i + 1}: the name must be 1 to 64 lower-case letters, digits, dots, dashes or underscores, starting with a letter or digit`,
+      );
     }
     if (!key.startsWith(API_KEY_PREFIX) || !SECRET.test(key.slice(API_KEY_PREFIX.length))) {
       throw new Error(
@@ -45,7 +47,8 @@ export function parseBootstrapKeys(raw: string): BootstrapKey[] {
       );
     }
     // Length alone lets "mmk_aaaa…" through; a random 43-character key has about 30 distinct characters.
-    if (new Set(key.slice(API_KEY_PREFIX.length)).size < 16) throw new Error(`the key for ${name} is not random enough`);
+    if (new Set(key.slice(API_KEY_PREFIX.length)).size < 16)
+      throw new Error(`the key for ${name} is not random enough`);
     if (out.some((k) => k.name === name)) throw new Error(`${name} is listed twice`);
     if (out.some((k) => k.key === key)) throw new Error(`${name} has the same key as another entry`);
     out.push({ name, key });
@@ -66,8 +69,13 @@ export async function ensureBootstrapKeys(store: IdentityStore, keys: BootstrapK
     // The usual case, every restart: the key is there and nothing is written.
     const existing = await store.apiKeyByHash(hash);
     if (existing) {
-      if (existing.revoked_at) log.warn("a configured API key was revoked; it stays revoked until it is replaced", { name, api_key_id: existing.id });
-      else if (existing.name !== name || existing.kind !== "service") log.warn("a configured API key belongs to another principal; left as it is", { name, api_key_id: existing.id });
+      if (existing.revoked_at)
+        log.warn("a configured API key was revoked; it stays revoked until it is replaced", {
+          name,
+          api_key_id: existing.id,
+        });
+      else if (existing.name !== name || existing.kind !== "service")
+        log.warn("a configured API key belongs to another principal; left as it is", { name, api_key_id: existing.id });
       continue;
     }
     const created = await store
@@ -82,7 +90,14 @@ export async function ensureBootstrapKeys(store: IdentityStore, keys: BootstrapK
           created_at: now,
         });
         const replaced = await tx.revokeConfiguredApiKeys(name, BOOTSTRAP_CREATOR, row.id, now);
-        await tx.audit({ event: "api_key_created", actor: BOOTSTRAP_CREATOR, details: { api_key_id: row.id, name, kind: "service", replaced: String(replaced) } }, now);
+        await tx.audit(
+          {
+            event: "api_key_created",
+            actor: BOOTSTRAP_CREATOR,
+            details: { api_key_id: row.id, name, kind: "service", replaced: String(replaced) },
+          },
+          now,
+        );
         return true;
       })
       .catch((err: { code?: string }) => {

@@ -17,7 +17,8 @@ export function callerOf(ctx: HandlerContext): Principal {
 /** The caller as a user (not a device or service), for methods about one's own account. */
 export function userOf(ctx: HandlerContext): string {
   const p = callerOf(ctx);
-  if (p.kind !== "user") throw new ConnectError(`a ${p.kind} has no account; this method is for users`, Code.PermissionDenied);
+  if (p.kind !== "user")
+    throw new ConnectError(`a ${p.kind} has no account; this method is for users`, Code.PermissionDenied);
   return p.subject;
 }
 

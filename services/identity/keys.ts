@@ -57,9 +57,19 @@ export class SigningKeyRing {
     const now = this.opts.now();
     const rows = await this.store.signingKeys(new Date(now.getTime() - PUBLISH_AFTER_RETIREMENT_MS));
     const active = rows.find((r) => r.retired_at === null);
-    const jwks: Jwks = { keys: rows.map((r) => (typeof r.public_jwk === "string" ? JSON.parse(r.public_jwk) : r.public_jwk) as Jwk) };
+    const jwks: Jwks = {
+      keys: rows.map((r) => (typeof r.public_jwk === "string" ? JSON.parse(r.public_jwk) : r.public_jwk) as Jwk),
+    };
     const signing = active
-      ? { kid: active.kid, privateKey: createPrivateKey({ key: Buffer.from(active.private_pkcs8, "base64"), format: "der", type: "pkcs8" }), createdAt: new Date(active.created_at) }
+      ? {
+          kid: active.kid,
+          privateKey: createPrivateKey({
+            key: Buffer.from(active.private_pkcs8, "base64"),
+            format: "der",
+            type: "pkcs8",
+          }),
+          createdAt: new Date(active.created_at),
+        }
       : undefined;
     this.loaded = { at: Date.now(), signing, jwks };
     return this.loaded;
@@ -100,7 +110,12 @@ export class SigningKeyRing {
     const jwk: Jwk = { kty: "OKP", crv: "Ed25519", x, kid, alg: "EdDSA", use: "sig" };
     const now = this.opts.now();
     await this.store.addSigningKey(
-      { kid, public_jwk: jwk, private_pkcs8: privateKey.export({ format: "der", type: "pkcs8" }).toString("base64"), created_at: now },
+      {
+        kid,
+        public_jwk: jwk,
+        private_pkcs8: privateKey.export({ format: "der", type: "pkcs8" }).toString("base64"),
+        created_at: now,
+      },
       new Date(now.getTime() - PUBLISH_AFTER_RETIREMENT_MS),
     );
     logger.info("new signing key in use", { component: "identity", kid });

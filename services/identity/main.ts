@@ -20,11 +20,22 @@ export const configSpec = {
   IDENTITY_PORT: env.port("gRPC port (0 picks a free one)", 50052),
   IDENTITY_DB_SCHEMA: env.string("schema the service owns", "identity"),
   ...rateLimitSpec,
-  IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.optionalString("the account registered with this address becomes admin while there is no admin"),
-  IDENTITY_BOOTSTRAP_API_KEYS: env.parsed("service API keys made sure of at start, as name=key[,name=key] (secret)", "", parseBootstrapKeys),
+  IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.optionalString(
+    "the account registered with this address becomes admin while there is no admin",
+  ),
+  IDENTITY_BOOTSTRAP_API_KEYS: env.parsed(
+    "service API keys made sure of at start, as name=key[,name=key] (secret)",
+    "",
+    parseBootstrapKeys,
+  ),
   IDENTITY_SCRYPT_LOG_N: env.int("scrypt cost for new password hashes, as log2(N)", 15, 14, 20),
   IDENTITY_SESSION_TTL_HOURS: env.int("how long a session (refresh-token family) lives at most", 720, 1, 8760),
-  IDENTITY_KEY_ROTATION_HOURS: env.int("rotate the token signing key once it is this old; 0 never rotates by itself", 720, 0, 87_600),
+  IDENTITY_KEY_ROTATION_HOURS: env.int(
+    "rotate the token signing key once it is this old; 0 never rotates by itself",
+    720,
+    0,
+    87_600,
+  ),
 };
 
 /** Seams for tests: the clock every expiry is computed with, and where one-time links go. */
@@ -38,7 +49,11 @@ export async function startIdentity(
   hooks: IdentityHooks = {},
 ): Promise<Started & { port: number; keys: SigningKeyRing }> {
   const config = loadConfig(configSpec, source);
-  const telemetry = startTelemetry({ serviceName: "identity", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
+  const telemetry = startTelemetry({
+    serviceName: "identity",
+    logLevel: config.LOG_LEVEL,
+    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
+  });
   const database = await openServiceDatabase<IdentityDB>("identity", config, config.IDENTITY_DB_SCHEMA, migrations);
   const now = hooks.now ?? (() => new Date());
   const store = new IdentityStore(database.db);

@@ -61,7 +61,12 @@ export async function verifyPassword(password: string, encoded: string): Promise
 export function needsRehash(encoded: string, params: ScryptParams = DEFAULT_PARAMS): boolean {
   const parsed = parse(encoded);
   if (!parsed) return true;
-  return parsed.params.logN < params.logN || parsed.params.r < params.r || parsed.params.p < params.p || parsed.key.length < KEY_BYTES;
+  return (
+    parsed.params.logN < params.logN ||
+    parsed.params.r < params.r ||
+    parsed.params.p < params.p ||
+    parsed.key.length < KEY_BYTES
+  );
 }
 
 /**

@@ -15,7 +15,6 @@ import { rejection } from "../../test/support/rejection.js";
 
 type Client = ReturnType<typeof createMeshClient<typeof IdentityService>>;
 
-
 const bearer = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
 const password = "correct horse battery staple";
 const ADMIN_EMAIL = "root@medmesh.test";
@@ -32,9 +31,18 @@ describe.each(backends())("identity service on $name", (backend) => {
   const outbox: Delivery[] = [];
   let admin: Tokens;
 
-  async function newUser(over: Partial<{ email: string; username: string; firstName: string; lastName: string; password: string }> = {}) {
+  async function newUser(
+    over: Partial<{ email: string; username: string; firstName: string; lastName: string; password: string }> = {},
+  ) {
     const id = unique();
-    const req = { email: `user-${id}@example.org`, username: `user_${id}`, password, firstName: "Ada", lastName: "Byron", ...over };
+    const req = {
+      email: `user-${id}@example.org`,
+      username: `user_${id}`,
+      password,
+      firstName: "Ada",
+      lastName: "Byron",
+      ...over,
+    };
     const { user } = await client.register(req);
     return { ...req, user: user! };
   }
@@ -45,7 +53,8 @@ describe.each(backends())("identity service on $name", (backend) => {
     return res.result.value;
   }
 
-  const lastDelivery = (purpose: Delivery["purpose"], userId: string) => [...outbox].reverse().find((d) => d.purpose === purpose && d.userId === userId);
+  const lastDelivery = (purpose: Delivery["purpose"], userId: string) =>
+    [...outbox].reverse().find((d) => d.purpose === purpose && d.userId === userId);
 
   beforeAll(async () => {
     const svc = await startIdentity(
@@ -96,31 +105,63 @@ describe.each(backends())("identity service on $name", (backend) => {
         expect(tokens.tokenType).toBe("Bearer");
         expect(tokens.expiresInSeconds).toBe(900);
         const me = await client.getMe({}, bearer(tokens.accessToken));
-        expect(me).toMatchObject({ subject: u.user.id, role: Role.STUDENT, user: { email: u.email, username: u.username, firstName: "Ada" } });
+        expect(me).toMatchObject({
+          subject: u.user.id,
+          role: Role.STUDENT,
+          user: { email: u.email, username: u.username, firstName: "Ada" },
+        });
       }
     });
 
     it("refuses a second account with the same email or username in another case (already_exists)", async () => {
       const u = await newUser();
-      const sameEmail = await rejection(client.register({ email: u.email.toUpperCase(), username: `other_${unique()}`, password, firstName: "A", lastName: "B" }));
+      const sameEmail = await rejection(
+        client.register({
+          email: u.email.toUpperCase(),
+          username: `other_${unique()}`,
+          password,
+          firstName: "A",
+          lastName: "B",
+        }),
+      );
       expect(sameEmail.code).toBe(Code.AlreadyExists);
       expect(sameEmail.rawMessage).toMatch(/email address already exists/);
-      const sameName = await rejection(client.register({ email: `other-${unique()}@example.org`, username: u.username.toUpperCase(), password, firstName: "A", lastName: "B" }));
+      const sameName = await rejection(
+        client.register({
+          email: `other-${unique()}@example.org`,
+          username: u.username.toUpperCase(),
+          password,
+          firstName: "A",
+          lastName: "B",
+        }),
+      );
       expect(sameName.code).toBe(Code.AlreadyExists);
       expect(sameName.rawMessage).toMatch(/username is taken/);
     });
 
     it("rejects bad registrations with a sentence for each field", async () => {
-      const err = await rejection(client.register({ email: "not-an-address", username: "1x", password: "short", firstName: "  ", lastName: "B" }));
+      const err = await rejection(
+        client.register({ email: "not-an-address", username: "1x", password: "short", firstName: "  ", lastName: "B" }),
+      );
       expect(err.code).toBe(Code.InvalidArgument);
-      const v = Object.fromEntries(err.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations.map((f) => [f.field, f.description])));
+      const v = Object.fromEntries(
+        err.findDetails(BadRequestSchema).flatMap((d) => d.fieldViolations.map((f) => [f.field, f.description])),
+      );
       expect(v).toMatchObject({
         email: expect.stringMatching(/email/),
         username: expect.stringMatching(/3 to 32 characters/),
         password: "must be 12 to 128 characters long",
         first_name: expect.stringMatching(/not blank/),
       });
-      const long = await rejection(client.register({ email: `x-${unique()}@example.org`, username: `u_${unique()}`, password: "x".repeat(129), firstName: "A", lastName: "B" }));
+      const long = await rejection(
+        client.register({
+          email: `x-${unique()}@example.org`,
+          username: `u_${unique()}`,
+          password: "x".repeat(129),
+          firstName: "A",
+          lastName: "B",
+        }),
+      );
       expect(long.code).toBe(Code.InvalidArgument);
     });
 
@@ -147,16 +188,26 @@ describe.each(backends())("identity service on $name", (backend) => {
       const sessions = await client.listSessions({}, bearer(second!.accessToken));
       expect(sessions.sessions.map((s) => s.id)).not.toContain(first.sessionId);
       const { events } = await client.listAuditEvents({ userId: u.user.id }, bearer(admin.accessToken));
-      expect(events.find((e) => e.event === "token_reuse_detected")?.details).toMatchObject({ session_id: first.sessionId, session_revoked: "true" });
+      expect(events.find((e) => e.event === "token_reuse_detected")?.details).toMatchObject({
+        session_id: first.sessionId,
+        session_revoked: "true",
+      });
     });
 
     it("two concurrent refreshes with one token: exactly one wins, and the race ends the session as reuse", async () => {
       const u = await newUser();
       const t = await login(u.username);
-      const results = await Promise.allSettled([client.refresh({ refreshToken: t.refreshToken }), client.refresh({ refreshToken: t.refreshToken })]);
-      const won = results.filter((r): r is PromiseFulfilledResult<Awaited<ReturnType<Client["refresh"]>>> => r.status === "fulfilled");
+      const results = await Promise.allSettled([
+        client.refresh({ refreshToken: t.refreshToken }),
+        client.refresh({ refreshToken: t.refreshToken }),
+      ]);
+      const won = results.filter(
+        (r): r is PromiseFulfilledResult<Awaited<ReturnType<Client["refresh"]>>> => r.status === "fulfilled",
+      );
       expect(won).toHaveLength(1);
-      expect((await rejection(client.refresh({ refreshToken: won[0]!.value.tokens!.refreshToken }))).code).toBe(Code.Unauthenticated);
+      expect((await rejection(client.refresh({ refreshToken: won[0]!.value.tokens!.refreshToken }))).code).toBe(
+        Code.Unauthenticated,
+      );
     });
 
     it("Refresh refuses a made-up token", async () => {
@@ -177,7 +228,12 @@ describe.each(backends())("identity service on $name", (backend) => {
       const a = await login(u.username);
       const b = await login(u.username);
       const { sessions } = await client.listSessions({}, bearer(a.accessToken));
-      expect(sessions.map((s) => [s.id, s.current]).sort()).toEqual([[a.sessionId, true], [b.sessionId, false]].sort());
+      expect(sessions.map((s) => [s.id, s.current]).sort()).toEqual(
+        [
+          [a.sessionId, true],
+          [b.sessionId, false],
+        ].sort(),
+      );
       await client.revokeSession({ sessionId: b.sessionId }, bearer(a.accessToken));
       expect((await client.listSessions({}, bearer(a.accessToken))).sessions.map((s) => s.id)).toEqual([a.sessionId]);
       expect((await rejection(client.refresh({ refreshToken: b.refreshToken }))).code).toBe(Code.Unauthenticated);
@@ -195,7 +251,9 @@ describe.each(backends())("identity service on $name", (backend) => {
       const { tokens } = await client.refresh({ refreshToken: before.refreshToken });
       expect((await client.getMe({}, bearer(tokens!.accessToken))).role).toBe(Role.DOCTOR);
       const { events } = await client.listAuditEvents({ userId: u.user.id }, bearer(admin.accessToken));
-      expect(events.find((e) => e.event === "role_changed")).toMatchObject({ details: { from: "student", to: "doctor" } });
+      expect(events.find((e) => e.event === "role_changed")).toMatchObject({
+        details: { from: "student", to: "doctor" },
+      });
     });
 
     it("a student calling SetRole is permission_denied, and nobody's role changes", async () => {
@@ -209,14 +267,29 @@ describe.each(backends())("identity service on $name", (backend) => {
 
     it("SetRole without a token is unauthenticated; to a machine role it is invalid_argument", async () => {
       const u = await newUser();
-      expect((await rejection(client.setRole({ userId: u.user.id, role: Role.ADMIN }))).code).toBe(Code.Unauthenticated);
-      expect((await rejection(client.setRole({ userId: u.user.id, role: Role.DEVICE }, bearer(admin.accessToken)))).code).toBe(Code.InvalidArgument);
-      expect((await rejection(client.setRole({ userId: "00000000-0000-4000-8000-000000000000", role: Role.DOCTOR }, bearer(admin.accessToken)))).code).toBe(Code.NotFound);
+      expect((await rejection(client.setRole({ userId: u.user.id, role: Role.ADMIN }))).code).toBe(
+        Code.Unauthenticated,
+      );
+      expect(
+        (await rejection(client.setRole({ userId: u.user.id, role: Role.DEVICE }, bearer(admin.accessToken)))).code,
+      ).toBe(Code.InvalidArgument);
+      expect(
+        (
+          await rejection(
+            client.setRole(
+              { userId: "00000000-0000-4000-8000-000000000000", role: Role.DOCTOR },
+              bearer(admin.accessToken),
+            ),
+          )
+        ).code,
+      ).toBe(Code.NotFound);
     });
 
     it("the last admin cannot demote themselves (failed_precondition)", async () => {
       const me = await client.getMe({}, bearer(admin.accessToken));
-      const err = await rejection(client.setRole({ userId: me.subject, role: Role.STUDENT }, bearer(admin.accessToken)));
+      const err = await rejection(
+        client.setRole({ userId: me.subject, role: Role.STUDENT }, bearer(admin.accessToken)),
+      );
       expect(err.code).toBe(Code.FailedPrecondition);
     });
   });
@@ -243,7 +316,10 @@ describe.each(backends())("identity service on $name", (backend) => {
     });
 
     it("a revoked key can no longer be exchanged; revoking is audited", async () => {
-      const created = await client.createApiKey({ name: `ingest-${unique()}`, kind: PrincipalKind.SERVICE }, bearer(admin.accessToken));
+      const created = await client.createApiKey(
+        { name: `ingest-${unique()}`, kind: PrincipalKind.SERVICE },
+        bearer(admin.accessToken),
+      );
       const token = await client.exchangeApiKey({ apiKey: created.key });
       expect((await client.getMe({}, bearer(token.accessToken))).kind).toBe(PrincipalKind.SERVICE);
       await client.revokeApiKey({ id: created.apiKey!.id }, bearer(admin.accessToken));
@@ -255,15 +331,21 @@ describe.each(backends())("identity service on $name", (backend) => {
       const all = await client.listApiKeys({ includeRevoked: true }, bearer(admin.accessToken));
       expect(all.apiKeys.find((k) => k.id === created.apiKey!.id)!.revokeTime).toBeDefined();
       const { events } = await client.listAuditEvents({ pageSize: 200 }, bearer(admin.accessToken));
-      expect(events.some((e) => e.event === "api_key_revoked" && e.details.api_key_id === created.apiKey!.id)).toBe(true);
+      expect(events.some((e) => e.event === "api_key_revoked" && e.details.api_key_id === created.apiKey!.id)).toBe(
+        true,
+      );
     });
 
     it("a student cannot create keys, a made-up key is refused, and the kind must be device or service", async () => {
       const u = await newUser();
       const t = await login(u.username);
-      expect((await rejection(client.createApiKey({ name: "x", kind: PrincipalKind.DEVICE }, bearer(t.accessToken)))).code).toBe(Code.PermissionDenied);
+      expect(
+        (await rejection(client.createApiKey({ name: "x", kind: PrincipalKind.DEVICE }, bearer(t.accessToken)))).code,
+      ).toBe(Code.PermissionDenied);
       expect((await rejection(client.exchangeApiKey({ apiKey: "mmk_made-up" }))).code).toBe(Code.Unauthenticated);
-      const kind = await rejection(client.createApiKey({ name: "x", kind: PrincipalKind.USER }, bearer(admin.accessToken)));
+      const kind = await rejection(
+        client.createApiKey({ name: "x", kind: PrincipalKind.USER }, bearer(admin.accessToken)),
+      );
       expect(kind.code).toBe(Code.InvalidArgument);
       expect(kind.rawMessage).toMatch(/PRINCIPAL_KIND_DEVICE or PRINCIPAL_KIND_SERVICE/);
     });
@@ -275,7 +357,9 @@ describe.each(backends())("identity service on $name", (backend) => {
       const t = await login(u.username);
       const { secret, otpauthUri } = await client.enrollMfa({}, bearer(t.accessToken));
       expect(otpauthUri).toMatch(/^otpauth:\/\/totp\/medmesh:.*secret=.*algorithm=SHA1&digits=6&period=30/);
-      const wrong = await rejection(client.confirmMfa({ code: totp(secret, new Date(now().getTime() - 300_000)) }, bearer(t.accessToken)));
+      const wrong = await rejection(
+        client.confirmMfa({ code: totp(secret, new Date(now().getTime() - 300_000)) }, bearer(t.accessToken)),
+      );
       expect(wrong.code).toBe(Code.InvalidArgument);
       const { backupCodes } = await client.confirmMfa({ code: totp(secret, now()) }, bearer(t.accessToken));
       return { ...u, secret, backupCodes, tokens: t };
@@ -293,7 +377,10 @@ describe.each(backends())("identity service on $name", (backend) => {
       expect((await client.getMe({}, bearer(u.tokens.accessToken))).user!.mfaEnabled).toBe(true);
       expect((await rejection(client.enrollMfa({}, bearer(u.tokens.accessToken)))).code).toBe(Code.FailedPrecondition);
       offsetMs = 30_000; // the enrolment code's step is used up
-      const { tokens } = await client.verifyMfa({ challengeId: await challenge(u.username), code: totp(u.secret, now()) });
+      const { tokens } = await client.verifyMfa({
+        challengeId: await challenge(u.username),
+        code: totp(u.secret, now()),
+      });
       expect((await client.getMe({}, bearer(tokens!.accessToken))).subject).toBe(u.user.id);
     });
 
@@ -331,8 +418,12 @@ describe.each(backends())("identity service on $name", (backend) => {
       const u = await enrolled();
       const c = await challenge(u.username);
       offsetMs = 6 * 60_000;
-      expect((await rejection(client.verifyMfa({ challengeId: c, code: totp(u.secret, now()) }))).rawMessage).toMatch(/challenge is unknown, used or expired/);
-      expect((await rejection(client.verifyMfa({ challengeId: "made-up", code: "123456" }))).code).toBe(Code.Unauthenticated);
+      expect((await rejection(client.verifyMfa({ challengeId: c, code: totp(u.secret, now()) }))).rawMessage).toMatch(
+        /challenge is unknown, used or expired/,
+      );
+      expect((await rejection(client.verifyMfa({ challengeId: "made-up", code: "123456" }))).code).toBe(
+        Code.Unauthenticated,
+      );
     });
   });
 
@@ -340,7 +431,9 @@ describe.each(backends())("identity service on $name", (backend) => {
     it("five wrong passwords lock the account for a minute with RetryInfo; the next streak locks for two", async () => {
       const u = await newUser();
       for (let i = 0; i < 4; i++) {
-        expect((await rejection(client.login({ login: u.username, password: `wrong password ${i}` }))).code).toBe(Code.Unauthenticated);
+        expect((await rejection(client.login({ login: u.username, password: `wrong password ${i}` }))).code).toBe(
+          Code.Unauthenticated,
+        );
       }
       const locked = await rejection(client.login({ login: u.username, password: "wrong password 4" }));
       expect(locked.code).toBe(Code.ResourceExhausted);
@@ -370,7 +463,12 @@ describe.each(backends())("identity service on $name", (backend) => {
       const res = await client.login({ login: u.username, password });
       const c = res.result.case === "mfaChallenge" ? res.result.value.challengeId : "";
       const codes: ConnectError[] = [];
-      for (let i = 0; i < 5; i++) codes.push(await rejection(client.verifyMfa({ challengeId: c, code: "000000" === totp(secret, now()) ? "111111" : "000000" })));
+      for (let i = 0; i < 5; i++)
+        codes.push(
+          await rejection(
+            client.verifyMfa({ challengeId: c, code: "000000" === totp(secret, now()) ? "111111" : "000000" }),
+          ),
+        );
       expect(codes.map((e) => e.code)).toEqual([...Array(4).fill(Code.Unauthenticated), Code.ResourceExhausted]);
     });
   });
@@ -385,7 +483,9 @@ describe.each(backends())("identity service on $name", (backend) => {
       await client.verifyEmail({ token: d.token });
       expect((await client.getMe({}, bearer(t.accessToken))).user!.emailVerified).toBe(true);
       expect((await rejection(client.verifyEmail({ token: d.token }))).code).toBe(Code.InvalidArgument);
-      expect((await rejection(client.requestEmailVerification({}, bearer(t.accessToken)))).code).toBe(Code.FailedPrecondition);
+      expect((await rejection(client.requestEmailVerification({}, bearer(t.accessToken)))).code).toBe(
+        Code.FailedPrecondition,
+      );
     });
 
     it("a reset token sets a new password once, ends every session, and the old password stops working", async () => {
@@ -408,7 +508,9 @@ describe.each(backends())("identity service on $name", (backend) => {
       await client.requestPasswordReset({ email: u.email });
       const d = lastDelivery("password_reset", u.user.id)!;
       offsetMs = 31 * 60_000;
-      expect((await rejection(client.resetPassword({ token: d.token, newPassword: "too late passphrase" }))).code).toBe(Code.InvalidArgument);
+      expect((await rejection(client.resetPassword({ token: d.token, newPassword: "too late passphrase" }))).code).toBe(
+        Code.InvalidArgument,
+      );
       offsetMs = 0;
       expect((await login(u.username)).accessToken).toBeTruthy();
     });
@@ -427,12 +529,24 @@ describe.each(backends())("identity service on $name", (backend) => {
       const jwks = JSON.parse((await client.getJwks({})).jwksJson);
       const r = verifyAccessToken(t.accessToken, jwks, { now: now() });
       if (!r.ok) throw new Error(r.message);
-      expect(r.claims).toMatchObject({ iss: "medmesh-identity", aud: "medmesh", sub: u.user.id, role: "student", kind: "user", sid: t.sessionId });
+      expect(r.claims).toMatchObject({
+        iss: "medmesh-identity",
+        aud: "medmesh",
+        sub: u.user.id,
+        role: "student",
+        kind: "user",
+        sid: t.sessionId,
+      });
       expect(r.claims.exp - r.claims.iat).toBe(900);
       expect(r.claims.nbf).toBe(r.claims.iat);
       expect(r.claims.jti).toMatch(/^[0-9a-f-]{36}$/);
-      const device = await client.createApiKey({ name: `probe-${unique()}`, kind: PrincipalKind.DEVICE }, bearer(admin.accessToken));
-      const d = verifyAccessToken((await client.exchangeApiKey({ apiKey: device.key })).accessToken, jwks, { now: now() });
+      const device = await client.createApiKey(
+        { name: `probe-${unique()}`, kind: PrincipalKind.DEVICE },
+        bearer(admin.accessToken),
+      );
+      const d = verifyAccessToken((await client.exchangeApiKey({ apiKey: device.key })).accessToken, jwks, {
+        now: now(),
+      });
       expect(d.ok && d.claims).toMatchObject({ sub: device.apiKey!.name, role: "device", kind: "device" });
       expect(d.ok && "sid" in d.claims).toBe(false);
     });
@@ -441,7 +555,9 @@ describe.each(backends())("identity service on $name", (backend) => {
       const before = await client.getJwks({});
       expect(before.keys.length).toBeGreaterThanOrEqual(1);
       expect(before.keys[0]).toMatchObject({ kty: "OKP", crv: "Ed25519", alg: "EdDSA", use: "sig" });
-      expect(JSON.parse(before.jwksJson).keys.map((k: { kid: string }) => k.kid)).toEqual(before.keys.map((k) => k.kid));
+      expect(JSON.parse(before.jwksJson).keys.map((k: { kid: string }) => k.kid)).toEqual(
+        before.keys.map((k) => k.kid),
+      );
       const u = await newUser();
       const old = await login(u.username);
       const { kid } = await client.rotateSigningKey({}, bearer(admin.accessToken));
@@ -451,18 +567,23 @@ describe.each(backends())("identity service on $name", (backend) => {
       expect(JSON.parse(Buffer.from(fresh.accessToken.split(".")[0]!, "base64url").toString()).kid).toBe(kid);
       expect((await client.getMe({}, bearer(old.accessToken))).subject).toBe(u.user.id);
       expect((await client.getMe({}, bearer(fresh.accessToken))).subject).toBe(u.user.id);
-      expect((await rejection(client.rotateSigningKey({}, bearer(fresh.accessToken)))).code).toBe(Code.PermissionDenied);
+      expect((await rejection(client.rotateSigningKey({}, bearer(fresh.accessToken)))).code).toBe(
+        Code.PermissionDenied,
+      );
     });
 
     it("rotates by itself once the key is older than IDENTITY_KEY_ROTATION_HOURS, and drops the old key after its last token expired", async () => {
-      const kidOf = (token: string) => JSON.parse(Buffer.from(token.split(".")[0]!, "base64url").toString()).kid as string;
+      const kidOf = (token: string) =>
+        JSON.parse(Buffer.from(token.split(".")[0]!, "base64url").toString()).kid as string;
       const u = await newUser();
       const before = kidOf((await login(u.username)).accessToken);
       offsetMs = 721 * 3600_000;
       const rotated = await login(u.username);
       expect(kidOf(rotated.accessToken)).not.toBe(before);
       await keys.reload();
-      expect((await client.getJwks({})).keys.map((k) => k.kid)).toEqual(expect.arrayContaining([before, kidOf(rotated.accessToken)]));
+      expect((await client.getJwks({})).keys.map((k) => k.kid)).toEqual(
+        expect.arrayContaining([before, kidOf(rotated.accessToken)]),
+      );
       offsetMs += 17 * 60_000;
       await keys.reload();
       const kids = (await client.getJwks({})).keys.map((k) => k.kid);
@@ -494,7 +615,10 @@ describe.each(backends())("identity service on $name", (backend) => {
 
     it("alg none claiming admin is refused", async () => {
       await refused(`${b64({ alg: "none", typ: "JWT" })}.${b64({ ...payload(), role: "admin" })}.`, /not a JWT/);
-      await refused(`${b64({ alg: "none", typ: "JWT", kid: "x" })}.${b64({ ...payload(), role: "admin" })}.AAAA`, /signed with "none"/);
+      await refused(
+        `${b64({ alg: "none", typ: "JWT", kid: "x" })}.${b64({ ...payload(), role: "admin" })}.AAAA`,
+        /signed with "none"/,
+      );
     });
 
     it("HS256 signed with the published public key is refused", async () => {
@@ -502,7 +626,10 @@ describe.each(backends())("identity service on $name", (backend) => {
       const jwk = (await client.getJwks({})).keys[0]!;
       const input = `${b64({ alg: "HS256", typ: "JWT", kid: jwk.kid })}.${b64({ ...payload(), role: "admin" })}`;
       for (const secret of [Buffer.from(jwk.x, "base64url"), Buffer.from(jwk.x), Buffer.from(JSON.stringify(jwk))]) {
-        await refused(`${input}.${createHmac("sha256", secret).update(input).digest("base64url")}`, /signed with "HS256"/);
+        await refused(
+          `${input}.${createHmac("sha256", secret).update(input).digest("base64url")}`,
+          /signed with "HS256"/,
+        );
       }
     });
 
@@ -531,7 +658,10 @@ describe.each(backends())("identity service on $name", (backend) => {
       const claims = newAccessClaims({ sub: victim.user.id, role: "admin", kind: "user", sid: valid.sessionId }, now());
       await refused(signAccessToken(claims, { kid: "attacker-key", privateKey }), /not in the key set/);
       const realKid = (await keys.signingKey()).kid;
-      await refused(signJws({ alg: "EdDSA", typ: "JWT", kid: realKid }, claims, privateKey), /signature does not match/);
+      await refused(
+        signJws({ alg: "EdDSA", typ: "JWT", kid: realKid }, claims, privateKey),
+        /signature does not match/,
+      );
     });
 
     it("a tampered payload (student -> admin) is refused", async () => {
@@ -556,27 +686,66 @@ describe.each(backends())("identity service on $name", (backend) => {
     it("free-text fields are stored as given; pattern fields are invalid_argument; credentials simply do not match", async () => {
       const id = unique();
       const email = `o'brien+${id}@example.org`;
-      const { user } = await client.register({ email, username: `obrien_${id}`, password: `${nasty} long enough`, firstName: nasty, lastName: `Robert'); DROP TABLE sessions;--` });
+      const { user } = await client.register({
+        email,
+        username: `obrien_${id}`,
+        password: `${nasty} long enough`,
+        firstName: nasty,
+        lastName: `Robert'); DROP TABLE sessions;--`,
+      });
       expect(user).toMatchObject({ firstName: nasty.trim(), lastName: `Robert'); DROP TABLE sessions;--` });
       const t = await login(email, `${nasty} long enough`);
       expect((await client.getMe({}, bearer(t.accessToken))).user!.email).toBe(email);
 
-      expect((await rejection(client.register({ email: `x-${id}@example.org`, username: `a' OR '1'='1`, password, firstName: "A", lastName: "B" }))).code).toBe(Code.InvalidArgument);
-      expect((await rejection(client.register({ email: nasty, username: `u_${id}x`, password, firstName: "A", lastName: "B" }))).code).toBe(Code.InvalidArgument);
+      expect(
+        (
+          await rejection(
+            client.register({
+              email: `x-${id}@example.org`,
+              username: `a' OR '1'='1`,
+              password,
+              firstName: "A",
+              lastName: "B",
+            }),
+          )
+        ).code,
+      ).toBe(Code.InvalidArgument);
+      expect(
+        (
+          await rejection(
+            client.register({ email: nasty, username: `u_${id}x`, password, firstName: "A", lastName: "B" }),
+          )
+        ).code,
+      ).toBe(Code.InvalidArgument);
       for (const loginName of [`' OR '1'='1`, `admin'--`, nasty]) {
         expect((await rejection(client.login({ login: loginName, password: nasty }))).code).toBe(Code.Unauthenticated);
       }
-      expect((await rejection(client.login({ login: `obrien_${id}`, password: `' OR '1'='1` }))).code).toBe(Code.Unauthenticated);
+      expect((await rejection(client.login({ login: `obrien_${id}`, password: `' OR '1'='1` }))).code).toBe(
+        Code.Unauthenticated,
+      );
       expect((await rejection(client.refresh({ refreshToken: nasty }))).code).toBe(Code.Unauthenticated);
       expect((await rejection(client.exchangeApiKey({ apiKey: `mmk_${nasty}` }))).code).toBe(Code.Unauthenticated);
       expect((await rejection(client.verifyEmail({ token: nasty }))).code).toBe(Code.InvalidArgument);
-      expect((await rejection(client.resetPassword({ token: nasty, newPassword: password }))).code).toBe(Code.InvalidArgument);
-      expect((await rejection(client.verifyMfa({ challengeId: nasty, code: "123456" }))).code).toBe(Code.Unauthenticated);
+      expect((await rejection(client.resetPassword({ token: nasty, newPassword: password }))).code).toBe(
+        Code.InvalidArgument,
+      );
+      expect((await rejection(client.verifyMfa({ challengeId: nasty, code: "123456" }))).code).toBe(
+        Code.Unauthenticated,
+      );
       expect((await rejection(client.verifyMfa({ challengeId: "x", code: nasty }))).code).toBe(Code.InvalidArgument);
-      expect((await rejection(client.createApiKey({ name: nasty, kind: PrincipalKind.DEVICE }, bearer(admin.accessToken)))).code).toBe(Code.InvalidArgument);
-      expect((await rejection(client.revokeSession({ sessionId: nasty }, bearer(t.accessToken)))).code).toBe(Code.InvalidArgument);
-      expect((await rejection(client.setRole({ userId: nasty, role: Role.DOCTOR }, bearer(admin.accessToken)))).code).toBe(Code.InvalidArgument);
-      expect((await rejection(client.listAuditEvents({ userId: nasty }, bearer(admin.accessToken)))).code).toBe(Code.InvalidArgument);
+      expect(
+        (await rejection(client.createApiKey({ name: nasty, kind: PrincipalKind.DEVICE }, bearer(admin.accessToken))))
+          .code,
+      ).toBe(Code.InvalidArgument);
+      expect((await rejection(client.revokeSession({ sessionId: nasty }, bearer(t.accessToken)))).code).toBe(
+        Code.InvalidArgument,
+      );
+      expect(
+        (await rejection(client.setRole({ userId: nasty, role: Role.DOCTOR }, bearer(admin.accessToken)))).code,
+      ).toBe(Code.InvalidArgument);
+      expect((await rejection(client.listAuditEvents({ userId: nasty }, bearer(admin.accessToken)))).code).toBe(
+        Code.InvalidArgument,
+      );
       await client.requestPasswordReset({ email: `x'--@example.org` });
       // Everything is still there.
       expect((await client.getMe({}, bearer(admin.accessToken))).user!.role).toBe(Role.ADMIN);
@@ -591,12 +760,23 @@ describe.each(backends())("identity service on $name", (backend) => {
       const t = await login(u.username);
       await client.refresh({ refreshToken: t.refreshToken });
       const { events } = await client.listAuditEvents({ userId: u.user.id, pageSize: 200 }, bearer(admin.accessToken));
-      expect(events.map((e) => e.event).reverse()).toEqual(["registered", "login_failed", "login_succeeded", "token_refreshed"]);
+      expect(events.map((e) => e.event).reverse()).toEqual([
+        "registered",
+        "login_failed",
+        "login_succeeded",
+        "token_refreshed",
+      ]);
       const page1 = await client.listAuditEvents({ userId: u.user.id, pageSize: 2 }, bearer(admin.accessToken));
-      const page2 = await client.listAuditEvents({ userId: u.user.id, pageSize: 2, beforeId: page1.events[1]!.id }, bearer(admin.accessToken));
+      const page2 = await client.listAuditEvents(
+        { userId: u.user.id, pageSize: 2, beforeId: page1.events[1]!.id },
+        bearer(admin.accessToken),
+      );
       expect([...page1.events, ...page2.events].map((e) => e.id)).toEqual(events.map((e) => e.id));
-      const all = JSON.stringify(await client.listAuditEvents({ pageSize: 200 }, bearer(admin.accessToken)), (_k, v) => (typeof v === "bigint" ? String(v) : v));
-      for (const secret of [password, "a wrong password", t.refreshToken, t.accessToken, ...outbox.map((d) => d.token)]) expect(all).not.toContain(secret);
+      const all = JSON.stringify(await client.listAuditEvents({ pageSize: 200 }, bearer(admin.accessToken)), (_k, v) =>
+        typeof v === "bigint" ? String(v) : v,
+      );
+      for (const secret of [password, "a wrong password", t.refreshToken, t.accessToken, ...outbox.map((d) => d.token)])
+        expect(all).not.toContain(secret);
     });
   });
 });

@@ -7,8 +7,24 @@ import { invalidArgument, resourceExhausted } from "../../platform/grpc/errors.j
 import { logger } from "../../platform/telemetry/logger.js";
 import { callerOf, sessionOf, userOf } from "./caller.js";
 import type { SigningKeyRing } from "./keys.js";
-import { kindFromName, kindName, roleName, toApiKey, toAuditEvent, toSession, toUser, type HumanRole } from "./model.js";
-import { DEFAULT_PARAMS, decoyHash, hashPassword, needsRehash, verifyPassword, type ScryptParams } from "./passwords.js";
+import {
+  kindFromName,
+  kindName,
+  roleName,
+  toApiKey,
+  toAuditEvent,
+  toSession,
+  toUser,
+  type HumanRole,
+} from "./model.js";
+import {
+  DEFAULT_PARAMS,
+  decoyHash,
+  hashPassword,
+  needsRehash,
+  verifyPassword,
+  type ScryptParams,
+} from "./passwords.js";
 import type { AuditEntry, IdentityStore, OneTimePurpose, UserRow } from "./store.js";
 import { ACCESS_TOKEN_TTL_SECONDS, hashToken, newAccessClaims, newOpaqueToken, signAccessToken } from "./tokens.js";
 import { base32Encode, matchTotp, newTotpSecret, otpauthUri } from "./totp.js";
@@ -46,7 +62,8 @@ const BACKUP_CODES = 10;
 
 const badLogin = () => new ConnectError("the login or password is wrong", Code.Unauthenticated);
 const badRefresh = () => new ConnectError("the refresh token is not valid; sign in again", Code.Unauthenticated);
-const badLink = (field: string) => invalidArgument([{ field, description: "is not valid: it is unknown, already used or expired" }]);
+const badLink = (field: string) =>
+  invalidArgument([{ field, description: "is not valid: it is unknown, already used or expired" }]);
 
 function lockedOut(until: Date, now: Date): ConnectError {
   const ms = Math.max(1000, until.getTime() - now.getTime());
@@ -79,7 +96,13 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
     const sessionId = randomUUID();
     const refresh = newOpaqueToken();
     await store.insertSession(
-      { id: sessionId, user_id: user.id, created_at: at, last_used_at: at, expires_at: new Date(at.getTime() + sessionTtlMs) },
+      {
+        id: sessionId,
+        user_id: user.id,
+        created_at: at,
+        last_used_at: at,
+        expires_at: new Date(at.getTime() + sessionTtlMs),
+      },
       hashToken(refresh),
     );
     return create(TokensSchema, {
@@ -97,7 +120,10 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
     const { locked_until, justLocked } = await store.recordLoginFailure(user.id, at);
     await audit({ event, userId: user.id }, at);
     if (justLocked && locked_until) {
-      await audit({ event: "account_locked", userId: user.id, details: { until: new Date(locked_until).toISOString() } }, at);
+      await audit(
+        { event: "account_locked", userId: user.id, details: { until: new Date(locked_until).toISOString() } },
+        at,
+      );
       return lockedOut(new Date(locked_until), at);
     }
     return err;
@@ -116,7 +142,13 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
     const at = now();
     const token = newOpaqueToken();
     const expiresAt = new Date(at.getTime() + ttlMs);
-    await store.insertOneTimeToken({ token_hash: hashToken(token), user_id: user.id, purpose, created_at: at, expires_at: expiresAt });
+    await store.insertOneTimeToken({
+      token_hash: hashToken(token),
+      user_id: user.id,
+      purpose,
+      created_at: at,
+      expires_at: expiresAt,
+    });
     await deliver({ purpose, userId: user.id, email: user.email, token, expiresAt });
   }
 
@@ -125,10 +157,16 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
       const email = req.email.trim();
       const username = req.username;
       const taken = [];
-      if (await store.userByEmail(email)) taken.push({ field: "email", description: "an account with this email address already exists" });
-      if (await store.userByUsername(username)) taken.push({ field: "username", description: "this username is taken" });
-      if (taken.length) throw new ConnectError(taken.map((t) => `${t.field}: ${t.description}`).join("; "), Code.AlreadyExists);
-      const bootstrap = opts.bootstrapAdminEmail !== undefined && email.toLowerCase() === opts.bootstrapAdminEmail.trim().toLowerCase() && (await store.adminCount()) === 0;
+      if (await store.userByEmail(email))
+        taken.push({ field: "email", description: "an account with this email address already exists" });
+      if (await store.userByUsername(username))
+        taken.push({ field: "username", description: "this username is taken" });
+      if (taken.length)
+        throw new ConnectError(taken.map((t) => `${t.field}: ${t.description}`).join("; "), Code.AlreadyExists);
+      const bootstrap =
+        opts.bootstrapAdminEmail !== undefined &&
+        email.toLowerCase() === opts.bootstrapAdminEmail.trim().toLowerCase() &&
+        (await store.adminCount()) === 0;
       const role: HumanRole = bootstrap ? "admin" : "student";
       const at = now();
       let user: UserRow;
@@ -146,10 +184,14 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
         });
       } catch (err) {
         // Two registrations racing for one address or name: the unique index decides.
-        if ((err as { code?: string }).code === "23505") throw new ConnectError("an account with this email address or username already exists", Code.AlreadyExists);
+        if ((err as { code?: string }).code === "23505")
+          throw new ConnectError("an account with this email address or username already exists", Code.AlreadyExists);
         throw err;
       }
-      await audit({ event: "registered", userId: user.id, details: bootstrap ? { role, bootstrap: "true" } : { role } }, at);
+      await audit(
+        { event: "registered", userId: user.id, details: bootstrap ? { role, bootstrap: "true" } : { role } },
+        at,
+      );
       return { user: toUser(user, false) };
     },
 
@@ -167,14 +209,23 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
       }
       if (!user.active) throw new ConnectError("this account is disabled", Code.PermissionDenied);
       await store.clearLoginFailures(user.id);
-      if (needsRehash(user.password_hash, scrypt)) await store.setPassword(user.id, await hashPassword(req.password, scrypt), now());
+      if (needsRehash(user.password_hash, scrypt))
+        await store.setPassword(user.id, await hashPassword(req.password, scrypt), now());
       if (await mfaEnabled(user.id)) {
         const at = now();
         const challenge = newOpaqueToken();
         const expiresAt = new Date(at.getTime() + MFA_CHALLENGE_MS);
-        await store.insertOneTimeToken({ token_hash: hashToken(challenge), user_id: user.id, purpose: "mfa_login", created_at: at, expires_at: expiresAt });
+        await store.insertOneTimeToken({
+          token_hash: hashToken(challenge),
+          user_id: user.id,
+          purpose: "mfa_login",
+          created_at: at,
+          expires_at: expiresAt,
+        });
         await audit({ event: "login_mfa_required", userId: user.id }, at);
-        return { result: { case: "mfaChallenge", value: { challengeId: challenge, expireTime: timestampFromDate(expiresAt) } } };
+        return {
+          result: { case: "mfaChallenge", value: { challengeId: challenge, expireTime: timestampFromDate(expiresAt) } },
+        };
       }
       const tokens = await startSession(user);
       await audit({ event: "login_succeeded", userId: user.id, details: { session_id: tokens.sessionId } });
@@ -183,7 +234,8 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
 
     async verifyMfa(req) {
       const challengeHash = hashToken(req.challengeId);
-      const expired = () => new ConnectError("the sign-in challenge is unknown, used or expired; sign in again", Code.Unauthenticated);
+      const expired = () =>
+        new ConnectError("the sign-in challenge is unknown, used or expired; sign in again", Code.Unauthenticated);
       const pending = await store.peekOneTimeToken(challengeHash, "mfa_login", now());
       if (!pending) throw expired();
       const user = await store.userById(pending.user_id);
@@ -197,14 +249,23 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
       } else if (await store.useBackupCode(user.id, hashToken(normaliseBackupCode(req.code)), now())) {
         method = "backup_code";
       }
-      if (!method) throw await failedCredential(user, "mfa_failed", new ConnectError("the code is not valid", Code.Unauthenticated));
+      if (!method)
+        throw await failedCredential(
+          user,
+          "mfa_failed",
+          new ConnectError("the code is not valid", Code.Unauthenticated),
+        );
       // Only one caller can turn a challenge into a session.
       if (!(await store.consumeOneTimeToken(challengeHash, "mfa_login", now()))) throw expired();
       if (!user.active) throw new ConnectError("this account is disabled", Code.PermissionDenied);
       await store.clearLoginFailures(user.id);
       const tokens = await startSession(user);
       await audit({ event: "mfa_used", userId: user.id, details: { method } });
-      await audit({ event: "login_succeeded", userId: user.id, details: { session_id: tokens.sessionId, mfa: method } });
+      await audit({
+        event: "login_succeeded",
+        userId: user.id,
+        details: { session_id: tokens.sessionId, mfa: method },
+      });
       return { tokens };
     },
 
@@ -212,7 +273,8 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
       const userId = userOf(ctx);
       const user = await store.userById(userId);
       if (!user) throw new ConnectError("this account no longer exists", Code.Unauthenticated);
-      if (await mfaEnabled(userId)) throw new ConnectError("MFA is already on for this account", Code.FailedPrecondition);
+      if (await mfaEnabled(userId))
+        throw new ConnectError("MFA is already on for this account", Code.FailedPrecondition);
       const secret = newTotpSecret();
       await store.startMfaEnrolment(userId, secret, now());
       return { secret, otpauthUri: otpauthUri(secret, user.email) };
@@ -224,9 +286,19 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
       if (!mfa) throw new ConnectError("start with EnrollMfa", Code.FailedPrecondition);
       if (mfa.confirmed_at) throw new ConnectError("MFA is already on for this account", Code.FailedPrecondition);
       const step = matchTotp(mfa.secret, req.code, now());
-      if (step === undefined) throw invalidArgument([{ field: "code", description: "does not match; check the authenticator app and its clock" }]);
+      if (step === undefined)
+        throw invalidArgument([
+          { field: "code", description: "does not match; check the authenticator app and its clock" },
+        ]);
       const codes = Array.from({ length: BACKUP_CODES }, newBackupCode);
-      if (!(await store.confirmMfa(userId, step, codes.map((c) => hashToken(normaliseBackupCode(c))), now()))) {
+      if (
+        !(await store.confirmMfa(
+          userId,
+          step,
+          codes.map((c) => hashToken(normaliseBackupCode(c))),
+          now(),
+        ))
+      ) {
         throw new ConnectError("MFA is already on for this account", Code.FailedPrecondition);
       }
       await audit({ event: "mfa_enrolled", userId, actor: userId });
@@ -242,7 +314,14 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
         // A traded token came back: whoever holds the family may have stolen it. End the session
         // for everyone, the legitimate holder included; they sign in again.
         const revoked = await store.revokeSession(found.session_id, "refresh token reuse", at);
-        await audit({ event: "token_reuse_detected", userId: found.user_id, details: { session_id: found.session_id, session_revoked: String(revoked) } }, at);
+        await audit(
+          {
+            event: "token_reuse_detected",
+            userId: found.user_id,
+            details: { session_id: found.session_id, session_revoked: String(revoked) },
+          },
+          at,
+        );
         throw badRefresh();
       }
       if (found.revoked_at || new Date(found.expires_at) <= at) throw badRefresh();
@@ -252,7 +331,14 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
       if (!(await store.rotateRefreshToken(oldHash, hashToken(next), found.session_id, at))) {
         // Lost a race with another use of the same token: that is reuse too.
         await store.revokeSession(found.session_id, "refresh token reuse", at);
-        await audit({ event: "token_reuse_detected", userId: found.user_id, details: { session_id: found.session_id, session_revoked: "true" } }, at);
+        await audit(
+          {
+            event: "token_reuse_detected",
+            userId: found.user_id,
+            details: { session_id: found.session_id, session_revoked: "true" },
+          },
+          at,
+        );
         throw badRefresh();
       }
       await audit({ event: "token_refreshed", userId: user.id, details: { session_id: found.session_id } }, at);
@@ -310,10 +396,16 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
         const user = await tx.userById(req.userId);
         if (!user) throw new ConnectError(`user ${req.userId} does not exist`, Code.NotFound);
         if (user.role === "admin" && role !== "admin" && (await tx.adminCount()) <= 1) {
-          throw new ConnectError("the last admin cannot give up the admin role; make someone else admin first", Code.FailedPrecondition);
+          throw new ConnectError(
+            "the last admin cannot give up the admin role; make someone else admin first",
+            Code.FailedPrecondition,
+          );
         }
         const row = (await tx.setRole(user.id, role, now()))!;
-        await tx.audit({ event: "role_changed", userId: user.id, actor, details: { from: user.role, to: role } }, now());
+        await tx.audit(
+          { event: "role_changed", userId: user.id, actor, details: { from: user.role, to: role } },
+          now(),
+        );
         return row;
       });
       return { user: toUser(updated, await mfaEnabled(updated.id)) };
@@ -344,7 +436,11 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
       const row = await store.apiKey(req.id);
       if (!row) throw new ConnectError(`API key ${req.id} does not exist`, Code.NotFound);
       if (await store.revokeApiKey(row.id, now())) {
-        await audit({ event: "api_key_revoked", actor, details: { api_key_id: row.id, name: row.name, kind: row.kind } });
+        await audit({
+          event: "api_key_revoked",
+          actor,
+          details: { api_key_id: row.id, name: row.name, kind: row.kind },
+        });
       }
       return {};
     },
@@ -418,11 +514,14 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
     },
 
     async listAuditEvents(req) {
-      const rows = await store.auditEvents(req.pageSize || 50, req.userId || undefined, req.beforeId ? Number(req.beforeId) : undefined);
+      const rows = await store.auditEvents(
+        req.pageSize || 50,
+        req.userId || undefined,
+        req.beforeId ? Number(req.beforeId) : undefined,
+      );
       return { events: rows.map(toAuditEvent) };
     },
   };
 
   return impl;
 }
-

@@ -131,7 +131,9 @@ export class IdentityStore {
 
   // ---- users
 
-  async insertUser(u: Omit<UserRow, "active" | "email_verified" | "failed_logins" | "lockouts" | "locked_until">): Promise<UserRow> {
+  async insertUser(
+    u: Omit<UserRow, "active" | "email_verified" | "failed_logins" | "lockouts" | "locked_until">,
+  ): Promise<UserRow> {
     return this.db.insertInto("users").values(u).returningAll().executeTakeFirstOrThrow();
   }
 
@@ -140,11 +142,19 @@ export class IdentityStore {
   }
 
   async userByEmail(email: string): Promise<UserRow | undefined> {
-    return this.db.selectFrom("users").selectAll().where(sql`lower(email)`, "=", email.toLowerCase()).executeTakeFirst();
+    return this.db
+      .selectFrom("users")
+      .selectAll()
+      .where(sql`lower(email)`, "=", email.toLowerCase())
+      .executeTakeFirst();
   }
 
   async userByUsername(username: string): Promise<UserRow | undefined> {
-    return this.db.selectFrom("users").selectAll().where(sql`lower(username)`, "=", username.toLowerCase()).executeTakeFirst();
+    return this.db
+      .selectFrom("users")
+      .selectAll()
+      .where(sql`lower(username)`, "=", username.toLowerCase())
+      .executeTakeFirst();
   }
 
   /** By email address or username, whichever the text is. */
@@ -153,12 +163,22 @@ export class IdentityStore {
   }
 
   async adminCount(): Promise<number> {
-    const r = await this.db.selectFrom("users").select((eb) => eb.fn.countAll<number>().as("n")).where("role", "=", "admin").where("active", "=", true).executeTakeFirstOrThrow();
+    const r = await this.db
+      .selectFrom("users")
+      .select((eb) => eb.fn.countAll<number>().as("n"))
+      .where("role", "=", "admin")
+      .where("active", "=", true)
+      .executeTakeFirstOrThrow();
     return Number(r.n);
   }
 
   async setRole(id: string, role: HumanRole, now: Date): Promise<UserRow | undefined> {
-    return this.db.updateTable("users").set({ role, updated_at: now }).where("id", "=", id).returningAll().executeTakeFirst();
+    return this.db
+      .updateTable("users")
+      .set({ role, updated_at: now })
+      .where("id", "=", id)
+      .returningAll()
+      .executeTakeFirst();
   }
 
   async setPassword(id: string, hash: string, now: Date): Promise<void> {
@@ -185,13 +205,20 @@ export class IdentityStore {
           else locked_until end`,
       })
       .where("id", "=", id)
-      .returning(["locked_until", sql<boolean>`failed_logins = 0 and locked_until > ${now}::timestamptz`.as("just_locked")])
+      .returning([
+        "locked_until",
+        sql<boolean>`failed_logins = 0 and locked_until > ${now}::timestamptz`.as("just_locked"),
+      ])
       .executeTakeFirst();
     return { locked_until: row?.locked_until ?? null, justLocked: Boolean(row?.just_locked) };
   }
 
   async clearLoginFailures(id: string): Promise<void> {
-    await this.db.updateTable("users").set({ failed_logins: 0, lockouts: 0, locked_until: null }).where("id", "=", id).execute();
+    await this.db
+      .updateTable("users")
+      .set({ failed_logins: 0, lockouts: 0, locked_until: null })
+      .where("id", "=", id)
+      .execute();
   }
 
   // ---- sessions and refresh tokens
@@ -199,7 +226,10 @@ export class IdentityStore {
   async insertSession(s: Omit<SessionRow, "revoked_at" | "revoke_reason">, refreshHash: string): Promise<void> {
     await this.db.transaction().execute(async (tx) => {
       await tx.insertInto("sessions").values(s).execute();
-      await tx.insertInto("refresh_tokens").values({ token_hash: refreshHash, session_id: s.id, created_at: s.created_at }).execute();
+      await tx
+        .insertInto("refresh_tokens")
+        .values({ token_hash: refreshHash, session_id: s.id, created_at: s.created_at })
+        .execute();
     });
   }
 
@@ -216,23 +246,40 @@ export class IdentityStore {
   async rotateRefreshToken(oldHash: string, newHash: string, sessionId: string, now: Date): Promise<boolean> {
     // One transaction: a token is never marked traded without its successor existing.
     return this.db.transaction().execute(async (tx) => {
-      const res = await tx.updateTable("refresh_tokens").set({ rotated_at: now }).where("token_hash", "=", oldHash).where("rotated_at", "is", null).executeTakeFirst();
+      const res = await tx
+        .updateTable("refresh_tokens")
+        .set({ rotated_at: now })
+        .where("token_hash", "=", oldHash)
+        .where("rotated_at", "is", null)
+        .executeTakeFirst();
       if (Number(res.numUpdatedRows) !== 1) return false;
-      await tx.insertInto("refresh_tokens").values({ token_hash: newHash, session_id: sessionId, created_at: now }).execute();
+      await tx
+        .insertInto("refresh_tokens")
+        .values({ token_hash: newHash, session_id: sessionId, created_at: now })
+        .execute();
       await tx.updateTable("sessions").set({ last_used_at: now }).where("id", "=", sessionId).execute();
       return true;
     });
   }
 
   async revokeSession(id: string, reason: string, now: Date, userId?: string): Promise<boolean> {
-    let q = this.db.updateTable("sessions").set({ revoked_at: now, revoke_reason: reason }).where("id", "=", id).where("revoked_at", "is", null);
+    let q = this.db
+      .updateTable("sessions")
+      .set({ revoked_at: now, revoke_reason: reason })
+      .where("id", "=", id)
+      .where("revoked_at", "is", null);
     if (userId) q = q.where("user_id", "=", userId);
     const res = await q.executeTakeFirst();
     return Number(res.numUpdatedRows) > 0;
   }
 
   async revokeAllSessions(userId: string, reason: string, now: Date): Promise<void> {
-    await this.db.updateTable("sessions").set({ revoked_at: now, revoke_reason: reason }).where("user_id", "=", userId).where("revoked_at", "is", null).execute();
+    await this.db
+      .updateTable("sessions")
+      .set({ revoked_at: now, revoke_reason: reason })
+      .where("user_id", "=", userId)
+      .where("revoked_at", "is", null)
+      .execute();
   }
 
   async session(id: string): Promise<SessionRow | undefined> {
@@ -261,7 +308,12 @@ export class IdentityStore {
     await this.db
       .insertInto("mfa")
       .values({ user_id: userId, secret, created_at: now })
-      .onConflict((oc) => oc.column("user_id").doUpdateSet({ secret, created_at: now, confirmed_at: null, last_used_step: -1 }).where("mfa.confirmed_at", "is", null))
+      .onConflict((oc) =>
+        oc
+          .column("user_id")
+          .doUpdateSet({ secret, created_at: now, confirmed_at: null, last_used_step: -1 })
+          .where("mfa.confirmed_at", "is", null),
+      )
       .execute();
   }
 
@@ -287,7 +339,12 @@ export class IdentityStore {
 
   /** Accepts a TOTP step only if it is newer than every step accepted before: no replay. */
   async useTotpStep(userId: string, step: number): Promise<boolean> {
-    const res = await this.db.updateTable("mfa").set({ last_used_step: step }).where("user_id", "=", userId).where("last_used_step", "<", step).executeTakeFirst();
+    const res = await this.db
+      .updateTable("mfa")
+      .set({ last_used_step: step })
+      .where("user_id", "=", userId)
+      .where("last_used_step", "<", step)
+      .executeTakeFirst();
     return Number(res.numUpdatedRows) === 1;
   }
 
@@ -334,7 +391,13 @@ export class IdentityStore {
   }
 
   async consumeAllOneTimeTokens(userId: string, purpose: OneTimePurpose, now: Date): Promise<void> {
-    await this.db.updateTable("one_time_tokens").set({ used_at: now }).where("user_id", "=", userId).where("purpose", "=", purpose).where("used_at", "is", null).execute();
+    await this.db
+      .updateTable("one_time_tokens")
+      .set({ used_at: now })
+      .where("user_id", "=", userId)
+      .where("purpose", "=", purpose)
+      .where("used_at", "is", null)
+      .execute();
   }
 
   // ---- API keys
@@ -354,7 +417,12 @@ export class IdentityStore {
   }
 
   async revokeApiKey(id: string, now: Date): Promise<boolean> {
-    const res = await this.db.updateTable("api_keys").set({ revoked_at: now }).where("id", "=", id).where("revoked_at", "is", null).executeTakeFirst();
+    const res = await this.db
+      .updateTable("api_keys")
+      .set({ revoked_at: now })
+      .where("id", "=", id)
+      .where("revoked_at", "is", null)
+      .executeTakeFirst();
     return Number(res.numUpdatedRows) > 0;
   }
 
@@ -402,8 +470,15 @@ export class IdentityStore {
   /** The new key takes over: every other live key retires now; long-retired ones are deleted. */
   async addSigningKey(k: Omit<SigningKeyRow, "retired_at">, forgetRetiredBefore: Date): Promise<void> {
     await this.transaction(async (tx) => {
-      await tx.db.updateTable("signing_keys").set({ retired_at: k.created_at }).where("retired_at", "is", null).execute();
-      await tx.db.insertInto("signing_keys").values({ ...k, public_jwk: JSON.stringify(k.public_jwk) }).execute();
+      await tx.db
+        .updateTable("signing_keys")
+        .set({ retired_at: k.created_at })
+        .where("retired_at", "is", null)
+        .execute();
+      await tx.db
+        .insertInto("signing_keys")
+        .values({ ...k, public_jwk: JSON.stringify(k.public_jwk) })
+        .execute();
       await tx.db.deleteFrom("signing_keys").where("retired_at", "<", forgetRetiredBefore).execute();
     });
   }
@@ -413,7 +488,13 @@ export class IdentityStore {
   async audit(e: AuditEntry, now: Date): Promise<void> {
     await this.db
       .insertInto("audit_log")
-      .values({ at: now, event: e.event, user_id: e.userId ?? null, actor: e.actor ?? null, details: JSON.stringify(e.details ?? {}) as never })
+      .values({
+        at: now,
+        event: e.event,
+        user_id: e.userId ?? null,
+        actor: e.actor ?? null,
+        details: JSON.stringify(e.details ?? {}) as never,
+      })
       .execute();
   }
 

@@ -1,12 +1,27 @@
 import { createHmac, generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { DEFAULT_PARAMS, hashPassword, needsRehash, verifyPassword } from "./passwords.js";
-import { ACCESS_TOKEN_TTL_SECONDS, newAccessClaims, signAccessToken, signJws, verifyAccessToken, type Jwk, type Jwks } from "./tokens.js";
+import {
+  ACCESS_TOKEN_TTL_SECONDS,
+  newAccessClaims,
+  signAccessToken,
+  signJws,
+  verifyAccessToken,
+  type Jwk,
+  type Jwks,
+} from "./tokens.js";
 import { base32Decode, base32Encode, hotp, matchTotp, stepAt, totp } from "./totp.js";
 
 function keyPair(kid: string) {
   const { publicKey, privateKey } = generateKeyPairSync("ed25519");
-  const jwk: Jwk = { kty: "OKP", crv: "Ed25519", x: publicKey.export({ format: "jwk" }).x!, kid, alg: "EdDSA", use: "sig" };
+  const jwk: Jwk = {
+    kty: "OKP",
+    crv: "Ed25519",
+    x: publicKey.export({ format: "jwk" }).x!,
+    kid,
+    alg: "EdDSA",
+    use: "sig",
+  };
   return { kid, privateKey, jwk };
 }
 
@@ -26,7 +41,11 @@ describe("verifyAccessToken", () => {
 
   it("accepts a token it signed, with the claims and kid it carries", () => {
     const r = verifyAccessToken(good, jwks, at(1));
-    expect(r).toMatchObject({ ok: true, kid: "k1", claims: { iss: "medmesh-identity", aud: "medmesh", sub: "user-1", role: "doctor", kind: "user", sid: "s-1" } });
+    expect(r).toMatchObject({
+      ok: true,
+      kid: "k1",
+      claims: { iss: "medmesh-identity", aud: "medmesh", sub: "user-1", role: "doctor", kind: "user", sid: "s-1" },
+    });
     if (r.ok) expect(r.claims.exp - r.claims.iat).toBe(ACCESS_TOKEN_TTL_SECONDS);
     const header = JSON.parse(Buffer.from(good.split(".")[0]!, "base64url").toString());
     expect(header).toEqual({ alg: "EdDSA", typ: "JWT", kid: "k1" });
@@ -36,7 +55,9 @@ describe("verifyAccessToken", () => {
     const input = `${b64({ alg: "none", typ: "JWT", kid: "k1" })}.${b64(claims)}`;
     expect(reason(`${input}.`)).toBe("malformed");
     expect(reason(`${input}.${good.split(".")[2]}`)).toBe("unsupported_algorithm");
-    expect(reason(`${b64({ alg: "None", kid: "k1" })}.${b64(claims)}.${good.split(".")[2]}`)).toBe("unsupported_algorithm");
+    expect(reason(`${b64({ alg: "None", kid: "k1" })}.${b64(claims)}.${good.split(".")[2]}`)).toBe(
+      "unsupported_algorithm",
+    );
   });
 
   it("refuses HS256 signed with the public key, whichever encoding of it an attacker tries", () => {
@@ -51,12 +72,17 @@ describe("verifyAccessToken", () => {
   it("refuses an expired token, from the second it expires", () => {
     expect(reason(good, at(ACCESS_TOKEN_TTL_SECONDS - 1))).toBe("ok");
     expect(reason(good, at(ACCESS_TOKEN_TTL_SECONDS))).toBe("expired");
-    expect(reason(good, at(ACCESS_TOKEN_TTL_SECONDS + 30), )).toBe("expired");
-    expect(verifyAccessToken(good, jwks, { ...at(ACCESS_TOKEN_TTL_SECONDS + 30), clockToleranceSeconds: 60 }).ok).toBe(true);
+    expect(reason(good, at(ACCESS_TOKEN_TTL_SECONDS + 30))).toBe("expired");
+    expect(verifyAccessToken(good, jwks, { ...at(ACCESS_TOKEN_TTL_SECONDS + 30), clockToleranceSeconds: 60 }).ok).toBe(
+      true,
+    );
   });
 
   it("refuses a token before its nbf", () => {
-    const future = signAccessToken(newAccessClaims({ sub: "u", role: "student", kind: "user", sid: "s" }, new Date(t0.getTime() + 3600_000)), key);
+    const future = signAccessToken(
+      newAccessClaims({ sub: "u", role: "student", kind: "user", sid: "s" }, new Date(t0.getTime() + 3600_000)),
+      key,
+    );
     expect(reason(future, at(0))).toBe("not_yet_valid");
   });
 
@@ -107,7 +133,9 @@ describe("verifyAccessToken", () => {
     expect(reason(signAccessToken({ ...claims, sid: undefined }, key))).toBe("bad_claims");
     expect(reason(signAccessToken({ ...claims, role: "root" as never }, key))).toBe("bad_claims");
     expect(reason(signAccessToken({ ...claims, kind: "device" }, key))).toBe("bad_claims");
-    expect(reason(signJws({ alg: "EdDSA", typ: "JWT", kid: "k1" }, { ...claims, exp: "never" }, key.privateKey))).toBe("bad_claims");
+    expect(reason(signJws({ alg: "EdDSA", typ: "JWT", kid: "k1" }, { ...claims, exp: "never" }, key.privateKey))).toBe(
+      "bad_claims",
+    );
   });
 });
 
@@ -116,7 +144,18 @@ describe("TOTP", () => {
   const secret = Buffer.from("12345678901234567890");
 
   it("matches the RFC 4226 HOTP test values", () => {
-    const expected = ["755224", "287082", "359152", "969429", "338314", "254676", "287922", "162583", "399871", "520489"];
+    const expected = [
+      "755224",
+      "287082",
+      "359152",
+      "969429",
+      "338314",
+      "254676",
+      "287922",
+      "162583",
+      "399871",
+      "520489",
+    ];
     expect(expected.map((_, i) => hotp(secret, i))).toEqual(expected);
   });
 

@@ -19,7 +19,14 @@ export {
   type VerifyOptions,
   type VerifyResult,
 } from "../../platform/auth/access-token.js";
-import { ACCESS_TOKEN_TTL_SECONDS, AUDIENCE, ISSUER, type AccessClaims, type PrincipalKindName, type RoleName } from "../../platform/auth/access-token.js";
+import {
+  ACCESS_TOKEN_TTL_SECONDS,
+  AUDIENCE,
+  ISSUER,
+  type AccessClaims,
+  type PrincipalKindName,
+  type RoleName,
+} from "../../platform/auth/access-token.js";
 
 export interface SigningKey {
   kid: string;

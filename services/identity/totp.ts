@@ -85,6 +85,12 @@ export function matchTotp(secretBase32: string, code: string, now: Date, lastUse
 
 export function otpauthUri(secretBase32: string, account: string, issuer = "medmesh"): string {
   const label = `${encodeURIComponent(issuer)}:${encodeURIComponent(account)}`;
-  const q = new URLSearchParams({ secret: secretBase32, issuer, algorithm: "SHA1", digits: String(TOTP_DIGITS), period: String(TOTP_STEP_SECONDS) });
+  const q = new URLSearchParams({
+    secret: secretBase32,
+    issuer,
+    algorithm: "SHA1",
+    digits: String(TOTP_DIGITS),
+    period: String(TOTP_STEP_SECONDS),
+  });
   return `otpauth://totp/${label}?${q.toString()}`;
 }

@@ -49,7 +49,9 @@ const bootstrap = `import(${JSON.stringify(tsxApi)}).then((tsx) => { tsx.registe
  */
 function tsxEsmApi(): string {
   const manifest = createRequire(import.meta.url).resolve("tsx/package.json");
-  const pkg = JSON.parse(readFileSync(manifest, "utf8")) as { exports: Record<string, { import: { default: string } }> };
+  const pkg = JSON.parse(readFileSync(manifest, "utf8")) as {
+    exports: Record<string, { import: { default: string } }>;
+  };
   return pathToFileURL(path.join(path.dirname(manifest), pkg.exports["./esm/api"]!.import.default)).href;
 }
 
@@ -127,7 +129,10 @@ export function startAnalysisPool(opts: AnalysisPoolOptions): AnalysisPool {
           }, opts.timeoutMs);
           const job: AnalysisJob = { id, bytes, declaredMime, maxBytes: opts.maxBytes };
           // Handed over rather than copied when the bytes own their whole buffer.
-          const whole = bytes.byteOffset === 0 && bytes.buffer instanceof ArrayBuffer && bytes.byteLength === bytes.buffer.byteLength;
+          const whole =
+            bytes.byteOffset === 0 &&
+            bytes.buffer instanceof ArrayBuffer &&
+            bytes.byteLength === bytes.buffer.byteLength;
           slot.worker.postMessage(job, whole ? [bytes.buffer as ArrayBuffer] : []);
         });
       } catch (err) {

@@ -1,7 +1,13 @@
 import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
 import { serviceToken } from "../../platform/auth/service-token.js";
 import { openServiceDatabase } from "../../platform/db/database.js";
-import { createKafka, ensureTopics, startIdempotentConsumer, startOutboxRelay, type IdempotentConsumer } from "../../platform/events/index.js";
+import {
+  createKafka,
+  ensureTopics,
+  startIdempotentConsumer,
+  startOutboxRelay,
+  type IdempotentConsumer,
+} from "../../platform/events/index.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
 import { startGrpcServer, type RunningGrpcServer } from "../../platform/grpc/server.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
@@ -26,7 +32,11 @@ export const configSpec = {
   PROCESSING_HOST: env.string("interface the health server binds", "127.0.0.1"),
   PROCESSING_PORT: env.port("port of the health server (grpc.health.v1 and reflection; 0 picks a free one)", 50053),
   PROCESSING_DB_SCHEMA: env.string("schema the worker owns (its inbox and outbox)", "processing"),
-  KAFKA_BROKERS: env.parsed("Kafka brokers (host:port, comma separated) to consume document.events from and publish to", "", requiredList("Kafka brokers, host:port, comma separated")),
+  KAFKA_BROKERS: env.parsed(
+    "Kafka brokers (host:port, comma separated) to consume document.events from and publish to",
+    "",
+    requiredList("Kafka brokers, host:port, comma separated"),
+  ),
   DOCUMENTS_TARGET: env.string("where the documents service is", "127.0.0.1:50051"),
   IDENTITY_TARGET: env.string("where the identity service is (the API key is exchanged there)", "127.0.0.1:50052"),
   PROCESSING_API_KEY: env.string("the worker's service API key (secret), traded with identity for access tokens"),
@@ -34,10 +44,20 @@ export const configSpec = {
   PROCESSING_CONCURRENCY: env.int("partitions handled at once, and analysis threads", 3, 1, 64),
   PROCESSING_MAX_ATTEMPTS: env.int("tries per event before it goes to the dead-letter topic", 3, 1, 10),
   PROCESSING_RETRY_BASE_MS: env.int("backoff after failed try n is this times 2^n", 1000, 1, 60_000),
-  PROCESSING_SESSION_TIMEOUT_MS: env.int("a worker silent this long is dropped from the group and its partitions go to the others", 10_000, 1000, 300_000),
+  PROCESSING_SESSION_TIMEOUT_MS: env.int(
+    "a worker silent this long is dropped from the group and its partitions go to the others",
+    10_000,
+    1000,
+    300_000,
+  ),
   PROCESSING_DLQ_TOPIC: env.string("dead-letter topic for document.events", "document.events.dlq"),
   PROCESSING_MAX_BYTES: env.bytes("larger versions fail as too_large without being read", 100 * 1024 * 1024),
-  PROCESSING_ANALYSIS_TIMEOUT_MS: env.int("a document still being analysed after this long is stopped (the try fails)", 60_000, 100, 3_600_000),
+  PROCESSING_ANALYSIS_TIMEOUT_MS: env.int(
+    "a document still being analysed after this long is stopped (the try fails)",
+    60_000,
+    100,
+    3_600_000,
+  ),
 };
 
 export async function startProcessing(
@@ -45,18 +65,38 @@ export async function startProcessing(
   hooks: ProcessingHooks = {},
 ): Promise<Started & { port: number }> {
   const config = loadConfig(configSpec, source);
-  const telemetry = startTelemetry({ serviceName: "processing", logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
-  const database = await openServiceDatabase<ProcessingDB>("processing", config, config.PROCESSING_DB_SCHEMA, migrations);
+  const telemetry = startTelemetry({
+    serviceName: "processing",
+    logLevel: config.LOG_LEVEL,
+    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
+  });
+  const database = await openServiceDatabase<ProcessingDB>(
+    "processing",
+    config,
+    config.PROCESSING_DB_SCHEMA,
+    migrations,
+  );
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "processing" });
   // The worker both reads and writes the topic; creating it here (as documents does) means
   // neither needs the other to have started first.
   await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS_TOPIC, numPartitions: 3 }]);
   const relay = startOutboxRelay({ db: database.db, kafka });
-  const clientOptions = { defaultTimeoutMs: config.DEFAULT_DEADLINE_MS, maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES };
+  const clientOptions = {
+    defaultTimeoutMs: config.DEFAULT_DEADLINE_MS,
+    maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
+  };
   const documents = createMeshClient(DocumentService, config.DOCUMENTS_TARGET, clientOptions);
   const processing = createMeshClient(DocumentProcessingService, config.DOCUMENTS_TARGET, clientOptions);
-  const token = serviceToken({ identityTarget: config.IDENTITY_TARGET, apiKey: config.PROCESSING_API_KEY, keyName: "PROCESSING_API_KEY" });
-  const analysis = startAnalysisPool({ size: config.PROCESSING_CONCURRENCY, timeoutMs: config.PROCESSING_ANALYSIS_TIMEOUT_MS, maxBytes: config.PROCESSING_MAX_BYTES });
+  const token = serviceToken({
+    identityTarget: config.IDENTITY_TARGET,
+    apiKey: config.PROCESSING_API_KEY,
+    keyName: "PROCESSING_API_KEY",
+  });
+  const analysis = startAnalysisPool({
+    size: config.PROCESSING_CONCURRENCY,
+    timeoutMs: config.PROCESSING_ANALYSIS_TIMEOUT_MS,
+    maxBytes: config.PROCESSING_MAX_BYTES,
+  });
   const worker = processingWorker({
     documents,
     processing,
@@ -98,7 +138,10 @@ export async function startProcessing(
       partitionsConsumedConcurrently: config.PROCESSING_CONCURRENCY,
       // Shorter than kafkajs' 30 s: a crashed worker's partitions stall until its session
       // expires, and documents should not sit that long behind a dead pod.
-      consumerConfig: { sessionTimeout: config.PROCESSING_SESSION_TIMEOUT_MS, heartbeatInterval: Math.max(100, Math.floor(config.PROCESSING_SESSION_TIMEOUT_MS / 10)) },
+      consumerConfig: {
+        sessionTimeout: config.PROCESSING_SESSION_TIMEOUT_MS,
+        heartbeatInterval: Math.max(100, Math.floor(config.PROCESSING_SESSION_TIMEOUT_MS / 10)),
+      },
     });
   } catch (err) {
     await closeAll();

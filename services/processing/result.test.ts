@@ -1,11 +1,25 @@
 import { describe, expect, it } from "vitest";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { FailureReason, ProcessingResultSchema, RecordProcessingResultRequestSchema } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import {
+  FailureReason,
+  ProcessingResultSchema,
+  RecordProcessingResultRequestSchema,
+} from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
 import { newEvent, PoisonMessageError, protobufContentType } from "../../platform/events/index.js";
 import { check } from "../../platform/grpc/interceptors/validation.js";
 import type { DocumentAnalysis, FailureReason as ExtractReason } from "./extract/index.js";
-import { clip, cutUtf8, LIMITS, outcomeEventId, PROCESSED_TYPE, FAILED_TYPE, toProcessingFailure, toProcessingResult, UPLOADED_TYPE } from "./result.js";
+import {
+  clip,
+  cutUtf8,
+  LIMITS,
+  outcomeEventId,
+  PROCESSED_TYPE,
+  FAILED_TYPE,
+  toProcessingFailure,
+  toProcessingResult,
+  UPLOADED_TYPE,
+} from "./result.js";
 import { readUploaded } from "./worker.js";
 
 const DOC = "0b6f6c1e-5a5e-4d7e-9c1a-2f1f3c4d5e6f";
@@ -28,16 +42,41 @@ function oversized(): DocumentAnalysis {
     title: long(5000),
     abstract: long(30_000),
     keywords: Array.from({ length: 150 }, () => long(300)),
-    entities: Array.from({ length: 3000 }, (_, i) => ({ text: long(250), canonical: long(250), type: "drug" as const, start: i, end: i + 1, confidence: 1.2, matchedBy: "abbreviation" as const })),
+    entities: Array.from({ length: 3000 }, (_, i) => ({
+      text: long(250),
+      canonical: long(250),
+      type: "drug" as const,
+      start: i,
+      end: i + 1,
+      confidence: 1.2,
+      matchedBy: "abbreviation" as const,
+    })),
     entitiesTruncated: false,
-    entitySummary: Array.from({ length: 6000 }, (_, i) => ({ canonical: `${i}${long(250)}`, type: "disease" as const, count: 0, confidence: -0.1, specialties: [] })),
-    citations: Array.from({ length: 6000 }, (_, i) => ({ type: "doi" as const, id: `10.1000/${i}${long(400)}`, start: i, end: i + 5 })),
+    entitySummary: Array.from({ length: 6000 }, (_, i) => ({
+      canonical: `${i}${long(250)}`,
+      type: "disease" as const,
+      count: 0,
+      confidence: -0.1,
+      specialties: [],
+    })),
+    citations: Array.from({ length: 6000 }, (_, i) => ({
+      type: "doi" as const,
+      id: `10.1000/${i}${long(400)}`,
+      start: i,
+      end: i + 5,
+    })),
     dois: [],
     pmids: [],
     pmcids: [],
     sections: Array.from({ length: 300 }, () => long(300)),
-    specialty: { primary: "cardiology", ranked: Array.from({ length: 12 }, () => ({ specialty: "cardiology" as const, share: 1.0000001 })) },
-    quality: { score: 1.5, components: Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`c${i}`, 2])) as never },
+    specialty: {
+      primary: "cardiology",
+      ranked: Array.from({ length: 12 }, () => ({ specialty: "cardiology" as const, share: 1.0000001 })),
+    },
+    quality: {
+      score: 1.5,
+      components: Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`c${i}`, 2])) as never,
+    },
     warnings: Array.from({ length: 80 }, () => long(2000)),
   };
 }
@@ -45,7 +84,16 @@ function oversized(): DocumentAnalysis {
 describe("the analysis as a ProcessingResult", () => {
   it("stays inside every bound of the contract, so documents accepts it", () => {
     const r = toProcessingResult(oversized(), 64 * 1024 * 1024);
-    expect(() => check(RecordProcessingResultRequestSchema, create(RecordProcessingResultRequestSchema, { documentId: DOC, version: 1, outcome: { case: "result", value: r } }))).not.toThrow();
+    expect(() =>
+      check(
+        RecordProcessingResultRequestSchema,
+        create(RecordProcessingResultRequestSchema, {
+          documentId: DOC,
+          version: 1,
+          outcome: { case: "result", value: r },
+        }),
+      ),
+    ).not.toThrow();
     expect(r.entities).toHaveLength(LIMITS.entities);
     expect(r.entitiesTruncated).toBe(true);
     expect(r.entitySummary.every((s) => s.count >= 1)).toBe(true);
@@ -60,7 +108,16 @@ describe("the analysis as a ProcessingResult", () => {
   it("the unclipped analysis would have been refused (the bounds are real)", () => {
     const raw = oversized();
     const naive = create(ProcessingResultSchema, { title: raw.title, keywords: raw.keywords });
-    expect(() => check(RecordProcessingResultRequestSchema, create(RecordProcessingResultRequestSchema, { documentId: DOC, version: 1, outcome: { case: "result", value: naive } }))).toThrow(/title|keywords/);
+    expect(() =>
+      check(
+        RecordProcessingResultRequestSchema,
+        create(RecordProcessingResultRequestSchema, {
+          documentId: DOC,
+          version: 1,
+          outcome: { case: "result", value: naive },
+        }),
+      ),
+    ).toThrow(/title|keywords/);
   });
 
   it("gives up text, never structure, to fit the message limit documents accepts", () => {
@@ -75,9 +132,27 @@ describe("the analysis as a ProcessingResult", () => {
 
   it("keeps a small result whole", () => {
     const a = oversized();
-    const small = { ...a, text: "Aspirin.", textLength: 8, entities: a.entities.slice(0, 2), entitySummary: [], citations: [], keywords: ["aspirin"], sections: [], warnings: [], title: "T", abstract: "" };
+    const small = {
+      ...a,
+      text: "Aspirin.",
+      textLength: 8,
+      entities: a.entities.slice(0, 2),
+      entitySummary: [],
+      citations: [],
+      keywords: ["aspirin"],
+      sections: [],
+      warnings: [],
+      title: "T",
+      abstract: "",
+    };
     const r = toProcessingResult(small);
-    expect(r).toMatchObject({ text: "Aspirin.", textTruncated: false, entitiesTruncated: false, keywords: ["aspirin"], title: "T" });
+    expect(r).toMatchObject({
+      text: "Aspirin.",
+      textTruncated: false,
+      entitiesTruncated: false,
+      keywords: ["aspirin"],
+      title: "T",
+    });
   });
 });
 
@@ -125,8 +200,18 @@ describe("outcome event ids", () => {
 
 describe("reading DocumentUploaded", () => {
   const event = (payload: Uint8Array, extra: Partial<Parameters<typeof newEvent>[0]> = {}) =>
-    newEvent({ type: UPLOADED_TYPE, source: "/medmesh/documents", key: DOC, payload, contentType: protobufContentType(DocumentUploadedSchema.typeName), ...extra });
-  const good = toBinary(DocumentUploadedSchema, create(DocumentUploadedSchema, { documentId: DOC, version: 2, sizeBytes: 10n }));
+    newEvent({
+      type: UPLOADED_TYPE,
+      source: "/medmesh/documents",
+      key: DOC,
+      payload,
+      contentType: protobufContentType(DocumentUploadedSchema.typeName),
+      ...extra,
+    });
+  const good = toBinary(
+    DocumentUploadedSchema,
+    create(DocumentUploadedSchema, { documentId: DOC, version: 2, sizeBytes: 10n }),
+  );
 
   it("reads a well-formed one", () => {
     expect(readUploaded(event(good))).toMatchObject({ documentId: DOC, version: 2 });
@@ -135,8 +220,16 @@ describe("reading DocumentUploaded", () => {
   it.each([
     ["bytes that are not protobuf", event(Uint8Array.from([0x0a, 0xff, 0x01])), /does not decode/],
     ["another message type", event(good, { contentType: "application/json" }), /content-type/],
-    ["no document id", event(toBinary(DocumentUploadedSchema, create(DocumentUploadedSchema, { version: 1 }))), /document_id/],
-    ["no version", event(toBinary(DocumentUploadedSchema, create(DocumentUploadedSchema, { documentId: DOC }))), /version/],
+    [
+      "no document id",
+      event(toBinary(DocumentUploadedSchema, create(DocumentUploadedSchema, { version: 1 }))),
+      /document_id/,
+    ],
+    [
+      "no version",
+      event(toBinary(DocumentUploadedSchema, create(DocumentUploadedSchema, { documentId: DOC }))),
+      /version/,
+    ],
     ["a key that is not the document", event(good, { key: "0b6f6c1e-5a5e-4d7e-9c1a-000000000000" }), /key/],
   ])("refuses %s as poison (no retry can fix it)", (_what, e, message) => {
     let caught: unknown;

@@ -127,10 +127,16 @@ export function toProcessingResult(a: DocumentAnalysis, maxMessageBytes = 4 * 10
       end: count(c.end),
     })),
     specialty: clip(a.specialty.primary ?? "", LIMITS.specialty),
-    specialties: a.specialty.ranked.slice(0, LIMITS.specialties).map((s) => ({ specialty: clip(s.specialty, LIMITS.specialty), share: unit(s.share) })),
+    specialties: a.specialty.ranked
+      .slice(0, LIMITS.specialties)
+      .map((s) => ({ specialty: clip(s.specialty, LIMITS.specialty), share: unit(s.share) })),
     quality: {
       score: unit(a.quality.score),
-      components: Object.fromEntries(Object.entries(a.quality.components).slice(0, LIMITS.qualityComponents).map(([k, v]) => [k, unit(v)])),
+      components: Object.fromEntries(
+        Object.entries(a.quality.components)
+          .slice(0, LIMITS.qualityComponents)
+          .map(([k, v]) => [k, unit(v)]),
+      ),
     },
     sections: a.sections.slice(0, LIMITS.sections).map((s) => clip(s, LIMITS.short)),
     warnings: a.warnings.slice(0, LIMITS.warnings).map((w) => clip(w, LIMITS.warning)),
@@ -151,7 +157,10 @@ export function toProcessingResult(a: DocumentAnalysis, maxMessageBytes = 4 * 10
 }
 
 export function toProcessingFailure(f: ExtractionFailure): ProcessingFailure {
-  return create(ProcessingFailureSchema, { reason: FAILURE_REASONS[f.reason], message: clip(f.message, LIMITS.failureMessage) });
+  return create(ProcessingFailureSchema, {
+    reason: FAILURE_REASONS[f.reason],
+    message: clip(f.message, LIMITS.failureMessage),
+  });
 }
 
 /** What the document says when processing gave up on it (the event went to the dead-letter topic). */
@@ -216,10 +225,15 @@ export function outcomeEvent(outcome: ProcessingOutcome): OutboxEvent {
         id: outcomeEventId(FAILED_TYPE, documentId, version),
         type: FAILED_TYPE,
         contentType: protobufContentType(DocumentFailedSchema.typeName),
-        payload: toBinary(DocumentFailedSchema, create(DocumentFailedSchema, { documentId, version, reason: f.reason, message: f.message, failTime: at })),
+        payload: toBinary(
+          DocumentFailedSchema,
+          create(DocumentFailedSchema, { documentId, version, reason: f.reason, message: f.message, failTime: at }),
+        ),
       };
     }
     default:
-      throw new Error(`documents answered an outcome for ${documentId} version ${version} with neither a result nor a failure`);
+      throw new Error(
+        `documents answered an outcome for ${documentId} version ${version} with neither a result nor a failure`,
+      );
   }
 }

@@ -15,7 +15,11 @@ import {
   type ProcessingResult,
   type UploadRequest,
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
-import { DocumentFailedSchema, DocumentProcessedSchema, DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
+import {
+  DocumentFailedSchema,
+  DocumentProcessedSchema,
+  DocumentUploadedSchema,
+} from "../../gen/medmesh/events/v1/document_events_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { startBroker } from "../../deploy/embedded/kafka/index.js";
 import { DlqHeaders } from "../../platform/events/index.js";
@@ -55,7 +59,13 @@ describe.each(backends())("the processing worker on $name", (backend) => {
     // The worker's key is provisioned the way deployments do it: identity makes sure it exists.
     identity = await startTestIdentity({ IDENTITY_BOOTSTRAP_API_KEYS: `processing=${apiKey}` });
     stops.unshift(() => identity.stop());
-    const docs = await startDocuments({ ...testEnv, ...backend.env, IDENTITY_TARGET: identity.target, KAFKA_BROKERS: broker.address, BLOB_DIR: blobDir });
+    const docs = await startDocuments({
+      ...testEnv,
+      ...backend.env,
+      IDENTITY_TARGET: identity.target,
+      KAFKA_BROKERS: broker.address,
+      BLOB_DIR: blobDir,
+    });
     stops.unshift(docs.stop);
     const worker = await startProcessing(
       {
@@ -80,7 +90,10 @@ describe.each(backends())("the processing worker on $name", (backend) => {
     );
     stops.unshift(worker.stop);
     processingPort = worker.port;
-    doctor = createMeshClient(DocumentService, `127.0.0.1:${docs.port}`, { headers: await identity.bearer("doctor"), defaultTimeoutMs: 20_000 });
+    doctor = createMeshClient(DocumentService, `127.0.0.1:${docs.port}`, {
+      headers: await identity.bearer("doctor"),
+      defaultTimeoutMs: 20_000,
+    });
     kafka = new Kafka({ brokers: [broker.address], clientId: "processing-test", logLevel: logLevel.NOTHING });
     producer = kafka.producer();
     await producer.connect();
@@ -98,7 +111,8 @@ describe.each(backends())("the processing worker on $name", (backend) => {
 
   function chunked(bytes: Buffer): UploadRequest["part"][] {
     const out: UploadRequest["part"][] = [];
-    for (let i = 0; i < bytes.length; i += 64 * 1024) out.push({ case: "chunk", value: bytes.subarray(i, i + 64 * 1024) });
+    for (let i = 0; i < bytes.length; i += 64 * 1024)
+      out.push({ case: "chunk", value: bytes.subarray(i, i + 64 * 1024) });
     return out;
   }
 
@@ -107,9 +121,14 @@ describe.each(backends())("the processing worker on $name", (backend) => {
     const spec = FIXTURES[name];
     const header = documentId
       ? { documentId, filename: spec.file, declaredMimeType: spec.declaredMime }
-      : { document: { title: `Fixture ${name}`, documentType: DocumentType.RESEARCH_PAPER }, filename: spec.file, declaredMimeType: spec.declaredMime };
+      : {
+          document: { title: `Fixture ${name}`, documentType: DocumentType.RESEARCH_PAPER },
+          filename: spec.file,
+          declaredMimeType: spec.declaredMime,
+        };
     async function* parts() {
-      for (const part of [{ case: "header", value: header } as UploadRequest["part"], ...chunked(spec.bytes())]) yield { part } as never;
+      for (const part of [{ case: "header", value: header } as UploadRequest["part"], ...chunked(spec.bytes())])
+        yield { part } as never;
     }
     const res = await doctor.upload(parts());
     return { id: res.document!.id, version: res.version!.version };
@@ -128,18 +147,29 @@ describe.each(backends())("the processing worker on $name", (backend) => {
     return (await doctor.getProcessingResult({ documentId: id, version })).outcome!;
   }
 
-  const on = (topic: string, key: string, type?: string) => events.filter((e) => e.topic === topic && e.message.key?.toString() === key && (!type || e.headers.ce_type === type));
+  const on = (topic: string, key: string, type?: string) =>
+    events.filter(
+      (e) => e.topic === topic && e.message.key?.toString() === key && (!type || e.headers.ce_type === type),
+    );
 
   async function published(key: string, type: string, version: number) {
-    const decode = (e: Received) => fromBinary(type === PROCESSED_TYPE ? DocumentProcessedSchema : DocumentFailedSchema, e.message.value!);
-    await expect.poll(() => on(TOPIC, key, type).filter((e) => decode(e).version === version).length, { timeout: 20_000, interval: 50 }).toBeGreaterThan(0);
+    const decode = (e: Received) =>
+      fromBinary(type === PROCESSED_TYPE ? DocumentProcessedSchema : DocumentFailedSchema, e.message.value!);
+    await expect
+      .poll(() => on(TOPIC, key, type).filter((e) => decode(e).version === version).length, {
+        timeout: 20_000,
+        interval: 50,
+      })
+      .toBeGreaterThan(0);
     return on(TOPIC, key, type).filter((e) => decode(e).version === version);
   }
 
   it("serves grpc.health.v1 and says SERVING once it consumes", async () => {
     const health = createMeshClient(Health, `127.0.0.1:${processingPort}`);
     try {
-      expect((await health.check({ service: "" }, { timeoutMs: 5_000 })).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+      expect((await health.check({ service: "" }, { timeoutMs: 5_000 })).status).toBe(
+        HealthCheckResponse_ServingStatus.SERVING,
+      );
     } finally {
       health.close();
     }
@@ -151,26 +181,59 @@ describe.each(backends())("the processing worker on $name", (backend) => {
     expect((await doctor.getDocument({ id })).document!.processingStatus).toBe(ProcessingStatus.PROCESSED);
     expect(outcome.outcome.case).toBe("result");
     const r = outcome.outcome.value as ProcessingResult;
-    expect(r).toMatchObject({ mimeType: "application/pdf", pages: 3, language: "en", specialty: "cardiology", textTruncated: false, entitiesTruncated: false });
+    expect(r).toMatchObject({
+      mimeType: "application/pdf",
+      pages: 3,
+      language: "en",
+      specialty: "cardiology",
+      textTruncated: false,
+      entitiesTruncated: false,
+    });
     expect(r.wordCount).toBeGreaterThan(300);
     expect(r.abstract).toContain("type 2 diabetes mellitus");
     expect(r.keywords).toEqual(PAPER.keywords);
     const canonical = new Set(r.entities.map((e) => e.canonical.toLowerCase()));
-    for (const term of ["myocardial infarction", "metformin", "heart failure", "hypertension"]) expect(canonical, term).toContain(term);
+    for (const term of ["myocardial infarction", "metformin", "heart failure", "hypertension"])
+      expect(canonical, term).toContain(term);
     expect(r.entities.every((e) => r.text.slice(e.start, e.end) === e.text)).toBe(true);
-    expect(new Set(r.entities.map((e) => e.type))).toEqual(new Set([EntityType.DISEASE, EntityType.DRUG, EntityType.PROCEDURE, EntityType.ANATOMY]));
-    expect(r.citations.filter((c) => c.type === CitationType.DOI).map((c) => c.id)).toEqual(PAPER.dois.map((d) => d.toLowerCase()));
-    expect(r.citations.filter((c) => c.type === CitationType.PMID).map((c) => c.id).sort()).toEqual([...PAPER.pmids].sort());
+    expect(new Set(r.entities.map((e) => e.type))).toEqual(
+      new Set([EntityType.DISEASE, EntityType.DRUG, EntityType.PROCEDURE, EntityType.ANATOMY]),
+    );
+    expect(r.citations.filter((c) => c.type === CitationType.DOI).map((c) => c.id)).toEqual(
+      PAPER.dois.map((d) => d.toLowerCase()),
+    );
+    expect(
+      r.citations
+        .filter((c) => c.type === CitationType.PMID)
+        .map((c) => c.id)
+        .sort(),
+    ).toEqual([...PAPER.pmids].sort());
     expect(r.citations.filter((c) => c.type === CitationType.PMCID).map((c) => c.id)).toEqual([PAPER.pmcid]);
-    expect(r.sections).toEqual(expect.arrayContaining(["introduction", "methods", "results", "discussion", "references"]));
+    expect(r.sections).toEqual(
+      expect.arrayContaining(["introduction", "methods", "results", "discussion", "references"]),
+    );
     expect(r.quality!.score).toBeGreaterThan(0.6);
-    expect(Object.keys(r.quality!.components).sort()).toEqual(["abstract", "citations", "entityDensity", "keywords", "length", "references", "structure"].sort());
+    expect(Object.keys(r.quality!.components).sort()).toEqual(
+      ["abstract", "citations", "entityDensity", "keywords", "length", "references", "structure"].sort(),
+    );
 
     const [event, ...more] = await published(id, PROCESSED_TYPE, 1);
     expect(more).toEqual([]);
-    expect(event!.headers).toMatchObject({ ce_source: "/medmesh/processing", ce_id: outcomeEventId(PROCESSED_TYPE, id, 1), "content-type": "application/protobuf; proto=medmesh.events.v1.DocumentProcessed" });
+    expect(event!.headers).toMatchObject({
+      ce_source: "/medmesh/processing",
+      ce_id: outcomeEventId(PROCESSED_TYPE, id, 1),
+      "content-type": "application/protobuf; proto=medmesh.events.v1.DocumentProcessed",
+    });
     const processed = fromBinary(DocumentProcessedSchema, event!.message.value!);
-    expect(processed).toMatchObject({ documentId: id, version: 1, mimeType: "application/pdf", pages: 3, specialty: "cardiology", citationCount: r.citations.length, distinctEntityCount: r.entitySummary.length });
+    expect(processed).toMatchObject({
+      documentId: id,
+      version: 1,
+      mimeType: "application/pdf",
+      pages: 3,
+      specialty: "cardiology",
+      citationCount: r.citations.length,
+      distinctEntityCount: r.entitySummary.length,
+    });
     expect(processed.entityCount).toBe(r.entitySummary.reduce((n, s) => n + s.count, 0));
     expect(processed.qualityScore).toBeCloseTo(r.quality!.score, 5);
     const [uploadedEvent] = on(TOPIC, id, UPLOADED_TYPE);
@@ -209,7 +272,11 @@ describe.each(backends())("the processing worker on $name", (backend) => {
     const [event, ...more] = await published(id, FAILED_TYPE, 1);
     expect(more).toEqual([]);
     expect(event!.headers.ce_id).toBe(outcomeEventId(FAILED_TYPE, id, 1));
-    expect(fromBinary(DocumentFailedSchema, event!.message.value!)).toMatchObject({ documentId: id, version: 1, reason });
+    expect(fromBinary(DocumentFailedSchema, event!.message.value!)).toMatchObject({
+      documentId: id,
+      version: 1,
+      reason,
+    });
   });
 
   it("the same DocumentUploaded delivered again, under its own id and under a fresh one, leaves one outcome and one DocumentProcessed", async () => {
@@ -230,7 +297,9 @@ describe.each(backends())("the processing worker on $name", (backend) => {
     await settled(id, 2);
     await published(id, PROCESSED_TYPE, 2);
 
-    const processedV1 = on(TOPIC, id, PROCESSED_TYPE).filter((e) => fromBinary(DocumentProcessedSchema, e.message.value!).version === 1);
+    const processedV1 = on(TOPIC, id, PROCESSED_TYPE).filter(
+      (e) => fromBinary(DocumentProcessedSchema, e.message.value!).version === 1,
+    );
     expect(processedV1.map((e) => e.headers.ce_id)).toEqual([outcomeEventId(PROCESSED_TYPE, id, 1)]);
     const again = (await doctor.getProcessingResult({ documentId: id, version: 1 })).outcome!;
     expect(again.recordTime).toEqual(first.recordTime);
@@ -267,13 +336,24 @@ describe.each(backends())("the processing worker on $name", (backend) => {
     expect(dead[0]!.headers[DlqHeaders.error]).toMatch(/missing header ce_specversion/);
     expect(dead[1]!.headers[DlqHeaders.error]).toMatch(/DocumentUploaded payload does not decode/);
     expect(dead[1]!.message.value!.equals(Buffer.from([0x0a, 0xff, 0x01, 0x61]))).toBe(true);
-    for (const d of dead) expect(d.headers).toMatchObject({ [DlqHeaders.group]: "processing", [DlqHeaders.topic]: TOPIC });
-    const later = on(TOPIC, id, UPLOADED_TYPE).find((e) => e.headers.ce_source === "/medmesh/documents" && e.headers.ce_id !== dead[1]!.headers.ce_id && fromBinary(DocumentUploadedSchema, e.message.value!).version === version)!;
-    expect(dead.map((d) => d.headers[DlqHeaders.partition])).toEqual([String(later.partition), String(later.partition)]);
+    for (const d of dead)
+      expect(d.headers).toMatchObject({ [DlqHeaders.group]: "processing", [DlqHeaders.topic]: TOPIC });
+    const later = on(TOPIC, id, UPLOADED_TYPE).find(
+      (e) =>
+        e.headers.ce_source === "/medmesh/documents" &&
+        e.headers.ce_id !== dead[1]!.headers.ce_id &&
+        fromBinary(DocumentUploadedSchema, e.message.value!).version === version,
+    )!;
+    expect(dead.map((d) => d.headers[DlqHeaders.partition])).toEqual([
+      String(later.partition),
+      String(later.partition),
+    ]);
   });
 
   it("a handler that keeps failing is tried 3 times with backoff, then dead-lettered; the document says FAILED processing_error, and a replay publishes that", async () => {
-    const created = await doctor.createDocument({ document: { title: "Fails every time", documentType: DocumentType.REVIEW } });
+    const created = await doctor.createDocument({
+      document: { title: "Fails every time", documentType: DocumentType.REVIEW },
+    });
     const id = created.document!.id;
     failing.add(id);
     await upload("text", id);
@@ -297,7 +377,10 @@ describe.each(backends())("the processing worker on $name", (backend) => {
     // Replaying the dead letter (its original headers are all there) publishes what is on record.
     failing.delete(id);
     const replay = Object.fromEntries(Object.entries(dead!.headers).filter(([k]) => !k.startsWith("dlq_")));
-    await producer.send({ topic: TOPIC, messages: [{ key: dead!.message.key, value: dead!.message.value, headers: replay }] });
+    await producer.send({
+      topic: TOPIC,
+      messages: [{ key: dead!.message.key, value: dead!.message.value, headers: replay }],
+    });
     const [failed] = await published(id, FAILED_TYPE, 1);
     expect(fromBinary(DocumentFailedSchema, failed!.message.value!).reason).toBe(FailureReason.PROCESSING_ERROR);
     expect(attempts.get(id)).toEqual([1, 2, 3]);

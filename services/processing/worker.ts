@@ -1,6 +1,11 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
-import { DocumentProcessingService, DocumentService, type ProcessingOutcome, type RecordProcessingResultRequest } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import {
+  DocumentProcessingService,
+  DocumentService,
+  type ProcessingOutcome,
+  type RecordProcessingResultRequest,
+} from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { DocumentUploadedSchema, type DocumentUploaded } from "../../gen/medmesh/events/v1/document_events_pb.js";
 import type { ServiceToken } from "../../platform/auth/service-token.js";
 import {
@@ -17,7 +22,13 @@ import {
 } from "../../platform/events/index.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 import type { AnalysisPool } from "./analysis.js";
-import { outcomeEvent, processingErrorFailure, toProcessingFailure, toProcessingResult, UPLOADED_TYPE } from "./result.js";
+import {
+  outcomeEvent,
+  processingErrorFailure,
+  toProcessingFailure,
+  toProcessingResult,
+  UPLOADED_TYPE,
+} from "./result.js";
 
 export type ProcessingDB = InboxDatabase & OutboxDatabase;
 
@@ -49,7 +60,8 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** The event's DocumentUploaded, or a PoisonMessageError: no retry can make bad data readable. */
 export function readUploaded(event: EventEnvelope): DocumentUploaded {
-  if (event.contentType !== UPLOADED_CONTENT_TYPE) throw new PoisonMessageError(`${UPLOADED_TYPE} with content-type "${event.contentType.slice(0, 100)}"`);
+  if (event.contentType !== UPLOADED_CONTENT_TYPE)
+    throw new PoisonMessageError(`${UPLOADED_TYPE} with content-type "${event.contentType.slice(0, 100)}"`);
   let uploaded: DocumentUploaded;
   try {
     uploaded = fromBinary(DocumentUploadedSchema, event.payload);
@@ -58,7 +70,8 @@ export function readUploaded(event: EventEnvelope): DocumentUploaded {
   }
   if (!UUID.test(uploaded.documentId)) throw new PoisonMessageError("DocumentUploaded without a valid document_id");
   if (uploaded.version < 1) throw new PoisonMessageError("DocumentUploaded without a version");
-  if (uploaded.documentId.toLowerCase() !== event.key.toLowerCase()) throw new PoisonMessageError("DocumentUploaded whose key is not its document_id");
+  if (uploaded.documentId.toLowerCase() !== event.key.toLowerCase())
+    throw new PoisonMessageError("DocumentUploaded whose key is not its document_id");
   return uploaded;
 }
 
@@ -100,12 +113,16 @@ export function processingWorker(deps: WorkerDeps): {
     return authed(async (headers) => {
       const chunks: Uint8Array[] = [];
       let total = 0;
-      for await (const m of documents.readContent({ documentId: u.documentId, version: u.version }, { headers, timeoutMs: deps.readTimeoutMs })) {
+      for await (const m of documents.readContent(
+        { documentId: u.documentId, version: u.version },
+        { headers, timeoutMs: deps.readTimeoutMs },
+      )) {
         total += m.chunk.length;
         if (total > limit) throw new Error(`version ${u.version} has more than the ${limit} bytes expected`);
         chunks.push(m.chunk);
       }
-      if (expected !== undefined && total !== expected) throw new Error(`read ${total} bytes of version ${u.version}, expected ${expected}`);
+      if (expected !== undefined && total !== expected)
+        throw new Error(`read ${total} bytes of version ${u.version}, expected ${expected}`);
       // One buffer of its own (not Node's shared pool), so it can be handed to the analysis thread.
       const bytes = new Uint8Array(total);
       let at = 0;
@@ -114,18 +131,30 @@ export function processingWorker(deps: WorkerDeps): {
     });
   }
 
-  async function analyse(u: DocumentUploaded, delivery: DeliveryInfo): Promise<RecordProcessingResultRequest["outcome"]> {
+  async function analyse(
+    u: DocumentUploaded,
+    delivery: DeliveryInfo,
+  ): Promise<RecordProcessingResultRequest["outcome"]> {
     if (u.sizeBytes > BigInt(deps.maxBytes)) {
       return {
         case: "failure",
-        value: toProcessingFailure({ ok: false, reason: "too_large", message: `The file is ${u.sizeBytes} bytes; documents larger than ${deps.maxBytes} bytes are not processed.` }),
+        value: toProcessingFailure({
+          ok: false,
+          reason: "too_large",
+          message: `The file is ${u.sizeBytes} bytes; documents larger than ${deps.maxBytes} bytes are not processed.`,
+        }),
       };
     }
     await deps.hooks?.beforeAnalysis?.(u.documentId, u.version, delivery);
     const bytes = await readVersion(u);
     const started = performance.now();
     const analysis = await deps.analysis.analyze(bytes, u.mimeType || undefined);
-    log.debug("analysed", { document_id: u.documentId, version: u.version, ok: analysis.ok, ms: Math.round(performance.now() - started) });
+    log.debug("analysed", {
+      document_id: u.documentId,
+      version: u.version,
+      ok: analysis.ok,
+      ms: Math.round(performance.now() - started),
+    });
     return analysis.ok
       ? { case: "result", value: toProcessingResult(analysis, deps.maxMessageBytes) }
       : { case: "failure", value: toProcessingFailure(analysis) };
@@ -136,8 +165,12 @@ export function processingWorker(deps: WorkerDeps): {
     const key = { documentId: u.documentId, version: u.version };
     const start = await authed((headers) => processing.startProcessing(key, { headers }));
     if (!start.proceed) {
-      if (!start.outcome) throw new Error(`documents said version ${u.version} of ${u.documentId} has an outcome but sent none`);
-      log.info("version already has an outcome; publishing it again", { document_id: u.documentId, version: u.version });
+      if (!start.outcome)
+        throw new Error(`documents said version ${u.version} of ${u.documentId} has an outcome but sent none`);
+      log.info("version already has an outcome; publishing it again", {
+        document_id: u.documentId,
+        version: u.version,
+      });
       return start.outcome;
     }
     const outcome = await analyse(u, delivery);
@@ -151,11 +184,19 @@ export function processingWorker(deps: WorkerDeps): {
     try {
       await authed((headers) =>
         processing.recordProcessingResult(
-          { documentId: u.documentId, version: u.version, outcome: { case: "failure", value: processingErrorFailure(deps.maxAttempts) } },
+          {
+            documentId: u.documentId,
+            version: u.version,
+            outcome: { case: "failure", value: processingErrorFailure(deps.maxAttempts) },
+          },
           { headers },
         ),
       );
-      log.warn("recorded the version as failed after its last attempt", { document_id: u.documentId, version: u.version, error: error as Error });
+      log.warn("recorded the version as failed after its last attempt", {
+        document_id: u.documentId,
+        version: u.version,
+        error: error as Error,
+      });
     } catch (err) {
       log.error("could not record the failure after the last attempt; the document stays in processing", {
         document_id: u.documentId,
@@ -174,12 +215,20 @@ export function processingWorker(deps: WorkerDeps): {
         const outcome = await outcomeOf(uploaded, delivery);
         if (!outcome) return undefined;
         const out = outcomeEvent(outcome);
-        log.info("version processed", { document_id: uploaded.documentId, version: uploaded.version, event_type: out.type, attempt: delivery.attempt });
+        log.info("version processed", {
+          document_id: uploaded.documentId,
+          version: uploaded.version,
+          event_type: out.type,
+          attempt: delivery.attempt,
+        });
         return out;
       } catch (err) {
         if (isCode(err, Code.NotFound)) {
           // Deleted since it was uploaded: nothing to process, and nobody to tell.
-          log.info("document no longer exists; nothing to process", { document_id: uploaded.documentId, version: uploaded.version });
+          log.info("document no longer exists; nothing to process", {
+            document_id: uploaded.documentId,
+            version: uploaded.version,
+          });
           return undefined;
         }
         if (delivery.attempt >= deps.maxAttempts) await giveUp(uploaded, err);

@@ -57,7 +57,12 @@ describe("streaming keeps no chunk it has passed on", () => {
   it("an Upload stream into the blob store", async () => {
     const t = trackedChunks((b) => ({ part: { case: "chunk", value: b } }));
     async function* requests(): AsyncIterable<UploadRequest> {
-      yield { part: { case: "header", value: { filename: "big.pdf", declaredMimeType: "application/pdf", sha256: "", documentId: "" } } } as UploadRequest;
+      yield {
+        part: {
+          case: "header",
+          value: { filename: "big.pdf", declaredMimeType: "application/pdf", sha256: "", documentId: "" },
+        },
+      } as UploadRequest;
       yield* t.source() as AsyncIterable<UploadRequest>;
     }
     const file = await receiveUpload(requests(), store, {

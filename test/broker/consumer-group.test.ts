@@ -77,7 +77,10 @@ it("three members share the partitions as they join and leave, losing nothing an
   let produced = 0;
   async function produce(n: number): Promise<void> {
     for (let i = 0; i < n; i += 50) {
-      const batch = Array.from({ length: Math.min(50, n - i) }, () => ({ key: `key-${produced % 23}`, value: `msg-${produced++}` }));
+      const batch = Array.from({ length: Math.min(50, n - i) }, () => ({
+        key: `key-${produced % 23}`,
+        value: `msg-${produced++}`,
+      }));
       await producer.send({ topic: TOPIC, acks: -1, messages: batch });
     }
   }
@@ -143,13 +146,16 @@ it("a member killed without leaving is evicted by its session timeout and its pa
   await admin.disconnect();
 
   const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), "fixtures", "kafkajs-member.ts");
-  const child = spawn(process.execPath, ["--import", "tsx", fixture, broker.address, group, topic], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(process.execPath, ["--import", "tsx", fixture, broker.address, group, topic], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
   try {
     let childAssigned: number[] = [];
     let childOut = "";
     child.stdout.on("data", (d: Buffer) => {
       childOut += d.toString();
-      for (const line of childOut.split("\n")) if (line.startsWith("assigned ")) childAssigned = JSON.parse(line.slice(9)) as number[];
+      for (const line of childOut.split("\n"))
+        if (line.startsWith("assigned ")) childAssigned = JSON.parse(line.slice(9)) as number[];
     });
     await waitFor(() => childAssigned.length === 4);
 

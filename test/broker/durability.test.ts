@@ -4,7 +4,16 @@ import path from "node:path";
 import { CompressionTypes } from "kafkajs";
 import { afterEach, describe, expect, it } from "vitest";
 import { startBroker, type BrokerOptions, type RunningBroker } from "../../deploy/embedded/kafka/index.js";
-import { RawClient, batchOffsets, buildBatch, createTopicsBody, fetchBody, produceBody, readFetchResponse, readProduceResponse } from "./helpers.js";
+import {
+  RawClient,
+  batchOffsets,
+  buildBatch,
+  createTopicsBody,
+  fetchBody,
+  produceBody,
+  readFetchResponse,
+  readProduceResponse,
+} from "./helpers.js";
 import { consumeUntil, fastConsumer, kafkaFor, partitioner } from "./kafkajs-helpers.js";
 
 const dirs: string[] = [];
@@ -28,7 +37,10 @@ afterEach(async () => {
 });
 
 function segmentFiles(dataDir: string, topic: string, partition = 0): string[] {
-  return fs.readdirSync(path.join(dataDir, "topics", topic, String(partition))).filter((f) => f.endsWith(".log")).sort();
+  return fs
+    .readdirSync(path.join(dataDir, "topics", topic, String(partition)))
+    .filter((f) => f.endsWith(".log"))
+    .sort();
 }
 
 describe("restart", () => {
@@ -101,7 +113,8 @@ describe("restart", () => {
     let broker = await start({ dataDir });
     let c = await RawClient.connect(broker.address);
     await c.request(19, 3, createTopicsBody("torn", 1));
-    for (let i = 0; i < 3; i++) await c.request(0, 7, produceBody("torn", 0, buildBatch([{ value: `m${i}` }, { value: `n${i}` }])));
+    for (let i = 0; i < 3; i++)
+      await c.request(0, 7, produceBody("torn", 0, buildBatch([{ value: `m${i}` }, { value: `n${i}` }])));
     c.close();
     await broker.stop();
     const [file] = segmentFiles(dataDir, "torn");
@@ -114,7 +127,9 @@ describe("restart", () => {
     const f = readFetchResponse(await c.request(1, 11, fetchBody("torn", 0, 0)));
     expect(f.highWatermark).toBe(6);
     expect(batchOffsets(f.records).map((b) => b.baseOffset)).toEqual([0, 2, 4]);
-    expect(readProduceResponse(await c.request(0, 7, produceBody("torn", 0, buildBatch([{ value: "next" }]))))).toEqual({ error: 0, baseOffset: 6 });
+    expect(readProduceResponse(await c.request(0, 7, produceBody("torn", 0, buildBatch([{ value: "next" }]))))).toEqual(
+      { error: 0, baseOffset: 6 },
+    );
     c.close();
   });
 
@@ -123,7 +138,12 @@ describe("restart", () => {
     let broker = await start({ dataDir });
     const admin = kafkaFor(broker.address).admin();
     await admin.connect();
-    await admin.createTopics({ topics: [{ topic: "doomed", numPartitions: 1 }, { topic: "kept", numPartitions: 1 }] });
+    await admin.createTopics({
+      topics: [
+        { topic: "doomed", numPartitions: 1 },
+        { topic: "kept", numPartitions: 1 },
+      ],
+    });
     await admin.deleteTopics({ topics: ["doomed"] });
     await admin.disconnect();
     await broker.stop();
@@ -175,7 +195,8 @@ describe("retention", () => {
     const c = await RawClient.connect(broker.address);
     await c.request(19, 3, createTopicsBody("aged", 1));
     const old = Date.now() - 3600_000;
-    for (let i = 0; i < 10; i++) await c.request(0, 7, produceBody("aged", 0, buildBatch([{ value: "y".repeat(300) }], { baseTimestamp: old })));
+    for (let i = 0; i < 10; i++)
+      await c.request(0, 7, produceBody("aged", 0, buildBatch([{ value: "y".repeat(300) }], { baseTimestamp: old })));
     for (let i = 0; i < 3; i++) await c.request(0, 7, produceBody("aged", 0, buildBatch([{ value: "y".repeat(300) }])));
     broker.applyRetention();
     const f = readFetchResponse(await c.request(1, 11, fetchBody("aged", 0, 0)));
@@ -196,9 +217,16 @@ describe("clients across a broker restart", () => {
     await admin.connect();
     await admin.createTopics({ topics: [{ topic: "restart-live", numPartitions: 1 }] });
     await admin.disconnect();
-    const producer = kafka.producer({ createPartitioner: partitioner, retry: { retries: 20, initialRetryTime: 50, maxRetryTime: 500 } });
+    const producer = kafka.producer({
+      createPartitioner: partitioner,
+      retry: { retries: 20, initialRetryTime: 50, maxRetryTime: 500 },
+    });
     await producer.connect();
-    const consumer = kafka.consumer({ groupId: "restart-live-g", ...fastConsumer, retry: { retries: 20, initialRetryTime: 50, maxRetryTime: 500 } });
+    const consumer = kafka.consumer({
+      groupId: "restart-live-g",
+      ...fastConsumer,
+      retry: { retries: 20, initialRetryTime: 50, maxRetryTime: 500 },
+    });
     await consumer.connect();
     await consumer.subscribe({ topic: "restart-live", fromBeginning: true });
     const { done, received } = consumeUntil(consumer, (all) => all.some((m) => m.value === "after"));

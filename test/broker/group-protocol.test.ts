@@ -4,7 +4,17 @@ import type { Reader } from "../../deploy/embedded/kafka/protocol/reader.js";
 import { Writer } from "../../deploy/embedded/kafka/protocol/writer.js";
 import { RawClient, createTopicsBody } from "./helpers.js";
 
-const API = { OffsetCommit: 8, OffsetFetch: 9, JoinGroup: 11, Heartbeat: 12, LeaveGroup: 13, SyncGroup: 14, DescribeGroups: 15, ListGroups: 16, CreateTopics: 19 };
+const API = {
+  OffsetCommit: 8,
+  OffsetFetch: 9,
+  JoinGroup: 11,
+  Heartbeat: 12,
+  LeaveGroup: 13,
+  SyncGroup: 14,
+  DescribeGroups: 15,
+  ListGroups: 16,
+  CreateTopics: 19,
+};
 
 let broker: RunningBroker;
 const clients: RawClient[] = [];
@@ -35,8 +45,17 @@ interface JoinAnswer {
   members: { memberId: string; metadata: string }[];
 }
 
-function joinBody(group: string, memberId: string, opts: { session?: number; rebalance?: number; protocols?: string[] } = {}): Writer {
-  const w = new Writer().string(group).int32(opts.session ?? 10_000).int32(opts.rebalance ?? 10_000).string(memberId).string("consumer");
+function joinBody(
+  group: string,
+  memberId: string,
+  opts: { session?: number; rebalance?: number; protocols?: string[] } = {},
+): Writer {
+  const w = new Writer()
+    .string(group)
+    .int32(opts.session ?? 10_000)
+    .int32(opts.rebalance ?? 10_000)
+    .string(memberId)
+    .string("consumer");
   w.array(opts.protocols ?? ["range"], (w, p) => w.string(p).bytes(Buffer.from(`meta-${p}`)));
   return w;
 }
@@ -53,7 +72,12 @@ function readJoin(r: Reader): JoinAnswer {
   };
 }
 
-async function join(c: RawClient, group: string, memberId: string, opts: Parameters<typeof joinBody>[2] = {}): Promise<JoinAnswer> {
+async function join(
+  c: RawClient,
+  group: string,
+  memberId: string,
+  opts: Parameters<typeof joinBody>[2] = {},
+): Promise<JoinAnswer> {
   return readJoin(await c.request(API.JoinGroup, 4, joinBody(group, memberId, opts)));
 }
 
@@ -65,7 +89,13 @@ async function joinNew(c: RawClient, group: string, opts: Parameters<typeof join
   return join(c, group, first.memberId, opts);
 }
 
-async function sync(c: RawClient, group: string, generation: number, memberId: string, assignments: [string, string][] = []): Promise<{ error: number; assignment: string }> {
+async function sync(
+  c: RawClient,
+  group: string,
+  generation: number,
+  memberId: string,
+  assignments: [string, string][] = [],
+): Promise<{ error: number; assignment: string }> {
   const w = new Writer().string(group).int32(generation).string(memberId);
   w.array(assignments, (w, [m, a]) => w.string(m).bytes(Buffer.from(a)));
   const r = await c.request(API.SyncGroup, 2, w);
@@ -79,7 +109,13 @@ async function heartbeat(c: RawClient, group: string, generation: number, member
   return r.int16();
 }
 
-async function commit(c: RawClient, group: string, generation: number, memberId: string, offset: number): Promise<number> {
+async function commit(
+  c: RawClient,
+  group: string,
+  generation: number,
+  memberId: string,
+  offset: number,
+): Promise<number> {
   const w = new Writer().string(group).int32(generation).string(memberId).int64(-1);
   w.array(["grp-topic"], (w, t) => {
     w.string(t);
@@ -271,7 +307,12 @@ describe("consumer group coordinator", () => {
     r.int32();
     expect(r.int16()).toBe(0);
     const groups = r.array((r) => ({ id: r.string(), type: r.string() }));
-    expect(groups).toEqual(expect.arrayContaining([{ id: "g-offsets-only", type: "" }, { id: "g-single", type: "consumer" }]));
+    expect(groups).toEqual(
+      expect.arrayContaining([
+        { id: "g-offsets-only", type: "" },
+        { id: "g-single", type: "consumer" },
+      ]),
+    );
   });
 });
 
@@ -281,7 +322,8 @@ describe("initial rebalance delay", () => {
     const ca = await RawClient.connect(delayed.address);
     const cb = await RawClient.connect(delayed.address);
     try {
-      const joinV2 = async (c: RawClient): Promise<JoinAnswer> => readJoin(await c.request(API.JoinGroup, 2, joinBody("g-delayed", "")));
+      const joinV2 = async (c: RawClient): Promise<JoinAnswer> =>
+        readJoin(await c.request(API.JoinGroup, 2, joinBody("g-delayed", "")));
       const [a, b] = await Promise.all([joinV2(ca), joinV2(cb)]);
       expect(a.error).toBe(0);
       expect(b.error).toBe(0);

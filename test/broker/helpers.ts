@@ -41,7 +41,9 @@ export class RawClient {
   static connect(address: string): Promise<RawClient> {
     const i = address.lastIndexOf(":");
     return new Promise((resolve, reject) => {
-      const s = net.connect({ host: address.slice(0, i), port: Number(address.slice(i + 1)) }, () => resolve(new RawClient(s)));
+      const s = net.connect({ host: address.slice(0, i), port: Number(address.slice(i + 1)) }, () =>
+        resolve(new RawClient(s)),
+      );
       s.once("error", reject);
     });
   }
@@ -51,7 +53,12 @@ export class RawClient {
   }
 
   /** Sends a request with header v1 (v2 when flexible) and returns its correlation id. */
-  send(apiKey: number, version: number, body: Buffer | Writer, opts: { flexibleHeader?: boolean; correlationId?: number } = {}): number {
+  send(
+    apiKey: number,
+    version: number,
+    body: Buffer | Writer,
+    opts: { flexibleHeader?: boolean; correlationId?: number } = {},
+  ): number {
     const correlationId = opts.correlationId ?? this.correlation++;
     const head = new Writer().int16(apiKey).int16(version).int32(correlationId).nullableString("raw-test");
     if (opts.flexibleHeader) head.emptyTaggedFields();
@@ -71,7 +78,12 @@ export class RawClient {
   }
 
   /** Sends and reads the matching response; returns a reader positioned after the header. */
-  async request(apiKey: number, version: number, body: Buffer | Writer, opts: { flexibleHeader?: boolean } = {}): Promise<Reader> {
+  async request(
+    apiKey: number,
+    version: number,
+    body: Buffer | Writer,
+    opts: { flexibleHeader?: boolean } = {},
+  ): Promise<Reader> {
     const id = this.send(apiKey, version, body, opts);
     const frame = await this.next();
     if (!frame) throw new Error(`connection closed instead of answering api ${apiKey} v${version}`);
@@ -168,7 +180,12 @@ export function readProduceResponse(r: Reader): { error: number; baseOffset: num
 }
 
 /** Fetch v11 body for one partition. */
-export function fetchBody(topic: string, partition: number, offset: number, opts: { maxWaitMs?: number; minBytes?: number; maxBytes?: number } = {}): Writer {
+export function fetchBody(
+  topic: string,
+  partition: number,
+  offset: number,
+  opts: { maxWaitMs?: number; minBytes?: number; maxBytes?: number } = {},
+): Writer {
   const w = new Writer()
     .int32(-1)
     .int32(opts.maxWaitMs ?? 0)
@@ -179,7 +196,14 @@ export function fetchBody(topic: string, partition: number, offset: number, opts
     .int32(-1);
   w.array([topic], (w, t) => {
     w.string(t);
-    w.array([partition], (w, p) => w.int32(p).int32(-1).int64(offset).int64(-1).int32(opts.maxBytes ?? 1024 * 1024));
+    w.array([partition], (w, p) =>
+      w
+        .int32(p)
+        .int32(-1)
+        .int64(offset)
+        .int64(-1)
+        .int32(opts.maxBytes ?? 1024 * 1024),
+    );
   });
   w.array([] as string[], () => {});
   w.string("");
@@ -210,7 +234,14 @@ export function readFetchResponse(r: Reader): FetchedPartition {
   r.array((r) => [r.int64(), r.int64()]);
   const preferredReadReplica = r.int32();
   const records = r.nullableBytes() ?? Buffer.alloc(0);
-  return { error, highWatermark, lastStableOffset, logStartOffset, preferredReadReplica, records: Buffer.from(records) };
+  return {
+    error,
+    highWatermark,
+    lastStableOffset,
+    logStartOffset,
+    preferredReadReplica,
+    records: Buffer.from(records),
+  };
 }
 
 /** Base offsets of the batches in a records blob. */

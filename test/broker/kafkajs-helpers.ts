@@ -32,11 +32,21 @@ export interface Received {
 export function toReceived(topic: string, partition: number, m: KafkaMessage): Received {
   const headers: Record<string, string> = {};
   for (const [k, v] of Object.entries(m.headers ?? {})) headers[k] = String(v);
-  return { topic, partition, offset: Number(m.offset), key: m.key?.toString() ?? null, value: m.value?.toString() ?? null, headers };
+  return {
+    topic,
+    partition,
+    offset: Number(m.offset),
+    key: m.key?.toString() ?? null,
+    value: m.value?.toString() ?? null,
+    headers,
+  };
 }
 
 /** Runs a consumer until `predicate` holds over everything it received; rejects if the consumer crashes. */
-export function consumeUntil(consumer: Consumer, predicate: (all: Received[]) => boolean): { done: Promise<Received[]>; received: Received[] } {
+export function consumeUntil(
+  consumer: Consumer,
+  predicate: (all: Received[]) => boolean,
+): { done: Promise<Received[]>; received: Received[] } {
   const received: Received[] = [];
   const done = new Promise<Received[]>((resolve, reject) => {
     consumer.on(consumer.events.CRASH, (e) => reject(e.payload.error));

@@ -25,7 +25,14 @@ afterAll(async () => {
 
 describe("kafkajs admin", () => {
   it("creates, lists, describes and deletes topics", async () => {
-    expect(await admin.createTopics({ topics: [{ topic: "admin-a", numPartitions: 4 }, { topic: "admin-b", numPartitions: 1 }] })).toBe(true);
+    expect(
+      await admin.createTopics({
+        topics: [
+          { topic: "admin-a", numPartitions: 4 },
+          { topic: "admin-b", numPartitions: 1 },
+        ],
+      }),
+    ).toBe(true);
     expect(await admin.listTopics()).toEqual(expect.arrayContaining(["admin-a", "admin-b"]));
     const meta = await admin.fetchTopicMetadata({ topics: ["admin-a"] });
     expect(meta.topics[0]!.partitions.map((p) => p.partitionId).sort()).toEqual([0, 1, 2, 3]);
@@ -54,7 +61,11 @@ describe("kafkajs produce and consume", () => {
     await admin.createTopics({ topics: [{ topic, numPartitions: 3 }] });
     const producer = track(kafkaFor(broker.address).producer({ createPartitioner: partitioner }));
     await producer.connect();
-    const messages = Array.from({ length: 300 }, (_, i) => ({ key: `k${i % 17}`, value: `v${i}`, headers: { seq: String(i) } }));
+    const messages = Array.from({ length: 300 }, (_, i) => ({
+      key: `k${i % 17}`,
+      value: `v${i}`,
+      headers: { seq: String(i) },
+    }));
     for (let i = 0; i < messages.length; i += 100) await producer.send({ topic, messages: messages.slice(i, i + 100) });
 
     const consumer = track(kafkaFor(broker.address).consumer({ groupId: "plain-multi-g", ...fastConsumer }));
@@ -77,11 +88,19 @@ describe("kafkajs produce and consume", () => {
   it("idempotent producer: offsets are contiguous and nothing is duplicated", async () => {
     const topic = "idempotent";
     await admin.createTopics({ topics: [{ topic, numPartitions: 1 }] });
-    const producer = track(kafkaFor(broker.address).producer({ idempotent: true, maxInFlightRequests: 1, createPartitioner: partitioner }));
+    const producer = track(
+      kafkaFor(broker.address).producer({ idempotent: true, maxInFlightRequests: 1, createPartitioner: partitioner }),
+    );
     await producer.connect();
     const results = [];
     for (let i = 0; i < 20; i++) {
-      results.push(...(await producer.send({ topic, acks: -1, messages: Array.from({ length: 10 }, (_, j) => ({ value: `m${i * 10 + j}` })) })));
+      results.push(
+        ...(await producer.send({
+          topic,
+          acks: -1,
+          messages: Array.from({ length: 10 }, (_, j) => ({ value: `m${i * 10 + j}` })),
+        })),
+      );
     }
     expect(results.map((r) => Number(r.baseOffset))).toEqual(Array.from({ length: 20 }, (_, i) => i * 10));
     const offsets = await admin.fetchTopicOffsets(topic);
@@ -94,12 +113,18 @@ describe("kafkajs produce and consume", () => {
     const producer = track(kafkaFor(broker.address).producer({ createPartitioner: partitioner }));
     await producer.connect();
     const big = "x".repeat(2000);
-    await producer.send({ topic, compression: CompressionTypes.GZIP, messages: Array.from({ length: 50 }, (_, i) => ({ key: String(i), value: `${i}:${big}` })) });
+    await producer.send({
+      topic,
+      compression: CompressionTypes.GZIP,
+      messages: Array.from({ length: 50 }, (_, i) => ({ key: String(i), value: `${i}:${big}` })),
+    });
     const consumer = track(kafkaFor(broker.address).consumer({ groupId: "gzipped-g", ...fastConsumer }));
     await consumer.connect();
     await consumer.subscribe({ topic, fromBeginning: true });
     const got = await consumeUntil(consumer, (all) => all.length >= 50).done;
-    expect(got.map((m) => Number(m.value!.split(":")[0])).sort((a, b) => a - b)).toEqual(Array.from({ length: 50 }, (_, i) => i));
+    expect(got.map((m) => Number(m.value!.split(":")[0])).sort((a, b) => a - b)).toEqual(
+      Array.from({ length: 50 }, (_, i) => i),
+    );
     expect(got.every((m) => m.value!.endsWith(big))).toBe(true);
   });
 
@@ -149,7 +174,9 @@ describe("kafkajs produce and consume", () => {
   });
 
   it("auto-creates a topic on first produce", async () => {
-    const producer = track(kafkaFor(broker.address).producer({ createPartitioner: partitioner, allowAutoTopicCreation: true }));
+    const producer = track(
+      kafkaFor(broker.address).producer({ createPartitioner: partitioner, allowAutoTopicCreation: true }),
+    );
     await producer.connect();
     const [res] = await producer.send({ topic: "auto-created-by-producer", messages: [{ value: "hi" }] });
     expect(res).toMatchObject({ errorCode: 0, baseOffset: "0" });

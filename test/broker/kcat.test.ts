@@ -8,7 +8,8 @@ if (!kcatFound && process.env.CI === "true") {
   // In CI a missing kcat is a broken environment, not a reason to skip the librdkafka coverage.
   throw new Error("kcat is not installed but CI=true: install it with `apt-get install -y kcat`");
 }
-if (!kcatFound) console.warn("kcat not found: skipping librdkafka (kcat) broker tests; install with `apt-get install -y kcat`");
+if (!kcatFound)
+  console.warn("kcat not found: skipping librdkafka (kcat) broker tests; install with `apt-get install -y kcat`");
 
 function kcat(args: string[], input?: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -57,7 +58,19 @@ describe.skipIf(!kcatFound)("kcat (librdkafka 2.0)", () => {
     const lines = Array.from({ length: 1000 }, (_, i) => `key${i % 7}:value-${i}`);
     const produced = await kcat(["-b", broker.address, "-P", "-t", "kcat-roundtrip", "-K:"], lines.join("\n") + "\n");
     expect(produced.code).toBe(0);
-    const consumed = await kcat(["-b", broker.address, "-C", "-t", "kcat-roundtrip", "-o", "beginning", "-e", "-q", "-f", "%k:%s\\n"]);
+    const consumed = await kcat([
+      "-b",
+      broker.address,
+      "-C",
+      "-t",
+      "kcat-roundtrip",
+      "-o",
+      "beginning",
+      "-e",
+      "-q",
+      "-f",
+      "%k:%s\\n",
+    ]);
     expect(consumed.code).toBe(0);
     expect(consumed.stdout.trim().split("\n").sort()).toEqual([...lines].sort());
   });
@@ -86,7 +99,19 @@ describe.skipIf(!kcatFound)("kcat (librdkafka 2.0)", () => {
     const messages = Array.from({ length: 300 }, (_, i) => ({ key: `k${i}`, value: `from-kafkajs-${i}` }));
     await producer.send({ topic: "kafkajs-to-kcat", acks: -1, messages });
     await producer.disconnect();
-    const consumed = await kcat(["-b", broker.address, "-C", "-t", "kafkajs-to-kcat", "-o", "beginning", "-e", "-q", "-f", "%k=%s\\n"]);
+    const consumed = await kcat([
+      "-b",
+      broker.address,
+      "-C",
+      "-t",
+      "kafkajs-to-kcat",
+      "-o",
+      "beginning",
+      "-e",
+      "-q",
+      "-f",
+      "%k=%s\\n",
+    ]);
     expect(consumed.code).toBe(0);
     expect(consumed.stdout.trim().split("\n").sort()).toEqual(messages.map((m) => `${m.key}=${m.value}`).sort());
   });
@@ -95,7 +120,19 @@ describe.skipIf(!kcatFound)("kcat (librdkafka 2.0)", () => {
     const topic = "kcat-group";
     const first = Array.from({ length: 200 }, (_, i) => `first-${i}`);
     expect((await kcat(["-b", broker.address, "-P", "-t", topic], first.join("\n") + "\n")).code).toBe(0);
-    const run1 = await kcat(["-b", broker.address, "-G", "kcat-g", topic, "-e", "-q", "-f", "%s\\n", "-X", "auto.offset.reset=earliest"]);
+    const run1 = await kcat([
+      "-b",
+      broker.address,
+      "-G",
+      "kcat-g",
+      topic,
+      "-e",
+      "-q",
+      "-f",
+      "%s\\n",
+      "-X",
+      "auto.offset.reset=earliest",
+    ]);
     expect(run1.code).toBe(0);
     expect(run1.stdout.trim().split("\n").sort()).toEqual([...first].sort());
 
@@ -107,11 +144,24 @@ describe.skipIf(!kcatFound)("kcat (librdkafka 2.0)", () => {
     // librdkafka commits only partitions it consumed from; its sticky partitioner may leave some empty.
     const nonEmpty = ends.filter((e) => e.high !== "0");
     expect(nonEmpty.length).toBeGreaterThan(0);
-    for (const e of nonEmpty) expect(committed[0]!.partitions.find((p) => p.partition === e.partition)!.offset).toBe(e.high);
+    for (const e of nonEmpty)
+      expect(committed[0]!.partitions.find((p) => p.partition === e.partition)!.offset).toBe(e.high);
 
     const second = ["second-0", "second-1", "second-2"];
     expect((await kcat(["-b", broker.address, "-P", "-t", topic], second.join("\n") + "\n")).code).toBe(0);
-    const run2 = await kcat(["-b", broker.address, "-G", "kcat-g", topic, "-e", "-q", "-f", "%s\\n", "-X", "auto.offset.reset=earliest"]);
+    const run2 = await kcat([
+      "-b",
+      broker.address,
+      "-G",
+      "kcat-g",
+      topic,
+      "-e",
+      "-q",
+      "-f",
+      "%s\\n",
+      "-X",
+      "auto.offset.reset=earliest",
+    ]);
     expect(run2.code).toBe(0);
     expect(run2.stdout.trim().split("\n").sort()).toEqual(second);
   });

@@ -24,8 +24,12 @@ describe("reader", () => {
   it("throws MalformedRequestError instead of reading past the end", () => {
     expect(() => new Reader(Buffer.from([0, 5, 65])).string()).toThrow(MalformedRequestError);
     expect(() => new Reader(Buffer.from([0, 0, 0])).int32()).toThrow(MalformedRequestError);
-    expect(() => new Reader(Buffer.from([0x7f, 0xff, 0xff, 0xff, 1])).array((r) => r.int8())).toThrow(MalformedRequestError);
-    expect(() => new Reader(Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0x01])).uvarint()).toThrow(MalformedRequestError);
+    expect(() => new Reader(Buffer.from([0x7f, 0xff, 0xff, 0xff, 1])).array((r) => r.int8())).toThrow(
+      MalformedRequestError,
+    );
+    expect(() => new Reader(Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0x01])).uvarint()).toThrow(
+      MalformedRequestError,
+    );
   });
 
   it("reads what the writer wrote, including compact and nullable forms", () => {
@@ -56,7 +60,14 @@ describe("record batch header", () => {
   it("parses a producer batch and detects corruption and truncation", () => {
     const batch = buildBatch([{ value: "a" }, { value: "b" }], { producerId: 7, producerEpoch: 1, baseSequence: 10 });
     const h = readBatchHeader(batch, 0, true);
-    expect(h).toMatchObject({ size: batch.length, lastOffsetDelta: 1, producerId: 7, producerEpoch: 1, baseSequence: 10, recordsCount: 2 });
+    expect(h).toMatchObject({
+      size: batch.length,
+      lastOffsetDelta: 1,
+      producerId: 7,
+      producerEpoch: 1,
+      baseSequence: 10,
+      recordsCount: 2,
+    });
     expect(readBatchHeader(batch.subarray(0, batch.length - 1), 0, true)).toBe("truncated");
     const bad = Buffer.from(batch);
     bad.writeUInt8(bad.readUInt8(bad.length - 1) ^ 1, bad.length - 1);

@@ -14,7 +14,15 @@ import {
   readProduceResponse,
 } from "./helpers.js";
 
-const API = { Produce: 0, Fetch: 1, ListOffsets: 2, Metadata: 3, ApiVersions: 18, CreateTopics: 19, InitProducerId: 22 };
+const API = {
+  Produce: 0,
+  Fetch: 1,
+  ListOffsets: 2,
+  Metadata: 3,
+  ApiVersions: 18,
+  CreateTopics: 19,
+  InitProducerId: 22,
+};
 
 let broker: RunningBroker;
 const clients: RawClient[] = [];
@@ -95,7 +103,12 @@ describe("version negotiation", () => {
 
   it("ApiVersions above v3 gets a v0 body with UNSUPPORTED_VERSION and the ranges", async () => {
     const c = await connect();
-    const r = await c.request(API.ApiVersions, 9, new Writer().compactString("x").compactString("y").emptyTaggedFields(), { flexibleHeader: true });
+    const r = await c.request(
+      API.ApiVersions,
+      9,
+      new Writer().compactString("x").compactString("y").emptyTaggedFields(),
+      { flexibleHeader: true },
+    );
     expect(r.int16()).toBe(35);
     const ranges = r.array((r) => [r.int16(), r.int16(), r.int16()]);
     expect(ranges.length).toBe(17);
@@ -158,7 +171,14 @@ describe("bad input", () => {
   it("a truncated body inside a complete frame closes the connection", async () => {
     const c = await connect();
     // Metadata v1 claiming 1000 topic names but carrying two bytes.
-    const header = new Writer().int16(API.Metadata).int16(1).int32(7).nullableString("t").int32(1000).int16(5).toBuffer();
+    const header = new Writer()
+      .int16(API.Metadata)
+      .int16(1)
+      .int32(7)
+      .nullableString("t")
+      .int32(1000)
+      .int16(5)
+      .toBuffer();
     c.write(frame(header));
     expect(await c.next()).toBeNull();
     await expectBrokerHealthy();
@@ -173,7 +193,9 @@ describe("bad input", () => {
 
   it("a forged string length closes the connection", async () => {
     const c = await connect();
-    c.write(frame(new Writer().int16(API.Metadata).int16(1).int32(7).nullableString("t").int32(1).int16(30000).toBuffer()));
+    c.write(
+      frame(new Writer().int16(API.Metadata).int16(1).int32(7).nullableString("t").int32(1).int16(30000).toBuffer()),
+    );
     expect(await c.next()).toBeNull();
     await expectBrokerHealthy();
   });
@@ -195,13 +217,15 @@ describe("bad input", () => {
     c.close();
     await c.closed;
     const p = await connect();
-    const res = readProduceResponse(await p.request(API.Produce, 7, produceBody("raw-longpoll-gone", 0, buildBatch([{ value: "after" }]))));
+    const res = readProduceResponse(
+      await p.request(API.Produce, 7, produceBody("raw-longpoll-gone", 0, buildBatch([{ value: "after" }]))),
+    );
     expect(res).toEqual({ error: 0, baseOffset: 0 });
   });
 
   it("random garbage of many shapes never takes the broker down", async () => {
     let seed = 42;
-    const rand = (): number => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+    const rand = (): number => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
     for (let i = 0; i < 60; i++) {
       const c = await connect();
       const len = 8 + Math.floor(rand() * 200);
@@ -228,8 +252,16 @@ describe("produce and fetch semantics", () => {
   it("assigns offsets by rewriting baseOffset; next offset is base + lastOffsetDelta + 1", async () => {
     await createTopic("raw-offsets");
     const c = await connect();
-    const a = readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-offsets", 0, buildBatch([{ value: "a" }, { value: "b" }, { value: "c" }]))));
-    const b = readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-offsets", 0, buildBatch([{ value: "d" }]))));
+    const a = readProduceResponse(
+      await c.request(
+        API.Produce,
+        7,
+        produceBody("raw-offsets", 0, buildBatch([{ value: "a" }, { value: "b" }, { value: "c" }])),
+      ),
+    );
+    const b = readProduceResponse(
+      await c.request(API.Produce, 7, produceBody("raw-offsets", 0, buildBatch([{ value: "d" }]))),
+    );
     expect(a).toEqual({ error: 0, baseOffset: 0 });
     expect(b).toEqual({ error: 0, baseOffset: 3 });
     const f = readFetchResponse(await c.request(API.Fetch, 11, fetchBody("raw-offsets", 0, 0)));
@@ -270,7 +302,9 @@ describe("produce and fetch semantics", () => {
     const c = await connect();
     const f = readFetchResponse(await c.request(API.Fetch, 11, fetchBody("raw-offsets", 7, 0)));
     expect(f.error).toBe(3);
-    const p = readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-no-such-topic", 0, buildBatch([{ value: "x" }]))));
+    const p = readProduceResponse(
+      await c.request(API.Produce, 7, produceBody("raw-no-such-topic", 0, buildBatch([{ value: "x" }]))),
+    );
     expect(p.error).toBe(3);
   });
 
@@ -279,7 +313,9 @@ describe("produce and fetch semantics", () => {
     const consumer = await connect();
     const producer = await connect();
     const pending = consumer.request(API.Fetch, 11, fetchBody("raw-longpoll", 0, 0, { maxWaitMs: 60_000 }));
-    const p = readProduceResponse(await producer.request(API.Produce, 7, produceBody("raw-longpoll", 0, buildBatch([{ value: "wake" }]))));
+    const p = readProduceResponse(
+      await producer.request(API.Produce, 7, produceBody("raw-longpoll", 0, buildBatch([{ value: "wake" }]))),
+    );
     expect(p.error).toBe(0);
     const f = readFetchResponse(await pending);
     expect(batchOffsets(f.records)).toEqual([{ baseOffset: 0, lastOffset: 0 }]);
@@ -291,7 +327,9 @@ describe("produce and fetch semantics", () => {
     const batch = buildBatch([{ value: "intact" }]);
     batch.writeUInt8(batch.readUInt8(batch.length - 3) ^ 0xff, batch.length - 3);
     expect(readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-crc", 0, batch))).error).toBe(2);
-    expect(readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-crc", 0, Buffer.from("not a batch")))).error).toBe(2);
+    expect(
+      readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-crc", 0, Buffer.from("not a batch")))).error,
+    ).toBe(2);
     const two = Buffer.concat([buildBatch([{ value: "a" }]), buildBatch([{ value: "b" }])]);
     expect(readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-crc", 0, two))).error).toBe(2);
     const f = readFetchResponse(await c.request(API.Fetch, 11, fetchBody("raw-crc", 0, 0)));
@@ -310,7 +348,11 @@ describe("produce and fetch semantics", () => {
   it("acks=1 is answered with the offset; a batch above maxMessageBytes gets MESSAGE_TOO_LARGE", async () => {
     await createTopic("raw-acks1");
     const c = await connect();
-    expect(readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-acks1", 0, buildBatch([{ value: "one" }]), 1)))).toEqual({ error: 0, baseOffset: 0 });
+    expect(
+      readProduceResponse(
+        await c.request(API.Produce, 7, produceBody("raw-acks1", 0, buildBatch([{ value: "one" }]), 1)),
+      ),
+    ).toEqual({ error: 0, baseOffset: 0 });
     const small = await startBroker({ port: 0, maxMessageBytes: 1000 });
     try {
       const s = await RawClient.connect(small.address);
@@ -325,7 +367,9 @@ describe("produce and fetch semantics", () => {
 
   it("rejects invalid acks with INVALID_REQUIRED_ACKS", async () => {
     const c = await connect();
-    const p = readProduceResponse(await c.request(API.Produce, 7, produceBody("raw-acks0", 0, buildBatch([{ value: "x" }]), 2)));
+    const p = readProduceResponse(
+      await c.request(API.Produce, 7, produceBody("raw-acks0", 0, buildBatch([{ value: "x" }]), 2)),
+    );
     expect(p.error).toBe(21);
   });
 
@@ -333,8 +377,20 @@ describe("produce and fetch semantics", () => {
     await createTopic("raw-times");
     const c = await connect();
     const t0 = 1_700_000_000_000;
-    await c.request(API.Produce, 7, produceBody("raw-times", 0, buildBatch([{ value: "a" }, { value: "b", timestampDelta: 1000 }], { baseTimestamp: t0 })));
-    await c.request(API.Produce, 7, produceBody("raw-times", 0, buildBatch([{ value: "c" }], { baseTimestamp: t0 + 5000 })));
+    await c.request(
+      API.Produce,
+      7,
+      produceBody(
+        "raw-times",
+        0,
+        buildBatch([{ value: "a" }, { value: "b", timestampDelta: 1000 }], { baseTimestamp: t0 }),
+      ),
+    );
+    await c.request(
+      API.Produce,
+      7,
+      produceBody("raw-times", 0, buildBatch([{ value: "c" }], { baseTimestamp: t0 + 5000 })),
+    );
     const ask = async (ts: number): Promise<[number, number, number]> => {
       const body = new Writer().int32(-1).int8(0);
       body.array(["raw-times"], (w, t) => {
@@ -368,7 +424,18 @@ describe("idempotent producer", () => {
     expect(init.int16()).toBe(0);
     const send = async (seq: number, values: string[]) =>
       readProduceResponse(
-        await c.request(API.Produce, 7, produceBody("raw-idem", 0, buildBatch(values.map((value) => ({ value })), { producerId, producerEpoch: 0, baseSequence: seq }))),
+        await c.request(
+          API.Produce,
+          7,
+          produceBody(
+            "raw-idem",
+            0,
+            buildBatch(
+              values.map((value) => ({ value })),
+              { producerId, producerEpoch: 0, baseSequence: seq },
+            ),
+          ),
+        ),
       );
     expect(await send(0, ["a", "b"])).toEqual({ error: 0, baseOffset: 0 });
     expect(await send(2, ["c"])).toEqual({ error: 0, baseOffset: 2 });
@@ -410,7 +477,14 @@ describe("metadata and admin", () => {
       const error = r.int16();
       const name = r.string();
       r.bool();
-      r.array((r) => [r.int16(), r.int32(), r.int32(), r.array((r) => r.int32()), r.array((r) => r.int32()), r.array((r) => r.int32())]);
+      r.array((r) => [
+        r.int16(),
+        r.int32(),
+        r.int32(),
+        r.array((r) => r.int32()),
+        r.array((r) => r.int32()),
+        r.array((r) => r.int32()),
+      ]);
       return { error, name };
     });
     expect(topics.map((t) => t.name)).toContain("raw-offsets");
@@ -440,10 +514,19 @@ describe("metadata and admin", () => {
 
   it("CreateTopics below v4 rejects numPartitions -1 and refuses more replicas than brokers", async () => {
     const c = await connect();
-    expect(readCreateTopicsResponse(await c.request(API.CreateTopics, 3, createTopicsBody("raw-default-parts", -1)))[0]!.error).toBe(37);
-    expect(readCreateTopicsResponse(await c.request(API.CreateTopics, 3, createTopicsBody("raw-rf3", 1, 3)))[0]!.error).toBe(38);
-    expect(readCreateTopicsResponse(await c.request(API.CreateTopics, 3, createTopicsBody("raw-offsets", 1)))[0]!.error).toBe(36);
-    expect(readCreateTopicsResponse(await c.request(API.CreateTopics, 3, createTopicsBody("..", 1)))[0]!.error).toBe(17);
+    expect(
+      readCreateTopicsResponse(await c.request(API.CreateTopics, 3, createTopicsBody("raw-default-parts", -1)))[0]!
+        .error,
+    ).toBe(37);
+    expect(
+      readCreateTopicsResponse(await c.request(API.CreateTopics, 3, createTopicsBody("raw-rf3", 1, 3)))[0]!.error,
+    ).toBe(38);
+    expect(
+      readCreateTopicsResponse(await c.request(API.CreateTopics, 3, createTopicsBody("raw-offsets", 1)))[0]!.error,
+    ).toBe(36);
+    expect(readCreateTopicsResponse(await c.request(API.CreateTopics, 3, createTopicsBody("..", 1)))[0]!.error).toBe(
+      17,
+    );
   });
 
   it("listens on both loopback families when asked for localhost", async () => {
@@ -497,7 +580,9 @@ describe("truncation of valid requests", () => {
     // Nothing half-decoded was acted on: no append, no topic, no commit.
     const c = await connect();
     expect(readFetchResponse(await c.request(API.Fetch, 11, fetchBody("raw-truncate", 0, 0))).highWatermark).toBe(0);
-    expect(readCreateTopicsResponse(await c.request(API.CreateTopics, 3, createTopicsBody("raw-truncate-new", 1)))[0]!.error).toBe(0);
+    expect(
+      readCreateTopicsResponse(await c.request(API.CreateTopics, 3, createTopicsBody("raw-truncate-new", 1)))[0]!.error,
+    ).toBe(0);
   });
 });
 
@@ -512,6 +597,8 @@ describe("pipelining around a bad request", () => {
     expect(first!.readInt32BE(0)).toBe(good);
     expect(await c.next()).toBeNull();
     const check = await connect();
-    expect(readFetchResponse(await check.request(API.Fetch, 11, fetchBody("raw-pipeline", 0, 0))).highWatermark).toBe(1);
+    expect(readFetchResponse(await check.request(API.Fetch, 11, fetchBody("raw-pipeline", 0, 0))).highWatermark).toBe(
+      1,
+    );
   });
 });

@@ -5,12 +5,23 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { expect, it } from "vitest";
 import { Writer } from "../../deploy/embedded/kafka/protocol/writer.js";
-import { RawClient, batchOffsets, buildBatch, createTopicsBody, fetchBody, produceBody, readFetchResponse, readProduceResponse } from "./helpers.js";
+import {
+  RawClient,
+  batchOffsets,
+  buildBatch,
+  createTopicsBody,
+  fetchBody,
+  produceBody,
+  readFetchResponse,
+  readProduceResponse,
+} from "./helpers.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 
 it("npm run broker is wired to the standalone entry point", () => {
-  const pkg = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8")) as { scripts: Record<string, string> };
+  const pkg = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8")) as {
+    scripts: Record<string, string>;
+  };
   expect(pkg.scripts.broker).toBe("node --import tsx deploy/embedded/kafka/main.ts");
 });
 
@@ -33,7 +44,9 @@ it("the standalone broker prints its address, serves, and stops cleanly on SIGTE
     });
     expect(address).toMatch(/^127\.0\.0\.1:\d+$/);
     const c = await RawClient.connect(address);
-    const res = readProduceResponse(await c.request(0, 7, produceBody("standalone", 0, buildBatch([{ value: "hello" }]))));
+    const res = readProduceResponse(
+      await c.request(0, 7, produceBody("standalone", 0, buildBatch([{ value: "hello" }]))),
+    );
     // Produce does not auto-create (only Metadata does, as in Kafka).
     expect(res.error).toBe(3);
     c.close();
@@ -48,10 +61,24 @@ it("the standalone broker prints its address, serves, and stops cleanly on SIGTE
 });
 
 function spawnBroker(dataDir: string, port = 0) {
-  const child = spawn(process.execPath, ["--import", "tsx", "deploy/embedded/kafka/main.ts", "--port", String(port), "--data-dir", dataDir, "--log-level", "silent"], {
-    cwd: root,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      "deploy/embedded/kafka/main.ts",
+      "--port",
+      String(port),
+      "--data-dir",
+      dataDir,
+      "--log-level",
+      "silent",
+    ],
+    {
+      cwd: root,
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
   const address = new Promise<string>((resolve, reject) => {
     let out = "";
     child.stdout.on("data", (d: Buffer) => {
@@ -72,7 +99,9 @@ it("acknowledged messages and committed offsets survive SIGKILL of the broker pr
     const c = await RawClient.connect(await first.address);
     await c.request(19, 3, createTopicsBody("crash", 1));
     for (let i = 0; i < 5; i++) {
-      const res = readProduceResponse(await c.request(0, 7, produceBody("crash", 0, buildBatch([{ value: `m${i}` }, { value: `n${i}` }]), -1)));
+      const res = readProduceResponse(
+        await c.request(0, 7, produceBody("crash", 0, buildBatch([{ value: `m${i}` }, { value: `n${i}` }]), -1)),
+      );
       expect(res).toEqual({ error: 0, baseOffset: i * 2 });
     }
     const commit = new Writer().string("crash-g").int32(-1).string("").int64(-1);

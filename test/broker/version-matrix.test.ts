@@ -44,7 +44,11 @@ describe("every advertised version decodes and answers in its own layout", () =>
       if (v >= 1) w.bool(false);
       const r = await c.request(19, v, w);
       if (v >= 2) expect(r.int32()).toBe(0);
-      const topics = r.array((r) => ({ name: r.string(), error: r.int16(), message: v >= 1 ? r.nullableString() : null }));
+      const topics = r.array((r) => ({
+        name: r.string(),
+        error: r.int16(),
+        message: v >= 1 ? r.nullableString() : null,
+      }));
       expect(topics).toEqual([{ name: `mx-topic-${v}`, error: 0, message: null }]);
       done(r);
     }
@@ -62,7 +66,9 @@ describe("every advertised version decodes and answers in its own layout", () =>
       if (v >= 4) w.bool(true);
       const r = await c.request(3, v, w);
       if (v >= 3) expect(r.int32()).toBe(0);
-      expect(r.array((r) => [r.int32(), r.string(), r.int32(), r.nullableString()])).toEqual([[1, broker.host, broker.port, null]]);
+      expect(r.array((r) => [r.int32(), r.string(), r.int32(), r.nullableString()])).toEqual([
+        [1, broker.host, broker.port, null],
+      ]);
       if (v >= 2) expect(r.nullableString()).toBe("medmesh-embedded");
       expect(r.int32()).toBe(1);
       const topics = r.array((r) => ({
@@ -109,13 +115,23 @@ describe("every advertised version decodes and answers in its own layout", () =>
           logStart: v >= 5 ? r.int64() : 0,
         })),
       }));
-      expect(topics).toEqual([{ name: "mx-topic-2", partitions: [{ index: 0, error: 0, baseOffset: expectedOffset, logAppendTime: -1, logStart: 0 }] }]);
+      expect(topics).toEqual([
+        {
+          name: "mx-topic-2",
+          partitions: [{ index: 0, error: 0, baseOffset: expectedOffset, logAppendTime: -1, logStart: 0 }],
+        },
+      ]);
       expect(r.int32()).toBe(0);
       done(r);
       expectedOffset += 2;
     }
     for (const v of range(4, 11)) {
-      const w = new Writer().int32(-1).int32(0).int32(1).int32(1 << 20).int8(1);
+      const w = new Writer()
+        .int32(-1)
+        .int32(0)
+        .int32(1)
+        .int32(1 << 20)
+        .int8(1);
       if (v >= 7) w.int32(0).int32(-1);
       w.array(["mx-topic-2"], (w, t) => {
         w.string(t);
@@ -180,8 +196,19 @@ describe("every advertised version decodes and answers in its own layout", () =>
       });
       const r = await c.request(2, v, w);
       if (v >= 2) expect(r.int32()).toBe(0);
-      const topics = r.array((r) => ({ name: r.string(), partitions: r.array((r) => [r.int32(), r.int16(), r.int64(), r.int64()]) }));
-      expect(topics).toEqual([{ name: "mx-topic-2", partitions: [[0, 0, -1, 10], [0, 0, -1, 0]] }]);
+      const topics = r.array((r) => ({
+        name: r.string(),
+        partitions: r.array((r) => [r.int32(), r.int16(), r.int64(), r.int64()]),
+      }));
+      expect(topics).toEqual([
+        {
+          name: "mx-topic-2",
+          partitions: [
+            [0, 0, -1, 10],
+            [0, 0, -1, 0],
+          ],
+        },
+      ]);
       done(r);
     }
   });
@@ -219,7 +246,11 @@ describe("every advertised version decodes and answers in its own layout", () =>
           protocol: r.string(),
           leader: r.string(),
           memberId: r.string(),
-          members: r.array((r) => ({ id: r.string(), instance: v >= 5 ? r.nullableString() : null, meta: r.bytes().toString() })),
+          members: r.array((r) => ({
+            id: r.string(),
+            instance: v >= 5 ? r.nullableString() : null,
+            meta: r.bytes().toString(),
+          })),
         };
         done(r);
         return out;
@@ -253,7 +284,8 @@ describe("every advertised version decodes and answers in its own layout", () =>
       const l = await c.request(13, sub, lw);
       if (sub >= 1) expect(l.int32()).toBe(0);
       expect(l.int16()).toBe(0);
-      if (sub >= 3) expect(l.array((r) => [r.string(), r.nullableString(), r.int16()])).toEqual([[j.memberId, null, 0]]);
+      if (sub >= 3)
+        expect(l.array((r) => [r.string(), r.nullableString(), r.int16()])).toEqual([[j.memberId, null, 0]]);
       done(l);
     }
   });
@@ -284,8 +316,16 @@ describe("every advertised version decodes and answers in its own layout", () =>
       });
       const r = await c.request(9, v, w);
       if (v >= 3) expect(r.int32()).toBe(0);
-      expect(r.array((r) => [r.string(), r.array((r) => [r.int32(), r.int64(), r.nullableString(), r.int16()])])).toEqual([
-        ["mx-topic-2", [[0, 105, "v5", 0], [1, -1, "", 0]]],
+      expect(
+        r.array((r) => [r.string(), r.array((r) => [r.int32(), r.int64(), r.nullableString(), r.int16()])]),
+      ).toEqual([
+        [
+          "mx-topic-2",
+          [
+            [0, 105, "v5", 0],
+            [1, -1, "", 0],
+          ],
+        ],
       ]);
       if (v >= 2) expect(r.int16()).toBe(0);
       done(r);
@@ -293,7 +333,9 @@ describe("every advertised version decodes and answers in its own layout", () =>
     // v2+: a null topic list means every partition the group has committed.
     const all = await c.request(9, 4, new Writer().string("mx-offsets").int32(-1));
     expect(all.int32()).toBe(0);
-    expect(all.array((r) => [r.string(), r.array((r) => [r.int32(), r.int64(), r.nullableString(), r.int16()])])).toEqual([["mx-topic-2", [[0, 105, "v5", 0]]]]);
+    expect(
+      all.array((r) => [r.string(), r.array((r) => [r.int32(), r.int64(), r.nullableString(), r.int16()])]),
+    ).toEqual([["mx-topic-2", [[0, 105, "v5", 0]]]]);
     expect(all.int16()).toBe(0);
     done(all);
   });
@@ -321,7 +363,12 @@ describe("every advertised version decodes and answers in its own layout", () =>
       if (v >= 1) expect(r.int32()).toBe(0);
       expect(r.int16()).toBe(0);
       const groups = r.array((r) => [r.string(), r.string()]);
-      expect(groups).toEqual(expect.arrayContaining([["mx-offsets", ""], ["mx-group-0", "consumer"]]));
+      expect(groups).toEqual(
+        expect.arrayContaining([
+          ["mx-offsets", ""],
+          ["mx-group-0", "consumer"],
+        ]),
+      );
       done(r);
     }
     for (const v of range(0, 1)) {

@@ -20,10 +20,15 @@ interface Run {
 function runProbe(args: string[]): Promise<Run> {
   const started = performance.now();
   return new Promise((resolve) => {
-    execFile(process.execPath, ["--import", "tsx", probeScript, ...args], { cwd: root, timeout: 20_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
-      resolve({ code, output: stdout + stderr, elapsedMs: performance.now() - started });
-    });
+    execFile(
+      process.execPath,
+      ["--import", "tsx", probeScript, ...args],
+      { cwd: root, timeout: 20_000 },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
+        resolve({ code, output: stdout + stderr, elapsedMs: performance.now() - started });
+      },
+    );
   });
 }
 
@@ -41,7 +46,14 @@ describe("grpc-health-probe", () => {
   const silentSockets = new Set<net.Socket>();
 
   beforeAll(async () => {
-    server = await startGrpcServer({ name: "probe-test", host: "127.0.0.1", port: 0, services: [], interceptors: [], maxMessageBytes: 1024 * 1024 });
+    server = await startGrpcServer({
+      name: "probe-test",
+      host: "127.0.0.1",
+      port: 0,
+      services: [],
+      interceptors: [],
+      maxMessageBytes: 1024 * 1024,
+    });
     // Accepts TCP and never speaks HTTP/2: the case where only the deadline can end the probe.
     silent = net.createServer((socket) => silentSockets.add(socket));
     await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));

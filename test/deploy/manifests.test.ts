@@ -45,20 +45,25 @@ async function checkProcessEnv(entry: string, vars: Record<string, string>): Pro
 
 /** ${NAME:-default} and ${NAME} as compose resolves them with an empty environment. */
 function interpolate(value: unknown): string {
-  return String(value).replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}/g, (_, _n, def: string | undefined) => def ?? "");
+  return String(value).replace(
+    /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}/g,
+    (_, _n, def: string | undefined) => def ?? "",
+  );
 }
 
 describe("docker-compose.yml", () => {
   const compose = parse(read("docker-compose.yml"), { merge: true }) as Obj;
   const services = compose.services as Record<string, Obj>;
-  const envOf = (name: string) => Object.fromEntries(Object.entries(services[name]!.environment ?? {}).map(([k, v]) => [k, interpolate(v)]));
+  const envOf = (name: string) =>
+    Object.fromEntries(Object.entries(services[name]!.environment ?? {}).map(([k, v]) => [k, interpolate(v)]));
 
   it("only depends on services that exist, and waits for health only where a healthcheck is defined", () => {
     const problems: string[] = [];
     for (const [name, svc] of Object.entries(services)) {
       for (const [dep, cond] of Object.entries((svc.depends_on ?? {}) as Record<string, Obj>)) {
         if (!services[dep]) problems.push(`${name} depends on unknown ${dep}`);
-        else if (cond.condition === "service_healthy" && !services[dep].healthcheck) problems.push(`${name} waits for ${dep} to be healthy, but ${dep} has no healthcheck`);
+        else if (cond.condition === "service_healthy" && !services[dep].healthcheck)
+          problems.push(`${name} waits for ${dep} to be healthy, but ${dep} has no healthcheck`);
       }
     }
     expect(problems).toEqual([]);
@@ -101,7 +106,9 @@ describe("docker-compose.yml", () => {
     expect(test.slice(0, 4)).toEqual(["CMD", "node", "--import", "tsx"]);
     expect(existsSync(path.join(root, test[4]!))).toBe(true);
     expect(test[5]).toBe(`127.0.0.1:${port}`);
-    expect((services.gateway!.healthcheck.test as string[]).join(" ")).toContain(`:${envOf("gateway").GATEWAY_PORT}/readyz`);
+    expect((services.gateway!.healthcheck.test as string[]).join(" ")).toContain(
+      `:${envOf("gateway").GATEWAY_PORT}/readyz`,
+    );
   });
 
   it("gives documents its own database and role, created by the init script", () => {
@@ -145,7 +152,11 @@ function dockerContext(patterns: string[]): (file: string) => boolean {
     const glob = (negated ? line.slice(1) : line).replace(/^\/+|\/+$/g, "");
     const source = glob
       .split(/(\*\*\/|\*\*|\*|\?)/)
-      .map((part) => ({ "**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]" })[part] ?? part.replace(/[.+^${}()|[\]\\]/g, "\\$&"))
+      .map(
+        (part) =>
+          ({ "**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]" })[part] ??
+          part.replace(/[.+^${}()|[\]\\]/g, "\\$&"),
+      )
       .join("");
     return { negated, re: new RegExp(`^${source}$`) };
   });
@@ -157,7 +168,8 @@ function dockerContext(patterns: string[]): (file: string) => boolean {
   };
 }
 
-const importPattern = /\b(?:import|export)\s+(type\s+)?[^'";]*?\bfrom\s*["']([^"']+)["']|\bimport\s*\(\s*["']([^"']+)["']\s*\)|\bimport\s+["']([^"']+)["']/g;
+const importPattern =
+  /\b(?:import|export)\s+(type\s+)?[^'";]*?\bfrom\s*["']([^"']+)["']|\bimport\s*\(\s*["']([^"']+)["']\s*\)|\bimport\s+["']([^"']+)["']/g;
 
 /** Every file and package reachable by imports from the entries, as the runtime would load them. */
 function reachable(entries: string[]): { files: Set<string>; packages: Set<string> } {
@@ -197,7 +209,9 @@ describe("Dockerfile and .dockerignore", () => {
   const migrations = readdirSync(path.join(root, "services")).flatMap((d) => {
     const dir = `services/${d}/migrations`;
     return existsSync(path.join(root, dir)) && statSync(path.join(root, dir)).isDirectory()
-      ? readdirSync(path.join(root, dir)).filter((f) => f.endsWith(".ts")).map((f) => `${dir}/${f}`)
+      ? readdirSync(path.join(root, dir))
+          .filter((f) => f.endsWith(".ts"))
+          .map((f) => `${dir}/${f}`)
       : [];
   });
   const entries = [...serviceEntries, "gateway/main.ts", "deploy/compose/grpc-health-probe.ts", ...migrations];
@@ -216,7 +230,13 @@ describe("Dockerfile and .dockerignore", () => {
     expect(serviceEntries).toContain("services/documents/main.ts");
     const { files } = reachable(entries);
     expect([...files].filter((f) => !inContext(f))).toEqual([]);
-    for (const kept of ["node_modules/tsx/package.json", ".data/x", "test/deploy/manifests.test.ts", "deploy/embedded/launch.ts", "services/documents/x.test.ts"]) {
+    for (const kept of [
+      "node_modules/tsx/package.json",
+      ".data/x",
+      "test/deploy/manifests.test.ts",
+      "deploy/embedded/launch.ts",
+      "services/documents/x.test.ts",
+    ]) {
       expect(inContext(kept), kept).toBe(false);
     }
   });
@@ -266,15 +286,25 @@ function buildRaw(dir: string): Built {
   }
   const generate = (kind: string, gens: Obj[] | undefined) => {
     for (const g of gens ?? []) {
-      const data = Object.fromEntries(((g.literals ?? []) as string[]).map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
+      const data = Object.fromEntries(
+        ((g.literals ?? []) as string[]).map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
+      );
       const existing = objects.find((o) => o.kind === kind && o.metadata.name === g.name);
       if (g.behavior === "merge" || g.behavior === "replace") {
-        if (!existing) problems.push(`${dir}: ${kind} ${g.name} has behavior ${g.behavior} but nothing to ${g.behavior}`);
-        else if (kind === "Secret") existing.stringData = g.behavior === "merge" ? { ...existing.stringData, ...data } : data;
+        if (!existing)
+          problems.push(`${dir}: ${kind} ${g.name} has behavior ${g.behavior} but nothing to ${g.behavior}`);
+        else if (kind === "Secret")
+          existing.stringData = g.behavior === "merge" ? { ...existing.stringData, ...data } : data;
         else existing.data = g.behavior === "merge" ? { ...existing.data, ...data } : data;
       } else if (existing) problems.push(`${dir}: ${kind} ${g.name} generated twice`);
       // Secrets keep plain text in stringData, as kustomize's rendered output would after decoding.
-      else objects.push({ apiVersion: "v1", kind, metadata: { name: g.name }, [kind === "Secret" ? "stringData" : "data"]: data });
+      else
+        objects.push({
+          apiVersion: "v1",
+          kind,
+          metadata: { name: g.name },
+          [kind === "Secret" ? "stringData" : "data"]: data,
+        });
     }
   };
   generate("ConfigMap", k.configMapGenerator);
@@ -310,8 +340,10 @@ async function checkManifests(objects: Obj[], opts: { secretsProvided: boolean }
   const podLabels = (d: Obj) => d.spec.template.metadata.labels as Record<string, string>;
 
   for (const d of deployments) {
-    if (!matches(d.spec.selector.matchLabels, podLabels(d))) problems.push(`Deployment ${d.metadata.name}: selector does not match its pod labels`);
-    if (!objects.some((s) => s.kind === "Service" && matches(s.spec.selector, podLabels(d)))) problems.push(`Deployment ${d.metadata.name}: no Service selects it`);
+    if (!matches(d.spec.selector.matchLabels, podLabels(d)))
+      problems.push(`Deployment ${d.metadata.name}: selector does not match its pod labels`);
+    if (!objects.some((s) => s.kind === "Service" && matches(s.spec.selector, podLabels(d))))
+      problems.push(`Deployment ${d.metadata.name}: no Service selects it`);
     const sa = d.spec.template.spec.serviceAccountName as string | undefined;
     if (sa && !find("ServiceAccount", sa)) problems.push(`Deployment ${d.metadata.name}: ServiceAccount ${sa} missing`);
   }
@@ -319,18 +351,25 @@ async function checkManifests(objects: Obj[], opts: { secretsProvided: boolean }
     const targets = deployments.filter((d) => matches(s.spec.selector, podLabels(d)));
     if (!targets.length) problems.push(`Service ${s.metadata.name}: selector matches no Deployment`);
     for (const port of s.spec.ports as Obj[]) {
-      const ok = targets.some((d) => containersOf(d).some((c) => (c.ports ?? []).some((cp: Obj) => cp.name === port.targetPort || cp.containerPort === port.targetPort)));
+      const ok = targets.some((d) =>
+        containersOf(d).some((c) =>
+          (c.ports ?? []).some((cp: Obj) => cp.name === port.targetPort || cp.containerPort === port.targetPort),
+        ),
+      );
       if (!ok) problems.push(`Service ${s.metadata.name}: targetPort ${port.targetPort} is no container port`);
     }
   }
   for (const o of objects.filter((x) => x.kind === "PodDisruptionBudget")) {
-    if (!deployments.some((d) => matches(o.spec.selector.matchLabels, podLabels(d)))) problems.push(`PDB ${o.metadata.name}: selects no pods`);
+    if (!deployments.some((d) => matches(o.spec.selector.matchLabels, podLabels(d))))
+      problems.push(`PDB ${o.metadata.name}: selects no pods`);
   }
   for (const h of objects.filter((x) => x.kind === "HorizontalPodAutoscaler")) {
     const d = find(h.spec.scaleTargetRef.kind, h.spec.scaleTargetRef.name);
     if (!d) problems.push(`HPA ${h.metadata.name}: target ${h.spec.scaleTargetRef.name} missing`);
-    else if (d.spec.replicas !== undefined) problems.push(`Deployment ${d.metadata.name}: sets replicas although an HPA owns them`);
-    if (!(h.spec.metrics as Obj[]).some((m) => m.resource?.name === "cpu")) problems.push(`HPA ${h.metadata.name}: does not scale on CPU`);
+    else if (d.spec.replicas !== undefined)
+      problems.push(`Deployment ${d.metadata.name}: sets replicas although an HPA owns them`);
+    if (!(h.spec.metrics as Obj[]).some((m) => m.resource?.name === "cpu"))
+      problems.push(`HPA ${h.metadata.name}: does not scale on CPU`);
   }
 
   for (const d of deployments) {
@@ -339,7 +378,11 @@ async function checkManifests(objects: Obj[], opts: { secretsProvided: boolean }
       const where = `Deployment ${d.metadata.name} container ${c.name}`;
       const env: Record<string, string> = {};
       for (const ref of (c.envFrom ?? []) as Obj[]) {
-        const cm = ref.configMapRef ? find("ConfigMap", ref.configMapRef.name) : ref.secretRef ? find("Secret", ref.secretRef.name) : undefined;
+        const cm = ref.configMapRef
+          ? find("ConfigMap", ref.configMapRef.name)
+          : ref.secretRef
+            ? find("Secret", ref.secretRef.name)
+            : undefined;
         if (!cm) problems.push(`${where}: envFrom ${JSON.stringify(ref)} names nothing`);
         else Object.assign(env, cm.data ?? {}, cm.stringData ?? {});
       }
@@ -349,16 +392,20 @@ async function checkManifests(objects: Obj[], opts: { secretsProvided: boolean }
         if (e.value !== undefined) env[e.name] = String(e.value);
         else if (cmRef) {
           const value = find("ConfigMap", cmRef.name)?.data?.[cmRef.key];
-          if (value === undefined) problems.push(`${where}: ${e.name} refers to missing ConfigMap key ${cmRef.name}/${cmRef.key}`);
+          if (value === undefined)
+            problems.push(`${where}: ${e.name} refers to missing ConfigMap key ${cmRef.name}/${cmRef.key}`);
           else env[e.name] = value;
         } else if (secretRef) {
           const secret = find("Secret", secretRef.name);
           const encoded = secret?.data?.[secretRef.key] as string | undefined;
-          const value = (secret?.stringData?.[secretRef.key] as string | undefined) ?? (encoded === undefined ? undefined : Buffer.from(encoded, "base64").toString("utf8"));
+          const value =
+            (secret?.stringData?.[secretRef.key] as string | undefined) ??
+            (encoded === undefined ? undefined : Buffer.from(encoded, "base64").toString("utf8"));
           if (value !== undefined) env[e.name] = value;
           // An optional reference to a Secret that is not there leaves the variable unset.
           else if (secretRef.optional) continue;
-          else if (opts.secretsProvided) problems.push(`${where}: ${e.name} refers to missing Secret key ${secretRef.name}/${secretRef.key}`);
+          else if (opts.secretsProvided)
+            problems.push(`${where}: ${e.name} refers to missing Secret key ${secretRef.name}/${secretRef.key}`);
           else env[e.name] = e.name === "DATABASE_URL" ? "postgres://placeholder@db:5432/placeholder" : "placeholder";
         }
       }
@@ -368,7 +415,8 @@ async function checkManifests(objects: Obj[], opts: { secretsProvided: boolean }
       problems.push(...(await checkProcessEnv(entry, env)).map((p) => `${where}: ${p}`));
       if (!c.resources?.requests?.cpu) problems.push(`${where}: no CPU request (the HPA needs one)`);
       if (!c.resources?.limits?.memory) problems.push(`${where}: no memory limit`);
-      if (c.securityContext?.readOnlyRootFilesystem && !(c.volumeMounts ?? []).some((m: Obj) => m.mountPath === "/tmp")) problems.push(`${where}: read-only root without a writable /tmp for tsx`);
+      if (c.securityContext?.readOnlyRootFilesystem && !(c.volumeMounts ?? []).some((m: Obj) => m.mountPath === "/tmp"))
+        problems.push(`${where}: read-only root without a writable /tmp for tsx`);
       if (spec.securityContext?.runAsNonRoot !== true) problems.push(`${where}: may run as root`);
 
       const portNumbers = (c.ports as Obj[]).map((p) => p.containerPort as number);
@@ -376,13 +424,15 @@ async function checkManifests(objects: Obj[], opts: { secretsProvided: boolean }
       if (entry.startsWith("services/")) {
         const port = Number(env[`${d.metadata.name.toUpperCase()}_PORT`]);
         for (const probe of ["readinessProbe", "livenessProbe", "startupProbe"]) {
-          if (c[probe]?.grpc?.port !== port || !portNumbers.includes(port)) problems.push(`${where}: ${probe} is not a gRPC probe on the serving port ${port}`);
+          if (c[probe]?.grpc?.port !== port || !portNumbers.includes(port))
+            problems.push(`${where}: ${probe} is not a gRPC probe on the serving port ${port}`);
         }
       } else {
         if (c.readinessProbe?.httpGet?.path !== "/readyz") problems.push(`${where}: readiness is not /readyz`);
         if (c.livenessProbe?.httpGet?.path !== "/healthz") problems.push(`${where}: liveness is not /healthz`);
         for (const probe of [c.readinessProbe, c.livenessProbe]) {
-          if (probe && !portNames.includes(probe.httpGet.port) && !portNumbers.includes(probe.httpGet.port)) problems.push(`${where}: probe port ${probe.httpGet.port} is not a container port`);
+          if (probe && !portNames.includes(probe.httpGet.port) && !portNumbers.includes(probe.httpGet.port))
+            problems.push(`${where}: probe port ${probe.httpGet.port} is not a container port`);
         }
       }
 
@@ -393,7 +443,9 @@ async function checkManifests(objects: Obj[], opts: { secretsProvided: boolean }
       if (!(sleepS > 0)) problems.push(`${where}: no preStop sleep for endpoint propagation`);
       const stopS = Math.max(15, Number(env.SHUTDOWN_GRACE_MS) / 1000);
       if (!(spec.terminationGracePeriodSeconds >= sleepS + stopS)) {
-        problems.push(`${where}: terminationGracePeriodSeconds ${spec.terminationGracePeriodSeconds} < preStop ${sleepS} s + stop ${stopS} s`);
+        problems.push(
+          `${where}: terminationGracePeriodSeconds ${spec.terminationGracePeriodSeconds} < preStop ${sleepS} s + stop ${stopS} s`,
+        );
       }
     }
   }
@@ -416,8 +468,17 @@ describe("deploy/k8s", () => {
   it("has a Deployment, Service, PDB and HPA for documents, the processing worker and the gateway", () => {
     expect(base.problems).toEqual([]);
     for (const name of ["documents", "processing", "gateway"]) {
-      for (const kind of ["Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ServiceAccount"]) {
-        expect(base.objects.some((o) => o.kind === kind && o.metadata.name === name), `${kind} ${name}`).toBe(true);
+      for (const kind of [
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ServiceAccount",
+      ]) {
+        expect(
+          base.objects.some((o) => o.kind === kind && o.metadata.name === name),
+          `${kind} ${name}`,
+        ).toBe(true);
       }
     }
     expect(base.objects.some((o) => o.kind === "Namespace")).toBe(true);

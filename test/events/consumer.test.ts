@@ -3,10 +3,24 @@ import type { Kafka, Producer } from "kafkajs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startBroker, type RunningBroker } from "../../deploy/embedded/kafka/index.js";
 import type { Database } from "../../platform/db/database.js";
-import { DlqHeaders, startIdempotentConsumer, type EventHandler, type IdempotentConsumer } from "../../platform/events/consumer.js";
+import {
+  DlqHeaders,
+  startIdempotentConsumer,
+  type EventHandler,
+  type IdempotentConsumer,
+} from "../../platform/events/consumer.js";
 import { newEvent, protobufContentType, toKafkaMessage, type EventEnvelope } from "../../platform/events/envelope.js";
 import type { Logger } from "../../platform/telemetry/logger.js";
-import { createTopics, dbBackends, fastConsumer, kafkaFor, openTestDatabase, recordTopics, waitFor, type TestDatabase } from "./helpers.js";
+import {
+  createTopics,
+  dbBackends,
+  fastConsumer,
+  kafkaFor,
+  openTestDatabase,
+  recordTopics,
+  waitFor,
+  type TestDatabase,
+} from "./helpers.js";
 
 const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silent };
 
@@ -49,7 +63,12 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
     await broker?.stop();
   });
 
-  async function consume(groupId: string, topics: string[], handler: EventHandler, maxAttempts = 3): Promise<IdempotentConsumer> {
+  async function consume(
+    groupId: string,
+    topics: string[],
+    handler: EventHandler,
+    maxAttempts = 3,
+  ): Promise<IdempotentConsumer> {
     const c = await startIdempotentConsumer({
       kafka,
       groupId,
@@ -70,7 +89,10 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
     const admin = kafka.admin();
     await admin.connect();
     try {
-      const [ends, committed] = await Promise.all([admin.fetchTopicOffsets(topic), admin.fetchOffsets({ groupId, topics: [topic] })]);
+      const [ends, committed] = await Promise.all([
+        admin.fetchTopicOffsets(topic),
+        admin.fetchOffsets({ groupId, topics: [topic] }),
+      ]);
       const done = new Map(committed[0]!.partitions.map((p) => [p.partition, Number(p.offset)]));
       return ends.every((e) => done.get(e.partition) === Number(e.high));
     } finally {
@@ -90,7 +112,10 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
     const calls: string[] = [];
     const c = await consume(groupId, [topic], async (e, trx) => {
       calls.push(e.id);
-      await trx.insertInto("effect").values({ event_id: e.id, key: e.key, note: new TextDecoder().decode(e.payload) }).execute();
+      await trx
+        .insertInto("effect")
+        .values({ event_id: e.id, key: e.key, note: new TextDecoder().decode(e.payload) })
+        .execute();
     });
     await waitFor("the group to consume all 13 messages", () => caughtUp(groupId, topic));
     // A duplicate arriving after the consumer restarts is skipped as well.
@@ -102,7 +127,15 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
     await waitFor("the group to consume the late duplicate", () => caughtUp(groupId, topic));
 
     expect(calls.sort()).toEqual(events.map((e) => e.id).sort());
-    const effects = await database.db.selectFrom("effect").selectAll().where("event_id", "in", events.map((e) => e.id)).execute();
+    const effects = await database.db
+      .selectFrom("effect")
+      .selectAll()
+      .where(
+        "event_id",
+        "in",
+        events.map((e) => e.id),
+      )
+      .execute();
     expect(effects).toHaveLength(10);
     const inbox = await database.db.selectFrom("inbox").selectAll().where("group_id", "=", groupId).execute();
     expect(inbox.map((r) => r.event_id).sort()).toEqual(events.map((e) => e.id).sort());
@@ -132,7 +165,10 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
       attempts.push(delivery.attempt);
       // Written before the failure: it must be rolled back with the attempt, or the third
       // attempt would collide with it.
-      await trx.insertInto("effect").values({ event_id: e.id, key: e.key, note: `attempt ${delivery.attempt}` }).execute();
+      await trx
+        .insertInto("effect")
+        .values({ event_id: e.id, key: e.key, note: `attempt ${delivery.attempt}` })
+        .execute();
       if (delivery.attempt < 3) throw new Error(`transient failure ${delivery.attempt}`);
     });
     await waitFor("the group to move past the event", () => caughtUp(groupId, topic));
@@ -157,7 +193,11 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
     const invalid = toKafkaMessage(event("agg-1", "invalid"));
     delete (invalid.headers as Record<string, unknown>).ce_type;
     const last = event("agg-1", "last");
-    await producer.send({ topic, acks: -1, messages: [toKafkaMessage(poison), toKafkaMessage(after), invalid, toKafkaMessage(last)] });
+    await producer.send({
+      topic,
+      acks: -1,
+      messages: [toKafkaMessage(poison), toKafkaMessage(after), invalid, toKafkaMessage(last)],
+    });
 
     const handled: string[] = [];
     let poisonCalls = 0;
@@ -229,7 +269,8 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
     consumers.push(c);
     await own.close();
     await producer.send({ topic, acks: -1, messages: [toKafkaMessage(event("agg", "during the outage"))] });
-    const outageNoticed = () => lines.filter((l) => l === "database unavailable; leaving the event for redelivery").length;
+    const outageNoticed = () =>
+      lines.filter((l) => l === "database unavailable; leaving the event for redelivery").length;
     // Seen more than once: Kafka delivered the event again after the first give-up.
     await waitFor("two give-ups", () => outageNoticed() >= 2);
     expect(lines).not.toContain("event failed every attempt; dead-lettering it");
@@ -265,7 +306,9 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
     expect(stopped).toBe(false);
     release();
     await stopping;
-    expect(await database.db.selectFrom("effect").select("note").where("event_id", "=", slow.id).execute()).toEqual([{ note: "finished" }]);
+    expect(await database.db.selectFrom("effect").select("note").where("event_id", "=", slow.id).execute()).toEqual([
+      { note: "finished" },
+    ]);
     expect(await caughtUp(groupId, topic)).toBe(true);
   });
 });

@@ -114,9 +114,12 @@ describe("envelope", () => {
     expect(reasonOf(withHeaders({ ce_specversion: "0.3" }))).toBe('unsupported ce_specversion "0.3"');
   });
 
-  it.each(["yesterday", "2026-01-02", "2026-01-02T03:04:05", "2026-13-02T03:04:05Z", "1767323045"])("refuses ce_time %s", (time) => {
-    expect(reasonOf(withHeaders({ ce_time: time }))).toMatch(/^ce_time ".*" is not an RFC 3339 timestamp$/);
-  });
+  it.each(["yesterday", "2026-01-02", "2026-01-02T03:04:05", "2026-13-02T03:04:05Z", "1767323045"])(
+    "refuses ce_time %s",
+    (time) => {
+      expect(reasonOf(withHeaders({ ce_time: time }))).toMatch(/^ce_time ".*" is not an RFC 3339 timestamp$/);
+    },
+  );
 
   it("refuses a repeated header", () => {
     expect(reasonOf(withHeaders({ ce_id: [Buffer.from("a"), Buffer.from("b")] }))).toBe("header ce_id appears 2 times");
@@ -129,7 +132,11 @@ describe("envelope", () => {
   });
 
   it("drops a malformed traceparent instead of refusing the event", () => {
-    for (const bad of ["garbage", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]) {
+    for (const bad of [
+      "garbage",
+      "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+      "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ]) {
       const back = fromKafkaMessage(withHeaders({ traceparent: Buffer.from(bad) }));
       expect(back.traceparent).toBeUndefined();
       expect(back.tracestate).toBeUndefined();

@@ -86,7 +86,10 @@ export interface Received {
 }
 
 /** A plain kafkajs consumer recording everything on `topics` from the beginning. */
-export async function recordTopics(kafka: Kafka, topics: string[]): Promise<{ received: Received[]; consumer: Consumer }> {
+export async function recordTopics(
+  kafka: Kafka,
+  topics: string[],
+): Promise<{ received: Received[]; consumer: Consumer }> {
   const consumer = kafka.consumer({ groupId: `recorder-${randomBytes(4).toString("hex")}`, ...fastConsumer });
   const received: Received[] = [];
   await consumer.connect();
@@ -101,7 +104,11 @@ export async function recordTopics(kafka: Kafka, topics: string[]): Promise<{ re
   return { received, consumer };
 }
 
-export async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+export async function waitFor(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 30_000,
+): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);

@@ -17,13 +17,25 @@ describe("kafka client helpers", () => {
   });
 
   it("writes kafkajs logs as the mesh's JSON lines, honouring kafkajs' level", () => {
-    const kafka = createKafka({ brokers: [broker.address], clientId: "log-test", logger: logger.child({ svc: "x" }), logLevel: logLevel.WARN });
+    const kafka = createKafka({
+      brokers: [broker.address],
+      clientId: "log-test",
+      logger: logger.child({ svc: "x" }),
+      logLevel: logLevel.WARN,
+    });
     kafka.logger().namespace("Connection").warn("broker trouble", { broker: "b1", retryCount: 2 });
     kafka.logger().error("broker gone", { broker: "b1" });
     kafka.logger().info("chatter", {});
     const mine = lines.filter((l) => l.component === "kafkajs");
     expect(mine).toHaveLength(2);
-    expect(mine[0]).toMatchObject({ level: "warn", msg: "broker trouble", service: "events-kafka-test", svc: "x", broker: "b1", retryCount: 2 });
+    expect(mine[0]).toMatchObject({
+      level: "warn",
+      msg: "broker trouble",
+      service: "events-kafka-test",
+      svc: "x",
+      broker: "b1",
+      retryCount: 2,
+    });
     expect(mine[1]).toMatchObject({ level: "error", msg: "broker gone" });
     expect(mine[0]!.namespace).toBe("Connection");
     expect(mine[0]!.timestamp).toBeUndefined();

@@ -12,10 +12,23 @@ import { protobufContentType, type EventEnvelope } from "../../platform/events/e
 import { enqueue, pruneOutbox, startOutboxRelay, type OutboxRelay } from "../../platform/events/outbox.js";
 import type { Logger } from "../../platform/telemetry/logger.js";
 import { startTelemetry } from "../../platform/telemetry/sdk.js";
-import { createTopics, dbBackends, kafkaFor, openTestDatabase, recordTopics, waitFor, type Received, type TestDatabase } from "./helpers.js";
+import {
+  createTopics,
+  dbBackends,
+  kafkaFor,
+  openTestDatabase,
+  recordTopics,
+  waitFor,
+  type Received,
+  type TestDatabase,
+} from "./helpers.js";
 
 // Registers the context manager, so a span started here is the active context enqueue captures.
-const telemetry = startTelemetry({ serviceName: "events-outbox-test", logLevel: "error", exporter: new InMemorySpanExporter() });
+const telemetry = startTelemetry({
+  serviceName: "events-outbox-test",
+  logLevel: "error",
+  exporter: new InMemorySpanExporter(),
+});
 afterAll(() => telemetry.shutdown());
 
 const tracer = trace.getTracer("outbox-test");
@@ -52,7 +65,11 @@ function payloadsByKey(received: Received[]): Map<string, string[]> {
 }
 
 async function unsent(db: Database<TestDatabase>["db"]): Promise<number> {
-  const row = await db.selectFrom("outbox").select((eb) => eb.fn.countAll<number>().as("n")).where("sent_at", "is", null).executeTakeFirstOrThrow();
+  const row = await db
+    .selectFrom("outbox")
+    .select((eb) => eb.fn.countAll<number>().as("n"))
+    .where("sent_at", "is", null)
+    .executeTakeFirstOrThrow();
   return Number(row.n);
 }
 
@@ -92,7 +109,15 @@ describe.each(dbBackends())("outbox on $name", (backend) => {
   });
 
   function relay(opts: Partial<Parameters<typeof startOutboxRelay>[0]> = {}): OutboxRelay {
-    const r = startOutboxRelay({ db: database.db, kafka, batchSize: 10, pollIntervalMs: 50, backoffMs: () => 20, logger: quietLogger(), ...opts });
+    const r = startOutboxRelay({
+      db: database.db,
+      kafka,
+      batchSize: 10,
+      pollIntervalMs: 50,
+      backoffMs: () => 20,
+      logger: quietLogger(),
+      ...opts,
+    });
     relays.push(r);
     return r;
   }
@@ -160,7 +185,8 @@ describe.each(dbBackends())("outbox on $name", (backend) => {
     }
     const traced = received.filter((m) => Number(m.message.value!.toString().split(":")[1]) < 12);
     // Same trace as the request; the span is the relay's send of the event, a child of the request.
-    for (const m of traced) expect(m.headers.traceparent).toMatch(new RegExp(`^00-${traceId}-(?!${spanId})[0-9a-f]{16}-01$`));
+    for (const m of traced)
+      expect(m.headers.traceparent).toMatch(new RegExp(`^00-${traceId}-(?!${spanId})[0-9a-f]{16}-01$`));
     const untraced = received.filter((m) => Number(m.message.value!.toString().split(":")[1]) >= 12);
     for (const m of untraced) expect(m.headers.traceparent).toBeUndefined();
 
@@ -249,7 +275,14 @@ describe.each(dbBackends())("outbox relay across a broker restart on $name", (ba
     const topic = uniqueTopic("outbox-restart");
     await createTopics(kafka, [{ topic, numPartitions: 2 }]);
     const lines: string[] = [];
-    r = startOutboxRelay({ db, kafka, batchSize: 5, pollIntervalMs: 20, backoffMs: () => 50, logger: quietLogger(lines) });
+    r = startOutboxRelay({
+      db,
+      kafka,
+      batchSize: 5,
+      pollIntervalMs: 20,
+      backoffMs: () => 50,
+      logger: quietLogger(lines),
+    });
 
     const enqueueRange = (from: number, to: number) =>
       db.transaction().execute(async (trx) => {
@@ -264,7 +297,9 @@ describe.each(dbBackends())("outbox relay across a broker restart on $name", (ba
     broker = undefined;
     await enqueueRange(10, 20);
     r.wake();
-    await waitFor("the relay to notice the outage", () => lines.some((l) => l.startsWith("warn outbox publish failed")));
+    await waitFor("the relay to notice the outage", () =>
+      lines.some((l) => l.startsWith("warn outbox publish failed")),
+    );
     expect(await unsent(db)).toBe(10);
 
     broker = await startBroker({ port, dataDir });

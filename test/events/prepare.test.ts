@@ -4,16 +4,42 @@ import type { Kafka, Producer } from "kafkajs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startBroker, type RunningBroker } from "../../deploy/embedded/kafka/index.js";
 import type { Database } from "../../platform/db/database.js";
-import { DlqHeaders, startIdempotentConsumer, type IdempotentConsumer, type IdempotentConsumerOptions } from "../../platform/events/consumer.js";
-import { newEvent, PoisonMessageError, protobufContentType, toKafkaMessage, type EventEnvelope } from "../../platform/events/envelope.js";
+import {
+  DlqHeaders,
+  startIdempotentConsumer,
+  type IdempotentConsumer,
+  type IdempotentConsumerOptions,
+} from "../../platform/events/consumer.js";
+import {
+  newEvent,
+  PoisonMessageError,
+  protobufContentType,
+  toKafkaMessage,
+  type EventEnvelope,
+} from "../../platform/events/envelope.js";
 import type { Logger } from "../../platform/telemetry/logger.js";
-import { createTopics, dbBackends, fastConsumer, kafkaFor, openTestDatabase, recordTopics, waitFor, type TestDatabase } from "./helpers.js";
+import {
+  createTopics,
+  dbBackends,
+  fastConsumer,
+  kafkaFor,
+  openTestDatabase,
+  recordTopics,
+  waitFor,
+  type TestDatabase,
+} from "./helpers.js";
 
 const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silent };
 const rand = () => randomBytes(3).toString("hex");
 
 function event(key: string, note: string): EventEnvelope {
-  return newEvent({ type: "medmesh.test.happened.v1", source: "/medmesh/test", key, payload: new TextEncoder().encode(note), contentType: protobufContentType("medmesh.test.v1.Happened") });
+  return newEvent({
+    type: "medmesh.test.happened.v1",
+    source: "/medmesh/test",
+    key,
+    payload: new TextEncoder().encode(note),
+    contentType: protobufContentType("medmesh.test.v1.Happened"),
+  });
 }
 
 describe.each(dbBackends())("consumer work before the transaction, on $name", (backend) => {
@@ -39,8 +65,20 @@ describe.each(dbBackends())("consumer work before the transaction, on $name", (b
     await broker?.stop();
   });
 
-  async function consume<P>(opts: Pick<IdempotentConsumerOptions<TestDatabase, P>, "groupId" | "topics" | "handler" | "prepare" | "afterCommit" | "maxAttempts">) {
-    const c = await startIdempotentConsumer<TestDatabase, P>({ kafka, db: database.db, backoffMs: () => 10, consumerConfig: fastConsumer, logger: silent, ...opts });
+  async function consume<P>(
+    opts: Pick<
+      IdempotentConsumerOptions<TestDatabase, P>,
+      "groupId" | "topics" | "handler" | "prepare" | "afterCommit" | "maxAttempts"
+    >,
+  ) {
+    const c = await startIdempotentConsumer<TestDatabase, P>({
+      kafka,
+      db: database.db,
+      backoffMs: () => 10,
+      consumerConfig: fastConsumer,
+      logger: silent,
+      ...opts,
+    });
     consumers.push(c);
     return c;
   }
@@ -75,7 +113,16 @@ describe.each(dbBackends())("consumer work before the transaction, on $name", (b
     await waitFor("the marker handled", () => committed.includes(marker.id), 20_000);
     expect(prepared).toEqual([events[0]!.id, events[1]!.id, marker.id]);
     expect(committed).toEqual([events[0]!.id, events[1]!.id, marker.id]);
-    const effects = await database.db.selectFrom("effect").select(["event_id", "note"]).where("event_id", "in", events.map((e) => e.id)).orderBy("note").execute();
+    const effects = await database.db
+      .selectFrom("effect")
+      .select(["event_id", "note"])
+      .where(
+        "event_id",
+        "in",
+        events.map((e) => e.id),
+      )
+      .orderBy("note")
+      .execute();
     expect(effects.map((e) => e.note)).toEqual(["prepared one", "prepared two"]);
     expect(c.running()).toBe(true);
     await c.stop();
@@ -99,10 +146,19 @@ describe.each(dbBackends())("consumer work before the transaction, on $name", (b
         return delivery.attempt;
       },
       async handler(ev, trx, _d, attempt) {
-        await trx.insertInto("effect").values({ event_id: ev.id, key: ev.key, note: `attempt ${attempt}` }).execute();
+        await trx
+          .insertInto("effect")
+          .values({ event_id: ev.id, key: ev.key, note: `attempt ${attempt}` })
+          .execute();
       },
     });
-    await waitFor("the third try", async () => (await database.db.selectFrom("effect").select("note").where("event_id", "=", e.id).executeTakeFirst())?.note === "attempt 3", 20_000);
+    await waitFor(
+      "the third try",
+      async () =>
+        (await database.db.selectFrom("effect").select("note").where("event_id", "=", e.id).executeTakeFirst())
+          ?.note === "attempt 3",
+      20_000,
+    );
     expect(tries).toEqual([1, 2, 3]);
   });
 
@@ -134,7 +190,12 @@ describe.each(dbBackends())("consumer work before the transaction, on $name", (b
       await waitFor("the dead letter and the next event", () => received.length === 1 && handled.length === 1, 20_000);
       expect(tries).toEqual([bad.id, good.id]);
       expect(handled).toEqual([good.id]);
-      expect(received[0]!.headers).toMatchObject({ [DlqHeaders.reason]: "invalid", [DlqHeaders.attempts]: "1", [DlqHeaders.error]: "the payload is not a Happened", ce_id: bad.id });
+      expect(received[0]!.headers).toMatchObject({
+        [DlqHeaders.reason]: "invalid",
+        [DlqHeaders.attempts]: "1",
+        [DlqHeaders.error]: "the payload is not a Happened",
+        ce_id: bad.id,
+      });
     } finally {
       await recorder.disconnect();
     }

@@ -10,7 +10,15 @@ import { newEvent, protobufContentType, toKafkaMessage } from "../../platform/ev
 import { enqueue, startOutboxRelay, type OutboxRelay } from "../../platform/events/outbox.js";
 import type { Logger } from "../../platform/telemetry/logger.js";
 import { startTelemetry } from "../../platform/telemetry/sdk.js";
-import { createTopics, dbBackends, fastConsumer, kafkaFor, openTestDatabase, waitFor, type TestDatabase } from "./helpers.js";
+import {
+  createTopics,
+  dbBackends,
+  fastConsumer,
+  kafkaFor,
+  openTestDatabase,
+  waitFor,
+  type TestDatabase,
+} from "./helpers.js";
 
 const spans = new InMemorySpanExporter();
 const telemetry = startTelemetry({ serviceName: "events-trace-test", exporter: spans, logLevel: "error" });
@@ -61,37 +69,54 @@ describe.each(dbBackends())("trace across Kafka on $name", (backend) => {
   });
 
   it("continues the producing request's trace in the consumer, through the outbox", async () => {
-    const { requestTrace, requestSpan, id } = await tracer.startActiveSpan("POST /documents", { kind: SpanKind.SERVER }, async (span) => {
-      const e = await database.db.transaction().execute((trx) =>
-        enqueue(trx, {
-          topic,
-          type: "medmesh.document.uploaded.v1",
-          source: "/medmesh/documents",
-          key: "doc-1",
-          payload: new Uint8Array([1, 2, 3]),
-          contentType: protobufContentType("medmesh.events.v1.DocumentUploaded"),
-        }),
-      );
-      span.end();
-      return { requestTrace: span.spanContext().traceId, requestSpan: span.spanContext().spanId, id: e.id };
-    });
+    const { requestTrace, requestSpan, id } = await tracer.startActiveSpan(
+      "POST /documents",
+      { kind: SpanKind.SERVER },
+      async (span) => {
+        const e = await database.db.transaction().execute((trx) =>
+          enqueue(trx, {
+            topic,
+            type: "medmesh.document.uploaded.v1",
+            source: "/medmesh/documents",
+            key: "doc-1",
+            payload: new Uint8Array([1, 2, 3]),
+            contentType: protobufContentType("medmesh.events.v1.DocumentUploaded"),
+          }),
+        );
+        span.end();
+        return { requestTrace: span.spanContext().traceId, requestSpan: span.spanContext().spanId, id: e.id };
+      },
+    );
     relay.wake();
     await waitFor("the event to be handled", () => handled.has(id));
 
-    const consumerSpan = await findSpan((s) => s.kind === SpanKind.CONSUMER && s.attributes["messaging.message.id"] === id);
+    const consumerSpan = await findSpan(
+      (s) => s.kind === SpanKind.CONSUMER && s.attributes["messaging.message.id"] === id,
+    );
     expect(consumerSpan.name).toBe(`${topic} process`);
     expect(consumerSpan.spanContext().traceId).toBe(requestTrace);
     // request -> the relay's send of this event -> the consumer.
     const send = await findSpan((s) => s.name === `${topic} send` && s.attributes["messaging.message.id"] === id);
-    expect([send.kind, send.spanContext().traceId, send.parentSpanContext?.spanId]).toEqual([SpanKind.PRODUCER, requestTrace, requestSpan]);
+    expect([send.kind, send.spanContext().traceId, send.parentSpanContext?.spanId]).toEqual([
+      SpanKind.PRODUCER,
+      requestTrace,
+      requestSpan,
+    ]);
     expect(consumerSpan.parentSpanContext?.spanId).toBe(send.spanContext().spanId);
     expect(consumerSpan.attributes["messaging.consumer.group.name"]).toBe("trace-g");
     // The handler ran inside the consumer span, so its SQL is part of the same trace.
     expect(handled.get(id)).toBe(consumerSpan.spanContext().spanId);
-    const insert = await findSpan((s) => s.name.startsWith("INSERT") && s.parentSpanContext?.spanId === consumerSpan.spanContext().spanId && String(s.attributes["db.statement"]).includes("effect"));
+    const insert = await findSpan(
+      (s) =>
+        s.name.startsWith("INSERT") &&
+        s.parentSpanContext?.spanId === consumerSpan.spanContext().spanId &&
+        String(s.attributes["db.statement"]).includes("effect"),
+    );
     expect(insert.spanContext().traceId).toBe(requestTrace);
     // The relay's batch publish is its own trace, linked to every request it carries.
-    const publish = await findSpan((s) => s.name === "outbox publish" && s.links.some((l) => l.context.spanId === requestSpan));
+    const publish = await findSpan(
+      (s) => s.name === "outbox publish" && s.links.some((l) => l.context.spanId === requestSpan),
+    );
     expect(publish.kind).toBe(SpanKind.PRODUCER);
   });
 
@@ -105,7 +130,9 @@ describe.each(dbBackends())("trace across Kafka on $name", (backend) => {
     });
     await producer.send({ topic, acks: -1, messages: [toKafkaMessage(e)] });
     await waitFor("the event to be handled", () => handled.has(e.id));
-    const consumerSpan = await findSpan((s) => s.kind === SpanKind.CONSUMER && s.attributes["messaging.message.id"] === e.id);
+    const consumerSpan = await findSpan(
+      (s) => s.kind === SpanKind.CONSUMER && s.attributes["messaging.message.id"] === e.id,
+    );
     expect(consumerSpan.parentSpanContext).toBeUndefined();
     expect(consumerSpan.spanContext().traceId).not.toBe("00000000000000000000000000000000");
   });

@@ -60,7 +60,14 @@ describe("analyzeDocument on the generated paper PDF", () => {
 
   it("finds medical entities whose offsets point at their text, with the abbreviation MI boosted by its spelled-out form", () => {
     const canon = new Set(r.entitySummary.map((e) => e.canonical));
-    for (const c of ["myocardial infarction", "type 2 diabetes mellitus", "coronary artery bypass grafting", "metformin", "aspirin", "left ventricle"]) {
+    for (const c of [
+      "myocardial infarction",
+      "type 2 diabetes mellitus",
+      "coronary artery bypass grafting",
+      "metformin",
+      "aspirin",
+      "left ventricle",
+    ]) {
       expect(canon).toContain(c);
     }
     for (const e of r.entities) expect(r.text.slice(e.start, e.end)).toBe(e.text);
@@ -149,7 +156,9 @@ describe("analyzeDocument on text and HTML", () => {
     expect(r.abstract).toMatch(/^A 64-year-old man .* atorvastatin started\.$/);
     expect(r.keywords).toEqual(["hypertension", "CKD", "stroke prevention"]);
     expect(r.entities.find((e) => e.text === "HTN")).toMatchObject({ canonical: "hypertension", confidence: 0.9 });
-    expect(r.entities.find((e) => e.text === "ischaemic attack" || e.text === "transient ischaemic attack")).toMatchObject({
+    expect(
+      r.entities.find((e) => e.text === "ischaemic attack" || e.text === "transient ischaemic attack"),
+    ).toMatchObject({
       canonical: "transient ischemic attack",
     });
   });
@@ -157,7 +166,9 @@ describe("analyzeDocument on text and HTML", () => {
   it("HTML: script, style, comment and nav text is gone, entities decoded, paragraphs kept", async () => {
     const r = expectOk(await analyzeFixture("html"));
     expect(r.text).not.toMatch(/Methotrexate|warfarin|font-family|Enable JavaScript|Home/);
-    expect(r.text).toContain("exacerbations fell by 12% and pneumonia rates were unchanged \u2014 a reassuring result.");
+    expect(r.text).toContain(
+      "exacerbations fell by 12% and pneumonia rates were unchanged \u2014 a reassuring result.",
+    );
     expect(r.text).toContain("<70% of predicted>");
     expect(r.text).toMatch(/\n\nPulmonary rehabilitation\n\nInfluenza vaccination\n\n/);
     expect(r.keywords).toEqual(["asthma", "COPD", "inhaled corticosteroids", "spirometry"]);
@@ -167,7 +178,10 @@ describe("analyzeDocument on text and HTML", () => {
   });
 
   it("Windows-1252 text (not valid UTF-8) is decoded with a warning", async () => {
-    const bytes = Buffer.from("Patient with an\u00e6mia and fever \u0093quoted\u0094 notes about hypertension.", "latin1");
+    const bytes = Buffer.from(
+      "Patient with an\u00e6mia and fever \u0093quoted\u0094 notes about hypertension.",
+      "latin1",
+    );
     const r = expectOk(await analyzeDocument({ bytes }));
     expect(r.text).toContain("\u201cquoted\u201d");
     expect(r.warnings).toEqual(["The text is not valid UTF-8; it was read as Windows-1252."]);

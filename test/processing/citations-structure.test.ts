@@ -30,7 +30,11 @@ describe("extractCitations", () => {
   });
 
   it("finds PMIDs only when labelled, with or without colon, in any case", () => {
-    expect(ids("PMID: 12345678, PMID 2345, pmid:00012 and 87654321 alone")).toEqual(["pmid:12345678", "pmid:2345", "pmid:12"]);
+    expect(ids("PMID: 12345678, PMID 2345, pmid:00012 and 87654321 alone")).toEqual([
+      "pmid:12345678",
+      "pmid:2345",
+      "pmid:12",
+    ]);
   });
 
   it("finds PMCIDs and ignores PMC followed by too few digits", () => {
@@ -52,13 +56,19 @@ describe("extractCitations", () => {
 
 describe("detectStructure: abstract", () => {
   it("takes the text after an 'Abstract' heading up to the keywords line, joining wrapped lines", () => {
-    const s = detectStructure("Title\n\nAbstract\nFirst line of the\nabstract continues.\n\nKeywords: a; b\n\nIntroduction\nBody.");
+    const s = detectStructure(
+      "Title\n\nAbstract\nFirst line of the\nabstract continues.\n\nKeywords: a; b\n\nIntroduction\nBody.",
+    );
     expect(s.abstract).toBe("First line of the abstract continues.");
   });
 
   it("accepts 'ABSTRACT' and 'Abstract:' with the text on the same line", () => {
-    expect(detectStructure("ABSTRACT We studied many patients here.\n1. Introduction").abstract).toBe("We studied many patients here.");
-    expect(detectStructure("Abstract: We studied many patients here.\nBackground\nx").abstract).toBe("We studied many patients here.");
+    expect(detectStructure("ABSTRACT We studied many patients here.\n1. Introduction").abstract).toBe(
+      "We studied many patients here.",
+    );
+    expect(detectStructure("Abstract: We studied many patients here.\nBackground\nx").abstract).toBe(
+      "We studied many patients here.",
+    );
   });
 
   it.each([
@@ -89,7 +99,9 @@ describe("detectStructure: abstract", () => {
   });
 
   it("stops unlabelled prose after three paragraphs when no heading follows", () => {
-    const s = detectStructure("Abstract\nOne paragraph here.\n\nTwo paragraph here.\n\nThree paragraph here.\n\nFour is body text.");
+    const s = detectStructure(
+      "Abstract\nOne paragraph here.\n\nTwo paragraph here.\n\nThree paragraph here.\n\nFour is body text.",
+    );
     expect(s.abstract).toBe("One paragraph here.\n\nTwo paragraph here.\n\nThree paragraph here.");
   });
 
@@ -116,11 +128,9 @@ describe("detectStructure: keywords and sections", () => {
   });
 
   it("follows a keyword list wrapped onto the next line, and a 'Keywords' heading with the list below", () => {
-    expect(detectStructure("Keywords: heart failure; atrial\nfibrillation; stroke\n\n1. Introduction").keywords).toEqual([
-      "heart failure",
-      "atrial fibrillation",
-      "stroke",
-    ]);
+    expect(
+      detectStructure("Keywords: heart failure; atrial\nfibrillation; stroke\n\n1. Introduction").keywords,
+    ).toEqual(["heart failure", "atrial fibrillation", "stroke"]);
     expect(detectStructure("Keywords\n\nsepsis; shock\n\nIntroduction").keywords).toEqual(["sepsis", "shock"]);
   });
 

@@ -35,14 +35,39 @@ describe("lexicon", () => {
       const forms = new Set([...[t.canonical, ...t.synonyms].map(key), ...t.abbreviations.map((a) => `abbr:${a}`)]);
       for (const f of forms) {
         const prev = owner.get(f);
-        expect(prev === undefined || prev === `${t.type}:${t.canonical}`, `${f} is claimed by ${prev} and ${t.canonical}`).toBe(true);
+        expect(
+          prev === undefined || prev === `${t.type}:${t.canonical}`,
+          `${f} is claimed by ${prev} and ${t.canonical}`,
+        ).toBe(true);
         owner.set(f, `${t.type}:${t.canonical}`);
       }
     }
   });
 
   it("has no short abbreviation that is a common English word in capitals", () => {
-    const words = ["ALL", "AS", "IT", "IS", "ON", "OR", "IN", "AT", "BE", "DO", "GO", "NO", "SO", "US", "WE", "AN", "CAN", "MAY", "HE", "FIT", "AID"];
+    const words = [
+      "ALL",
+      "AS",
+      "IT",
+      "IS",
+      "ON",
+      "OR",
+      "IN",
+      "AT",
+      "BE",
+      "DO",
+      "GO",
+      "NO",
+      "SO",
+      "US",
+      "WE",
+      "AN",
+      "CAN",
+      "MAY",
+      "HE",
+      "FIT",
+      "AID",
+    ];
     for (const t of LEXICON) for (const a of t.abbreviations) expect(words, `${a} (${t.canonical})`).not.toContain(a);
   });
 
@@ -74,7 +99,11 @@ describe("entity matcher", () => {
   });
 
   it("matches full names case-insensitively", () => {
-    expect(canon("HYPERTENSION, Hypertension and hypertension")).toEqual(["hypertension", "hypertension", "hypertension"]);
+    expect(canon("HYPERTENSION, Hypertension and hypertension")).toEqual([
+      "hypertension",
+      "hypertension",
+      "hypertension",
+    ]);
   });
 
   it("matches whole words only", () => {
@@ -85,12 +114,18 @@ describe("entity matcher", () => {
 
   it("prefers the longest term: 'heart failure with preserved ejection fraction' over 'heart failure' over 'heart'", () => {
     const ms = findEntities("heart failure with preserved ejection fraction; heart failure; heart");
-    expect(ms.map((m) => m.canonical)).toEqual(["heart failure with preserved ejection fraction", "heart failure", "heart"]);
+    expect(ms.map((m) => m.canonical)).toEqual([
+      "heart failure with preserved ejection fraction",
+      "heart failure",
+      "heart",
+    ]);
     expect(ms.map((m) => m.type)).toEqual(["disease", "disease", "anatomy"]);
   });
 
   it("never returns overlapping matches", () => {
-    const ms = findEntities("acute myocardial infarction after coronary artery bypass grafting of the left anterior descending artery");
+    const ms = findEntities(
+      "acute myocardial infarction after coronary artery bypass grafting of the left anterior descending artery",
+    );
     for (let i = 1; i < ms.length; i++) expect(ms[i]!.start).toBeGreaterThanOrEqual(ms[i - 1]!.end);
     expect(ms.map((m) => m.canonical)).toEqual([
       "myocardial infarction",
@@ -163,7 +198,13 @@ describe("entity matcher", () => {
 
   it("works over a custom lexicon", () => {
     const terms: LexiconTerm[] = [
-      { type: "drug", canonical: "examplumab", synonyms: ["exa-mab"], abbreviations: ["EXM"], specialties: ["oncology"] },
+      {
+        type: "drug",
+        canonical: "examplumab",
+        synonyms: ["exa-mab"],
+        abbreviations: ["EXM"],
+        specialties: ["oncology"],
+      },
     ];
     const m = new EntityMatcher(terms);
     expect(m.match("Exa-mab (EXM) or exm or EXAMPLUMAB").map((x) => [x.text, x.matchedBy])).toEqual([

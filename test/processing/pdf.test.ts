@@ -57,23 +57,28 @@ describe("extractPdfText", () => {
 });
 
 describe("fixture PDF writer", () => {
-  it.each([["paper", paperPdf], ["image-only", imageOnlyPdf], ["mixed", mixedPdf], ["encrypted", encryptedPdf]])(
-    "the %s PDF has an xref table whose every offset points at its object header",
-    (_name, make) => {
-      const pdf = make().toString("latin1");
-      const startxref = Number(/startxref\n(\d+)\n%%EOF\n$/.exec(pdf)![1]);
-      expect(pdf.slice(startxref, startxref + 4)).toBe("xref");
-      const [, first, count] = /^xref\n(\d+) (\d+)\n/.exec(pdf.slice(startxref))!;
-      expect(first).toBe("0");
-      const entries = pdf.slice(startxref).split("\n").slice(2, 2 + Number(count));
-      expect(entries[0]).toBe("0000000000 65535 f ");
-      entries.slice(1).forEach((e, i) => {
-        expect(e).toMatch(/^\d{10} 00000 n $/);
-        const offset = Number(e.slice(0, 10));
-        expect(pdf.slice(offset, offset + `${i + 1} 0 obj`.length)).toBe(`${i + 1} 0 obj`);
-      });
-    },
-  );
+  it.each([
+    ["paper", paperPdf],
+    ["image-only", imageOnlyPdf],
+    ["mixed", mixedPdf],
+    ["encrypted", encryptedPdf],
+  ])("the %s PDF has an xref table whose every offset points at its object header", (_name, make) => {
+    const pdf = make().toString("latin1");
+    const startxref = Number(/startxref\n(\d+)\n%%EOF\n$/.exec(pdf)![1]);
+    expect(pdf.slice(startxref, startxref + 4)).toBe("xref");
+    const [, first, count] = /^xref\n(\d+) (\d+)\n/.exec(pdf.slice(startxref))!;
+    expect(first).toBe("0");
+    const entries = pdf
+      .slice(startxref)
+      .split("\n")
+      .slice(2, 2 + Number(count));
+    expect(entries[0]).toBe("0000000000 65535 f ");
+    entries.slice(1).forEach((e, i) => {
+      expect(e).toMatch(/^\d{10} 00000 n $/);
+      const offset = Number(e.slice(0, 10));
+      expect(pdf.slice(offset, offset + `${i + 1} 0 obj`.length)).toBe(`${i + 1} 0 obj`);
+    });
+  });
 });
 
 describe("assemblePageText", () => {

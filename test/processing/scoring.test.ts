@@ -13,16 +13,46 @@ const specialtyOf = (text: string) => detectSpecialty(summarizeEntities(findEnti
 
 describe("detectSpecialty", () => {
   it.each([
-    ["cardiology", "Atrial fibrillation and heart failure after myocardial infarction were treated with apixaban and a beta blocker."],
-    ["oncology", "Pembrolizumab after chemotherapy with cisplatin improved survival in metastatic melanoma and breast cancer."],
-    ["neurology", "Epilepsy, migraine and multiple sclerosis were assessed with EEG and magnetic resonance imaging of the brain."],
-    ["endocrinology", "Type 2 diabetes was managed with metformin, insulin glargine and semaglutide; hypothyroidism with levothyroxine."],
-    ["infectious_disease", "Tuberculosis, malaria and HIV infection were treated with isoniazid, artemether-lumefantrine and tenofovir."],
-    ["pulmonology", "Asthma and COPD exacerbations were managed with salbutamol, tiotropium and pulmonary rehabilitation after spirometry."],
-    ["nephrology", "Chronic kidney disease progressed to end-stage renal disease requiring hemodialysis; glomerulonephritis was excluded."],
-    ["gastroenterology", "Crohn disease and ulcerative colitis were assessed by colonoscopy; infliximab was started; the liver was normal."],
-    ["psychiatry", "Major depressive disorder and generalized anxiety disorder responded to sertraline and cognitive behavioral therapy."],
-    ["pediatrics", "Bronchiolitis and croup in infants and children: neonatal outcomes in preterm infants and toddlers."],
+    [
+      "cardiology",
+      "Atrial fibrillation and heart failure after myocardial infarction were treated with apixaban and a beta blocker.",
+    ],
+    [
+      "oncology",
+      "Pembrolizumab after chemotherapy with cisplatin improved survival in metastatic melanoma and breast cancer.",
+    ],
+    [
+      "neurology",
+      "Epilepsy, migraine and multiple sclerosis were assessed with EEG and magnetic resonance imaging of the brain.",
+    ],
+    [
+      "endocrinology",
+      "Type 2 diabetes was managed with metformin, insulin glargine and semaglutide; hypothyroidism with levothyroxine.",
+    ],
+    [
+      "infectious_disease",
+      "Tuberculosis, malaria and HIV infection were treated with isoniazid, artemether-lumefantrine and tenofovir.",
+    ],
+    [
+      "pulmonology",
+      "Asthma and COPD exacerbations were managed with salbutamol, tiotropium and pulmonary rehabilitation after spirometry.",
+    ],
+    [
+      "nephrology",
+      "Chronic kidney disease progressed to end-stage renal disease requiring hemodialysis; glomerulonephritis was excluded.",
+    ],
+    [
+      "gastroenterology",
+      "Crohn disease and ulcerative colitis were assessed by colonoscopy; infliximab was started; the liver was normal.",
+    ],
+    [
+      "psychiatry",
+      "Major depressive disorder and generalized anxiety disorder responded to sertraline and cognitive behavioral therapy.",
+    ],
+    [
+      "pediatrics",
+      "Bronchiolitis and croup in infants and children: neonatal outcomes in preterm infants and toddlers.",
+    ],
   ])("names %s for a text about it", (specialty, text) => {
     const r = specialtyOf(text);
     expect(r.primary).toBe(specialty);
@@ -59,7 +89,9 @@ describe("scoreQuality", () => {
   });
 
   it("scores 0 for an empty note and 1 for a document that meets every criterion", () => {
-    expect(scoreQuality({ wordCount: 10, structure: structure("hi"), citationCount: 0, distinctEntities: 0 }).score).toBe(0);
+    expect(
+      scoreQuality({ wordCount: 10, structure: structure("hi"), citationCount: 0, distinctEntities: 0 }).score,
+    ).toBe(0);
     const full = structure(
       `Abstract\n${"word ".repeat(60)}\n\nKeywords: a; b\n\nIntroduction\nx\nMethods\nx\nResults\nx\nDiscussion\nx\nReferences\n`,
     );
@@ -77,7 +109,12 @@ describe("scoreQuality", () => {
   });
 
   it("stays within [0, 1] for extreme inputs", () => {
-    const q = scoreQuality({ wordCount: 1e9, structure: structure("References"), citationCount: 1e6, distinctEntities: 1e9 });
+    const q = scoreQuality({
+      wordCount: 1e9,
+      structure: structure("References"),
+      citationCount: 1e6,
+      distinctEntities: 1e9,
+    });
     expect(q.score).toBeGreaterThanOrEqual(0);
     expect(q.score).toBeLessThanOrEqual(1);
   });
@@ -85,10 +122,22 @@ describe("scoreQuality", () => {
 
 describe("guessLanguage", () => {
   it.each([
-    ["en", "The patients with hypertension were treated in the clinic and this was the first study of the kind for patients."],
-    ["fr", "Les patients atteints de la maladie sont traités dans une clinique et le traitement est efficace pour les patients chez qui la maladie est grave."],
-    ["de", "Die Patienten mit der Krankheit wurden in der Klinik behandelt und die Behandlung ist nicht bei allen Patienten von Nutzen, das ist auf jeden Fall zu beachten."],
-    ["es", "Los pacientes con la enfermedad fueron tratados en el hospital y el tratamiento fue eficaz para los pacientes que se presentaron con una forma grave del cuadro."],
+    [
+      "en",
+      "The patients with hypertension were treated in the clinic and this was the first study of the kind for patients.",
+    ],
+    [
+      "fr",
+      "Les patients atteints de la maladie sont traités dans une clinique et le traitement est efficace pour les patients chez qui la maladie est grave.",
+    ],
+    [
+      "de",
+      "Die Patienten mit der Krankheit wurden in der Klinik behandelt und die Behandlung ist nicht bei allen Patienten von Nutzen, das ist auf jeden Fall zu beachten.",
+    ],
+    [
+      "es",
+      "Los pacientes con la enfermedad fueron tratados en el hospital y el tratamiento fue eficaz para los pacientes que se presentaron con una forma grave del cuadro.",
+    ],
   ])("recognises %s", (lang, text) => {
     expect(guessLanguage(text)).toBe(lang);
   });

@@ -32,7 +32,9 @@ describe("decodeText", () => {
   });
 
   it("decodes UTF-16LE and UTF-16BE with their BOMs", () => {
-    expect(decodeText(Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from("Asthma", "utf16le")]), "utf-16le")).toBe("Asthma");
+    expect(decodeText(Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from("Asthma", "utf16le")]), "utf-16le")).toBe(
+      "Asthma",
+    );
     const be = Buffer.from("Asthma", "utf16le").swap16();
     expect(decodeText(Buffer.concat([Buffer.from([0xfe, 0xff]), be]), "utf-16be")).toBe("Asthma");
   });
@@ -42,7 +44,9 @@ describe("decodeText", () => {
   });
 
   it("decodes Windows-1252 typographic characters in 0x80-0x9f", () => {
-    expect(decodeText(Buffer.from([0x93, 0x61, 0x94, 0x20, 0x80, 0x96]), "windows-1252")).toBe("\u201ca\u201d \u20ac\u2013");
+    expect(decodeText(Buffer.from([0x93, 0x61, 0x94, 0x20, 0x80, 0x96]), "windows-1252")).toBe(
+      "\u201ca\u201d \u20ac\u2013",
+    );
   });
 
   it("decodeLegacyText refuses bytes with NULs or dominated by control codes", () => {
@@ -61,7 +65,9 @@ describe("htmlToText", () => {
   });
 
   it("keeps paragraph breaks between blocks, single breaks for <br>, and collapses inline whitespace", () => {
-    const { text } = htmlToText("<h1>Title</h1><p>First\n   line<br>second line</p><div>Block <b>bold</b> <i>it</i></div>");
+    const { text } = htmlToText(
+      "<h1>Title</h1><p>First\n   line<br>second line</p><div>Block <b>bold</b> <i>it</i></div>",
+    );
     expect(text).toBe("Title\n\nFirst line\nsecond line\n\nBlock bold it");
   });
 
@@ -84,7 +90,9 @@ describe("htmlToText", () => {
   });
 
   it("puts table cells of one row on one line and rows on separate lines", () => {
-    const { text } = htmlToText("<table><tr><th>Drug</th><th>Dose</th></tr><tr><td>metformin</td><td>500 mg</td></tr></table>");
+    const { text } = htmlToText(
+      "<table><tr><th>Drug</th><th>Dose</th></tr><tr><td>metformin</td><td>500 mg</td></tr></table>",
+    );
     expect(text).toBe("Drug Dose\nmetformin 500 mg");
   });
 
@@ -100,6 +108,8 @@ describe("htmlToText", () => {
 
 describe("decodeEntities", () => {
   it("leaves unknown names alone and replaces invalid code points with U+FFFD", () => {
-    expect(decodeEntities("&notarealentity; &#0; &#xD800; &#x110000; &#65;")).toBe("&notarealentity; \ufffd \ufffd \ufffd A");
+    expect(decodeEntities("&notarealentity; &#0; &#xD800; &#x110000; &#65;")).toBe(
+      "&notarealentity; \ufffd \ufffd \ufffd A",
+    );
   });
 });

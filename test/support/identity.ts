@@ -61,17 +61,31 @@ export async function startTestIdentity(env: Record<string, string> = {}): Promi
   async function ensure(who: Persona): Promise<void> {
     if (ids.has(who)) return;
     if (who !== "admin") await ensure("admin");
-    const { user } = await client.register({ email: `${who}@medmesh.test`, username: who, password, firstName: who, lastName: "Test" });
+    const { user } = await client.register({
+      email: `${who}@medmesh.test`,
+      username: who,
+      password,
+      firstName: who,
+      lastName: "Test",
+    });
     ids.set(who, user!.id);
     if (who !== "admin" && roles[who] !== Role.STUDENT) {
-      await client.setRole({ userId: user!.id, role: roles[who] }, { headers: { authorization: `Bearer ${tokens.get("admin")}` } });
+      await client.setRole(
+        { userId: user!.id, role: roles[who] },
+        { headers: { authorization: `Bearer ${tokens.get("admin")}` } },
+      );
     }
     tokens.set(who, await signIn(who));
   }
 
   async function serviceApiKey(name: string): Promise<string> {
     await ensure("admin");
-    return (await client.createApiKey({ name, kind: PrincipalKind.SERVICE }, { headers: { authorization: `Bearer ${tokens.get("admin")}` } })).key;
+    return (
+      await client.createApiKey(
+        { name, kind: PrincipalKind.SERVICE },
+        { headers: { authorization: `Bearer ${tokens.get("admin")}` } },
+      )
+    ).key;
   }
 
   return {

@@ -90,7 +90,10 @@ export async function startBroker(options: BrokerOptions = {}): Promise<RunningB
     }
   }, options.retentionCheckIntervalMs ?? 60_000);
   timer.unref();
-  logger.info("broker started", { address: `${advertisedHost}:${listener.port}`, dataDir: settings.dataDir ?? "memory" });
+  logger.info("broker started", {
+    address: `${advertisedHost}:${listener.port}`,
+    dataDir: settings.dataDir ?? "memory",
+  });
 
   let stopping: Promise<void> | null = null;
   return {

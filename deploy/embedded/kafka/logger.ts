@@ -14,7 +14,9 @@ export function createLogger(level: LogLevel, write: (line: string) => void = (l
   const at = RANK[level] ?? 0;
   const emit = (lvl: Exclude<LogLevel, "silent">, msg: string, fields?: Record<string, unknown>): void => {
     if (RANK[lvl] > at) return;
-    write(JSON.stringify({ time: new Date().toISOString(), level: lvl, component: "kafka-broker", msg, ...fields }) + "\n");
+    write(
+      JSON.stringify({ time: new Date().toISOString(), level: lvl, component: "kafka-broker", msg, ...fields }) + "\n",
+    );
   };
   return {
     error: (m, f) => emit("error", m, f),

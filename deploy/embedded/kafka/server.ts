@@ -118,7 +118,12 @@ class Connection {
   }
 
   /** Everything up to the handler's first await runs synchronously here, in arrival order. */
-  private process(frame: Buffer, apiKey: number, apiVersion: number, correlationId: number): Promise<Outcome> | Outcome {
+  private process(
+    frame: Buffer,
+    apiKey: number,
+    apiVersion: number,
+    correlationId: number,
+  ): Promise<Outcome> | Outcome {
     const api = apisByKey.get(apiKey);
     if (!api) {
       // Kafka cannot parse a request for an API it does not know and closes the connection.

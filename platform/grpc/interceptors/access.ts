@@ -28,7 +28,10 @@ export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interce
   return (next) => async (req) => {
     const policy = policyOf(req.method);
     if (!policy || policy.audience === Audience.UNSPECIFIED) {
-      throw new ConnectError(`${req.service.typeName}/${req.method.name} declares no access policy and is not served`, Code.PermissionDenied);
+      throw new ConnectError(
+        `${req.service.typeName}/${req.method.name} declares no access policy and is not served`,
+        Code.PermissionDenied,
+      );
     }
     req.contextValues.set(policyKey, policy);
     if (!resolvePrincipal) return next(req);
@@ -42,7 +45,10 @@ export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interce
     req.contextValues.set(principalKey, principal);
     if (!principal) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
     if (policy.audience === Audience.ROLES && !policy.roles.includes(principal.role)) {
-      throw new ConnectError(`the ${(Role[principal.role] ?? "unknown").toLowerCase()} role may not call ${req.method.name}`, Code.PermissionDenied);
+      throw new ConnectError(
+        `the ${(Role[principal.role] ?? "unknown").toLowerCase()} role may not call ${req.method.name}`,
+        Code.PermissionDenied,
+      );
     }
     return next(req);
   };

@@ -10,12 +10,13 @@ export function loggingInterceptor(component: string): Interceptor {
     const started = performance.now();
     const method = `${req.service.typeName}/${req.method.name}`;
     const done = (err?: unknown) => {
-      const code = err === undefined ? "ok" : Code[ConnectError.from(err).code]?.toString() ?? "unknown";
+      const code = err === undefined ? "ok" : (Code[ConnectError.from(err).code]?.toString() ?? "unknown");
       const durationMs = Math.round((performance.now() - started) * 100) / 100;
       recordRpc(component, method, code, durationMs);
       const fields = { rpc: method, code, duration_ms: durationMs };
       if (err === undefined) log.debug("rpc finished", fields);
-      else if (ConnectError.from(err).code === Code.Internal) log.error("rpc failed", { ...fields, error: ConnectError.from(err).rawMessage });
+      else if (ConnectError.from(err).code === Code.Internal)
+        log.error("rpc failed", { ...fields, error: ConnectError.from(err).rawMessage });
       else log.info("rpc rejected", { ...fields, error: ConnectError.from(err).rawMessage });
     };
     try {

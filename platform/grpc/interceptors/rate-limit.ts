@@ -19,12 +19,19 @@ export type RateRules = Partial<Record<RateClass, BucketRule>>;
  */
 export function parseRateRules(spec: string): RateRules {
   const rules: RateRules = {};
-  for (const entry of spec.split(",").map((s) => s.trim()).filter(Boolean)) {
+  for (const entry of spec
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const m = /^(read|write|auth|upload)=(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)$/.exec(entry);
     if (!m || Number(m[2]) < 1 || Number(m[3]) <= 0) {
-      throw new Error(`rate rule "${entry}" must look like read=200:100 (class=capacity:refill-per-second, class one of read, write, auth, upload)`);
+      throw new Error(
+        `rate rule "${entry}" must look like read=200:100 (class=capacity:refill-per-second, class one of read, write, auth, upload)`,
+      );
     }
-    const cls = { read: RateClass.READ, write: RateClass.WRITE, auth: RateClass.AUTH, upload: RateClass.UPLOAD }[m[1] as "read"];
+    const cls = { read: RateClass.READ, write: RateClass.WRITE, auth: RateClass.AUTH, upload: RateClass.UPLOAD }[
+      m[1] as "read"
+    ];
     rules[cls] = { capacity: Number(m[2]), refillPerSecond: Number(m[3]) };
   }
   return rules;
@@ -45,7 +52,9 @@ function accountOf(schema: DescMessage, message: MessageShape<DescMessage>): str
     if (typeof value === "string" && value !== "") {
       const v = value.trim().toLowerCase();
       // Secrets are hashed so they never sit in Redis or in memory as keys.
-      return name === "login" || name === "email" || name === "username" ? `${name}:${v}` : `${name}:${createHash("sha256").update(v).digest("base64url").slice(0, 22)}`;
+      return name === "login" || name === "email" || name === "username"
+        ? `${name}:${v}`
+        : `${name}:${createHash("sha256").update(v).digest("base64url").slice(0, 22)}`;
     }
   }
   return undefined;
@@ -67,7 +76,9 @@ export function rateLimitInterceptor(limiter: RateLimiter, rules: RateRules): In
     const rule = rules[cls];
     if (!rule) return next(req);
     const principal = req.contextValues.get(principalKey);
-    const who = principal ? `${principal.kind}:${principal.subject}` : `ip:${req.contextValues.get(peerKey) ?? "unknown"}`;
+    const who = principal
+      ? `${principal.kind}:${principal.subject}`
+      : `ip:${req.contextValues.get(peerKey) ?? "unknown"}`;
     const name = RateClass[cls].toLowerCase();
     const keys = [`${name}:${who}`];
     const account = cls === RateClass.AUTH && !req.stream ? accountOf(req.method.input, req.message) : undefined;
@@ -78,7 +89,8 @@ export function rateLimitInterceptor(limiter: RateLimiter, rules: RateRules): In
         decision = await limiter.take(key, rule);
       } catch (err) {
         log.warn("rate limiter unavailable", { error: (err as Error).message, rate_class: name });
-        if (cls === RateClass.AUTH) throw new ConnectError("sign-in is briefly unavailable; try again shortly", Code.Unavailable);
+        if (cls === RateClass.AUTH)
+          throw new ConnectError("sign-in is briefly unavailable; try again shortly", Code.Unavailable);
         return next(req);
       }
       if (!decision.allowed) {
@@ -93,7 +105,10 @@ export function rateLimitInterceptor(limiter: RateLimiter, rules: RateRules): In
 
 /** The variables of every process that enforces rate classes (the gateway, identity). */
 export const rateLimitSpec = {
-  REDIS_URL: env.url("Redis for rate limits shared by every replica; unset keeps them in process", ["redis:", "rediss:"]),
+  REDIS_URL: env.url("Redis for rate limits shared by every replica; unset keeps them in process", [
+    "redis:",
+    "rediss:",
+  ]),
   RATE_LIMITS: env.parsed(
     "token buckets per rate class, class=capacity:refill-per-second",
     "read=200:100,write=60:20,auth=10:0.2,upload=20:5",
@@ -102,6 +117,9 @@ export const rateLimitSpec = {
 };
 
 /** The limiter and rules those variables describe, ready for meshInterceptors({ rateLimit }). */
-export function rateLimiting(config: { REDIS_URL?: string; RATE_LIMITS: RateRules }): { limiter: RateLimiter; rules: RateRules } {
+export function rateLimiting(config: { REDIS_URL?: string; RATE_LIMITS: RateRules }): {
+  limiter: RateLimiter;
+  rules: RateRules;
+} {
   return { limiter: createRateLimiter(config.REDIS_URL), rules: config.RATE_LIMITS };
 }

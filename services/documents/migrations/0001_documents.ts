@@ -34,7 +34,12 @@ export async function up(db: Kysely<unknown>): Promise<void> {
     .expression(sql`lower(doi)`)
     .where(sql.ref("deleted_at"), "is", null)
     .execute();
-  await db.schema.createIndex("document_live_seq_idx").on("document").column("seq").where(sql.ref("deleted_at"), "is", null).execute();
+  await db.schema
+    .createIndex("document_live_seq_idx")
+    .on("document")
+    .column("seq")
+    .where(sql.ref("deleted_at"), "is", null)
+    .execute();
   await db.schema.createIndex("document_uploaded_by_idx").on("document").columns(["uploaded_by", "seq"]).execute();
   await db.schema.createIndex("document_specialty_idx").on("document").columns(["specialty", "seq"]).execute();
 }

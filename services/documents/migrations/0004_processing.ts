@@ -13,7 +13,11 @@ export async function up(db: Kysely<unknown>): Promise<void> {
     .addColumn("failure_message", "text")
     .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
     .execute();
-  await db.schema.createIndex("document_status_document_seq_idx").on("document_status").columns(["document_id", "seq"]).execute();
+  await db.schema
+    .createIndex("document_status_document_seq_idx")
+    .on("document_status")
+    .columns(["document_id", "seq"])
+    .execute();
 
   // One outcome per version; the primary key is what makes recording it idempotent.
   await db.schema
@@ -34,6 +38,8 @@ export async function up(db: Kysely<unknown>): Promise<void> {
   await scoped
     .insertInto("document_status")
     .columns(["document_id", "version", "status", "created_at"])
-    .expression(scoped.selectFrom("document").select(["id", "version", "processing_status", "updated_at"]).orderBy("seq"))
+    .expression(
+      scoped.selectFrom("document").select(["id", "version", "processing_status", "updated_at"]).orderBy("seq"),
+    )
     .execute();
 }

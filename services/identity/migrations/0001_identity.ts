@@ -22,8 +22,18 @@ export async function up(db: Kysely<unknown>): Promise<void> {
     .addColumn("updated_at", "timestamptz", (c) => c.notNull())
     .execute();
   // Addresses and usernames are unique whatever their case; the spelling the user chose is kept.
-  await db.schema.createIndex("users_email_key").on("users").unique().expression(sql`lower(email)`).execute();
-  await db.schema.createIndex("users_username_key").on("users").unique().expression(sql`lower(username)`).execute();
+  await db.schema
+    .createIndex("users_email_key")
+    .on("users")
+    .unique()
+    .expression(sql`lower(email)`)
+    .execute();
+  await db.schema
+    .createIndex("users_username_key")
+    .on("users")
+    .unique()
+    .expression(sql`lower(username)`)
+    .execute();
 
   // A session is one refresh-token family: every token it ever issued points back to it.
   await db.schema
@@ -85,12 +95,18 @@ export async function up(db: Kysely<unknown>): Promise<void> {
     .createTable("one_time_tokens")
     .addColumn("token_hash", "text", (c) => c.primaryKey())
     .addColumn("user_id", "uuid", (c) => c.notNull().references("users.id").onDelete("cascade"))
-    .addColumn("purpose", "text", (c) => c.notNull().check(sql`purpose in ('email_verification', 'password_reset', 'mfa_login')`))
+    .addColumn("purpose", "text", (c) =>
+      c.notNull().check(sql`purpose in ('email_verification', 'password_reset', 'mfa_login')`),
+    )
     .addColumn("created_at", "timestamptz", (c) => c.notNull())
     .addColumn("expires_at", "timestamptz", (c) => c.notNull())
     .addColumn("used_at", "timestamptz")
     .execute();
-  await db.schema.createIndex("one_time_tokens_user_idx").on("one_time_tokens").columns(["user_id", "purpose"]).execute();
+  await db.schema
+    .createIndex("one_time_tokens_user_idx")
+    .on("one_time_tokens")
+    .columns(["user_id", "purpose"])
+    .execute();
 
   await db.schema
     .createTable("signing_keys")

@@ -93,7 +93,10 @@ export async function analyzeDocument(
   const opts = { ...DEFAULTS, ...options };
   const { bytes } = input;
   if (bytes.length > opts.maxBytes) {
-    return failure("too_large", `The file is ${bytes.length} bytes; documents larger than ${opts.maxBytes} bytes are not processed.`);
+    return failure(
+      "too_large",
+      `The file is ${bytes.length} bytes; documents larger than ${opts.maxBytes} bytes are not processed.`,
+    );
   }
   if (bytes.length === 0) return failure("empty", "The file is empty (0 bytes).");
 
@@ -107,7 +110,11 @@ export async function analyzeDocument(
     if (legacy !== undefined) {
       raw = legacy;
       const html = /^\s*(?:<!doctype\s+html|<html[\s>])/i.test(legacy);
-      detected = { mime: `${html ? "text/html" : "text/plain"}; charset=windows-1252`, kind: html ? "html" : "text", needsOcr: false };
+      detected = {
+        mime: `${html ? "text/html" : "text/plain"}; charset=windows-1252`,
+        kind: html ? "html" : "text",
+        needsOcr: false,
+      };
       warnings.push("The text is not valid UTF-8; it was read as Windows-1252.");
     }
   }

@@ -22,7 +22,8 @@ export function extractCitations(text: string): Citation[] {
   const all: Citation[] = [];
   for (const m of text.matchAll(DOI_RE)) {
     const doi = trimDoi(m[0]);
-    if (/^10\.\d{4,9}\/./.test(doi)) all.push({ type: "doi", id: doi.toLowerCase(), start: m.index, end: m.index + doi.length });
+    if (/^10\.\d{4,9}\/./.test(doi))
+      all.push({ type: "doi", id: doi.toLowerCase(), start: m.index, end: m.index + doi.length });
   }
   for (const m of text.matchAll(PMID_RE)) {
     const digits = m[1]!;

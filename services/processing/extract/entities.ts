@@ -142,7 +142,7 @@ export class EntityMatcher {
   match(text: string): EntityMatch[] {
     const tokens = tokenize(text);
     const found: { first: number; last: number; terminal: Terminal }[] = [];
-    for (let i = 0; i < tokens.length; ) {
+    for (let i = 0; i < tokens.length;) {
       const hit = this.longestAt(text, tokens, i);
       if (hit) {
         found.push({ first: i, ...hit });
@@ -211,7 +211,8 @@ function pluralStems(tok: Token): string[] {
   const raw = tok.raw;
   if (raw.length > 3 && /[^s]s$/.test(tok.folded)) out.push(foldWord(raw.slice(0, -1)));
   // Upper-case abbreviation with a lower-case plural s: "NSAIDs", "MIs", "TIAs".
-  if (raw.length >= 3 && /^[\p{Lu}\p{N}][\p{Lu}\p{N}\p{Ll}]*[\p{Lu}\p{N}]s$/u.test(raw)) out.push(EXACT + raw.slice(0, -1));
+  if (raw.length >= 3 && /^[\p{Lu}\p{N}][\p{Lu}\p{N}\p{Ll}]*[\p{Lu}\p{N}]s$/u.test(raw))
+    out.push(EXACT + raw.slice(0, -1));
   return out;
 }
 
@@ -236,7 +237,9 @@ export function summarizeEntities(matches: EntityMatch[], terms: readonly Lexico
       });
     }
   }
-  return [...rows.values()].sort((a, b) => b.count - a.count || b.confidence - a.confidence || a.canonical.localeCompare(b.canonical));
+  return [...rows.values()].sort(
+    (a, b) => b.count - a.count || b.confidence - a.confidence || a.canonical.localeCompare(b.canonical),
+  );
 }
 
 let shared: EntityMatcher | undefined;

@@ -15,7 +15,11 @@ const MIN_HITS = 8;
 
 /** ISO 639-1 code of the most likely language, or undefined when the text gives too little to go on. */
 export function guessLanguage(text: string): string | undefined {
-  const words = text.toLowerCase().match(/\p{L}+/gu)?.slice(0, SAMPLE_WORDS) ?? [];
+  const words =
+    text
+      .toLowerCase()
+      .match(/\p{L}+/gu)
+      ?.slice(0, SAMPLE_WORDS) ?? [];
   const counts = new Map<string, number>();
   for (const w of words) counts.set(w, (counts.get(w) ?? 0) + 1);
   const scores = Object.entries(STOPWORDS)

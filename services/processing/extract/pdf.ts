@@ -140,7 +140,10 @@ export function assemblePageText(items: TextItemLike[]): string {
       lastSize = size;
     }
   }
-  return out.replace(/[ \t]+\n/g, "\n").replace(/\n{3,}/g, "\n\n").trim();
+  return out
+    .replace(/[ \t]+\n/g, "\n")
+    .replace(/\n{3,}/g, "\n\n")
+    .trim();
 }
 
 async function anyPageDrawsImages(

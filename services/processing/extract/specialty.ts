@@ -17,7 +17,8 @@ export interface SpecialtyResult {
 // Population words say "pediatrics" more reliably than any disease list, and a few adjectives name
 // a specialty outright. Matched as whole words, case-insensitively.
 const CUES: Partial<Record<Specialty, RegExp>> = {
-  pediatrics: /\b(?:children|child|childhood|infants?|infancy|neonates?|neonatal|newborns?|paediatric|pediatric|adolescents?|toddlers?|preterm infants?)\b/gi,
+  pediatrics:
+    /\b(?:children|child|childhood|infants?|infancy|neonates?|neonatal|newborns?|paediatric|pediatric|adolescents?|toddlers?|preterm infants?)\b/gi,
   oncology: /\b(?:tumou?rs?|oncolog\w*|chemotherap\w*|malignan\w*|carcinomas?)\b/gi,
   cardiology: /\b(?:cardiac|cardiovascular|cardiolog\w*|coronary)\b/gi,
   neurology: /\b(?:neurolog\w*|neurological|cerebral|neuronal)\b/gi,

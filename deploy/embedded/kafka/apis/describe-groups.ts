@@ -17,7 +17,11 @@ export const describeGroupsApi = defineApi<{ groups: string[] }>({
       const g = ctx.broker.groups.describe(groupId);
       // A group that only holds committed offsets exists for Kafka, in the Empty state.
       if (g.state === "Dead" && ctx.broker.offsets.all(groupId).length > 0) g.state = "Empty";
-      w.int16(groupId === "" ? ErrorCode.INVALID_GROUP_ID : ErrorCode.NONE).string(groupId).string(g.state).string(g.protocolType).string(g.protocolName);
+      w.int16(groupId === "" ? ErrorCode.INVALID_GROUP_ID : ErrorCode.NONE)
+        .string(groupId)
+        .string(g.state)
+        .string(g.protocolType)
+        .string(g.protocolName);
       w.array(g.members, (w, m) => {
         w.string(m.memberId).string(m.clientId).string(m.clientHost).bytes(m.metadata).bytes(m.assignment);
       });

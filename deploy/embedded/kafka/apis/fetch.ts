@@ -25,7 +25,10 @@ interface PartitionAnswer {
   parts: Buffer[];
 }
 
-function collect(broker: Broker, req: FetchRequest): { answers: { name: string; partitions: PartitionAnswer[] }[]; bytes: number; anyError: boolean } {
+function collect(
+  broker: Broker,
+  req: FetchRequest,
+): { answers: { name: string; partitions: PartitionAnswer[] }[]; bytes: number; anyError: boolean } {
   let bytes = 0;
   let anyError = false;
   const answers = req.topics.map((t) => ({
@@ -34,16 +37,29 @@ function collect(broker: Broker, req: FetchRequest): { answers: { name: string; 
       const partition = broker.topics.partition(t.name, p.index);
       if (!partition || partition.log.isClosed) {
         anyError = true;
-        return { index: p.index, error: ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, highWatermark: -1, logStartOffset: -1, parts: [] };
+        return {
+          index: p.index,
+          error: ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+          highWatermark: -1,
+          logStartOffset: -1,
+          parts: [],
+        };
       }
       const log = partition.log;
       const hwm = log.highWatermark;
       const start = log.logStartOffset;
       if (p.fetchOffset < start || p.fetchOffset > hwm) {
         anyError = true;
-        return { index: p.index, error: ErrorCode.OFFSET_OUT_OF_RANGE, highWatermark: hwm, logStartOffset: start, parts: [] };
+        return {
+          index: p.index,
+          error: ErrorCode.OFFSET_OUT_OF_RANGE,
+          highWatermark: hwm,
+          logStartOffset: start,
+          parts: [],
+        };
       }
-      if (p.fetchOffset === hwm) return { index: p.index, error: 0, highWatermark: hwm, logStartOffset: start, parts: [] };
+      if (p.fetchOffset === hwm)
+        return { index: p.index, error: 0, highWatermark: hwm, logStartOffset: start, parts: [] };
       const budget = Math.max(0, Math.min(p.partitionMaxBytes, req.maxBytes - bytes));
       const read = log.read(p.fetchOffset, budget);
       bytes += read.bytes;

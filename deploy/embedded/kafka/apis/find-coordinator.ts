@@ -21,7 +21,9 @@ export const findCoordinatorApi = defineApi<{ key: string; keyType: number }>({
     if (v >= 1) w.int32(0);
     w.int16(unsupported ? ErrorCode.INVALID_REQUEST : ErrorCode.NONE);
     if (v >= 1) w.nullableString(unsupported ? "the embedded broker does not support transactions" : null);
-    w.int32(unsupported ? -1 : node.nodeId).string(unsupported ? "" : node.host).int32(unsupported ? -1 : node.port);
+    w.int32(unsupported ? -1 : node.nodeId)
+      .string(unsupported ? "" : node.host)
+      .int32(unsupported ? -1 : node.port);
     return w;
   },
 });

@@ -30,7 +30,11 @@ export const joinGroupApi = defineApi<Decoded>({
     });
     const w = new Writer();
     if (v >= 2) w.int32(0);
-    w.int16(result.errorCode).int32(result.generationId).string(result.protocolName).string(result.leaderId).string(result.memberId);
+    w.int16(result.errorCode)
+      .int32(result.generationId)
+      .string(result.protocolName)
+      .string(result.leaderId)
+      .string(result.memberId);
     w.array(result.members, (w, m) => {
       w.string(m.memberId);
       if (v >= 5) w.nullableString(m.groupInstanceId);

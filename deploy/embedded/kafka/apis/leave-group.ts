@@ -22,7 +22,10 @@ export const leaveGroupApi = defineApi<LeaveGroupRequest>({
   },
   handle(req, ctx) {
     const v = ctx.apiVersion;
-    const errors = ctx.broker.groups.leave(req.groupId, req.members.map((m) => m.memberId));
+    const errors = ctx.broker.groups.leave(
+      req.groupId,
+      req.members.map((m) => m.memberId),
+    );
     const w = new Writer();
     if (v >= 1) w.int32(0);
     if (v >= 3) {
@@ -30,7 +33,9 @@ export const leaveGroupApi = defineApi<LeaveGroupRequest>({
       w.int16(ErrorCode.NONE);
       w.array(req.members, (w, m) => {
         const i = req.members.indexOf(m);
-        w.string(m.memberId).nullableString(m.groupInstanceId).int16(errors[i] ?? ErrorCode.NONE);
+        w.string(m.memberId)
+          .nullableString(m.groupInstanceId)
+          .int16(errors[i] ?? ErrorCode.NONE);
       });
     } else {
       w.int16(errors[0] ?? ErrorCode.NONE);

@@ -50,7 +50,8 @@ export const listOffsetsApi = defineApi<ListOffsetsRequest>({
       name: t.name,
       partitions: t.partitions.map((p) => {
         const partition = ctx.broker.topics.partition(t.name, p.index);
-        if (!partition) return { index: p.index, error: ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, timestamp: -1, offset: -1 };
+        if (!partition)
+          return { index: p.index, error: ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, timestamp: -1, offset: -1 };
         const log = partition.log;
         if (p.timestamp === LATEST) return { index: p.index, error: 0, timestamp: -1, offset: log.highWatermark };
         if (p.timestamp === EARLIEST) return { index: p.index, error: 0, timestamp: -1, offset: log.logStartOffset };

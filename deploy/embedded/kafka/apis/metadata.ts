@@ -28,7 +28,8 @@ export const metadataApi = defineApi<MetadataRequest>({
     const broker = ctx.broker;
     const answers: TopicAnswer[] = [];
     if (req.topics === null) {
-      for (const t of broker.topics.list()) answers.push({ error: 0, name: t.name, partitions: t.partitions.map((p) => p.index) });
+      for (const t of broker.topics.list())
+        answers.push({ error: 0, name: t.name, partitions: t.partitions.map((p) => p.index) });
     } else {
       for (const name of req.topics) {
         const { topic, error } = broker.ensureTopic(name, req.allowAutoTopicCreation);

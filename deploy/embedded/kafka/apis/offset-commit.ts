@@ -37,15 +37,20 @@ export const offsetCommitApi = defineApi<OffsetCommitRequest>({
   },
   async handle(req, ctx) {
     const broker = ctx.broker;
-    const groupError = req.groupId === "" ? ErrorCode.INVALID_GROUP_ID : broker.groups.validateCommit(req.groupId, req.generationId, req.memberId);
+    const groupError =
+      req.groupId === ""
+        ? ErrorCode.INVALID_GROUP_ID
+        : broker.groups.validateCommit(req.groupId, req.generationId, req.memberId);
     const accepted: { topic: string; partition: number; offset: number; metadata: string }[] = [];
     const answers = req.topics.map((t) => ({
       name: t.name,
       partitions: t.partitions.map((p) => {
         let error: number = groupError;
         if (error === 0 && !broker.topics.partition(t.name, p.index)) error = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION;
-        if (error === 0 && p.metadata !== null && Buffer.byteLength(p.metadata) > MAX_METADATA_BYTES) error = ErrorCode.OFFSET_METADATA_TOO_LARGE;
-        if (error === 0) accepted.push({ topic: t.name, partition: p.index, offset: p.offset, metadata: p.metadata ?? "" });
+        if (error === 0 && p.metadata !== null && Buffer.byteLength(p.metadata) > MAX_METADATA_BYTES)
+          error = ErrorCode.OFFSET_METADATA_TOO_LARGE;
+        if (error === 0)
+          accepted.push({ topic: t.name, partition: p.index, offset: p.offset, metadata: p.metadata ?? "" });
         return { index: p.index, error };
       }),
     }));
@@ -55,7 +60,8 @@ export const offsetCommitApi = defineApi<OffsetCommitRequest>({
         await broker.offsets.whenDurable();
       } catch (err) {
         broker.logger.error("offset fsync failed", { error: String(err) });
-        for (const t of answers) for (const p of t.partitions) if (p.error === 0) p.error = ErrorCode.UNKNOWN_SERVER_ERROR;
+        for (const t of answers)
+          for (const p of t.partitions) if (p.error === 0) p.error = ErrorCode.UNKNOWN_SERVER_ERROR;
       }
     }
     const w = new Writer();

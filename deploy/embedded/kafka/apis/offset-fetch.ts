@@ -13,9 +13,10 @@ export const offsetFetchApi = defineApi<OffsetFetchRequest>({
   maxVersion: 4,
   decode(r, version) {
     const groupId = r.string();
-    const topics = version >= 2
-      ? r.nullableArray((r) => ({ name: r.string(), partitions: r.array((r) => r.int32()) }))
-      : r.array((r) => ({ name: r.string(), partitions: r.array((r) => r.int32()) }));
+    const topics =
+      version >= 2
+        ? r.nullableArray((r) => ({ name: r.string(), partitions: r.array((r) => r.int32()) }))
+        : r.array((r) => ({ name: r.string(), partitions: r.array((r) => r.int32()) }));
     return { groupId, topics };
   },
   handle(req, ctx) {

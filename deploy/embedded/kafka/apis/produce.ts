@@ -23,7 +23,13 @@ interface PartitionAnswer {
  * Validates and appends one partition's records. Kafka requires exactly one RecordBatch v2 per
  * partition from Produce v3 on, and verifies its CRC before accepting it.
  */
-function appendPartition(broker: Broker, topic: string, index: number, records: Buffer | null, touched: Set<PartitionLog>): PartitionAnswer {
+function appendPartition(
+  broker: Broker,
+  topic: string,
+  index: number,
+  records: Buffer | null,
+  touched: Set<PartitionLog>,
+): PartitionAnswer {
   const fail = (error: number): PartitionAnswer => ({ index, error, baseOffset: -1, logStartOffset: -1 });
   const partition = broker.topics.partition(topic, index);
   if (!partition) return fail(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION);
@@ -80,7 +86,8 @@ export const produceApi = defineApi<ProduceRequest>({
         await Promise.all([...touched].map((l) => l.whenDurable()));
       } catch (err) {
         ctx.broker.logger.error("fsync failed", { error: String(err) });
-        for (const t of answers) for (const p of t.partitions) if (p.error === 0) p.error = ErrorCode.UNKNOWN_SERVER_ERROR;
+        for (const t of answers)
+          for (const p of t.partitions) if (p.error === 0) p.error = ErrorCode.UNKNOWN_SERVER_ERROR;
       }
     }
     const w = new Writer();

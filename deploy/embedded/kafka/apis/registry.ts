@@ -42,4 +42,6 @@ const ALL: AnyApi[] = [
 
 export const apisByKey = new Map<number, AnyApi>(ALL.map((a) => [a.key, a]));
 
-advertised.push(...ALL.map((a) => ({ key: a.key, min: a.minVersion, max: a.maxVersion })).sort((a, b) => a.key - b.key));
+advertised.push(
+  ...ALL.map((a) => ({ key: a.key, min: a.minVersion, max: a.maxVersion })).sort((a, b) => a.key - b.key),
+);

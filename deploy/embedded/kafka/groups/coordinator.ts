@@ -114,7 +114,8 @@ export class GroupCoordinator {
       group = new Group(req.groupId);
       this.groups.set(req.groupId, group);
     }
-    if (!this.acceptsProtocols(group, req.protocolType, req.protocols)) return fail(ErrorCode.INCONSISTENT_GROUP_PROTOCOL);
+    if (!this.acceptsProtocols(group, req.protocolType, req.protocols))
+      return fail(ErrorCode.INCONSISTENT_GROUP_PROTOCOL);
 
     if (req.memberId === "") {
       const memberId = `${req.clientId || "member"}-${randomUUID()}`;
@@ -267,7 +268,11 @@ export class GroupCoordinator {
   }
 
   list(): { groupId: string; protocolType: string; state: GroupState }[] {
-    return [...this.groups.values()].map((g) => ({ groupId: g.id, protocolType: g.protocolType ?? "", state: g.state }));
+    return [...this.groups.values()].map((g) => ({
+      groupId: g.id,
+      protocolType: g.protocolType ?? "",
+      state: g.state,
+    }));
   }
 
   close(): void {
@@ -277,7 +282,14 @@ export class GroupCoordinator {
       for (const t of g.pending.values()) clearTimeout(t);
       for (const m of g.members.values()) {
         if (m.sessionTimer) clearTimeout(m.sessionTimer);
-        m.joinWaiter?.({ errorCode: ErrorCode.NOT_COORDINATOR, generationId: -1, protocolName: "", leaderId: "", memberId: m.id, members: [] });
+        m.joinWaiter?.({
+          errorCode: ErrorCode.NOT_COORDINATOR,
+          generationId: -1,
+          protocolName: "",
+          leaderId: "",
+          memberId: m.id,
+          members: [],
+        });
         m.syncWaiter?.({ errorCode: ErrorCode.NOT_COORDINATOR, assignment: EMPTY });
         m.joinWaiter = null;
         m.syncWaiter = null;
@@ -331,7 +343,14 @@ export class GroupCoordinator {
   private awaitJoin(group: Group, member: Member): Promise<JoinResult> {
     return new Promise((resolve) => {
       // A member that rejoins while an earlier join is still held gets the earlier one cancelled.
-      member.joinWaiter?.({ errorCode: ErrorCode.REBALANCE_IN_PROGRESS, generationId: -1, protocolName: "", leaderId: "", memberId: member.id, members: [] });
+      member.joinWaiter?.({
+        errorCode: ErrorCode.REBALANCE_IN_PROGRESS,
+        generationId: -1,
+        protocolName: "",
+        leaderId: "",
+        memberId: member.id,
+        members: [],
+      });
       member.joinWaiter = resolve;
       if (group.state !== "PreparingRebalance") this.prepareRebalance(group);
       else this.maybeCompleteJoin(group);
@@ -404,9 +423,14 @@ export class GroupCoordinator {
       return;
     }
     group.protocolName = this.selectProtocol(group);
-    if (!group.leaderId || !group.members.has(group.leaderId)) group.leaderId = group.members.keys().next().value ?? null;
+    if (!group.leaderId || !group.members.has(group.leaderId))
+      group.leaderId = group.members.keys().next().value ?? null;
     group.state = "CompletingRebalance";
-    this.logger.debug("rebalance completed", { group: group.id, generation: group.generation, members: group.members.size });
+    this.logger.debug("rebalance completed", {
+      group: group.id,
+      generation: group.generation,
+      members: group.members.size,
+    });
     for (const m of group.members.values()) {
       const w = m.joinWaiter;
       m.joinWaiter = null;
@@ -424,7 +448,11 @@ export class GroupCoordinator {
       leaderId: group.leaderId ?? "",
       memberId: member.id,
       members: isLeader
-        ? [...group.members.values()].map((m) => ({ memberId: m.id, groupInstanceId: m.groupInstanceId, metadata: m.metadataFor(group.protocolName) }))
+        ? [...group.members.values()].map((m) => ({
+            memberId: m.id,
+            groupInstanceId: m.groupInstanceId,
+            metadata: m.metadataFor(group.protocolName),
+          }))
         : [],
     };
   }
@@ -464,7 +492,14 @@ export class GroupCoordinator {
     const sw = member.syncWaiter;
     member.joinWaiter = null;
     member.syncWaiter = null;
-    jw?.({ errorCode: ErrorCode.UNKNOWN_MEMBER_ID, generationId: -1, protocolName: "", leaderId: "", memberId: member.id, members: [] });
+    jw?.({
+      errorCode: ErrorCode.UNKNOWN_MEMBER_ID,
+      generationId: -1,
+      protocolName: "",
+      leaderId: "",
+      memberId: member.id,
+      members: [],
+    });
     sw?.({ errorCode: ErrorCode.UNKNOWN_MEMBER_ID, assignment: EMPTY });
     switch (group.state) {
       case "Stable":

@@ -137,7 +137,8 @@ export class OffsetStore {
     const lines: string[] = [];
     for (const [g, topics] of this.offsets) {
       for (const [t, parts] of topics) {
-        for (const [p, c] of parts) lines.push(JSON.stringify({ g, t, p, o: c.offset, m: c.metadata, ts: c.commitTimestamp }));
+        for (const [p, c] of parts)
+          lines.push(JSON.stringify({ g, t, p, o: c.offset, m: c.metadata, ts: c.commitTimestamp }));
       }
     }
     const tmp = this.file + ".tmp";

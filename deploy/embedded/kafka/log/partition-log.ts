@@ -103,7 +103,11 @@ export class PartitionLog {
     const baseOffset = this.highWatermark;
     if (this.active.size > 0 && this.active.size + batch.length > this.policy.segmentBytes) this.roll();
     assignBaseOffset(batch, baseOffset);
-    this.active.append(batch, { baseOffset, lastOffsetDelta: header.lastOffsetDelta, maxTimestamp: header.maxTimestamp });
+    this.active.append(batch, {
+      baseOffset,
+      lastOffsetDelta: header.lastOffsetDelta,
+      maxTimestamp: header.maxTimestamp,
+    });
     this.syncer.markWritten();
     for (const l of [...this.listeners]) l();
     return baseOffset;

@@ -37,7 +37,7 @@ export class Syncer {
       () => {
         this.synced = Math.max(this.synced, covering);
         const still: typeof this.waiters = [];
-        for (const w of this.waiters) (w.target <= covering ? w.resolve() : still.push(w));
+        for (const w of this.waiters) w.target <= covering ? w.resolve() : still.push(w);
         this.waiters = still;
         this.running = false;
         this.kick();

@@ -144,7 +144,12 @@ export class TopicRegistry {
       syncDir(this.topicsDir);
     } else {
       for (let p = 0; p < numPartitions; p++) {
-        partitions.push({ topic: name, index: p, log: PartitionLog.inMemory(name, p, policy), producers: new ProducerStateTable() });
+        partitions.push({
+          topic: name,
+          index: p,
+          log: PartitionLog.inMemory(name, p, policy),
+          producers: new ProducerStateTable(),
+        });
       }
     }
     const topic: Topic = { name, partitions, configs };
@@ -175,7 +180,8 @@ export class TopicRegistry {
 
   maxProducerId(): number {
     let max = -1;
-    for (const t of this.topics.values()) for (const p of t.partitions) max = Math.max(max, p.producers.maxProducerId());
+    for (const t of this.topics.values())
+      for (const p of t.partitions) max = Math.max(max, p.producers.maxProducerId());
     return max;
   }
 

@@ -26,9 +26,7 @@ function lastSeqOf(baseSequence: number, lastOffsetDelta: number): number {
 }
 
 export type SequenceVerdict =
-  | { kind: "append" }
-  | { kind: "duplicate"; baseOffset: number }
-  | { kind: "error"; code: number };
+  { kind: "append" } | { kind: "duplicate"; baseOffset: number } | { kind: "error"; code: number };
 
 export interface IdempotentBatch {
   producerId: number;
@@ -48,11 +46,14 @@ export class ProducerStateTable {
     if (!entry) return { kind: "append" };
     if (b.producerEpoch < entry.epoch) return { kind: "error", code: ErrorCode.INVALID_PRODUCER_EPOCH };
     if (b.producerEpoch > entry.epoch) {
-      return b.baseSequence === 0 ? { kind: "append" } : { kind: "error", code: ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER };
+      return b.baseSequence === 0
+        ? { kind: "append" }
+        : { kind: "error", code: ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER };
     }
     const lastSeq = lastSeqOf(b.baseSequence, b.lastOffsetDelta);
     for (const r of entry.batches) {
-      if (r.firstSeq === b.baseSequence && r.lastSeq === lastSeq) return { kind: "duplicate", baseOffset: r.baseOffset };
+      if (r.firstSeq === b.baseSequence && r.lastSeq === lastSeq)
+        return { kind: "duplicate", baseOffset: r.baseOffset };
     }
     const newest = entry.batches[entry.batches.length - 1];
     if (!newest || b.baseSequence === nextSeq(newest.lastSeq)) return { kind: "append" };

@@ -20,7 +20,14 @@ const TABLES: Uint32Array[] = (() => {
 
 export function crc32c(buf: Uint8Array, start = 0, end = buf.length): number {
   const [t0, t1, t2, t3, t4, t5, t6, t7] = TABLES as [
-    Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array,
+    Uint32Array,
+    Uint32Array,
+    Uint32Array,
+    Uint32Array,
+    Uint32Array,
+    Uint32Array,
+    Uint32Array,
+    Uint32Array,
   ];
   let crc = 0xffffffff;
   let i = start;

@@ -101,7 +101,10 @@ function readVarint(buf: Buffer, at: number): [value: number, next: number] {
  * Timestamps of the records in an uncompressed batch, used by ListOffsets to find the first offset at
  * or after a time. Returns null for compressed batches (the caller then answers at batch granularity).
  */
-export function recordTimestamps(batch: Buffer, header: BatchHeader): { offsetDelta: number; timestamp: number }[] | null {
+export function recordTimestamps(
+  batch: Buffer,
+  header: BatchHeader,
+): { offsetDelta: number; timestamp: number }[] | null {
   if ((header.attributes & 0x07) !== 0) return null;
   const baseTimestamp = Number(batch.readBigInt64BE(BATCH.BASE_TIMESTAMP));
   const out: { offsetDelta: number; timestamp: number }[] = [];
