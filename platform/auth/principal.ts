@@ -1,13 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
-import type { Principal, PrincipalResolver } from "../grpc/interceptors/access.js";
+import { roleNames, type Principal, type PrincipalResolver } from "../grpc/interceptors/access.js";
 import { verifyAccessToken } from "./access-token.js";
 import type { KeySet } from "./key-set.js";
-
-function roleOf(name: string): Role {
-  const v = (Role as unknown as Record<string, number>)[name.toUpperCase()];
-  return typeof v === "number" ? (v as Role) : Role.UNSPECIFIED;
-}
 
 /**
  * The caller behind `authorization: Bearer <access token>`, verified locally against identity's
@@ -38,7 +32,7 @@ export function bearerPrincipalResolver(keys: KeySet, now: () => number = Date.n
     const c = result.claims;
     const principal: Principal = {
       subject: c.sub,
-      role: roleOf(c.role),
+      role: roleNames.value(c.role),
       kind: c.kind,
       ...(c.sid ? { sessionId: c.sid } : {}),
     };

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   DocumentSchema,
   Visibility,
@@ -8,20 +8,10 @@ import {
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
 import { invalidArgument, type FieldViolation } from "../../platform/grpc/errors.js";
-import { principalKey, type Principal } from "../../platform/grpc/interceptors/access.js";
+import type { Principal } from "../../platform/grpc/interceptors/access.js";
 import { check } from "../../platform/grpc/interceptors/validation.js";
 import { documentTypes, isCalendarDate, visibilities } from "./model.js";
 import type { DocumentRow, DocumentStore, NewDocument } from "./store.js";
-
-/**
- * Who is calling. The access interceptor has already admitted the caller by the contract's
- * policy; every documents RPC requires a signed-in principal, so its absence is a wiring error.
- */
-export function callerOf(ctx: HandlerContext): Principal {
-  const p = ctx.values.get(principalKey);
-  if (!p) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
-  return p;
-}
 
 export const isAdmin = (p: Principal) => p.role === Role.ADMIN;
 
@@ -56,9 +46,9 @@ export function normalised(doc: Document) {
     publication_date: doc.publicationDate || null,
     doi: doc.doi || null,
     pmid: doc.pmid || null,
-    document_type: doc.documentType ? documentTypes.toName(doc.documentType) : "other",
+    document_type: doc.documentType ? documentTypes.name(doc.documentType) : "other",
     specialty: doc.specialty.trim() || null,
-    visibility: visibilities.toName(doc.visibility || Visibility.PRIVATE),
+    visibility: visibilities.name(doc.visibility || Visibility.PRIVATE),
     metadata: doc.metadata,
   };
 }

@@ -21,30 +21,16 @@ import {
   type WatchDocumentResponse,
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { fromBinary } from "@bufbuild/protobuf";
+import { enumNames } from "../../platform/grpc/enum-names.js";
 
-// Enums are stored by their short lower-case name ("research_paper"), readable in SQL and
-// independent of proto numbering.
-function enumCodec<E extends Record<string, string | number>>(e: E, prefix: string) {
-  const toName = (v: number): string => {
-    const key = (e as Record<number, string>)[v];
-    if (!key || v === 0) throw new Error(`no stored name for ${prefix}${v}`);
-    return key.toLowerCase();
-  };
-  const fromName = (name: string): number => {
-    const v = (e as Record<string, number>)[name.toUpperCase()];
-    return typeof v === "number" ? v : 0;
-  };
-  return { toName, fromName };
-}
-
-export const documentTypes = enumCodec(DocumentType, "DocumentType.");
-export const statuses = enumCodec(ProcessingStatus, "ProcessingStatus.");
-export const visibilities = enumCodec(Visibility, "Visibility.");
-export const failureReasons = enumCodec(FailureReason, "FailureReason.");
+export const documentTypes = enumNames<DocumentType>(DocumentType, "DocumentType");
+export const statuses = enumNames<ProcessingStatus>(ProcessingStatus, "ProcessingStatus");
+export const visibilities = enumNames<Visibility>(Visibility, "Visibility");
+export const failureReasons = enumNames<FailureReason>(FailureReason, "FailureReason");
 
 function failureOf(reason: string | null, message: string | null): ProcessingFailure | undefined {
   if (!reason) return undefined;
-  return create(ProcessingFailureSchema, { reason: failureReasons.fromName(reason), message: message ?? "" });
+  return create(ProcessingFailureSchema, { reason: failureReasons.value(reason), message: message ?? "" });
 }
 
 export function toOutcome(row: OutcomeRow): ProcessingOutcome {
@@ -67,7 +53,7 @@ export function toStatusChange(
 ): WatchDocumentResponse {
   return create(WatchDocumentResponseSchema, {
     documentId: row.document_id,
-    status: statuses.fromName(row.status),
+    status: statuses.value(row.status),
     version: row.version,
     failure: failureOf(row.failure_reason, row.failure_message),
     changeTime: timestampFromDate(new Date(row.created_at)),
@@ -83,13 +69,13 @@ export function toDocument(row: DocumentRow): Document {
     publicationDate: row.publication_date ?? "",
     doi: row.doi ?? "",
     pmid: row.pmid ?? "",
-    documentType: documentTypes.fromName(row.document_type),
+    documentType: documentTypes.value(row.document_type),
     specialty: row.specialty ?? "",
-    processingStatus: statuses.fromName(row.processing_status),
+    processingStatus: statuses.value(row.processing_status),
     sizeBytes: BigInt(row.size_bytes),
     mimeType: row.mime_type ?? "",
     uploadedBy: row.uploaded_by,
-    visibility: visibilities.fromName(row.visibility),
+    visibility: visibilities.value(row.visibility),
     version: row.version,
     metadata: row.metadata,
     createTime: timestampFromDate(new Date(row.created_at)),

@@ -42,7 +42,7 @@ export function documentProcessingService(processing: ProcessingStore): ServiceI
       } else if (req.outcome.case === "failure") {
         outcome = {
           status: "failed",
-          reason: failureReasons.toName(req.outcome.value.reason),
+          reason: failureReasons.name(req.outcome.value.reason),
           message: req.outcome.value.message,
         };
       } else {

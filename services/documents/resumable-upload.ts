@@ -22,12 +22,14 @@ import {
 } from "../../platform/blobs/index.js";
 import type { Principal } from "../../platform/grpc/interceptors/access.js";
 import { logger } from "../../platform/telemetry/logger.js";
-import { callerOf, notFound, type DocumentAccess } from "./access.js";
+import { callerOf } from "../../platform/grpc/caller.js";
+import { notFound, type DocumentAccess } from "./access.js";
 import { toDocument, toVersion } from "./model.js";
 import type { ContentOptions } from "./service.js";
 import type { DocumentStore, NewDocument } from "./store.js";
 import { bytesText, contradicts, discardUnlessUsed } from "./upload.js";
 import type { UploadSessionRow, UploadSessionStore } from "./upload-sessions.js";
+import { isUniqueViolation } from "../../platform/db/errors.js";
 
 export interface ResumableUploadOptions {
   /** How long an upload may sit untouched before it expires. */
@@ -399,7 +401,7 @@ export function resumableUploadHandlers(
           });
         } catch (err) {
           await discard(blob);
-          const unique = (err as { code?: string }).code === "23505";
+          const unique = isUniqueViolation(err);
           if (err instanceof SessionMoved || unique) {
             // Another replica completed it first (racing on the same new document id ends in a
             // unique violation), or it was aborted meanwhile.

@@ -5,12 +5,14 @@ import { decodePageToken, encodePageToken } from "../../platform/grpc/page-token
 import { documentTypes, statuses, toDocument, toVersion } from "./model.js";
 import { discardUnlessUsed, receiveUpload } from "./upload.js";
 import type { BlobStore } from "../../platform/blobs/index.js";
-import { callerOf, checkDates, DocumentAccess, isAdmin, normalised, notFound } from "./access.js";
+import { callerOf } from "../../platform/grpc/caller.js";
+import { checkDates, DocumentAccess, isAdmin, normalised, notFound } from "./access.js";
 import { resumableUploadHandlers, type ResumableUploadOptions } from "./resumable-upload.js";
 import { statusHandlers, type StatusFeed } from "./status.js";
 import type { ProcessingStore } from "./processing-store.js";
 import type { DocumentChanges, DocumentStore, ListFilter, NewDocument } from "./store.js";
 import { randomUUID } from "node:crypto";
+import { isUniqueViolation } from "../../platform/db/errors.js";
 
 const DEFAULT_PAGE_SIZE = 25;
 
@@ -67,7 +69,7 @@ export function documentService(
         return { document: toDocument(row) };
       } catch (err) {
         // Two creates racing for one DOI: the unique index decides, the loser hears why.
-        if ((err as { code?: string }).code === "23505")
+        if (isUniqueViolation(err))
           throw new ConnectError(`a document with DOI ${fields.doi} already exists`, Code.AlreadyExists);
         throw err;
       }
@@ -88,8 +90,8 @@ export function documentService(
       }
       const filter: ListFilter = {
         specialty: req.specialty || undefined,
-        document_type: req.documentType ? documentTypes.toName(req.documentType) : undefined,
-        processing_status: req.processingStatus ? statuses.toName(req.processingStatus) : undefined,
+        document_type: req.documentType ? documentTypes.name(req.documentType) : undefined,
+        processing_status: req.processingStatus ? statuses.name(req.processingStatus) : undefined,
         uploaded_by: req.uploadedBy || undefined,
         published_after: req.publishedAfter || undefined,
         published_before: req.publishedBefore || undefined,
@@ -136,7 +138,7 @@ export function documentService(
         if (!row) throw notFound(doc.id);
         return { document: toDocument(row) };
       } catch (err) {
-        if ((err as { code?: string }).code === "23505")
+        if (isUniqueViolation(err))
           throw new ConnectError(`a document with DOI ${changes.doi} already exists`, Code.AlreadyExists);
         throw err;
       }

@@ -1,6 +1,7 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
-import { callerOf, type DocumentAccess } from "./access.js";
+import { callerOf } from "../../platform/grpc/caller.js";
+import type { DocumentAccess } from "./access.js";
 import { toOutcome, toStatusChange } from "./model.js";
 import { TERMINAL_STATUSES, type ProcessingStore } from "./processing-store.js";
 import type { DocumentStore } from "./store.js";

@@ -3,6 +3,7 @@ import { logger } from "../../platform/telemetry/logger.js";
 import { API_KEY_PREFIX } from "./service.js";
 import type { IdentityStore } from "./store.js";
 import { hashToken } from "./tokens.js";
+import { isUniqueViolation } from "../../platform/db/errors.js";
 
 const log = logger.child({ component: "identity" });
 
@@ -100,9 +101,9 @@ export async function ensureBootstrapKeys(store: IdentityStore, keys: BootstrapK
         );
         return true;
       })
-      .catch((err: { code?: string }) => {
+      .catch((err: unknown) => {
         // Another replica starting at the same moment inserted it first.
-        if (err.code === "23505") return false;
+        if (isUniqueViolation(err)) return false;
         throw err;
       });
     if (created) log.info("created a service API key from configuration", { name });

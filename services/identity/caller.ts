@@ -1,18 +1,7 @@
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
-import { principalKey, type Principal } from "../../platform/grpc/interceptors/access.js";
+import { callerOf } from "../../platform/grpc/caller.js";
 
-/**
- * Who is calling. The mesh's access interceptor has verified the bearer token against identity's
- * own key ring and admitted the caller by the contract's policy before any handler runs; handlers
- * only read the result.
- */
-
-/** The verified caller of a method whose policy requires one. */
-export function callerOf(ctx: HandlerContext): Principal {
-  const p = ctx.values.get(principalKey);
-  if (!p) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
-  return p;
-}
+/** Identity's views of the verified caller (see platform/grpc/caller.ts). */
 
 /** The caller as a user (not a device or service), for methods about one's own account. */
 export function userOf(ctx: HandlerContext): string {

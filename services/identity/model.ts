@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
+import { roleNames } from "../../platform/grpc/interceptors/access.js";
 import {
   ApiKeySchema,
   AuditEventSchema,
@@ -19,16 +20,8 @@ import type { ApiKeyRow, AuditRow, SessionRow, UserRow } from "./store.js";
 export type HumanRole = "admin" | "doctor" | "researcher" | "student";
 
 // Roles and kinds are stored and put in tokens by their lower-case names, independent of proto numbering.
-export function roleName(role: Role): RoleName {
-  const key = Role[role];
-  if (!key || role === Role.UNSPECIFIED) throw new Error(`no name for role ${role}`);
-  return key.toLowerCase() as RoleName;
-}
-
-export function roleFromName(name: string): Role {
-  const v = (Role as unknown as Record<string, number>)[name.toUpperCase()];
-  return typeof v === "number" ? (v as Role) : Role.UNSPECIFIED;
-}
+export const roleName = (role: Role): RoleName => roleNames.name(role) as RoleName;
+export const roleFromName = (name: string): Role => roleNames.value(name);
 
 export function kindFromName(name: PrincipalKindName): PrincipalKind {
   return { user: PrincipalKind.USER, device: PrincipalKind.DEVICE, service: PrincipalKind.SERVICE }[name];

@@ -5,7 +5,8 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { IdentityService, JwkSchema, TokensSchema, type Tokens } from "../../gen/medmesh/identity/v1/identity_pb.js";
 import { invalidArgument, resourceExhausted } from "../../platform/grpc/errors.js";
 import { logger } from "../../platform/telemetry/logger.js";
-import { callerOf, sessionOf, userOf } from "./caller.js";
+import { callerOf } from "../../platform/grpc/caller.js";
+import { sessionOf, userOf } from "./caller.js";
 import type { SigningKeyRing } from "./keys.js";
 import {
   kindFromName,
@@ -28,6 +29,7 @@ import {
 import type { AuditEntry, IdentityStore, OneTimePurpose, UserRow } from "./store.js";
 import { ACCESS_TOKEN_TTL_SECONDS, hashToken, newAccessClaims, newOpaqueToken, signAccessToken } from "./tokens.js";
 import { base32Encode, matchTotp, newTotpSecret, otpauthUri } from "./totp.js";
+import { isUniqueViolation } from "../../platform/db/errors.js";
 
 const log = logger.child({ component: "identity" });
 
@@ -184,7 +186,7 @@ export function identityService(opts: IdentityOptions): ServiceImpl<typeof Ident
         });
       } catch (err) {
         // Two registrations racing for one address or name: the unique index decides.
-        if ((err as { code?: string }).code === "23505")
+        if (isUniqueViolation(err))
           throw new ConnectError("an account with this email address or username already exists", Code.AlreadyExists);
         throw err;
       }

@@ -2,6 +2,11 @@ import { Code, ConnectError, createContextKey, type Interceptor } from "@connect
 import { Audience, Role, type Policy } from "../../../gen/medmesh/access/v1/access_pb.js";
 import { policyOf } from "../access-policy.js";
 
+import { enumNames } from "../enum-names.js";
+
+/** Roles by their stored lower-case names, as tokens and the identity database carry them. */
+export const roleNames = enumNames<Role>(Role, "Role");
+
 export interface Principal {
   /** User id, device id or service name. */
   subject: string;
@@ -46,7 +51,7 @@ export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interce
     if (!principal) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
     if (policy.audience === Audience.ROLES && !policy.roles.includes(principal.role)) {
       throw new ConnectError(
-        `the ${(Role[principal.role] ?? "unknown").toLowerCase()} role may not call ${req.method.name}`,
+        `the ${roleNames.label(principal.role)} role may not call ${req.method.name}`,
         Code.PermissionDenied,
       );
     }

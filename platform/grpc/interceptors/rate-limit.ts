@@ -7,6 +7,9 @@ import { env } from "../../config/env.js";
 import { logger } from "../../telemetry/logger.js";
 import { resourceExhausted } from "../errors.js";
 import { policyKey, principalKey } from "./access.js";
+import { enumNames } from "../enum-names.js";
+
+const rateClassNames = enumNames<RateClass>(RateClass, "RateClass");
 
 /** The caller's network address, set by the server that accepted the connection. */
 export const peerKey = createContextKey<string | undefined>(undefined, { description: "peer address" });
@@ -79,7 +82,7 @@ export function rateLimitInterceptor(limiter: RateLimiter, rules: RateRules): In
     const who = principal
       ? `${principal.kind}:${principal.subject}`
       : `ip:${req.contextValues.get(peerKey) ?? "unknown"}`;
-    const name = RateClass[cls].toLowerCase();
+    const name = rateClassNames.name(cls);
     const keys = [`${name}:${who}`];
     const account = cls === RateClass.AUTH && !req.stream ? accountOf(req.method.input, req.message) : undefined;
     if (account) keys.push(`${name}:account:${account}`);
