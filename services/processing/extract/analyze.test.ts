@@ -2,8 +2,8 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { analyzeDocument, type DocumentAnalysis } from "../../services/processing/extract/index.js";
-import { FIXTURES, makeFixtures, PAPER, type FixtureName } from "../fixtures/documents/make-fixtures.js";
+import { analyzeDocument, type DocumentAnalysis } from "./index.js";
+import { FIXTURES, makeFixtures, PAPER, type FixtureName } from "../../../test/fixtures/documents/make-fixtures.js";
 
 let dir: string;
 let paths: Record<FixtureName, string>;

@@ -7,7 +7,7 @@ import {
   QUALITY_WEIGHTS,
   scoreQuality,
   summarizeEntities,
-} from "../../services/processing/extract/index.js";
+} from "./index.js";
 
 const specialtyOf = (text: string) => detectSpecialty(summarizeEntities(findEntities(text)), text);
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { detectStructure, extractCitations, groupCitations } from "../../services/processing/extract/index.js";
+import { detectStructure, extractCitations, groupCitations } from "./index.js";
 
 const ids = (text: string) => extractCitations(text).map((c) => `${c.type}:${c.id}`);
 

@@ -7,7 +7,7 @@ import {
   SPECIALTIES,
   summarizeEntities,
   type LexiconTerm,
-} from "../../services/processing/extract/index.js";
+} from "./index.js";
 
 const canon = (text: string) => findEntities(text).map((e) => e.canonical);
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { assemblePageText, extractPdfText } from "../../services/processing/extract/index.js";
+import { assemblePageText, extractPdfText } from "./index.js";
 import {
   blankPdf,
   encryptedPdf,
@@ -9,7 +9,7 @@ import {
   paperPdf,
   truncatedPdf,
   PAPER,
-} from "../fixtures/documents/make-fixtures.js";
+} from "../../../test/fixtures/documents/make-fixtures.js";
 
 describe("extractPdfText", () => {
   it("returns per-page text with headings, and a blank line where the page leaves a paragraph gap", async () => {

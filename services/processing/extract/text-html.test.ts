@@ -5,7 +5,7 @@ import {
   decodeText,
   htmlToText,
   normalizeText,
-} from "../../services/processing/extract/index.js";
+} from "./index.js";
 
 describe("normalizeText", () => {
   it("turns CRLF, lone CR, form feeds and Unicode line separators into LF", () => {
