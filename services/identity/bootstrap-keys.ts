@@ -1,9 +1,8 @@
-import { randomUUID } from "node:crypto";
+import { isUniqueViolation } from "../../platform/db/errors.js";
 import { logger } from "../../platform/telemetry/logger.js";
-import { API_KEY_PREFIX } from "./service.js";
+import { API_KEY_PREFIX, apiKeyDetails, apiKeyRecord } from "./api-keys.js";
 import type { IdentityStore } from "./store.js";
 import { hashToken } from "./tokens.js";
-import { isUniqueViolation } from "../../platform/db/errors.js";
 
 const log = logger.child({ component: "identity" });
 
@@ -81,21 +80,15 @@ export async function ensureBootstrapKeys(store: IdentityStore, keys: BootstrapK
     }
     const created = await store
       .transaction(async (tx) => {
-        const row = await tx.insertApiKey({
-          id: randomUUID(),
-          name,
-          kind: "service",
-          key_hash: hash,
-          prefix: key.slice(0, API_KEY_PREFIX.length + 6),
-          created_by: BOOTSTRAP_CREATOR,
-          created_at: now,
-        });
+        const row = await tx.insertApiKey(
+          apiKeyRecord(key, { name, kind: "service", createdBy: BOOTSTRAP_CREATOR }, now),
+        );
         const replaced = await tx.revokeConfiguredApiKeys(name, BOOTSTRAP_CREATOR, row.id, now);
         await tx.audit(
           {
             event: "api_key_created",
             actor: BOOTSTRAP_CREATOR,
-            details: { api_key_id: row.id, name, kind: "service", replaced: String(replaced) },
+            details: { ...apiKeyDetails(row), replaced: String(replaced) },
           },
           now,
         );

@@ -11,8 +11,10 @@ import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
 import { ensureBootstrapKeys, parseBootstrapKeys } from "./bootstrap-keys.js";
 import { SigningKeyRing } from "./keys.js";
 import { migrations } from "./migrations/index.js";
-import { identityService, type Deliver } from "./service.js";
-import { IdentityStore, type IdentityDB } from "./store.js";
+import type { Deliver } from "./context.js";
+import { identityService } from "./service.js";
+import { IdentityStore } from "./store.js";
+import type { IdentityDB } from "./tables.js";
 
 export const configSpec = {
   ...serviceSpec,

@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
+import { enumNames } from "../../platform/grpc/enum-names.js";
 import { roleNames } from "../../platform/grpc/interceptors/access.js";
 import {
   ApiKeySchema,
@@ -14,22 +15,18 @@ import {
   type User,
 } from "../../gen/medmesh/identity/v1/identity_pb.js";
 import type { PrincipalKindName, RoleName } from "./tokens.js";
-import type { ApiKeyRow, AuditRow, SessionRow, UserRow } from "./store.js";
-
-/** The roles a person can hold; device and service belong to API keys. */
-export type HumanRole = "admin" | "doctor" | "researcher" | "student";
+import type { ApiKeyKind, ApiKeyRow, AuditRow, SessionRow, UserRow } from "./tables.js";
 
 // Roles and kinds are stored and put in tokens by their lower-case names, independent of proto numbering.
 export const roleName = (role: Role): RoleName => roleNames.name(role) as RoleName;
 export const roleFromName = (name: string): Role => roleNames.value(name);
 
-export function kindFromName(name: PrincipalKindName): PrincipalKind {
-  return { user: PrincipalKind.USER, device: PrincipalKind.DEVICE, service: PrincipalKind.SERVICE }[name];
-}
+const kinds = enumNames<PrincipalKind>(PrincipalKind, "PrincipalKind");
 
-export function kindName(kind: PrincipalKind): "device" | "service" {
-  if (kind === PrincipalKind.DEVICE) return "device";
-  if (kind === PrincipalKind.SERVICE) return "service";
+export const kindFromName = (name: PrincipalKindName): PrincipalKind => kinds.value(name);
+
+export function apiKeyKind(kind: PrincipalKind): ApiKeyKind {
+  if (kind === PrincipalKind.DEVICE || kind === PrincipalKind.SERVICE) return kinds.name(kind) as ApiKeyKind;
   throw new Error(`API keys are for devices and services, not ${PrincipalKind[kind]}`);
 }
 

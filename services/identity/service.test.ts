@@ -8,7 +8,7 @@ import { createMeshClient } from "../../platform/grpc/client.js";
 import { backends, testEnv } from "../../test/support/backends.js";
 import type { SigningKeyRing } from "./keys.js";
 import { startIdentity } from "./main.js";
-import type { Delivery } from "./service.js";
+import type { Delivery } from "./context.js";
 import { newAccessClaims, signAccessToken, signJws, verifyAccessToken } from "./tokens.js";
 import { totp } from "./totp.js";
 import { rejection } from "../../test/support/rejection.js";

@@ -1,113 +1,17 @@
-import type { Generated, Kysely, Selectable } from "kysely";
+import type { ExpressionBuilder, Kysely, UpdateResult } from "kysely";
 import { sql } from "kysely";
-import type { HumanRole } from "./model.js";
-
-export interface UserTable {
-  id: string;
-  email: string;
-  username: string;
-  password_hash: string;
-  first_name: string;
-  last_name: string;
-  role: HumanRole;
-  active: Generated<boolean>;
-  email_verified: Generated<boolean>;
-  failed_logins: Generated<number>;
-  lockouts: Generated<number>;
-  locked_until: Date | null;
-  created_at: Date;
-  updated_at: Date;
-}
-
-export interface SessionTable {
-  id: string;
-  user_id: string;
-  created_at: Date;
-  last_used_at: Date;
-  expires_at: Date;
-  revoked_at: Date | null;
-  revoke_reason: string | null;
-}
-
-export interface RefreshTokenTable {
-  token_hash: string;
-  session_id: string;
-  created_at: Date;
-  rotated_at: Date | null;
-}
-
-export interface MfaTable {
-  user_id: string;
-  secret: string;
-  created_at: Date;
-  confirmed_at: Date | null;
-  last_used_step: Generated<number>;
-}
-
-export interface BackupCodeTable {
-  user_id: string;
-  code_hash: string;
-  used_at: Date | null;
-}
-
-export interface ApiKeyTable {
-  id: string;
-  name: string;
-  kind: "device" | "service";
-  key_hash: string;
-  prefix: string;
-  created_by: string;
-  created_at: Date;
-  last_used_at: Date | null;
-  revoked_at: Date | null;
-}
-
-export type OneTimePurpose = "email_verification" | "password_reset" | "mfa_login";
-
-export interface OneTimeTokenTable {
-  token_hash: string;
-  user_id: string;
-  purpose: OneTimePurpose;
-  created_at: Date;
-  expires_at: Date;
-  used_at: Date | null;
-}
-
-export interface SigningKeyTable {
-  kid: string;
-  public_jwk: unknown;
-  private_pkcs8: string;
-  created_at: Date;
-  retired_at: Date | null;
-}
-
-export interface AuditTable {
-  id: Generated<number>;
-  at: Date;
-  event: string;
-  user_id: string | null;
-  actor: string | null;
-  details: Record<string, string>;
-}
-
-export interface IdentityDB {
-  users: UserTable;
-  sessions: SessionTable;
-  refresh_tokens: RefreshTokenTable;
-  mfa: MfaTable;
-  mfa_backup_codes: BackupCodeTable;
-  api_keys: ApiKeyTable;
-  one_time_tokens: OneTimeTokenTable;
-  signing_keys: SigningKeyTable;
-  audit_log: AuditTable;
-}
-
-export type UserRow = Selectable<UserTable>;
-export type SessionRow = Selectable<SessionTable>;
-export type ApiKeyRow = Selectable<ApiKeyTable>;
-export type MfaRow = Selectable<MfaTable>;
-export type SigningKeyRow = Selectable<SigningKeyTable>;
-export type AuditRow = Selectable<AuditTable>;
+import type {
+  ApiKeyRow,
+  AuditRow,
+  HumanRole,
+  IdentityDB,
+  MfaRow,
+  OneTimePurpose,
+  OneTimeTokenRow,
+  SessionRow,
+  SigningKeyRow,
+  UserRow,
+} from "./tables.js";
 
 export interface AuditEntry {
   event: string;
@@ -120,6 +24,18 @@ export interface AuditEntry {
 export const LOCKOUT_THRESHOLD = 5;
 export const LOCKOUT_BASE_SECONDS = 60;
 export const LOCKOUT_MAX_SECONDS = 3600;
+
+const changed = (res: UpdateResult) => Number(res.numUpdatedRows);
+
+/** A one-time token that still counts: unused, unexpired, issued for this purpose. */
+const liveOneTimeToken =
+  (hash: string, purpose: OneTimePurpose, now: Date) => (eb: ExpressionBuilder<IdentityDB, "one_time_tokens">) =>
+    eb.and([
+      eb("token_hash", "=", hash),
+      eb("purpose", "=", purpose),
+      eb("used_at", "is", null),
+      eb("expires_at", ">", now),
+    ]);
 
 /** Every query of the identity service; the schema is already scoped by openDatabase. */
 export class IdentityStore {
@@ -142,18 +58,19 @@ export class IdentityStore {
   }
 
   async userByEmail(email: string): Promise<UserRow | undefined> {
-    return this.db
-      .selectFrom("users")
-      .selectAll()
-      .where(sql`lower(email)`, "=", email.toLowerCase())
-      .executeTakeFirst();
+    return this.userIgnoringCase("email", email);
   }
 
   async userByUsername(username: string): Promise<UserRow | undefined> {
+    return this.userIgnoringCase("username", username);
+  }
+
+  // Matches the unique indexes on lower(email) and lower(username), so the lookup can use them.
+  private async userIgnoringCase(column: "email" | "username", value: string): Promise<UserRow | undefined> {
     return this.db
       .selectFrom("users")
       .selectAll()
-      .where(sql`lower(username)`, "=", username.toLowerCase())
+      .where(sql`lower(${sql.ref(column)})`, "=", value.toLowerCase())
       .executeTakeFirst();
   }
 
@@ -252,7 +169,7 @@ export class IdentityStore {
         .where("token_hash", "=", oldHash)
         .where("rotated_at", "is", null)
         .executeTakeFirst();
-      if (Number(res.numUpdatedRows) !== 1) return false;
+      if (changed(res) !== 1) return false;
       await tx
         .insertInto("refresh_tokens")
         .values({ token_hash: newHash, session_id: sessionId, created_at: now })
@@ -263,23 +180,21 @@ export class IdentityStore {
   }
 
   async revokeSession(id: string, reason: string, now: Date, userId?: string): Promise<boolean> {
-    let q = this.db
-      .updateTable("sessions")
-      .set({ revoked_at: now, revoke_reason: reason })
-      .where("id", "=", id)
-      .where("revoked_at", "is", null);
+    let q = this.revokingSessions(reason, now).where("id", "=", id);
     if (userId) q = q.where("user_id", "=", userId);
-    const res = await q.executeTakeFirst();
-    return Number(res.numUpdatedRows) > 0;
+    return changed(await q.executeTakeFirst()) > 0;
   }
 
   async revokeAllSessions(userId: string, reason: string, now: Date): Promise<void> {
-    await this.db
+    await this.revokingSessions(reason, now).where("user_id", "=", userId).execute();
+  }
+
+  // Only open sessions: a revocation's time and reason are the first ones, never overwritten.
+  private revokingSessions(reason: string, now: Date) {
+    return this.db
       .updateTable("sessions")
       .set({ revoked_at: now, revoke_reason: reason })
-      .where("user_id", "=", userId)
-      .where("revoked_at", "is", null)
-      .execute();
+      .where("revoked_at", "is", null);
   }
 
   async session(id: string): Promise<SessionRow | undefined> {
@@ -328,7 +243,7 @@ export class IdentityStore {
       .where("user_id", "=", userId)
       .where("confirmed_at", "is", null)
       .executeTakeFirst();
-    if (Number(res.numUpdatedRows) !== 1) return false;
+    if (changed(res) !== 1) return false;
     await this.db.deleteFrom("mfa_backup_codes").where("user_id", "=", userId).execute();
     await this.db
       .insertInto("mfa_backup_codes")
@@ -345,7 +260,7 @@ export class IdentityStore {
       .where("user_id", "=", userId)
       .where("last_used_step", "<", step)
       .executeTakeFirst();
-    return Number(res.numUpdatedRows) === 1;
+    return changed(res) === 1;
   }
 
   async useBackupCode(userId: string, codeHash: string, now: Date): Promise<boolean> {
@@ -356,12 +271,12 @@ export class IdentityStore {
       .where("code_hash", "=", codeHash)
       .where("used_at", "is", null)
       .executeTakeFirst();
-    return Number(res.numUpdatedRows) === 1;
+    return changed(res) === 1;
   }
 
   // ---- one-time tokens
 
-  async insertOneTimeToken(t: Omit<Selectable<OneTimeTokenTable>, "used_at">): Promise<void> {
+  async insertOneTimeToken(t: Omit<OneTimeTokenRow, "used_at">): Promise<void> {
     await this.db.insertInto("one_time_tokens").values(t).execute();
   }
 
@@ -369,10 +284,7 @@ export class IdentityStore {
     return this.db
       .selectFrom("one_time_tokens")
       .select("user_id")
-      .where("token_hash", "=", hash)
-      .where("purpose", "=", purpose)
-      .where("used_at", "is", null)
-      .where("expires_at", ">", now)
+      .where(liveOneTimeToken(hash, purpose, now))
       .executeTakeFirst();
   }
 
@@ -381,10 +293,7 @@ export class IdentityStore {
     const row = await this.db
       .updateTable("one_time_tokens")
       .set({ used_at: now })
-      .where("token_hash", "=", hash)
-      .where("purpose", "=", purpose)
-      .where("used_at", "is", null)
-      .where("expires_at", ">", now)
+      .where(liveOneTimeToken(hash, purpose, now))
       .returning("user_id")
       .executeTakeFirst();
     return row?.user_id;
@@ -417,13 +326,7 @@ export class IdentityStore {
   }
 
   async revokeApiKey(id: string, now: Date): Promise<boolean> {
-    const res = await this.db
-      .updateTable("api_keys")
-      .set({ revoked_at: now })
-      .where("id", "=", id)
-      .where("revoked_at", "is", null)
-      .executeTakeFirst();
-    return Number(res.numUpdatedRows) > 0;
+    return changed(await this.revokingApiKeys(now).where("id", "=", id).executeTakeFirst()) > 0;
   }
 
   /** The key with this hash, live or revoked. */
@@ -433,15 +336,17 @@ export class IdentityStore {
 
   /** Revokes the live keys of `name` that `createdBy` made, except `keepId`; answers how many. */
   async revokeConfiguredApiKeys(name: string, createdBy: string, keepId: string, now: Date): Promise<number> {
-    const res = await this.db
-      .updateTable("api_keys")
-      .set({ revoked_at: now })
+    const res = await this.revokingApiKeys(now)
       .where("name", "=", name)
       .where("created_by", "=", createdBy)
       .where("id", "!=", keepId)
-      .where("revoked_at", "is", null)
       .executeTakeFirst();
-    return Number(res.numUpdatedRows);
+    return changed(res);
+  }
+
+  // Only live keys, so a key's revocation time stays the first one.
+  private revokingApiKeys(now: Date) {
+    return this.db.updateTable("api_keys").set({ revoked_at: now }).where("revoked_at", "is", null);
   }
 
   /** The live key with this hash, marked used now. */

@@ -5,20 +5,6 @@ import { createHash, randomBytes, randomUUID, sign, type KeyObject } from "node:
  * refresh tokens, API keys and one-time links. Verification is the mesh's, in
  * platform/auth/access-token.ts, re-exported here for identity's own use.
  */
-export {
-  ACCESS_TOKEN_TTL_SECONDS,
-  AUDIENCE,
-  ISSUER,
-  verifyAccessToken,
-  type AccessClaims,
-  type Jwk,
-  type Jwks,
-  type PrincipalKindName,
-  type RoleName,
-  type VerifyFailureReason,
-  type VerifyOptions,
-  type VerifyResult,
-} from "../../platform/auth/access-token.js";
 import {
   ACCESS_TOKEN_TTL_SECONDS,
   AUDIENCE,
@@ -26,6 +12,16 @@ import {
   type AccessClaims,
   type PrincipalKindName,
   type RoleName,
+} from "../../platform/auth/access-token.js";
+
+export { ACCESS_TOKEN_TTL_SECONDS, AUDIENCE, ISSUER, type AccessClaims, type PrincipalKindName, type RoleName };
+export {
+  verifyAccessToken,
+  type Jwk,
+  type Jwks,
+  type VerifyFailureReason,
+  type VerifyOptions,
+  type VerifyResult,
 } from "../../platform/auth/access-token.js";
 
 export interface SigningKey {
