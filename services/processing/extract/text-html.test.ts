@@ -1,11 +1,5 @@
 import { describe, expect, it } from "vitest";
-import {
-  decodeEntities,
-  decodeLegacyText,
-  decodeText,
-  htmlToText,
-  normalizeText,
-} from "./index.js";
+import { decodeEntities, decodeLegacyText, decodeText, htmlToText, normalizeText } from "./index.js";
 
 describe("normalizeText", () => {
   it("turns CRLF, lone CR, form feeds and Unicode line separators into LF", () => {
