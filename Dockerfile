@@ -27,6 +27,9 @@ COPY --from=deps --chown=root:root /app/node_modules ./node_modules
 # Sources are owned by root and read-only to the runtime user: a compromised process cannot
 # rewrite the code it runs.
 COPY --chown=root:root . .
+# Where documents keeps uploaded files (BLOB_DIR in compose and Kubernetes), owned by the runtime
+# user: a new named volume mounted here takes this ownership, so uid 1000 can write to it.
+RUN mkdir -p /var/lib/medmesh/blobs && chown 1000:1000 /var/lib/medmesh/blobs
 # The node image ships an unprivileged "node" user (uid 1000); the numeric form lets Kubernetes
 # verify runAsNonRoot without resolving names.
 USER 1000:1000

@@ -2,7 +2,7 @@ import { randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from "node:c
 
 /**
  * Password hashing with scrypt from node:crypto. A stored hash names its own parameters
- * ("scrypt$ln=15,r=8,p=1$<salt>$<key>", base64url), so the cost can be raised later: old hashes
+ * ("scrypt$ln=17,r=8,p=1$<salt>$<key>", base64url), so the cost can be raised later: old hashes
  * still verify, and needsRehash tells the caller to store a fresh hash at the next sign-in.
  */
 export interface ScryptParams {
@@ -12,22 +12,50 @@ export interface ScryptParams {
   p: number;
 }
 
-export const DEFAULT_PARAMS: ScryptParams = { logN: 15, r: 8, p: 1 };
+/** OWASP's Password Storage Cheat Sheet: scrypt with N = 2^17, r = 8, p = 1 at least. */
+export const DEFAULT_PARAMS: ScryptParams = { logN: 17, r: 8, p: 1 };
 const KEY_BYTES = 64;
 const SALT_BYTES = 16;
 
+/** The memory one derivation holds for its whole run: 128·N·r bytes, 128 MiB at the default. */
+const memoryOf = (params: ScryptParams) => 128 * 2 ** params.logN * params.r;
+
+// Derivations run on libuv's pool, four at a time by default: 512 MiB at N = 2^17, which is all of
+// identity's memory limit in Kubernetes. A burst of sign-ins (wrong ones and unknown accounts cost
+// the same) must wait its turn rather than get the process killed, so derivations share a budget
+// of two default-cost ones. One always runs, whatever its cost, so a larger N still works.
+const MEMORY_BUDGET = 2 * memoryOf(DEFAULT_PARAMS);
+let memoryInUse = 0;
+const waiting: Array<() => void> = [];
+
+async function withMemory<T>(bytes: number, run: () => Promise<T>): Promise<T> {
+  while (memoryInUse > 0 && memoryInUse + bytes > MEMORY_BUDGET) await new Promise<void>((r) => waiting.push(r));
+  memoryInUse += bytes;
+  try {
+    return await run();
+  } finally {
+    memoryInUse -= bytes;
+    // Everyone waiting checks again; those that still do not fit queue up anew, in order.
+    for (const wake of waiting.splice(0)) wake();
+  }
+}
+
 function derive(password: string, salt: Buffer, params: ScryptParams): Promise<Buffer> {
-  const N = 2 ** params.logN;
+  const needed = memoryOf(params);
   const options: ScryptOptions = {
-    N,
+    N: 2 ** params.logN,
     r: params.r,
     p: params.p,
-    // scrypt needs 128·N·r bytes; node's default ceiling (32 MiB) is exactly that at N=2^15, r=8,
-    // and the check is strict, so allow twice the requirement.
-    maxmem: 256 * N * params.r,
+    // node refuses to allocate more than maxmem (32 MiB by default, and the check is strict), so
+    // allow twice the requirement: 256 MiB at N = 2^17, r = 8.
+    maxmem: 2 * needed,
   };
-  return new Promise((resolve, reject) =>
-    scrypt(password.normalize("NFKC"), salt, KEY_BYTES, options, (err, key) => (err ? reject(err) : resolve(key))),
+  return withMemory(
+    needed,
+    () =>
+      new Promise<Buffer>((resolve, reject) =>
+        scrypt(password.normalize("NFKC"), salt, KEY_BYTES, options, (err, key) => (err ? reject(err) : resolve(key))),
+      ),
   );
 }
 

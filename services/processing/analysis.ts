@@ -15,6 +15,12 @@ export interface AnalysisPoolOptions {
   timeoutMs: number;
   /** Passed to analyzeDocument: larger inputs are a too_large failure. */
   maxBytes: number;
+  /**
+   * The JavaScript heap of each thread, in MiB (V8's old generation). A document that needs more
+   * fails its try with AnalysisOutOfMemoryError and its thread is replaced; without a limit of its
+   * own a thread shares the process's, and running out of it aborts the whole process.
+   */
+  maxHeapMb: number;
 }
 
 export interface AnalysisPool {
@@ -27,6 +33,13 @@ export class AnalysisTimeoutError extends Error {
   constructor(ms: number) {
     super(`the analysis did not finish within ${ms} ms; its thread was stopped`);
     this.name = "AnalysisTimeoutError";
+  }
+}
+
+export class AnalysisOutOfMemoryError extends Error {
+  constructor(mb: number) {
+    super(`the analysis needed more than its ${mb} MiB of memory; its thread was stopped`);
+    this.name = "AnalysisOutOfMemoryError";
   }
 }
 
@@ -70,7 +83,9 @@ export function startAnalysisPool(opts: AnalysisPoolOptions): AnalysisPool {
   let closed = false;
 
   function spawn(): Slot {
-    const slot: Slot = { worker: new Worker(bootstrap, { eval: true }) };
+    const slot: Slot = {
+      worker: new Worker(bootstrap, { eval: true, resourceLimits: { maxOldGenerationSizeMb: opts.maxHeapMb } }),
+    };
     slot.worker.on("message", (m: { id: number; result?: Analysis; error?: string }) => {
       const job = slot.job;
       if (!job || job.id !== m.id) return;
@@ -78,10 +93,20 @@ export function startAnalysisPool(opts: AnalysisPoolOptions): AnalysisPool {
       if (m.error !== undefined) job.reject(new Error(`analysis failed: ${m.error}`));
       else job.resolve(m.result!);
     });
-    // A crash (out of memory, a bug at load time) takes the thread's job with it.
-    slot.worker.on("error", (err) => {
-      slot.job?.reject(new Error(`the analysis thread failed: ${err.message}`));
+    // A crash (out of memory, a bug at load time) takes the thread's job with it, never the process.
+    slot.worker.on("error", (err: Error & { code?: string }) => {
+      slot.job?.reject(
+        err.code === "ERR_WORKER_OUT_OF_MEMORY"
+          ? new AnalysisOutOfMemoryError(opts.maxHeapMb)
+          : new Error(`the analysis thread failed: ${err.message}`),
+      );
       slot.job = undefined;
+    });
+    slot.worker.on("exit", (code) => {
+      slot.job?.reject(new Error(`the analysis thread exited with code ${code}`));
+      slot.job = undefined;
+      // A thread that died between jobs must not be handed the next one: it would never answer.
+      if (!reserved.has(slot) && slots.includes(slot)) slots.splice(slots.indexOf(slot), 1);
     });
     slots.push(slot);
     return slot;
@@ -136,7 +161,7 @@ export function startAnalysisPool(opts: AnalysisPoolOptions): AnalysisPool {
           slot.worker.postMessage(job, whole ? [bytes.buffer as ArrayBuffer] : []);
         });
       } catch (err) {
-        // After a timeout or a crash the thread may still be inside pdf.js: never reuse it.
+        // After a timeout or a crash the thread may still be inside pdf.js, or gone: never reuse it.
         reusable = false;
         throw err;
       } finally {

@@ -58,6 +58,12 @@ export const configSpec = {
     100,
     3_600_000,
   ),
+  PROCESSING_ANALYSIS_MAX_HEAP_MB: env.int(
+    "JavaScript heap of each analysis thread, in MiB; a document needing more fails the try",
+    512,
+    64,
+    16_384,
+  ),
 };
 
 export async function startProcessing(
@@ -96,6 +102,7 @@ export async function startProcessing(
     size: config.PROCESSING_CONCURRENCY,
     timeoutMs: config.PROCESSING_ANALYSIS_TIMEOUT_MS,
     maxBytes: config.PROCESSING_MAX_BYTES,
+    maxHeapMb: config.PROCESSING_ANALYSIS_MAX_HEAP_MB,
   });
   const worker = processingWorker({
     documents,

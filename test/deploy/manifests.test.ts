@@ -3,9 +3,10 @@
  * these catch what a reader would otherwise find at `docker compose up` or `kubectl apply` time:
  * dangling references, configuration the processes would reject, images missing runtime files.
  */
-import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { builtinModules } from "node:module";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parse, parseAllDocuments } from "yaml";
@@ -522,4 +523,196 @@ describe("deploy/k8s", () => {
       }
     }
   });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Data that must survive a restart, settings that must reach the processes, and an install that
+// must work from a fresh clone. Each check below failed on the manifests it was written against.
+
+describe("deployments keep data and boot as written", () => {
+  const compose = parse(read("docker-compose.yml"), { merge: true }) as Obj;
+  const services = compose.services as Record<string, Obj>;
+  const composeEnv = (name: string) =>
+    Object.fromEntries(Object.entries(services[name]!.environment ?? {}).map(([k, v]) => [k, interpolate(v)]));
+  const dockerfile = read("Dockerfile");
+  // The image's ENV, which a process sees unless compose or Kubernetes overrides it.
+  const imageEnv = Object.fromEntries(
+    [...dockerfile.matchAll(/^\s*(?:ENV\s+)?([A-Z_][A-Z0-9_]*)=(\S+?)\s*\\?$/gm)].map((m) => [m[1]!, m[2]!]),
+  );
+  /** Where documents writes blobs, by the same rule as services/documents/main.ts. */
+  const blobDirOf = (env: Record<string, string>) =>
+    env.BLOB_DIR ?? path.posix.join(env.MEDMESH_DATA_DIR ?? imageEnv.MEDMESH_DATA_DIR ?? ".data", "blobs");
+  const within = (dir: string, mount: string) => dir === mount || dir.startsWith(mount.replace(/\/?$/, "/"));
+
+  /** Rendered by kubectl when it is installed (patches applied), else read by buildRaw. */
+  const rendered = (dir: string): Obj[] =>
+    kubectlAvailable()
+      ? parseAllDocuments(execFileSync("kubectl", ["kustomize", dir], { cwd: root, encoding: "utf8", timeout: 20_000 }))
+          .map((d) => d.toJS() as Obj)
+          .filter(Boolean)
+      : buildRaw(dir).objects;
+  const k8s = { base: rendered("deploy/k8s/base"), dev: rendered("deploy/k8s/overlays/dev") };
+  const deployment = (objects: Obj[], name: string) =>
+    objects.find((o) => o.kind === "Deployment" && o.metadata.name === name)!;
+  /** A container's environment from its ConfigMaps and literal values (secrets are not needed here). */
+  const containerEnv = (objects: Obj[], c: Obj): Record<string, string> => {
+    const env: Record<string, string> = {};
+    for (const ref of (c.envFrom ?? []) as Obj[]) {
+      const cm = objects.find((o) => o.kind === "ConfigMap" && o.metadata.name === ref.configMapRef?.name);
+      Object.assign(env, cm?.data ?? {});
+    }
+    for (const e of (c.env ?? []) as Obj[]) if (e.value !== undefined) env[e.name] = String(e.value);
+    return env;
+  };
+  const quantity = (q: string) => {
+    const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(q);
+    if (!m) throw new Error(`not a storage quantity: ${q}`);
+    const unit = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, k: 1e3, M: 1e6, G: 1e9, T: 1e12 };
+    return Number(m[1]) * (m[2] ? unit[m[2] as keyof typeof unit] : 1);
+  };
+
+  it("gives Kafka a CLUSTER_ID of 16 bytes (base64url), without which the broker never formats its storage", () => {
+    const kafka = deployment(k8s.dev, "kafka");
+    const ids = {
+      compose: composeEnv("kafka").CLUSTER_ID,
+      "k8s dev": (kafka.spec.template.spec.containers[0].env as Obj[]).find((e) => e.name === "CLUSTER_ID")?.value,
+    };
+    for (const [where, id] of Object.entries(ids)) {
+      expect(id, where).toMatch(/^[A-Za-z0-9_-]{22}$/);
+      expect(Buffer.from(id!, "base64url").length, where).toBe(16);
+    }
+  });
+
+  it("compose: documents keeps blobs on a named volume the runtime user can write, not on tmpfs", () => {
+    const docs = services.documents!;
+    const dir = blobDirOf({ ...imageEnv, ...composeEnv("documents") });
+    const tmpfs = ((docs.tmpfs ?? []) as string[]).map((t) => t.split(":")[0]!);
+    expect(
+      tmpfs.filter((t) => within(dir, t)),
+      `${dir} is on a tmpfs`,
+    ).toEqual([]);
+    const mounts = ((docs.volumes ?? []) as string[]).map((v) => v.split(":"));
+    const mount = mounts.find(([, target]) => within(dir, target!));
+    expect(mount, `no volume holds ${dir}`).toBeDefined();
+    // A named volume, declared at the top level (a bind mount would depend on the host's layout).
+    expect(Object.keys(compose.volumes ?? {})).toContain(mount![0]);
+    // A new named volume copies the image directory's ownership; uid 1000 must own it.
+    expect(dockerfile).toMatch(new RegExp(`chown 1000:1000 ${mount![1]!.replace(/[/.]/g, "\\$&")}\\b`));
+    expect(String(docs.user ?? "1000").split(":")[0]).toBe("1000");
+    expect(dockerfile).toMatch(/^USER 1000:1000$/m);
+  });
+
+  for (const [name, objects] of Object.entries(k8s)) {
+    it(`k8s ${name}: documents keeps blobs on a PersistentVolumeClaim that holds an upload`, async () => {
+      const d = deployment(objects, "documents");
+      const c = (d.spec.template.spec.containers as Obj[]).find((x) => x.name === "documents")!;
+      const env = containerEnv(objects, c);
+      const dir = blobDirOf({ ...imageEnv, ...env });
+      const mount = ((c.volumeMounts ?? []) as Obj[])
+        .filter((m) => within(dir, m.mountPath))
+        .sort((a, b) => b.mountPath.length - a.mountPath.length)[0];
+      expect(mount, `no volume holds ${dir}`).toBeDefined();
+      const volume = (d.spec.template.spec.volumes as Obj[]).find((v) => v.name === mount!.name)!;
+      expect(volume.persistentVolumeClaim, `${dir} is on ${JSON.stringify(volume)}`).toBeDefined();
+      const pvc = objects.find(
+        (o) => o.kind === "PersistentVolumeClaim" && o.metadata.name === volume.persistentVolumeClaim.claimName,
+      );
+      expect(pvc, "the claim exists").toBeDefined();
+      const spec = (await specFor("services/documents/main.ts"))!;
+      const { UPLOAD_MAX_BYTES } = loadConfig(spec, { ...env, DATABASE_URL: "postgres://x@db:5432/x" }) as {
+        UPLOAD_MAX_BYTES: number;
+      };
+      expect(quantity(pvc!.spec.resources.requests.storage)).toBeGreaterThanOrEqual(UPLOAD_MAX_BYTES);
+      // The base lets the HPA spread replicas over nodes, and each replica must see every blob:
+      // only ReadWriteMany allows that. The dev overlay runs on one node and says so.
+      const hpa = objects.find(
+        (o) => o.kind === "HorizontalPodAutoscaler" && o.spec.scaleTargetRef.name === "documents",
+      );
+      if (name === "base") {
+        expect(hpa?.spec.maxReplicas).toBeGreaterThan(1);
+        expect(pvc!.spec.accessModes).toContain("ReadWriteMany");
+      } else {
+        expect(pvc!.spec.accessModes.some((m: string) => m === "ReadWriteMany" || m === "ReadWriteOnce")).toBe(true);
+      }
+      expect(d.spec.template.spec.securityContext.fsGroup).toBe(1000);
+    });
+  }
+
+  it("gives REDIS_URL to every process that reads it, in compose and in both k8s renderings", async () => {
+    const readers: string[] = [];
+    const problems: string[] = [];
+    for (const [name, svc] of Object.entries(services)) {
+      if (!svc.build) continue;
+      const entry = (svc.command as string[])[0]!;
+      if (!((await specFor(entry)) ?? {})["REDIS_URL"]) continue;
+      readers.push(`compose ${name}`);
+      const url = composeEnv(name).REDIS_URL;
+      if (!url) {
+        problems.push(`compose ${name}: REDIS_URL unset`);
+        continue;
+      }
+      const host = new URL(url).hostname;
+      if (!services[host]) problems.push(`compose ${name}: REDIS_URL names ${host}, which is no service`);
+      else if (svc.depends_on?.[host]?.condition !== "service_healthy")
+        problems.push(`compose ${name}: does not wait for a healthy ${host}`);
+    }
+    for (const [where, objects] of Object.entries(k8s)) {
+      for (const d of objects.filter((o) => o.kind === "Deployment")) {
+        for (const c of d.spec.template.spec.containers as Obj[]) {
+          const entry = (c.args ?? [])[0] as string | undefined;
+          if (!entry?.endsWith(".ts") || !((await specFor(entry)) ?? {})["REDIS_URL"]) continue;
+          readers.push(`k8s ${where} ${d.metadata.name}`);
+          const url = containerEnv(objects, c).REDIS_URL;
+          if (!url) problems.push(`k8s ${where} ${d.metadata.name}: REDIS_URL unset`);
+          // The dev overlay brings its own Redis; the base names the conventional Service.
+          else if (where === "dev") {
+            const u = new URL(url);
+            const svc = objects.find((o) => o.kind === "Service" && o.metadata.name === u.hostname);
+            if (!svc?.spec.ports.some((p: Obj) => String(p.port) === (u.port || "6379")))
+              problems.push(`k8s dev ${d.metadata.name}: no Service ${u.hostname}:${u.port || 6379}`);
+          }
+        }
+      }
+    }
+    for (const name of ["gateway", "identity"]) {
+      expect(readers).toContain(`compose ${name}`);
+      expect(readers).toContain(`k8s base ${name}`);
+    }
+    expect(problems).toEqual([]);
+  });
+
+  it("npm ci accepts the lock file of a fresh clone (every optional platform package listed)", () => {
+    // Only the files a clone has, in an empty directory with an empty cache, offline: npm ci checks
+    // that package.json and the lock agree and that every dependency, optional per-platform ones
+    // for other systems included, is in the lock, before it would download anything.
+    const dir = mkdtempSync(path.join(os.tmpdir(), "medmesh-npm-ci-"));
+    try {
+      for (const f of ["package.json", "package-lock.json", ".npmrc"])
+        copyFileSync(path.join(root, f), path.join(dir, f));
+      const run = spawnSync(
+        "npm",
+        [
+          "ci",
+          "--dry-run",
+          "--offline",
+          "--ignore-scripts",
+          "--no-audit",
+          "--no-fund",
+          "--cache",
+          path.join(dir, "cache"),
+        ],
+        { cwd: dir, encoding: "utf8", timeout: 60_000 },
+      );
+      expect(
+        run.status,
+        `${run.stderr}`
+          .split("\n")
+          .filter((l) => /Missing|Invalid|error/.test(l))
+          .slice(0, 8)
+          .join("\n"),
+      ).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 90_000);
 });

@@ -1,16 +1,37 @@
 /**
- * HTML to plain text without a DOM. We need the readable text and its paragraph structure, not a
- * faithful parse, so a tag scanner is enough and keeps the worker free of a heavy dependency.
+ * HTML to plain text, on htmlparser2's tokenizer. We need the readable text and its paragraph
+ * structure, not a DOM, so we listen to the token stream and keep only a few counters: every token
+ * costs constant work and memory, whatever the nesting. (The regular expressions this replaces
+ * rescanned the rest of the document for each unclosed `<script>`: 640 KB of them took 12 s.)
+ * htmlparser2's own Parser is not used because its open-element stack is an array it unshifts and
+ * searches at every tag, which is quadratic on deeply nested or badly closed markup.
  */
+import { Tokenizer, type TokenizerCallbacks } from "htmlparser2";
 
 export interface HtmlText {
   text: string;
   title?: string;
 }
 
-// Elements whose content is never prose shown to a reader.
-const DROPPED = ["script", "style", "noscript", "template", "svg", "math", "iframe", "object", "nav", "head"];
-const DROPPED_RE = new RegExp(`<(${DROPPED.join("|")})\\b[^>]*>[\\s\\S]*?</\\1\\s*>`, "gi");
+// Elements whose content is never prose shown to a reader. The tokenizer reads the content of
+// script, style, iframe, noembed and noframes as raw text (tags inside are not tags), which is how
+// browsers read it; the others hold markup and end at their matching end tag, counted by nesting.
+const RAW_DROPPED = new Set(["script", "style", "iframe", "noembed", "noframes"]);
+const NESTED_DROPPED = new Set(["noscript", "template", "svg", "math", "object", "nav"]);
+// What may stand inside <head>; any other start tag, or visible text, ends an unclosed head, as in
+// a browser. Without this a page that never writes </head> would lose its whole body.
+const HEAD_CONTENT = new Set([
+  "title",
+  "meta",
+  "link",
+  "base",
+  "basefont",
+  "bgsound",
+  "style",
+  "script",
+  "noscript",
+  "template",
+]);
 
 // Elements that start a new paragraph when opened or closed.
 const BLOCK = new Set([
@@ -51,50 +72,170 @@ const BLOCK = new Set([
 const LINE = new Set(["br", "tr"]);
 const CELL = new Set(["td", "th"]);
 
-// A start or end tag, with attribute values quoted either way (so a ">" inside quotes is not the end).
-const TAG_RE = /<(\/?)([a-zA-Z][a-zA-Z0-9:-]*)((?:\s+[^\s"'>/=]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'>]+))?)*)\s*\/?>/g;
-
 export function htmlToText(html: string): HtmlText {
-  const titleMatch = /<title\b[^>]*>([\s\S]*?)<\/title\s*>/i.exec(html);
-  const title = titleMatch ? collapse(decodeEntities(titleMatch[1]!)).trim() || undefined : undefined;
-
-  let src = html
-    .replace(/<!--[\s\S]*?(?:-->|$)/g, " ")
-    .replace(/<!\[CDATA\[[\s\S]*?\]\]>/g, " ")
-    .replace(/<![^>]*>|<\?[^>]*>/g, " ");
-  // Repeated because a dropped element can hide inside another one (a <style> inside an <svg>).
-  for (let prev = ""; prev !== src;) {
-    prev = src;
-    src = src.replace(DROPPED_RE, " ");
-  }
-
   const out: string[] = [];
+  // Text since the last tag, in the pieces the tokenizer hands over; decoded as one run, so an
+  // entity the tokenizer happened to split still decodes.
+  let run: string[] = [];
   let inPre = 0;
-  let last = 0;
-  const emitText = (raw: string) => {
-    if (!raw) return;
-    out.push(inPre > 0 ? decodeEntities(raw) : decodeEntities(collapse(raw)));
-  };
-  for (const m of src.matchAll(TAG_RE)) {
-    emitText(src.slice(last, m.index));
-    last = m.index + m[0].length;
-    const closing = m[1] === "/";
-    const name = m[2]!.toLowerCase();
-    if (name === "pre") inPre = Math.max(0, inPre + (closing ? -1 : 1));
-    if (BLOCK.has(name)) out.push("\n\n");
-    else if (LINE.has(name) && !closing)
-      out.push("\n"); // a row's end and the next row's start are one break
-    else if (CELL.has(name) && !closing) out.push(" ");
-  }
-  emitText(src.slice(last));
+  let inHead = false;
+  // The raw-text element being skipped (its content arrives as text until its end tag).
+  let raw: string | undefined;
+  // The markup element being skipped, and how many of that name are open inside it.
+  let dropping: string | undefined;
+  let dropDepth = 0;
+  let titleParts: string[] | undefined;
+  let title: string | undefined;
+  // Set between a start tag's name and its ">" (attributes are ignored).
+  let opening: string | undefined;
 
-  const text = out
+  const flush = () => {
+    if (!run.length) return;
+    const s = run.join("");
+    run = [];
+    out.push(inPre > 0 ? decodeEntities(s) : decodeEntities(collapse(s)));
+  };
+  const nameAt = (start: number, end: number) => html.slice(start, end).toLowerCase();
+
+  const startTag = (name: string) => {
+    if (dropping !== undefined) {
+      if (name === dropping) dropDepth++;
+      return;
+    }
+    if (inHead && !HEAD_CONTENT.has(name) && name !== "head") inHead = false;
+    if (name === "title") {
+      flush();
+      raw = "title";
+      if (title === undefined) titleParts = [];
+      return;
+    }
+    if (RAW_DROPPED.has(name)) {
+      flush();
+      raw = name;
+      return;
+    }
+    if (NESTED_DROPPED.has(name)) {
+      flush();
+      dropping = name;
+      dropDepth = 1;
+      return;
+    }
+    if (name === "head") {
+      flush();
+      inHead = true;
+      return;
+    }
+    if (name === "body" || name === "html") return;
+    structure(name, false);
+  };
+
+  const endTag = (name: string) => {
+    if (raw !== undefined) {
+      // The tokenizer leaves raw text only at the matching end tag.
+      if (raw === "title" && titleParts) {
+        title = collapse(decodeEntities(titleParts.join(""))).trim() || undefined;
+        titleParts = undefined;
+      }
+      raw = undefined;
+      return;
+    }
+    if (dropping !== undefined) {
+      if (name === dropping && --dropDepth === 0) dropping = undefined;
+      return;
+    }
+    if (name === "head") {
+      inHead = false;
+      return;
+    }
+    structure(name, true);
+  };
+
+  const structure = (name: string, closing: boolean) => {
+    if (name === "pre") {
+      flush();
+      inPre = Math.max(0, inPre + (closing ? -1 : 1));
+    }
+    if (BLOCK.has(name)) {
+      flush();
+      out.push("\n\n");
+    } else if (LINE.has(name) && !closing) {
+      flush();
+      out.push("\n"); // a row's end and the next row's start are one break
+    } else if (CELL.has(name) && !closing) {
+      flush();
+      out.push(" ");
+    }
+  };
+
+  const text = (s: string) => {
+    if (raw !== undefined) {
+      if (raw === "title") titleParts?.push(s);
+      return;
+    }
+    if (dropping !== undefined) return;
+    if (inHead) {
+      if (!/\S/.test(s)) return;
+      inHead = false;
+    }
+    run.push(s);
+  };
+  // Comments, CDATA, doctypes and processing instructions separate words but are never text.
+  const separator = () => {
+    if (raw === undefined && dropping === undefined && !inHead) run.push(" ");
+  };
+
+  const callbacks: TokenizerCallbacks = {
+    ontext: (start, end) => text(html.slice(start, end)),
+    // Entities stay encoded in the tokens (decodeEntities: false) and are decoded per run below.
+    ontextentity: () => undefined,
+    onopentagname: (start, end) => {
+      opening = nameAt(start, end);
+    },
+    onopentagend: () => {
+      if (opening !== undefined) startTag(opening);
+      opening = undefined;
+    },
+    // <x/> on an HTML element is an ordinary start tag (the tokenizer already treats raw-text ones
+    // so); on the foreign elements we drop, it is empty and must not swallow what follows.
+    onselfclosingtag: () => {
+      if (opening !== undefined && dropping === undefined && (opening === "svg" || opening === "math")) {
+        opening = undefined;
+        return;
+      }
+      if (opening !== undefined) startTag(opening);
+      opening = undefined;
+    },
+    onclosetag: (start, end) => endTag(nameAt(start, end)),
+    onattribname: () => undefined,
+    onattribdata: () => undefined,
+    onattribentity: () => undefined,
+    onattribend: () => undefined,
+    oncomment: separator,
+    oncdata: separator,
+    ondeclaration: separator,
+    onprocessinginstruction: separator,
+    onend: () => undefined,
+    // Inside svg/math, <style> and <script> hold markup, not raw text; we drop all of it anyway,
+    // but this keeps the tokenizer from looking for a </style> that the document never wrote.
+    isInForeignContext: () => dropping === "svg" || dropping === "math",
+  };
+  const tokenizer = new Tokenizer({ decodeEntities: false }, callbacks);
+  tokenizer.write(html);
+  tokenizer.end();
+  flush();
+  // An unclosed <title> runs to the end of the document, as in a browser.
+  if (titleParts && title === undefined) title = collapse(decodeEntities(titleParts.join(""))).trim() || undefined;
+
+  // Runs of blanks become one first, so that trimming around line breaks only ever looks at one
+  // character each side: `[ \t]*\n` would rescan a long run of spaces (inside a <pre>) from every
+  // position in it, which is quadratic.
+  const joined = out
     .join("")
-    .replace(/[ \t]*\n[ \t]*/g, "\n")
-    .replace(/\n{3,}/g, "\n\n")
     .replace(/[ \t]{2,}/g, " ")
+    .replace(/[ \t]?\n[ \t]?/g, "\n")
+    .replace(/\n{3,}/g, "\n\n")
     .trim();
-  return title === undefined ? { text } : { text, title };
+  return title === undefined ? { text: joined } : { text: joined, title };
 }
 
 function collapse(s: string): string {
