@@ -7,7 +7,8 @@ import { backends } from "../../test/support/backends.js";
 import { SigningKeyRing } from "./keys.js";
 import { migrations } from "./migrations/index.js";
 import { identityService } from "./service.js";
-import { IdentityStore, type IdentityDB } from "./store.js";
+import { IdentityStore } from "./store.js";
+import type { IdentityDB } from "./tables.js";
 
 // Raising IDENTITY_SCRYPT_LOG_N must not lock anyone out, and must reach the hashes already stored.
 // Two instances of the service share one database, one configured with a lower cost than the
