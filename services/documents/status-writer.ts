@@ -21,7 +21,7 @@ export type SetStatus = (change: StatusChange) => Promise<void>;
 export class StatusWriter {
   constructor(
     private readonly db: Kysely<DocumentsDB>,
-    private readonly feed?: StatusFeed,
+    private readonly feed: StatusFeed,
   ) {}
 
   /** Runs `work` in one transaction; `setStatus` is how it changes a status. */
@@ -33,7 +33,7 @@ export class StatusWriter {
         changed.add(change.documentId);
       }),
     );
-    for (const id of changed) this.feed?.notify(id);
+    for (const id of changed) this.feed.notify(id);
     return result;
   }
 }
