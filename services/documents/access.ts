@@ -1,17 +1,13 @@
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
-import {
-  DocumentSchema,
-  Visibility,
-  type Document,
-  type UploadHeader,
-} from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { DocumentSchema, type UploadHeader } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
 import { invalidArgument, type FieldViolation } from "../../platform/grpc/errors.js";
 import type { Principal } from "../../platform/grpc/interceptors/access.js";
 import { check } from "../../platform/grpc/interceptors/validation.js";
-import { documentTypes, isCalendarDate, visibilities } from "./model.js";
-import type { DocumentRow, DocumentStore, NewDocument } from "./store.js";
+import { isCalendarDate, toColumns } from "./model.js";
+import type { DocumentStore } from "./store.js";
+import type { DocumentRow, NewDocument } from "./tables.js";
 
 export const isAdmin = (p: Principal) => p.role === Role.ADMIN;
 
@@ -36,21 +32,6 @@ export function checkDates(fields: Array<[string, string]>): void {
     .filter(([, v]) => v !== "" && !isCalendarDate(v))
     .map(([field, v]) => ({ field, description: `${v} is not a date in the calendar` }));
   if (bad.length) throw invalidArgument(bad);
-}
-
-export function normalised(doc: Document) {
-  return {
-    title: doc.title.trim(),
-    authors: doc.authors.map((a) => a.trim()),
-    journal: doc.journal.trim() || null,
-    publication_date: doc.publicationDate || null,
-    doi: doc.doi || null,
-    pmid: doc.pmid || null,
-    document_type: doc.documentType ? documentTypes.name(doc.documentType) : "other",
-    specialty: doc.specialty.trim() || null,
-    visibility: visibilities.name(doc.visibility || Visibility.PRIVATE),
-    metadata: doc.metadata,
-  };
 }
 
 /** The ownership rules of documents, shared by every handler that touches one. */
@@ -100,7 +81,7 @@ export class DocumentAccess {
       throw invalidArgument([
         { field: `${field}.document`, description: "name a document_id, or describe the new document" },
       ]);
-    const fields = normalised(doc);
+    const fields = toColumns(doc);
     if (fields.title === "")
       throw invalidArgument([{ field: `${field}.document.title`, description: "title must not be blank" }]);
     if (!doc.documentType)

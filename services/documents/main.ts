@@ -9,17 +9,22 @@ import { register, startGrpcServer } from "../../platform/grpc/server.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
 import { startTelemetry } from "../../platform/telemetry/sdk.js";
 import { DocumentProcessingService, DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
-import { documentProcessingService } from "./processing-service.js";
-import { ProcessingStore } from "./processing-store.js";
 import { migrations } from "./migrations/index.js";
 import { identityKeySet } from "../../platform/auth/key-set.js";
 import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
 import type { PrincipalResolver } from "../../platform/grpc/interceptors/access.js";
+import { DOCUMENT_EVENTS_TOPIC } from "./events.js";
+import { OutcomeStore } from "./outcome-store.js";
+import type { ResumableUploadOptions } from "./resumable-upload.js";
 import { documentService } from "./service.js";
-import { uploadSweeper, type ResumableUploadOptions, type UploadSweeper } from "./resumable-upload.js";
+import { StatusFeed } from "./status-feed.js";
+import { StatusWriter } from "./status-writer.js";
+import { DocumentStore } from "./store.js";
+import type { DocumentsDB } from "./tables.js";
 import { UploadSessionStore } from "./upload-sessions.js";
-import { StatusFeed } from "./status.js";
-import { DOCUMENT_EVENTS_TOPIC, DocumentStore, type DocumentsDB } from "./store.js";
+import { UploadStaging } from "./upload-staging.js";
+import { uploadSweeper, type UploadSweeper } from "./upload-sweeper.js";
+import { workerReportsService } from "./worker-reports.js";
 import { createKafka, ensureTopics, startOutboxRelay, type OutboxRelay } from "../../platform/events/index.js";
 
 export const configSpec = {
@@ -77,18 +82,18 @@ export async function startDocuments(
   const blobs = new FsBlobStore({ root: blobDir, maxBytes: config.UPLOAD_MAX_BYTES });
   // Staging beside the blobs keeps unfinished uploads on the volume that is sized for files.
   const resumable: ResumableUploadOptions = {
-    sessionTtlMs: config.UPLOAD_SESSION_TTL_MS,
-    stagingDir: path.join(blobDir, "uploads"),
     sessions: new UploadSessionStore(database.db),
+    staging: new UploadStaging(path.join(blobDir, "uploads")),
+    sessionTtlMs: config.UPLOAD_SESSION_TTL_MS,
   };
   const uploads = uploadSweeper(resumable);
   // Before serving: staging files a crash left without their session go now, not a TTL later.
   await uploads.sweep();
   uploads.start(hooks.uploadSweepIntervalMs ?? Math.min(config.UPLOAD_SESSION_TTL_MS / 4, 60_000));
-  const statusFeed = new StatusFeed(config.WATCH_POLL_MS);
-  const notify = (id: string) => statusFeed.notify(id);
-  const store = new DocumentStore(database.db, notify);
-  const processing = new ProcessingStore(database.db, notify);
+  const feed = new StatusFeed(config.WATCH_POLL_MS);
+  const status = new StatusWriter(database.db, feed);
+  const store = new DocumentStore(database.db, status);
+  const outcomes = new OutcomeStore(database.db, status);
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const server = await startGrpcServer({
     name: "documents",
@@ -97,15 +102,15 @@ export async function startDocuments(
     services: [
       register(
         DocumentService,
-        documentService(store, processing, {
-          blobs,
-          maxUploadBytes: config.UPLOAD_MAX_BYTES,
-          onEvent: () => relay?.wake(),
+        documentService({
+          store,
+          outcomes,
+          feed,
+          content: { blobs, maxUploadBytes: config.UPLOAD_MAX_BYTES, onEvent: () => relay?.wake() },
           resumable,
-          statusFeed,
         }),
       ),
-      register(DocumentProcessingService, documentProcessingService(processing)),
+      register(DocumentProcessingService, workerReportsService(outcomes)),
     ],
     interceptors: meshInterceptors({
       component: "documents",

@@ -1,27 +1,30 @@
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary, getOption } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { Selectable } from "kysely";
+import { field as validationRules } from "../../gen/buf/validate/validate_pb.js";
 import {
   DocumentSchema,
   DocumentType,
-  ProcessingStatus,
-  Visibility,
-  type Document,
-} from "../../gen/medmesh/documents/v1/documents_pb.js";
-import type { DocumentRow, OutcomeRow, StatusRow, VersionRow } from "./store.js";
-import {
   DocumentVersionSchema,
   FailureReason,
   ProcessingFailureSchema,
   ProcessingOutcomeSchema,
   ProcessingResultSchema,
+  ProcessingStatus,
+  UploadPartRequestSchema,
+  UploadSessionSchema,
+  UploadState,
+  Visibility,
   WatchDocumentResponseSchema,
+  type Document,
   type DocumentVersion,
   type ProcessingFailure,
   type ProcessingOutcome,
+  type UploadSession,
   type WatchDocumentResponse,
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
-import { fromBinary } from "@bufbuild/protobuf";
 import { enumNames } from "../../platform/grpc/enum-names.js";
+import type { DocumentChanges, DocumentRow, OutcomeRow, StatusRow, UploadSessionTable, VersionRow } from "./tables.js";
 
 export const documentTypes = enumNames<DocumentType>(DocumentType, "DocumentType");
 export const statuses = enumNames<ProcessingStatus>(ProcessingStatus, "ProcessingStatus");
@@ -83,6 +86,28 @@ export function toDocument(row: DocumentRow): Document {
   });
 }
 
+/**
+ * The columns a caller's Document sets, trimmed, with enums by name and empty strings as nulls.
+ * Typed against the table, so a column a caller may set cannot be left out here.
+ */
+export function toColumns(doc: Document): Required<DocumentChanges> {
+  return {
+    title: doc.title.trim(),
+    authors: doc.authors.map((a) => a.trim()),
+    journal: doc.journal.trim() || null,
+    publication_date: doc.publicationDate || null,
+    doi: doc.doi || null,
+    pmid: doc.pmid || null,
+    document_type: doc.documentType ? documentTypes.name(doc.documentType) : "other",
+    specialty: doc.specialty.trim() || null,
+    visibility: visibilities.name(doc.visibility || Visibility.PRIVATE),
+    metadata: doc.metadata,
+  };
+}
+
+/** What UpdateDocument may change: exactly the fields a caller sets on create. */
+export const editableFields: ReadonlySet<string> = new Set(Object.keys(toColumns(create(DocumentSchema))));
+
 export function toVersion(row: VersionRow): DocumentVersion {
   return create(DocumentVersionSchema, {
     version: row.version,
@@ -93,6 +118,28 @@ export function toVersion(row: VersionRow): DocumentVersion {
     filename: row.filename,
     uploadedBy: row.uploaded_by,
     createTime: timestampFromDate(new Date(row.created_at)),
+  });
+}
+
+/** Read from the contract's validation rule, so the number announced and the number enforced agree. */
+export const MAX_PART_BYTES = (() => {
+  const rules = getOption(UploadPartRequestSchema.field.data, validationRules);
+  if (rules.type.case !== "bytes" || !rules.type.value.maxLen)
+    throw new Error("UploadPartRequest.data lost its max_len rule in the contract");
+  return Number(rules.type.value.maxLen);
+})();
+
+export function toSession(row: Selectable<UploadSessionTable>): UploadSession {
+  return create(UploadSessionSchema, {
+    uploadId: row.id,
+    documentId: row.document_id ?? "",
+    filename: row.filename,
+    sizeBytes: BigInt(row.size_bytes),
+    nextOffset: BigInt(row.next_offset),
+    state: row.state === "completed" ? UploadState.COMPLETED : UploadState.OPEN,
+    maxPartBytes: MAX_PART_BYTES,
+    expireTime: timestampFromDate(new Date(row.expires_at)),
+    version: row.version ?? 0,
   });
 }
 

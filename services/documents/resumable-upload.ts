@@ -1,18 +1,6 @@
-import { createReadStream } from "node:fs";
-import { mkdir, open, readdir, rm } from "node:fs/promises";
-import path from "node:path";
 import { randomUUID } from "node:crypto";
-import { create, getOption } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import { field as validationRules } from "../../gen/buf/validate/validate_pb.js";
-import {
-  UploadPartRequestSchema,
-  UploadSessionSchema,
-  UploadState,
-  type DocumentService,
-  type UploadSession,
-} from "../../gen/medmesh/documents/v1/documents_pb.js";
+import type { DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import {
   BlobIntegrityError,
   BlobTooLargeError,
@@ -20,23 +8,24 @@ import {
   SNIFF_BYTES,
   type BlobRef,
 } from "../../platform/blobs/index.js";
-import type { Principal } from "../../platform/grpc/interceptors/access.js";
-import { logger } from "../../platform/telemetry/logger.js";
-import { callerOf } from "../../platform/grpc/caller.js";
-import { notFound, type DocumentAccess } from "./access.js";
-import { toDocument, toVersion } from "./model.js";
-import type { ContentOptions } from "./service.js";
-import type { DocumentStore, NewDocument } from "./store.js";
-import { bytesText, contradicts, discardUnlessUsed } from "./upload.js";
-import type { UploadSessionRow, UploadSessionStore } from "./upload-sessions.js";
 import { isUniqueViolation } from "../../platform/db/errors.js";
+import { callerOf } from "../../platform/grpc/caller.js";
+import type { Principal } from "../../platform/grpc/interceptors/access.js";
+import { SerialQueue } from "../../platform/lifecycle/serial-queue.js";
+import { logger } from "../../platform/telemetry/logger.js";
+import { notFound, type DocumentAccess } from "./access.js";
+import { toDocument, toSession, toVersion } from "./model.js";
+import type { DocumentStore, SavedVersion } from "./store.js";
+import type { NewDocument } from "./tables.js";
+import { bytesText, contradicts, discardUnlessUsed, type ContentOptions } from "./upload.js";
+import type { UploadSessionRow, UploadSessionStore } from "./upload-sessions.js";
+import { isMissing, type UploadStaging } from "./upload-staging.js";
 
 export interface ResumableUploadOptions {
+  sessions: UploadSessionStore;
+  staging: UploadStaging;
   /** How long an upload may sit untouched before it expires. */
   sessionTtlMs: number;
-  /** Where the bytes of unfinished uploads wait, one `<upload_id>.part` file each. */
-  stagingDir: string;
-  sessions: UploadSessionStore;
 }
 
 type Handlers = Pick<
@@ -44,118 +33,26 @@ type Handlers = Pick<
   "startUpload" | "uploadPart" | "getUploadStatus" | "completeUpload" | "abortUpload"
 >;
 
-/** Read from the contract's validation rule, so the number announced and the number enforced agree. */
-const MAX_PART_BYTES = (() => {
-  const rules = getOption(UploadPartRequestSchema.field.data, validationRules);
-  if (rules.type.case !== "bytes" || !rules.type.value.maxLen)
-    throw new Error("UploadPartRequest.data lost its max_len rule in the contract");
-  return Number(rules.type.value.maxLen);
-})();
-
-const PART_FILE = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.part$/;
-
-const stagingPath = (dir: string, id: string) => path.join(dir, `${id}.part`);
-
 function fail(code: Code, message: string): ConnectError {
   return new ConnectError(message, code);
 }
 
 const uploadNotFound = (id: string) => fail(Code.NotFound, `upload ${id} does not exist`);
 
-const isMissing = (err: unknown) => (err as { code?: string })?.code === "ENOENT";
-
-/**
- * Runs work on one key at a time, in arrival order. Parts of one upload are written and counted
- * one after another; the database's conditional updates are what keep several replicas honest.
- */
-class PerKeyQueue {
-  private readonly tails = new Map<string, Promise<void>>();
-
-  async run<T>(key: string, work: () => Promise<T>): Promise<T> {
-    const before = this.tails.get(key);
-    let release!: () => void;
-    const mine = new Promise<void>((r) => (release = r));
-    const tail = before ? before.then(() => mine) : mine;
-    this.tails.set(key, tail);
-    try {
-      await before;
-      return await work();
-    } finally {
-      release();
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    }
-  }
-}
-
-async function createEmpty(file: string): Promise<void> {
-  await mkdir(path.dirname(file), { recursive: true });
-  const fh = await open(file, "wx");
-  await fh.close();
-  // The directory entry must survive a crash too, or acknowledged parts would have no file.
-  const dir = await open(path.dirname(file), "r");
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
-}
-
-async function writeAt(file: string, data: Uint8Array, position: number): Promise<void> {
-  const fh = await open(file, "r+");
-  try {
-    for (let done = 0; done < data.length;) {
-      const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
-      done += bytesWritten;
-    }
-    // A part is acknowledged only once it is on disk: the client will not send it again.
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-async function readHead(file: string, length: number): Promise<Buffer> {
-  if (length === 0) return Buffer.alloc(0);
-  const fh = await open(file, "r");
-  try {
-    const buf = Buffer.alloc(length);
-    let got = 0;
-    while (got < length) {
-      const { bytesRead } = await fh.read(buf, got, length - got, got);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-    }
-    return buf.subarray(0, got);
-  } finally {
-    await fh.close();
-  }
-}
-
-function toSession(row: UploadSessionRow): UploadSession {
-  return create(UploadSessionSchema, {
-    uploadId: row.id,
-    documentId: row.document_id ?? "",
-    filename: row.filename,
-    sizeBytes: BigInt(row.size_bytes),
-    nextOffset: BigInt(row.next_offset),
-    state: row.state === "completed" ? UploadState.COMPLETED : UploadState.OPEN,
-    maxPartBytes: MAX_PART_BYTES,
-    expireTime: timestampFromDate(new Date(row.expires_at)),
-    version: row.version ?? 0,
-  });
-}
-
 /** Thrown inside the completing transaction when the session is no longer open, to undo the version. */
 class SessionMoved extends Error {}
 
+/** StartUpload, UploadPart, GetUploadStatus, CompleteUpload and AbortUpload. */
 export function resumableUploadHandlers(
   store: DocumentStore,
   access: DocumentAccess,
   content: ContentOptions,
+  resumable: ResumableUploadOptions,
 ): Handlers {
-  const { sessions, stagingDir, sessionTtlMs: ttl } = content.resumable;
-  const queue = new PerKeyQueue();
-  const fileOf = (id: string) => stagingPath(stagingDir, id);
+  const { sessions, staging, sessionTtlMs: ttl } = resumable;
+  // Parts of one upload are written and counted one after another within this process; the
+  // database's conditional updates are what keep several replicas honest.
+  const queue = new SerialQueue();
 
   /**
    * The caller's live session. Someone else's upload is reported exactly like a missing one, so
@@ -187,7 +84,7 @@ export function resumableUploadHandlers(
 
   async function endSession(id: string): Promise<void> {
     await sessions.remove(id);
-    await rm(fileOf(id), { force: true });
+    await staging.remove(id);
   }
 
   async function completedAnswer(row: UploadSessionRow, sha256: string, caller: Principal) {
@@ -201,6 +98,71 @@ export function resumableUploadHandlers(
     const version = await store.version(row.document_id!, row.version!);
     if (!version) throw notFound(row.document_id!);
     return { document: toDocument(document), version: toVersion(version), upload: toSession(row) };
+  }
+
+  /**
+   * The type from the first bytes, once the part at `offset` completes them; undefined while they
+   * are still incomplete. An unacceptable file cannot become acceptable by sending more, so the
+   * upload ends there.
+   */
+  async function sniff(row: UploadSessionRow, offset: number, data: Uint8Array, caller: Principal) {
+    const sniffLength = Math.min(SNIFF_BYTES, row.size_bytes);
+    if (row.mime_type !== null || offset + data.length < sniffLength) return undefined;
+    let earlier: Buffer;
+    try {
+      earlier = await staging.readHead(row.id, offset);
+    } catch (err) {
+      if (isMissing(err)) throw await lost(row.id, caller);
+      throw err;
+    }
+    if (earlier.length < offset) throw await lost(row.id, caller);
+    const type = detectContentType(Buffer.concat([earlier, data]).subarray(0, sniffLength));
+    if (type.kind === "unknown") {
+      await endSession(row.id);
+      throw fail(Code.InvalidArgument, `this file cannot be accepted: ${type.reason ?? "its type is not supported"}`);
+    }
+    if (contradicts(row.declared_mime_type, type)) {
+      await endSession(row.id);
+      throw fail(
+        Code.InvalidArgument,
+        `the file was declared as ${row.declared_mime_type} but its content is ${type.mime}`,
+      );
+    }
+    return { mime_type: type.mime, needs_ocr: type.needsOcr };
+  }
+
+  /** The staged bytes into the blob store, their digest checked on the way. */
+  async function storeStaged(row: UploadSessionRow, sha256: string, caller: Principal): Promise<BlobRef> {
+    let blob: BlobRef;
+    try {
+      // The client's cancel does not stop this: a retry then finds the work done.
+      blob = await content.blobs.put(staging.read(row.id, row.size_bytes), {
+        maxBytes: content.maxUploadBytes,
+        expectedSha256: sha256,
+      });
+    } catch (err) {
+      if (err instanceof BlobIntegrityError) {
+        // The session stays open: a client that hashed the wrong thing may complete again;
+        // one whose bytes were damaged on the way aborts and starts over.
+        throw fail(
+          Code.InvalidArgument,
+          `the ${row.size_bytes} bytes received have SHA-256 ${err.actual}, not ${err.expected}; complete the upload again with the right digest, or abort it and upload the file again`,
+        );
+      }
+      if (err instanceof BlobTooLargeError) {
+        throw fail(
+          Code.ResourceExhausted,
+          `the file is more than the ${bytesText(content.maxUploadBytes)} an upload may carry`,
+        );
+      }
+      if (isMissing(err)) throw await lost(row.id, caller);
+      throw err;
+    }
+    if (blob.size !== row.size_bytes) {
+      await discard(blob);
+      throw await lost(row.id, caller);
+    }
+    return blob;
   }
 
   return {
@@ -232,7 +194,7 @@ export function resumableUploadHandlers(
       // The row comes first: a staging file then always has a row while it matters, so one
       // without a row is safe to sweep at any time.
       try {
-        await createEmpty(fileOf(row.id));
+        await staging.create(row.id);
       } catch (err) {
         await sessions.remove(row.id);
         throw err;
@@ -247,8 +209,7 @@ export function resumableUploadHandlers(
         if (ctx.signal.aborted) throw fail(Code.Canceled, "the call was cancelled");
         const row = await owned(id, caller);
         const offset = Number(req.offset);
-        const data = req.data;
-        const end = offset + data.length;
+        const end = offset + req.data.length;
         if (end > row.size_bytes) {
           throw fail(
             Code.InvalidArgument,
@@ -263,40 +224,9 @@ export function resumableUploadHandlers(
             `this part starts at byte ${offset}, but upload ${id} continues at byte ${row.next_offset}; send the bytes from ${row.next_offset} on`,
           );
         }
-
-        const file = fileOf(id);
-        let detected: { mime_type: string; needs_ocr: boolean } | undefined;
-        const sniffLength = Math.min(SNIFF_BYTES, row.size_bytes);
-        if (row.mime_type === null && end >= sniffLength) {
-          let earlier: Buffer;
-          try {
-            earlier = await readHead(file, offset);
-          } catch (err) {
-            if (isMissing(err)) throw await lost(id, caller);
-            throw err;
-          }
-          if (earlier.length < offset) throw await lost(id, caller);
-          const type = detectContentType(Buffer.concat([earlier, data]).subarray(0, sniffLength));
-          // An unacceptable file cannot become acceptable by sending more, so the upload ends here.
-          if (type.kind === "unknown") {
-            await endSession(id);
-            throw fail(
-              Code.InvalidArgument,
-              `this file cannot be accepted: ${type.reason ?? "its type is not supported"}`,
-            );
-          }
-          if (contradicts(row.declared_mime_type, type)) {
-            await endSession(id);
-            throw fail(
-              Code.InvalidArgument,
-              `the file was declared as ${row.declared_mime_type} but its content is ${type.mime}`,
-            );
-          }
-          detected = { mime_type: type.mime, needs_ocr: type.needsOcr };
-        }
-
+        const detected = await sniff(row, offset, req.data, caller);
         try {
-          await writeAt(file, data, offset);
+          await staging.write(id, req.data, offset);
         } catch (err) {
           if (isMissing(err)) throw await lost(id, caller);
           throw err;
@@ -346,57 +276,22 @@ export function resumableUploadHandlers(
           target = { create: row.new_document! };
         }
 
-        const file = fileOf(id);
+        const blob = await storeStaged(row, req.sha256, caller);
         // Recorded by the part that completed the sniff window; next_offset cannot move past it otherwise.
-        const type = { mime: row.mime_type!, needsOcr: row.needs_ocr! };
-        let blob: BlobRef;
-        try {
-          // The client's cancel does not stop this: a retry then finds the work done.
-          blob = await content.blobs.put(createReadStream(file, { start: 0, end: row.size_bytes - 1 }), {
-            maxBytes: content.maxUploadBytes,
-            expectedSha256: req.sha256,
-          });
-        } catch (err) {
-          if (err instanceof BlobIntegrityError) {
-            // The session stays open: a client that hashed the wrong thing may complete again;
-            // one whose bytes were damaged on the way aborts and starts over.
-            throw fail(
-              Code.InvalidArgument,
-              `the ${row.size_bytes} bytes received have SHA-256 ${err.actual}, not ${err.expected}; complete the upload again with the right digest, or abort it and upload the file again`,
-            );
-          }
-          if (err instanceof BlobTooLargeError) {
-            throw fail(
-              Code.ResourceExhausted,
-              `the file is more than the ${bytesText(content.maxUploadBytes)} an upload may carry`,
-            );
-          }
-          if (isMissing(err)) throw await lost(id, caller);
-          throw err;
-        }
-        if (blob.size !== row.size_bytes) {
-          await discard(blob);
-          throw await lost(id, caller);
-        }
-
         const version = {
           sha256: blob.sha256,
           size_bytes: blob.size,
-          mime_type: type.mime,
-          needs_ocr: type.needsOcr,
+          mime_type: row.mime_type!,
+          needs_ocr: row.needs_ocr!,
           filename: row.filename,
           uploaded_by: caller.subject,
         };
         let completed: UploadSessionRow | undefined;
-        let saved: Awaited<ReturnType<DocumentStore["addVersion"]>>;
+        let saved: SavedVersion | undefined;
         try {
           saved = await store.addVersion(target, version, async (trx, s) => {
-            completed = await sessions.markCompleted(
-              trx,
-              id,
-              { document_id: s.document.id, version: s.version.version, sha256: blob.sha256 },
-              ttl,
-            );
+            const done = { document_id: s.document.id, version: s.version.version, sha256: blob.sha256 };
+            completed = await sessions.markCompleted(trx, id, done, ttl);
             if (!completed) throw new SessionMoved();
           });
         } catch (err) {
@@ -418,7 +313,7 @@ export function resumableUploadHandlers(
           throw notFound(row.document_id ?? "");
         }
         content.onEvent?.();
-        await rm(file, { force: true });
+        await staging.remove(id);
         return {
           document: toDocument(saved.document),
           version: toVersion(saved.version),
@@ -436,7 +331,7 @@ export function resumableUploadHandlers(
         // else's): the outcome asked for holds, and a retried abort must not fail.
         if (!row || row.owner !== caller.subject) return {};
         if (row.state === "open" && (await sessions.removeOpen(id))) {
-          await rm(fileOf(id), { force: true });
+          await staging.remove(id);
           return {};
         }
         // Completed, here or (if the delete found nothing) by another replica meanwhile.
@@ -449,82 +344,6 @@ export function resumableUploadHandlers(
         }
         return {};
       });
-    },
-  };
-}
-
-export interface UploadSweeper {
-  /**
-   * Removes expired sessions (open or completed) with their staging files, then staging files no
-   * session owns (left by a crash between the two).
-   */
-  sweep(): Promise<{ expired: number; orphans: number }>;
-  /** Sweeps every `intervalMs` in the background; 0 never. */
-  start(intervalMs: number): void;
-  /** Stops the timer and waits for a sweep under way. */
-  stop(): Promise<void>;
-}
-
-const SWEEP_BATCH = 500;
-
-export function uploadSweeper(opts: ResumableUploadOptions): UploadSweeper {
-  let timer: NodeJS.Timeout | undefined;
-  let last: Promise<unknown> = Promise.resolve();
-
-  async function expired(): Promise<number> {
-    let removed = 0;
-    for (;;) {
-      const ids = await opts.sessions.removeExpired(SWEEP_BATCH);
-      await Promise.all(ids.map((id) => rm(stagingPath(opts.stagingDir, id), { force: true })));
-      removed += ids.length;
-      if (ids.length < SWEEP_BATCH) return removed;
-    }
-  }
-
-  async function orphans(): Promise<number> {
-    let names: string[];
-    try {
-      names = await readdir(opts.stagingDir);
-    } catch (err) {
-      if (isMissing(err)) return 0;
-      throw err;
-    }
-    const ids = names.flatMap((n) => PART_FILE.exec(n)?.[1] ?? []);
-    let removed = 0;
-    for (let i = 0; i < ids.length; i += SWEEP_BATCH) {
-      const batch = ids.slice(i, i + SWEEP_BATCH);
-      const alive = await opts.sessions.existing(batch);
-      for (const id of batch) {
-        if (alive.has(id)) continue;
-        await rm(stagingPath(opts.stagingDir, id), { force: true });
-        removed++;
-      }
-    }
-    return removed;
-  }
-
-  // One sweep at a time, whether the timer or a caller asked for it.
-  function sweep(): Promise<{ expired: number; orphans: number }> {
-    const run = last.then(async () => ({ expired: await expired(), orphans: await orphans() }));
-    last = run.catch(() => undefined);
-    return run;
-  }
-
-  return {
-    sweep,
-    start(intervalMs) {
-      if (intervalMs <= 0 || timer) return;
-      timer = setInterval(() => {
-        sweep().catch((err: unknown) =>
-          logger.warn("sweeping expired uploads failed; will try again", { error: (err as Error).message }),
-        );
-      }, intervalMs);
-      timer.unref();
-    },
-    async stop() {
-      if (timer) clearInterval(timer);
-      timer = undefined;
-      await last;
     },
   };
 }

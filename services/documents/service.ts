@@ -1,65 +1,48 @@
+import { randomUUID } from "node:crypto";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { isUniqueViolation } from "../../platform/db/errors.js";
+import { callerOf } from "../../platform/grpc/caller.js";
 import { invalidArgument } from "../../platform/grpc/errors.js";
 import { decodePageToken, encodePageToken } from "../../platform/grpc/page-token.js";
-import { documentTypes, statuses, toDocument, toVersion } from "./model.js";
-import { discardUnlessUsed, receiveUpload } from "./upload.js";
-import type { BlobStore } from "../../platform/blobs/index.js";
-import { callerOf } from "../../platform/grpc/caller.js";
-import { checkDates, DocumentAccess, isAdmin, normalised, notFound } from "./access.js";
+import { checkDates, DocumentAccess, isAdmin, notFound } from "./access.js";
+import { documentTypes, editableFields, statuses, toColumns, toDocument, toVersion } from "./model.js";
+import type { OutcomeStore } from "./outcome-store.js";
 import { resumableUploadHandlers, type ResumableUploadOptions } from "./resumable-upload.js";
-import { statusHandlers, type StatusFeed } from "./status.js";
-import type { ProcessingStore } from "./processing-store.js";
-import type { DocumentChanges, DocumentStore, ListFilter, NewDocument } from "./store.js";
-import { randomUUID } from "node:crypto";
-import { isUniqueViolation } from "../../platform/db/errors.js";
+import type { StatusFeed } from "./status-feed.js";
+import { statusHandlers } from "./status.js";
+import type { DocumentStore, ListFilter } from "./store.js";
+import type { DocumentChanges, NewDocument } from "./tables.js";
+import { discardUnlessUsed, receiveUpload, type ContentOptions } from "./upload.js";
 
 const DEFAULT_PAGE_SIZE = 25;
 
-/** Fields a caller may change through UpdateDocument; everything else is the platform's. */
-const updatable = new Set([
-  "title",
-  "authors",
-  "journal",
-  "publication_date",
-  "doi",
-  "pmid",
-  "document_type",
-  "specialty",
-  "visibility",
-  "metadata",
-]);
-
-export interface ContentOptions {
-  blobs: BlobStore;
-  /** Largest file an upload may carry. */
-  maxUploadBytes: number;
-  /** Told when a committed change left an event in the outbox, so the relay need not wait to poll. */
-  onEvent?: () => void;
-  /** Resumable (browser) uploads; see resumable-upload.ts. */
+export interface DocumentServiceDeps {
+  store: DocumentStore;
+  outcomes: OutcomeStore;
+  /** Wakes this replica's WatchDocument calls. */
+  feed: StatusFeed;
+  content: ContentOptions;
+  /** Resumable (browser) uploads. */
   resumable: ResumableUploadOptions;
-  /** Tells watchers of a document that its status changed. */
-  statusFeed: StatusFeed;
 }
 
 const READ_CHUNK_BYTES = 64 * 1024;
 
-export function documentService(
-  store: DocumentStore,
-  processing: ProcessingStore,
-  content: ContentOptions,
-): ServiceImpl<typeof DocumentService> {
+/** DocumentService, the public face of documents; its upload and status handlers live beside it. */
+export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof DocumentService> {
+  const { store, content } = deps;
   const access = new DocumentAccess(store);
   const { visible, changeable } = { visible: access.visible.bind(access), changeable: access.changeable.bind(access) };
   const ensureDoiFree = access.ensureDoiFree.bind(access);
 
   return {
-    ...resumableUploadHandlers(store, access, content),
-    ...statusHandlers(store, access, processing, content.statusFeed),
+    ...resumableUploadHandlers(store, access, content, deps.resumable),
+    ...statusHandlers(store, access, deps.outcomes, deps.feed),
 
     async createDocument(req, ctx) {
       const doc = req.document!;
-      const fields = normalised(doc);
+      const fields = toColumns(doc);
       if (fields.title === "")
         throw invalidArgument([{ field: "document.title", description: "title must not be blank" }]);
       checkDates([["document.publication_date", doc.publicationDate]]);
@@ -115,16 +98,16 @@ export function documentService(
       const paths = req.updateMask!.paths;
       if (paths.length === 0)
         throw invalidArgument([{ field: "update_mask", description: "name at least one field to change" }]);
-      const unknown = paths.filter((p) => !updatable.has(p));
+      const unknown = paths.filter((p) => !editableFields.has(p));
       if (unknown.length) {
         throw invalidArgument(
           unknown.map((p) => ({
             field: "update_mask",
-            description: `${p} is not a field you can change (allowed: ${[...updatable].join(", ")})`,
+            description: `${p} is not a field you can change (allowed: ${[...editableFields].join(", ")})`,
           })),
         );
       }
-      const all = normalised(doc);
+      const all = toColumns(doc);
       const changes: DocumentChanges = {};
       for (const p of new Set(paths)) (changes as Record<string, unknown>)[p] = all[p as keyof typeof all];
       if ("title" in changes && changes.title === "") {

@@ -3,77 +3,20 @@ import type { DocumentService } from "../../gen/medmesh/documents/v1/documents_p
 import { callerOf } from "../../platform/grpc/caller.js";
 import type { DocumentAccess } from "./access.js";
 import { toOutcome, toStatusChange } from "./model.js";
-import { TERMINAL_STATUSES, type ProcessingStore } from "./processing-store.js";
+import type { OutcomeStore } from "./outcome-store.js";
+import type { StatusFeed } from "./status-feed.js";
 import type { DocumentStore } from "./store.js";
 
-export interface StatusSubscription {
-  /** Resolves on the next change notice, after the poll interval at the latest, or when the signal aborts. */
-  next(signal: AbortSignal): Promise<void>;
-  close(): void;
-}
-
-/**
- * Tells watchers that a document's status changed. A change made by this process wakes them at
- * once; one made by another instance of the service is found by polling the status history, so
- * any number of replicas can share one database without a broadcast channel between them.
- */
-export class StatusFeed {
-  private readonly listeners = new Map<string, Set<() => void>>();
-
-  constructor(readonly pollMs = 1000) {}
-
-  notify(documentId: string): void {
-    for (const wake of this.listeners.get(documentId) ?? []) wake();
-  }
-
-  subscribe(documentId: string): StatusSubscription {
-    let pending = false;
-    let resolveWait: (() => void) | undefined;
-    const wake = () => {
-      pending = true;
-      resolveWait?.();
-    };
-    let set = this.listeners.get(documentId);
-    if (!set) this.listeners.set(documentId, (set = new Set()));
-    set.add(wake);
-    return {
-      next: (signal) => {
-        if (pending || signal.aborted) {
-          pending = false;
-          return Promise.resolve();
-        }
-        return new Promise<void>((resolve) => {
-          const done = () => {
-            clearTimeout(timer);
-            signal.removeEventListener("abort", done);
-            resolveWait = undefined;
-            pending = false;
-            resolve();
-          };
-          const timer = setTimeout(done, this.pollMs);
-          signal.addEventListener("abort", done, { once: true });
-          resolveWait = done;
-        });
-      },
-      close: () => {
-        set!.delete(wake);
-        if (set!.size === 0) this.listeners.delete(documentId);
-      },
-    };
-  }
-
-  /** Documents with at least one watcher in this process (for tests and metrics). */
-  get watched(): number {
-    return this.listeners.size;
-  }
-}
+/** Statuses after which nothing more happens to a version until someone uploads another. */
+const TERMINAL_STATUSES = new Set(["processed", "failed", "indexed"]);
 
 type Handlers = Pick<ServiceImpl<typeof DocumentService>, "watchDocument" | "getProcessingResult">;
 
+/** WatchDocument and GetProcessingResult: a document's progress through processing, for its readers. */
 export function statusHandlers(
   store: DocumentStore,
   access: DocumentAccess,
-  processing: ProcessingStore,
+  outcomes: OutcomeStore,
   feed: StatusFeed,
 ): Handlers {
   return {
@@ -83,7 +26,7 @@ export function statusHandlers(
       // Subscribed before reading, so a change between the read and the first wait is not missed.
       const changes = feed.subscribe(req.id);
       try {
-        const latest = await processing.latestStatus(req.id);
+        const latest = await store.latestStatus(req.id);
         let lastSeq = 0;
         if (latest) {
           lastSeq = Number(latest.seq);
@@ -103,7 +46,7 @@ export function statusHandlers(
         for (;;) {
           await changes.next(ctx.signal);
           if (ctx.signal.aborted) return;
-          const rows = await processing.statusesAfter(req.id, lastSeq);
+          const rows = await store.statusesAfter(req.id, lastSeq);
           if (rows.length === 0) {
             // Quiet for a poll interval: make sure the document still exists for this caller.
             if (!(await store.findLive(req.id)))
@@ -128,7 +71,7 @@ export function statusHandlers(
         throw new ConnectError(`document ${req.documentId} has no content yet`, Code.FailedPrecondition);
       if (version > doc.version)
         throw new ConnectError(`document ${req.documentId} has no version ${version}`, Code.NotFound);
-      const outcome = await processing.outcome(req.documentId, version);
+      const outcome = await outcomes.outcome(req.documentId, version);
       if (!outcome) {
         const where = version === doc.version ? ` (its status is ${doc.processing_status})` : "";
         throw new ConnectError(

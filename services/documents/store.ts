@@ -1,93 +1,16 @@
-import type { Generated, Kysely, Selectable } from "kysely";
-import { sql } from "kysely";
-import { create, toBinary } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
-import { enqueue, protobufContentType } from "../../platform/events/index.js";
-import type { UploadSessionTable } from "./upload-sessions.js";
-
-export const DOCUMENT_EVENTS_TOPIC = "document.events";
-
-export interface DocumentTable {
-  id: string;
-  seq: Generated<number>;
-  title: string;
-  authors: string[];
-  journal: string | null;
-  publication_date: string | null;
-  doi: string | null;
-  pmid: string | null;
-  document_type: string;
-  specialty: string | null;
-  processing_status: Generated<string>;
-  size_bytes: Generated<number>;
-  mime_type: string | null;
-  uploaded_by: string;
-  visibility: string;
-  version: Generated<number>;
-  metadata: Record<string, string>;
-  created_at: Generated<Date>;
-  updated_at: Generated<Date>;
-  deleted_at: Date | null;
-}
-
-export interface DocumentVersionTable {
-  document_id: string;
-  version: number;
-  sha256: string;
-  size_bytes: number;
-  mime_type: string;
-  needs_ocr: boolean;
-  filename: string;
-  uploaded_by: string;
-  created_at: Generated<Date>;
-}
-
-export interface DocumentStatusTable {
-  seq: Generated<number>;
-  document_id: string;
-  version: number;
-  status: string;
-  failure_reason: string | null;
-  failure_message: string | null;
-  created_at: Generated<Date>;
-}
-
-export interface ProcessingOutcomeTable {
-  document_id: string;
-  version: number;
-  /** "processed" or "failed". */
-  status: string;
-  /** ProcessingResult, protobuf binary; set when processed. */
-  result: Uint8Array | null;
-  failure_reason: string | null;
-  failure_message: string | null;
-  created_at: Generated<Date>;
-}
-
-export interface DocumentsDB {
-  document: DocumentTable;
-  document_version: DocumentVersionTable;
-  document_status: DocumentStatusTable;
-  processing_outcome: ProcessingOutcomeTable;
-  upload_session: UploadSessionTable;
-}
-
-export type StatusRow = Selectable<DocumentStatusTable>;
-export type OutcomeRow = Selectable<ProcessingOutcomeTable>;
-
-export type VersionRow = Selectable<DocumentVersionTable>;
-export type NewVersion = Omit<DocumentVersionTable, "document_id" | "version" | "created_at">;
-
-export type DocumentRow = Selectable<DocumentTable>;
-
-/** What a create supplies; the rest is the database's (sequence, status, timestamps, content). */
-export type NewDocument = Omit<
-  DocumentTable,
-  "seq" | "processing_status" | "size_bytes" | "mime_type" | "version" | "created_at" | "updated_at" | "deleted_at"
->;
-
-export type DocumentChanges = Partial<Omit<NewDocument, "id" | "uploaded_by">>;
+import { sql, type Kysely } from "kysely";
+import { enqueueUploaded } from "./events.js";
+import type { SetStatus, StatusWriter } from "./status-writer.js";
+import {
+  documentColumns,
+  type DocumentChanges,
+  type DocumentRow,
+  type DocumentsDB,
+  type NewDocument,
+  type NewVersion,
+  type StatusRow,
+  type VersionRow,
+} from "./tables.js";
 
 export interface ListFilter {
   specialty?: string;
@@ -100,83 +23,50 @@ export interface ListFilter {
   visible_to?: string;
 }
 
-// publication_date goes out as text so no time zone can shift the calendar day.
-const columns = [
-  "id",
-  "seq",
-  "title",
-  "authors",
-  "journal",
-  sql<string | null>`to_char(publication_date, 'YYYY-MM-DD')`.as("publication_date"),
-  "doi",
-  "pmid",
-  "document_type",
-  "specialty",
-  "processing_status",
-  "size_bytes",
-  "mime_type",
-  "uploaded_by",
-  "visibility",
-  "version",
-  "metadata",
-  "created_at",
-  "updated_at",
-  "deleted_at",
-] as const;
+export interface SavedVersion {
+  document: DocumentRow;
+  version: VersionRow;
+}
 
-/** Every query of the documents service; the schema is already scoped by openDatabase. */
+/** Locks the live document's row for the rest of the transaction; undefined if there is none. */
+export function lockLiveDocument(trx: Kysely<DocumentsDB>, id: string) {
+  return trx
+    .selectFrom("document")
+    .select(["version", "processing_status"])
+    .where("id", "=", id)
+    .where("deleted_at", "is", null)
+    .forUpdate()
+    .executeTakeFirst();
+}
+
+async function insertDocument(trx: Kysely<DocumentsDB>, setStatus: SetStatus, doc: NewDocument): Promise<DocumentRow> {
+  const row = await trx
+    .insertInto("document")
+    .values({ ...doc, authors: JSON.stringify(doc.authors), metadata: JSON.stringify(doc.metadata) })
+    .returning(documentColumns)
+    .executeTakeFirstOrThrow();
+  await setStatus({ documentId: row.id, version: 0, status: "pending" });
+  return row;
+}
+
+/** The documents, their versions and their status history; the schema is already scoped by openDatabase. */
 export class DocumentStore {
-  /** `onStatusChange` hears of each committed status change, so watchers need not wait to poll. */
   constructor(
     private readonly db: Kysely<DocumentsDB>,
-    private readonly onStatusChange?: (documentId: string) => void,
+    private readonly status: StatusWriter,
   ) {}
 
   async insert(doc: NewDocument): Promise<DocumentRow> {
-    if (!this.db.isTransaction) {
-      const row = await this.db.transaction().execute((trx) => new DocumentStore(trx).insert(doc));
-      this.onStatusChange?.(row.id);
-      return row;
-    }
-    const row = (await this.db
-      .insertInto("document")
-      .values({
-        ...doc,
-        authors: JSON.stringify(doc.authors) as never,
-        metadata: JSON.stringify(doc.metadata) as never,
-      })
-      .returning(columns)
-      .executeTakeFirstOrThrow()) as DocumentRow;
-    await this.recordStatus(row.id, 0, "pending");
-    return row;
+    return this.status.transaction((trx, setStatus) => insertDocument(trx, setStatus, doc));
   }
 
-  /** Appends to the document's status history; call it in the transaction that changes the status. */
-  async recordStatus(
-    documentId: string,
-    version: number,
-    status: string,
-    failure?: { reason: string; message: string },
-  ): Promise<void> {
-    await this.db
-      .insertInto("document_status")
-      .values({
-        document_id: documentId,
-        version,
-        status,
-        failure_reason: failure?.reason ?? null,
-        failure_message: failure?.message ?? null,
-      })
-      .execute();
-  }
-
-  async findLive(id: string): Promise<DocumentRow | undefined> {
-    return this.db
+  async findLive(id: string, db: Kysely<DocumentsDB> = this.db): Promise<DocumentRow | undefined> {
+    return db
       .selectFrom("document")
-      .select(columns)
+      .select(documentColumns)
       .where("id", "=", id)
       .where("deleted_at", "is", null)
-      .executeTakeFirst() as Promise<DocumentRow | undefined>;
+      .executeTakeFirst();
   }
 
   /** The live document holding this DOI (case-insensitively), other than `exceptId`. */
@@ -192,7 +82,7 @@ export class DocumentStore {
 
   /** Newest first; `afterSeq` is the cursor: rows strictly older than it. */
   async list(filter: ListFilter, limit: number, afterSeq?: number): Promise<DocumentRow[]> {
-    let q = this.db.selectFrom("document").select(columns).where("deleted_at", "is", null);
+    let q = this.db.selectFrom("document").select(documentColumns).where("deleted_at", "is", null);
     if (filter.specialty) q = q.where(sql`lower(specialty)`, "=", filter.specialty.toLowerCase());
     if (filter.document_type) q = q.where("document_type", "=", filter.document_type);
     if (filter.processing_status) q = q.where("processing_status", "=", filter.processing_status);
@@ -204,43 +94,40 @@ export class DocumentStore {
       q = q.where((eb) => eb.or([eb("visibility", "=", "platform"), eb("uploaded_by", "=", who)]));
     }
     if (afterSeq !== undefined) q = q.where("seq", "<", afterSeq);
-    return q.orderBy("seq", "desc").limit(limit).execute() as Promise<DocumentRow[]>;
+    return q.orderBy("seq", "desc").limit(limit).execute();
   }
 
   async update(id: string, changes: DocumentChanges): Promise<DocumentRow | undefined> {
-    const values: Record<string, unknown> = { ...changes, updated_at: sql`now()` };
-    if (changes.authors) values.authors = JSON.stringify(changes.authors);
-    if (changes.metadata) values.metadata = JSON.stringify(changes.metadata);
+    const { authors, metadata, ...rest } = changes;
     return this.db
       .updateTable("document")
-      .set(values as never)
+      .set({
+        ...rest,
+        ...(authors && { authors: JSON.stringify(authors) }),
+        ...(metadata && { metadata: JSON.stringify(metadata) }),
+        updated_at: sql<Date>`now()`,
+      })
       .where("id", "=", id)
       .where("deleted_at", "is", null)
-      .returning(columns)
-      .executeTakeFirst() as Promise<DocumentRow | undefined>;
+      .returning(documentColumns)
+      .executeTakeFirst();
   }
 
   /**
-   * Records a new content version, and the document itself first when `create` is given, in one
-   * transaction: the version number comes from the locked document row, so two uploads racing on
-   * one document get consecutive numbers.
+   * Records a new content version, its DocumentUploaded event and the document's move to
+   * uploaded, and the document itself first when `create` is given, in one transaction. The
+   * version number comes from the locked document row, so two uploads racing on one document get
+   * consecutive numbers.
    */
   async addVersion(
     target: { id: string } | { create: NewDocument },
     v: NewVersion,
     /** Runs in the same transaction once the version is written; throwing undoes the version. */
-    within?: (trx: Kysely<DocumentsDB>, saved: { document: DocumentRow; version: VersionRow }) => Promise<void>,
-  ): Promise<{ document: DocumentRow; version: VersionRow } | undefined> {
-    const saved = await this.db.transaction().execute(async (trx) => {
-      const store = new DocumentStore(trx);
-      const id = "create" in target ? (await store.insert(target.create)).id : target.id;
-      const current = await trx
-        .selectFrom("document")
-        .select("version")
-        .where("id", "=", id)
-        .where("deleted_at", "is", null)
-        .forUpdate()
-        .executeTakeFirst();
+    within?: (trx: Kysely<DocumentsDB>, saved: SavedVersion) => Promise<void>,
+  ): Promise<SavedVersion | undefined> {
+    return this.status.transaction(async (trx, setStatus) => {
+      const id = "create" in target ? (await insertDocument(trx, setStatus, target.create)).id : target.id;
+      const current = await lockLiveDocument(trx, id);
       if (!current) return undefined;
       const version = await trx
         .insertInto("document_version")
@@ -248,56 +135,28 @@ export class DocumentStore {
         .returningAll()
         .executeTakeFirstOrThrow();
       // The event is written with the version: it exists if and only if the version does.
-      await enqueue(trx, {
-        topic: DOCUMENT_EVENTS_TOPIC,
-        type: "medmesh.document.uploaded.v1",
-        source: "/medmesh/documents",
-        key: id,
-        contentType: protobufContentType(DocumentUploadedSchema.typeName),
-        payload: toBinary(
-          DocumentUploadedSchema,
-          create(DocumentUploadedSchema, {
-            documentId: id,
-            version: version.version,
-            sha256: version.sha256,
-            sizeBytes: BigInt(version.size_bytes),
-            mimeType: version.mime_type,
-            needsOcr: version.needs_ocr,
-            uploadedBy: version.uploaded_by,
-            uploadTime: timestampFromDate(new Date(version.created_at)),
-          }),
-        ),
-      });
+      await enqueueUploaded(trx, version);
       await trx
         .updateTable("document")
-        .set({
-          version: version.version,
-          size_bytes: v.size_bytes,
-          mime_type: v.mime_type,
-          processing_status: "uploaded",
-          updated_at: sql`now()` as never,
-        })
+        .set({ version: version.version, size_bytes: v.size_bytes, mime_type: v.mime_type })
         .where("id", "=", id)
         .execute();
-      await store.recordStatus(id, version.version, "uploaded");
-      const result = { document: (await store.findLive(id))!, version };
-      await within?.(trx, result);
-      return result;
+      await setStatus({ documentId: id, version: version.version, status: "uploaded" });
+      const saved = { document: (await this.findLive(id, trx))!, version };
+      await within?.(trx, saved);
+      return saved;
     });
-    if (saved) this.onStatusChange?.(saved.document.id);
-    return saved;
   }
 
   /** Whether any version keeps this content (blobs are shared by identical uploads). */
   async blobInUse(sha256: string): Promise<boolean> {
-    return (
-      (await this.db
-        .selectFrom("document_version")
-        .select("version")
-        .where("sha256", "=", sha256)
-        .limit(1)
-        .executeTakeFirst()) !== undefined
-    );
+    const row = await this.db
+      .selectFrom("document_version")
+      .select("version")
+      .where("sha256", "=", sha256)
+      .limit(1)
+      .executeTakeFirst();
+    return row !== undefined;
   }
 
   async versions(documentId: string): Promise<VersionRow[]> {
@@ -321,10 +180,31 @@ export class DocumentStore {
   async softDelete(id: string): Promise<boolean> {
     const res = await this.db
       .updateTable("document")
-      .set({ deleted_at: sql`now()` as never, updated_at: sql`now()` as never })
+      .set({ deleted_at: sql<Date>`now()`, updated_at: sql<Date>`now()` })
       .where("id", "=", id)
       .where("deleted_at", "is", null)
       .executeTakeFirst();
     return Number(res.numUpdatedRows) > 0;
+  }
+
+  async latestStatus(documentId: string): Promise<StatusRow | undefined> {
+    return this.db
+      .selectFrom("document_status")
+      .selectAll()
+      .where("document_id", "=", documentId)
+      .orderBy("seq", "desc")
+      .limit(1)
+      .executeTakeFirst();
+  }
+
+  /** The status history after `afterSeq`, oldest first. */
+  async statusesAfter(documentId: string, afterSeq: number): Promise<StatusRow[]> {
+    return this.db
+      .selectFrom("document_status")
+      .selectAll()
+      .where("document_id", "=", documentId)
+      .where("seq", ">", afterSeq)
+      .orderBy("seq")
+      .execute();
   }
 }

@@ -1,41 +1,13 @@
-import { sql, type ColumnType, type Generated, type Kysely, type Selectable } from "kysely";
-import type { DocumentsDB, NewDocument } from "./store.js";
-
-export type UploadState = "open" | "completed";
-
-export interface UploadSessionTable {
-  id: string;
-  owner: string;
-  document_id: string | null;
-  /** Written as JSON text, read back parsed. */
-  new_document: ColumnType<NewDocument | null, string | null, string | null>;
-  filename: string;
-  declared_mime_type: string;
-  expected_sha256: string | null;
-  size_bytes: number;
-  next_offset: Generated<number>;
-  mime_type: string | null;
-  needs_ocr: boolean | null;
-  state: Generated<UploadState>;
-  version: number | null;
-  sha256: string | null;
-  created_at: Generated<Date>;
-  expires_at: Date;
-}
+import { sql, type Kysely, type Selectable } from "kysely";
+import type { DocumentsDB, UploadSessionTable } from "./tables.js";
 
 /** A session as the handlers see it: `expired` is decided by the database's clock, like `expires_at`. */
 export type UploadSessionRow = Selectable<UploadSessionTable> & { expired: boolean };
 
-export interface NewUploadSession {
-  id: string;
-  owner: string;
-  document_id: string | null;
-  new_document: NewDocument | null;
-  filename: string;
-  declared_mime_type: string;
-  expected_sha256: string | null;
-  size_bytes: number;
-}
+export type NewUploadSession = Pick<
+  Selectable<UploadSessionTable>,
+  "id" | "owner" | "document_id" | "new_document" | "filename" | "declared_mime_type" | "expected_sha256" | "size_bytes"
+>;
 
 /** The type seen in the first bytes, recorded when it is first known. */
 export interface DetectedColumns {
@@ -57,7 +29,7 @@ export class UploadSessionStore {
       .values({
         ...s,
         new_document: s.new_document && JSON.stringify(s.new_document),
-        expires_at: expiresIn(ttlMs) as never,
+        expires_at: expiresIn(ttlMs),
       })
       .returningAll()
       .returning(expired)
@@ -81,7 +53,7 @@ export class UploadSessionStore {
   ): Promise<UploadSessionRow | undefined> {
     return this.db
       .updateTable("upload_session")
-      .set({ next_offset: to, expires_at: expiresIn(ttlMs) as never, ...detected })
+      .set({ next_offset: to, expires_at: expiresIn(ttlMs), ...detected })
       .where("id", "=", id)
       .where("next_offset", "=", from)
       .where("state", "=", "open")
@@ -104,7 +76,7 @@ export class UploadSessionStore {
   ): Promise<UploadSessionRow | undefined> {
     return trx
       .updateTable("upload_session")
-      .set({ ...done, state: "completed", expires_at: expiresIn(ttlMs) as never })
+      .set({ ...done, state: "completed", expires_at: expiresIn(ttlMs) })
       .where("id", "=", id)
       .where("state", "=", "open")
       .returningAll()

@@ -13,6 +13,15 @@ import {
   type DetectedType,
 } from "../../platform/blobs/index.js";
 
+/** What both upload paths need to store content. */
+export interface ContentOptions {
+  blobs: BlobStore;
+  /** Largest file an upload may carry. */
+  maxUploadBytes: number;
+  /** Told when a committed change left an event in the outbox, so the relay need not wait to poll. */
+  onEvent?: () => void;
+}
+
 export interface ReceivedFile {
   header: UploadHeader;
   blob: BlobRef;

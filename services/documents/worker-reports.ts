@@ -3,7 +3,7 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { ProcessingResultSchema, type DocumentProcessingService } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { notFound } from "./access.js";
 import { failureReasons, toOutcome } from "./model.js";
-import type { NewOutcome, ProcessingStore } from "./processing-store.js";
+import type { NewOutcome, OutcomeStore } from "./outcome-store.js";
 
 function noVersion(documentId: string, version: number, current: number): ConnectError {
   return new ConnectError(
@@ -13,13 +13,14 @@ function noVersion(documentId: string, version: number, current: number): Connec
 }
 
 /**
- * The worker's way in. The contract admits service principals only, so there are no ownership
- * checks here: the worker acts for the platform on every document.
+ * DocumentProcessingService: how the processing worker reports on the versions it analyses. The
+ * contract admits service principals only, so there are no ownership checks here: the worker
+ * acts for the platform on every document.
  */
-export function documentProcessingService(processing: ProcessingStore): ServiceImpl<typeof DocumentProcessingService> {
+export function workerReportsService(outcomes: OutcomeStore): ServiceImpl<typeof DocumentProcessingService> {
   return {
     async startProcessing(req) {
-      const res = await processing.start(req.documentId, req.version);
+      const res = await outcomes.start(req.documentId, req.version);
       switch (res.kind) {
         case "no_document":
           throw notFound(req.documentId);
@@ -49,7 +50,7 @@ export function documentProcessingService(processing: ProcessingStore): ServiceI
         // Validation requires one of them; this only guards a caller that skipped it.
         throw new ConnectError("send a result or a failure", Code.InvalidArgument);
       }
-      const res = await processing.record(req.documentId, req.version, outcome);
+      const res = await outcomes.record(req.documentId, req.version, outcome);
       switch (res.kind) {
         case "no_document":
           throw notFound(req.documentId);

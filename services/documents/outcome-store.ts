@@ -1,0 +1,87 @@
+import type { Kysely } from "kysely";
+import type { StatusWriter } from "./status-writer.js";
+import { lockLiveDocument } from "./store.js";
+import type { DocumentsDB, OutcomeRow } from "./tables.js";
+
+export type StartResult =
+  | { kind: "no_document" }
+  | { kind: "no_version"; current: number }
+  /** The version already has an outcome: the event was delivered again. */
+  | { kind: "done"; outcome: OutcomeRow }
+  | { kind: "proceed" };
+
+export type NewOutcome =
+  { status: "processed"; result: Uint8Array } | { status: "failed"; reason: string; message: string };
+
+export type RecordResult =
+  | { kind: "no_document" }
+  | { kind: "no_version"; current: number }
+  | { kind: "recorded"; outcome: OutcomeRow; already: boolean };
+
+function outcomeIn(db: Kysely<DocumentsDB>, documentId: string, version: number): Promise<OutcomeRow | undefined> {
+  return db
+    .selectFrom("processing_outcome")
+    .selectAll()
+    .where("document_id", "=", documentId)
+    .where("version", "=", version)
+    .executeTakeFirst();
+}
+
+/**
+ * What the processing worker reports about each version: that it started, and the outcome.
+ * Status moves only for the document's current version; an outcome for an older version is kept
+ * but leaves the document's status alone, since that is about the newer content.
+ */
+export class OutcomeStore {
+  constructor(
+    private readonly db: Kysely<DocumentsDB>,
+    private readonly status: StatusWriter,
+  ) {}
+
+  async start(documentId: string, version: number): Promise<StartResult> {
+    return this.status.transaction(async (trx, setStatus) => {
+      const doc = await lockLiveDocument(trx, documentId);
+      if (!doc) return { kind: "no_document" } as const;
+      if (version > doc.version) return { kind: "no_version", current: doc.version } as const;
+      const done = await outcomeIn(trx, documentId, version);
+      if (done) return { kind: "done", outcome: done } as const;
+      // Only the step from uploaded is a change: a retry finds it processing already, and an
+      // older version's processing says nothing about the current content.
+      if (version === doc.version && doc.processing_status === "uploaded")
+        await setStatus({ documentId, version, status: "processing" });
+      return { kind: "proceed" } as const;
+    });
+  }
+
+  async record(documentId: string, version: number, outcome: NewOutcome): Promise<RecordResult> {
+    return this.status.transaction(async (trx, setStatus) => {
+      const doc = await lockLiveDocument(trx, documentId);
+      if (!doc) return { kind: "no_document" } as const;
+      if (version > doc.version) return { kind: "no_version", current: doc.version } as const;
+      const failure = outcome.status === "failed" ? { reason: outcome.reason, message: outcome.message } : undefined;
+      const inserted = await trx
+        .insertInto("processing_outcome")
+        .values({
+          document_id: documentId,
+          version,
+          status: outcome.status,
+          result: outcome.status === "processed" ? outcome.result : null,
+          failure_reason: failure?.reason ?? null,
+          failure_message: failure?.message ?? null,
+        })
+        .onConflict((oc) => oc.columns(["document_id", "version"]).doNothing())
+        .returningAll()
+        .executeTakeFirst();
+      if (!inserted) {
+        const first = (await outcomeIn(trx, documentId, version))!;
+        return { kind: "recorded", outcome: first, already: true } as const;
+      }
+      if (version === doc.version) await setStatus({ documentId, version, status: outcome.status, failure });
+      return { kind: "recorded", outcome: inserted, already: false } as const;
+    });
+  }
+
+  async outcome(documentId: string, version: number): Promise<OutcomeRow | undefined> {
+    return outcomeIn(this.db, documentId, version);
+  }
+}
