@@ -37,15 +37,6 @@ export const inboxMigration: Migration = {
   },
 };
 
-/** Deletes inbox rows older than `before`. Keep them longer than any redelivery can take (days). */
-export async function pruneInbox(db: Kysely<any>, before: Date): Promise<number> {
-  const res = await (db as Kysely<InboxDatabase>)
-    .deleteFrom("inbox")
-    .where("processed_at", "<", before)
-    .executeTakeFirst();
-  return Number(res.numDeletedRows);
-}
-
 export interface DeliveryInfo {
   topic: string;
   partition: number;
@@ -85,6 +76,12 @@ export interface IdempotentConsumerOptions<DB = any, P = undefined> {
    * Throwing counts as a failed attempt, like the handler.
    */
   prepare?: EventPreparer<P>;
+  /**
+   * Which events this consumer handles. Others (say, the service's own outcome events on a topic it
+   * also publishes to) are passed over without a transaction or an inbox row; their offset is
+   * committed like any other. Default: every event.
+   */
+  accepts?: (event: EventEnvelope) => boolean;
   /** Called once the transaction that handled an event has committed (not for duplicates): wake a relay here. */
   afterCommit?: (event: EventEnvelope) => void;
   /** Tries before the message goes to the dead-letter topic. Default 3. */
@@ -109,7 +106,7 @@ export interface IdempotentConsumer {
   running(): boolean;
 }
 
-export const defaultDlqTopic = (topic: string, groupId: string): string => `${topic}.${groupId}.dlq`;
+const defaultDlqTopic = (topic: string, groupId: string): string => `${topic}.${groupId}.dlq`;
 
 /** Headers added to a dead-lettered message, next to all of its original headers. */
 export const DlqHeaders = {
@@ -310,6 +307,11 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
           }
           span.setAttribute("messaging.message.id", event.id);
           span.setAttribute("cloudevents.event_type", event.type);
+          if (opts.accepts && !opts.accepts(event)) {
+            // Nothing to do, so nothing to remember: an inbox row would only cost a write per event.
+            span.setAttribute("medmesh.event.skipped", true);
+            return;
+          }
           for (let attempt = 1; ; attempt++) {
             try {
               const delivery = { topic, partition, offset: message.offset, attempt };

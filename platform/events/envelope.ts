@@ -27,10 +27,10 @@ export interface EventEnvelope {
 /** What a producer supplies; id and time are filled in when absent. */
 export type NewEvent = Omit<EventEnvelope, "id" | "time"> & { id?: string; time?: Date };
 
-export const SPEC_VERSION = "1.0";
+const SPEC_VERSION = "1.0";
 
 /** CloudEvents Kafka binary binding header names, plus W3C trace context. */
-export const EventHeaderNames = {
+const EventHeaderNames = {
   specversion: "ce_specversion",
   id: "ce_id",
   type: "ce_type",

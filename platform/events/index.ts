@@ -2,3 +2,4 @@ export * from "./envelope.js";
 export * from "./kafka.js";
 export * from "./outbox.js";
 export * from "./consumer.js";
+export * from "./pruning.js";

@@ -5,7 +5,7 @@ import { logger as rootLogger, type Logger } from "../telemetry/logger.js";
  * kafkajs log entries as the mesh's JSON lines, so broker trouble shows up next to the
  * service's own logs with the same trace ids. kafkajs' own level filter still applies first.
  */
-export function kafkaLogCreator(base: Logger = rootLogger): logCreator {
+function kafkaLogCreator(base: Logger = rootLogger): logCreator {
   const log = base.child({ component: "kafkajs" });
   return () =>
     ({ namespace, level, log: entry }: LogEntry) => {

@@ -13,6 +13,7 @@ import { sql, type ColumnType, type Generated, type Kysely, type Migration } fro
 import type { Kafka, Message, Producer } from "kafkajs";
 import { logger as rootLogger, type Logger } from "../telemetry/logger.js";
 import { eventHeaders, newEvent, type EventEnvelope, type NewEvent } from "./envelope.js";
+import { claimBatch, markSent, releaseClaim, type ClaimedRow } from "./outbox-claims.js";
 
 export interface OutboxTable {
   id: string;
@@ -29,6 +30,10 @@ export interface OutboxTable {
   sent_at: Date | null;
   attempts: Generated<number>;
   last_error: string | null;
+  /** Which relay claim holds the row while it is being published (see outboxClaimsMigration). */
+  claim_id: string | null;
+  /** Until when that claim holds; an expired claim (a relay that died) is free to take again. */
+  claimed_until: Date | null;
 }
 
 /** Intersect a service's table types with this so its transactions can enqueue. */
@@ -64,6 +69,30 @@ export const outboxMigration: Migration = {
       .createIndex("outbox_unsent_seq_idx")
       .on("outbox")
       .column("seq")
+      .where(sql.ref("sent_at"), "is", null)
+      .execute();
+  },
+};
+
+/**
+ * Adds the columns a relay claims rows with, so it can publish them without holding a transaction
+ * open (see claimBatch in relay-claims.ts). A migration of its own rather than a change to
+ * outboxMigration, because services have already created their outbox with that one: add it to
+ * the service's migration list after the outbox (e.g. "0006_outbox_claims").
+ */
+export const outboxClaimsMigration: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await db.schema
+      .alterTable("outbox")
+      .addColumn("claim_id", "uuid")
+      .addColumn("claimed_until", "timestamptz")
+      .execute();
+    // A claim asks, per row, whether an earlier row of the same key is still unsent: this keeps
+    // that lookup on the unsent tail, like outbox_unsent_seq_idx.
+    await db.schema
+      .createIndex("outbox_unsent_key_seq_idx")
+      .on("outbox")
+      .columns(["topic", "key", "seq"])
       .where(sql.ref("sent_at"), "is", null)
       .execute();
   },
@@ -105,25 +134,27 @@ export async function enqueue(trx: Kysely<any>, event: OutboxEvent): Promise<Eve
   return e;
 }
 
-/** Deletes rows sent before `before`; returns how many. Sent rows are only kept for inspection. */
-export async function pruneOutbox(db: Kysely<any>, before: Date): Promise<number> {
-  const res = await (db as Kysely<OutboxDatabase>)
-    .deleteFrom("outbox")
-    .where("sent_at", "<", before)
-    .executeTakeFirst();
-  return Number(res.numDeletedRows);
-}
-
 export interface OutboxRelayOptions {
   /** The service's schema-scoped database (the one holding its outbox table). */
   db: Kysely<any>;
   kafka: Kafka;
-  /** Rows published per round trip. Default 100. */
+  /** Rows claimed and published per round trip. Default 100. */
   batchSize?: number;
   /** How long to sleep when the outbox is empty and nobody calls wake(). Default 500 ms. */
   pollIntervalMs?: number;
   /** Delay after the n-th consecutive failure (n from 1). Default 250 ms doubling to 30 s. */
   backoffMs?: (failures: number) => number;
+  /**
+   * Longest one publish may take before it counts as failed and the producer is replaced; a broker
+   * that accepts connections but never answers would otherwise hold the batch for kafkajs' 30 s
+   * request timeout. Default 10 s.
+   */
+  publishTimeoutMs?: number;
+  /**
+   * How long a claim holds rows against other relays. Must outlast a publish (it is at least three
+   * publish timeouts); it only matters when a relay dies holding a claim. Default 30 s.
+   */
+  claimLeaseMs?: number;
   logger?: Logger;
 }
 
@@ -136,26 +167,33 @@ export interface OutboxRelay {
 
 const tracer = trace.getTracer("medmesh-events");
 
+class PublishTimeoutError extends Error {
+  constructor(ms: number) {
+    super(`Kafka did not acknowledge the batch within ${ms} ms`);
+    this.name = "PublishTimeoutError";
+  }
+}
+
 /**
- * Publishes unsent outbox rows in seq order and marks them sent.
+ * Publishes unsent outbox rows in seq order and marks them sent, without ever holding a database
+ * transaction while it talks to Kafka: it claims a batch in one short transaction, publishes after
+ * that committed, then marks the rows sent (or, on failure, records the error and releases them)
+ * with one statement. A broker outage therefore costs the database nothing but those statements,
+ * which matters most on the embedded Postgres, where a transaction holds the one session every
+ * service shares. How claims keep several relays from publishing a row twice or a key out of order
+ * is in outbox-claims.ts.
  *
- * Each batch is read `for update` and published inside one transaction, so a second relay (another
- * replica) waits on the row locks and then finds the rows sent: rows are published by one relay at
- * a time and never out of order. `skip locked` would let the second relay publish the next batch
- * while the first is still in flight, reordering events of the same key, so it is not used.
- * The price is one connection held for the length of a publish; the producer's own retries are
- * kept short so that a broker outage releases the connection quickly and the relay backs off
- * outside the transaction.
- *
- * Delivery is at least once: if the process dies after Kafka acknowledged a batch and before the
- * commit that marks it sent, the batch is published again at the next start. Consumers dedupe on
- * the event id (see consumer.ts).
+ * Delivery is at least once: if the process dies after Kafka acknowledged a batch and before it is
+ * marked sent, the rows are published again once their claim expires. Consumers dedupe on the
+ * event id (see consumer.ts).
  */
 export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   const db = opts.db as Kysely<OutboxDatabase>;
   const batchSize = opts.batchSize ?? 100;
   const pollIntervalMs = opts.pollIntervalMs ?? 500;
   const backoffMs = opts.backoffMs ?? ((n: number) => Math.min(30_000, 250 * 2 ** (n - 1)));
+  const publishTimeoutMs = opts.publishTimeoutMs ?? 10_000;
+  const claimLeaseMs = Math.max(opts.claimLeaseMs ?? 30_000, 3 * publishTimeoutMs);
   const log = (opts.logger ?? rootLogger).child({ component: "outbox-relay" });
 
   let stopping = false;
@@ -187,8 +225,8 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     const p = opts.kafka.producer({
       idempotent: true,
       maxInFlightRequests: 1,
-      // Bounded so a dead broker fails the batch (and releases its transaction) within seconds;
-      // the relay's own backoff takes over from there.
+      // Bounded so a dead broker fails the batch within seconds; the relay's own backoff takes over
+      // from there, and it can log and record each failure instead of retrying silently forever.
       retry: { retries: 3, initialRetryTime: 100, maxRetryTime: 1_000 },
     });
     await p.connect();
@@ -198,106 +236,101 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
 
   async function dropProducer(): Promise<void> {
     // After a failed send an idempotent producer's sequence numbers may no longer match the
-    // broker's; a fresh producer id starts clean.
+    // broker's; a fresh producer id starts clean. Disconnecting also ends a send that timed out.
     const p = producer;
     producer = undefined;
     await p?.disconnect().catch(() => undefined);
   }
 
+  /** Sends the claimed rows, each with a send span in the trace of the request that enqueued it. */
+  async function publish(p: Producer, rows: ClaimedRow[]): Promise<void> {
+    const byTopic = new Map<string, Message[]>();
+    const links: Link[] = [];
+    // One send span per event, inside the trace of the request that caused it, and the event goes
+    // out carrying that span: the consumer's work then hangs off the relay's step, and a trace
+    // reads request -> outbox send -> consumer as one chain.
+    const sends: Span[] = [];
+    for (const r of rows) {
+      const stored = typeof r.headers === "string" ? (JSON.parse(r.headers) as Record<string, string>) : r.headers;
+      const parentContext = w3c.extract(ROOT_CONTEXT, stored, { get: (c, k) => c[k], keys: Object.keys });
+      const parent = trace.getSpanContext(parentContext);
+      const headers = { ...stored };
+      if (parent) {
+        links.push({ context: parent });
+        const send = tracer.startSpan(
+          `${r.topic} send`,
+          {
+            kind: SpanKind.PRODUCER,
+            attributes: {
+              "messaging.system": "kafka",
+              "messaging.operation.type": "send",
+              "messaging.destination.name": r.topic,
+              "messaging.message.id": stored.ce_id ?? r.id,
+            },
+          },
+          parentContext,
+        );
+        sends.push(send);
+        w3c.inject(trace.setSpan(parentContext, send), headers, defaultTextMapSetter);
+      }
+      const list = byTopic.get(r.topic) ?? [];
+      list.push({
+        key: r.key,
+        value: Buffer.from(r.payload),
+        headers,
+        timestamp: String(new Date(r.created_at).getTime()),
+      });
+      byTopic.set(r.topic, list);
+    }
+    await tracer.startActiveSpan(
+      "outbox publish",
+      {
+        kind: SpanKind.PRODUCER,
+        links,
+        attributes: { "messaging.system": "kafka", "messaging.batch.message_count": rows.length },
+      },
+      async (span) => {
+        try {
+          const sent = p.sendBatch({
+            acks: -1,
+            topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
+          });
+          await withTimeout(sent, publishTimeoutMs);
+        } catch (err) {
+          span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+          for (const send of sends) send.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+          throw err;
+        } finally {
+          span.end();
+          for (const send of sends) send.end();
+        }
+      },
+    );
+  }
+
   /** Returns the number of rows published; throws on failure (after recording it on the rows). */
   async function relayBatch(): Promise<number> {
-    const pending = await context.with(suppressTracing(context.active()), () =>
+    // The relay's own polling stays out of traces: it would be a span every half second.
+    const quiet = <T>(fn: () => Promise<T>) => context.with(suppressTracing(context.active()), fn);
+    const pending = await quiet(() =>
       db.selectFrom("outbox").select("id").where("sent_at", "is", null).limit(1).executeTakeFirst(),
     );
     if (!pending) return 0;
+    // Connected before claiming: with the broker away, rows are not claimed only to be released.
     const p = await connectedProducer();
-    const outcome = await db.transaction().execute(async (trx) => {
-      const rows = await trx
-        .selectFrom("outbox")
-        .select(["id", "topic", "key", "payload", "headers", "created_at"])
-        .where("sent_at", "is", null)
-        .orderBy("seq")
-        .limit(batchSize)
-        .forUpdate()
-        .execute();
-      if (rows.length === 0) return { sent: 0 };
-      const ids = rows.map((r) => r.id);
-      const byTopic = new Map<string, Message[]>();
-      const links: Link[] = [];
-      // One send span per event, inside the trace of the request that caused it, and the event
-      // goes out carrying that span: the consumer's work then hangs off the relay's step, and a
-      // trace reads request -> outbox send -> consumer as one chain.
-      const sends: Span[] = [];
-      for (const r of rows) {
-        const stored = typeof r.headers === "string" ? (JSON.parse(r.headers) as Record<string, string>) : r.headers;
-        const parentContext = w3c.extract(ROOT_CONTEXT, stored, { get: (c, k) => c[k], keys: Object.keys });
-        const parent = trace.getSpanContext(parentContext);
-        const headers = { ...stored };
-        if (parent) {
-          links.push({ context: parent });
-          const send = tracer.startSpan(
-            `${r.topic} send`,
-            {
-              kind: SpanKind.PRODUCER,
-              attributes: {
-                "messaging.system": "kafka",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": r.topic,
-                "messaging.message.id": stored.ce_id ?? r.id,
-              },
-            },
-            parentContext,
-          );
-          sends.push(send);
-          w3c.inject(trace.setSpan(parentContext, send), headers, defaultTextMapSetter);
-        }
-        const list = byTopic.get(r.topic) ?? [];
-        list.push({
-          key: r.key,
-          value: Buffer.from(r.payload),
-          headers,
-          timestamp: String(new Date(r.created_at).getTime()),
-        });
-        byTopic.set(r.topic, list);
-      }
-      const error = await tracer.startActiveSpan(
-        "outbox publish",
-        {
-          kind: SpanKind.PRODUCER,
-          links,
-          attributes: { "messaging.system": "kafka", "messaging.batch.message_count": rows.length },
-        },
-        async (span) => {
-          try {
-            await p.sendBatch({
-              acks: -1,
-              topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
-            });
-            return undefined;
-          } catch (err) {
-            span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
-            for (const send of sends) send.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
-            return err as Error;
-          } finally {
-            span.end();
-            for (const send of sends) send.end();
-          }
-        },
+    const claim = await quiet(() => claimBatch(db, batchSize, claimLeaseMs));
+    if (claim.rows.length === 0) return 0;
+    try {
+      await publish(p, claim.rows);
+    } catch (err) {
+      await releaseClaim(db, claim, err as Error).catch((e: unknown) =>
+        // The lease still runs out on its own; the rows are only delayed by it.
+        log.warn("could not release claimed outbox rows", { error: e as Error }),
       );
-      // Either way the transaction commits: a failure is recorded on the rows for operators,
-      // and the rows stay unsent for the next attempt.
-      await trx
-        .updateTable("outbox")
-        .set((eb) => ({
-          attempts: eb("attempts", "+", 1),
-          ...(error ? { last_error: error.message.slice(0, 1000) } : { sent_at: new Date(), last_error: null }),
-        }))
-        .where("id", "in", ids)
-        .execute();
-      return error ? { sent: 0, error } : { sent: rows.length };
-    });
-    if (outcome.error) throw outcome.error;
-    return outcome.sent;
+      throw err;
+    }
+    await markSent(db, claim);
+    return claim.rows.length;
   }
 
   const loop = (async () => {
@@ -332,4 +365,14 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
       await loop;
     },
   };
+}
+
+/** The promise, or a PublishTimeoutError after `ms`; a late rejection of the promise is swallowed. */
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new PublishTimeoutError(ms)), ms);
+  });
+  promise.catch(() => undefined);
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

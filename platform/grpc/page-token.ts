@@ -6,7 +6,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
  * filters it was issued for: reusing it with other filters would silently give wrong pages,
  * so that is refused.
  */
-export function filterDigest(filters: unknown): string {
+function filterDigest(filters: unknown): string {
   return createHash("sha256").update(JSON.stringify(filters)).digest("base64url").slice(0, 16);
 }
 

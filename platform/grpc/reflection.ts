@@ -6,7 +6,7 @@ import * as v1alpha from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 
 /** What reflection can tell a client: every file reachable from the served services. */
-export interface ReflectionIndex {
+interface ReflectionIndex {
   serviceNames: string[];
   fileByName: Map<string, DescFile>;
   fileBySymbol: Map<string, DescFile>;
@@ -14,7 +14,7 @@ export interface ReflectionIndex {
   extensionNumbers: Map<string, number[]>;
 }
 
-export function buildReflectionIndex(services: DescService[]): ReflectionIndex {
+function buildReflectionIndex(services: DescService[]): ReflectionIndex {
   const all = [...services, Health, v1.ServerReflection, v1alpha.ServerReflection];
   const index: ReflectionIndex = {
     serviceNames: [...new Set(all.map((s) => s.typeName))].sort(),

@@ -11,7 +11,6 @@ interface Series {
 
 const rpcCounts = new Map<string, number>();
 const rpcDurations = new Map<string, Series>();
-const gauges = new Map<string, () => number>();
 
 function labels(obj: Record<string, string>): string {
   return Object.entries(obj)
@@ -32,11 +31,6 @@ export function recordRpc(component: string, method: string, code: string, durat
   });
 }
 
-/** A value read when /metrics is scraped (pool sizes, memory). */
-export function registerGauge(name: string, read: () => number): void {
-  gauges.set(name, read);
-}
-
 export function renderMetrics(): string {
   const out: string[] = [];
   out.push(
@@ -51,6 +45,5 @@ export function renderMetrics(): string {
     out.push(`medmesh_rpc_duration_ms_sum{${k}} ${s.sum}`, `medmesh_rpc_duration_ms_count{${k}} ${s.count}`);
   }
   out.push("# TYPE process_resident_memory_bytes gauge", `process_resident_memory_bytes ${process.memoryUsage.rss()}`);
-  for (const [name, read] of gauges) out.push(`# TYPE ${name} gauge`, `${name} ${read()}`);
   return out.join("\n") + "\n";
 }

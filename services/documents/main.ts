@@ -25,10 +25,18 @@ import { UploadSessionStore } from "./upload-sessions.js";
 import { UploadStaging } from "./upload-staging.js";
 import { uploadSweeper, type UploadSweeper } from "./upload-sweeper.js";
 import { workerReportsService } from "./worker-reports.js";
-import { createKafka, ensureTopics, startOutboxRelay, type OutboxRelay } from "../../platform/events/index.js";
+import {
+  createKafka,
+  ensureTopics,
+  outboxRetentionSpec,
+  startEventPruning,
+  startOutboxRelay,
+  type OutboxRelay,
+} from "../../platform/events/index.js";
 
 export const configSpec = {
   ...serviceSpec,
+  ...outboxRetentionSpec,
   DOCUMENTS_HOST: env.string("interface the gRPC server binds", "127.0.0.1"),
   DOCUMENTS_PORT: env.port("gRPC port (0 picks a free one)", 50051),
   DOCUMENTS_DB_SCHEMA: env.string("schema the service owns", "documents"),
@@ -78,6 +86,7 @@ export async function startDocuments(
     await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS_TOPIC, numPartitions: 3 }]);
     relay = startOutboxRelay({ db: database.db, kafka });
   }
+  const pruning = startEventPruning({ db: database.db, outboxRetentionMs: config.OUTBOX_RETENTION_HOURS * 3_600_000 });
   const blobDir = blobRoot(config.BLOB_DIR, config.MEDMESH_DATA_DIR);
   const blobs = new FsBlobStore({ root: blobDir, maxBytes: config.UPLOAD_MAX_BYTES });
   // Staging beside the blobs keeps unfinished uploads on the volume that is sized for files.
@@ -129,6 +138,7 @@ export async function startDocuments(
       await uploads.stop();
       keys.close();
       await relay?.stop();
+      await pruning.stop();
       await database.close();
       await telemetry.shutdown();
     },

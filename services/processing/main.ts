@@ -4,6 +4,9 @@ import { openServiceDatabase } from "../../platform/db/database.js";
 import {
   createKafka,
   ensureTopics,
+  inboxRetentionSpec,
+  outboxRetentionSpec,
+  startEventPruning,
   startIdempotentConsumer,
   startOutboxRelay,
   type IdempotentConsumer,
@@ -29,6 +32,8 @@ const requiredList = (what: string) => (raw: string) => {
 
 export const configSpec = {
   ...serviceSpec,
+  ...outboxRetentionSpec,
+  ...inboxRetentionSpec,
   PROCESSING_HOST: env.string("interface the health server binds", "127.0.0.1"),
   PROCESSING_PORT: env.port("port of the health server (grpc.health.v1 and reflection; 0 picks a free one)", 50053),
   PROCESSING_DB_SCHEMA: env.string("schema the worker owns (its inbox and outbox)", "processing"),
@@ -87,6 +92,11 @@ export async function startProcessing(
   // neither needs the other to have started first.
   await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS_TOPIC, numPartitions: 3 }]);
   const relay = startOutboxRelay({ db: database.db, kafka });
+  const pruning = startEventPruning({
+    db: database.db,
+    outboxRetentionMs: config.OUTBOX_RETENTION_HOURS * 3_600_000,
+    inboxRetentionMs: config.INBOX_RETENTION_HOURS * 3_600_000,
+  });
   const clientOptions = {
     defaultTimeoutMs: config.DEFAULT_DEADLINE_MS,
     maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
@@ -124,6 +134,7 @@ export async function startProcessing(
   const closeAll = async (consumer?: IdempotentConsumer) => {
     await consumer?.stop();
     await relay.stop();
+    await pruning.stop();
     await analysis.close();
     closeClients();
     await database.close();
@@ -136,6 +147,7 @@ export async function startProcessing(
       groupId: config.PROCESSING_GROUP_ID,
       topics: [DOCUMENT_EVENTS_TOPIC],
       db: database.db,
+      accepts: worker.handles,
       prepare: worker.prepare,
       handler: worker.handler,
       afterCommit: () => relay.wake(),

@@ -22,7 +22,8 @@ import {
 } from "../../gen/medmesh/events/v1/document_events_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { startBroker } from "../../deploy/embedded/kafka/index.js";
-import { DlqHeaders } from "../../platform/events/index.js";
+import { openDatabase } from "../../platform/db/database.js";
+import { DlqHeaders, type InboxDatabase } from "../../platform/events/index.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
 import { startDocuments } from "../documents/main.js";
 import { backends, testEnv } from "../../test/support/backends.js";
@@ -45,6 +46,7 @@ describe.each(backends())("the processing worker on $name", (backend) => {
   const failing = new Set<string>();
   const attempts = new Map<string, number[]>();
   const stops: Array<() => Promise<void>> = [];
+  const processingSchema = `processing_t${randomBytes(4).toString("hex")}`;
   let broker: Awaited<ReturnType<typeof startBroker>>;
   let identity: TestIdentity;
   let doctor: Docs;
@@ -71,7 +73,7 @@ describe.each(backends())("the processing worker on $name", (backend) => {
       {
         ...testEnv,
         ...(backend.env.DATABASE_URL ? { DATABASE_URL: backend.env.DATABASE_URL } : { MEDMESH_DATA_DIR: "memory://" }),
-        PROCESSING_DB_SCHEMA: `processing_t${randomBytes(4).toString("hex")}`,
+        PROCESSING_DB_SCHEMA: processingSchema,
         PROCESSING_PORT: "0",
         KAFKA_BROKERS: broker.address,
         DOCUMENTS_TARGET: `127.0.0.1:${docs.port}`,
@@ -305,6 +307,46 @@ describe.each(backends())("the processing worker on $name", (backend) => {
     expect(again.recordTime).toEqual(first.recordTime);
     expect(on(DLQ, id)).toEqual([]);
   });
+
+  // Only the real server is reachable from here: the embedded database lives inside the worker.
+  it.runIf(backend.name === "postgres")(
+    "the worker's own DocumentProcessed, read back from the topic, is passed over without an inbox row",
+    async () => {
+      const { id } = await upload("text");
+      await settled(id, 1);
+      const [uploaded] = on(TOPIC, id, UPLOADED_TYPE);
+      const [processed] = await published(id, PROCESSED_TYPE, 1);
+      // The group has committed past the outcome event: the worker has seen it.
+      const admin = kafka.admin();
+      await admin.connect();
+      try {
+        await expect
+          .poll(
+            async () => {
+              const [t] = await admin.fetchOffsets({ groupId: "processing", topics: [TOPIC] });
+              const p = t!.partitions.find((x) => x.partition === processed!.partition);
+              return Number(p?.offset ?? -1) > Number(processed!.offset);
+            },
+            { timeout: 20_000, interval: 100 },
+          )
+          .toBe(true);
+      } finally {
+        await admin.disconnect();
+      }
+      const pg = await openDatabase<InboxDatabase>({
+        url: backend.env.DATABASE_URL,
+        dataDir: "memory://",
+        schema: processingSchema,
+      });
+      try {
+        const ids = (await pg.db.selectFrom("inbox").select("event_id").execute()).map((r) => r.event_id);
+        expect(ids).toContain(uploaded!.headers.ce_id);
+        expect(ids).not.toContain(processed!.headers.ce_id);
+      } finally {
+        await pg.close();
+      }
+    },
+  );
 
   it("a poison message goes to document.events.dlq at once, with the error, and the partition keeps moving", async () => {
     const { id } = await upload("text");

@@ -78,7 +78,8 @@ export function readUploaded(event: EventEnvelope): DocumentUploaded {
 const isCode = (err: unknown, code: Code) => ConnectError.from(err).code === code;
 
 /**
- * The processing worker's two halves, for startIdempotentConsumer.
+ * The processing worker's parts, for startIdempotentConsumer: which events it handles, and its two
+ * halves.
  *
  * `prepare` does the work that talks to other services, outside any transaction: claim the
  * version (StartProcessing), read and analyse it, record the outcome (RecordProcessingResult).
@@ -89,6 +90,7 @@ const isCode = (err: unknown, code: Code) => ConnectError.from(err).code === cod
  * exactly when the upload event counts as handled.
  */
 export function processingWorker(deps: WorkerDeps): {
+  handles: (event: EventEnvelope) => boolean;
   prepare: EventPreparer<OutboxEvent | undefined>;
   handler: EventHandler<ProcessingDB, OutboxEvent | undefined>;
 } {
@@ -207,9 +209,11 @@ export function processingWorker(deps: WorkerDeps): {
   }
 
   return {
+    // Only uploads. The worker's own processed/failed events share the topic (and so will other
+    // services' later); the consumer passes over them without recording them in the inbox.
+    handles: (event) => event.type === UPLOADED_TYPE,
+
     async prepare(event, delivery) {
-      // The worker's own processed/failed events share the topic; so will others' later.
-      if (event.type !== UPLOADED_TYPE) return undefined;
       const uploaded = readUploaded(event);
       try {
         const outcome = await outcomeOf(uploaded, delivery);

@@ -100,6 +100,38 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
     }
   }
 
+  it("passes over events it does not accept: no handler call, no inbox row, and the offset is committed", async () => {
+    const topic = `consumer-accepts-${rand()}`;
+    const groupId = `g-${rand()}`;
+    await createTopics(kafka, [{ topic, numPartitions: 2 }]);
+    const wanted = Array.from({ length: 4 }, (_, i) => event(`agg-${i}`, `wanted-${i}`));
+    // Same keys, another type: what a service's own outcome events look like on a shared topic.
+    const others = Array.from({ length: 6 }, (_, i) => ({
+      ...event(`agg-${i % 4}`, `other-${i}`),
+      type: "medmesh.test.answered.v1",
+    }));
+    await producer.send({ topic, acks: -1, messages: [...wanted, ...others].map(toKafkaMessage) });
+
+    const calls: string[] = [];
+    const c = await startIdempotentConsumer({
+      kafka,
+      groupId,
+      topics: [topic],
+      db: database.db,
+      accepts: (e) => e.type === "medmesh.test.happened.v1",
+      handler: async (e) => void calls.push(e.id),
+      backoffMs: () => 10,
+      consumerConfig: fastConsumer,
+      logger: silent,
+    });
+    consumers.push(c);
+    await waitFor("the group to commit past all 10 messages", () => caughtUp(groupId, topic));
+
+    expect(calls.sort()).toEqual(wanted.map((e) => e.id).sort());
+    const inbox = await database.db.selectFrom("inbox").select("event_id").where("group_id", "=", groupId).execute();
+    expect(inbox.map((r) => r.event_id).sort()).toEqual(wanted.map((e) => e.id).sort());
+  });
+
   it("handles every event once even when Kafka delivers it twice", async () => {
     const topic = `consumer-dup-${rand()}`;
     const groupId = `g-${rand()}`;

@@ -4,7 +4,7 @@ import { Kafka, logLevel, type Consumer, type ConsumerConfig, type KafkaMessage 
 import { openDatabase, type Database } from "../../platform/db/database.js";
 import { migrateToLatest } from "../../platform/db/migrate.js";
 import { inboxMigration, type InboxDatabase } from "../../platform/events/consumer.js";
-import { outboxMigration, type OutboxDatabase } from "../../platform/events/outbox.js";
+import { outboxClaimsMigration, outboxMigration, type OutboxDatabase } from "../../platform/events/outbox.js";
 
 /** A table the handlers in these tests write to, standing in for a service's own state. */
 export interface TestDatabase extends OutboxDatabase, InboxDatabase {
@@ -40,6 +40,7 @@ export async function openTestDatabase(backend: DbBackend): Promise<Database<Tes
           .execute();
       },
     },
+    "0004_outbox_claims": outboxClaimsMigration,
   });
   if (database.kind !== "postgres") return database;
   // The real server outlives the test run: leave nothing behind in it.

@@ -9,7 +9,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startBroker, type RunningBroker } from "../../deploy/embedded/kafka/index.js";
 import type { Database } from "../../platform/db/database.js";
 import { protobufContentType, type EventEnvelope } from "../../platform/events/envelope.js";
-import { enqueue, pruneOutbox, startOutboxRelay, type OutboxRelay } from "../../platform/events/outbox.js";
+import { enqueue, startOutboxRelay, type OutboxRelay } from "../../platform/events/outbox.js";
+import { pruneOutbox } from "../../platform/events/pruning.js";
 import type { Logger } from "../../platform/telemetry/logger.js";
 import { startTelemetry } from "../../platform/telemetry/sdk.js";
 import {
