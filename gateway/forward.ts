@@ -1,54 +1,70 @@
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
-import type { CallOptions, Client, HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  type CallOptions,
+  type Client,
+  type HandlerContext,
+  type ServiceImpl,
+} from "@connectrpc/connect";
 import { createMeshClient } from "../platform/grpc/client.js";
-import { isTransportHeader } from "../platform/grpc/metadata.js";
-
-// Headers a browser sends that mean nothing to a service and should not travel inward.
-const edgeOnly = new Set([
-  "origin",
-  "referer",
-  "cookie",
-  "accept",
-  "accept-language",
-  "sec-fetch-mode",
-  "sec-fetch-site",
-  "sec-fetch-dest",
-  "sec-ch-ua",
-  "sec-ch-ua-mobile",
-  "sec-ch-ua-platform",
-  "x-grpc-web",
-  "x-user-agent",
-  "priority",
-  "pragma",
-  "cache-control",
-]);
-
-function inbound(ctx: HandlerContext): Headers {
-  const out = new Headers();
-  ctx.requestHeader.forEach((v, k) => {
-    // traceparent is re-issued by the gateway's own client span, so it is not copied either.
-    if (isTransportHeader(k) || edgeOnly.has(k) || k === "traceparent" || k === "tracestate") return;
-    out.set(k, v);
-  });
-  return out;
-}
-
-function copyInto(target: Headers) {
-  return (h: Headers) =>
-    h.forEach((v, k) => {
-      if (!isTransportHeader(k)) target.set(k, v);
-    });
-}
+import { forwardableHeaders, returnableHeaders } from "./edge-headers.js";
 
 function callOptions(ctx: HandlerContext, defaultUnaryMs: number | undefined): CallOptions {
+  // A call with less than a millisecond left cannot reach the service and come back; and the
+  // client reads a timeout of 0 as "no deadline at all". It ends here.
+  const remaining = ctx.timeoutMs();
+  if (ctx.signal.aborted || (remaining !== undefined && remaining < 1)) {
+    throw new ConnectError(plainSentence[Code.DeadlineExceeded]!, Code.DeadlineExceeded);
+  }
   return {
-    headers: inbound(ctx),
+    headers: forwardableHeaders(ctx.requestHeader),
     // The browser's deadline travels on; a unary call without one gets the mesh default.
     timeoutMs: ctx.timeoutMs() ?? defaultUnaryMs,
     signal: ctx.signal,
-    onHeader: copyInto(ctx.responseHeader),
-    onTrailer: copyInto(ctx.responseTrailer),
+    onHeader: (h) => returnableHeaders(h, ctx.responseHeader),
+    onTrailer: (h) => returnableHeaders(h, ctx.responseTrailer),
   };
+}
+
+// What grpc-js writes into a status it made up itself: load-balancer states, peer addresses,
+// attempt counts, timings. True for the client that asked, useless and revealing to a caller.
+const transportDetail =
+  /remote_addr|LB pick|previous attempts|name resolution|subchannel|RST_STREAM|HTTP\/2|ECONN|EPIPE|\b\d{1,3}(\.\d{1,3}){3}(:\d+)?\b|\[[0-9a-f:]+\]/i;
+
+const plainSentence: Partial<Record<Code, string>> = {
+  [Code.DeadlineExceeded]: "the deadline expired before the call finished",
+  [Code.Canceled]: "the call was cancelled",
+  [Code.Unavailable]: "the service is unavailable right now; try again shortly",
+  [Code.Internal]: "the call failed inside the mesh",
+  [Code.Unknown]: "the call failed inside the mesh",
+  [Code.ResourceExhausted]: "a message was larger than the mesh accepts",
+};
+
+/**
+ * The error a caller of the gateway sees for a forwarded call.
+ * - When the caller's deadline, disconnection or our shutdown ended the call, that is the
+ *   reason, whatever grpc-js reports once we cancel its call (an expired deadline used to reach
+ *   the caller as "Cancelled on client").
+ * - A deadline or cancellation gets a plain sentence, and so does any message carrying
+ *   transport detail.
+ * - The upstream's trailers are not attached again: onTrailer has already copied them into the
+ *   response, and connect-node would write both copies.
+ */
+function atTheEdge(err: unknown, ctx: HandlerContext): ConnectError {
+  const ce = ConnectError.from(ctx.signal.aborted ? ctx.signal.reason : err);
+  const plain = ce.code === Code.DeadlineExceeded || ce.code === Code.Canceled || transportDetail.test(ce.rawMessage);
+  const out = new ConnectError(plain ? (plainSentence[ce.code] ?? "the call failed") : ce.rawMessage, ce.code);
+  out.details.push(...ce.details);
+  return out;
+}
+
+async function* guarded(source: () => AsyncIterable<unknown>, ctx: HandlerContext): AsyncIterable<unknown> {
+  try {
+    yield* source();
+  } catch (err) {
+    throw atTheEdge(err, ctx);
+  }
 }
 
 type AnyMethod = (input: unknown, options?: CallOptions) => unknown;
@@ -56,7 +72,8 @@ type AnyMethod = (input: unknown, options?: CallOptions) => unknown;
 /**
  * A ServiceImpl that forwards every method of `service` to its upstream, built from the
  * descriptor alone: adding an RPC to a contract needs no gateway code. Status codes, details,
- * headers and trailers of the upstream come back unchanged.
+ * headers and trailers of the upstream come back, less what
+ * describes its transport (see edge-headers.ts and atTheEdge).
  */
 export function forwardingService(
   service: DescService,
@@ -77,12 +94,19 @@ export function forwardingService(
 function forwarder(method: DescMethod, call: AnyMethod, defaultUnaryMs: number) {
   switch (method.methodKind) {
     case "unary":
-      return (input: unknown, ctx: HandlerContext) => call(input, callOptions(ctx, defaultUnaryMs));
-    case "client_streaming":
-      return (input: unknown, ctx: HandlerContext) => call(input, callOptions(ctx, undefined));
+    case "client_streaming": {
+      const defaultMs = method.methodKind === "unary" ? defaultUnaryMs : undefined;
+      return async (input: unknown, ctx: HandlerContext) => {
+        try {
+          return await (call(input, callOptions(ctx, defaultMs)) as Promise<unknown>);
+        } catch (err) {
+          throw atTheEdge(err, ctx);
+        }
+      };
+    }
     case "server_streaming":
     case "bidi_streaming":
       return (input: unknown, ctx: HandlerContext) =>
-        call(input, callOptions(ctx, undefined)) as AsyncIterable<unknown>;
+        guarded(() => call(input, callOptions(ctx, undefined)) as AsyncIterable<unknown>, ctx);
   }
 }

@@ -2,16 +2,14 @@ import { setMaxListeners } from "node:events";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { DescService } from "@bufbuild/protobuf";
-import { createContextValues, type ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, createContextValues, type ServiceImpl } from "@connectrpc/connect";
 import { identityKeySet } from "../platform/auth/key-set.js";
 import { bearerPrincipalResolver } from "../platform/auth/principal.js";
 import type { PrincipalResolver } from "../platform/grpc/interceptors/access.js";
 import { peerKey, rateLimitSpec, rateLimiting } from "../platform/grpc/interceptors/rate-limit.js";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { commonSpec, ConfigError, env, loadConfig } from "../platform/config/env.js";
 import { createMeshClient } from "../platform/grpc/client.js";
-import { HealthState, healthService, ServingStatus } from "../platform/grpc/health.js";
 import { infrastructureInterceptors, meshInterceptors } from "../platform/grpc/interceptors/index.js";
 import { reflectionServices } from "../platform/grpc/reflection.js";
 import { isEntryPoint, runMain, type Started } from "../platform/lifecycle/run-main.js";
@@ -20,6 +18,8 @@ import { startTelemetry } from "../platform/telemetry/sdk.js";
 import { applyCors } from "./cors.js";
 import { createDualProtocolServer } from "./dual-protocol-server.js";
 import { forwardingService } from "./forward.js";
+import { gatewayHealthService } from "./health.js";
+import { createRpcHandler } from "./rpc-handler.js";
 import { defaultTarget, publicServices, targetVariable } from "./public-services.js";
 
 export const configSpec = {
@@ -64,7 +64,6 @@ export async function startGateway(
   const shutdown = new AbortController();
   // Every call in flight listens to this signal; hundreds at once is normal, not a leak.
   setMaxListeners(0, shutdown.signal);
-  const gatewayHealth = new HealthState([]);
 
   const exposed = opts.services ?? publicServices;
   const upstreams = exposed.map((service) => {
@@ -91,10 +90,10 @@ export async function startGateway(
     rateLimit,
   });
   const infraInterceptors = infrastructureInterceptors("gateway");
-  const rpc = connectNodeAdapter({
+  const rpc = createRpcHandler({
     readMaxBytes: config.GATEWAY_MAX_BODY_BYTES,
     writeMaxBytes: config.GATEWAY_MAX_BODY_BYTES,
-    maxTimeoutMs: config.MAX_DEADLINE_MS,
+    maxUnaryTimeoutMs: config.MAX_DEADLINE_MS,
     // A misspelt field or enum name from a script is an error to report, not data to drop.
     jsonOptions: { ignoreUnknownFields: false },
     // Anonymous callers are rate-limited by the address that connected to us.
@@ -106,7 +105,7 @@ export async function startGateway(
       for (const r of reflectionServices(exposed)) {
         router.service(r.service, r.impl as ServiceImpl<DescService>, { interceptors: infraInterceptors });
       }
-      const h = healthService(gatewayHealth);
+      const h = gatewayHealthService(upstreams, shutdown.signal);
       router.service(h.service, h.impl, { interceptors: infraInterceptors });
     },
     fallback: (req, res) => void plainHttp(req, res as Res),
@@ -119,7 +118,8 @@ export async function startGateway(
           const r = await u.health.check({ service: u.service.typeName }, { timeoutMs: 1_000 });
           return [u.service.typeName, HealthCheckResponse_ServingStatus[r.status]] as const;
         } catch (err) {
-          return [u.service.typeName, `UNREACHABLE (${(err as Error).message})`] as const;
+          // The code only: grpc-js' own message names addresses and load-balancer states.
+          return [u.service.typeName, `UNREACHABLE (${Code[ConnectError.from(err).code]})`] as const;
         }
       }),
     );
@@ -175,7 +175,6 @@ export async function startGateway(
     port,
     endpoints: { gateway: `http://${host}:${port}` },
     async stop() {
-      gatewayHealth.setAll(ServingStatus.NOT_SERVING);
       shutdown.abort();
       await server.close(config.SHUTDOWN_GRACE_MS);
       for (const u of upstreams) {
