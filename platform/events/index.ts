@@ -2,3 +2,5 @@ export * from "./envelope.js";
 export * from "./kafka.js";
 export * from "./outbox.js";
 export * from "./consumer.js";
+export * from "./event-kinds.js";
+export * from "./dead-letter-topic.js";

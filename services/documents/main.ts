@@ -19,8 +19,15 @@ import { documentService } from "./service.js";
 import { uploadSweeper, type ResumableUploadOptions, type UploadSweeper } from "./resumable-upload.js";
 import { UploadSessionStore } from "./upload-sessions.js";
 import { StatusFeed } from "./status.js";
-import { DOCUMENT_EVENTS_TOPIC, DocumentStore, type DocumentsDB } from "./store.js";
-import { createKafka, ensureTopics, startOutboxRelay, type OutboxRelay } from "../../platform/events/index.js";
+import { DocumentStore, type DocumentsDB } from "./store.js";
+import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
+import {
+  createKafka,
+  ensureTopics,
+  eventTopic,
+  startOutboxRelay,
+  type OutboxRelay,
+} from "../../platform/events/index.js";
 
 export const configSpec = {
   ...serviceSpec,
@@ -70,7 +77,7 @@ export async function startDocuments(
   let relay: OutboxRelay | undefined;
   if (config.KAFKA_BROKERS.length > 0) {
     const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "documents" });
-    await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS_TOPIC, numPartitions: 3 }]);
+    await ensureTopics(kafka, [{ topic: eventTopic(DocumentUploadedSchema), numPartitions: 3 }]);
     relay = startOutboxRelay({ db: database.db, kafka });
   }
   const blobDir = blobRoot(config.BLOB_DIR, config.MEDMESH_DATA_DIR);

@@ -1,12 +1,9 @@
 import type { Generated, Kysely, Selectable } from "kysely";
 import { sql } from "kysely";
-import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
-import { enqueue, protobufContentType } from "../../platform/events/index.js";
+import { contractEvent, enqueue } from "../../platform/events/index.js";
 import type { UploadSessionTable } from "./upload-sessions.js";
-
-export const DOCUMENT_EVENTS_TOPIC = "document.events";
 
 export interface DocumentTable {
   id: string;
@@ -248,15 +245,11 @@ export class DocumentStore {
         .returningAll()
         .executeTakeFirstOrThrow();
       // The event is written with the version: it exists if and only if the version does.
-      await enqueue(trx, {
-        topic: DOCUMENT_EVENTS_TOPIC,
-        type: "medmesh.document.uploaded.v1",
-        source: "/medmesh/documents",
-        key: id,
-        contentType: protobufContentType(DocumentUploadedSchema.typeName),
-        payload: toBinary(
+      await enqueue(
+        trx,
+        contractEvent(
           DocumentUploadedSchema,
-          create(DocumentUploadedSchema, {
+          {
             documentId: id,
             version: version.version,
             sha256: version.sha256,
@@ -265,9 +258,10 @@ export class DocumentStore {
             needsOcr: version.needs_ocr,
             uploadedBy: version.uploaded_by,
             uploadTime: timestampFromDate(new Date(version.created_at)),
-          }),
+          },
+          { source: "/medmesh/documents", key: id },
         ),
-      });
+      );
       await trx
         .updateTable("document")
         .set({

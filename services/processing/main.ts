@@ -3,7 +3,9 @@ import { serviceToken } from "../../platform/auth/service-token.js";
 import { openServiceDatabase } from "../../platform/db/database.js";
 import {
   createKafka,
+  deadLetterTopic,
   ensureTopics,
+  eventTopic,
   startIdempotentConsumer,
   startOutboxRelay,
   type IdempotentConsumer,
@@ -13,10 +15,13 @@ import { startGrpcServer, type RunningGrpcServer } from "../../platform/grpc/ser
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
 import { startTelemetry } from "../../platform/telemetry/sdk.js";
 import { DocumentProcessingService, DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
 import { startAnalysisPool } from "./analysis.js";
 import { migrations } from "./migrations/index.js";
-import { DOCUMENT_EVENTS_TOPIC } from "./result.js";
 import { processingWorker, type ProcessingDB, type ProcessingHooks } from "./worker.js";
+
+// The topic the worker consumes (uploads) is the one it answers on (processed, failed).
+const DOCUMENT_EVENTS = eventTopic(DocumentUploadedSchema);
 
 const requiredList = (what: string) => (raw: string) => {
   const list = raw
@@ -33,7 +38,7 @@ export const configSpec = {
   PROCESSING_PORT: env.port("port of the health server (grpc.health.v1 and reflection; 0 picks a free one)", 50053),
   PROCESSING_DB_SCHEMA: env.string("schema the worker owns (its inbox and outbox)", "processing"),
   KAFKA_BROKERS: env.parsed(
-    "Kafka brokers (host:port, comma separated) to consume document.events from and publish to",
+    `Kafka brokers (host:port, comma separated) to consume ${DOCUMENT_EVENTS} from and publish to`,
     "",
     requiredList("Kafka brokers, host:port, comma separated"),
   ),
@@ -50,7 +55,7 @@ export const configSpec = {
     1000,
     300_000,
   ),
-  PROCESSING_DLQ_TOPIC: env.string("dead-letter topic for document.events", "document.events.dlq"),
+  PROCESSING_DLQ_TOPIC: env.string(`dead-letter topic for ${DOCUMENT_EVENTS}`, deadLetterTopic(DOCUMENT_EVENTS)),
   PROCESSING_MAX_BYTES: env.bytes("larger versions fail as too_large without being read", 100 * 1024 * 1024),
   PROCESSING_ANALYSIS_TIMEOUT_MS: env.int(
     "a document still being analysed after this long is stopped (the try fails)",
@@ -79,7 +84,7 @@ export async function startProcessing(
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "processing" });
   // The worker both reads and writes the topic; creating it here (as documents does) means
   // neither needs the other to have started first.
-  await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS_TOPIC, numPartitions: 3 }]);
+  await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS, numPartitions: 3 }]);
   const relay = startOutboxRelay({ db: database.db, kafka });
   const clientOptions = {
     defaultTimeoutMs: config.DEFAULT_DEADLINE_MS,
@@ -127,7 +132,7 @@ export async function startProcessing(
     consumer = await startIdempotentConsumer<ProcessingDB, Awaited<ReturnType<typeof worker.prepare>>>({
       kafka,
       groupId: config.PROCESSING_GROUP_ID,
-      topics: [DOCUMENT_EVENTS_TOPIC],
+      topics: [DOCUMENT_EVENTS],
       db: database.db,
       prepare: worker.prepare,
       handler: worker.handler,
