@@ -3,6 +3,7 @@ import os from "node:os";
 import path from "node:path";
 import { FsBlobStore } from "../../platform/blobs/index.js";
 import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
+import { components, hostField, portField, targetField } from "../../platform/config/components.js";
 import { openServiceDatabase } from "../../platform/db/database.js";
 import { meshInterceptors } from "../../platform/grpc/interceptors/index.js";
 import { register, startGrpcServer } from "../../platform/grpc/server.js";
@@ -31,8 +32,8 @@ import {
 
 export const configSpec = {
   ...serviceSpec,
-  DOCUMENTS_HOST: env.string("interface the gRPC server binds", "127.0.0.1"),
-  DOCUMENTS_PORT: env.port("gRPC port (0 picks a free one)", 50051),
+  ...hostField(components.documents, "interface the gRPC server binds"),
+  ...portField(components.documents, "gRPC port (0 picks a free one)"),
   DOCUMENTS_DB_SCHEMA: env.string("schema the service owns", "documents"),
   KAFKA_BROKERS: env.list(
     "Kafka brokers (host:port, comma separated) the outbox publishes to; unset keeps events in the outbox",
@@ -47,10 +48,7 @@ export const configSpec = {
     30 * 24 * 3600_000,
   ),
   WATCH_POLL_MS: env.int("how often WatchDocument looks for changes made by other replicas", 1000, 50, 60_000),
-  IDENTITY_TARGET: env.string(
-    "where the identity service publishes the keys that verify access tokens",
-    "127.0.0.1:50052",
-  ),
+  ...targetField(components.identity, "where the identity service publishes the keys that verify access tokens"),
 };
 
 export interface DocumentsHooks {

@@ -1,4 +1,5 @@
 import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
+import { components, hostField, portField, targetField } from "../../platform/config/components.js";
 import { serviceToken } from "../../platform/auth/service-token.js";
 import { openServiceDatabase } from "../../platform/db/database.js";
 import {
@@ -34,16 +35,16 @@ const requiredList = (what: string) => (raw: string) => {
 
 export const configSpec = {
   ...serviceSpec,
-  PROCESSING_HOST: env.string("interface the health server binds", "127.0.0.1"),
-  PROCESSING_PORT: env.port("port of the health server (grpc.health.v1 and reflection; 0 picks a free one)", 50053),
+  ...hostField(components.processing, "interface the health server binds"),
+  ...portField(components.processing, "port of the health server (grpc.health.v1 and reflection; 0 picks a free one)"),
   PROCESSING_DB_SCHEMA: env.string("schema the worker owns (its inbox and outbox)", "processing"),
   KAFKA_BROKERS: env.parsed(
     `Kafka brokers (host:port, comma separated) to consume ${DOCUMENT_EVENTS} from and publish to`,
     "",
     requiredList("Kafka brokers, host:port, comma separated"),
   ),
-  DOCUMENTS_TARGET: env.string("where the documents service is", "127.0.0.1:50051"),
-  IDENTITY_TARGET: env.string("where the identity service is (the API key is exchanged there)", "127.0.0.1:50052"),
+  ...targetField(components.documents, "where the documents service is"),
+  ...targetField(components.identity, "where the identity service is (the API key is exchanged there)"),
   PROCESSING_API_KEY: env.string("the worker's service API key (secret), traded with identity for access tokens"),
   PROCESSING_GROUP_ID: env.string("Kafka consumer group", "processing"),
   PROCESSING_CONCURRENCY: env.int("partitions handled at once, and analysis threads", 3, 1, 64),
