@@ -9,6 +9,7 @@ import type { PrincipalResolver } from "../platform/grpc/interceptors/access.js"
 import { peerKey, rateLimitSpec, rateLimiting } from "../platform/grpc/interceptors/rate-limit.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { commonSpec, ConfigError, env, loadConfig } from "../platform/config/env.js";
+import { components, hostField, portField } from "../platform/config/components.js";
 import { createMeshClient } from "../platform/grpc/client.js";
 import { infrastructureInterceptors, meshInterceptors } from "../platform/grpc/interceptors/index.js";
 import { reflectionServices } from "../platform/grpc/reflection.js";
@@ -24,13 +25,14 @@ import { defaultTarget, publicServices, targetVariable } from "./public-services
 
 export const configSpec = {
   ...commonSpec,
-  GATEWAY_HOST: env.string("interface the gateway binds", "127.0.0.1"),
-  GATEWAY_PORT: env.port("one port for HTTP/1.1 (Connect, gRPC-web) and h2c (gRPC)", 8080),
+  ...hostField(components.gateway, "interface the gateway binds"),
+  ...portField(components.gateway, "one port for HTTP/1.1 (Connect, gRPC-web) and h2c (gRPC)"),
   // A 4 MiB upload part sent as Connect JSON is base64: about 5.6 MB of body.
   GATEWAY_MAX_BODY_BYTES: env.bytes("largest request message accepted (and response sent)", 8 * 1024 * 1024),
+  // The console served by a gateway on its default port, under either loopback name.
   CORS_ALLOWED_ORIGINS: env.list("browser origins allowed to call the gateway", [
-    "http://localhost:8080",
-    "http://127.0.0.1:8080",
+    `http://localhost:${components.gateway.port}`,
+    `http://127.0.0.1:${components.gateway.port}`,
   ]),
   DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
   MAX_DEADLINE_MS: env.int("longest deadline a call may ask for", 60_000, 100, 600_000),

@@ -1,10 +1,11 @@
 import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import type { DescService } from "@bufbuild/protobuf";
+import type { DescMessage, DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ConfigError, env, loadConfig } from "../platform/config/env.js";
 import { methodsWithoutPolicy, policyOf } from "../platform/grpc/access-policy.js";
+import { deadLetterTopic, declaredEventKind, eventKind } from "../platform/events/index.js";
 import { decodePageToken, encodePageToken } from "../platform/grpc/page-token.js";
 import { isCalendarDate } from "../services/documents/model.js";
 import { configSpec as documentsConfig } from "../services/documents/main.js";
@@ -15,21 +16,23 @@ import { configSpec as postgresConfig } from "../deploy/embedded/postgres.js";
 import { configSpec as kafkaConfig } from "../deploy/embedded/kafka-component.js";
 import { repoRoot } from "./support/embedded-mesh.js";
 
-/** Every service in every medmesh contract, found by walking gen/ rather than listed by hand. */
-async function allMeshServices(): Promise<DescService[]> {
+/** Every descriptor of a kind in the medmesh contracts, found by walking gen/ rather than listed by hand. */
+async function allMeshDescriptors<T>(kind: "service" | "message"): Promise<T[]> {
   const dir = path.join(repoRoot, "gen/medmesh");
   const files = readdirSync(dir, { recursive: true })
     .map(String)
     .filter((f) => f.endsWith("_pb.ts"));
-  const services: DescService[] = [];
+  const found: T[] = [];
   for (const f of files) {
     const mod = (await import(path.join(dir, f))) as Record<string, unknown>;
     for (const v of Object.values(mod)) {
-      if (v && typeof v === "object" && (v as { kind?: string }).kind === "service") services.push(v as DescService);
+      if (v && typeof v === "object" && (v as { kind?: string }).kind === kind) found.push(v as T);
     }
   }
-  return services;
+  return found;
 }
+
+const allMeshServices = () => allMeshDescriptors<DescService>("service");
 
 describe("access policy in the contracts", () => {
   it("every RPC of every medmesh service declares one", async () => {
@@ -43,6 +46,43 @@ describe("access policy in the contracts", () => {
     const create = policyOf(DocumentService.method.createDocument)!;
     expect(create.roles.length).toBeGreaterThan(0);
     expect(policyOf(DocumentService.method.getDocument)!.audience).not.toBe(create.audience);
+  });
+});
+
+describe("event kinds in the contracts", () => {
+  const events = async () =>
+    (await allMeshDescriptors<DescMessage>("message")).filter((m) => m.typeName.startsWith("medmesh.events.v1."));
+
+  it("every message of medmesh.events.v1 declares its topic and CloudEvent type, each type its own", async () => {
+    const messages = await events();
+    expect(messages.map((m) => m.typeName)).toContain("medmesh.events.v1.DocumentUploaded");
+    expect(messages.filter((m) => !declaredEventKind(m)).map((m) => m.typeName)).toEqual([]);
+    const types = messages.map((m) => eventKind(m).type);
+    expect(new Set(types).size).toBe(types.length);
+    for (const m of messages) {
+      const kind = eventKind(m);
+      expect(kind.topic, m.typeName).toMatch(/^[a-z]+(\.[a-z]+)*\.events$/);
+      expect(kind.type, m.typeName).toMatch(/^medmesh(\.[a-z_]+)+\.v\d+$/);
+      expect(kind.contentType).toBe(`application/protobuf; proto=${m.typeName}`);
+    }
+  });
+
+  it("keeps the names already on the wire", async () => {
+    const byName = Object.fromEntries((await events()).map((m) => [m.name, eventKind(m)]));
+    expect(byName.DocumentUploaded).toMatchObject({ topic: "document.events", type: "medmesh.document.uploaded.v1" });
+    expect(byName.DocumentProcessed).toMatchObject({ topic: "document.events", type: "medmesh.document.processed.v1" });
+    expect(byName.DocumentFailed).toMatchObject({ topic: "document.events", type: "medmesh.document.failed.v1" });
+  });
+
+  it("refuses to publish a message that declares none", async () => {
+    const { DocumentSchema } = await import("../gen/medmesh/documents/v1/documents_pb.js");
+    expect(declaredEventKind(DocumentSchema)).toBeUndefined();
+    expect(() => eventKind(DocumentSchema)).toThrow(/medmesh.documents.v1.Document declares no/);
+  });
+
+  it("names dead-letter topics per topic, or per topic and group", () => {
+    expect(deadLetterTopic("document.events")).toBe("document.events.dlq");
+    expect(deadLetterTopic("document.events", "search")).toBe("document.events.search.dlq");
   });
 });
 

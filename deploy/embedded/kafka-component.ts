@@ -1,13 +1,14 @@
 import path from "node:path";
 import { env, loadConfig } from "../../platform/config/env.js";
+import { components, hostField, portField } from "../../platform/config/components.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
 import { configureLogging } from "../../platform/telemetry/logger.js";
 import { startBroker } from "./kafka/index.js";
 
 export const configSpec = {
   MEDMESH_DATA_DIR: env.string("where embedded data lives", ".data"),
-  KAFKA_HOST: env.string("interface (and advertised host) of the embedded broker", "127.0.0.1"),
-  KAFKA_PORT: env.port("port of the embedded broker", 9092),
+  ...hostField(components.kafka, "interface (and advertised host) of the embedded broker"),
+  ...portField(components.kafka, "port of the embedded broker"),
   KAFKA_DEFAULT_PARTITIONS: env.int("partitions of auto-created topics", 3, 1, 64),
   KAFKA_LOG_LEVEL: env.oneOf("broker log threshold", ["silent", "error", "warn", "info", "debug"] as const, "warn"),
 };

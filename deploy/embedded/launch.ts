@@ -4,18 +4,19 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { ConfigError, env, loadConfig } from "../../platform/config/env.js";
+import { components as declared, hostField, loopbackAddress, portField } from "../../platform/config/components.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 
 const configSpec = {
   MEDMESH_DATA_DIR: env.string("where embedded data lives", ".data"),
   DATABASE_URL: env.url("use this Postgres instead of the embedded one", ["postgres:", "postgresql:"]),
-  EMBEDDED_PG_PORT: env.port("port of the embedded Postgres", 54329),
-  GATEWAY_HOST: env.string("interface the gateway binds", "127.0.0.1"),
-  GATEWAY_PORT: env.port("gateway port", 8080),
-  DOCUMENTS_PORT: env.port("documents gRPC port", 50051),
-  IDENTITY_PORT: env.port("identity gRPC port", 50052),
-  PROCESSING_PORT: env.port("processing worker's health port", 50053),
+  ...portField(declared.postgres, "port of the embedded Postgres"),
+  ...hostField(declared.gateway, "interface the gateway binds"),
+  ...portField(declared.gateway, "gateway port"),
+  ...portField(declared.documents, "documents gRPC port"),
+  ...portField(declared.identity, "identity gRPC port"),
+  ...portField(declared.processing, "processing worker's health port"),
   PROCESSING_API_KEY: env.optionalString(
     "the processing worker's API key; unset means one generated on first start and kept in the data dir",
   ),
@@ -24,7 +25,7 @@ const configSpec = {
     "admin@medmesh.local",
   ),
   KAFKA_BROKERS: env.optionalString("use these Kafka brokers instead of the embedded one"),
-  KAFKA_PORT: env.port("port of the embedded Kafka-compatible broker", 9092),
+  ...portField(declared.kafka, "port of the embedded Kafka-compatible broker"),
   STARTUP_TIMEOUT_MS: env.int("how long a component may take to become ready", 120_000, 1_000, 600_000),
 };
 
@@ -151,64 +152,66 @@ async function main() {
 
   let databaseUrl = config.DATABASE_URL;
   let kafkaBrokers = config.KAFKA_BROKERS;
-  const documentsTarget = `127.0.0.1:${config.DOCUMENTS_PORT}`;
-  const identityTarget = `127.0.0.1:${config.IDENTITY_PORT}`;
+  // Every child listens on loopback; the callers are told the ports this run uses.
+  const { documents, identity, gateway, processing, postgres, kafka } = declared;
+  const documentsTarget = loopbackAddress(config.DOCUMENTS_PORT);
+  const identityTarget = loopbackAddress(config.IDENTITY_PORT);
   const components: Component[] = [];
   if (!databaseUrl) {
     components.push({
-      name: "postgres",
+      name: postgres.name,
       entry: "deploy/embedded/postgres.ts",
-      env: () => ({ EMBEDDED_PG_PORT: String(config.EMBEDDED_PG_PORT) }),
+      env: () => ({ [postgres.portVariable]: String(config.EMBEDDED_PG_PORT) }),
     });
   }
   if (!config.KAFKA_BROKERS) {
     components.push({
-      name: "kafka",
+      name: kafka.name,
       entry: "deploy/embedded/kafka-component.ts",
-      env: () => ({ KAFKA_PORT: String(config.KAFKA_PORT) }),
+      env: () => ({ [kafka.portVariable]: String(config.KAFKA_PORT) }),
     });
   }
   components.push(
     {
-      name: "identity",
+      name: identity.name,
       entry: "services/identity/main.ts",
       env: () => ({
         DATABASE_URL: databaseUrl!,
-        IDENTITY_PORT: String(config.IDENTITY_PORT),
+        [identity.portVariable]: String(config.IDENTITY_PORT),
         IDENTITY_BOOTSTRAP_ADMIN_EMAIL: config.IDENTITY_BOOTSTRAP_ADMIN_EMAIL,
         IDENTITY_BOOTSTRAP_API_KEYS: bootstrapKeys,
       }),
     },
     {
-      name: "documents",
+      name: documents.name,
       entry: "services/documents/main.ts",
       env: () => ({
         DATABASE_URL: databaseUrl!,
-        DOCUMENTS_PORT: String(config.DOCUMENTS_PORT),
-        IDENTITY_TARGET: identityTarget,
+        [documents.portVariable]: String(config.DOCUMENTS_PORT),
+        [identity.targetVariable]: identityTarget,
         KAFKA_BROKERS: kafkaBrokers!,
       }),
     },
     {
-      name: "processing",
+      name: processing.name,
       entry: "services/processing/main.ts",
       env: () => ({
         DATABASE_URL: databaseUrl!,
-        PROCESSING_PORT: String(config.PROCESSING_PORT),
+        [processing.portVariable]: String(config.PROCESSING_PORT),
         KAFKA_BROKERS: kafkaBrokers!,
-        DOCUMENTS_TARGET: documentsTarget,
-        IDENTITY_TARGET: identityTarget,
+        [documents.targetVariable]: documentsTarget,
+        [identity.targetVariable]: identityTarget,
         PROCESSING_API_KEY: apiKey,
       }),
     },
     {
-      name: "gateway",
+      name: gateway.name,
       entry: "gateway/main.ts",
       env: () => ({
-        DOCUMENTS_TARGET: documentsTarget,
-        IDENTITY_TARGET: identityTarget,
-        GATEWAY_PORT: String(config.GATEWAY_PORT),
-        GATEWAY_HOST: config.GATEWAY_HOST,
+        [documents.targetVariable]: documentsTarget,
+        [identity.targetVariable]: identityTarget,
+        [gateway.portVariable]: String(config.GATEWAY_PORT),
+        [gateway.hostVariable]: config.GATEWAY_HOST,
       }),
     },
   );
@@ -217,8 +220,8 @@ async function main() {
     // Storage and the broker depend on nothing and start together, then the services (which
     // need only storage), then what calls the services: the gateway in front of them and the
     // processing worker behind them.
-    const infrastructure = new Set(["postgres", "kafka"]);
-    const callers = new Set(["gateway", "processing"]);
+    const infrastructure = new Set<string>([postgres.name, kafka.name]);
+    const callers = new Set<string>([gateway.name, processing.name]);
     const stages = [
       components.filter((c) => infrastructure.has(c.name)),
       components.filter((c) => !infrastructure.has(c.name) && !callers.has(c.name)),
@@ -231,8 +234,8 @@ async function main() {
         const r = result.value;
         const c = stage[i]!;
         running.push(r);
-        if (c.name === "postgres") databaseUrl = r.endpoints.postgres;
-        if (c.name === "kafka") kafkaBrokers = r.endpoints.kafka;
+        if (c.name === postgres.name) databaseUrl = r.endpoints.postgres;
+        if (c.name === kafka.name) kafkaBrokers = r.endpoints.kafka;
         // A component that dies later takes the mesh down with it, loudly, rather than leaving
         // a half-working mesh behind.
         r.child.once("exit", (code, signal) => {
@@ -249,8 +252,8 @@ async function main() {
   }
 
   const lines: Array<[string, string]> = [];
-  const gateway = running.find((r) => r.name === "gateway")!;
-  lines.push(["gateway", gateway.endpoints.gateway!]);
+  const edge = running.find((r) => r.name === gateway.name)!;
+  lines.push([gateway.name, edge.endpoints.gateway!]);
   for (const r of running) {
     for (const [k, v] of Object.entries(r.endpoints)) if (k !== "gateway") lines.push([k, v]);
   }

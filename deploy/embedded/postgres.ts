@@ -2,14 +2,15 @@ import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import { env, loadConfig } from "../../platform/config/env.js";
+import { components, hostField, portField } from "../../platform/config/components.js";
 import { configureLogging } from "../../platform/telemetry/logger.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
 import { PgMultiplexer } from "./pg-multiplexer.js";
 
 export const configSpec = {
   MEDMESH_DATA_DIR: env.string("where embedded data lives", ".data"),
-  EMBEDDED_PG_HOST: env.string("interface the embedded Postgres binds", "127.0.0.1"),
-  EMBEDDED_PG_PORT: env.port("port of the embedded Postgres", 54329),
+  ...hostField(components.postgres, "interface the embedded Postgres binds"),
+  ...portField(components.postgres, "port of the embedded Postgres"),
   EMBEDDED_PG_MAX_CONNECTIONS: env.int("client connections the embedded Postgres multiplexes", 64, 1, 1000),
 };
 

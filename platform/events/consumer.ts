@@ -4,6 +4,7 @@ import { sql, type Generated, type Kysely, type Migration, type Transaction } fr
 import type { Consumer, ConsumerConfig, IHeaders, Kafka, KafkaMessage, Producer } from "kafkajs";
 import { logger as rootLogger, type Logger } from "../telemetry/logger.js";
 import { PoisonMessageError, fromKafkaMessage, type EventEnvelope } from "./envelope.js";
+import { deadLetterTopic } from "./dead-letter-topic.js";
 import { ensureTopics, topicPartitions } from "./kafka.js";
 
 export interface InboxTable {
@@ -106,7 +107,7 @@ export interface IdempotentConsumer {
   running(): boolean;
 }
 
-const defaultDlqTopic = (topic: string, groupId: string): string => `${topic}.${groupId}.dlq`;
+const defaultDlqTopic = (topic: string, groupId: string): string => deadLetterTopic(topic, groupId);
 
 /** Headers added to a dead-lettered message, next to all of its original headers. */
 export const DlqHeaders = {

@@ -3,3 +3,5 @@ export * from "./kafka.js";
 export * from "./outbox.js";
 export * from "./consumer.js";
 export * from "./pruning.js";
+export * from "./event-kinds.js";
+export * from "./dead-letter-topic.js";

@@ -3,6 +3,7 @@ import os from "node:os";
 import path from "node:path";
 import { FsBlobStore } from "../../platform/blobs/index.js";
 import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
+import { components, hostField, portField, targetField } from "../../platform/config/components.js";
 import { openServiceDatabase } from "../../platform/db/database.js";
 import { meshInterceptors } from "../../platform/grpc/interceptors/index.js";
 import { register, startGrpcServer } from "../../platform/grpc/server.js";
@@ -13,7 +14,7 @@ import { migrations } from "./migrations/index.js";
 import { identityKeySet } from "../../platform/auth/key-set.js";
 import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
 import type { PrincipalResolver } from "../../platform/grpc/interceptors/access.js";
-import { DOCUMENT_EVENTS_TOPIC } from "./events.js";
+import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
 import { OutcomeStore } from "./outcome-store.js";
 import type { ResumableUploadOptions } from "./resumable-upload.js";
 import { documentService } from "./service.js";
@@ -29,6 +30,7 @@ import {
   createKafka,
   ensureTopics,
   outboxRetentionSpec,
+  eventTopic,
   startEventPruning,
   startOutboxRelay,
   type OutboxRelay,
@@ -37,8 +39,8 @@ import {
 export const configSpec = {
   ...serviceSpec,
   ...outboxRetentionSpec,
-  DOCUMENTS_HOST: env.string("interface the gRPC server binds", "127.0.0.1"),
-  DOCUMENTS_PORT: env.port("gRPC port (0 picks a free one)", 50051),
+  ...hostField(components.documents, "interface the gRPC server binds"),
+  ...portField(components.documents, "gRPC port (0 picks a free one)"),
   DOCUMENTS_DB_SCHEMA: env.string("schema the service owns", "documents"),
   KAFKA_BROKERS: env.list(
     "Kafka brokers (host:port, comma separated) the outbox publishes to; unset keeps events in the outbox",
@@ -53,10 +55,7 @@ export const configSpec = {
     30 * 24 * 3600_000,
   ),
   WATCH_POLL_MS: env.int("how often WatchDocument looks for changes made by other replicas", 1000, 50, 60_000),
-  IDENTITY_TARGET: env.string(
-    "where the identity service publishes the keys that verify access tokens",
-    "127.0.0.1:50052",
-  ),
+  ...targetField(components.identity, "where the identity service publishes the keys that verify access tokens"),
 };
 
 export interface DocumentsHooks {
@@ -83,7 +82,7 @@ export async function startDocuments(
   let relay: OutboxRelay | undefined;
   if (config.KAFKA_BROKERS.length > 0) {
     const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "documents" });
-    await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS_TOPIC, numPartitions: 3 }]);
+    await ensureTopics(kafka, [{ topic: eventTopic(DocumentUploadedSchema), numPartitions: 3 }]);
     relay = startOutboxRelay({ db: database.db, kafka });
   }
   const pruning = startEventPruning({ db: database.db, outboxRetentionMs: config.OUTBOX_RETENTION_HOURS * 3_600_000 });

@@ -1,4 +1,5 @@
 import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
+import { components, hostField, portField } from "../../platform/config/components.js";
 import { rateLimitSpec, rateLimiting } from "../../platform/grpc/interceptors/rate-limit.js";
 import { openServiceDatabase } from "../../platform/db/database.js";
 import { meshInterceptors } from "../../platform/grpc/interceptors/index.js";
@@ -18,8 +19,8 @@ import type { IdentityDB } from "./tables.js";
 
 export const configSpec = {
   ...serviceSpec,
-  IDENTITY_HOST: env.string("interface the gRPC server binds", "127.0.0.1"),
-  IDENTITY_PORT: env.port("gRPC port (0 picks a free one)", 50052),
+  ...hostField(components.identity, "interface the gRPC server binds"),
+  ...portField(components.identity, "gRPC port (0 picks a free one)"),
   IDENTITY_DB_SCHEMA: env.string("schema the service owns", "identity"),
   ...rateLimitSpec,
   IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.optionalString(

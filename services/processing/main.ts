@@ -1,12 +1,15 @@
 import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
+import { components, hostField, portField, targetField } from "../../platform/config/components.js";
 import { serviceToken } from "../../platform/auth/service-token.js";
 import { openServiceDatabase } from "../../platform/db/database.js";
 import {
   createKafka,
+  deadLetterTopic,
   ensureTopics,
   inboxRetentionSpec,
   outboxRetentionSpec,
   startEventPruning,
+  eventTopic,
   startIdempotentConsumer,
   startOutboxRelay,
   type IdempotentConsumer,
@@ -16,10 +19,13 @@ import { startGrpcServer, type RunningGrpcServer } from "../../platform/grpc/ser
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
 import { startTelemetry } from "../../platform/telemetry/sdk.js";
 import { DocumentProcessingService, DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
 import { startAnalysisPool } from "./analysis.js";
 import { migrations } from "./migrations/index.js";
-import { DOCUMENT_EVENTS_TOPIC } from "./result.js";
 import { processingWorker, type ProcessingDB, type ProcessingHooks } from "./worker.js";
+
+// The topic the worker consumes (uploads) is the one it answers on (processed, failed).
+const DOCUMENT_EVENTS = eventTopic(DocumentUploadedSchema);
 
 const requiredList = (what: string) => (raw: string) => {
   const list = raw
@@ -34,16 +40,16 @@ export const configSpec = {
   ...serviceSpec,
   ...outboxRetentionSpec,
   ...inboxRetentionSpec,
-  PROCESSING_HOST: env.string("interface the health server binds", "127.0.0.1"),
-  PROCESSING_PORT: env.port("port of the health server (grpc.health.v1 and reflection; 0 picks a free one)", 50053),
+  ...hostField(components.processing, "interface the health server binds"),
+  ...portField(components.processing, "port of the health server (grpc.health.v1 and reflection; 0 picks a free one)"),
   PROCESSING_DB_SCHEMA: env.string("schema the worker owns (its inbox and outbox)", "processing"),
   KAFKA_BROKERS: env.parsed(
-    "Kafka brokers (host:port, comma separated) to consume document.events from and publish to",
+    `Kafka brokers (host:port, comma separated) to consume ${DOCUMENT_EVENTS} from and publish to`,
     "",
     requiredList("Kafka brokers, host:port, comma separated"),
   ),
-  DOCUMENTS_TARGET: env.string("where the documents service is", "127.0.0.1:50051"),
-  IDENTITY_TARGET: env.string("where the identity service is (the API key is exchanged there)", "127.0.0.1:50052"),
+  ...targetField(components.documents, "where the documents service is"),
+  ...targetField(components.identity, "where the identity service is (the API key is exchanged there)"),
   PROCESSING_API_KEY: env.string("the worker's service API key (secret), traded with identity for access tokens"),
   PROCESSING_GROUP_ID: env.string("Kafka consumer group", "processing"),
   PROCESSING_CONCURRENCY: env.int("partitions handled at once, and analysis threads", 3, 1, 64),
@@ -55,7 +61,7 @@ export const configSpec = {
     1000,
     300_000,
   ),
-  PROCESSING_DLQ_TOPIC: env.string("dead-letter topic for document.events", "document.events.dlq"),
+  PROCESSING_DLQ_TOPIC: env.string(`dead-letter topic for ${DOCUMENT_EVENTS}`, deadLetterTopic(DOCUMENT_EVENTS)),
   PROCESSING_MAX_BYTES: env.bytes("larger versions fail as too_large without being read", 100 * 1024 * 1024),
   PROCESSING_ANALYSIS_TIMEOUT_MS: env.int(
     "a document still being analysed after this long is stopped (the try fails)",
@@ -90,7 +96,7 @@ export async function startProcessing(
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "processing" });
   // The worker both reads and writes the topic; creating it here (as documents does) means
   // neither needs the other to have started first.
-  await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS_TOPIC, numPartitions: 3 }]);
+  await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS, numPartitions: 3 }]);
   const relay = startOutboxRelay({ db: database.db, kafka });
   const pruning = startEventPruning({
     db: database.db,
@@ -145,7 +151,7 @@ export async function startProcessing(
     consumer = await startIdempotentConsumer<ProcessingDB, Awaited<ReturnType<typeof worker.prepare>>>({
       kafka,
       groupId: config.PROCESSING_GROUP_ID,
-      topics: [DOCUMENT_EVENTS_TOPIC],
+      topics: [DOCUMENT_EVENTS],
       db: database.db,
       accepts: worker.handles,
       prepare: worker.prepare,

@@ -5,22 +5,20 @@ import {
   ProcessingResultSchema,
   RecordProcessingResultRequestSchema,
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
-import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
-import { newEvent, PoisonMessageError, protobufContentType } from "../../platform/events/index.js";
+import {
+  DocumentFailedSchema,
+  DocumentProcessedSchema,
+  DocumentUploadedSchema,
+} from "../../gen/medmesh/events/v1/document_events_pb.js";
+import { eventType, newEvent, PoisonMessageError, protobufContentType } from "../../platform/events/index.js";
 import { check } from "../../platform/grpc/interceptors/validation.js";
 import type { DocumentAnalysis, FailureReason as ExtractReason } from "./extract/index.js";
-import {
-  clip,
-  cutUtf8,
-  LIMITS,
-  outcomeEventId,
-  PROCESSED_TYPE,
-  FAILED_TYPE,
-  toProcessingFailure,
-  toProcessingResult,
-  UPLOADED_TYPE,
-} from "./result.js";
+import { clip, cutUtf8, LIMITS, outcomeEventId, toProcessingFailure, toProcessingResult } from "./result.js";
 import { readUploaded } from "./worker.js";
+
+const UPLOADED_TYPE = eventType(DocumentUploadedSchema);
+const PROCESSED_TYPE = eventType(DocumentProcessedSchema);
+const FAILED_TYPE = eventType(DocumentFailedSchema);
 
 const DOC = "0b6f6c1e-5a5e-4d7e-9c1a-2f1f3c4d5e6f";
 /** No lone surrogate: what String.prototype.isWellFormed (ES2024) checks. */

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, toBinary, type DescMessage } from "@bufbuild/protobuf";
 import { timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import {
   CitationType,
@@ -12,13 +12,9 @@ import {
   type ProcessingResult,
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { DocumentFailedSchema, DocumentProcessedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
-import { protobufContentType, type OutboxEvent } from "../../platform/events/index.js";
+import { contractEvent, eventType, type OutboxEvent } from "../../platform/events/index.js";
 import type { DocumentAnalysis, ExtractionFailure, FailureReason as ExtractReason } from "./extract/index.js";
 
-export const DOCUMENT_EVENTS_TOPIC = "document.events";
-export const UPLOADED_TYPE = "medmesh.document.uploaded.v1";
-export const PROCESSED_TYPE = "medmesh.document.processed.v1";
-export const FAILED_TYPE = "medmesh.document.failed.v1";
 export const EVENT_SOURCE = "/medmesh/processing";
 
 /** The contract's bounds on a ProcessingResult (documents.proto); exceeding one is invalid_argument. */
@@ -189,47 +185,42 @@ export function outcomeEventId(type: string, documentId: string, version: number
 export function outcomeEvent(outcome: ProcessingOutcome): OutboxEvent {
   const { documentId, version } = outcome;
   const at = outcome.recordTime ?? timestampNow();
-  const common = { topic: DOCUMENT_EVENTS_TOPIC, source: EVENT_SOURCE, key: documentId, time: timestampDate(at) };
+  const origin = (schema: DescMessage) => ({
+    id: outcomeEventId(eventType(schema), documentId, version),
+    source: EVENT_SOURCE,
+    key: documentId,
+    time: timestampDate(at),
+  });
   switch (outcome.outcome.case) {
     case "result": {
       const r = outcome.outcome.value;
-      return {
-        ...common,
-        id: outcomeEventId(PROCESSED_TYPE, documentId, version),
-        type: PROCESSED_TYPE,
-        contentType: protobufContentType(DocumentProcessedSchema.typeName),
-        payload: toBinary(
-          DocumentProcessedSchema,
-          create(DocumentProcessedSchema, {
-            documentId,
-            version,
-            mimeType: r.mimeType,
-            pages: r.pages,
-            wordCount: r.wordCount,
-            language: r.language,
-            specialty: r.specialty,
-            qualityScore: r.quality?.score ?? 0,
-            // Occurrences over the whole text: the summary counts all of them, `entities` at most 1000.
-            entityCount: r.entitySummary.reduce((n, s) => n + s.count, 0),
-            distinctEntityCount: r.entitySummary.length,
-            citationCount: r.citations.length,
-            processTime: at,
-          }),
-        ),
-      };
+      return contractEvent(
+        DocumentProcessedSchema,
+        {
+          documentId,
+          version,
+          mimeType: r.mimeType,
+          pages: r.pages,
+          wordCount: r.wordCount,
+          language: r.language,
+          specialty: r.specialty,
+          qualityScore: r.quality?.score ?? 0,
+          // Occurrences over the whole text: the summary counts all of them, `entities` at most 1000.
+          entityCount: r.entitySummary.reduce((n, s) => n + s.count, 0),
+          distinctEntityCount: r.entitySummary.length,
+          citationCount: r.citations.length,
+          processTime: at,
+        },
+        origin(DocumentProcessedSchema),
+      );
     }
     case "failure": {
       const f = outcome.outcome.value;
-      return {
-        ...common,
-        id: outcomeEventId(FAILED_TYPE, documentId, version),
-        type: FAILED_TYPE,
-        contentType: protobufContentType(DocumentFailedSchema.typeName),
-        payload: toBinary(
-          DocumentFailedSchema,
-          create(DocumentFailedSchema, { documentId, version, reason: f.reason, message: f.message, failTime: at }),
-        ),
-      };
+      return contractEvent(
+        DocumentFailedSchema,
+        { documentId, version, reason: f.reason, message: f.message, failTime: at },
+        origin(DocumentFailedSchema),
+      );
     }
     default:
       throw new Error(

@@ -23,7 +23,7 @@ import {
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { startBroker } from "../../deploy/embedded/kafka/index.js";
 import { openDatabase } from "../../platform/db/database.js";
-import { DlqHeaders, type InboxDatabase } from "../../platform/events/index.js";
+import { DlqHeaders, eventType, type InboxDatabase } from "../../platform/events/index.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
 import { startDocuments } from "../documents/main.js";
 import { backends, testEnv } from "../../test/support/backends.js";
@@ -31,10 +31,13 @@ import { recordTopics, type Received } from "../../test/events/helpers.js";
 import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";
 import { FIXTURES, PAPER, type FixtureName } from "../../test/fixtures/documents/make-fixtures.js";
 import { startProcessing } from "./main.js";
-import { FAILED_TYPE, outcomeEventId, PROCESSED_TYPE, UPLOADED_TYPE } from "./result.js";
+import { outcomeEventId } from "./result.js";
 
 type Docs = ReturnType<typeof createMeshClient<typeof DocumentService>>;
 
+const UPLOADED_TYPE = eventType(DocumentUploadedSchema);
+const PROCESSED_TYPE = eventType(DocumentProcessedSchema);
+const FAILED_TYPE = eventType(DocumentFailedSchema);
 const TOPIC = "document.events";
 const DLQ = "document.events.dlq";
 const done = new Set([ProcessingStatus.PROCESSED, ProcessingStatus.FAILED]);

@@ -10,8 +10,9 @@ import { DocumentUploadedSchema, type DocumentUploaded } from "../../gen/medmesh
 import type { ServiceToken } from "../../platform/auth/service-token.js";
 import {
   enqueue,
+  eventKind,
+  isEventOf,
   PoisonMessageError,
-  protobufContentType,
   type DeliveryInfo,
   type EventEnvelope,
   type EventHandler,
@@ -22,13 +23,7 @@ import {
 } from "../../platform/events/index.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 import type { AnalysisPool } from "./analysis.js";
-import {
-  outcomeEvent,
-  processingErrorFailure,
-  toProcessingFailure,
-  toProcessingResult,
-  UPLOADED_TYPE,
-} from "./result.js";
+import { outcomeEvent, processingErrorFailure, toProcessingFailure, toProcessingResult } from "./result.js";
 
 export type ProcessingDB = InboxDatabase & OutboxDatabase;
 
@@ -55,13 +50,13 @@ export interface WorkerDeps {
   logger?: Logger;
 }
 
-const UPLOADED_CONTENT_TYPE = protobufContentType(DocumentUploadedSchema.typeName);
+const UPLOADED = eventKind(DocumentUploadedSchema);
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** The event's DocumentUploaded, or a PoisonMessageError: no retry can make bad data readable. */
 export function readUploaded(event: EventEnvelope): DocumentUploaded {
-  if (event.contentType !== UPLOADED_CONTENT_TYPE)
-    throw new PoisonMessageError(`${UPLOADED_TYPE} with content-type "${event.contentType.slice(0, 100)}"`);
+  if (event.contentType !== UPLOADED.contentType)
+    throw new PoisonMessageError(`${UPLOADED.type} with content-type "${event.contentType.slice(0, 100)}"`);
   let uploaded: DocumentUploaded;
   try {
     uploaded = fromBinary(DocumentUploadedSchema, event.payload);
@@ -211,7 +206,7 @@ export function processingWorker(deps: WorkerDeps): {
   return {
     // Only uploads. The worker's own processed/failed events share the topic (and so will other
     // services' later); the consumer passes over them without recording them in the inbox.
-    handles: (event) => event.type === UPLOADED_TYPE,
+    handles: (event) => isEventOf(event, DocumentUploadedSchema),
 
     async prepare(event, delivery) {
       const uploaded = readUploaded(event);

@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url";
 import { parse, parseAllDocuments } from "yaml";
 import { describe, expect, it } from "vitest";
 import { loadConfig, type Spec } from "../../platform/config/env.js";
+import { components, type Component } from "../../platform/config/components.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const read = (rel: string) => readFileSync(path.join(root, rel), "utf8");
@@ -37,6 +38,36 @@ async function checkProcessEnv(entry: string, vars: Record<string, string>): Pro
     loadConfig(spec, vars);
   } catch (err) {
     problems.push(`${entry}: ${(err as Error).message}`);
+  }
+  return problems;
+}
+
+/**
+ * The mesh's own processes, whose ports and targets platform/config/components.ts declares. The
+ * manifests spell those numbers out (YAML has no imports); these checks hold them to the one
+ * declaration. The embedded Postgres is absent on purpose: deployments use a real one.
+ */
+const meshProcesses: Record<string, Component> = {
+  gateway: components.gateway,
+  documents: components.documents,
+  identity: components.identity,
+  processing: components.processing,
+};
+
+/** Ports, targets and brokers in one process's environment that differ from the declaration. */
+function declaredPortProblems(where: string, vars: Record<string, string>): string[] {
+  const problems: string[] = [];
+  for (const c of Object.values(meshProcesses)) {
+    const port = vars[c.portVariable];
+    if (port !== undefined && port !== String(c.port))
+      problems.push(`${where}: ${c.portVariable}=${port}, but ${c.name} listens on ${c.port}`);
+    const target = c.targetVariable && vars[c.targetVariable];
+    if (target && target !== `dns:///${c.name}:${c.port}`)
+      problems.push(`${where}: ${c.targetVariable}=${target}, but ${c.name} listens on ${c.port}`);
+  }
+  for (const broker of (vars.KAFKA_BROKERS ?? "").split(",").filter(Boolean)) {
+    if (!broker.endsWith(`:${components.kafka.port}`))
+      problems.push(`${where}: KAFKA_BROKERS has ${broker}, not Kafka's port ${components.kafka.port}`);
   }
   return problems;
 }
@@ -110,6 +141,26 @@ describe("docker-compose.yml", () => {
     expect((services.gateway!.healthcheck.test as string[]).join(" ")).toContain(
       `:${envOf("gateway").GATEWAY_PORT}/readyz`,
     );
+  });
+
+  it("uses the ports and targets platform/config/components.ts declares", () => {
+    const problems: string[] = [];
+    for (const [name, svc] of Object.entries(services)) {
+      if (!svc.build) continue;
+      problems.push(...declaredPortProblems(`compose ${name}`, envOf(name)));
+      const c = meshProcesses[name];
+      if (!c) {
+        problems.push(`compose ${name}: not a component platform/config/components.ts declares`);
+        continue;
+      }
+      expect(envOf(name)[c.portVariable], `${name} ${c.portVariable}`).toBe(String(c.port));
+      const published = ((svc.ports ?? []) as string[]).map((p) => Number(String(p).split(":").at(-1)));
+      // Processing publishes nothing (it scales); whatever is published is the declared port.
+      for (const port of published) if (port !== c.port) problems.push(`compose ${name}: publishes ${port}`);
+      const probe = (svc.healthcheck.test as string[]).join(" ");
+      if (!probe.includes(`127.0.0.1:${c.port}`)) problems.push(`compose ${name}: healthcheck is not on ${c.port}`);
+    }
+    expect(problems).toEqual([]);
   });
 
   it("gives documents its own database and role, created by the init script", () => {
@@ -349,6 +400,10 @@ async function checkManifests(objects: Obj[], opts: { secretsProvided: boolean }
     if (sa && !find("ServiceAccount", sa)) problems.push(`Deployment ${d.metadata.name}: ServiceAccount ${sa} missing`);
   }
   for (const s of objects.filter((o) => o.kind === "Service")) {
+    // What DNS name:port the callers' targets use; Kafka's port is the conventional one brokers use.
+    const declared = meshProcesses[s.metadata.name] ?? (s.metadata.name === "kafka" ? components.kafka : undefined);
+    if (declared && !(s.spec.ports as Obj[]).some((p) => p.port === declared.port))
+      problems.push(`Service ${s.metadata.name}: does not serve port ${declared.port}, where callers look`);
     const targets = deployments.filter((d) => matches(s.spec.selector, podLabels(d)));
     if (!targets.length) problems.push(`Service ${s.metadata.name}: selector matches no Deployment`);
     for (const port of s.spec.ports as Obj[]) {
@@ -422,8 +477,13 @@ async function checkManifests(objects: Obj[], opts: { secretsProvided: boolean }
 
       const portNumbers = (c.ports as Obj[]).map((p) => p.containerPort as number);
       const portNames = (c.ports as Obj[]).map((p) => p.name as string);
+      const declared = meshProcesses[d.metadata.name];
+      problems.push(...declaredPortProblems(where, env));
+      if (!declared) problems.push(`${where}: not a component platform/config/components.ts declares`);
+      else if (!portNumbers.includes(declared.port))
+        problems.push(`${where}: no container port ${declared.port}, where ${declared.name} listens`);
       if (entry.startsWith("services/")) {
-        const port = Number(env[`${d.metadata.name.toUpperCase()}_PORT`]);
+        const port = Number(env[declared?.portVariable ?? ""]);
         for (const probe of ["readinessProbe", "livenessProbe", "startupProbe"]) {
           if (c[probe]?.grpc?.port !== port || !portNumbers.includes(port))
             problems.push(`${where}: ${probe} is not a gRPC probe on the serving port ${port}`);

@@ -2,8 +2,9 @@
 // @generated from file medmesh/events/v1/document_events.proto (package medmesh.events.v1, syntax proto3)
 /* eslint-disable */
 
-// Events about documents, published on the `document.events` topic with the document id as the
-// Kafka key, as CloudEvents (binary binding) whose data is one of these messages.
+// Events about documents, published as CloudEvents (binary binding) whose data is one of these
+// messages, with the document id as the Kafka key. Each message names its topic and CloudEvent
+// type in its medmesh.eventing.v1.event option.
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
@@ -11,16 +12,17 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { FailureReason } from "../../documents/v1/documents_pb.js";
 import { file_medmesh_documents_v1_documents } from "../../documents/v1/documents_pb.js";
+import { file_medmesh_eventing_v1_eventing } from "../../eventing/v1/eventing_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file medmesh/events/v1/document_events.proto.
  */
 export const file_medmesh_events_v1_document_events: GenFile = /*@__PURE__*/
-  fileDesc("CidtZWRtZXNoL2V2ZW50cy92MS9kb2N1bWVudF9ldmVudHMucHJvdG8SEW1lZG1lc2guZXZlbnRzLnYxIsgBChBEb2N1bWVudFVwbG9hZGVkEhMKC2RvY3VtZW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSDgoGc2hhMjU2GAMgASgJEhIKCnNpemVfYnl0ZXMYBCABKAMSEQoJbWltZV90eXBlGAUgASgJEhEKCW5lZWRzX29jchgGIAEoCBITCgt1cGxvYWRlZF9ieRgHIAEoCRIvCgt1cGxvYWRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqgIKEURvY3VtZW50UHJvY2Vzc2VkEhMKC2RvY3VtZW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSEQoJbWltZV90eXBlGAMgASgJEg0KBXBhZ2VzGAQgASgFEhIKCndvcmRfY291bnQYBSABKAUSEAoIbGFuZ3VhZ2UYBiABKAkSEQoJc3BlY2lhbHR5GAcgASgJEhUKDXF1YWxpdHlfc2NvcmUYCCABKAISFAoMZW50aXR5X2NvdW50GAkgASgFEh0KFWRpc3RpbmN0X2VudGl0eV9jb3VudBgKIAEoBRIWCg5jaXRhdGlvbl9jb3VudBgLIAEoBRIwCgxwcm9jZXNzX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqsBCg5Eb2N1bWVudEZhaWxlZBITCgtkb2N1bWVudF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgFEjMKBnJlYXNvbhgDIAEoDjIjLm1lZG1lc2guZG9jdW1lbnRzLnYxLkZhaWx1cmVSZWFzb24SDwoHbWVzc2FnZRgEIAEoCRItCglmYWlsX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wYgZwcm90bzM", [file_google_protobuf_timestamp, file_medmesh_documents_v1_documents]);
+  fileDesc("CidtZWRtZXNoL2V2ZW50cy92MS9kb2N1bWVudF9ldmVudHMucHJvdG8SEW1lZG1lc2guZXZlbnRzLnYxIv0BChBEb2N1bWVudFVwbG9hZGVkEhMKC2RvY3VtZW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSDgoGc2hhMjU2GAMgASgJEhIKCnNpemVfYnl0ZXMYBCABKAMSEQoJbWltZV90eXBlGAUgASgJEhEKCW5lZWRzX29jchgGIAEoCBITCgt1cGxvYWRlZF9ieRgHIAEoCRIvCgt1cGxvYWRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6M/K7GC8KD2RvY3VtZW50LmV2ZW50cxIcbWVkbWVzaC5kb2N1bWVudC51cGxvYWRlZC52MSLgAgoRRG9jdW1lbnRQcm9jZXNzZWQSEwoLZG9jdW1lbnRfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoBRIRCgltaW1lX3R5cGUYAyABKAkSDQoFcGFnZXMYBCABKAUSEgoKd29yZF9jb3VudBgFIAEoBRIQCghsYW5ndWFnZRgGIAEoCRIRCglzcGVjaWFsdHkYByABKAkSFQoNcXVhbGl0eV9zY29yZRgIIAEoAhIUCgxlbnRpdHlfY291bnQYCSABKAUSHQoVZGlzdGluY3RfZW50aXR5X2NvdW50GAogASgFEhYKDmNpdGF0aW9uX2NvdW50GAsgASgFEjAKDHByb2Nlc3NfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6NPK7GDAKD2RvY3VtZW50LmV2ZW50cxIdbWVkbWVzaC5kb2N1bWVudC5wcm9jZXNzZWQudjEi3gEKDkRvY3VtZW50RmFpbGVkEhMKC2RvY3VtZW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSMwoGcmVhc29uGAMgASgOMiMubWVkbWVzaC5kb2N1bWVudHMudjEuRmFpbHVyZVJlYXNvbhIPCgdtZXNzYWdlGAQgASgJEi0KCWZhaWxfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6MfK7GC0KD2RvY3VtZW50LmV2ZW50cxIabWVkbWVzaC5kb2N1bWVudC5mYWlsZWQudjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_medmesh_documents_v1_documents, file_medmesh_eventing_v1_eventing]);
 
 /**
- * ce_type medmesh.document.uploaded.v1: a new content version is stored and waits for processing.
+ * A new content version is stored and waits for processing.
  *
  * @generated from message medmesh.events.v1.DocumentUploaded
  */
@@ -78,8 +80,8 @@ export const DocumentUploadedSchema: GenMessage<DocumentUploaded> = /*@__PURE__*
   messageDesc(file_medmesh_events_v1_document_events, 0);
 
 /**
- * ce_type medmesh.document.processed.v1: processing extracted a version; the full result is
- * served by DocumentService.GetProcessingResult.
+ * Processing extracted a version; the full result is served by
+ * DocumentService.GetProcessingResult.
  *
  * @generated from message medmesh.events.v1.DocumentProcessed
  */
@@ -157,7 +159,7 @@ export const DocumentProcessedSchema: GenMessage<DocumentProcessed> = /*@__PURE_
   messageDesc(file_medmesh_events_v1_document_events, 1);
 
 /**
- * ce_type medmesh.document.failed.v1: processing could not use a version.
+ * Processing could not use a version.
  *
  * @generated from message medmesh.events.v1.DocumentFailed
  */
