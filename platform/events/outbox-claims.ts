@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { sql, type Kysely } from "kysely";
-import type { OutboxDatabase } from "./outbox.js";
+import type { OutboxDatabase } from "./outbox-table.js";
 
 /** An outbox row a relay holds the claim on: it alone publishes it until it marks or releases it. */
 export interface ClaimedRow {

@@ -9,37 +9,14 @@ import {
   type Span,
 } from "@opentelemetry/api";
 import { W3CTraceContextPropagator, suppressTracing } from "@opentelemetry/core";
-import { sql, type ColumnType, type Generated, type Kysely, type Migration } from "kysely";
+import { sql, type Kysely, type Migration } from "kysely";
 import type { Kafka, Message, Producer } from "kafkajs";
 import { logger as rootLogger, type Logger } from "../telemetry/logger.js";
 import { eventHeaders, newEvent, type EventEnvelope, type NewEvent } from "./envelope.js";
 import { claimBatch, markSent, releaseClaim, type ClaimedRow } from "./outbox-claims.js";
+import type { OutboxDatabase } from "./outbox-table.js";
 
-export interface OutboxTable {
-  id: string;
-  /** Commit-independent insertion order; the relay publishes in this order. */
-  seq: Generated<number>;
-  topic: string;
-  key: string;
-  type: string;
-  source: string;
-  payload: Uint8Array;
-  /** Every Kafka header of the message, fixed at enqueue time. */
-  headers: ColumnType<Record<string, string>, string, string>;
-  created_at: Generated<Date>;
-  sent_at: Date | null;
-  attempts: Generated<number>;
-  last_error: string | null;
-  /** Which relay claim holds the row while it is being published (see outboxClaimsMigration). */
-  claim_id: string | null;
-  /** Until when that claim holds; an expired claim (a relay that died) is free to take again. */
-  claimed_until: Date | null;
-}
-
-/** Intersect a service's table types with this so its transactions can enqueue. */
-export interface OutboxDatabase {
-  outbox: OutboxTable;
-}
+export type { OutboxDatabase, OutboxTable } from "./outbox-table.js";
 
 /**
  * Creates the outbox table in the service's schema. Add it to the service's static migration
