@@ -1,12 +1,18 @@
-import { fork, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { ConfigError, env, loadConfig } from "../../platform/config/env.js";
-import { components as declared, hostField, loopbackAddress, portField } from "../../platform/config/components.js";
-
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+import {
+  components as declared,
+  DEFAULT_HOST,
+  hostField,
+  loopbackAddress,
+  portField,
+  type Component,
+} from "../../platform/config/components.js";
+import type { ComponentSpec } from "./component-process.js";
+import { unavailablePorts } from "./ports.js";
+import { Supervisor } from "./supervisor.js";
 
 const configSpec = {
   MEDMESH_DATA_DIR: env.string("where embedded data lives", ".data"),
@@ -29,58 +35,18 @@ const configSpec = {
   STARTUP_TIMEOUT_MS: env.int("how long a component may take to become ready", 120_000, 1_000, 600_000),
 };
 
-interface Component {
-  name: string;
-  entry: string;
-  env: () => Record<string, string>;
-}
-
-interface Running {
-  name: string;
-  child: ChildProcess;
-  endpoints: Record<string, string>;
-}
-
-function log(msg: string, fields: Record<string, unknown> = {}) {
+function log(level: "info" | "warn" | "error", msg: string, fields: Record<string, unknown> = {}) {
   process.stderr.write(
-    JSON.stringify({ time: new Date().toISOString(), level: "info", service: "launcher", msg, ...fields }) + "\n",
+    JSON.stringify({ time: new Date().toISOString(), level, service: "launcher", msg, ...fields }) + "\n",
   );
 }
 
-/** Forks one component and resolves with its endpoints once it reports ready over IPC. */
-function startComponent(c: Component, timeoutMs: number): Promise<Running> {
-  const child = fork(path.join(root, c.entry), [], {
-    cwd: process.cwd(),
-    execArgv: ["--import", "tsx"],
-    env: { ...process.env, ...c.env() },
-    // Component logs (JSON lines) go to stderr so stdout carries only the endpoint lines.
-    stdio: ["ignore", "pipe", "inherit", "ipc"],
-  });
-  child.stdout!.pipe(process.stderr);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`${c.name} did not become ready within ${timeoutMs} ms`));
-    }, timeoutMs);
-    child.on("message", (m: { type?: string; endpoints?: Record<string, string> }) => {
-      if (m?.type !== "ready") return;
-      clearTimeout(timer);
-      resolve({ name: c.name, child, endpoints: m.endpoints ?? {} });
-    });
-    child.once("exit", (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`${c.name} exited before it was ready (${signal ?? `code ${code}`})`));
-    });
-  });
-}
-
-async function stopComponent(r: Running, boundMs: number): Promise<void> {
-  if (r.child.exitCode !== null || r.child.signalCode !== null) return;
-  const exited = new Promise<void>((res) => r.child.once("exit", () => res()));
-  r.child.kill("SIGTERM");
-  const timer = setTimeout(() => r.child.kill("SIGKILL"), boundMs);
-  await exited;
-  clearTimeout(timer);
+/**
+ * Where a component will bind, read as the component reads it (each gets the launcher's
+ * environment), so the launcher probes its port where the component will bind it.
+ */
+function listensOn(c: Component, port: number, host = process.env[c.hostVariable] || DEFAULT_HOST) {
+  return { variable: c.portVariable, host, port };
 }
 
 /**
@@ -118,24 +84,42 @@ async function main() {
     throw err;
   }
   const started = performance.now();
-  const running: Running[] = [];
+  const supervisor = new Supervisor({ startupTimeoutMs: config.STARTUP_TIMEOUT_MS, stopBoundMs: 15_000, log });
   let stopping = false;
 
-  const stopAll = async (code: number) => {
+  const stopAll = async (code: number, reason: string) => {
     if (stopping) return;
     stopping = true;
-    // Reverse start order: the edge stops taking traffic first, storage goes last.
-    for (const r of [...running].reverse()) await stopComponent(r, 15_000);
-    log("stopped");
+    log("info", "stopping", { reason });
+    const stoppingAt = performance.now();
+    // Reverse start order: the edge stops taking traffic first, storage goes last, so no component
+    // outlives what it depends on.
+    await supervisor.stopAll();
+    log("info", "stopped", { stop_ms: Math.round(performance.now() - stoppingAt) });
     process.exit(code);
   };
-  process.on("SIGINT", () => void stopAll(0));
-  process.on("SIGTERM", () => void stopAll(0));
+  let firstSignalAt = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (!stopping) {
+      firstSignalAt = performance.now();
+      return void stopAll(0, signal);
+    }
+    // Under `npm start` one Ctrl-C arrives twice: from the terminal to the whole group, and
+    // forwarded by npm. Only a signal well after the first is the operator asking again.
+    if (performance.now() - firstSignalAt < 1_000) return;
+    // Asked again while stopping: the operator does not want to wait for the bounds.
+    log("warn", "stopping now", { reason: signal });
+    supervisor.killAll();
+    process.exit(1);
+  };
+  // SIGHUP: the terminal went away; the components are in process groups of their own and would
+  // not hear of it.
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, onSignal);
   // If whatever started us (a shell, npm) dies without passing its signal on, we would keep the
   // mesh running as orphans; noticing the new parent stops everything instead.
   const parent = process.ppid;
   setInterval(() => {
-    if (process.ppid !== parent) void stopAll(0);
+    if (process.ppid !== parent) void stopAll(0, "parent went away");
   }, 1_000).unref();
 
   let apiKey: string;
@@ -156,11 +140,12 @@ async function main() {
   const { documents, identity, gateway, processing, postgres, kafka } = declared;
   const documentsTarget = loopbackAddress(config.DOCUMENTS_PORT);
   const identityTarget = loopbackAddress(config.IDENTITY_PORT);
-  const components: Component[] = [];
+  const components: ComponentSpec[] = [];
   if (!databaseUrl) {
     components.push({
       name: postgres.name,
       entry: "deploy/embedded/postgres.ts",
+      listens: listensOn(postgres, config.EMBEDDED_PG_PORT),
       env: () => ({ [postgres.portVariable]: String(config.EMBEDDED_PG_PORT) }),
     });
   }
@@ -168,6 +153,7 @@ async function main() {
     components.push({
       name: kafka.name,
       entry: "deploy/embedded/kafka-component.ts",
+      listens: listensOn(kafka, config.KAFKA_PORT),
       env: () => ({ [kafka.portVariable]: String(config.KAFKA_PORT) }),
     });
   }
@@ -175,6 +161,7 @@ async function main() {
     {
       name: identity.name,
       entry: "services/identity/main.ts",
+      listens: listensOn(identity, config.IDENTITY_PORT),
       env: () => ({
         DATABASE_URL: databaseUrl!,
         [identity.portVariable]: String(config.IDENTITY_PORT),
@@ -185,6 +172,7 @@ async function main() {
     {
       name: documents.name,
       entry: "services/documents/main.ts",
+      listens: listensOn(documents, config.DOCUMENTS_PORT),
       env: () => ({
         DATABASE_URL: databaseUrl!,
         [documents.portVariable]: String(config.DOCUMENTS_PORT),
@@ -195,6 +183,7 @@ async function main() {
     {
       name: processing.name,
       entry: "services/processing/main.ts",
+      listens: listensOn(processing, config.PROCESSING_PORT),
       env: () => ({
         DATABASE_URL: databaseUrl!,
         [processing.portVariable]: String(config.PROCESSING_PORT),
@@ -207,6 +196,7 @@ async function main() {
     {
       name: gateway.name,
       entry: "gateway/main.ts",
+      listens: listensOn(gateway, config.GATEWAY_PORT, config.GATEWAY_HOST),
       env: () => ({
         [documents.targetVariable]: documentsTarget,
         [identity.targetVariable]: identityTarget,
@@ -216,6 +206,15 @@ async function main() {
     },
   );
 
+  // Every port is checked before anything starts: a taken one is a sentence naming the variable to
+  // change, at once, rather than a component failing after the ones before it came up.
+  const taken = await unavailablePorts(components);
+  if (taken.length > 0) {
+    for (const problem of taken) process.stderr.write(`medmesh: ${problem}\n`);
+    process.exit(2);
+  }
+
+  const ready: Array<[string, Record<string, string>]> = [];
   try {
     // Storage and the broker depend on nothing and start together, then the services (which
     // need only storage), then what calls the services: the gateway in front of them and the
@@ -228,40 +227,38 @@ async function main() {
       components.filter((c) => callers.has(c.name)),
     ].filter((stage) => stage.length > 0);
     for (const stage of stages) {
-      const results = await Promise.allSettled(stage.map((c) => startComponent(c, config.STARTUP_TIMEOUT_MS)));
+      const results = await Promise.allSettled(stage.map((c) => supervisor.start(c)));
       for (const [i, result] of results.entries()) {
         if (result.status === "rejected") throw result.reason;
-        const r = result.value;
         const c = stage[i]!;
-        running.push(r);
-        if (c.name === postgres.name) databaseUrl = r.endpoints.postgres;
-        if (c.name === kafka.name) kafkaBrokers = r.endpoints.kafka;
-        // A component that dies later takes the mesh down with it, loudly, rather than leaving
-        // a half-working mesh behind.
-        r.child.once("exit", (code, signal) => {
-          if (stopping) return;
-          log("component exited unexpectedly; stopping the mesh", { component: c.name, code, signal });
-          void stopAll(1);
-        });
+        ready.push([c.name, result.value]);
+        if (c.name === postgres.name) databaseUrl = result.value.postgres;
+        if (c.name === kafka.name) kafkaBrokers = result.value.kafka;
       }
     }
   } catch (err) {
-    log("start failed", { error: (err as Error).message });
-    await stopAll(1);
+    // Stopped by a signal mid-launch: the component it interrupted is no news.
+    if (stopping) return;
+    // Before its first ready a component is not restarted: a launch that cannot come up says why
+    // and stops, rather than retrying a mistake in the configuration for ever.
+    log("error", "start failed", { error: (err as Error).message });
+    process.stderr.write(`medmesh: ${(err as Error).message}\n`);
+    await stopAll(1, "start failed");
     return;
   }
+  if (stopping) return;
 
   const lines: Array<[string, string]> = [];
-  const edge = running.find((r) => r.name === gateway.name)!;
-  lines.push([gateway.name, edge.endpoints.gateway!]);
-  for (const r of running) {
-    for (const [k, v] of Object.entries(r.endpoints)) if (k !== "gateway") lines.push([k, v]);
+  const edge = ready.find(([name]) => name === gateway.name)![1];
+  lines.push([gateway.name, edge.gateway!]);
+  for (const [, endpoints] of ready) {
+    for (const [k, v] of Object.entries(endpoints)) if (k !== "gateway") lines.push([k, v]);
   }
   for (const [k, v] of lines) process.stdout.write(`${k} ${v}\n`);
-  log("mesh ready", {
+  log("info", "mesh ready", {
     ready_ms: Math.round(performance.now() - started),
     data_dir: path.resolve(config.MEDMESH_DATA_DIR),
-    pids: Object.fromEntries(running.map((r) => [r.name, r.child.pid])),
+    pids: supervisor.pids(),
   });
 }
 

@@ -21,7 +21,10 @@ export async function runMain(name: string, start: () => Promise<Started>, stopB
       process.stderr.write(`${name}: ${err.message}\n`);
       process.exit(2);
     }
-    logger.error("failed to start", { error: err instanceof Error ? err.message : String(err) });
+    const error = err instanceof Error ? err.message : String(err);
+    logger.error("failed to start", { error });
+    // The launcher turns this into a sentence for the operator (a taken port names its variable).
+    await tellLauncher({ type: "failed", name, error, code: (err as NodeJS.ErrnoException).code });
     process.exit(1);
   }
   let stopping = false;
@@ -51,6 +54,15 @@ export async function runMain(name: string, start: () => Promise<Started>, stopB
     for (const [k, v] of Object.entries(started.endpoints)) process.stdout.write(`${k} ${v}\n`);
   }
   logger.info("ready", started.endpoints);
+}
+
+/** Sends a message to the launcher that forked us, if any, and waits until it is on its way. */
+function tellLauncher(message: Record<string, unknown>): Promise<void> {
+  return new Promise((resolve) => {
+    if (!process.send || !process.connected) return resolve();
+    // Exiting right after an unsent message would lose it; the callback says it left.
+    process.send(message, undefined, {}, () => resolve());
+  });
 }
 
 export function isEntryPoint(metaUrl: string): boolean {

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,12 +28,18 @@ export interface EmbeddedMesh {
  * Boots the mesh exactly as `npm start` does (the same launcher, child processes, ports and
  * data dir chosen by the test) and resolves once it has printed its endpoints.
  */
-export async function startEmbeddedMesh(env: Record<string, string>, timeoutMs = 120_000): Promise<EmbeddedMesh> {
+export async function startEmbeddedMesh(
+  env: Record<string, string>,
+  timeoutMs = 120_000,
+  // In a process group of its own, a test can signal the group as a terminal's Ctrl-C does.
+  { ownProcessGroup = false }: { ownProcessGroup?: boolean } = {},
+): Promise<EmbeddedMesh> {
   const started = Date.now();
   const child = spawn(process.execPath, ["--import", "tsx", "deploy/embedded/launch.ts"], {
     cwd: repoRoot,
     env: { ...process.env, LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "pipe", "pipe"],
+    detached: ownProcessGroup,
   });
   let stdout = "";
   let stderr = "";
@@ -83,4 +90,22 @@ export function isAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Processes (of this user) whose environment holds `marker`, such as a test's unique data dir:
+ * every component of a launcher inherits its environment, so this finds them whoever their
+ * parent is now.
+ */
+export function processesWithEnv(marker: string): number[] {
+  const found: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/environ`).includes(marker)) found.push(Number(entry));
+    } catch {
+      // gone meanwhile, or not ours to read
+    }
+  }
+  return found;
 }
