@@ -15,9 +15,16 @@ import { headersToMetadata, metadataToHeaders } from "./metadata.js";
  * Anything else is a bug on our side: it is logged with its stack, and the caller only learns
  * that something failed inside, never how.
  */
-export function toConnectError(err: unknown, where?: string): ConnectError {
+export function toConnectError(err: unknown, where?: string, signal?: AbortSignal): ConnectError {
   if (err instanceof ConnectError) return err;
-  if (isAbort(err)) return new ConnectError("the call was cancelled", Code.Canceled);
+  if (isAbort(err)) {
+    // An AbortError says only that a signal fired; why it fired is the status the caller is
+    // owed. A handler sleeping on its call's signal is woken by the deadline as often as by a
+    // cancellation, and node's AbortError carries the signal's reason as its cause.
+    const why = (err as Error).cause ?? (signal?.aborted ? signal.reason : undefined);
+    if (why instanceof ConnectError) return why;
+    return new ConnectError("the call was cancelled", Code.Canceled);
+  }
   logger.error("unexpected error in handler", { where, error: describe(err) });
   return new ConnectError("internal error; it has been logged", Code.Internal);
 }
