@@ -9,6 +9,8 @@ export interface ChildService {
   exited(): string | undefined;
   /** Everything it wrote to stderr: the stack of a crash, if there was one. */
   stderr(): string;
+  /** Its log lines (stdout) and stderr, for a failing assertion's message. */
+  output(): string;
   stop(): Promise<void>;
 }
 
@@ -57,6 +59,7 @@ export async function spawnService(
     endpoints,
     exited: () => exit,
     stderr: () => stderr,
+    output: () => stdout + stderr,
     async stop() {
       if (exit !== undefined) return;
       const gone = new Promise((r) => child.once("exit", r));
