@@ -45,8 +45,17 @@ export async function openDatabase<DB>(opts: DatabaseOptions): Promise<Database<
       max: opts.poolMax ?? 10,
       connectionTimeoutMillis: 5_000,
       idleTimeoutMillis: 30_000,
+      // Names the service's sessions in pg_stat_activity (an application_name in the URL wins).
+      application_name: `medmesh ${opts.schema}`,
     });
-    // An idle client losing its server must not crash the process; the next query reconnects.
+    // A connection that dies (server restart, pg_terminate_backend, a network cut) makes its pg
+    // client emit 'error'. pg-pool listens only while the client is idle in the pool; a client
+    // checked out for a query has no listener, so the emit would end the process. The query
+    // in flight is rejected with the same error, which the caller answers as `unavailable`
+    // (platform/grpc/errors.ts); the dead client is not queryable, so its release drops it and
+    // the next query opens a fresh connection.
+    pool.on("connect", (client) => client.on("error", () => undefined));
+    // The same for idle clients, which the pool has already removed when it reports this.
     pool.on("error", () => undefined);
     dialect = new PostgresDialect({ pool });
     kind = "postgres";

@@ -39,7 +39,7 @@ interface ServerSurfaceCall {
 }
 import { runInCall } from "./call-context.js";
 import { peerKey } from "./interceptors/rate-limit.js";
-import { toGrpcStatus } from "./errors.js";
+import { toConnectError, toGrpcStatus } from "./errors.js";
 import { headersToMetadata, metadataToHeaders } from "./metadata.js";
 
 export interface AdapterOptions {
@@ -150,15 +150,22 @@ const callFinished = new ConnectError("the call has finished", Code.Canceled);
  * Settles with the handler, or with the reason the call's signal fired (deadline, cancellation,
  * shutdown) if that comes first: a handler that ignores its signal cannot hold a caller past
  * its deadline.
+ *
+ * `work` is a thunk so that a call whose signal has already fired (a deadline that expired in
+ * transit, a 1 ms grpc-timeout) never starts it. Starting it and then answering with the abort
+ * reason would leave its promise, which rejects on that same signal, with nobody to handle it:
+ * an unhandled rejection, and Node ends the process.
  */
-function untilAborted<T>(signal: AbortSignal, work: Promise<T>): Promise<T> {
+function untilAborted<T>(signal: AbortSignal, work: () => Promise<T>): Promise<T> {
   if (signal.aborted) return Promise.reject(ConnectError.from(signal.reason));
+  const running = work();
   let onAbort!: () => void;
   const aborted = new Promise<never>((_, reject) => {
     onAbort = () => reject(ConnectError.from(signal.reason));
     signal.addEventListener("abort", onAbort, { once: true });
   });
-  return Promise.race([work, aborted]).finally(() => signal.removeEventListener("abort", onAbort));
+  // Promise.race subscribes to both, so whichever loses still has a handler when it settles.
+  return Promise.race([running, aborted]).finally(() => signal.removeEventListener("abort", onAbort));
 }
 
 async function lastOf(output: AsyncIterable<unknown>): Promise<unknown> {
@@ -217,6 +224,15 @@ async function writeAll(
   }
 }
 
+/**
+ * grpc-js does not await its handlers, so the promise of every call's work is ours to settle.
+ * The work answers every failure it expects itself; anything that still escapes is a bug to log,
+ * not an unhandled rejection that would end the process and every other call in it.
+ */
+function detach(work: Promise<void>, method: DescMethod): void {
+  work.catch((err: unknown) => toConnectError(err, `${method.parent.typeName}/${method.name} (adapter)`));
+}
+
 /** The single answer of a unary or client-streaming call: the message, or the status. */
 function answerOnce(
   call: ServerSurfaceCall,
@@ -225,17 +241,20 @@ function answerOnce(
   callback: sendUnaryData<Buffer>,
   work: () => Promise<unknown>,
 ): void {
-  runInCall(ctx, async () => {
-    try {
-      const response = await untilAborted(ctx.signal, work());
-      sendHeaderOnce(call, ctx, { done: false });
-      callback(null, encode(method.output, response), headersToMetadata(ctx.responseTrailer));
-    } catch (err) {
-      callback(toGrpcStatus(err, ctx.responseTrailer));
-    } finally {
-      release(ctx);
-    }
-  });
+  detach(
+    runInCall(ctx, async () => {
+      try {
+        const response = await untilAborted(ctx.signal, work);
+        sendHeaderOnce(call, ctx, { done: false });
+        callback(null, encode(method.output, response), headersToMetadata(ctx.responseTrailer));
+      } catch (err) {
+        callback(toGrpcStatus(err, ctx.responseTrailer));
+      } finally {
+        release(ctx);
+      }
+    }),
+    method,
+  );
 }
 
 function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptions) {
@@ -256,19 +275,22 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
     case "server_streaming":
       return (call: ServerWritableStream<Buffer, Buffer>) => {
         const ctx = contextFor(call, method, opts);
-        runInCall(ctx, async () => {
-          let output: AsyncIterable<unknown>;
-          try {
-            const request = decode(method.input, call.request);
-            output = transformInvokeImplementation(spec, ctx, interceptors)(createAsyncIterable([request]));
-          } catch (err) {
-            call.emit("error", Object.assign(new Error("rpc failed"), toGrpcStatus(err)));
+        detach(
+          runInCall(ctx, async () => {
+            let output: AsyncIterable<unknown>;
+            try {
+              const request = decode(method.input, call.request);
+              output = transformInvokeImplementation(spec, ctx, interceptors)(createAsyncIterable([request]));
+            } catch (err) {
+              call.emit("error", Object.assign(new Error("rpc failed"), toGrpcStatus(err)));
+              release(ctx);
+              return;
+            }
+            await writeAll(call, ctx, output, method.output);
             release(ctx);
-            return;
-          }
-          await writeAll(call, ctx, output, method.output);
-          release(ctx);
-        });
+          }),
+          method,
+        );
       };
     case "client_streaming":
       return (call: ServerReadableStream<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
@@ -280,13 +302,16 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
     case "bidi_streaming":
       return (call: ServerDuplexStream<Buffer, Buffer>) => {
         const ctx = contextFor(call, method, opts);
-        runInCall(ctx, () =>
-          writeAll(
-            call,
-            ctx,
-            transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call)),
-            method.output,
-          ).finally(() => release(ctx)),
+        detach(
+          runInCall(ctx, () =>
+            writeAll(
+              call,
+              ctx,
+              transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call)),
+              method.output,
+            ).finally(() => release(ctx)),
+          ),
+          method,
         );
       };
   }

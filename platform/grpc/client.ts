@@ -11,7 +11,14 @@ import {
 } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type CallOptions, type Client } from "@connectrpc/connect";
-import { Client as GrpcClient, credentials, Metadata, type ClientOptions, type StatusObject } from "@grpc/grpc-js";
+import {
+  Client as GrpcClient,
+  credentials,
+  Metadata,
+  status as Status,
+  type ClientOptions,
+  type StatusObject,
+} from "@grpc/grpc-js";
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
 import { currentCall } from "./call-context.js";
 import { fromGrpcError } from "./errors.js";
@@ -83,12 +90,14 @@ function prepare(
 ): Prepared {
   const parent = currentCall();
   const parentRemaining = parent?.timeoutMs();
+  // A timeout of zero or less has already expired (as in Connect): it must not read as "none",
+  // or a call forwarded after its caller's deadline passed would run with no deadline at all.
   const candidates = [
     options?.timeoutMs,
     parentRemaining,
     options?.timeoutMs === undefined && parentRemaining === undefined ? defaultTimeoutMs : undefined,
-  ].filter((v): v is number => typeof v === "number" && v > 0);
-  const timeout = candidates.length ? Math.min(...candidates) : undefined;
+  ].filter((v): v is number => typeof v === "number" && !Number.isNaN(v));
+  const timeout = candidates.length ? Math.max(0, Math.min(...candidates)) : undefined;
   const span = tracer.startSpan(`${method.parent.typeName}/${method.name}`, {
     kind: SpanKind.CLIENT,
     attributes: { "rpc.system": "grpc", "rpc.service": method.parent.typeName, "rpc.method": method.name },
@@ -120,20 +129,44 @@ function finish(p: Prepared, err?: unknown) {
   p.span.end();
 }
 
+/**
+ * Links a grpc-js call to the caller's signal and header callbacks. Returns what the call
+ * failed with, if it did: grpc-js emits a streaming call's failure as an 'error' event, possibly
+ * before anyone reads the stream (a request refused at once, a signal that had already fired),
+ * and an 'error' with no listener ends the process. The listener here makes every such failure
+ * an answer, which the reader rethrows (readAll).
+ */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- grpc-js overloads its event signatures
 function wireCall(p: Prepared, call: { cancel(): void; on(e: string, f: (...a: any[]) => void): unknown }) {
+  let failure: unknown;
+  call.on("error", (err: unknown) => (failure ??= err));
   if (p.signal) {
     if (p.signal.aborted) call.cancel();
     else p.signal.addEventListener("abort", () => call.cancel(), { once: true });
   }
   call.on("metadata", (md: Metadata) => p.options?.onHeader?.(metadataToHeaders(md)));
   call.on("status", (s: StatusObject) => p.options?.onTrailer?.(metadataToHeaders(s.metadata)));
+  return { failure: () => failure };
+}
+
+/**
+ * A call we cancelled because the deadline of the call being served ran out failed for that
+ * reason; grpc-js only knows it as CANCELLED, "Cancelled on client", which would turn a
+ * gateway deadline into 499 canceled. Other reasons (the caller went away, shutdown) stay
+ * cancellations: nobody is waiting for a more precise answer.
+ */
+function whySignalled(p: Prepared, err: unknown): ConnectError | undefined {
+  if (!p.signal?.aborted || (err as Partial<StatusObject> | undefined)?.code !== Status.CANCELLED) return undefined;
+  const reason: unknown = p.signal.reason;
+  return reason instanceof ConnectError && reason.code === Code.DeadlineExceeded ? reason : undefined;
 }
 
 /**
  * Writes a request stream into a call. If producing the input fails (a message the caller's
  * own validation rejects, say), the call is cancelled and that error, not "cancelled", is what
  * the caller sees: the input error is the reason the call ended.
+ * Once the call has its status (the server answered early, the deadline passed) the rest of
+ * the input is moot: the pump stops, rather than waiting for a 'drain' that will never come.
  */
 function pumpInto(
   input: AsyncIterable<unknown>,
@@ -141,13 +174,18 @@ function pumpInto(
   stream: NodeJS.WritableStream & { write(m: unknown): boolean; end(): void; cancel(): void },
 ): { failure: () => unknown } {
   let failure: unknown;
+  const over = new AbortController();
+  stream.once("status", () => over.abort());
   void (async () => {
     try {
       for await (const init of input) {
-        if (!stream.write(create(schema, init as MessageInitShape<DescMessage>))) await once(stream as never, "drain");
+        if (over.signal.aborted) return;
+        if (!stream.write(create(schema, init as MessageInitShape<DescMessage>)))
+          await once(stream as never, "drain", { signal: over.signal });
       }
-      stream.end();
+      if (!over.signal.aborted) stream.end();
     } catch (err) {
+      if (over.signal.aborted) return;
       failure = err;
       stream.cancel();
     }
@@ -157,17 +195,32 @@ function pumpInto(
 
 async function* readAll(
   p: Prepared,
-  stream: AsyncIterable<unknown>,
+  stream: AsyncIterable<unknown> & { cancel(): void },
+  callFailure: () => unknown,
   mapError: (err: unknown) => Error,
   inputFailure: () => unknown = () => undefined,
 ): AsyncIterable<unknown> {
+  let settled = false;
   try {
     for await (const m of stream) yield m;
+    // A failure emitted before this generator was first pulled is not replayed by the stream,
+    // which merely ends: without this check a refused call would read as a complete, empty one.
+    const failed = callFailure();
+    if (failed !== undefined) throw failed;
+    settled = true;
     finish(p);
   } catch (err) {
+    settled = true;
     const cause = inputFailure() ?? err;
     finish(p, cause);
     throw inputFailure() !== undefined ? ConnectError.from(cause) : mapError(err);
+  } finally {
+    // The reader stopped early (break, return): destroying the stream does not end a grpc-js
+    // call, which would sit on the server, stalled by flow control, until its deadline.
+    if (!settled) {
+      stream.cancel();
+      finish(p, new ConnectError("the caller stopped reading", Code.Canceled));
+    }
   }
 }
 
@@ -191,11 +244,20 @@ export function createMeshClient<S extends DescService>(
     "grpc.max_send_message_length": max,
     ...opts.channelOptions,
   });
-  // grpc-js describes a refused connection in load-balancer terms; callers get a plain sentence.
-  const fromGrpc = (err: unknown) => {
+  // grpc-js describes a refused connection in load-balancer terms and its own deadline with
+  // timings and the peer's address; callers get a plain sentence.
+  const fromGrpc = (p: Prepared) => (err: unknown) => {
+    const signalled = whySignalled(p, err);
+    if (signalled) return signalled;
     const ce = fromGrpcError(err);
-    if (ce.code === 14 && /No connection established|ECONNREFUSED|Name resolution failed/.test(ce.rawMessage)) {
+    if (
+      ce.code === Code.Unavailable &&
+      /No connection established|ECONNREFUSED|Name resolution failed/.test(ce.rawMessage)
+    ) {
       return new ConnectError(`${service.name} is unavailable right now; try again shortly`, Code.Unavailable);
+    }
+    if (ce.code === Code.DeadlineExceeded && /^Deadline exceeded after/.test(ce.rawMessage)) {
+      return new ConnectError(`the deadline expired before ${service.name} answered`, Code.DeadlineExceeded);
     }
     return ce;
   };
@@ -218,7 +280,7 @@ export function createMeshClient<S extends DescService>(
               { deadline: p.deadline },
               (err, res) => {
                 finish(p, err ?? undefined);
-                if (err) reject(fromGrpc(err));
+                if (err) reject(fromGrpc(p)(err));
                 else resolve(res);
               },
             );
@@ -232,8 +294,8 @@ export function createMeshClient<S extends DescService>(
           const call = channel.makeServerStreamRequest(path, ser, de, create(method.input, init), p.metadata, {
             deadline: p.deadline,
           });
-          wireCall(p, call);
-          return readAll(p, call, fromGrpc);
+          const wired = wireCall(p, call);
+          return readAll(p, call, wired.failure, fromGrpc(p));
         };
         break;
       case "client_streaming":
@@ -251,7 +313,7 @@ export function createMeshClient<S extends DescService>(
                 const inputFailure = pump?.failure();
                 finish(p, inputFailure ?? err ?? undefined);
                 if (inputFailure !== undefined) reject(ConnectError.from(inputFailure));
-                else if (err) reject(fromGrpc(err));
+                else if (err) reject(fromGrpc(p)(err));
                 else resolve(res);
               },
             );
@@ -264,9 +326,9 @@ export function createMeshClient<S extends DescService>(
         client[method.localName] = (input: AsyncIterable<unknown>, options?: CallOptions) => {
           const p = prepare(method, options, opts.defaultTimeoutMs, opts.headers);
           const call = channel.makeBidiStreamRequest(path, ser, de, p.metadata, { deadline: p.deadline });
-          wireCall(p, call);
+          const wired = wireCall(p, call);
           const pump = pumpInto(input, method.input, call as never);
-          return readAll(p, call, fromGrpc, pump.failure);
+          return readAll(p, call, wired.failure, fromGrpc(p), pump.failure);
         };
         break;
     }

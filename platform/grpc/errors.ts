@@ -7,17 +7,38 @@ import {
   BadRequestSchema,
   RetryInfoSchema,
 } from "../../gen/google/rpc/error_details_pb.js";
+import { isConnectionLost } from "../db/errors.js";
 import { logger } from "../telemetry/logger.js";
 import { headersToMetadata, metadataToHeaders } from "./metadata.js";
 
 /**
  * Every error that leaves a handler becomes a ConnectError with a sentence meant for the caller.
- * Anything else is a bug on our side: it is logged with its stack, and the caller only learns
- * that something failed inside, never how.
+ * A lost database connection is `unavailable`. Anything else is a bug on our side: it is logged
+ * with its stack, and the caller only learns that something failed inside, never how.
  */
-export function toConnectError(err: unknown, where?: string): ConnectError {
+export function toConnectError(err: unknown, where?: string, signal?: AbortSignal): ConnectError {
   if (err instanceof ConnectError) return err;
-  if (isAbort(err)) return new ConnectError("the call was cancelled", Code.Canceled);
+  if (isAbort(err)) {
+    // An AbortError says only that a signal fired; why it fired is the status the caller is
+    // owed. A handler sleeping on its call's signal is woken by the deadline as often as by a
+    // cancellation, and node's AbortError carries the signal's reason as its cause.
+    const why = (err as Error).cause ?? (signal?.aborted ? signal.reason : undefined);
+    if (why instanceof ConnectError) return why;
+    return new ConnectError("the call was cancelled", Code.Canceled);
+  }
+  if (isConnectionLost(err)) {
+    // Not a bug of ours and not the caller's: the database went away mid-call or cannot be
+    // reached. The caller may retry; the cause stays attached (never sent) so the server can
+    // re-check its health at once (platform/grpc/server.ts).
+    logger.warn("database unreachable during a call", { where, error: describe(err).message });
+    return new ConnectError(
+      "the database is unreachable right now; try again shortly",
+      Code.Unavailable,
+      undefined,
+      undefined,
+      err,
+    );
+  }
   logger.error("unexpected error in handler", { where, error: describe(err) });
   return new ConnectError("internal error; it has been logged", Code.Internal);
 }

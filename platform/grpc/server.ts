@@ -1,11 +1,13 @@
 import { setMaxListeners } from "node:events";
 import type { DescService } from "@bufbuild/protobuf";
-import type { Interceptor, ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
+import { isConnectionLost } from "../db/errors.js";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { logger } from "../telemetry/logger.js";
 import { toGrpcService } from "./adapter.js";
 import { HealthState, healthService, ServingStatus } from "./health.js";
 import { infrastructureInterceptors } from "./interceptors/index.js";
+import { finishWith } from "./interceptors/stream-end.js";
 import { reflectionServices } from "./reflection.js";
 
 export interface ServiceRegistration {
@@ -65,8 +67,21 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
     deadlines: opts.deadlines,
   });
 
+  // A call that lost its database connection is news the probe would only catch on its next
+  // tick: stop advertising SERVING at once, and let the probe say SERVING again when the
+  // database answers. Balancers and the gateway's /readyz then steer away during a restart.
+  const serviceInterceptors = opts.readinessProbe
+    ? [
+        databaseLossInterceptor(() => {
+          if (shutdown.signal.aborted || health.get("") === ServingStatus.NOT_SERVING) return;
+          log.warn("lost the database connection during a call; not serving until it answers again");
+          health.setAll(ServingStatus.NOT_SERVING);
+        }),
+        ...opts.interceptors,
+      ]
+    : opts.interceptors;
   for (const { service, impl } of opts.services) {
-    const g = toGrpcService(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(opts.interceptors));
+    const g = toGrpcService(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(serviceInterceptors));
     server.addService(g.definition, g.implementation);
   }
   const infra = [healthService(health), ...reflectionServices(opts.services.map((s) => s.service))];
@@ -122,5 +137,23 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
         });
       });
     },
+  };
+}
+
+/**
+ * Calls `onLoss` when a call fails because the database connection was lost (the errors
+ * interceptor keeps the driver's error as the cause of the `unavailable` it answers).
+ */
+function databaseLossInterceptor(onLoss: () => void): Interceptor {
+  const check = (err: unknown) => {
+    if (err instanceof ConnectError && err.code === Code.Unavailable && isConnectionLost(err.cause)) onLoss();
+    return err;
+  };
+  return (next) => async (req) => {
+    try {
+      return finishWith(await next(req), { end: () => {}, mapError: check });
+    } catch (err) {
+      throw check(err);
+    }
   };
 }

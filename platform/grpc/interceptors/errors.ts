@@ -8,9 +8,9 @@ export function errorsInterceptor(): Interceptor {
     const where = `${req.service.typeName}/${req.method.name}`;
     try {
       const res = await next(req);
-      return finishWith(res, { end: () => {}, mapError: (err) => toConnectError(err, where) });
+      return finishWith(res, { end: () => {}, mapError: (err) => toConnectError(err, where, req.signal) });
     } catch (err) {
-      throw toConnectError(err, where);
+      throw toConnectError(err, where, req.signal);
     }
   };
 }
