@@ -1,12 +1,5 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 
-export interface DeadlinePolicy {
-  /** Applied when a unary caller sets no deadline, so no call can hold resources forever. */
-  defaultUnaryMs: number;
-  /** The longest deadline a caller may ask for on a unary call. */
-  maxUnaryMs: number;
-}
-
 /**
  * Refuses a call whose deadline has already passed before it touches any resource.
  * Defaults and caps are applied where the handler context is made: by the grpc-js adapter

@@ -20,7 +20,7 @@ export type RateRules = Partial<Record<RateClass, BucketRule>>;
  * Parses `read=200:100,write=50:20` (class=capacity:refill-per-second) into rules.
  * Throws a sentence naming the bad entry.
  */
-export function parseRateRules(spec: string): RateRules {
+function parseRateRules(spec: string): RateRules {
   const rules: RateRules = {};
   for (const entry of spec
     .split(",")
