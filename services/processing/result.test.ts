@@ -3,6 +3,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import {
   FailureReason,
   ProcessingResultSchema,
+  type ProcessingResult,
   RecordProcessingResultRequestSchema,
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import {
@@ -79,19 +80,17 @@ function oversized(): DocumentAnalysis {
   };
 }
 
+/** What documents' validation does with the result inside a RecordProcessingResult. */
+const checkRecorded = (value: ProcessingResult) =>
+  check(
+    RecordProcessingResultRequestSchema,
+    create(RecordProcessingResultRequestSchema, { documentId: DOC, version: 1, outcome: { case: "result", value } }),
+  );
+
 describe("the analysis as a ProcessingResult", () => {
   it("stays inside every bound of the contract, so documents accepts it", () => {
     const r = toProcessingResult(oversized(), 64 * 1024 * 1024);
-    expect(() =>
-      check(
-        RecordProcessingResultRequestSchema,
-        create(RecordProcessingResultRequestSchema, {
-          documentId: DOC,
-          version: 1,
-          outcome: { case: "result", value: r },
-        }),
-      ),
-    ).not.toThrow();
+    expect(() => checkRecorded(r)).not.toThrow();
     expect(r.entities).toHaveLength(LIMITS.entities);
     expect(r.entitiesTruncated).toBe(true);
     expect(r.entitySummary.every((s) => s.count >= 1)).toBe(true);
@@ -106,16 +105,7 @@ describe("the analysis as a ProcessingResult", () => {
   it("the unclipped analysis would have been refused (the bounds are real)", () => {
     const raw = oversized();
     const naive = create(ProcessingResultSchema, { title: raw.title, keywords: raw.keywords });
-    expect(() =>
-      check(
-        RecordProcessingResultRequestSchema,
-        create(RecordProcessingResultRequestSchema, {
-          documentId: DOC,
-          version: 1,
-          outcome: { case: "result", value: naive },
-        }),
-      ),
-    ).toThrow(/title|keywords/);
+    expect(() => checkRecorded(naive)).toThrow(/title|keywords/);
   });
 
   it("gives up text, never structure, to fit the message limit documents accepts", () => {
