@@ -45,10 +45,6 @@ export class PerUserSlots {
       else this.held.delete(subject);
     };
   }
-
-  holding(subject: string): number {
-    return this.held.get(subject) ?? 0;
-  }
 }
 
 /** What one user may hold at once. */
