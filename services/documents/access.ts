@@ -15,7 +15,7 @@ export const isAdmin = (p: Principal) => p.role === Role.ADMIN;
  * Platform documents are for every signed-in user; private ones for their uploader and admins.
  * Mesh services (the processing worker) read every document: processing is the platform's own work.
  */
-function canSee(p: Principal, row: DocumentRow): boolean {
+function canSee(p: Principal, row: Pick<DocumentRow, "visibility" | "uploaded_by">): boolean {
   return row.visibility === "platform" || row.uploaded_by === p.subject || isAdmin(p) || p.role === Role.SERVICE;
 }
 
@@ -53,6 +53,11 @@ export class DocumentAccess {
     const row = await this.store.findLive(id);
     if (!row || !canSee(caller, row)) throw notFound(id);
     return row;
+  }
+
+  /** Whether the caller may see a document already read, e.g. again while watching it. */
+  sees(caller: Principal, row: Pick<DocumentRow, "visibility" | "uploaded_by">): boolean {
+    return canSee(caller, row);
   }
 
   async changeable(id: string, caller: Principal): Promise<DocumentRow> {

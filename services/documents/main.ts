@@ -18,7 +18,8 @@ import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_eve
 import { OutcomeStore } from "./outcome-store.js";
 import type { ResumableUploadOptions } from "./resumable-upload.js";
 import { documentService } from "./service.js";
-import { StatusFeed } from "./status-feed.js";
+import { queryCounter } from "./query-counter.js";
+import { StatusFeed, type FeedStats } from "./status-feed.js";
 import { StatusWriter } from "./status-writer.js";
 import { DocumentStore } from "./store.js";
 import type { DocumentsDB } from "./tables.js";
@@ -54,7 +55,11 @@ export const configSpec = {
     1000,
     30 * 24 * 3600_000,
   ),
-  WATCH_POLL_MS: env.int("how often WatchDocument looks for changes made by other replicas", 1000, 50, 60_000),
+  UPLOAD_MAX_OPEN_SESSIONS: env.int("resumable uploads one user may have open at once", 20, 1, 10_000),
+  UPLOAD_MAX_OPEN_BYTES: env.bytes("bytes one user's open resumable uploads may announce together", 2 * 1024 ** 3),
+  UPLOAD_MAX_STREAMS: env.int("streamed Upload calls one user may have at once on one replica", 4, 1, 1000),
+  WATCH_POLL_MS: env.int("how often this replica looks for changes made by other replicas", 1000, 50, 60_000),
+  WATCH_MAX_PER_USER: env.int("WatchDocument streams one user may have open at once on one replica", 16, 1, 10_000),
   ...targetField(components.identity, "where the identity service publishes the keys that verify access tokens"),
 };
 
@@ -63,12 +68,14 @@ export interface DocumentsHooks {
   resolvePrincipal?: PrincipalResolver;
   /** How often expired uploads are swept; 0 leaves it to the caller of `sweepUploads` (tests). */
   uploadSweepIntervalMs?: number;
+  /** Called as each SQL statement of the service's handlers is sent (tests count them). */
+  onQuery?: () => void;
 }
 
 export async function startDocuments(
   source: Record<string, string | undefined> = process.env,
   hooks: DocumentsHooks = {},
-): Promise<Started & { port: number; sweepUploads: UploadSweeper["sweep"] }> {
+): Promise<Started & { port: number; sweepUploads: UploadSweeper["sweep"]; watchFeed: () => FeedStats }> {
   const config = loadConfig(configSpec, source);
   const telemetry = startTelemetry({
     serviceName: "documents",
@@ -76,6 +83,7 @@ export async function startDocuments(
     otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
   });
   const database = await openServiceDatabase<DocumentsDB>("documents", config, config.DOCUMENTS_DB_SCHEMA, migrations);
+  const db = hooks.onQuery ? database.db.withPlugin(queryCounter(hooks.onQuery)) : database.db;
   // Tokens are verified here too, not only at the gateway: services are reachable inside the mesh.
   const keys = identityKeySet(config.IDENTITY_TARGET);
   // Events wait in the outbox table until a relay publishes them; without brokers they simply wait.
@@ -90,18 +98,19 @@ export async function startDocuments(
   const blobs = new FsBlobStore({ root: blobDir, maxBytes: config.UPLOAD_MAX_BYTES });
   // Staging beside the blobs keeps unfinished uploads on the volume that is sized for files.
   const resumable: ResumableUploadOptions = {
-    sessions: new UploadSessionStore(database.db),
+    sessions: new UploadSessionStore(db),
     staging: new UploadStaging(path.join(blobDir, "uploads")),
     sessionTtlMs: config.UPLOAD_SESSION_TTL_MS,
+    perUser: { sessions: config.UPLOAD_MAX_OPEN_SESSIONS, bytes: config.UPLOAD_MAX_OPEN_BYTES },
   };
   const uploads = uploadSweeper(resumable);
   // Before serving: staging files a crash left without their session go now, not a TTL later.
   await uploads.sweep();
   uploads.start(hooks.uploadSweepIntervalMs ?? Math.min(config.UPLOAD_SESSION_TTL_MS / 4, 60_000));
-  const feed = new StatusFeed(config.WATCH_POLL_MS);
-  const status = new StatusWriter(database.db, feed);
-  const store = new DocumentStore(database.db, status);
-  const outcomes = new OutcomeStore(database.db, status);
+  const feed = new StatusFeed(db, config.WATCH_POLL_MS);
+  const status = new StatusWriter(db, feed);
+  const store = new DocumentStore(db, status);
+  const outcomes = new OutcomeStore(db, status);
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const server = await startGrpcServer({
     name: "documents",
@@ -116,6 +125,7 @@ export async function startDocuments(
           feed,
           content: { blobs, maxUploadBytes: config.UPLOAD_MAX_BYTES, onEvent: () => relay?.wake() },
           resumable,
+          perUser: { watches: config.WATCH_MAX_PER_USER, uploadStreams: config.UPLOAD_MAX_STREAMS },
         }),
       ),
       register(DocumentProcessingService, workerReportsService(outcomes)),
@@ -132,8 +142,10 @@ export async function startDocuments(
     port: server.port,
     endpoints: { documents: `grpc://${server.address}` },
     sweepUploads: () => uploads.sweep(),
+    watchFeed: () => feed.stats(),
     async stop() {
       await server.shutdown(config.SHUTDOWN_GRACE_MS);
+      await feed.stop();
       await uploads.stop();
       keys.close();
       await relay?.stop();

@@ -14,11 +14,12 @@ import type { Principal } from "../../platform/grpc/interceptors/access.js";
 import { SerialQueue } from "../../platform/lifecycle/serial-queue.js";
 import { logger } from "../../platform/telemetry/logger.js";
 import { notFound, type DocumentAccess } from "./access.js";
+import { quotaExceeded } from "./caller-limits.js";
 import { toDocument, toSession, toVersion } from "./model.js";
 import type { DocumentStore, SavedVersion } from "./store.js";
 import type { NewDocument } from "./tables.js";
 import { bytesText, contradicts, discardUnlessUsed, type ContentOptions } from "./upload.js";
-import type { UploadSessionRow, UploadSessionStore } from "./upload-sessions.js";
+import type { OpenUploads, UploadSessionRow, UploadSessionStore } from "./upload-sessions.js";
 import { isMissing, type UploadStaging } from "./upload-staging.js";
 
 export interface ResumableUploadOptions {
@@ -26,6 +27,8 @@ export interface ResumableUploadOptions {
   staging: UploadStaging;
   /** How long an upload may sit untouched before it expires. */
   sessionTtlMs: number;
+  /** What one user's open uploads may add up to, on every replica together. */
+  perUser: { sessions: number; bytes: number };
 }
 
 type Handlers = Pick<
@@ -38,6 +41,29 @@ function fail(code: Code, message: string): ConnectError {
 }
 
 const uploadNotFound = (id: string) => fail(Code.NotFound, `upload ${id} does not exist`);
+
+/** The refusal of a StartUpload that would pass one of the caller's limits on open uploads. */
+function tooManyOpen(
+  subject: string,
+  open: OpenUploads,
+  size: number,
+  limits: ResumableUploadOptions["perUser"],
+): ConnectError {
+  const what = "complete or abort one of them (or let it expire) before starting another";
+  if (open.count >= limits.sessions) {
+    return quotaExceeded(
+      `you already have ${open.count} uploads open, the most one user may have at once; ${what}`,
+      subject,
+      `open resumable uploads per user: ${limits.sessions}`,
+    );
+  }
+  const already = open.count > 0 ? `your open uploads already announce ${bytesText(open.bytes)}, and ` : "";
+  return quotaExceeded(
+    `${already}this file's ${bytesText(size)} would take them past the ${bytesText(limits.bytes)} one user may have open at once; ${open.count > 0 ? what : "upload a smaller file"}`,
+    subject,
+    `bytes announced by open resumable uploads per user: ${limits.bytes}`,
+  );
+}
 
 /** Thrown inside the completing transaction when the session is no longer open, to undo the version. */
 class SessionMoved extends Error {}
@@ -178,7 +204,7 @@ export function resumableUploadHandlers(
           `the file is ${size} bytes (${bytesText(size)}), more than the ${bytesText(content.maxUploadBytes)} an upload may carry`,
         );
       }
-      const row = await sessions.create(
+      const outcome = await sessions.createWithinLimits(
         {
           id: randomUUID(),
           owner: caller.subject,
@@ -190,7 +216,10 @@ export function resumableUploadHandlers(
           size_bytes: size,
         },
         ttl,
+        resumable.perUser,
       );
+      if ("refused" in outcome) throw tooManyOpen(caller.subject, outcome.refused, size, resumable.perUser);
+      const row = outcome.created;
       // The row comes first: a staging file then always has a row while it matters, so one
       // without a row is safe to sweep at any time.
       try {

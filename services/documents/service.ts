@@ -7,6 +7,7 @@ import { invalidArgument } from "../../platform/grpc/errors.js";
 import { decodePageToken, encodePageToken } from "../../platform/grpc/page-token.js";
 import { checkDates, DocumentAccess, isAdmin, notFound } from "./access.js";
 import { documentTypes, editableFields, statuses, toColumns, toDocument, toVersion } from "./model.js";
+import { uploadStreamSlots, watchSlots } from "./caller-limits.js";
 import type { OutcomeStore } from "./outcome-store.js";
 import { resumableUploadHandlers, type ResumableUploadOptions } from "./resumable-upload.js";
 import type { StatusFeed } from "./status-feed.js";
@@ -25,6 +26,8 @@ export interface DocumentServiceDeps {
   content: ContentOptions;
   /** Resumable (browser) uploads. */
   resumable: ResumableUploadOptions;
+  /** Long-lived calls one user may hold in this process at once. */
+  perUser: { watches: number; uploadStreams: number };
 }
 
 const READ_CHUNK_BYTES = 64 * 1024;
@@ -35,10 +38,11 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
   const access = new DocumentAccess(store);
   const { visible, changeable } = { visible: access.visible.bind(access), changeable: access.changeable.bind(access) };
   const ensureDoiFree = access.ensureDoiFree.bind(access);
+  const uploadStreams = uploadStreamSlots(deps.perUser.uploadStreams);
 
   return {
     ...resumableUploadHandlers(store, access, content, deps.resumable),
-    ...statusHandlers(store, access, deps.outcomes, deps.feed),
+    ...statusHandlers(store, access, deps.outcomes, deps.feed, watchSlots(deps.perUser.watches)),
 
     async createDocument(req, ctx) {
       const doc = req.document!;
@@ -119,6 +123,8 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
       try {
         const row = await store.update(doc.id, changes);
         if (!row) throw notFound(doc.id);
+        // Watchers here re-check at once whether their callers may still see it (visibility).
+        deps.feed.notify(doc.id);
         return { document: toDocument(row) };
       } catch (err) {
         if (isUniqueViolation(err))
@@ -129,27 +135,33 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
 
     async upload(requests, ctx) {
       const caller = callerOf(ctx);
-      let target: { id: string } | { create: NewDocument } | undefined;
-      const file = await receiveUpload(requests, content.blobs, {
-        maxBytes: content.maxUploadBytes,
-        signal: ctx.signal,
-        discard: (blob) => discardUnlessUsed(store, content.blobs, blob),
-        authorize: async (header) => {
-          target = await access.uploadTarget(header, caller);
-        },
-      });
-      const version = {
-        sha256: file.blob.sha256,
-        size_bytes: file.blob.size,
-        mime_type: file.type.mime,
-        needs_ocr: file.type.needsOcr,
-        filename: file.header.filename,
-        uploaded_by: caller.subject,
-      };
-      const saved = await store.addVersion(target!, version);
-      if (!saved) throw notFound(file.header.documentId);
-      content.onEvent?.();
-      return { document: toDocument(saved.document), version: toVersion(saved.version) };
+      // Released however the stream ends; the slot bounds what one user's streams hold here.
+      const release = uploadStreams.take(caller.subject);
+      try {
+        let target: { id: string } | { create: NewDocument } | undefined;
+        const file = await receiveUpload(requests, content.blobs, {
+          maxBytes: content.maxUploadBytes,
+          signal: ctx.signal,
+          discard: (blob) => discardUnlessUsed(store, content.blobs, blob),
+          authorize: async (header) => {
+            target = await access.uploadTarget(header, caller);
+          },
+        });
+        const version = {
+          sha256: file.blob.sha256,
+          size_bytes: file.blob.size,
+          mime_type: file.type.mime,
+          needs_ocr: file.type.needsOcr,
+          filename: file.header.filename,
+          uploaded_by: caller.subject,
+        };
+        const saved = await store.addVersion(target!, version);
+        if (!saved) throw notFound(file.header.documentId);
+        content.onEvent?.();
+        return { document: toDocument(saved.document), version: toVersion(saved.version) };
+      } finally {
+        release();
+      }
     },
 
     async *readContent(req, ctx) {
@@ -179,6 +191,7 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
     async deleteDocument(req, ctx) {
       await changeable(req.id, callerOf(ctx));
       if (!(await store.softDelete(req.id))) throw notFound(req.id);
+      deps.feed.notify(req.id);
       return {};
     },
   };

@@ -1,7 +1,8 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { callerOf } from "../../platform/grpc/caller.js";
-import type { DocumentAccess } from "./access.js";
+import { notFound, type DocumentAccess } from "./access.js";
+import type { PerUserSlots } from "./caller-limits.js";
 import { toOutcome, toStatusChange } from "./model.js";
 import type { OutcomeStore } from "./outcome-store.js";
 import type { StatusFeed } from "./status-feed.js";
@@ -18,18 +19,22 @@ export function statusHandlers(
   access: DocumentAccess,
   outcomes: OutcomeStore,
   feed: StatusFeed,
+  watches: PerUserSlots,
 ): Handlers {
   return {
     async *watchDocument(req, ctx) {
       const caller = callerOf(ctx);
-      const doc = await access.visible(req.id, caller);
-      // Subscribed before reading, so a change between the read and the first wait is not missed.
-      const changes = feed.subscribe(req.id);
+      // Held until the stream ends in any way: finished, failed, cancelled or past its deadline.
+      const release = watches.take(caller.subject);
+      // Subscribed before the first read, so a change between the read and the first wait is not missed.
+      const changes = feed.watch(req.id);
       try {
+        const doc = await access.visible(req.id, caller);
         const latest = await store.latestStatus(req.id);
         let lastSeq = 0;
         if (latest) {
           lastSeq = Number(latest.seq);
+          changes.seen(lastSeq);
           yield toStatusChange(latest);
           if (TERMINAL_STATUSES.has(latest.status)) return;
         } else {
@@ -44,16 +49,14 @@ export function statusHandlers(
           if (TERMINAL_STATUSES.has(doc.processing_status)) return;
         }
         for (;;) {
-          await changes.next(ctx.signal);
-          if (ctx.signal.aborted) return;
-          const rows = await store.statusesAfter(req.id, lastSeq);
-          if (rows.length === 0) {
-            // Quiet for a poll interval: make sure the document still exists for this caller.
-            if (!(await store.findLive(req.id)))
-              throw new ConnectError(`document ${req.id} was deleted`, Code.NotFound);
-            continue;
-          }
-          for (const row of rows) {
+          const update = await changes.next(ctx.signal);
+          // Past its deadline, cancelled or the server stopping: the stream ends with that status, not OK.
+          if (!update) throw ConnectError.from(ctx.signal.reason);
+          // Whoever lost sight of the document hears what a new WatchDocument would tell them.
+          if (update.document?.deleted) throw new ConnectError(`document ${req.id} was deleted`, Code.NotFound);
+          if (update.document && !access.sees(caller, update.document)) throw notFound(req.id);
+          for (const row of update.statuses) {
+            if (Number(row.seq) <= lastSeq) continue;
             lastSeq = Number(row.seq);
             yield toStatusChange(row);
             if (TERMINAL_STATUSES.has(row.status)) return;
@@ -61,6 +64,7 @@ export function statusHandlers(
         }
       } finally {
         changes.close();
+        release();
       }
     },
 

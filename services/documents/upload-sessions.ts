@@ -19,21 +19,59 @@ export interface DetectedColumns {
 const expiresIn = (ttlMs: number) => sql<Date>`now() + make_interval(secs => ${ttlMs / 1000})`;
 const expired = sql<boolean>`expires_at <= now()`.as("expired");
 
+/** A user's uploads that still take parts: open and not expired, whether swept yet or not. */
+export interface OpenUploads {
+  count: number;
+  /** The sizes they announced, together. */
+  bytes: number;
+}
+
+async function openUploads(db: Kysely<DocumentsDB>, owner: string): Promise<OpenUploads> {
+  const row = await db
+    .selectFrom("upload_session")
+    .select([sql<string>`count(*)`.as("count"), sql<string>`coalesce(sum(size_bytes), 0)`.as("bytes")])
+    .where("owner", "=", owner)
+    .where("state", "=", "open")
+    .where(sql<boolean>`expires_at > now()`)
+    .executeTakeFirstOrThrow();
+  // count is bigint and sum numeric: strings from pg, numbers from PGlite.
+  return { count: Number(row.count), bytes: Number(row.bytes) };
+}
+
+function insertSession(db: Kysely<DocumentsDB>, s: NewUploadSession, ttlMs: number): Promise<UploadSessionRow> {
+  return db
+    .insertInto("upload_session")
+    .values({
+      ...s,
+      new_document: s.new_document && JSON.stringify(s.new_document),
+      expires_at: expiresIn(ttlMs),
+    })
+    .returningAll()
+    .returning(expired)
+    .executeTakeFirstOrThrow();
+}
+
 /** The queries of resumable uploads, on the documents schema. */
 export class UploadSessionStore {
   constructor(private readonly db: Kysely<DocumentsDB>) {}
 
-  async create(s: NewUploadSession, ttlMs: number): Promise<UploadSessionRow> {
-    return this.db
-      .insertInto("upload_session")
-      .values({
-        ...s,
-        new_document: s.new_document && JSON.stringify(s.new_document),
-        expires_at: expiresIn(ttlMs),
-      })
-      .returningAll()
-      .returning(expired)
-      .executeTakeFirstOrThrow();
+  /**
+   * Creates the session unless its owner already holds `limits.sessions` open uploads or the new
+   * one would take the bytes they announce past `limits.bytes`; then it says what is open. The
+   * owner's StartUploads take turns on an advisory lock held to the end of the transaction, on
+   * every replica alike, so two of them cannot both count the same last free slot.
+   */
+  async createWithinLimits(
+    s: NewUploadSession,
+    ttlMs: number,
+    limits: { sessions: number; bytes: number },
+  ): Promise<{ created: UploadSessionRow } | { refused: OpenUploads }> {
+    return this.db.transaction().execute(async (trx) => {
+      await sql`select pg_advisory_xact_lock(hashtext('medmesh.upload_session'), hashtext(${s.owner}))`.execute(trx);
+      const open = await openUploads(trx, s.owner);
+      if (open.count + 1 > limits.sessions || open.bytes + s.size_bytes > limits.bytes) return { refused: open };
+      return { created: await insertSession(trx, s, ttlMs) };
+    });
   }
 
   async find(id: string): Promise<UploadSessionRow | undefined> {
