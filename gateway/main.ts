@@ -15,7 +15,7 @@ import { infrastructureInterceptors, meshInterceptors } from "../platform/grpc/i
 import { reflectionServices } from "../platform/grpc/reflection.js";
 import { isEntryPoint, runMain, type Started } from "../platform/lifecycle/run-main.js";
 import { renderMetrics } from "../platform/telemetry/metrics.js";
-import { startTelemetry } from "../platform/telemetry/sdk.js";
+import { startComponentTelemetry } from "../platform/telemetry/sdk.js";
 import { applyCors } from "./cors.js";
 import { createDualProtocolServer } from "./dual-protocol-server.js";
 import { forwardingService } from "./forward.js";
@@ -58,11 +58,7 @@ export async function startGateway(
 ): Promise<Started & { port: number }> {
   const config = loadConfig(configSpec, source) as ReturnType<typeof loadConfig<typeof configSpec>> &
     Record<string, string>;
-  const telemetry = startTelemetry({
-    serviceName: "gateway",
-    logLevel: config.LOG_LEVEL,
-    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
-  });
+  const telemetry = startComponentTelemetry("gateway", config);
   const shutdown = new AbortController();
   // Every call in flight listens to this signal; hundreds at once is normal, not a leak.
   setMaxListeners(0, shutdown.signal);

@@ -21,6 +21,14 @@ export interface TelemetryOptions {
 
 let sdk: NodeSDK | undefined;
 
+/** Telemetry as every component's validated config describes it (LOG_LEVEL, OTEL_EXPORTER_OTLP_ENDPOINT). */
+export function startComponentTelemetry(
+  serviceName: string,
+  config: { LOG_LEVEL: Level; OTEL_EXPORTER_OTLP_ENDPOINT?: string },
+): { shutdown(): Promise<void> } {
+  return startTelemetry({ serviceName, logLevel: config.LOG_LEVEL, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
+}
+
 /**
  * Starts OpenTelemetry once per process. Spans come from the mesh's own RPC interceptors and
  * the traced database driver (see platform/db), which cover grpc-js behind our adapter,

@@ -8,7 +8,7 @@ import { openServiceDatabase } from "../../platform/db/database.js";
 import { meshInterceptors } from "../../platform/grpc/interceptors/index.js";
 import { register, startGrpcServer } from "../../platform/grpc/server.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
-import { startTelemetry } from "../../platform/telemetry/sdk.js";
+import { startComponentTelemetry } from "../../platform/telemetry/sdk.js";
 import { DocumentProcessingService, DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { migrations } from "./migrations/index.js";
 import { identityKeySet } from "../../platform/auth/key-set.js";
@@ -77,11 +77,7 @@ export async function startDocuments(
   hooks: DocumentsHooks = {},
 ): Promise<Started & { port: number; sweepUploads: UploadSweeper["sweep"]; watchFeed: () => FeedStats }> {
   const config = loadConfig(configSpec, source);
-  const telemetry = startTelemetry({
-    serviceName: "documents",
-    logLevel: config.LOG_LEVEL,
-    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
-  });
+  const telemetry = startComponentTelemetry("documents", config);
   const database = await openServiceDatabase<DocumentsDB>("documents", config, config.DOCUMENTS_DB_SCHEMA, migrations);
   const db = hooks.onQuery ? database.db.withPlugin(queryCounter(hooks.onQuery)) : database.db;
   // Tokens are verified here too, not only at the gateway: services are reachable inside the mesh.

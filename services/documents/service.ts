@@ -56,9 +56,7 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
         return { document: toDocument(row) };
       } catch (err) {
         // Two creates racing for one DOI: the unique index decides, the loser hears why.
-        if (isUniqueViolation(err))
-          throw new ConnectError(`a document with DOI ${fields.doi} already exists`, Code.AlreadyExists);
-        throw err;
+        throw doiTakenOr(err, fields.doi);
       }
     },
 
@@ -127,9 +125,7 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
         deps.feed.notify(doc.id);
         return { document: toDocument(row) };
       } catch (err) {
-        if (isUniqueViolation(err))
-          throw new ConnectError(`a document with DOI ${changes.doi} already exists`, Code.AlreadyExists);
-        throw err;
+        throw doiTakenOr(err, changes.doi);
       }
     },
 
@@ -195,4 +191,11 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
       return {};
     },
   };
+}
+
+/** DOIs are unique among live documents: two writes racing for one DOI meet at the unique index. */
+function doiTakenOr(err: unknown, doi: string | null | undefined): unknown {
+  return isUniqueViolation(err)
+    ? new ConnectError(`a document with DOI ${doi} already exists`, Code.AlreadyExists)
+    : err;
 }

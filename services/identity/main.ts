@@ -7,7 +7,7 @@ import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
 import type { KeySet } from "../../platform/auth/key-set.js";
 import { register, startGrpcServer } from "../../platform/grpc/server.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
-import { startTelemetry } from "../../platform/telemetry/sdk.js";
+import { startComponentTelemetry } from "../../platform/telemetry/sdk.js";
 import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
 import { ensureBootstrapKeys, parseBootstrapKeys } from "./bootstrap-keys.js";
 import { SigningKeyRing } from "./keys.js";
@@ -53,11 +53,7 @@ export async function startIdentity(
   hooks: IdentityHooks = {},
 ): Promise<Started & { port: number; keys: SigningKeyRing }> {
   const config = loadConfig(configSpec, source);
-  const telemetry = startTelemetry({
-    serviceName: "identity",
-    logLevel: config.LOG_LEVEL,
-    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
-  });
+  const telemetry = startComponentTelemetry("identity", config);
   const database = await openServiceDatabase<IdentityDB>("identity", config, config.IDENTITY_DB_SCHEMA, migrations);
   const now = hooks.now ?? (() => new Date());
   const store = new IdentityStore(database.db);

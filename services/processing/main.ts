@@ -17,7 +17,7 @@ import {
 import { createMeshClient } from "../../platform/grpc/client.js";
 import { startGrpcServer, type RunningGrpcServer } from "../../platform/grpc/server.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
-import { startTelemetry } from "../../platform/telemetry/sdk.js";
+import { startComponentTelemetry } from "../../platform/telemetry/sdk.js";
 import { DocumentProcessingService, DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
 import { startAnalysisPool } from "./analysis.js";
@@ -82,11 +82,7 @@ export async function startProcessing(
   hooks: ProcessingHooks = {},
 ): Promise<Started & { port: number }> {
   const config = loadConfig(configSpec, source);
-  const telemetry = startTelemetry({
-    serviceName: "processing",
-    logLevel: config.LOG_LEVEL,
-    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
-  });
+  const telemetry = startComponentTelemetry("processing", config);
   const database = await openServiceDatabase<ProcessingDB>(
     "processing",
     config,
