@@ -12,6 +12,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
+import { createContextValues, type UnaryRequest } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IdentityService, LoginRequestSchema } from "../gen/medmesh/identity/v1/identity_pb.js";
 import { startGateway } from "../gateway/main.js";
@@ -19,9 +20,12 @@ import {
   CLIENT_ADDRESS_HEADER,
   checkVouchedAddress,
   parseEdgeSecrets,
+  type EdgeSecrets,
   vouchForAddress,
 } from "../platform/auth/client-address.js";
 import { clientAddressOf, parseTrustedProxies } from "../gateway/client-address.js";
+import { clientAddressKey, vouchedAddressInterceptor } from "../platform/grpc/interceptors/client-address.js";
+import { configureLogging } from "../platform/telemetry/logger.js";
 import { testEnv } from "./support/backends.js";
 import { startTestIdentity, type TestIdentity } from "./support/identity.js";
 
@@ -71,6 +75,47 @@ describe("the gateway's statement of a client address", () => {
   it("needs secrets long enough to be secrets", () => {
     expect(() => parseEdgeSecrets("short")).toThrow(/at least 32/);
     expect(() => parseEdgeSecrets(`${SECRET},`)).toThrow(/at least 32/);
+  });
+});
+
+describe("a service's interceptor", () => {
+  /** Runs one call carrying `statement` through the interceptor; what the handler would see. */
+  async function through(statement: string | undefined, configured: { secrets?: EdgeSecrets } = { secrets }) {
+    const lines: Array<Record<string, unknown>> = [];
+    configureLogging({ level: "debug", write: (line) => lines.push(JSON.parse(line)) });
+    const header = new Headers(statement === undefined ? {} : { [CLIENT_ADDRESS_HEADER]: statement });
+    const req = {
+      header,
+      service: IdentityService,
+      method: IdentityService.method.login,
+      contextValues: createContextValues(),
+    } as unknown as UnaryRequest;
+    let seen: { address: string | undefined; header: string | null } | undefined;
+    try {
+      await vouchedAddressInterceptor(configured.secrets)(async (r) => {
+        seen = { address: r.contextValues.get(clientAddressKey), header: r.header.get(CLIENT_ADDRESS_HEADER) };
+        return undefined as never;
+      })(req);
+    } finally {
+      configureLogging({ level: "error", write: (line) => process.stdout.write(line + "\n") });
+    }
+    return { ...seen!, debug: lines.filter((l) => l.level === "debug" && l.component === "client-address") };
+  }
+
+  it("makes a genuine statement's address the client's, and hides the header from handlers", async () => {
+    const seen = await through(vouchForAddress(secrets, "198.51.100.7", LOGIN, Date.now()));
+    expect(seen).toMatchObject({ address: "198.51.100.7", header: null, debug: [] });
+  });
+
+  it("ignores anything else with a debug line naming why, and nothing for the caller", async () => {
+    const forged = vouchForAddress(parseEdgeSecrets(OTHER_SECRET), "198.51.100.7", LOGIN, Date.now());
+    const seen = await through(forged);
+    expect(seen).toMatchObject({ address: undefined, header: null });
+    expect(seen.debug).toEqual([expect.objectContaining({ rpc: LOGIN, reason: "bad_signature" })]);
+    const unconfigured = await through(vouchForAddress(secrets, "198.51.100.7", LOGIN, Date.now()), {});
+    expect(unconfigured.address).toBeUndefined();
+    expect(unconfigured.debug).toEqual([expect.objectContaining({ reason: "no_secret_configured" })]);
+    expect(await through(undefined)).toMatchObject({ address: undefined, debug: [] });
   });
 });
 
