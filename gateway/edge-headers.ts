@@ -1,4 +1,5 @@
 import { Code, ConnectError, decodeBinaryHeader } from "@connectrpc/connect";
+import { CLIENT_ADDRESS_HEADER } from "../platform/auth/client-address.js";
 import { isTransportHeader } from "../platform/grpc/metadata.js";
 
 /**
@@ -101,6 +102,19 @@ export function forwardableHeaders(request: Headers): Headers {
     out.set(key, value);
   });
   return out;
+}
+
+// Headers in which the gateway speaks to the services for the mesh (platform/auth/client-address.ts).
+// A caller from outside must never be heard in them, whatever it sends.
+const meshOnly = [CLIENT_ADDRESS_HEADER];
+
+/**
+ * Removes every mesh-only header a caller sent, before the call is handled; the gateway then
+ * adds its own statements (gateway/client-address.ts). Services check the signature as well,
+ * so a copy that slipped through would still not be believed; this keeps it from travelling.
+ */
+export function dropMeshOnlyHeaders(request: Headers): void {
+  for (const key of meshOnly) request.delete(key);
 }
 
 /** Upstream headers and trailers worth passing back: the service's own, not its transport's. */

@@ -2,11 +2,11 @@ import { setMaxListeners } from "node:events";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, createContextValues, type ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { identityKeySet } from "../platform/auth/key-set.js";
 import { bearerPrincipalResolver } from "../platform/auth/principal.js";
 import type { PrincipalResolver } from "../platform/grpc/interceptors/access.js";
-import { peerKey, rateLimitSpec, rateLimiting } from "../platform/grpc/interceptors/rate-limit.js";
+import { rateLimitSpec, rateLimiting } from "../platform/grpc/interceptors/rate-limit.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { commonSpec, ConfigError, env, loadConfig } from "../platform/config/env.js";
 import { components, hostField, portField } from "../platform/config/components.js";
@@ -16,6 +16,7 @@ import { reflectionServices } from "../platform/grpc/reflection.js";
 import { isEntryPoint, runMain, type Started } from "../platform/lifecycle/run-main.js";
 import { renderMetrics } from "../platform/telemetry/metrics.js";
 import { startComponentTelemetry } from "../platform/telemetry/sdk.js";
+import { addressValues, parseTrustedProxies, vouchForClient } from "./client-address.js";
 import { applyCors } from "./cors.js";
 import { createDualProtocolServer } from "./dual-protocol-server.js";
 import { forwardingService } from "./forward.js";
@@ -37,6 +38,11 @@ export const configSpec = {
   DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
   MAX_DEADLINE_MS: env.int("longest deadline a call may ask for", 60_000, 100, 600_000),
   ...rateLimitSpec,
+  GATEWAY_TRUSTED_PROXIES: env.parsed(
+    "proxies (addresses or CIDR prefixes) whose X-Forwarded-For names the client; empty trusts none",
+    "",
+    parseTrustedProxies,
+  ),
   ...Object.fromEntries(
     publicServices.map((s) => [targetVariable(s), env.string(`gRPC address of ${s.typeName}`, defaultTarget(s))]),
   ),
@@ -82,11 +88,14 @@ export async function startGateway(
   const rateLimit = rateLimiting(config);
   // Short enough that /.well-known/jwks.json (max-age 30) shows a rotated key promptly.
   const keys = identityKeySet(config.IDENTITY_TARGET!, { ttlMs: 30_000 });
-  const rpcInterceptors = meshInterceptors({
-    component: "gateway",
-    resolvePrincipal: opts.resolvePrincipal ?? bearerPrincipalResolver(keys),
-    rateLimit,
-  });
+  const rpcInterceptors = [
+    ...meshInterceptors({
+      component: "gateway",
+      resolvePrincipal: opts.resolvePrincipal ?? bearerPrincipalResolver(keys),
+      rateLimit,
+    }),
+    vouchForClient(config.MESH_EDGE_SECRET),
+  ];
   const infraInterceptors = infrastructureInterceptors("gateway");
   const rpc = createRpcHandler({
     readMaxBytes: config.GATEWAY_MAX_BODY_BYTES,
@@ -94,8 +103,8 @@ export async function startGateway(
     maxUnaryTimeoutMs: config.MAX_DEADLINE_MS,
     // A misspelt field or enum name from a script is an error to report, not data to drop.
     jsonOptions: { ignoreUnknownFields: false },
-    // Anonymous callers are rate-limited by the address that connected to us.
-    contextValues: (req) => createContextValues().set(peerKey, req.socket?.remoteAddress),
+    // Anonymous callers are rate-limited by their address, here and (vouched for) at the services.
+    contextValues: (req) => addressValues(req, config.GATEWAY_TRUSTED_PROXIES),
     shutdownSignal: shutdown.signal,
     routes(router) {
       for (const u of upstreams) router.service(u.service, u.forward.impl, { interceptors: rpcInterceptors });

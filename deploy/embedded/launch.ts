@@ -26,6 +26,9 @@ const configSpec = {
   PROCESSING_API_KEY: env.optionalString(
     "the processing worker's API key; unset means one generated on first start and kept in the data dir",
   ),
+  MESH_EDGE_SECRET: env.optionalString(
+    "the secret the gateway signs client addresses with; unset means one generated on first start and kept in the data dir",
+  ),
   IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.string(
     "the account registered with this address becomes the first admin",
     "admin@medmesh.local",
@@ -50,16 +53,18 @@ function listensOn(c: Component, port: number, host = process.env[c.hostVariable
 }
 
 /**
- * The processing worker's API key: the one configured, else the one made on first start and kept
- * beside the data (owner-only file), else a fresh one. Identity is told to make sure it exists, so
- * the worker can trade it for tokens from the start without anyone creating it by hand.
+ * A secret the launcher hands to its children: the one configured, else the one made on first
+ * start and kept beside the data (owner-only file, under secrets/), else a fresh one.
+ * - processing-api-key: the worker's API key. Identity is told to make sure it exists, so the
+ *   worker can trade it for tokens from the start without anyone creating it by hand.
+ * - mesh-edge-secret: what the gateway signs client addresses with and identity verifies them
+ *   with (platform/auth/client-address.ts).
  */
-function processingApiKey(configured: string | undefined, dataDir: string): string {
+function keptSecret(name: string, configured: string | undefined, dataDir: string, fresh: () => string): string {
   if (configured) return configured;
-  const fresh = () => `mmk_${randomBytes(32).toString("base64url")}`;
-  // In-memory data forgets identity's copy too; a key per run matches that.
+  // In-memory data forgets identity's copy of the key too; a secret per run matches that.
   if (dataDir === "memory://") return fresh();
-  const file = path.resolve(dataDir, "secrets", "processing-api-key");
+  const file = path.resolve(dataDir, "secrets", name);
   try {
     const kept = readFileSync(file, "utf8").trim();
     if (kept) return kept;
@@ -123,11 +128,19 @@ async function main() {
   }, 1_000).unref();
 
   let apiKey: string;
+  let edgeSecret: string;
   try {
-    apiKey = processingApiKey(config.PROCESSING_API_KEY, config.MEDMESH_DATA_DIR);
+    const random = () => randomBytes(32).toString("base64url");
+    apiKey = keptSecret(
+      "processing-api-key",
+      config.PROCESSING_API_KEY,
+      config.MEDMESH_DATA_DIR,
+      () => `mmk_${random()}`,
+    );
+    edgeSecret = keptSecret("mesh-edge-secret", config.MESH_EDGE_SECRET, config.MEDMESH_DATA_DIR, random);
   } catch (err) {
     process.stderr.write(
-      `medmesh: cannot keep the processing worker's API key under ${config.MEDMESH_DATA_DIR}: ${(err as Error).message}\n`,
+      `medmesh: cannot keep the mesh's secrets under ${config.MEDMESH_DATA_DIR}: ${(err as Error).message}\n`,
     );
     process.exit(2);
   }
@@ -167,6 +180,7 @@ async function main() {
         [identity.portVariable]: String(config.IDENTITY_PORT),
         IDENTITY_BOOTSTRAP_ADMIN_EMAIL: config.IDENTITY_BOOTSTRAP_ADMIN_EMAIL,
         IDENTITY_BOOTSTRAP_API_KEYS: bootstrapKeys,
+        MESH_EDGE_SECRET: edgeSecret,
       }),
     },
     {
@@ -202,6 +216,7 @@ async function main() {
         [identity.targetVariable]: identityTarget,
         [gateway.portVariable]: String(config.GATEWAY_PORT),
         [gateway.hostVariable]: config.GATEWAY_HOST,
+        MESH_EDGE_SECRET: edgeSecret,
       }),
     },
   );

@@ -5,7 +5,8 @@
 
 export interface Field<T> {
   describe: string;
-  parse(raw: string | undefined, name: string): T;
+  /** `source` is the whole environment, for the rare field whose rule depends on another. */
+  parse(raw: string | undefined, name: string, source: Record<string, string | undefined>): T;
 }
 
 export class ConfigError extends Error {
@@ -101,6 +102,27 @@ export const env = {
       },
     };
   },
+  /**
+   * A secret production cannot run without (NODE_ENV=production, which the image sets), optional
+   * elsewhere so tests and a process started by hand run without one; `parse` checks its form and
+   * throws a sentence that never quotes the value.
+   */
+  productionSecret<T>(describe: string, parse: (raw: string) => T): Field<T | undefined> {
+    return {
+      describe,
+      parse(raw, name, source) {
+        if (raw === undefined || raw === "") {
+          if (source.NODE_ENV === "production") throw new Problem(`${name} is required in production (${describe})`);
+          return undefined;
+        }
+        try {
+          return parse(raw);
+        } catch (err) {
+          throw new Problem(`${name}: ${(err as Error).message}`);
+        }
+      },
+    };
+  },
   list(describe: string, def: string[]): Field<string[]> {
     return {
       describe,
@@ -126,7 +148,7 @@ export function loadConfig<S extends Spec>(
   const problems: string[] = [];
   for (const [name, field] of Object.entries(spec)) {
     try {
-      out[name] = field.parse(source[name], name);
+      out[name] = field.parse(source[name], name, source);
     } catch (err) {
       if (err instanceof Problem) problems.push(err.message);
       else throw err;

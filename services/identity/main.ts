@@ -84,6 +84,8 @@ export async function startIdentity(
       resolvePrincipal: bearerPrincipalResolver(ringKeySet(keys), () => now().getTime()),
       // Sign-in is limited here as well as at the gateway: this port is reachable inside the mesh.
       rateLimit,
+      // Through the gateway, the client is the address the gateway signed for, not the gateway.
+      vouchedAddresses: { secrets: config.MESH_EDGE_SECRET },
     }),
     deadlines,
     maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,

@@ -462,7 +462,10 @@ async function checkManifests(objects: Obj[], opts: { secretsProvided: boolean }
           else if (secretRef.optional) continue;
           else if (opts.secretsProvided)
             problems.push(`${where}: ${e.name} refers to missing Secret key ${secretRef.name}/${secretRef.key}`);
-          else env[e.name] = e.name === "DATABASE_URL" ? "postgres://placeholder@db:5432/placeholder" : "placeholder";
+          // Long enough to pass for a secret (MESH_EDGE_SECRET wants 32 characters or more).
+          else
+            env[e.name] =
+              e.name === "DATABASE_URL" ? "postgres://placeholder@db:5432/placeholder" : "placeholder".padEnd(43, "-");
         }
       }
       const entry = (c.args ?? [])[0] as string | undefined;
@@ -739,6 +742,100 @@ describe("deployments keep data and boot as written", () => {
       expect(readers).toContain(`k8s base ${name}`);
     }
     expect(problems).toEqual([]);
+  });
+
+  // The gateway signs client addresses with MESH_EDGE_SECRET and identity verifies them with it:
+  // a process without it, or with another value, quietly limits every sign-in by the gateway's
+  // address again. So every process whose configSpec declares it must get it, from a Secret in
+  // Kubernetes, one value for all, and a value the process accepts in production.
+  const edgeSecretOf = (spec: Spec | undefined) => spec?.MESH_EDGE_SECRET;
+  const acceptsInProduction = (spec: Spec, value: string): string | undefined => {
+    try {
+      loadConfig({ MESH_EDGE_SECRET: edgeSecretOf(spec)! }, { MESH_EDGE_SECRET: value, NODE_ENV: "production" });
+      return undefined;
+    } catch (err) {
+      return (err as Error).message;
+    }
+  };
+  /** Who declares the secret in one k8s rendering, and what is wrong with how each gets it. */
+  async function k8sEdgeSecretProblems(objects: Obj[], where: string, secretsProvided: boolean) {
+    const readers: string[] = [];
+    const problems: string[] = [];
+    const values = new Set<string>();
+    for (const d of objects.filter((o) => o.kind === "Deployment")) {
+      for (const c of d.spec.template.spec.containers as Obj[]) {
+        const entry = (c.args ?? [])[0] as string | undefined;
+        const spec = entry?.endsWith(".ts") ? await specFor(entry) : undefined;
+        if (!edgeSecretOf(spec)) continue;
+        const who = `k8s ${where} ${d.metadata.name}`;
+        readers.push(who);
+        const e = ((c.env ?? []) as Obj[]).find((x) => x.name === "MESH_EDGE_SECRET");
+        const ref = e?.valueFrom?.secretKeyRef;
+        if (!e) problems.push(`${who}: MESH_EDGE_SECRET not given`);
+        else if (!ref) problems.push(`${who}: MESH_EDGE_SECRET not taken from a Secret`);
+        else if (ref.optional) problems.push(`${who}: MESH_EDGE_SECRET is optional, and required in production`);
+        else if (secretsProvided) {
+          const secret = objects.find((o) => o.kind === "Secret" && o.metadata.name === ref.name);
+          const encoded = secret?.data?.[ref.key] as string | undefined;
+          const value =
+            (secret?.stringData?.[ref.key] as string | undefined) ??
+            (encoded === undefined ? undefined : Buffer.from(encoded, "base64").toString("utf8"));
+          if (value === undefined) problems.push(`${who}: Secret ${ref.name}/${ref.key} missing`);
+          else {
+            values.add(value);
+            const refused = acceptsInProduction(spec!, value);
+            if (refused) problems.push(`${who}: ${refused}`);
+          }
+        }
+      }
+    }
+    if (values.size > 1) problems.push(`k8s ${where}: processes get different MESH_EDGE_SECRET values`);
+    return { readers, problems };
+  }
+
+  it("gives MESH_EDGE_SECRET, one value, to every process that declares it, from a Secret in k8s", async () => {
+    const readers: string[] = [];
+    const problems: string[] = [];
+    const composeValues = new Set<string>();
+    for (const [name, svc] of Object.entries(services)) {
+      if (!svc.build) continue;
+      const spec = await specFor((svc.command as string[])[0]!);
+      if (!edgeSecretOf(spec)) continue;
+      readers.push(`compose ${name}`);
+      const value = composeEnv(name).MESH_EDGE_SECRET;
+      if (!value) problems.push(`compose ${name}: MESH_EDGE_SECRET unset`);
+      else {
+        composeValues.add(value);
+        const refused = acceptsInProduction(spec!, value);
+        if (refused) problems.push(`compose ${name}: ${refused}`);
+      }
+    }
+    if (composeValues.size > 1) problems.push("compose: processes get different MESH_EDGE_SECRET values");
+    for (const [where, objects] of Object.entries(k8s)) {
+      const found = await k8sEdgeSecretProblems(objects, where, where === "dev");
+      readers.push(...found.readers);
+      problems.push(...found.problems);
+    }
+    for (const name of ["gateway", "identity"]) {
+      for (const where of ["compose", "k8s base", "k8s dev"]) expect(readers).toContain(`${where} ${name}`);
+    }
+    expect(problems).toEqual([]);
+
+    // The check itself fails when a process loses the secret or gets another one.
+    const broken = structuredClone(k8s.dev);
+    const identityEnv = deployment(broken, "identity").spec.template.spec.containers[0].env as Obj[];
+    identityEnv.splice(
+      identityEnv.findIndex((e) => e.name === "MESH_EDGE_SECRET"),
+      1,
+    );
+    const secret = broken.find((o) => o.kind === "Secret" && String(o.metadata.name).startsWith("mesh-edge-secret"))!;
+    if (secret.stringData) secret.stringData.MESH_EDGE_SECRET = "short";
+    else secret.data.MESH_EDGE_SECRET = Buffer.from("short").toString("base64");
+    const caught = (await k8sEdgeSecretProblems(broken, "dev", true)).problems;
+    expect(caught).toContain("k8s dev identity: MESH_EDGE_SECRET not given");
+    expect(
+      caught.some((p) => p.startsWith("k8s dev gateway:") && /MESH_EDGE_SECRET: each secret must be/.test(p)),
+    ).toBe(true);
   });
 
   it("npm ci accepts the lock file of a fresh clone (every optional platform package listed)", () => {

@@ -1,5 +1,7 @@
 import type { Interceptor } from "@connectrpc/connect";
+import type { EdgeSecrets } from "../../auth/client-address.js";
 import { accessInterceptor, type PrincipalResolver } from "./access.js";
+import { vouchedAddressInterceptor } from "./client-address.js";
 import { deadlineInterceptor } from "./deadline.js";
 import { errorsInterceptor } from "./errors.js";
 import { loggingInterceptor } from "./logging.js";
@@ -13,6 +15,12 @@ export interface MeshInterceptorOptions {
   resolvePrincipal?: PrincipalResolver;
   /** Where the edge enforces rate classes (the gateway); services behind it need not. */
   rateLimit?: { limiter: RateLimiter; rules: RateRules };
+  /**
+   * For services behind the gateway: believe the client address the gateway vouches for when it
+   * is signed with one of these secrets (MESH_EDGE_SECRET; undefined believes none). Never set at
+   * the gateway, where statements from outside are dropped instead.
+   */
+  vouchedAddresses?: { secrets: EdgeSecrets | undefined };
 }
 
 /**
@@ -27,6 +35,7 @@ export function meshInterceptors(opts: MeshInterceptorOptions): Interceptor[] {
     errorsInterceptor(),
     deadlineInterceptor(),
     accessInterceptor(opts.resolvePrincipal),
+    ...(opts.vouchedAddresses ? [vouchedAddressInterceptor(opts.vouchedAddresses.secrets)] : []),
     ...(opts.rateLimit ? [rateLimitInterceptor(opts.rateLimit.limiter, opts.rateLimit.rules)] : []),
     validationInterceptor(),
   ];

@@ -4,14 +4,16 @@ import { Code, ConnectError, createContextKey, type Interceptor } from "@connect
 import { RateClass } from "../../../gen/medmesh/access/v1/access_pb.js";
 import { createRateLimiter, type BucketRule, type RateLimiter } from "../../cache/rate-limiter.js";
 import { env } from "../../config/env.js";
+import { parseEdgeSecrets } from "../../auth/client-address.js";
 import { logger } from "../../telemetry/logger.js";
 import { resourceExhausted } from "../errors.js";
 import { policyKey, principalKey } from "./access.js";
+import { clientAddressKey } from "./client-address.js";
 import { enumNames } from "../enum-names.js";
 
 const rateClassNames = enumNames<RateClass>(RateClass, "RateClass");
 
-/** The caller's network address, set by the server that accepted the connection. */
+/** The connection's peer address, set by the server that accepted the connection. */
 export const peerKey = createContextKey<string | undefined>(undefined, { description: "peer address" });
 
 export type RateRules = Partial<Record<RateClass, BucketRule>>;
@@ -65,7 +67,8 @@ function accountOf(schema: DescMessage, message: MessageShape<DescMessage>): str
 
 /**
  * Draws one token per call from the bucket of the method's rate class, keyed by the signed-in
- * principal or, for anonymous callers, by their address; credential calls also draw from the
+ * principal or, for anonymous callers, by the client's address (the one a trusted proxy or the
+ * gateway vouched for, else the peer's); credential calls also draw from the
  * bucket of the account they name. Runs after the access interceptor,
  * which has put the policy (and the principal) into the context.
  * If the limiter itself fails (Redis down), credential checks fail closed and everything else
@@ -79,9 +82,9 @@ export function rateLimitInterceptor(limiter: RateLimiter, rules: RateRules): In
     const rule = rules[cls];
     if (!rule) return next(req);
     const principal = req.contextValues.get(principalKey);
-    const who = principal
-      ? `${principal.kind}:${principal.subject}`
-      : `ip:${req.contextValues.get(peerKey) ?? "unknown"}`;
+    // Behind the gateway the peer is the gateway; the client it vouched for is who is calling.
+    const address = req.contextValues.get(clientAddressKey) ?? req.contextValues.get(peerKey);
+    const who = principal ? `${principal.kind}:${principal.subject}` : `ip:${address ?? "unknown"}`;
     const name = rateClassNames.name(cls);
     const keys = [`${name}:${who}`];
     const account = cls === RateClass.AUTH && !req.stream ? accountOf(req.method.input, req.message) : undefined;
@@ -108,6 +111,12 @@ export function rateLimitInterceptor(limiter: RateLimiter, rules: RateRules): In
 
 /** The variables of every process that enforces rate classes (the gateway, identity). */
 export const rateLimitSpec = {
+  // Addresses are what anonymous callers are limited by, and behind the gateway only its signed
+  // statement says what a client's address is: the gateway signs with it, services verify.
+  MESH_EDGE_SECRET: env.productionSecret(
+    "shared secret the gateway signs client addresses with for the services (several, comma-separated, during a rotation)",
+    parseEdgeSecrets,
+  ),
   REDIS_URL: env.url("Redis for rate limits shared by every replica; unset keeps them in process", [
     "redis:",
     "rediss:",
