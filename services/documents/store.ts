@@ -196,15 +196,4 @@ export class DocumentStore {
       .limit(1)
       .executeTakeFirst();
   }
-
-  /** The status history after `afterSeq`, oldest first. */
-  async statusesAfter(documentId: string, afterSeq: number): Promise<StatusRow[]> {
-    return this.db
-      .selectFrom("document_status")
-      .selectAll()
-      .where("document_id", "=", documentId)
-      .where("seq", ">", afterSeq)
-      .orderBy("seq")
-      .execute();
-  }
 }
