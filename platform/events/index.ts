@@ -3,3 +3,4 @@ export * from "./kafka.js";
 export * from "./outbox.js";
 export * from "./consumer.js";
 export * from "./pruning.js";
+export * from "./failure-class.js";
