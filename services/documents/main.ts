@@ -15,6 +15,7 @@ import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
 import type { PrincipalResolver } from "../../platform/grpc/interceptors/access.js";
 import { DOCUMENT_EVENTS_TOPIC } from "./events.js";
 import { OutcomeStore } from "./outcome-store.js";
+import { processingReconciler, type Reconciler } from "./reconciler.js";
 import type { ResumableUploadOptions } from "./resumable-upload.js";
 import { documentService } from "./service.js";
 import { StatusFeed } from "./status-feed.js";
@@ -52,6 +53,24 @@ export const configSpec = {
     1000,
     30 * 24 * 3600_000,
   ),
+  DOCUMENTS_RECONCILE_INTERVAL_MS: env.int(
+    "how often documents looks for versions stuck without a processing outcome (0: never; needs KAFKA_BROKERS)",
+    60_000,
+    0,
+    24 * 3600_000,
+  ),
+  DOCUMENTS_STUCK_AFTER_MS: env.int(
+    "a version UPLOADED or PROCESSING with no outcome and no sign of life for this long is sent to processing again",
+    10 * 60_000,
+    100,
+    7 * 24 * 3600_000,
+  ),
+  DOCUMENTS_MAX_REDRIVES: env.int(
+    "re-drives a worker took up without an outcome before the version is marked FAILED (processing_error)",
+    3,
+    1,
+    100,
+  ),
   WATCH_POLL_MS: env.int("how often WatchDocument looks for changes made by other replicas", 1000, 50, 60_000),
   IDENTITY_TARGET: env.string(
     "where the identity service publishes the keys that verify access tokens",
@@ -69,7 +88,7 @@ export interface DocumentsHooks {
 export async function startDocuments(
   source: Record<string, string | undefined> = process.env,
   hooks: DocumentsHooks = {},
-): Promise<Started & { port: number; sweepUploads: UploadSweeper["sweep"] }> {
+): Promise<Started & { port: number; sweepUploads: UploadSweeper["sweep"]; reconcile: Reconciler["reconcile"] }> {
   const config = loadConfig(configSpec, source);
   const telemetry = startTelemetry({
     serviceName: "documents",
@@ -103,6 +122,14 @@ export async function startDocuments(
   const status = new StatusWriter(database.db, feed);
   const store = new DocumentStore(database.db, status);
   const outcomes = new OutcomeStore(database.db, status);
+  // Re-driving only means something when a relay publishes what it writes.
+  const reconciler = processingReconciler({
+    status,
+    stuckAfterMs: config.DOCUMENTS_STUCK_AFTER_MS,
+    maxRedrives: config.DOCUMENTS_MAX_REDRIVES,
+    onRedrive: () => relay?.wake(),
+  });
+  if (relay) reconciler.start(config.DOCUMENTS_RECONCILE_INTERVAL_MS);
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const server = await startGrpcServer({
     name: "documents",
@@ -133,9 +160,11 @@ export async function startDocuments(
     port: server.port,
     endpoints: { documents: `grpc://${server.address}` },
     sweepUploads: () => uploads.sweep(),
+    reconcile: () => reconciler.reconcile(),
     async stop() {
       await server.shutdown(config.SHUTDOWN_GRACE_MS);
       await uploads.stop();
+      await reconciler.stop();
       keys.close();
       await relay?.stop();
       await pruning.stop();
