@@ -577,6 +577,35 @@ describe("connection-level abuse", () => {
     expect(r.code).toBe(4);
   });
 
+  it.each([
+    ["Echo (unary), headers and nothing more", ECHO, undefined],
+    ["Echo (unary), half a frame", ECHO, Buffer.from([0, 0, 0, 0, 4, 0x0a])],
+    ["Count (server streaming), headers and nothing more", COUNT, undefined],
+  ])("%s with no grpc-timeout ends at the default deadline", async (_name, path, body) => {
+    inputsTried++;
+    // grpc-js starts these handlers only once the request has ended, so the default deadline of
+    // 5 s (meshtest-main.ts) is enforced by platform/grpc/adapter.ts requestArrivalBound.
+    const r = await grpc(addr(meshtest, "meshtest"), path, body, {}, { keepOpen: true });
+    expect(r.noAnswer).toBeUndefined();
+    expect([r.code, r.message]).toEqual([4, "the request did not arrive within the default deadline of 5000 ms"]);
+  });
+
+  it("documents: a GetDocument whose request never arrives ends at DEFAULT_DEADLINE_MS (10 s)", async () => {
+    inputsTried++;
+    const r = await grpc(
+      addr(documents, "documents"),
+      GET_DOCUMENT,
+      undefined,
+      { authorization: bearer },
+      {
+        keepOpen: true,
+        boundMs: 20_000,
+      },
+    );
+    expect(r.noAnswer).toBeUndefined();
+    expect([r.code, r.message]).toEqual([4, "the request did not arrive within the default deadline of 10000 ms"]);
+  });
+
   it("documents: an Upload that sends its header then stalls ends at its deadline", async () => {
     inputsTried++;
     const r = await grpc(

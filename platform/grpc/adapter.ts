@@ -19,15 +19,18 @@ import {
   invokeUnaryImplementation,
   transformInvokeImplementation,
 } from "@connectrpc/connect/protocol";
-import type {
-  Metadata,
-  sendUnaryData,
-  ServerDuplexStream,
-  ServerReadableStream,
-  ServerUnaryCall,
-  ServerWritableStream,
-  ServiceDefinition,
-  UntypedServiceImplementation,
+import {
+  ServerInterceptingCall,
+  status as GrpcStatus,
+  type ServerInterceptor,
+  type Metadata,
+  type sendUnaryData,
+  type ServerDuplexStream,
+  type ServerReadableStream,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type ServiceDefinition,
+  type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 /** The part of every grpc-js server call the adapter uses, whatever the streaming kind. */
 interface ServerSurfaceCall {
@@ -101,6 +104,66 @@ function decode<T extends DescMessage>(schema: T, bytes: Buffer): MessageShape<T
   }
 }
 
+/** The parts of grpc-js's own call object (private to grpc-js) that the adapter reads. */
+interface GrpcJsCall {
+  decoder?: { readState?: unknown };
+  stream?: { closed?: boolean; close?: (code: number) => void };
+}
+
+/**
+ * grpc-js's innermost call under a handler's call object: server interceptors (see
+ * `requestArrivalBound`) wrap it, each keeping the next one as `nextCall`.
+ */
+function grpcJsCall(call: object): GrpcJsCall | undefined {
+  let c = (call as { call?: unknown }).call;
+  for (let depth = 0; depth < 8 && c && typeof c === "object"; depth++) {
+    if ("stream" in c) return c as GrpcJsCall;
+    c = (c as { nextCall?: unknown }).nextCall;
+  }
+  return undefined;
+}
+
+/**
+ * Ends a call whose single request message has not arrived within `ms`, when the client set no
+ * deadline. grpc-js calls a unary or server-streaming handler only once the request stream has
+ * ended, so the default unary deadline the adapter applies never starts for a client that sends
+ * its headers and then nothing (or half a message): without this, grpc-js holds that call for as
+ * long as the connection lives. A client with a deadline of its own is held to it by grpc-js.
+ */
+export function requestArrivalBound(ms: number): ServerInterceptor {
+  return (method, call) => {
+    const deadline = call.getDeadline();
+    if (method.requestStream || deadline instanceof Date || Number.isFinite(deadline))
+      return new ServerInterceptingCall(call);
+    let timer: NodeJS.Timeout | undefined;
+    const stop = () => clearTimeout(timer);
+    return new ServerInterceptingCall(call, {
+      start(next) {
+        timer = setTimeout(
+          () =>
+            call.sendStatus({
+              code: GrpcStatus.DEADLINE_EXCEEDED,
+              details: `the request did not arrive within the default deadline of ${ms} ms`,
+            }),
+          ms,
+        );
+        timer.unref();
+        next({
+          onReceiveHalfClose(next) {
+            stop();
+            next();
+          },
+          onCancel: stop,
+        });
+      },
+      sendStatus(status, next) {
+        stop();
+        next(status);
+      },
+    });
+  };
+}
+
 /**
  * Refuses a request stream that ended partway through a frame. grpc-js cuts frames out of the
  * byte stream itself and, when the stream ends, drops an unfinished one without a word: a unary
@@ -111,7 +174,7 @@ function decode<T extends DescMessage>(schema: T, bytes: Buffer): MessageShape<T
  * that change, this stops refusing and test/service-hostile.test.ts says so.
  */
 function assertWholeFrames(call: object): void {
-  const decoder = (call as { call?: { decoder?: { readState?: unknown } } }).call?.decoder;
+  const decoder = grpcJsCall(call)?.decoder;
   if (typeof decoder?.readState === "number" && decoder.readState !== 0)
     throw new ConnectError("the request ended in the middle of a message", Code.InvalidArgument);
 }
@@ -171,7 +234,7 @@ function resetIfStuck(call: ServerSurfaceCall, reason: unknown): void {
   if (reason === callFinished || call.cancelled) return;
   const timer = setTimeout(() => {
     if (call.cancelled) return;
-    const stream = (call as { call?: { stream?: { closed?: boolean; close?: (code: number) => void } } }).call?.stream;
+    const stream = grpcJsCall(call)?.stream;
     if (stream && !stream.closed && typeof stream.close === "function") stream.close(h2.NGHTTP2_CANCEL);
   }, STATUS_GRACE_MS);
   timer.unref();

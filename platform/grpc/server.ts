@@ -4,7 +4,7 @@ import { Code, ConnectError, type Interceptor, type ServiceImpl } from "@connect
 import { isConnectionLost } from "../db/errors.js";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { logger } from "../telemetry/logger.js";
-import { toGrpcService } from "./adapter.js";
+import { requestArrivalBound, toGrpcService } from "./adapter.js";
 import { HealthState, healthService, ServingStatus } from "./health.js";
 import { infrastructureInterceptors } from "./interceptors/index.js";
 import { finishWith } from "./interceptors/stream-end.js";
@@ -59,6 +59,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
     "grpc.keepalive_time_ms": 30_000,
     "grpc.keepalive_timeout_ms": 10_000,
     "grpc.keepalive_permit_without_calls": 1,
+    interceptors: opts.deadlines ? [requestArrivalBound(opts.deadlines.defaultUnaryMs)] : [],
   });
   const health = new HealthState(opts.services.map((s) => s.service.typeName));
   const adapterFor = (interceptors: Interceptor[]) => ({
