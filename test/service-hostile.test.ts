@@ -40,6 +40,8 @@ const GET_DOCUMENT = "/medmesh.documents.v1.DocumentService/GetDocument";
 /** meshtest-main.ts sets the conformance service's limit to 1 MiB; documents keeps the default 8 MiB. */
 const MESHTEST_MAX_MESSAGE = 1024 * 1024;
 const DOCUMENTS_MAX_MESSAGE = 8 * 1024 * 1024;
+/** The conformance service closes connections idle this long (documents keeps the 5 min default). */
+const MESHTEST_IDLE_MS = 3_000;
 
 let meshtest: ChildService;
 let documents: ChildService;
@@ -51,7 +53,9 @@ let inputsTried = 0;
 beforeAll(async () => {
   identity = await startTestIdentity();
   [meshtest, documents] = await Promise.all([
-    spawnService("test/support/meshtest-main.ts", {}, ["meshtest"]),
+    spawnService("test/support/meshtest-main.ts", { MESHTEST_MAX_CONNECTION_IDLE_MS: String(MESHTEST_IDLE_MS) }, [
+      "meshtest",
+    ]),
     spawnService(
       "services/documents/main.ts",
       { DOCUMENTS_PORT: "0", IDENTITY_TARGET: identity.target, MEDMESH_DATA_DIR: "memory://", LOG_LEVEL: "warn" },
@@ -515,21 +519,37 @@ describe("connection-level abuse", () => {
     }
   });
 
-  it("slowloris: a preface then silence, or nothing at all, is closed by keepalive (ping 30 s, 10 s to answer)", async () => {
+  it("slowloris: a preface then silence, or a live peer that never opens a stream, is closed when idle", async () => {
     inputsTried += 2;
-    // grpc-js has no handshake timeout (it turns node's socket timeout off), but its keepalive ping
-    // (platform/grpc/server.ts: 30 s, 10 s to answer) drops a peer that never answers one. A peer
-    // whose HTTP/2 stack answers pings and opens no stream is held for as long as it stays:
-    // grpc.max_connection_idle_ms is not set, so nothing ends an idle but live connection.
+    // grpc-js has no handshake or header timeout (it turns node's socket timeout off); the
+    // connection idle bound (grpc.max_connection_idle_ms, platform/grpc/server.ts) ends both.
     const target = addr(meshtest, "meshtest");
-    const [preface, nothing] = await Promise.all([
-      rawSocket(target, Buffer.concat([PREFACE, SETTINGS()]), 60_000),
-      rawSocket(target, undefined, 60_000),
-    ]);
-    for (const r of [preface, nothing]) {
-      expect(r.closed).toBe(true);
-      expect(r.ms).toBeGreaterThanOrEqual(39_000);
-    }
+    const raw = await rawSocket(target, Buffer.concat([PREFACE, SETTINGS()]), ANSWER_BOUND_MS);
+    expect(raw.closed).toBe(true);
+    expect(raw.ms).toBeGreaterThanOrEqual(MESHTEST_IDLE_MS - 100);
+
+    // node:http2 answers the server's keepalive pings, so keepalive alone would never end this.
+    const session = http2.connect(`http://${target}`);
+    session.on("error", () => undefined);
+    const start = Date.now();
+    const ended = await new Promise<string>((resolve) => {
+      const bound = setTimeout(() => resolve("still open"), ANSWER_BOUND_MS);
+      session.on("goaway", (code) => {
+        clearTimeout(bound);
+        resolve(`GOAWAY ${code}`);
+      });
+    });
+    session.destroy();
+    expect(ended).toBe("GOAWAY 0");
+    expect(Date.now() - start).toBeGreaterThanOrEqual(MESHTEST_IDLE_MS - 100);
+  });
+
+  it("a socket that sends nothing is closed by keepalive (ping after 30 s, 10 s to answer) before the idle bound", async () => {
+    inputsTried++;
+    // documents keeps the 5 minute idle bound; a peer that never answers a ping goes first.
+    const r = await rawSocket(addr(documents, "documents"), undefined, 60_000);
+    expect(r.closed).toBe(true);
+    expect(r.ms).toBeGreaterThanOrEqual(39_000);
   }, 90_000);
 
   it("500 concurrent calls on one connection are all answered", async () => {
