@@ -1,4 +1,5 @@
 import { once } from "node:events";
+import { constants as h2 } from "node:http2";
 import type { Readable } from "node:stream";
 import type { DescMessage, DescMethod, DescService, MessageShape } from "@bufbuild/protobuf";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
@@ -18,15 +19,18 @@ import {
   invokeUnaryImplementation,
   transformInvokeImplementation,
 } from "@connectrpc/connect/protocol";
-import type {
-  Metadata,
-  sendUnaryData,
-  ServerDuplexStream,
-  ServerReadableStream,
-  ServerUnaryCall,
-  ServerWritableStream,
-  ServiceDefinition,
-  UntypedServiceImplementation,
+import {
+  ServerInterceptingCall,
+  status as GrpcStatus,
+  type ServerInterceptor,
+  type Metadata,
+  type sendUnaryData,
+  type ServerDuplexStream,
+  type ServerReadableStream,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type ServiceDefinition,
+  type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 /** The part of every grpc-js server call the adapter uses, whatever the streaming kind. */
 interface ServerSurfaceCall {
@@ -100,6 +104,81 @@ function decode<T extends DescMessage>(schema: T, bytes: Buffer): MessageShape<T
   }
 }
 
+/** The parts of grpc-js's own call object (private to grpc-js) that the adapter reads. */
+interface GrpcJsCall {
+  decoder?: { readState?: unknown };
+  stream?: { closed?: boolean; close?: (code: number) => void };
+}
+
+/**
+ * grpc-js's innermost call under a handler's call object: server interceptors (see
+ * `requestArrivalBound`) wrap it, each keeping the next one as `nextCall`.
+ */
+function grpcJsCall(call: object): GrpcJsCall | undefined {
+  let c = (call as { call?: unknown }).call;
+  for (let depth = 0; depth < 8 && c && typeof c === "object"; depth++) {
+    if ("stream" in c) return c as GrpcJsCall;
+    c = (c as { nextCall?: unknown }).nextCall;
+  }
+  return undefined;
+}
+
+/**
+ * Ends a call whose single request message has not arrived within `ms`, when the client set no
+ * deadline. grpc-js calls a unary or server-streaming handler only once the request stream has
+ * ended, so the default unary deadline the adapter applies never starts for a client that sends
+ * its headers and then nothing (or half a message): without this, grpc-js holds that call for as
+ * long as the connection lives. A client with a deadline of its own is held to it by grpc-js.
+ */
+export function requestArrivalBound(ms: number): ServerInterceptor {
+  return (method, call) => {
+    const deadline = call.getDeadline();
+    if (method.requestStream || deadline instanceof Date || Number.isFinite(deadline))
+      return new ServerInterceptingCall(call);
+    let timer: NodeJS.Timeout | undefined;
+    const stop = () => clearTimeout(timer);
+    return new ServerInterceptingCall(call, {
+      start(next) {
+        timer = setTimeout(
+          () =>
+            call.sendStatus({
+              code: GrpcStatus.DEADLINE_EXCEEDED,
+              details: `the request did not arrive within the default deadline of ${ms} ms`,
+            }),
+          ms,
+        );
+        timer.unref();
+        next({
+          onReceiveHalfClose(next) {
+            stop();
+            next();
+          },
+          onCancel: stop,
+        });
+      },
+      sendStatus(status, next) {
+        stop();
+        next(status);
+      },
+    });
+  };
+}
+
+/**
+ * Refuses a request stream that ended partway through a frame. grpc-js cuts frames out of the
+ * byte stream itself and, when the stream ends, drops an unfinished one without a word: a unary
+ * call with a stray tail would be answered as if nothing were wrong, and a client stream cut off
+ * mid-message (an upload) would end as if complete, short of its last message.
+ *
+ * grpc-js keeps its frame decoder private (`call.decoder`, `readState` 0 between frames). Should
+ * that change, this stops refusing and test/service-hostile.test.ts says so.
+ */
+function assertWholeFrames(call: object): void {
+  const decoder = grpcJsCall(call)?.decoder;
+  if (typeof decoder?.readState === "number" && decoder.readState !== 0)
+    throw new ConnectError("the request ended in the middle of a message", Code.InvalidArgument);
+}
+
 function encode(schema: DescMessage, message: unknown): Buffer {
   const bytes = toBinary(schema, message as MessageShape<DescMessage>);
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -120,7 +199,7 @@ function contextFor(
   if (opts.deadlines && method.methodKind === "unary") {
     timeoutMs = Math.min(timeoutMs ?? opts.deadlines.defaultUnaryMs, opts.deadlines.maxUnaryMs);
   }
-  return createHandlerContext({
+  const ctx = createHandlerContext({
     service: method.parent,
     method,
     protocolName: "grpc",
@@ -132,6 +211,33 @@ function contextFor(
     requestHeader: metadataToHeaders(call.metadata),
     contextValues: createContextValues().set(peerKey, peerAddress(call.getPeer())),
   });
+  ctx.signal.addEventListener("abort", () => resetIfStuck(call, ctx.signal.reason), { once: true });
+  return ctx;
+}
+
+/** How long a call that was cut short may take to get its status to the client. */
+const STATUS_GRACE_MS = 1_000;
+
+/**
+ * Resets the HTTP/2 stream of a call whose deadline passed (or that shutdown cut short) if its
+ * status has not reached the client soon after. grpc-js sends the status as trailers, and
+ * trailers wait behind any response bytes still queued; a client that stops reading (zero
+ * flow-control window) therefore never gets them, and the stream, its buffered messages and the
+ * client's wait outlive the deadline for as long as the connection does. RST_STREAM is not
+ * flow-controlled: the client learns the call is over and the server lets go of it.
+ *
+ * grpc-js has no public way to reset a server stream; its call object keeps the http2 stream as
+ * `call.stream`. If that ever moves, this does nothing and test/service-hostile.test.ts (a
+ * reader with a zero window) fails.
+ */
+function resetIfStuck(call: ServerSurfaceCall, reason: unknown): void {
+  if (reason === callFinished || call.cancelled) return;
+  const timer = setTimeout(() => {
+    if (call.cancelled) return;
+    const stream = grpcJsCall(call)?.stream;
+    if (stream && !stream.closed && typeof stream.close === "function") stream.close(h2.NGHTTP2_CANCEL);
+  }, STATUS_GRACE_MS);
+  timer.unref();
 }
 
 /**
@@ -200,6 +306,7 @@ async function* decodeStream<T extends DescMessage>(
   // a handler must not mistake a cancelled upload for a complete one.
   await new Promise((r) => setImmediate(r));
   if (call.cancelled) throw new ConnectError("the client cancelled the call", Code.Canceled);
+  assertWholeFrames(call);
 }
 
 async function writeAll(
@@ -263,14 +370,15 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
     case "unary":
       return (call: ServerUnaryCall<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
         const ctx = contextFor(call, method, opts);
-        answerOnce(call, ctx, method, callback, () =>
-          invokeUnaryImplementation(
+        answerOnce(call, ctx, method, callback, () => {
+          assertWholeFrames(call);
+          return invokeUnaryImplementation(
             spec as MethodImplSpec & { kind: "unary" },
             ctx,
             decode(method.input, call.request),
             interceptors,
-          ),
-        );
+          );
+        });
       };
     case "server_streaming":
       return (call: ServerWritableStream<Buffer, Buffer>) => {
@@ -279,6 +387,7 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
           runInCall(ctx, async () => {
             let output: AsyncIterable<unknown>;
             try {
+              assertWholeFrames(call);
               const request = decode(method.input, call.request);
               output = transformInvokeImplementation(spec, ctx, interceptors)(createAsyncIterable([request]));
             } catch (err) {

@@ -4,7 +4,7 @@ import { Code, ConnectError, type Interceptor, type ServiceImpl } from "@connect
 import { isConnectionLost } from "../db/errors.js";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { logger } from "../telemetry/logger.js";
-import { toGrpcService } from "./adapter.js";
+import { requestArrivalBound, toGrpcService } from "./adapter.js";
 import { HealthState, healthService, ServingStatus } from "./health.js";
 import { infrastructureInterceptors } from "./interceptors/index.js";
 import { finishWith } from "./interceptors/stream-end.js";
@@ -33,6 +33,8 @@ export interface GrpcServerOptions {
   /** Checked periodically; false flips health to NOT_SERVING until it passes again. */
   readinessProbe?: () => Promise<boolean>;
   probeIntervalMs?: number;
+  /** A connection with no call in flight for this long is closed with GOAWAY; 5 minutes unless set. */
+  maxConnectionIdleMs?: number;
 }
 
 export interface RunningGrpcServer {
@@ -59,6 +61,12 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
     "grpc.keepalive_time_ms": 30_000,
     "grpc.keepalive_timeout_ms": 10_000,
     "grpc.keepalive_permit_without_calls": 1,
+    // Keepalive drops a peer that stops answering pings (40 s), but a peer whose HTTP/2 stack
+    // answers them and never opens a stream would hold its socket for good; grpc-js has no
+    // handshake or header timeout of its own. Clients that were merely quiet reconnect on their
+    // next call, as after any GOAWAY.
+    "grpc.max_connection_idle_ms": opts.maxConnectionIdleMs ?? 5 * 60_000,
+    interceptors: opts.deadlines ? [requestArrivalBound(opts.deadlines.defaultUnaryMs)] : [],
   });
   const health = new HealthState(opts.services.map((s) => s.service.typeName));
   const adapterFor = (interceptors: Interceptor[]) => ({

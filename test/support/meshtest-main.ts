@@ -20,6 +20,10 @@ async function start() {
     interceptors: meshInterceptors({ component: "meshtest" }),
     deadlines: { defaultUnaryMs: 5_000, maxUnaryMs: 10_000 },
     maxMessageBytes: 1024 * 1024,
+    // Tests of idle connections shorten the bound rather than wait five minutes.
+    maxConnectionIdleMs: process.env.MESHTEST_MAX_CONNECTION_IDLE_MS
+      ? Number(process.env.MESHTEST_MAX_CONNECTION_IDLE_MS)
+      : undefined,
   });
   const gateway = await startGateway(
     { ...testEnv, LOG_LEVEL: process.env.LOG_LEVEL ?? "error", MESHTEST_TARGET: `127.0.0.1:${server.port}` },
