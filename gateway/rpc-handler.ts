@@ -129,7 +129,13 @@ function endsOnlyWhenSent(uReq: UniversalServerRequest, req: Req, method: DescMe
   if (!(Symbol.asyncIterator in Object(body))) return;
   const streamed = method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming";
   uReq.body = (async function* () {
-    yield* body as AsyncIterable<Uint8Array>;
+    try {
+      yield* body as AsyncIterable<Uint8Array>;
+    } catch (err) {
+      // node's "aborted" or "Premature close": the client's doing, not a fault of the gateway.
+      if (gaveUp(req)) throw new ConnectError("the client cancelled the call", Code.Canceled);
+      throw err;
+    }
     if (streamed && "stream" in req) {
       await new Promise((r) => setImmediate(r));
       await new Promise((r) => setImmediate(r));
