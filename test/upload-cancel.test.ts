@@ -22,10 +22,11 @@ import { startDocuments } from "../services/documents/main.js";
 import { backends, testEnv } from "./support/backends.js";
 import { startTestIdentity, type TestIdentity } from "./support/identity.js";
 
-// Issue 10, item 6: a client that cancels an upload after its header and one chunk must leave
-// nothing behind, whichever protocol it reached the gateway with. Each protocol gets its own
-// user so its count is its own; the uploads are cancelled at slightly different moments so that
-// some land before and some after the gateway has forwarded the chunk.
+// Issue 10, item 6: a client that gives up on an upload after its header and one chunk must
+// leave nothing behind, whichever protocol it reached the gateway with and however it gave up.
+// Uploads are abandoned at slightly different moments, so that some land before and some after
+// the gateway has forwarded the chunk. The database does not matter here (the race is between
+// the gateway and documents), so only the embedded one is used.
 
 const UPLOADS = 60;
 const UPLOAD = "/medmesh.documents.v1.DocumentService/Upload";
