@@ -20,7 +20,10 @@ class ReplayingSocket extends Duplex {
       if (!this.push(d)) socket.pause();
     });
     socket.on("end", () => this.push(null));
-    socket.on("error", (e) => this.destroy(e));
+    // A connection reset by the client is the client leaving. Passed on as an error, node:http2
+    // would close every stream of the session with INTERNAL_ERROR, and each call the client had in
+    // flight would be logged and counted as an internal failure of the gateway.
+    socket.on("error", () => this.destroy());
     socket.on("close", () => this.destroy());
   }
   get remoteAddress() {
@@ -68,36 +71,121 @@ class ReplayingSocket extends Duplex {
 
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
+/** What one client may hold of the gateway, per connection. */
+export interface ConnectionLimits {
+  /** Largest request header block: HTTP/1.1 answers 431 beyond it, HTTP/2 resets the stream. */
+  maxHeaderBytes: number;
+  /**
+   * How long a new connection has to say which protocol it speaks (the first bytes, or the whole
+   * HTTP/2 preface), and an HTTP/1.1 request to deliver its headers.
+   */
+  headersTimeoutMs: number;
+  /**
+   * How long a request may take to arrive. HTTP/1.1: headers and body together (node's
+   * requestTimeout). HTTP/2: a request body that stops flowing for this long is cut. Neither
+   * bounds a response: a WatchDocument stream lives as long as it is wanted.
+   */
+  requestTimeoutMs: number;
+  /** A connection with no request in flight and no traffic is closed after this long. */
+  idleTimeoutMs: number;
+  /** SETTINGS_MAX_CONCURRENT_STREAMS: streams beyond it are refused (REFUSED_STREAM). */
+  maxStreamsPerConnection: number;
+}
+
+export const defaultLimits: ConnectionLimits = {
+  maxHeaderBytes: 16 * 1024,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 120_000,
+  idleTimeoutMs: 65_000,
+  maxStreamsPerConnection: 100,
+};
+
 /**
  * One port for both HTTP/1.1 (browsers: Connect, gRPC-web) and cleartext HTTP/2 with prior
  * knowledge (gRPC from devices, grpcurl, buf curl). The first bytes of a connection decide:
  * only HTTP/2 starts with its connection preface.
+ *
+ * Every stage is bounded, so a slow or hostile client holds a connection only so long: the
+ * sniffing of the first bytes, HTTP/1.1 headers and bodies, HTTP/2 request bodies, idle
+ * connections of either kind, and streams per HTTP/2 connection.
  */
-export function createDualProtocolServer(handler: Handler, opts: { maxHeaderBytes?: number } = {}) {
+export function createDualProtocolServer(handler: Handler, limits: Partial<ConnectionLimits> = {}) {
+  const lim = { ...defaultLimits, ...limits };
   // Requests in flight per HTTP/1.1 socket: on shutdown, a keep-alive socket with none is
   // closed at once instead of holding the process for the whole grace period.
   const inflight = new Map<net.Socket, number>();
-  const h1 = http.createServer({ maxHeaderSize: opts.maxHeaderBytes ?? 16 * 1024 }, (req, res) => {
-    const socket = req.socket;
-    inflight.set(socket, (inflight.get(socket) ?? 0) + 1);
-    res.once("close", () => inflight.set(socket, (inflight.get(socket) ?? 1) - 1));
-    (handler as http.RequestListener)(req, res);
-  });
-  const h2 = http2.createServer(
-    { maxSessionMemory: 64 },
-    handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
+  const h1 = http.createServer(
+    {
+      maxHeaderSize: lim.maxHeaderBytes,
+      // node refuses a headers timeout longer than the request timeout.
+      headersTimeout: Math.min(lim.headersTimeoutMs, lim.requestTimeoutMs),
+      requestTimeout: lim.requestTimeoutMs,
+      // node looks for overdue requests on this period (30 s by default); a timeout can only be
+      // kept to within it.
+      connectionsCheckingInterval: Math.max(
+        25,
+        Math.min(1_000, Math.floor(Math.min(lim.headersTimeoutMs, lim.requestTimeoutMs) / 4)),
+      ),
+    },
+    (req, res) => {
+      const socket = req.socket;
+      inflight.set(socket, (inflight.get(socket) ?? 0) + 1);
+      res.once("close", () => inflight.set(socket, (inflight.get(socket) ?? 1) - 1));
+      (handler as http.RequestListener)(req, res);
+    },
   );
-  h1.keepAliveTimeout = 65_000;
+  h1.keepAliveTimeout = lim.idleTimeoutMs;
+  // node starts checking header and request timeouts when a server starts listening, and this
+  // one never listens: connections are handed to it. Without this, neither timeout ever fired.
+  h1.emit("listening");
+  const h2 = http2.createServer(
+    {
+      maxSessionMemory: 64,
+      settings: {
+        maxConcurrentStreams: lim.maxStreamsPerConnection,
+        maxHeaderListSize: lim.maxHeaderBytes,
+      },
+      maxHeaderListPairs: 128,
+      // A client that keeps opening streams it is refused, or sends frames that make no sense,
+      // is not a client; past these the session is destroyed. (Rapid reset, RST_STREAM right
+      // after HEADERS over and over, is rate-limited by node's nghttp2 itself.)
+      maxSessionRejectedStreams: 100,
+      maxSessionInvalidFrames: 100,
+    },
+    (req, res) => {
+      bodyMustFlow(req, lim.requestTimeoutMs);
+      (handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void)(req, res);
+    },
+  );
   const sockets = new Set<net.Socket>();
   const sessions = new Set<http2.ServerHttp2Session>();
+  const streams = new Map<http2.ServerHttp2Session, number>();
   h2.on("session", (s) => {
     sessions.add(s);
-    s.on("close", () => sessions.delete(s));
+    streams.set(s, 0);
+    s.on("stream", (stream) => {
+      streams.set(s, (streams.get(s) ?? 0) + 1);
+      stream.once("close", () => streams.set(s, (streams.get(s) ?? 1) - 1));
+    });
+    s.on("close", () => {
+      sessions.delete(s);
+      streams.delete(s);
+    });
   });
+  // node:http2 calls this after idleTimeoutMs without a frame either way; a session that is only
+  // waiting on a quiet stream (a watch between events) is not idle.
+  h2.setTimeout(lim.idleTimeoutMs);
+  h2.on("timeout", ((session: http2.ServerHttp2Session) => {
+    if ((streams.get(session) ?? 0) === 0) session.close();
+  }) as () => void);
 
   const tcp = net.createServer((socket) => {
     sockets.add(socket);
+    // Until the protocol is known, nobody else bounds this connection: one that sends nothing,
+    // or dribbles the preface a byte at a time, is dropped.
+    const sniffing = setTimeout(() => socket.destroy(), lim.headersTimeoutMs);
     socket.on("close", () => {
+      clearTimeout(sniffing);
       sockets.delete(socket);
       inflight.delete(socket);
     });
@@ -109,6 +197,7 @@ export function createDualProtocolServer(handler: Handler, opts: { maxHeaderByte
       const looksH2 = seen.subarray(0, n).equals(PREFACE.subarray(0, n));
       if (looksH2 && seen.length < PREFACE.length) return; // wait for the rest of the preface
       socket.off("data", decide);
+      clearTimeout(sniffing);
       if (looksH2) {
         // node:http2 reads straight from the socket's handle, so bytes already read cannot be
         // unshifted back; it gets a stream that replays them first. HTTP/1.1 accepts unshift.
@@ -149,4 +238,17 @@ export function createDualProtocolServer(handler: Handler, opts: { maxHeaderByte
       h2.close();
     },
   };
+}
+
+/**
+ * An HTTP/2 request body that stops flowing for `ms` is cut (RST_STREAM CANCEL, which reaches the
+ * upstream as a cancellation). The stream's own timer counts traffic either way and is stopped
+ * once the body is complete, so it bounds only the wait for the request, never a response.
+ */
+function bodyMustFlow(req: http2.Http2ServerRequest, ms: number) {
+  if (req.stream.readableEnded || req.stream.closed) return;
+  req.stream.setTimeout(ms, () => {
+    if (!req.stream.closed) req.stream.close(http2.constants.NGHTTP2_CANCEL);
+  });
+  req.stream.once("end", () => req.stream.setTimeout(0));
 }

@@ -18,7 +18,7 @@ import { renderMetrics } from "../platform/telemetry/metrics.js";
 import { startComponentTelemetry } from "../platform/telemetry/sdk.js";
 import { addressValues, parseTrustedProxies, vouchForClient } from "./client-address.js";
 import { applyCors } from "./cors.js";
-import { createDualProtocolServer } from "./dual-protocol-server.js";
+import { createDualProtocolServer, defaultLimits } from "./dual-protocol-server.js";
 import { forwardingService } from "./forward.js";
 import { gatewayHealthService } from "./health.js";
 import { createRpcHandler } from "./rpc-handler.js";
@@ -35,6 +35,31 @@ export const configSpec = {
     `http://localhost:${components.gateway.port}`,
     `http://127.0.0.1:${components.gateway.port}`,
   ]),
+  GATEWAY_MAX_STREAMS_PER_CONNECTION: env.int(
+    "concurrent HTTP/2 streams per connection; more are refused with REFUSED_STREAM",
+    defaultLimits.maxStreamsPerConnection,
+    1,
+    10_000,
+  ),
+  GATEWAY_HEADERS_TIMEOUT_MS: env.int(
+    "time a new connection has to send its first bytes (the whole HTTP/2 preface) and an HTTP/1.1 request its headers",
+    defaultLimits.headersTimeoutMs,
+    100,
+    600_000,
+  ),
+  GATEWAY_REQUEST_TIMEOUT_MS: env.int(
+    "time an HTTP/1.1 request has to arrive whole; an HTTP/2 request body idle this long is cut (responses are not bound)",
+    defaultLimits.requestTimeoutMs,
+    100,
+    3_600_000,
+  ),
+  GATEWAY_IDLE_TIMEOUT_MS: env.int(
+    "a connection with no call in flight and no traffic is closed after this long",
+    defaultLimits.idleTimeoutMs,
+    100,
+    3_600_000,
+  ),
+  GATEWAY_MAX_HEADER_BYTES: env.bytes("largest request header block", defaultLimits.maxHeaderBytes),
   DEFAULT_DEADLINE_MS: env.int("deadline for unary calls that set none", 10_000, 100, 300_000),
   MAX_DEADLINE_MS: env.int("longest deadline a call may ask for", 60_000, 100, 600_000),
   ...rateLimitSpec,
@@ -64,6 +89,11 @@ export async function startGateway(
 ): Promise<Started & { port: number }> {
   const config = loadConfig(configSpec, source) as ReturnType<typeof loadConfig<typeof configSpec>> &
     Record<string, string>;
+  if (config.GATEWAY_HEADERS_TIMEOUT_MS > config.GATEWAY_REQUEST_TIMEOUT_MS) {
+    throw new ConfigError([
+      `GATEWAY_HEADERS_TIMEOUT_MS (${config.GATEWAY_HEADERS_TIMEOUT_MS}) must not exceed GATEWAY_REQUEST_TIMEOUT_MS (${config.GATEWAY_REQUEST_TIMEOUT_MS}): the headers are part of the request`,
+    ]);
+  }
   const telemetry = startComponentTelemetry("gateway", config);
   const shutdown = new AbortController();
   // Every call in flight listens to this signal; hundreds at once is normal, not a leak.
@@ -172,10 +202,19 @@ export async function startGateway(
   }
 
   const allowed = new Set(config.CORS_ALLOWED_ORIGINS);
-  const server = createDualProtocolServer((req, res) => {
-    if (applyCors(allowed, req, res)) return;
-    rpc(req, res);
-  });
+  const server = createDualProtocolServer(
+    (req, res) => {
+      if (applyCors(allowed, req, res)) return;
+      rpc(req, res);
+    },
+    {
+      maxHeaderBytes: config.GATEWAY_MAX_HEADER_BYTES,
+      headersTimeoutMs: config.GATEWAY_HEADERS_TIMEOUT_MS,
+      requestTimeoutMs: config.GATEWAY_REQUEST_TIMEOUT_MS,
+      idleTimeoutMs: config.GATEWAY_IDLE_TIMEOUT_MS,
+      maxStreamsPerConnection: config.GATEWAY_MAX_STREAMS_PER_CONNECTION,
+    },
+  );
   const port = await server.listen(config.GATEWAY_PORT, config.GATEWAY_HOST);
   const host = config.GATEWAY_HOST.includes(":") ? `[${config.GATEWAY_HOST}]` : config.GATEWAY_HOST;
   return {

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import http2, { type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
 import type { DescMethod } from "@bufbuild/protobuf";
 import {
   Code,
@@ -64,6 +64,7 @@ export function createRpcHandler(options: RpcHandlerOptions): (req: Req, res: Re
       return refuse(res, 415, "invalid_argument", unsupported(contentType));
     }
     const uReq = universalRequestFromNodeRequest(req, res, undefined, options.contextValues?.(req));
+    endsOnlyWhenSent(uReq, req, handler.method);
     clampTimeout(uReq.header, handler.method, options.maxUnaryTimeoutMs);
     if (text) fromGrpcWebText(uReq);
     handler(uReq)
@@ -100,6 +101,52 @@ function unsupported(contentType: string): string {
     "application/json or application/proto (Connect), application/connect+json or +proto (Connect streaming), " +
     "application/grpc, application/grpc-web or application/grpc-web-text"
   );
+}
+
+// ---- a client that gives up ----
+
+/**
+ * A streamed request body ends only if the client finished sending it; a client that gave up
+ * makes it fail with `canceled`, which the forwarder turns into a cancellation of the upstream
+ * call. Passed on as an end, it would be a half-close upstream: to documents, a complete upload
+ * to commit, with the cancellation arriving a moment later, too late.
+ *
+ * Two ways an abandoned HTTP/2 stream reads as finished:
+ * - node:http2's compatibility layer ends the request body of a stream that was reset or whose
+ *   connection went, just as for END_STREAM, and says so only afterwards; the stream is marked
+ *   aborted (with its reset code) before the body ends, so that is checked.
+ * - Clients built on node:http2 (grpc-js, connect-node) cancel with close(), which ends their
+ *   side of the stream before it resets it: END_STREAM, then RST_STREAM in the next write. The
+ *   gateway would read the first, forward the half-close, and read the reset one turn later.
+ *   So the end of a streamed request is held for two turns of the event loop (the second
+ *   polls the socket again) and passed on only if no reset came right behind it. A unary
+ *   request is complete in its message, and is not held.
+ * node:http reports a dropped HTTP/1.1 connection as an error already; `complete` is checked
+ * all the same.
+ */
+function endsOnlyWhenSent(uReq: UniversalServerRequest, req: Req, method: DescMethod) {
+  const body = uReq.body;
+  if (!(Symbol.asyncIterator in Object(body))) return;
+  const streamed = method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming";
+  uReq.body = (async function* () {
+    try {
+      yield* body as AsyncIterable<Uint8Array>;
+    } catch (err) {
+      // node's "aborted" or "Premature close": the client's doing, not a fault of the gateway.
+      if (gaveUp(req)) throw new ConnectError("the client cancelled the call", Code.Canceled);
+      throw err;
+    }
+    if (streamed && "stream" in req) {
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setImmediate(r));
+    }
+    if (gaveUp(req)) throw new ConnectError("the client cancelled the call", Code.Canceled);
+  })();
+}
+
+function gaveUp(req: Req): boolean {
+  if ("stream" in req) return req.stream.aborted || req.stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR;
+  return !req.complete;
 }
 
 // ---- deadlines ----

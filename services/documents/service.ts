@@ -14,7 +14,7 @@ import type { StatusFeed } from "./status-feed.js";
 import { statusHandlers } from "./status.js";
 import type { DocumentStore, ListFilter } from "./store.js";
 import type { DocumentChanges, NewDocument } from "./tables.js";
-import { discardUnlessUsed, receiveUpload, type ContentOptions } from "./upload.js";
+import { discardUnlessUsed, receiveUpload, unlessCancelled, type ContentOptions } from "./upload.js";
 
 const DEFAULT_PAGE_SIZE = 25;
 
@@ -151,7 +151,14 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
           filename: file.header.filename,
           uploaded_by: caller.subject,
         };
-        const saved = await store.addVersion(target!, version);
+        let saved;
+        try {
+          saved = await store.addVersion(target!, version, async () => unlessCancelled(ctx.signal));
+        } catch (err) {
+          // Rolled back: the blob belongs to no version unless identical content does.
+          if (ctx.signal.aborted) await discardUnlessUsed(store, content.blobs, file.blob);
+          throw err;
+        }
         if (!saved) throw notFound(file.header.documentId);
         content.onEvent?.();
         return { document: toDocument(saved.document), version: toVersion(saved.version) };

@@ -41,6 +41,17 @@ export async function discardUnlessUsed(store: DocumentStore, blobs: BlobStore, 
   if (!(await store.blobInUse(blob.sha256))) await blobs.delete(blob.key);
 }
 
+/**
+ * Throws `canceled` if the call has been cancelled. Called last inside the transaction that
+ * writes a version, so that a cancellation arriving while the version is being written undoes it:
+ * a caller that gave up must not find a version it never finished uploading. grpc-js reports a
+ * reset stream as ended first and as cancelled just after, and the gateway forwards a client's
+ * reset just after its last bytes; checking once before the transaction leaves that gap open.
+ */
+export function unlessCancelled(signal: AbortSignal): void {
+  if (signal.aborted) throw new ConnectError("the upload was cancelled", Code.Canceled);
+}
+
 function invalid(message: string): ConnectError {
   return new ConnectError(message, Code.InvalidArgument);
 }
