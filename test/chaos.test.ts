@@ -87,6 +87,8 @@ function launcherLines(output: string, msg: string): Array<Record<string, unknow
 describe("chaos: components killed while uploads flow", () => {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), "medmesh-chaos-"));
   const logFile = path.join(os.tmpdir(), `medmesh-chaos-${process.pid}.log`);
+  /** Set once every assertion held; otherwise the mesh's log is kept for whoever reads the failure. */
+  let passed = false;
   let mesh: EmbeddedMesh;
   let gateway: string;
   let docs: Docs;
@@ -160,8 +162,10 @@ describe("chaos: components killed while uploads flow", () => {
   afterAll(async () => {
     docs?.close();
     if (mesh) {
-      writeFileSync(logFile, mesh.output());
-      console.log(`mesh log: ${logFile}`);
+      if (!passed) {
+        writeFileSync(logFile, mesh.output());
+        console.log(`mesh log: ${logFile}`);
+      }
       if (mesh.child.exitCode === null) {
         const stopped = mesh.stop();
         await Promise.race([stopped, sleep(40_000)]);
@@ -486,5 +490,6 @@ describe("chaos: components killed while uploads flow", () => {
     expect(withoutEvent).toEqual([]);
     // A component that was down for seconds is a transient failure, never a verdict on a file.
     expect(wrongForContent).toEqual([]);
+    passed = true;
   }, 900_000);
 });
