@@ -5,6 +5,7 @@ import type { Consumer, ConsumerConfig, IHeaders, Kafka, KafkaMessage, Producer 
 import { logger as rootLogger, type Logger } from "../telemetry/logger.js";
 import { PoisonMessageError, fromKafkaMessage, type EventEnvelope } from "./envelope.js";
 import { deadLetterTopic } from "./dead-letter-topic.js";
+import { classifyFailure, fullJitterBackoff, type FailureClass } from "./failure-class.js";
 import { ensureTopics, topicPartitions } from "./kafka.js";
 
 export interface InboxTable {
@@ -42,8 +43,13 @@ export interface DeliveryInfo {
   topic: string;
   partition: number;
   offset: string;
-  /** 1 on the first try. */
+  /** 1 on the first try; counts every try, transient failures included. */
   attempt: number;
+  /**
+   * Permanent failures before this try. A try that fails permanently is the last when
+   * `failures + 1` reaches maxAttempts: that is when a handler records its give-up.
+   */
+  failures: number;
 }
 
 export type EventHandler<DB = any, P = undefined> = (
@@ -85,10 +91,17 @@ export interface IdempotentConsumerOptions<DB = any, P = undefined> {
   accepts?: (event: EventEnvelope) => boolean;
   /** Called once the transaction that handled an event has committed (not for duplicates): wake a relay here. */
   afterCommit?: (event: EventEnvelope) => void;
-  /** Tries before the message goes to the dead-letter topic. Default 3. */
+  /** Permanent failures before the message goes to the dead-letter topic. Default 3. */
   maxAttempts?: number;
-  /** Wait after failed attempt n (from 1). Default 2^n s. */
-  backoffMs?: (attempt: number) => number;
+  /** Wait after permanent failure n (from 1). Default 2^n s. */
+  backoffMs?: (failure: number) => number;
+  /**
+   * Wait after transient failure n (from 1) in a row. Transient failures are retried without a
+   * count limit, so this must be capped. Default full jitter from 0.5 s doubling to a 30 s cap.
+   */
+  transientBackoffMs?: (retry: number) => number;
+  /** Tells transient failures from permanent ones. Default `classifyFailure` (failure-class.ts). */
+  classify?: (err: unknown) => FailureClass;
   /** Dead-letter topic for a source topic. Default `<topic>.<groupId>.dlq`. */
   dlqTopic?: (topic: string, groupId: string) => string;
   /** Where a group with no committed offset starts. Default true, so a new group misses nothing. */
@@ -101,13 +114,24 @@ export interface IdempotentConsumerOptions<DB = any, P = undefined> {
 }
 
 export interface IdempotentConsumer {
-  /** Finishes the message in hand (retries included), commits offsets, leaves the group. */
+  /**
+   * Lets a try in progress finish, abandons any retry wait (the message is delivered again later,
+   * its offset not committed), commits the offsets of finished messages and leaves the group.
+   */
   stop(): Promise<void>;
   /** False once kafkajs gave up on the consumer (a crash it will not restart from) or it stopped. */
   running(): boolean;
 }
 
 const defaultDlqTopic = (topic: string, groupId: string): string => deadLetterTopic(topic, groupId);
+
+/** Thrown out of eachMessage when stop() cuts a retry short: the offset must not be committed. */
+class StoppingError extends Error {
+  constructor() {
+    super("the consumer is stopping; the message is left for redelivery");
+    this.name = "StoppingError";
+  }
+}
 
 /** Headers added to a dead-lettered message, next to all of its original headers. */
 export const DlqHeaders = {
@@ -153,6 +177,10 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
   const db = opts.db as unknown as Kysely<InboxDatabase>;
   const maxAttempts = Math.max(1, opts.maxAttempts ?? 3);
   const backoffMs = opts.backoffMs ?? ((n: number) => 2 ** n * 1000);
+  const transientBackoffMs = opts.transientBackoffMs ?? fullJitterBackoff(500, 30_000);
+  const classify = opts.classify ?? classifyFailure;
+  // Fires on stop(): cuts retry waits short so shutdown never waits out a backoff.
+  const stopping = new AbortController();
   const dlqTopic = opts.dlqTopic ?? defaultDlqTopic;
   const { groupId } = opts;
   const log = (opts.logger ?? rootLogger).child({ component: "event-consumer", group: groupId });
@@ -222,12 +250,19 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
   async function wait(ms: number, heartbeat: () => Promise<void>) {
     // kafkajs only heartbeats between messages; a long backoff inside one must do it itself.
     // heartbeat() is cheap when called early (it sends only once the interval has passed), and it
-    // throws when a rebalance started, which abandons this message to its next owner.
+    // throws when a rebalance started, which abandons this message to its next owner. stop()
+    // abandons it too: throwing keeps kafkajs from resolving (and committing) its offset.
     const until = Date.now() + ms;
     for (;;) {
+      if (stopping.signal.aborted) throw new StoppingError();
       const left = until - Date.now();
       if (left <= 0) return;
-      await new Promise((r) => setTimeout(r, Math.min(left, 500)));
+      await new Promise<void>((r) => {
+        const done = () => (clearTimeout(timer), stopping.signal.removeEventListener("abort", done), r());
+        const timer = setTimeout(done, Math.min(left, 500));
+        stopping.signal.addEventListener("abort", done, { once: true });
+      });
+      if (stopping.signal.aborted) throw new StoppingError();
       await heartbeat();
     }
   }
@@ -313,9 +348,14 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
             span.setAttribute("medmesh.event.skipped", true);
             return;
           }
+          // Only permanent failures count toward maxAttempts; transient ones retry in place, with a
+          // capped, jittered backoff, for as long as they last. In place keeps the partition's
+          // order: later messages of the partition wait behind this one.
+          let failures = 0;
+          let transientInARow = 0;
           for (let attempt = 1; ; attempt++) {
             try {
-              const delivery = { topic, partition, offset: message.offset, attempt };
+              const delivery = { topic, partition, offset: message.offset, attempt, failures };
               const outcome = await whileHeartbeating(heartbeat, () => attemptOnce(event, delivery));
               span.setAttribute("medmesh.event.duplicate", outcome === "duplicate");
               if (outcome === "duplicate")
@@ -338,7 +378,26 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
                 await deadLetter(topic, partition, message, "invalid", error.reason, attempt);
                 return;
               }
-              if (attempt >= maxAttempts) {
+              if (classify(error) === "transient") {
+                transientInARow++;
+                const ms = transientBackoffMs(transientInARow);
+                // The first few at warn, then quieter: an outage would otherwise flood the logs.
+                const level = transientInARow <= 3 || transientInARow % 20 === 0 ? "warn" : "debug";
+                log[level]("transient failure; retrying without a limit", {
+                  event_id: event.id,
+                  topic,
+                  partition,
+                  offset: message.offset,
+                  retry: transientInARow,
+                  backoff_ms: ms,
+                  error,
+                });
+                await wait(ms, heartbeat);
+                continue;
+              }
+              transientInARow = 0;
+              failures++;
+              if (failures >= maxAttempts) {
                 if (!(await databaseAnswers())) {
                   // The event is not at fault: dead-lettering it would turn an outage into lost
                   // work. Throwing leaves the offset where it is and kafkajs delivers it again.
@@ -362,8 +421,8 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
                 await deadLetter(topic, partition, message, "failed", error.message ?? String(err), attempt);
                 return;
               }
-              log.warn("event handler failed; retrying", { event_id: event.id, topic, attempt, error });
-              await wait(backoffMs(attempt), heartbeat);
+              log.warn("event handler failed; retrying", { event_id: event.id, topic, attempt, failures, error });
+              await wait(backoffMs(failures), heartbeat);
             }
           }
         } finally {
@@ -392,6 +451,7 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
     stop() {
       // kafkajs' disconnect waits for the message in hand, commits resolved offsets and leaves the group.
       stopped ??= (async () => {
+        stopping.abort();
         await consumer.disconnect();
         await dlq.disconnect();
       })();

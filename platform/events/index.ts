@@ -5,3 +5,5 @@ export * from "./consumer.js";
 export * from "./pruning.js";
 export * from "./event-kinds.js";
 export * from "./dead-letter-topic.js";
+export * from "./failure-class.js";
+export * from "./dlq-replay.js";

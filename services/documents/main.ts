@@ -16,6 +16,7 @@ import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
 import type { PrincipalResolver } from "../../platform/grpc/interceptors/access.js";
 import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
 import { OutcomeStore } from "./outcome-store.js";
+import { processingReconciler, type Reconciler } from "./reconciler.js";
 import type { ResumableUploadOptions } from "./resumable-upload.js";
 import { documentService } from "./service.js";
 import { queryCounter } from "./query-counter.js";
@@ -61,6 +62,24 @@ export const configSpec = {
   WATCH_POLL_MS: env.int("how often this replica looks for changes made by other replicas", 1000, 50, 60_000),
   WATCH_MAX_PER_USER: env.int("WatchDocument streams one user may have open at once on one replica", 16, 1, 10_000),
   ...targetField(components.identity, "where the identity service publishes the keys that verify access tokens"),
+  DOCUMENTS_RECONCILE_INTERVAL_MS: env.int(
+    "how often documents looks for versions stuck without a processing outcome (0: never; needs KAFKA_BROKERS)",
+    60_000,
+    0,
+    24 * 3600_000,
+  ),
+  DOCUMENTS_STUCK_AFTER_MS: env.int(
+    "a version UPLOADED or PROCESSING with no outcome and no sign of life for this long is sent to processing again",
+    10 * 60_000,
+    100,
+    7 * 24 * 3600_000,
+  ),
+  DOCUMENTS_MAX_REDRIVES: env.int(
+    "re-drives a worker took up without an outcome before the version is marked FAILED (processing_error)",
+    3,
+    1,
+    100,
+  ),
 };
 
 export interface DocumentsHooks {
@@ -75,7 +94,14 @@ export interface DocumentsHooks {
 export async function startDocuments(
   source: Record<string, string | undefined> = process.env,
   hooks: DocumentsHooks = {},
-): Promise<Started & { port: number; sweepUploads: UploadSweeper["sweep"]; watchFeed: () => FeedStats }> {
+): Promise<
+  Started & {
+    port: number;
+    sweepUploads: UploadSweeper["sweep"];
+    watchFeed: () => FeedStats;
+    reconcile: Reconciler["reconcile"];
+  }
+> {
   const config = loadConfig(configSpec, source);
   const telemetry = startTelemetry({
     serviceName: "documents",
@@ -111,6 +137,14 @@ export async function startDocuments(
   const status = new StatusWriter(db, feed);
   const store = new DocumentStore(db, status);
   const outcomes = new OutcomeStore(db, status);
+  // Re-driving only means something when a relay publishes what it writes.
+  const reconciler = processingReconciler({
+    status,
+    stuckAfterMs: config.DOCUMENTS_STUCK_AFTER_MS,
+    maxRedrives: config.DOCUMENTS_MAX_REDRIVES,
+    onRedrive: () => relay?.wake(),
+  });
+  if (relay) reconciler.start(config.DOCUMENTS_RECONCILE_INTERVAL_MS);
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const server = await startGrpcServer({
     name: "documents",
@@ -143,10 +177,12 @@ export async function startDocuments(
     endpoints: { documents: `grpc://${server.address}` },
     sweepUploads: () => uploads.sweep(),
     watchFeed: () => feed.stats(),
+    reconcile: () => reconciler.reconcile(),
     async stop() {
       await server.shutdown(config.SHUTDOWN_GRACE_MS);
       await feed.stop();
       await uploads.stop();
+      await reconciler.stop();
       keys.close();
       await relay?.stop();
       await pruning.stop();

@@ -1,5 +1,6 @@
 import type { Kysely } from "kysely";
-import type { StatusWriter } from "./status-writer.js";
+import { sql } from "kysely";
+import type { SetStatus, StatusWriter } from "./status-writer.js";
 import { lockLiveDocument } from "./store.js";
 import type { DocumentsDB, OutcomeRow } from "./tables.js";
 
@@ -49,6 +50,13 @@ export class OutcomeStore {
       // older version's processing says nothing about the current content.
       if (version === doc.version && doc.processing_status === "uploaded")
         await setStatus({ documentId, version, status: "processing" });
+      // A sign of life for the reconciler: a worker has the version in hand now.
+      await trx
+        .updateTable("document_version")
+        .set({ started_at: sql<Date>`now()` })
+        .where("document_id", "=", documentId)
+        .where("version", "=", version)
+        .execute();
       return { kind: "proceed" } as const;
     });
   }
@@ -58,30 +66,45 @@ export class OutcomeStore {
       const doc = await lockLiveDocument(trx, documentId);
       if (!doc) return { kind: "no_document" } as const;
       if (version > doc.version) return { kind: "no_version", current: doc.version } as const;
-      const failure = outcome.status === "failed" ? { reason: outcome.reason, message: outcome.message } : undefined;
-      const inserted = await trx
-        .insertInto("processing_outcome")
-        .values({
-          document_id: documentId,
-          version,
-          status: outcome.status,
-          result: outcome.status === "processed" ? outcome.result : null,
-          failure_reason: failure?.reason ?? null,
-          failure_message: failure?.message ?? null,
-        })
-        .onConflict((oc) => oc.columns(["document_id", "version"]).doNothing())
-        .returningAll()
-        .executeTakeFirst();
-      if (!inserted) {
-        const first = (await outcomeIn(trx, documentId, version))!;
-        return { kind: "recorded", outcome: first, already: true } as const;
-      }
-      if (version === doc.version) await setStatus({ documentId, version, status: outcome.status, failure });
-      return { kind: "recorded", outcome: inserted, already: false } as const;
+      return recordOutcome(trx, setStatus, { documentId, version, current: doc.version }, outcome);
     });
   }
 
   async outcome(documentId: string, version: number): Promise<OutcomeRow | undefined> {
     return outcomeIn(this.db, documentId, version);
   }
+}
+
+/**
+ * Keeps the first outcome of a version, and moves the document's status when the version is its
+ * current one. Call it with the document's row locked (lockLiveDocument), inside
+ * StatusWriter.transaction; the worker's reports and the reconciler's give-up both come here.
+ */
+export async function recordOutcome(
+  trx: Kysely<DocumentsDB>,
+  setStatus: SetStatus,
+  at: { documentId: string; version: number; current: number },
+  outcome: NewOutcome,
+): Promise<{ kind: "recorded"; outcome: OutcomeRow; already: boolean }> {
+  const { documentId, version } = at;
+  const failure = outcome.status === "failed" ? { reason: outcome.reason, message: outcome.message } : undefined;
+  const inserted = await trx
+    .insertInto("processing_outcome")
+    .values({
+      document_id: documentId,
+      version,
+      status: outcome.status,
+      result: outcome.status === "processed" ? outcome.result : null,
+      failure_reason: failure?.reason ?? null,
+      failure_message: failure?.message ?? null,
+    })
+    .onConflict((oc) => oc.columns(["document_id", "version"]).doNothing())
+    .returningAll()
+    .executeTakeFirst();
+  if (!inserted) {
+    const first = (await outcomeIn(trx, documentId, version))!;
+    return { kind: "recorded", outcome: first, already: true };
+  }
+  if (version === at.current) await setStatus({ documentId, version, status: outcome.status, failure });
+  return { kind: "recorded", outcome: inserted, already: false };
 }

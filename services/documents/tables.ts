@@ -38,6 +38,13 @@ export interface DocumentVersionTable {
   filename: string;
   uploaded_by: string;
   created_at: Generated<Date>;
+  /** The last StartProcessing that let a worker go ahead with this version. */
+  started_at: ColumnType<Date | null, never, Date | null>;
+  /** The last time the reconciler re-drove the version; see reconciler.ts. */
+  redriven_at: ColumnType<Date | null, never, Date | null>;
+  redrives: Generated<number>;
+  /** Re-drives a worker started on that still produced no outcome. */
+  stalled_redrives: Generated<number>;
 }
 
 export interface DocumentStatusTable {
@@ -135,4 +142,7 @@ export type NewDocument = Omit<
 /** What UpdateDocument may change: what a create supplies, less identity and ownership. */
 export type DocumentChanges = Partial<Omit<NewDocument, "id" | "uploaded_by">>;
 
-export type NewVersion = Omit<DocumentVersionTable, "document_id" | "version" | "created_at">;
+export type NewVersion = Omit<
+  DocumentVersionTable,
+  "document_id" | "version" | "created_at" | "started_at" | "redriven_at" | "redrives" | "stalled_redrives"
+>;

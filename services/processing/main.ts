@@ -6,6 +6,7 @@ import {
   createKafka,
   deadLetterTopic,
   ensureTopics,
+  fullJitterBackoff,
   inboxRetentionSpec,
   outboxRetentionSpec,
   startEventPruning,
@@ -53,8 +54,19 @@ export const configSpec = {
   PROCESSING_API_KEY: env.string("the worker's service API key (secret), traded with identity for access tokens"),
   PROCESSING_GROUP_ID: env.string("Kafka consumer group", "processing"),
   PROCESSING_CONCURRENCY: env.int("partitions handled at once, and analysis threads", 3, 1, 64),
-  PROCESSING_MAX_ATTEMPTS: env.int("tries per event before it goes to the dead-letter topic", 3, 1, 10),
+  PROCESSING_MAX_ATTEMPTS: env.int(
+    "permanent failures per event before it goes to the dead-letter topic (transient ones retry without a limit)",
+    3,
+    1,
+    10,
+  ),
   PROCESSING_RETRY_BASE_MS: env.int("backoff after failed try n is this times 2^n", 1000, 1, 60_000),
+  PROCESSING_RETRY_MAX_MS: env.int(
+    "cap of the jittered backoff between retries of a transient failure (documents down, a deadline)",
+    30_000,
+    1,
+    600_000,
+  ),
   PROCESSING_SESSION_TIMEOUT_MS: env.int(
     "a worker silent this long is dropped from the group and its partitions go to the others",
     10_000,
@@ -159,6 +171,7 @@ export async function startProcessing(
       afterCommit: () => relay.wake(),
       maxAttempts: config.PROCESSING_MAX_ATTEMPTS,
       backoffMs: (n) => config.PROCESSING_RETRY_BASE_MS * 2 ** n,
+      transientBackoffMs: fullJitterBackoff(config.PROCESSING_RETRY_BASE_MS, config.PROCESSING_RETRY_MAX_MS),
       dlqTopic: () => config.PROCESSING_DLQ_TOPIC,
       partitionsConsumedConcurrently: config.PROCESSING_CONCURRENCY,
       // Shorter than kafkajs' 30 s: a crashed worker's partitions stall until its session

@@ -9,6 +9,7 @@ import {
 import { DocumentUploadedSchema, type DocumentUploaded } from "../../gen/medmesh/events/v1/document_events_pb.js";
 import type { ServiceToken } from "../../platform/auth/service-token.js";
 import {
+  classifyFailure,
   enqueue,
   eventKind,
   isEventOf,
@@ -38,7 +39,7 @@ export interface WorkerDeps {
   processing: Client<typeof DocumentProcessingService>;
   token: ServiceToken;
   analysis: AnalysisPool;
-  /** The consumer's attempts per event: the last one records the failure before giving up. */
+  /** The consumer's permanent failures per event: the last one records the failure before giving up. */
   maxAttempts: number;
   /** Versions larger than this are a too_large failure without being read. */
   maxBytes: number;
@@ -230,7 +231,10 @@ export function processingWorker(deps: WorkerDeps): {
           });
           return undefined;
         }
-        if (delivery.attempt >= deps.maxAttempts) await giveUp(uploaded, err);
+        // Only a permanent failure can be the last try: a transient one (documents restarting, a
+        // deadline under load) is retried until it passes, and must not mark the document FAILED.
+        if (classifyFailure(err) === "permanent" && delivery.failures + 1 >= deps.maxAttempts)
+          await giveUp(uploaded, err);
         throw err;
       }
     },
