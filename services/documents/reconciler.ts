@@ -1,6 +1,7 @@
 import { sql, type Kysely } from "kysely";
 import { DocumentUploadedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
 import { eventTopic, type OutboxDatabase } from "../../platform/events/index.js";
+import { periodicJob } from "../../platform/lifecycle/periodic-job.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 import { enqueueUploaded } from "./events.js";
 import { recordOutcome } from "./outcome-store.js";
@@ -69,9 +70,6 @@ export function processingReconciler(opts: ReconcilerOptions): Reconciler {
   const { status, stuckAfterMs, maxRedrives } = opts;
   const batchSize = opts.batchSize ?? 100;
   const log = (opts.logger ?? rootLogger).child({ component: "processing-reconciler" });
-  let timer: NodeJS.Timeout | undefined;
-  let last: Promise<unknown> = Promise.resolve();
-
   async function batch(): Promise<ReconcileRun & { seen: number }> {
     return status.transaction(async (trx, setStatus) => {
       // The outbox shares the documents schema; its type is the events kit's.
@@ -162,29 +160,10 @@ export function processingReconciler(opts: ReconcilerOptions): Reconciler {
     }
   }
 
-  function reconcile(): Promise<ReconcileRun> {
-    const next = last.then(run);
-    last = next.catch(() => undefined);
-    return next;
-  }
-
-  return {
-    reconcile,
-    start(intervalMs) {
-      if (intervalMs <= 0 || timer) return;
-      timer = setInterval(() => {
-        reconcile().catch((err: unknown) =>
-          log.warn("reconciling stuck documents failed; will try again", { error: err as Error }),
-        );
-      }, intervalMs);
-      timer.unref();
-    },
-    async stop() {
-      if (timer) clearInterval(timer);
-      timer = undefined;
-      await last;
-    },
-  };
+  const job = periodicJob(run, (err) =>
+    log.warn("reconciling stuck documents failed; will try again", { error: err as Error }),
+  );
+  return { reconcile: job.run, start: job.start, stop: job.stop };
 }
 
 async function markRedrive(

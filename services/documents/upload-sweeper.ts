@@ -1,3 +1,4 @@
+import { periodicJob } from "../../platform/lifecycle/periodic-job.js";
 import { logger } from "../../platform/telemetry/logger.js";
 import type { UploadSessionStore } from "./upload-sessions.js";
 import type { UploadStaging } from "./upload-staging.js";
@@ -18,9 +19,6 @@ const SWEEP_BATCH = 500;
 
 export function uploadSweeper(opts: { sessions: UploadSessionStore; staging: UploadStaging }): UploadSweeper {
   const { sessions, staging } = opts;
-  let timer: NodeJS.Timeout | undefined;
-  let last: Promise<unknown> = Promise.resolve();
-
   async function expired(): Promise<number> {
     let removed = 0;
     for (;;) {
@@ -47,27 +45,9 @@ export function uploadSweeper(opts: { sessions: UploadSessionStore; staging: Upl
   }
 
   // One sweep at a time, whether the timer or a caller asked for it.
-  function sweep(): Promise<{ expired: number; orphans: number }> {
-    const run = last.then(async () => ({ expired: await expired(), orphans: await orphans() }));
-    last = run.catch(() => undefined);
-    return run;
-  }
-
-  return {
-    sweep,
-    start(intervalMs) {
-      if (intervalMs <= 0 || timer) return;
-      timer = setInterval(() => {
-        sweep().catch((err: unknown) =>
-          logger.warn("sweeping expired uploads failed; will try again", { error: (err as Error).message }),
-        );
-      }, intervalMs);
-      timer.unref();
-    },
-    async stop() {
-      if (timer) clearInterval(timer);
-      timer = undefined;
-      await last;
-    },
-  };
+  const job = periodicJob(
+    async () => ({ expired: await expired(), orphans: await orphans() }),
+    (err) => logger.warn("sweeping expired uploads failed; will try again", { error: (err as Error).message }),
+  );
+  return { sweep: job.run, start: job.start, stop: job.stop };
 }
