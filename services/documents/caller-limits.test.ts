@@ -16,9 +16,10 @@ import {
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
 import { backends, testEnv } from "../../test/support/backends.js";
-import { startTestIdentity, type Persona, type TestIdentity } from "../../test/support/identity.js";
+import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";
 import { rejection } from "../../test/support/rejection.js";
 import { startDocuments } from "./main.js";
+import { personaClients } from "../../test/support/documents.js";
 
 type Client = ReturnType<typeof createMeshClient<typeof DocumentService>>;
 
@@ -67,16 +68,11 @@ describe.each(backends())("per-user limits on $name", (backend) => {
   const blobDir = mkdtempSync(path.join(os.tmpdir(), "medmesh-limits-"));
   let identity: TestIdentity;
   const stops: Array<() => Promise<void>> = [];
-  const clients: Client[] = [];
   let address: string;
-  const as = async (who: Persona) => {
-    const c = createMeshClient(DocumentService, address, {
-      headers: await identity.bearer(who),
-      defaultTimeoutMs: 30_000,
-    });
-    clients.push(c);
-    return c;
-  };
+  const { as, closeAll } = personaClients(
+    () => identity,
+    () => address,
+  );
 
   beforeAll(async () => {
     identity = await startTestIdentity();
@@ -100,7 +96,7 @@ describe.each(backends())("per-user limits on $name", (backend) => {
   });
 
   afterAll(async () => {
-    for (const c of clients) c.close();
+    closeAll();
     for (const stop of stops) await stop();
     rmSync(blobDir, { recursive: true, force: true });
   });

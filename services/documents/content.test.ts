@@ -18,6 +18,7 @@ import { backends, testEnv } from "../../test/support/backends.js";
 import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";
 import { startDocuments } from "./main.js";
 import { rejection } from "../../test/support/rejection.js";
+import { personaClients } from "../../test/support/documents.js";
 
 type Client = ReturnType<typeof createMeshClient<typeof DocumentService>>;
 type Part = UploadRequest["part"];
@@ -60,15 +61,11 @@ describe.each(backends())("uploads on $name", (backend) => {
   let address: string;
   let gatewayUrl: string;
   let doctor: Client;
-  const clients: Client[] = [];
-  const as = async (who: Parameters<TestIdentity["bearer"]>[0]) => {
-    const c = createMeshClient(DocumentService, address, {
-      headers: await identity.bearer(who),
-      defaultTimeoutMs: 20_000,
-    });
-    clients.push(c);
-    return c;
-  };
+  const { as, closeAll } = personaClients(
+    () => identity,
+    () => address,
+    20_000,
+  );
 
   beforeAll(async () => {
     identity = await startTestIdentity();
@@ -90,7 +87,7 @@ describe.each(backends())("uploads on $name", (backend) => {
     doctor = await as("doctor");
   });
   afterAll(async () => {
-    for (const c of clients) c.close();
+    closeAll();
     await stopGateway?.();
     await stop?.();
     await identity?.stop();

@@ -19,26 +19,10 @@ import { backends, testEnv } from "../../test/support/backends.js";
 import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";
 import { rejection } from "../../test/support/rejection.js";
 import { startDocuments } from "./main.js";
+import { tinyPdf as pdf, uploadOf } from "../../test/support/documents.js";
 
 type Docs = ReturnType<typeof createMeshClient<typeof DocumentService>>;
 type Worker = ReturnType<typeof createMeshClient<typeof DocumentProcessingService>>;
-
-const pdf = (text: string) =>
-  Buffer.from(`%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n% ${text}\n${"x".repeat(3000)}\n%%EOF\n`);
-
-async function* uploadOf(
-  title: string,
-  bytes: Buffer,
-  extra: Record<string, unknown> = {},
-): AsyncIterable<UploadRequest> {
-  yield {
-    part: {
-      case: "header",
-      value: { document: { title, documentType: DocumentType.RESEARCH_PAPER, ...extra }, filename: "p.pdf" },
-    },
-  } as never;
-  yield { part: { case: "chunk", value: bytes } } as never;
-}
 
 async function* versionOf(documentId: string, bytes: Buffer): AsyncIterable<UploadRequest> {
   yield { part: { case: "header", value: { documentId, filename: "p2.pdf" } } } as never;

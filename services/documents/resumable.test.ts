@@ -15,10 +15,11 @@ import {
 import { createMeshClient } from "../../platform/grpc/client.js";
 import { startGateway } from "../../gateway/main.js";
 import { backends, testEnv } from "../../test/support/backends.js";
-import { startTestIdentity, type Persona, type TestIdentity } from "../../test/support/identity.js";
+import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";
 import { rejection } from "../../test/support/rejection.js";
 import { paperPdf, TEXT_NOTES } from "../../test/fixtures/documents/make-fixtures.js";
 import { startDocuments } from "./main.js";
+import { personaClients } from "../../test/support/documents.js";
 
 type Client = ReturnType<typeof createMeshClient<typeof DocumentService>>;
 
@@ -70,15 +71,10 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
   let sweepShort: () => Promise<{ expired: number; orphans: number }>;
   let gatewayUrl: string;
   let doctor: Client;
-  const clients: Client[] = [];
-  const as = async (who: Persona, target = address) => {
-    const c = createMeshClient(DocumentService, target, {
-      headers: await identity.bearer(who),
-      defaultTimeoutMs: 30_000,
-    });
-    clients.push(c);
-    return c;
-  };
+  const { as, closeAll } = personaClients(
+    () => identity,
+    () => address,
+  );
 
   beforeAll(async () => {
     identity = await startTestIdentity();
@@ -123,7 +119,7 @@ describe.each(backends())("resumable uploads on $name", (backend) => {
   });
 
   afterAll(async () => {
-    for (const c of clients) c.close();
+    closeAll();
     for (const stop of stops) await stop();
     rmSync(blobDir, { recursive: true, force: true });
     rmSync(shortBlobDir, { recursive: true, force: true });

@@ -3,10 +3,8 @@ import { Code } from "@connectrpc/connect";
 import {
   DocumentProcessingService,
   DocumentService,
-  DocumentType,
   ProcessingStatus,
   Visibility,
-  type UploadRequest,
   type WatchDocumentResponse,
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
@@ -14,6 +12,7 @@ import { backends, testEnv } from "../../test/support/backends.js";
 import { startTestIdentity, type Persona, type TestIdentity } from "../../test/support/identity.js";
 import { rejection } from "../../test/support/rejection.js";
 import { startDocuments } from "./main.js";
+import { tinyPdf, uploadOf } from "../../test/support/documents.js";
 import type { FeedStats } from "./status-feed.js";
 
 type Docs = ReturnType<typeof createMeshClient<typeof DocumentService>>;
@@ -21,18 +20,7 @@ type Worker = ReturnType<typeof createMeshClient<typeof DocumentProcessingServic
 
 const WATCHERS = 50;
 
-const pdf = (text: string) =>
-  Buffer.from(`%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n% ${text}\n${"x".repeat(3000)}\n%%EOF\n`);
-
-async function* uploadOf(title: string, visibility = Visibility.PLATFORM): AsyncIterable<UploadRequest> {
-  yield {
-    part: {
-      case: "header",
-      value: { document: { title, documentType: DocumentType.RESEARCH_PAPER, visibility }, filename: "p.pdf" },
-    },
-  } as never;
-  yield { part: { case: "chunk", value: pdf(title) } } as never;
-}
+const upload = (title: string, visibility = Visibility.PLATFORM) => uploadOf(title, tinyPdf(title), { visibility });
 
 const processed = {
   case: "result" as const,
@@ -113,8 +101,8 @@ describe.each(backends())("one status feed per replica on $name", (backend) => {
 
   it(`${WATCHERS} watchers share one query per poll, and each of them gets each change`, async () => {
     const doctor = await as("doctor");
-    const a = (await doctor.upload(uploadOf("Watched by many"))).document!.id;
-    const b = (await doctor.upload(uploadOf("Watched by a few"))).document!.id;
+    const a = (await doctor.upload(upload("Watched by many"))).document!.id;
+    const b = (await doctor.upload(upload("Watched by a few"))).document!.id;
     const watchers = Array.from({ length: WATCHERS }, (_, i) => watch(doctor, i % 5 === 0 ? b : a));
     await Promise.all(watchers.map((w) => w.first));
     expect(feed()).toMatchObject({ documents: 2, watchers: WATCHERS });
@@ -144,7 +132,7 @@ describe.each(backends())("one status feed per replica on $name", (backend) => {
     const doctor = await as("doctor");
     const doctor2 = await as("doctor2");
     const admin = await as("admin");
-    const id = (await doctor.upload(uploadOf("Shared, then not"))).document!.id;
+    const id = (await doctor.upload(upload("Shared, then not"))).document!.id;
     const stranger = watch(doctor2, id);
     const owner = watch(doctor, id);
     const overseer = watch(admin, id);
@@ -185,7 +173,7 @@ describe.each(backends())("one status feed per replica on $name", (backend) => {
       const doctorOnOther = await as("doctor", otherAddress);
       const doctor2 = await as("doctor2");
 
-      const id = (await doctor.upload(uploadOf("Across replicas"))).document!.id;
+      const id = (await doctor.upload(upload("Across replicas"))).document!.id;
       const watchers = Array.from({ length: 20 }, () => watch(doctor, id));
       const stranger = watch(doctor2, id);
       await Promise.all([...watchers, stranger].map((w) => w.first));
@@ -204,7 +192,7 @@ describe.each(backends())("one status feed per replica on $name", (backend) => {
       }
 
       // Deleted elsewhere: the watch ends just as it would here.
-      const doomed = (await doctor.upload(uploadOf("Deleted elsewhere"))).document!.id;
+      const doomed = (await doctor.upload(upload("Deleted elsewhere"))).document!.id;
       const watcher = watch(doctor, doomed);
       await watcher.first;
       await doctorOnOther.deleteDocument({ id: doomed });
