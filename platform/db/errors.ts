@@ -22,6 +22,7 @@ const socketCodes = new Set([
   "ETIMEDOUT",
   "EHOSTUNREACH",
   "ENETUNREACH",
+  "ENETDOWN",
   "EAI_AGAIN",
 ]);
 // What pg and pg-pool say, without a code, when a connection ends under them or never opens.

@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { isConnectionLost } from "../db/errors.js";
 
 /**
  * Whether a failed attempt is worth trying again as it is.
@@ -22,24 +23,11 @@ export type FailureClass = "transient" | "permanent";
 const transientCodes = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.Aborted, Code.Canceled]);
 
 /**
- * SQLSTATE classes and codes of Postgres failures that are about the connection or the moment,
- * not the statement: 08 connection exception, 57P01-57P03 shutdown and start-up, 53300 too many
- * connections, 40001 serialization failure, 40P01 deadlock (the loser may simply run again).
+ * Postgres failures about the moment rather than the statement, beyond a lost connection (which
+ * platform/db recognises): 40001 serialization failure and 40P01 deadlock, whose loser may simply
+ * run again.
  */
-const transientSqlStates = new Set(["57P01", "57P02", "57P03", "53300", "40001", "40P01"]);
-
-/** Socket and DNS errors from Node (`err.code`) that a reconnect can cure. */
-const transientSocketCodes = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "ECONNABORTED",
-  "EPIPE",
-  "ETIMEDOUT",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENETDOWN",
-  "EAI_AGAIN",
-]);
+const transientSqlStates = new Set(["40001", "40P01"]);
 
 /** kafkajs errors about reaching the cluster rather than what was sent. */
 const transientKafkaNames = new Set([
@@ -49,9 +37,6 @@ const transientKafkaNames = new Set([
   "KafkaJSNoBrokerAvailableError",
   "KafkaJSLockTimeout",
 ]);
-
-/** pg's own messages when the pool or the socket went away under a query. */
-const transientPgMessages = [/^Connection terminated/, /^timeout exceeded when trying to connect/];
 
 function classifyOne(err: unknown): FailureClass | undefined {
   if (err instanceof ConnectError) {
@@ -65,18 +50,16 @@ function classifyOne(err: unknown): FailureClass | undefined {
     return "permanent";
   }
   if (typeof err !== "object" || err === null) return undefined;
-  const e = err as { code?: unknown; name?: unknown; message?: unknown; retriable?: unknown };
-  if (typeof e.code === "string") {
-    if (transientSocketCodes.has(e.code)) return "transient";
-    if (/^[0-9A-Z]{5}$/.test(e.code) && (e.code.startsWith("08") || transientSqlStates.has(e.code))) return "transient";
-  }
+  // Sockets, DNS, and a database connection that went away or cannot be made: one definition,
+  // shared with the RPC error mapping, so a retry and an `unavailable` answer agree.
+  if (isConnectionLost(err)) return "transient";
+  const e = err as { code?: unknown; name?: unknown; retriable?: unknown };
+  if (typeof e.code === "string" && transientSqlStates.has(e.code)) return "transient";
   if (typeof e.name === "string") {
     if (transientKafkaNames.has(e.name)) return "transient";
     // Any other kafkajs error says itself whether it may be retried.
     if (e.name.startsWith("KafkaJS") && e.retriable === true) return "transient";
   }
-  if (typeof e.message === "string" && transientPgMessages.some((re) => re.test(e.message as string)))
-    return "transient";
   return undefined;
 }
 
