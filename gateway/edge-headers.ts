@@ -1,3 +1,4 @@
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import { Code, ConnectError, decodeBinaryHeader } from "@connectrpc/connect";
 import { CLIENT_ADDRESS_HEADER } from "../platform/auth/client-address.js";
 import { isTransportHeader } from "../platform/grpc/metadata.js";
@@ -123,4 +124,59 @@ export function returnableHeaders(upstream: Headers, into: Headers): void {
   upstream.forEach((value, key) => {
     if (!belongsToHop(key, named)) into.set(key, value);
   });
+}
+
+// ---- the same rules over node's header records, for calls passed through undecoded ----
+
+// grpc-* belongs to the hop, except the encodings: a passed-through frame stays compressed as
+// the caller compressed it, so the service must hear which codec that was, and the caller which
+// one the service answers with.
+const frameEncodings = new Set(["grpc-encoding", "grpc-accept-encoding"]);
+
+/**
+ * forwardableHeaders for a request passed through: node's header record in, the upstream
+ * request's header record out (written into `into`). Mesh-only headers are dropped here too.
+ */
+export function forwardableHeaderRecord(request: IncomingHttpHeaders, into: OutgoingHttpHeaders): void {
+  const connection = request.connection;
+  const named = connection ? connectionNamed(new Headers({ connection: String(connection) })) : noNames;
+  for (const key in request) {
+    const raw = request[key];
+    if (raw === undefined) continue;
+    const value = Array.isArray(raw) ? raw.join(", ") : raw;
+    if (frameEncodings.has(key)) {
+      into[key] = value;
+      continue;
+    }
+    if (belongsToHop(key, named) || browserOnly.has(key) || key.startsWith("sec-")) continue;
+    if (!legalKey.test(key) || key === "traceparent" || key === "tracestate" || meshOnly.includes(key)) continue;
+    if (key.endsWith("-bin")) {
+      for (const part of value.split(",")) {
+        try {
+          decodeBinaryHeader(part.trim());
+        } catch {
+          throw new ConnectError(`header ${key} must be base64, as every -bin header`, Code.InvalidArgument);
+        }
+      }
+    } else if (!legalText.test(value)) {
+      throw new ConnectError(
+        `header ${key} carries characters gRPC metadata cannot; send it base64 in a header named ${key}-bin`,
+        Code.InvalidArgument,
+      );
+    }
+    into[key] = value;
+  }
+}
+
+const noNames = new Set<string>();
+
+/** returnableHeaders over node's header record of an upstream response or its trailers. */
+export function returnableHeaderRecord(upstream: IncomingHttpHeaders, into: OutgoingHttpHeaders): void {
+  const connection = upstream.connection;
+  const named = connection ? connectionNamed(new Headers({ connection: String(connection) })) : noNames;
+  for (const key in upstream) {
+    const value = upstream[key];
+    if (value === undefined) continue;
+    if (frameEncodings.has(key) || !belongsToHop(key, named)) into[key] = value;
+  }
 }

@@ -9,6 +9,7 @@ import {
 } from "@connectrpc/connect";
 import { createMeshClient } from "../platform/grpc/client.js";
 import { forwardableHeaders, returnableHeaders } from "./edge-headers.js";
+import { edgeMessage, plainSentence } from "./edge-status.js";
 
 function callOptions(ctx: HandlerContext, defaultUnaryMs: number | undefined): CallOptions {
   // A call with less than a millisecond left cannot reach the service and come back; and the
@@ -27,20 +28,6 @@ function callOptions(ctx: HandlerContext, defaultUnaryMs: number | undefined): C
   };
 }
 
-// What grpc-js writes into a status it made up itself: load-balancer states, peer addresses,
-// attempt counts, timings. True for the client that asked, useless and revealing to a caller.
-const transportDetail =
-  /remote_addr|LB pick|previous attempts|name resolution|subchannel|RST_STREAM|HTTP\/2|ECONN|EPIPE|\b\d{1,3}(\.\d{1,3}){3}(:\d+)?\b|\[[0-9a-f:]+\]/i;
-
-const plainSentence: Partial<Record<Code, string>> = {
-  [Code.DeadlineExceeded]: "the deadline expired before the call finished",
-  [Code.Canceled]: "the call was cancelled",
-  [Code.Unavailable]: "the service is unavailable right now; try again shortly",
-  [Code.Internal]: "the call failed inside the mesh",
-  [Code.Unknown]: "the call failed inside the mesh",
-  [Code.ResourceExhausted]: "a message was larger than the mesh accepts",
-};
-
 /**
  * The error a caller of the gateway sees for a forwarded call.
  * - When the caller's deadline, disconnection or our shutdown ended the call, that is the
@@ -53,8 +40,7 @@ const plainSentence: Partial<Record<Code, string>> = {
  */
 function atTheEdge(err: unknown, ctx: HandlerContext): ConnectError {
   const ce = ConnectError.from(ctx.signal.aborted ? ctx.signal.reason : err);
-  const plain = ce.code === Code.DeadlineExceeded || ce.code === Code.Canceled || transportDetail.test(ce.rawMessage);
-  const out = new ConnectError(plain ? (plainSentence[ce.code] ?? "the call failed") : ce.rawMessage, ce.code);
+  const out = new ConnectError(edgeMessage(ce.code, ce.rawMessage), ce.code);
   out.details.push(...ce.details);
   return out;
 }

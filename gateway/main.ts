@@ -21,7 +21,10 @@ import { applyCors } from "./cors.js";
 import { createDualProtocolServer, defaultLimits } from "./dual-protocol-server.js";
 import { forwardingService } from "./forward.js";
 import { gatewayHealthService } from "./health.js";
+import { createPassthrough } from "./passthrough.js";
+import { passRoutes } from "./passthrough-routes.js";
 import { createRpcHandler } from "./rpc-handler.js";
+import { createUpstreamPool } from "./upstream-pool.js";
 import { defaultTarget, publicServices, targetVariable } from "./public-services.js";
 
 export const configSpec = {
@@ -118,12 +121,23 @@ export async function startGateway(
   const rateLimit = rateLimiting(config);
   // Short enough that /.well-known/jwks.json (max-age 30) shows a rotated key promptly.
   const keys = identityKeySet(config.IDENTITY_TARGET!, { ttlMs: 30_000 });
+  const resolvePrincipal = opts.resolvePrincipal ?? bearerPrincipalResolver(keys);
+  const pool = createUpstreamPool();
+  const passthrough = createPassthrough({
+    routes: passRoutes(upstreams),
+    pool,
+    resolvePrincipal,
+    rateLimit,
+    trustedProxies: config.GATEWAY_TRUSTED_PROXIES,
+    edgeSecrets: config.MESH_EDGE_SECRET,
+    maxMessageBytes: config.GATEWAY_MAX_BODY_BYTES,
+    defaultUnaryMs: config.DEFAULT_DEADLINE_MS,
+    maxUnaryMs: config.MAX_DEADLINE_MS,
+    shutdown: shutdown.signal,
+  });
+  // Connect calls, and credential calls in every protocol, are decoded and forwarded by grpc-js.
   const rpcInterceptors = [
-    ...meshInterceptors({
-      component: "gateway",
-      resolvePrincipal: opts.resolvePrincipal ?? bearerPrincipalResolver(keys),
-      rateLimit,
-    }),
+    ...meshInterceptors({ component: "gateway", resolvePrincipal, rateLimit }),
     vouchForClient(config.MESH_EDGE_SECRET),
   ];
   const infraInterceptors = infrastructureInterceptors("gateway");
@@ -205,7 +219,7 @@ export async function startGateway(
   const server = createDualProtocolServer(
     (req, res) => {
       if (applyCors(allowed, req, res)) return;
-      rpc(req, res);
+      if (!passthrough(req, res)) rpc(req, res);
     },
     {
       maxHeaderBytes: config.GATEWAY_MAX_HEADER_BYTES,
@@ -223,6 +237,7 @@ export async function startGateway(
     async stop() {
       shutdown.abort();
       await server.close(config.SHUTDOWN_GRACE_MS);
+      pool.close();
       for (const u of upstreams) {
         u.forward.close();
         u.health.close();

@@ -1,0 +1,506 @@
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
+import http2, { type ClientHttp2Stream, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { context, propagation, SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
+import { CLIENT_ADDRESS_HEADER, vouchForAddress, type EdgeSecrets } from "../platform/auth/client-address.js";
+import type { RateLimiter } from "../platform/cache/rate-limiter.js";
+import type { PrincipalResolver } from "../platform/grpc/interceptors/access.js";
+import type { RateRules } from "../platform/grpc/interceptors/rate-limit.js";
+import { logger } from "../platform/telemetry/logger.js";
+import { recordRpc } from "../platform/telemetry/metrics.js";
+import { admit, takeRateToken } from "./admission.js";
+import { clientAddressOf, type TrustedProxies } from "./client-address.js";
+import { forwardableHeaderRecord, returnableHeaderRecord } from "./edge-headers.js";
+import { edgeMessage, plainSentence } from "./edge-status.js";
+import {
+  Base64Stream,
+  decodeGrpcMessage,
+  encodeGrpcMessage,
+  FrameWatcher,
+  grpcWebTrailerFrame,
+} from "./grpc-frames.js";
+import type { PassRoute } from "./passthrough-routes.js";
+import type { UpstreamPool } from "./upstream-pool.js";
+
+/**
+ * gRPC and gRPC-web calls forwarded frame by frame: the length-prefixed messages go to the
+ * service as they came, over one pooled HTTP/2 connection per upstream, and its frames come back
+ * the same way. Nothing is decoded. What the edge owes every call is decided from the method's
+ * descriptor (passthrough-routes.ts) and the headers: the access policy and rate class, the
+ * client's signed address, which headers travel each way, the deadline, the size of each frame,
+ * cancellation both ways, a server span, a log line and the call metrics.
+ * Connect requests and credential calls are not handled here (the handler returns false).
+ */
+
+type Req = IncomingMessage | Http2ServerRequest;
+type Res = ServerResponse | Http2ServerResponse;
+
+export interface PassthroughOptions {
+  routes: Map<string, PassRoute>;
+  pool: UpstreamPool;
+  resolvePrincipal: PrincipalResolver;
+  rateLimit: { limiter: RateLimiter; rules: RateRules };
+  trustedProxies: TrustedProxies;
+  edgeSecrets: EdgeSecrets | undefined;
+  maxMessageBytes: number;
+  defaultUnaryMs: number;
+  maxUnaryMs: number;
+  shutdown: AbortSignal;
+}
+
+type Protocol = "grpc" | "web" | "text";
+
+function protocolOf(contentType: string): Protocol | undefined {
+  if (/^application\/grpc(\+proto)?(;|$)/i.test(contentType)) return "grpc";
+  if (/^application\/grpc-web(\+proto)?(;|$)/i.test(contentType)) return "web";
+  if (/^application\/grpc-web-text(\+proto)?(;|$)/i.test(contentType)) return "text";
+  return undefined;
+}
+
+const log = logger.child({ component: "gateway" });
+const tracer = trace.getTracer("medmesh-rpc");
+const nodeHeaderGetter = {
+  keys: (h: IncomingHttpHeaders) => Object.keys(h),
+  get: (h: IncomingHttpHeaders, key: string) => h[key],
+};
+
+/** After the deadline, how long the service has to send its own answer before the gateway gives it. */
+const DEADLINE_GRACE_MS = 100;
+
+const grpcUnits: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1_000, m: 1, u: 1e-3, n: 1e-6 };
+
+/** The call's timeout in ms: undefined for none, NaN for a value that does not parse. */
+function timeoutOf(
+  header: string | string[] | undefined,
+  route: PassRoute,
+  opts: PassthroughOptions,
+): number | undefined {
+  if (header === undefined) return route.unary ? opts.defaultUnaryMs : undefined;
+  const m = /^(\d{1,8})([HMSmun])$/.exec(String(header));
+  if (!m) return NaN;
+  const ms = Number(m[1]) * grpcUnits[m[2]!]!;
+  // As at the services: an over-long unary deadline is clamped, not refused; streams keep theirs.
+  return route.unary && ms > opts.maxUnaryMs ? opts.maxUnaryMs : ms;
+}
+
+/** gRPC's OK, which connect's Code leaves out. */
+const OK = 0 as Code;
+
+const { NGHTTP2_CANCEL, NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_NO_ERROR } = http2.constants;
+
+/** The handler: true when it took the call, false for calls the decoding path serves. */
+export function createPassthrough(opts: PassthroughOptions): (req: Req, res: Res) => boolean {
+  const active = new Set<PassedCall>();
+  opts.shutdown.addEventListener(
+    "abort",
+    () => {
+      for (const call of active) call.fail(Code.Unavailable, "the gateway is shutting down; try again shortly");
+    },
+    { once: true },
+  );
+  return (req, res) => {
+    const url = req.url ?? "";
+    const q = url.indexOf("?");
+    const route = opts.routes.get(q < 0 ? url : url.slice(0, q));
+    if (!route || req.method !== "POST") return false;
+    const protocol = protocolOf(req.headers["content-type"] ?? "");
+    // gRPC needs HTTP/2 trailers; over HTTP/1.1 the decoding path answers it as it always has.
+    if (!protocol || (protocol === "grpc" && !("stream" in req))) return false;
+    const call = new PassedCall(route, protocol, req, res, opts, active);
+    active.add(call);
+    void call.start();
+    return true;
+  };
+}
+
+/** Where the answer goes: an HTTP/2 stream with trailers, or a gRPC-web body ending in a trailer frame. */
+interface Sink {
+  readonly headersSent: boolean;
+  sendHeaders(headers: OutgoingHttpHeaders): void;
+  write(chunk: Buffer): boolean;
+  onceDrained(f: () => void): void;
+  end(trailers: Record<string, string>): void;
+}
+
+function grpcSink(res: Http2ServerResponse, req: Http2ServerRequest): Sink {
+  const stream = res.stream;
+  // CORS headers the gateway set on the response object before handing the call over.
+  const cors = req.headers.origin === undefined ? {} : res.getHeaders();
+  let contentType = "application/grpc+proto";
+  return {
+    get headersSent() {
+      return stream.headersSent;
+    },
+    sendHeaders(headers) {
+      if (typeof headers["content-type"] === "string") contentType = headers["content-type"];
+      stream.respond({ ...cors, ...headers, ":status": 200, "content-type": contentType }, { waitForTrailers: true });
+    },
+    write: (chunk) => stream.write(chunk),
+    onceDrained: (f) => stream.once("drain", f),
+    end(trailers) {
+      if (stream.destroyed || stream.closed) return;
+      if (!stream.headersSent) {
+        // Trailers-only: the status in the one header block, as gRPC answers a call it refuses.
+        stream.respond({ ...cors, ":status": 200, "content-type": contentType, ...trailers }, { endStream: true });
+        return;
+      }
+      // node's compatibility response answers the stream's wantTrailers with the trailers it holds.
+      res.addTrailers(trailers);
+      stream.end();
+    },
+  };
+}
+
+function webSink(res: Res, text: boolean): Sink {
+  const contentType = text ? "application/grpc-web-text+proto" : "application/grpc-web+proto";
+  const encode = (b: Buffer) => (text ? Buffer.from(b.toString("base64"), "latin1") : b);
+  const sink: Sink = {
+    get headersSent() {
+      return res.headersSent;
+    },
+    sendHeaders(headers) {
+      delete headers["content-length"];
+      res.writeHead(200, { ...headers, "content-type": contentType });
+    },
+    write: (chunk) => (res as ServerResponse).write(encode(chunk)),
+    onceDrained: (f) => res.once("drain", f),
+    end(trailers) {
+      if (res.destroyed || res.writableEnded) return;
+      if (!res.headersSent) sink.sendHeaders({});
+      (res as ServerResponse).end(encode(grpcWebTrailerFrame(trailers)));
+    },
+  };
+  return sink;
+}
+
+/** A client that ended its request and reset the stream right behind it (see rpc-handler.ts). */
+function gaveUp(req: Req): boolean {
+  if ("stream" in req) return req.stream.aborted || req.stream.rstCode !== NGHTTP2_NO_ERROR;
+  return !req.complete;
+}
+
+class PassedCall {
+  private done = false;
+  private readonly started = performance.now();
+  private span: Span | undefined;
+  private readonly sink: Sink;
+  private upstream: ClientHttp2Stream | undefined;
+  private upstreamTrailers: IncomingHttpHeaders | undefined;
+  private upstreamError: Error | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private requestBlocked = false;
+  private responseBlocked = false;
+
+  constructor(
+    private readonly route: PassRoute,
+    private readonly protocol: Protocol,
+    private readonly req: Req,
+    private readonly res: Res,
+    private readonly opts: PassthroughOptions,
+    private readonly active: Set<PassedCall>,
+  ) {
+    this.sink =
+      protocol === "grpc"
+        ? grpcSink(res as Http2ServerResponse, req as Http2ServerRequest)
+        : webSink(res, protocol === "text");
+  }
+
+  async start(): Promise<void> {
+    const { req, res, route, opts } = this;
+    // Nothing is read until the call is admitted and its upstream stream is open.
+    req.pause();
+    req.on("error", () => {});
+    res.on("close", () => {
+      if (!this.done) this.clientLeft();
+    });
+    const headers = req.headers;
+    const parent = headers.traceparent
+      ? propagation.extract(context.active(), headers, nodeHeaderGetter)
+      : context.active();
+    this.span = tracer.startSpan(route.rpc, { kind: SpanKind.SERVER, attributes: route.spanAttributes }, parent);
+
+    const timeoutMs = timeoutOf(headers["grpc-timeout"], route, opts);
+    if (Number.isNaN(timeoutMs)) {
+      return this.fail(
+        Code.InvalidArgument,
+        `grpc-timeout "${String(headers["grpc-timeout"])}" is not a gRPC timeout (up to 8 digits and a unit: H, M, S, m, u or n)`,
+      );
+    }
+    if (timeoutMs !== undefined && timeoutMs < 1) {
+      return this.fail(Code.DeadlineExceeded, "the deadline expired before the call started");
+    }
+    const deadlineAt = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
+    if (timeoutMs !== undefined) {
+      this.timer = setTimeout(
+        () => this.fail(Code.DeadlineExceeded, plainSentence[Code.DeadlineExceeded]!),
+        timeoutMs + DEADLINE_GRACE_MS,
+      );
+    }
+
+    const out: OutgoingHttpHeaders = {};
+    const peer = req.socket?.remoteAddress;
+    const address = clientAddressOf(peer, headers["x-forwarded-for"], opts.trustedProxies);
+    try {
+      forwardableHeaderRecord(headers, out);
+      const principal = await admit(route.policy, route.service, route.method, headers, opts.resolvePrincipal);
+      await takeRateToken(opts.rateLimit.limiter, opts.rateLimit.rules, route.rateClass, principal, address ?? peer);
+    } catch (err) {
+      return this.failWith(err);
+    }
+    if (this.done) return;
+
+    out[":method"] = "POST";
+    out[":path"] = route.path;
+    out["content-type"] = "application/grpc";
+    out.te = "trailers";
+    if (deadlineAt !== undefined) out["grpc-timeout"] = `${Math.max(1, Math.ceil(deadlineAt - Date.now()))}m`;
+    const sc = this.span.spanContext();
+    if (sc.traceId !== "00000000000000000000000000000000") {
+      out.traceparent = `00-${sc.traceId}-${sc.spanId}-0${sc.traceFlags & 1}`;
+      const state = sc.traceState?.serialize();
+      if (state) out.tracestate = state;
+    }
+    if (opts.edgeSecrets && address) {
+      out[CLIENT_ADDRESS_HEADER] = vouchForAddress(opts.edgeSecrets, address, route.path, Date.now());
+    }
+    this.open(out);
+  }
+
+  private open(headers: OutgoingHttpHeaders, retried = false): void {
+    let up: ClientHttp2Stream;
+    try {
+      up = this.opts.pool.session(this.route.target).request(headers);
+    } catch {
+      // A connection that is going away refuses new streams at once; the next one is fresh.
+      if (!retried) return this.open(headers, true);
+      return this.fail(Code.Unavailable, plainSentence[Code.Unavailable]!);
+    }
+    this.upstream = up;
+    up.on("response", (h) => this.onResponse(h));
+    up.on("data", (chunk: Buffer) => this.onResponseData(chunk));
+    up.on("trailers", (t) => (this.upstreamTrailers = t));
+    up.on("error", (err) => (this.upstreamError = err));
+    up.on("close", () => this.onUpstreamClose());
+    this.pumpRequest(up);
+  }
+
+  private pumpRequest(up: ClientHttp2Stream): void {
+    const { req, route, opts } = this;
+    const watcher = new FrameWatcher(opts.maxMessageBytes);
+    const base64 = this.protocol === "text" ? new Base64Stream() : undefined;
+    const encoding = req.headers["grpc-encoding"];
+    const mayCompress = encoding !== undefined && encoding !== "identity";
+    req.on("data", (chunk: Buffer) => {
+      if (this.done) return;
+      let bytes = chunk;
+      if (base64) {
+        try {
+          bytes = base64.push(chunk);
+        } catch (err) {
+          return this.failWith(err);
+        }
+        if (bytes.length === 0) return;
+      }
+      const over = watcher.oversized(bytes);
+      if (over >= 0) {
+        return this.fail(
+          Code.ResourceExhausted,
+          `a request message of ${over} bytes is larger than the ${opts.maxMessageBytes} bytes the gateway accepts`,
+        );
+      }
+      // grpc-js would call this unimplemented; it is the caller's mistake, as at the services.
+      if (watcher.compressed && !mayCompress) {
+        return this.fail(Code.InvalidArgument, "a message is flagged compressed but the request names no encoding");
+      }
+      if (!up.write(bytes) && !this.requestBlocked) {
+        this.requestBlocked = true;
+        req.pause();
+        up.once("drain", () => {
+          this.requestBlocked = false;
+          req.resume();
+        });
+      }
+    });
+    req.on("end", () => {
+      if (this.done) return;
+      try {
+        base64?.end();
+      } catch (err) {
+        return this.failWith(err);
+      }
+      // Passed on, a cut-off message would reach the service as no message, or as none at all.
+      if (!watcher.atBoundary) {
+        return this.fail(
+          Code.InvalidArgument,
+          "the request ends inside a message: its length prefix announces more bytes than were sent",
+        );
+      }
+      if (!route.streamedRequest || !("stream" in req)) return void up.end();
+      // An HTTP/2 client that cancels with close() sends END_STREAM and then RST_STREAM; passed on
+      // at once, the end would be a complete upload to the service. Two turns of the event loop
+      // (the second polls the socket again) show whether a reset came right behind it.
+      setImmediate(() =>
+        setImmediate(() => {
+          if (this.done) return;
+          if (gaveUp(req)) this.clientLeft();
+          else up.end();
+        }),
+      );
+    });
+    req.resume();
+  }
+
+  private onResponse(h: IncomingHttpHeaders): void {
+    if (this.done) return;
+    const status = Number(h[":status"]);
+    if (status !== 200) {
+      const code = httpStatusCode(status);
+      return this.fail(code, plainSentence[code] ?? `the service answered HTTP ${status}`);
+    }
+    if (h["grpc-status"] !== undefined) {
+      // Trailers-only: the call's status came with the headers.
+      this.upstreamTrailers = h;
+      return;
+    }
+    const out: OutgoingHttpHeaders = {};
+    returnableHeaderRecord(h, out);
+    if (typeof h["content-type"] === "string" && this.protocol === "grpc") out["content-type"] = h["content-type"];
+    this.sink.sendHeaders(out);
+  }
+
+  private responseWatcher: FrameWatcher | undefined;
+
+  private onResponseData(chunk: Buffer): void {
+    if (this.done) return;
+    const watcher = (this.responseWatcher ??= new FrameWatcher(this.opts.maxMessageBytes));
+    const over = watcher.oversized(chunk);
+    if (over >= 0) {
+      return this.fail(
+        Code.ResourceExhausted,
+        `a response message of ${over} bytes is larger than the ${this.opts.maxMessageBytes} bytes the gateway passes on`,
+      );
+    }
+    if (!this.sink.write(chunk) && !this.responseBlocked) {
+      const up = this.upstream!;
+      this.responseBlocked = true;
+      up.pause();
+      this.sink.onceDrained(() => {
+        this.responseBlocked = false;
+        up.resume();
+      });
+    }
+  }
+
+  private onUpstreamClose(): void {
+    if (this.done) return;
+    const t = this.upstreamTrailers;
+    if (t) return this.finishWithTrailers(t);
+    const up = this.upstream!;
+    const sessionAlive = !up.session?.destroyed && !up.session?.closed && this.upstreamError === undefined;
+    if (sessionAlive && up.rstCode === NGHTTP2_CANCEL) return this.fail(Code.Canceled, plainSentence[Code.Canceled]!);
+    if (sessionAlive && up.rstCode === NGHTTP2_ENHANCE_YOUR_CALM) {
+      return this.fail(Code.ResourceExhausted, "the service is taking too many calls; try again shortly");
+    }
+    if (sessionAlive && up.rstCode === NGHTTP2_INADEQUATE_SECURITY) {
+      return this.fail(Code.PermissionDenied, "the service refused the connection");
+    }
+    // Refused, reset, unreachable or gone mid-call: the caller may try again.
+    this.fail(Code.Unavailable, plainSentence[Code.Unavailable]!);
+  }
+
+  private finishWithTrailers(t: IncomingHttpHeaders): void {
+    const status = Number(t["grpc-status"]);
+    const code = Number.isInteger(status) && status >= 0 && status <= 16 ? status : Code.Unknown;
+    const trailers: Record<string, string> = {};
+    returnableHeaderRecord(t, trailers as OutgoingHttpHeaders);
+    delete trailers["grpc-encoding"];
+    delete trailers["grpc-accept-encoding"];
+    trailers["grpc-status"] = String(code);
+    let message = "";
+    if (code !== 0) {
+      const raw = typeof t["grpc-message"] === "string" ? t["grpc-message"] : "";
+      const said = decodeGrpcMessage(raw);
+      message = edgeMessage(code, said);
+      // The service's own words travel as it encoded them; only a replaced message is re-encoded.
+      if (message) trailers["grpc-message"] = message === said ? raw : encodeGrpcMessage(message);
+      const details = t["grpc-status-details-bin"];
+      if (typeof details === "string") trailers["grpc-status-details-bin"] = details;
+    }
+    this.finish(code, message, trailers);
+  }
+
+  failWith(err: unknown): void {
+    const ce = ConnectError.from(err);
+    const headers = new Headers();
+    setTrailerStatus(headers, ce);
+    const trailers: Record<string, string> = {
+      "grpc-status": String(ce.code),
+      "grpc-message": encodeGrpcMessage(ce.rawMessage),
+    };
+    const details = headers.get("grpc-status-details-bin");
+    if (details) trailers["grpc-status-details-bin"] = details;
+    this.finish(ce.code, ce.rawMessage, trailers);
+  }
+
+  fail(code: Code, message: string): void {
+    this.finish(code, message, { "grpc-status": String(code), "grpc-message": encodeGrpcMessage(message) });
+  }
+
+  /** The client reset the stream or dropped the connection: the service's call is cancelled. */
+  private clientLeft(): void {
+    this.finish(Code.Canceled, "the client cancelled the call", undefined);
+  }
+
+  private finish(code: Code, message: string, trailers: Record<string, string> | undefined): void {
+    if (this.done) return;
+    this.done = true;
+    this.active.delete(this);
+    clearTimeout(this.timer);
+    const up = this.upstream;
+    if (up && !up.closed && !up.destroyed) {
+      up.close(code === OK ? NGHTTP2_NO_ERROR : NGHTTP2_CANCEL);
+    }
+    if (trailers) this.sink.end(trailers);
+    // A request still arriving after the answer is read and dropped, so the client can finish.
+    if (!this.req.readableEnded) this.req.resume();
+    this.record(code, message);
+  }
+
+  private record(code: Code, message: string): void {
+    const span = this.span;
+    if (span) {
+      span.setAttribute("rpc.grpc.status_code", code);
+      if (code !== OK) span.setStatus({ code: SpanStatusCode.ERROR, message });
+      span.end();
+    }
+    const durationMs = Math.round((performance.now() - this.started) * 100) / 100;
+    const name = code === OK ? "ok" : (Code[code] ?? "unknown");
+    recordRpc("gateway", this.route.rpc, name, durationMs);
+    const fields = { rpc: this.route.rpc, code: name, duration_ms: durationMs };
+    if (code === OK) log.debug("rpc finished", fields);
+    else if (code === Code.Internal) log.error("rpc failed", { ...fields, error: message });
+    else log.info("rpc rejected", { ...fields, error: message });
+  }
+}
+
+/** gRPC's mapping of an HTTP status that is not 200 (a proxy or something else answered). */
+function httpStatusCode(status: number): Code {
+  switch (status) {
+    case 400:
+      return Code.Internal;
+    case 401:
+      return Code.Unauthenticated;
+    case 403:
+      return Code.PermissionDenied;
+    case 404:
+      return Code.Unimplemented;
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+      return Code.Unavailable;
+    default:
+      return Code.Unknown;
+  }
+}
