@@ -1,73 +1,11 @@
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
-import { Duplex } from "node:stream";
 
 type Handler = (
   req: http.IncomingMessage | http2.Http2ServerRequest,
   res: http.ServerResponse | http2.Http2ServerResponse,
 ) => void;
-
-/** A duplex over a socket that first yields bytes already read from it. */
-class ReplayingSocket extends Duplex {
-  constructor(
-    private readonly socket: net.Socket,
-    head: Buffer,
-  ) {
-    super();
-    this.push(head);
-    socket.on("data", (d) => {
-      if (!this.push(d)) socket.pause();
-    });
-    socket.on("end", () => this.push(null));
-    // A connection reset by the client is the client leaving. Passed on as an error, node:http2
-    // would close every stream of the session with INTERNAL_ERROR, and each call the client had in
-    // flight would be logged and counted as an internal failure of the gateway.
-    socket.on("error", () => this.destroy());
-    socket.on("close", () => this.destroy());
-  }
-  get remoteAddress() {
-    return this.socket.remoteAddress;
-  }
-  get remotePort() {
-    return this.socket.remotePort;
-  }
-  get remoteFamily() {
-    return this.socket.remoteFamily;
-  }
-  get localAddress() {
-    return this.socket.localAddress;
-  }
-  get localPort() {
-    return this.socket.localPort;
-  }
-  setNoDelay(v?: boolean) {
-    this.socket.setNoDelay(v);
-    return this;
-  }
-  setKeepAlive(enable?: boolean, delay?: number) {
-    this.socket.setKeepAlive(enable, delay);
-    return this;
-  }
-  setTimeout(ms: number, cb?: () => void) {
-    this.socket.setTimeout(ms, cb);
-    return this;
-  }
-  override _read() {
-    this.socket.resume();
-  }
-  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void) {
-    this.socket.write(chunk, cb);
-  }
-  override _final(cb: () => void) {
-    this.socket.end();
-    cb();
-  }
-  override _destroy(err: Error | null, cb: (err: Error | null) => void) {
-    this.socket.destroy(err ?? undefined);
-    cb(err);
-  }
-}
 
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
@@ -198,17 +136,17 @@ export function createDualProtocolServer(handler: Handler, limits: Partial<Conne
       if (looksH2 && seen.length < PREFACE.length) return; // wait for the rest of the preface
       socket.off("data", decide);
       clearTimeout(sniffing);
+      // Either server gets the socket itself, paused, with the bytes read so far put back.
+      // node:http2 hands bytes already buffered on a socket to nghttp2 when it sets up the
+      // session, then reads the socket's handle natively; HTTP/1.1 reads them as usual.
+      socket.pause();
+      socket.unshift(seen);
       if (looksH2) {
-        // node:http2 reads straight from the socket's handle, so bytes already read cannot be
-        // unshifted back; it gets a stream that replays them first. HTTP/1.1 accepts unshift.
-        // node:http2 turns Nagle off on the sockets it accepts itself, but not on a stream it is
-        // handed: left on, every flow-control round trip waits out the peer's delayed ACK and an
-        // upload crawls at about 1 MB/s.
+        // Uploads crawl at about 1 MB/s with Nagle on: every flow-control round trip waits out
+        // the peer's delayed ACK.
         socket.setNoDelay(true);
-        h2.emit("connection", new ReplayingSocket(socket, seen));
+        h2.emit("connection", socket);
       } else {
-        socket.pause();
-        socket.unshift(seen);
         h1.emit("connection", socket);
         socket.resume();
       }

@@ -398,14 +398,14 @@ class PassedCall {
     if (t) return this.finishWithTrailers(t);
     const up = this.upstream!;
     const sessionAlive = !up.session?.destroyed && !up.session?.closed && this.upstreamError === undefined;
-    if (sessionAlive && up.rstCode === NGHTTP2_CANCEL) return this.fail(Code.Canceled, plainSentence[Code.Canceled]!);
     if (sessionAlive && up.rstCode === NGHTTP2_ENHANCE_YOUR_CALM) {
       return this.fail(Code.ResourceExhausted, "the service is taking too many calls; try again shortly");
     }
     if (sessionAlive && up.rstCode === NGHTTP2_INADEQUATE_SECURITY) {
       return this.fail(Code.PermissionDenied, "the service refused the connection");
     }
-    // Refused, reset, unreachable or gone mid-call: the caller may try again.
+    // Refused, reset (a connection that drops resets its streams with CANCEL), unreachable or
+    // gone mid-call: the caller may try again.
     this.fail(Code.Unavailable, plainSentence[Code.Unavailable]!);
   }
 
