@@ -31,31 +31,37 @@ function headerView(headers: IncomingHttpHeaders): Headers {
 }
 
 /**
- * The caller admitted under `policy`, or the refusal as a ConnectError. `name` is
- * "<package.Service>/<Method>", as the interceptor's sentences spell it.
+ * The caller admitted under `policy`, or the refusal as a ConnectError. `service` and `method`
+ * spell the method as the interceptor's sentences do. Synchronous when there is nothing to
+ * verify (a public method called without a token), which is most anonymous traffic: every
+ * promise costs a round of async hooks while tracing is on.
  */
-export async function admit(
+export function admit(
   policy: Policy | undefined,
   service: string,
   method: string,
   headers: IncomingHttpHeaders,
   resolve: PrincipalResolver,
-): Promise<Principal | undefined> {
+): Principal | undefined | Promise<Principal | undefined> {
   if (!policy || policy.audience === Audience.UNSPECIFIED) {
     throw new ConnectError(`${service}/${method} declares no access policy and is not served`, Code.PermissionDenied);
   }
-  const view = headerView(headers);
   if (policy.audience === Audience.PUBLIC) {
-    // A stale or broken token must not lock anyone out of a public method: it only fails to
-    // identify the caller.
-    return resolve(view).catch(() => undefined);
+    // No token names no one (as the bearer resolver has it). A stale or broken token must not
+    // lock anyone out of a public method: it only fails to identify the caller.
+    if (headers.authorization === undefined) return undefined;
+    return resolve(headerView(headers)).catch(() => undefined);
   }
-  const principal = await resolve(view);
-  if (!principal) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
-  if (policy.audience === Audience.ROLES && !policy.roles.includes(principal.role)) {
-    throw new ConnectError(`the ${roleNames.label(principal.role)} role may not call ${method}`, Code.PermissionDenied);
-  }
-  return principal;
+  return resolve(headerView(headers)).then((principal) => {
+    if (!principal) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
+    if (policy.audience === Audience.ROLES && !policy.roles.includes(principal.role)) {
+      throw new ConnectError(
+        `the ${roleNames.label(principal.role)} role may not call ${method}`,
+        Code.PermissionDenied,
+      );
+    }
+    return principal;
+  });
 }
 
 /**
@@ -63,26 +69,25 @@ export async function admit(
  * anonymous callers, the client's address. A limiter that cannot answer lets the call through:
  * credential calls, which fail closed, are not passed through.
  */
-export async function takeRateToken(
+export function takeRateToken(
   limiter: RateLimiter,
   rules: RateRules,
   rateClass: RateClass,
   principal: Principal | undefined,
   address: string | undefined,
-): Promise<void> {
+): Promise<void> | undefined {
   const rule = rules[rateClass];
-  if (!rule) return;
+  if (!rule) return undefined;
   const name = rateClassNames.name(rateClass);
   const who = principal ? `${principal.kind}:${principal.subject}` : `ip:${address ?? "unknown"}`;
-  let decision;
-  try {
-    decision = await limiter.take(`${name}:${who}`, rule);
-  } catch (err) {
-    log.warn("rate limiter unavailable", { error: (err as Error).message, rate_class: name });
-    return;
-  }
-  if (!decision.allowed) {
-    const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
-    throw resourceExhausted(`too many ${name} calls; try again in ${seconds} s`, decision.retryAfterMs);
-  }
+  return limiter.take(`${name}:${who}`, rule).then(
+    (decision) => {
+      if (decision.allowed) return;
+      const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
+      throw resourceExhausted(`too many ${name} calls; try again in ${seconds} s`, decision.retryAfterMs);
+    },
+    (err: unknown) => {
+      log.warn("rate limiter unavailable", { error: (err as Error).message, rate_class: name });
+    },
+  );
 }

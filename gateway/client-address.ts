@@ -37,6 +37,7 @@ export function parseTrustedProxies(raw: string): TrustedProxies {
     }
     list.addSubnet(address, prefix, family === 6 ? "ipv6" : "ipv4");
   }
+  if (list.rules.length === 0) return { has: () => false };
   return {
     has: (address) => {
       const family = isIP(address);

@@ -7,6 +7,9 @@ type Handler = (
   res: http.ServerResponse | http2.Http2ServerResponse,
 ) => void;
 
+const STREAM_WINDOW_BYTES = 2 * 1024 * 1024;
+const CONNECTION_WINDOW_BYTES = 8 * 1024 * 1024;
+
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
 /** What one client may hold of the gateway, per connection. */
@@ -82,6 +85,8 @@ export function createDualProtocolServer(handler: Handler, limits: Partial<Conne
       settings: {
         maxConcurrentStreams: lim.maxStreamsPerConnection,
         maxHeaderListSize: lim.maxHeaderBytes,
+        // With the default 64 KiB an upload waits a round trip for WINDOW_UPDATE every 64 KiB.
+        initialWindowSize: STREAM_WINDOW_BYTES,
       },
       maxHeaderListPairs: 128,
       // A client that keeps opening streams it is refused, or sends frames that make no sense,
@@ -99,6 +104,9 @@ export function createDualProtocolServer(handler: Handler, limits: Partial<Conne
   const sessions = new Set<http2.ServerHttp2Session>();
   const streams = new Map<http2.ServerHttp2Session, number>();
   h2.on("session", (s) => {
+    // The connection's window bounds what one client can have the gateway hold at once, however
+    // many streams it spreads it over.
+    s.setLocalWindowSize(CONNECTION_WINDOW_BYTES);
     sessions.add(s);
     streams.set(s, 0);
     s.on("stream", (stream) => {

@@ -16,7 +16,8 @@ export class FrameWatcher {
   private remaining = 0;
   /** Prefix bytes seen so far when a prefix is split across chunks (0..4). */
   private prefixSeen = 0;
-  private readonly prefix = Buffer.alloc(5);
+  /** Only a prefix split across chunks needs a copy; most never are. */
+  private prefix: Buffer | undefined;
   /** Whole frames seen; a trailer frame of gRPC-web counts too. */
   frames = 0;
   /** Whether any frame so far was flagged compressed. */
@@ -40,12 +41,13 @@ export class FrameWatcher {
         this.remaining = readLength(chunk, at);
         if (chunk[at]! & 0x01) this.compressed = true;
       } else {
-        for (let i = 0; i < take; i++) this.prefix[this.prefixSeen + i] = chunk[at + i]!;
+        const prefix = (this.prefix ??= Buffer.alloc(5));
+        for (let i = 0; i < take; i++) prefix[this.prefixSeen + i] = chunk[at + i]!;
         this.prefixSeen += take;
         if (this.prefixSeen < 5) return -1;
         this.prefixSeen = 0;
-        this.remaining = this.prefix.readUInt32BE(1);
-        if (this.prefix[0]! & 0x01) this.compressed = true;
+        this.remaining = prefix.readUInt32BE(1);
+        if (prefix[0]! & 0x01) this.compressed = true;
       }
       at += take;
       if (this.remaining > this.maxBytes) return this.remaining;

@@ -5,7 +5,7 @@ import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
 import { CLIENT_ADDRESS_HEADER, vouchForAddress, type EdgeSecrets } from "../platform/auth/client-address.js";
 import type { RateLimiter } from "../platform/cache/rate-limiter.js";
-import type { PrincipalResolver } from "../platform/grpc/interceptors/access.js";
+import type { Principal, PrincipalResolver } from "../platform/grpc/interceptors/access.js";
 import type { RateRules } from "../platform/grpc/interceptors/rate-limit.js";
 import { logger } from "../platform/telemetry/logger.js";
 import { recordRpc } from "../platform/telemetry/metrics.js";
@@ -109,7 +109,7 @@ export function createPassthrough(opts: PassthroughOptions): (req: Req, res: Res
     if (!protocol || (protocol === "grpc" && !("stream" in req))) return false;
     const call = new PassedCall(route, protocol, req, res, opts, active);
     active.add(call);
-    void call.start();
+    call.start();
     return true;
   };
 }
@@ -206,7 +206,7 @@ class PassedCall {
         : webSink(res, protocol === "text");
   }
 
-  async start(): Promise<void> {
+  start(): void {
     const { req, res, route, opts } = this;
     // Nothing is read until the call is admitted and its upstream stream is open.
     req.pause();
@@ -241,21 +241,41 @@ class PassedCall {
     const out: OutgoingHttpHeaders = {};
     const peer = req.socket?.remoteAddress;
     const address = clientAddressOf(peer, headers["x-forwarded-for"], opts.trustedProxies);
+    let admitted;
     try {
       forwardableHeaderRecord(headers, out);
-      const principal = await admit(route.policy, route.service, route.method, headers, opts.resolvePrincipal);
-      await takeRateToken(opts.rateLimit.limiter, opts.rateLimit.rules, route.rateClass, principal, address ?? peer);
+      admitted = admit(route.policy, route.service, route.method, headers, opts.resolvePrincipal);
     } catch (err) {
       return this.failWith(err);
     }
-    if (this.done) return;
+    const limit = (principal: Principal | undefined) => {
+      const taken = takeRateToken(
+        opts.rateLimit.limiter,
+        opts.rateLimit.rules,
+        route.rateClass,
+        principal,
+        address ?? peer,
+      );
+      if (taken)
+        taken.then(
+          () => this.forward(out, deadlineAt, address),
+          (err: unknown) => this.failWith(err),
+        );
+      else this.forward(out, deadlineAt, address);
+    };
+    if (admitted instanceof Promise) admitted.then(limit, (err: unknown) => this.failWith(err));
+    else limit(admitted);
+  }
 
+  private forward(out: OutgoingHttpHeaders, deadlineAt: number | undefined, address: string | undefined): void {
+    if (this.done) return;
+    const { route, opts } = this;
     out[":method"] = "POST";
     out[":path"] = route.path;
     out["content-type"] = "application/grpc";
     out.te = "trailers";
     if (deadlineAt !== undefined) out["grpc-timeout"] = `${Math.max(1, Math.ceil(deadlineAt - Date.now()))}m`;
-    const sc = this.span.spanContext();
+    const sc = this.span!.spanContext();
     if (sc.traceId !== "00000000000000000000000000000000") {
       out.traceparent = `00-${sc.traceId}-${sc.spanId}-0${sc.traceFlags & 1}`;
       const state = sc.traceState?.serialize();

@@ -16,6 +16,7 @@ import {
   universalRequestFromNodeRequest,
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
+import { Base64Stream } from "./grpc-frames.js";
 
 type Req = IncomingMessage | Http2ServerRequest;
 type Res = ServerResponse | Http2ServerResponse;
@@ -178,35 +179,13 @@ function fromGrpcWebText(uReq: UniversalServerRequest) {
   uReq.header.delete("content-length");
   const source = uReq.body as AsyncIterable<Uint8Array>;
   uReq.body = (async function* () {
-    let pending = "";
+    const decoder = new Base64Stream();
     for await (const chunk of source) {
-      pending += Buffer.from(chunk).toString("latin1").replace(/\s+/g, "");
-      // Whole 4-character groups decode on their own, padding included.
-      const whole = pending.length - (pending.length % 4);
-      if (whole > 0) {
-        yield decodeBase64(pending.slice(0, whole));
-        pending = pending.slice(whole);
-      }
+      const bytes = decoder.push(chunk);
+      if (bytes.length > 0) yield bytes;
     }
-    if (pending) throw new ConnectError("the grpc-web-text body is not base64", Code.InvalidArgument);
+    decoder.end();
   })();
-}
-
-function decodeBase64(text: string): Uint8Array {
-  if (!/^([A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)*$/.test(text)) {
-    throw new ConnectError("the grpc-web-text body is not base64", Code.InvalidArgument);
-  }
-  // A padded group may sit in the middle of the stream (each message encoded on its own), and
-  // a decoder stops at the first "=": decode up to each padded group separately.
-  const out: Buffer[] = [];
-  let start = 0;
-  for (let i = 3; i < text.length; i += 4) {
-    if (text[i] !== "=") continue;
-    out.push(Buffer.from(text.slice(start, i + 1), "base64"));
-    start = i + 1;
-  }
-  if (start < text.length) out.push(Buffer.from(text.slice(start), "base64"));
-  return Buffer.concat(out);
 }
 
 /** The response as gRPC-web text: each piece of the body base64 on its own, as it is sent. */
