@@ -16,6 +16,9 @@ export function authorityOf(target: string): string {
   return `http://${bare}`;
 }
 
+const KEEPALIVE_INTERVAL_MS = 30_000;
+const KEEPALIVE_TIMEOUT_MS = 10_000;
+
 // Uploads arrive faster than the default 64 KiB windows let through in one round trip.
 const WINDOW_BYTES = 8 * 1024 * 1024;
 
@@ -36,6 +39,17 @@ export function createUpstreamPool(): UpstreamPool {
       if (sessions.get(target) === session) sessions.delete(target);
     };
     session.on("connect", () => session.setLocalWindowSize(WINDOW_BYTES));
+    // A connection that died without a FIN or RST would hold every stream on it until its
+    // deadline (and a watch for ever): a PING left unanswered closes it, as grpc-js' keepalive does.
+    const keepalive = setInterval(() => {
+      const unanswered = setTimeout(() => session.destroy(), KEEPALIVE_TIMEOUT_MS).unref();
+      try {
+        session.ping(() => clearTimeout(unanswered));
+      } catch {
+        clearTimeout(unanswered);
+      }
+    }, KEEPALIVE_INTERVAL_MS).unref();
+    session.on("close", () => clearInterval(keepalive));
     // An unreachable upstream or a dropped connection fails the streams on it, each of which the
     // caller answers for; the session only has to stop being handed out.
     session.on("error", forget);
