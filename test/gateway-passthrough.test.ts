@@ -367,6 +367,33 @@ describe("gRPC-web over HTTP/1.1 (curl)", () => {
   });
 });
 
+describe("gRPC-web over HTTP/2", () => {
+  it("the status travels in the trailer frame of the body, not in HTTP/2 trailers", async () => {
+    const r = await rawCall(port, ECHO, echo("refuse"), { "content-type": "application/grpc-web+proto" });
+    expect(r.headers["content-type"]).toBe("application/grpc-web+proto");
+    expect(r.trailers).toEqual({});
+    // rawCall reads the 0x80 frame as no message; the raw body is checked frame by frame here.
+    const again = await new Promise<Buffer>((resolve) => {
+      const session = http2.connect(`http://127.0.0.1:${port}`);
+      const stream = session.request({
+        ":method": "POST",
+        ":path": ECHO,
+        "content-type": "application/grpc-web+proto",
+      });
+      const chunks: Buffer[] = [];
+      stream.on("data", (d: Buffer) => chunks.push(d));
+      stream.on("close", () => {
+        session.close();
+        resolve(Buffer.concat(chunks));
+      });
+      stream.end(echo("refuse"));
+    });
+    const { messages, trailer } = framesOf(again);
+    expect(messages).toEqual([]);
+    expect(trailer).toMatch(/^grpc-status: 9\r\n/m);
+  });
+});
+
 describe("one port, the socket itself under HTTP/2", () => {
   it("a client whose preface arrives a few bytes at a time is served over HTTP/2", async () => {
     // A relay that passes the client's first 60 bytes on 3 at a time, then everything as it comes.
