@@ -204,8 +204,9 @@ async function main() {
   process.on("SIGTERM", onSignal);
   try {
     const logFile = path.join(dir, "servers.log");
+    // A directory per process: the tsx loader thread writes a profile of its own beside the main one.
     const profArgs = (label: string) =>
-      PROF_DIR ? ["--cpu-prof", `--cpu-prof-dir=${PROF_DIR}`, `--cpu-prof-name=${label}-${Date.now()}.cpuprofile`] : [];
+      PROF_DIR ? ["--cpu-prof", `--cpu-prof-dir=${path.join(PROF_DIR, label)}`] : [];
     const start = async (name: string, role: string, env: Record<string, string> = {}, execArgv: string[] = []) => {
       const p = await startServer(name, role, logFile, env, execArgv);
       procs.push(p);
