@@ -7,9 +7,9 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
  * forwarder's default; so every handler sees its effective deadline in ctx.timeoutMs().
  */
 export function deadlineInterceptor(): Interceptor {
-  return (next) => async (req) => {
+  return (next) => (req) => {
     if (req.signal.aborted) {
-      throw new ConnectError("the deadline expired before the call started", Code.DeadlineExceeded);
+      return Promise.reject(new ConnectError("the deadline expired before the call started", Code.DeadlineExceeded));
     }
     return next(req);
   };

@@ -1,16 +1,24 @@
-import type { Interceptor } from "@connectrpc/connect";
+import type { Interceptor, StreamResponse, UnaryResponse } from "@connectrpc/connect";
 import { toConnectError } from "../errors.js";
+import { rpcName } from "./rpc-name.js";
 import { finishWith } from "./stream-end.js";
 
 /** Whatever a handler throws leaves as a ConnectError with a sentence, never a stack trace. */
 export function errorsInterceptor(): Interceptor {
-  return (next) => async (req) => {
-    const where = `${req.service.typeName}/${req.method.name}`;
+  const noop = () => {};
+  return (next) => (req) => {
+    const mask = (err: unknown) => toConnectError(err, rpcName(req.method), req.signal);
+    let pending: Promise<UnaryResponse | StreamResponse>;
     try {
-      const res = await next(req);
-      return finishWith(res, { end: () => {}, mapError: (err) => toConnectError(err, where, req.signal) });
+      pending = next(req);
     } catch (err) {
-      throw toConnectError(err, where, req.signal);
+      return Promise.reject(mask(err));
     }
+    return pending.then(
+      (res) => (res.stream ? finishWith(res, { end: noop, mapError: mask }) : res),
+      (err: unknown) => {
+        throw mask(err);
+      },
+    ) as ReturnType<typeof next>;
   };
 }
