@@ -39,7 +39,8 @@ interface ServerSurfaceCall {
   on(event: "cancelled", listener: () => void): unknown;
 }
 import { runInCall } from "./call-context.js";
-import { CallContext, callFinished, callValues, trackUntilShutdown } from "./handler-context.js";
+import { coarseTimers } from "./coarse-timer.js";
+import { CallContext, callFinished, CallRequest, callValues, trackUntilShutdown } from "./handler-context.js";
 import { toConnectError, toGrpcStatus } from "./errors.js";
 import { headersToMetadata, metadataToHeaders } from "./metadata.js";
 
@@ -128,23 +129,21 @@ function grpcJsCall(call: object): GrpcJsCall | undefined {
  * long as the connection lives. A client with a deadline of its own is held to it by grpc-js.
  */
 export function requestArrivalBound(ms: number): ServerInterceptor {
+  const timers = coarseTimers(Math.min(100, Math.max(1, Math.floor(ms / 10))));
   return (method, call) => {
     const deadline = call.getDeadline();
     if (method.requestStream || deadline instanceof Date || Number.isFinite(deadline))
       return new ServerInterceptingCall(call);
-    let timer: NodeJS.Timeout | undefined;
-    const stop = () => clearTimeout(timer);
+    let timer: object | undefined;
+    const stop = () => timers.clear(timer);
     return new ServerInterceptingCall(call, {
       start(next) {
-        timer = setTimeout(
-          () =>
-            call.sendStatus({
-              code: GrpcStatus.DEADLINE_EXCEEDED,
-              details: `the request did not arrive within the default deadline of ${ms} ms`,
-            }),
-          ms,
+        timer = timers.set(ms, () =>
+          call.sendStatus({
+            code: GrpcStatus.DEADLINE_EXCEEDED,
+            details: `the request did not arrive within the default deadline of ${ms} ms`,
+          }),
         );
-        timer.unref();
         next({
           onReceiveHalfClose(next) {
             stop();
@@ -254,7 +253,7 @@ function resetIfStuck(call: ServerSurfaceCall, reason: unknown): void {
  * an unhandled rejection, and Node ends the process.
  */
 function untilAborted<T>(ctx: CallContext, work: () => Promise<T>): Promise<T> {
-  if (ctx.signal.aborted) return Promise.reject(ConnectError.from(ctx.signal.reason));
+  if (ctx.cutShort) return Promise.reject(ConnectError.from(ctx.abortReason));
   return new Promise<T>((resolve, reject) => {
     ctx.onAbort = (reason) => reject(ConnectError.from(reason));
     // Whichever loses still has a handler when it settles: settling twice is a no-op.
@@ -354,21 +353,6 @@ function answerOnce(
   );
 }
 
-/** The request as the interceptors see it, straight from the call's context. */
-function unaryRequest(ctx: CallContext, input: unknown): UnaryRequest {
-  return {
-    stream: false,
-    message: input as UnaryRequest["message"],
-    method: ctx.method as UnaryRequest["method"],
-    service: ctx.service,
-    requestMethod: ctx.requestMethod,
-    url: ctx.url,
-    signal: ctx.signal,
-    header: ctx.requestHeader,
-    contextValues: ctx.values,
-  };
-}
-
 /**
  * A unary response whose headers are the call's own, made only when someone reads them
  * (connect's invoker reads both on every call).
@@ -395,7 +379,13 @@ const callKey = createContextKey<CallContext | undefined>(undefined, { descripti
 
 /** The context a handler gets: the call's own, unless an interceptor replaced parts of the request. */
 function handlerContextFor(ctx: CallContext, req: UnaryRequest): HandlerContext {
-  if (req.header === ctx.requestHeader && req.signal === ctx.signal && req.contextValues === ctx.values) return ctx;
+  if (
+    req instanceof CallRequest &&
+    req.ctx === ctx &&
+    req.header === ctx.requestHeader &&
+    req.contextValues === ctx.values
+  )
+    return ctx;
   return Object.create(ctx, {
     requestHeader: { value: req.header },
     signal: { value: req.signal },
@@ -426,7 +416,7 @@ function unaryInvoker(spec: MethodImplSpec & { kind: "unary" }, interceptors: In
   for (let i = interceptors.length - 1; i >= 0; i--) chain = interceptors[i]!(chain as never) as typeof chain;
   return async (ctx: CallContext, input: unknown): Promise<unknown> => {
     ctx.values.set(callKey, ctx);
-    const res = await chain(unaryRequest(ctx, input));
+    const res = await chain(new CallRequest(ctx, input) as unknown as UnaryRequest);
     if (!(res instanceof UnaryAnswer && res.ctx === ctx)) {
       copyHeaders(res.header, ctx.responseHeader);
       copyHeaders(res.trailer, ctx.responseTrailer);

@@ -1,4 +1,3 @@
-import { getEventListeners } from "node:events";
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ContextKey, type ContextValues, type HandlerContext } from "@connectrpc/connect";
 import { peerKey } from "./interceptors/rate-limit.js";
@@ -14,14 +13,17 @@ import { peerKey } from "./interceptors/rate-limit.js";
 export class CallContext implements HandlerContext {
   readonly protocolName = "grpc";
   readonly requestMethod = "POST";
-  readonly signal: AbortSignal;
   readonly timeoutMs: () => number | undefined;
   readonly service: DescService;
-  private readonly controller = new AbortController();
+  private controller: AbortController | undefined;
   private timer: NodeJS.Timeout | undefined;
   private header: Headers | undefined;
   private trailer: Headers | undefined;
   private over = false;
+  /** Why the call was cut short; undefined while it runs or once it finished normally. */
+  abortReason: unknown;
+  /** Whether the call was cut short (deadline, cancellation, shutdown) rather than answered. */
+  cutShort = false;
   /** Told why the call was cut short (deadline, cancellation, shutdown), once. */
   onAbort: ((reason: unknown) => void) | undefined;
 
@@ -31,14 +33,25 @@ export class CallContext implements HandlerContext {
     readonly requestHeader: Headers,
     readonly values: ContextValues,
     timeoutMs: number | undefined,
-    private readonly cutShort: (reason: unknown) => void,
+    private readonly onEnd: (reason: unknown) => void,
   ) {
     this.service = method.parent;
-    this.signal = this.controller.signal;
     this.timeoutMs = timeoutMs === undefined ? () => undefined : remainingUntil(Date.now() + timeoutMs);
   }
 
-  /** Starts the deadline clock; apart from the constructor, so `cutShort` may refer to this context. */
+  /**
+   * Made on first use: creating an AbortSignal costs more than most of a small call, and most
+   * handlers never look at theirs. One made after the call ended is born aborted.
+   */
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.over) this.controller.abort(this.cutShort ? this.abortReason : callFinished);
+    }
+    return this.controller.signal;
+  }
+
+  /** Starts the deadline clock; apart from the constructor, so `onEnd` may refer to this context. */
   arm(timeoutMs: number | undefined): void {
     if (timeoutMs === undefined) return;
     if (timeoutMs <= 0) this.abort(deadlineExceeded());
@@ -66,10 +79,12 @@ export class CallContext implements HandlerContext {
   abort(reason: unknown): void {
     if (this.over) return;
     this.over = true;
+    this.cutShort = true;
+    this.abortReason = reason;
     clearTimeout(this.timer);
-    this.controller.abort(reason);
+    this.controller?.abort(reason);
     this.onAbort?.(reason);
-    this.cutShort(reason);
+    this.onEnd(reason);
   }
 
   /** The client went away; a no-op for a call already over, so no error is built for those. */
@@ -77,16 +92,13 @@ export class CallContext implements HandlerContext {
     if (!this.over) this.abort(new ConnectError("the client cancelled the call", Code.Canceled));
   }
 
-  /**
-   * The call is answered. Work a handler left behind that listens to the signal is told to stop;
-   * a signal nobody listens to is left alone, which spares an event per call.
-   */
+  /** The call is answered: work a handler left behind that watches the signal is told to stop. */
   finish(): void {
     if (this.over) return;
     this.over = true;
     clearTimeout(this.timer);
-    if (listenedTo(this.signal)) this.controller.abort(callFinished);
-    this.cutShort(callFinished);
+    this.controller?.abort(callFinished);
+    this.onEnd(callFinished);
   }
 
   /** A plain copy, for connect's streaming invokers which spread the context into the handler's. */
@@ -115,10 +127,6 @@ function hasAny(h: Headers): boolean {
   let any = false;
   h.forEach(() => (any = true));
   return any;
-}
-
-function listenedTo(signal: AbortSignal): boolean {
-  return getEventListeners(signal, "abort").length > 0;
 }
 
 /** One shared reason: building an Error per call would capture a stack trace on the hot path. */
@@ -175,4 +183,36 @@ export function callValues(peer: () => string): ContextValues {
       return this;
     },
   };
+}
+
+/**
+ * The request the interceptors see for a unary call, reading the call's context; its signal too is
+ * made only when read.
+ */
+export class CallRequest {
+  readonly stream = false;
+  readonly requestMethod = "POST";
+  readonly method: DescMethod;
+  readonly service: DescService;
+  readonly url: string;
+  readonly header: Headers;
+  readonly contextValues: ContextValues;
+  constructor(
+    readonly ctx: CallContext,
+    readonly message: unknown,
+  ) {
+    this.method = ctx.method;
+    this.service = ctx.service;
+    this.url = ctx.url;
+    this.header = ctx.requestHeader;
+    this.contextValues = ctx.values;
+  }
+  get signal(): AbortSignal {
+    return this.ctx.signal;
+  }
+}
+
+/** Whether a request's call has already been cut short, without making its signal to find out. */
+export function alreadyCutShort(req: { signal: AbortSignal }): boolean {
+  return req instanceof CallRequest ? req.ctx.cutShort : req.signal.aborted;
 }

@@ -1,4 +1,5 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { alreadyCutShort } from "../handler-context.js";
 
 /**
  * Refuses a call whose deadline has already passed before it touches any resource.
@@ -8,7 +9,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
  */
 export function deadlineInterceptor(): Interceptor {
   return (next) => (req) => {
-    if (req.signal.aborted) {
+    if (alreadyCutShort(req)) {
       return Promise.reject(new ConnectError("the deadline expired before the call started", Code.DeadlineExceeded));
     }
     return next(req);

@@ -1,3 +1,4 @@
+import { randomFillSync } from "node:crypto";
 import type { DescMethod } from "@bufbuild/protobuf";
 import {
   context,
@@ -105,15 +106,22 @@ function childIds(parent: Context) {
   const p = trace.getSpanContext(parent);
   const valid = p !== undefined && trace.isSpanContextValid(p);
   return {
-    traceId: valid ? p.traceId : randomHex(4),
-    spanId: randomHex(2),
+    traceId: valid ? p.traceId : randomHex(16),
+    spanId: randomHex(8),
     traceFlags: valid ? p.traceFlags : TraceFlags.SAMPLED,
   };
 }
 
-/** `words` x 32 random bits as lower-case hex; ids need to be unique, not secret. */
-function randomHex(words: number): string {
-  let out = "";
-  for (let i = 0; i < words; i++) out += ((Math.random() * 0x100000000) >>> 0).toString(16).padStart(8, "0");
-  return out;
+// Ids need to be unique, not secret: random bytes are drawn a pool at a time, not per call.
+const pool = Buffer.alloc(4096);
+let used = pool.length;
+
+/** `bytes` random bytes as lower-case hex. */
+function randomHex(bytes: number): string {
+  if (used + bytes > pool.length) {
+    randomFillSync(pool);
+    used = 0;
+  }
+  used += bytes;
+  return pool.toString("hex", used - bytes, used);
 }
