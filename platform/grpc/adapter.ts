@@ -201,7 +201,7 @@ function contextFor(call: ServerSurfaceCall, plan: MethodPlan): CallContext {
   const ctx: CallContext = new CallContext(
     method,
     plan.url,
-    metadataToHeaders(call.metadata),
+    call.metadata,
     callValues(() => peerAddress(call.getPeer())),
     timeoutMs,
     (reason) => {

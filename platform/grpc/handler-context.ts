@@ -1,6 +1,8 @@
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ContextKey, type ContextValues, type HandlerContext } from "@connectrpc/connect";
+import type { Metadata } from "@grpc/grpc-js";
 import { peerKey } from "./interceptors/rate-limit.js";
+import { isTransportHeader, metadataToHeaders } from "./metadata.js";
 
 /**
  * The handler context of one call served by the grpc-js adapter, built for the per-call path:
@@ -18,6 +20,7 @@ export class CallContext implements HandlerContext {
   private controller: AbortController | undefined;
   private timer: NodeJS.Timeout | undefined;
   private header: Headers | undefined;
+  private requestHeaders: Headers | undefined;
   private trailer: Headers | undefined;
   private over = false;
   /** Why the call was cut short; undefined while it runs or once it finished normally. */
@@ -30,7 +33,7 @@ export class CallContext implements HandlerContext {
   constructor(
     readonly method: DescMethod,
     readonly url: string,
-    readonly requestHeader: Headers,
+    private readonly metadata: Metadata,
     readonly values: ContextValues,
     timeoutMs: number | undefined,
     private readonly onEnd: (reason: unknown) => void,
@@ -56,6 +59,19 @@ export class CallContext implements HandlerContext {
     if (timeoutMs === undefined) return;
     if (timeoutMs <= 0) this.abort(deadlineExceeded());
     else this.timer = setTimeout(() => this.abort(deadlineExceeded()), timeoutMs);
+  }
+
+  /** The request metadata as Fetch Headers, converted on first use (many calls never read them). */
+  get requestHeader(): Headers {
+    return (this.requestHeaders ??= metadataToHeaders(this.metadata));
+  }
+
+  /** One request header, as Headers.get would return it, without converting all of them. */
+  requestHeaderValue(name: string): string | null {
+    if (this.requestHeaders || name.endsWith("-bin") || isTransportHeader(name)) return this.requestHeader.get(name);
+    const values = this.metadata.get(name);
+    if (values.length === 0) return null;
+    return values.length === 1 ? String(values[0]) : values.map(String).join(", ");
   }
 
   get responseHeader(): Headers {
@@ -195,7 +211,6 @@ export class CallRequest {
   readonly method: DescMethod;
   readonly service: DescService;
   readonly url: string;
-  readonly header: Headers;
   readonly contextValues: ContextValues;
   constructor(
     readonly ctx: CallContext,
@@ -204,12 +219,19 @@ export class CallRequest {
     this.method = ctx.method;
     this.service = ctx.service;
     this.url = ctx.url;
-    this.header = ctx.requestHeader;
     this.contextValues = ctx.values;
+  }
+  get header(): Headers {
+    return this.ctx.requestHeader;
   }
   get signal(): AbortSignal {
     return this.ctx.signal;
   }
+}
+
+/** One request header of any request; for a call of the adapter, without converting its metadata. */
+export function requestHeaderValue(req: { header: Headers }, name: string): string | null {
+  return req instanceof CallRequest ? req.ctx.requestHeaderValue(name) : req.header.get(name);
 }
 
 /** Whether a request's call has already been cut short, without making its signal to find out. */

@@ -12,18 +12,22 @@ import {
 } from "@opentelemetry/api";
 import { ConnectError, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
 import { tracingMode } from "../../telemetry/tracing-mode.js";
+import { requestHeaderValue } from "../handler-context.js";
 import { rpcName } from "./rpc-name.js";
 import { finishWith } from "./stream-end.js";
 
 const tracer = trace.getTracer("medmesh-rpc");
 
+// The request is the carrier: a call of the grpc-js adapter then answers the propagator from its
+// metadata without building Headers.
+type Carrier = { header: Headers };
 const headerGetter = {
-  keys: (h: Headers) => {
+  keys: (req: Carrier) => {
     const out: string[] = [];
-    h.forEach((_v, k) => out.push(k));
+    req.header.forEach((_v, k) => out.push(k));
     return out;
   },
-  get: (h: Headers, key: string) => h.get(key) ?? undefined,
+  get: (req: Carrier, key: string) => requestHeaderValue(req, key) ?? undefined,
 };
 
 /**
@@ -53,7 +57,7 @@ export function serverTracingInterceptor(component: string): Interceptor {
   return (next) => (req) => {
     const mode = tracingMode();
     if (mode === "off") return next(req);
-    const parent = propagation.extract(context.active(), req.header, headerGetter);
+    const parent = propagation.extract(context.active(), req, headerGetter);
     if (mode === "ids") {
       const spanContext = trace.setSpan(parent, trace.wrapSpanContext(childIds(parent)));
       return context
