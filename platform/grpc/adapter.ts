@@ -188,6 +188,9 @@ interface MethodPlan {
   opts: AdapterOptions;
 }
 
+/** Server-side default deadlines are seconds long; firing them up to 50 ms late changes nothing. */
+const defaultDeadlines = coarseTimers(50);
+
 function contextFor(call: ServerSurfaceCall, plan: MethodPlan): CallContext {
   const { method, opts } = plan;
   const deadline = call.getDeadline();
@@ -195,6 +198,7 @@ function contextFor(call: ServerSurfaceCall, plan: MethodPlan): CallContext {
   let timeoutMs = Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now()) : undefined;
   // The effective deadline lives in the handler context, so handlers see it and every client
   // they call inherits it (see call-context.ts).
+  const callerChose = timeoutMs !== undefined;
   if (opts.deadlines && method.methodKind === "unary") {
     timeoutMs = Math.min(timeoutMs ?? opts.deadlines.defaultUnaryMs, opts.deadlines.maxUnaryMs);
   }
@@ -213,7 +217,7 @@ function contextFor(call: ServerSurfaceCall, plan: MethodPlan): CallContext {
   // still running was cancelled, and only then is an error (with its stack) worth building.
   call.on("cancelled", () => ctx.cancel());
   plan.shutdown.add(ctx);
-  ctx.arm(timeoutMs);
+  ctx.arm(timeoutMs, callerChose ? undefined : defaultDeadlines);
   return ctx;
 }
 
@@ -379,13 +383,8 @@ const callKey = createContextKey<CallContext | undefined>(undefined, { descripti
 
 /** The context a handler gets: the call's own, unless an interceptor replaced parts of the request. */
 function handlerContextFor(ctx: CallContext, req: UnaryRequest): HandlerContext {
-  if (
-    req instanceof CallRequest &&
-    req.ctx === ctx &&
-    req.header === ctx.requestHeader &&
-    req.contextValues === ctx.values
-  )
-    return ctx;
+  // A CallRequest reads everything from its call; an interceptor that changes a part makes a new object.
+  if (req instanceof CallRequest && req.ctx === ctx) return ctx;
   return Object.create(ctx, {
     requestHeader: { value: req.header },
     signal: { value: req.signal },

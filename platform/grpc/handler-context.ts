@@ -1,6 +1,7 @@
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ContextKey, type ContextValues, type HandlerContext } from "@connectrpc/connect";
 import type { Metadata } from "@grpc/grpc-js";
+import type { CoarseTimers } from "./coarse-timer.js";
 import { peerKey } from "./interceptors/rate-limit.js";
 import { isTransportHeader, metadataToHeaders } from "./metadata.js";
 
@@ -19,6 +20,8 @@ export class CallContext implements HandlerContext {
   readonly service: DescService;
   private controller: AbortController | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private coarse: CoarseTimers | undefined;
+  private coarseTimer: object | undefined;
   private header: Headers | undefined;
   private requestHeaders: Headers | undefined;
   private trailer: Headers | undefined;
@@ -54,11 +57,23 @@ export class CallContext implements HandlerContext {
     return this.controller.signal;
   }
 
-  /** Starts the deadline clock; apart from the constructor, so `onEnd` may refer to this context. */
-  arm(timeoutMs: number | undefined): void {
+  /**
+   * Starts the deadline clock; apart from the constructor, so `onEnd` may refer to this context.
+   * A deadline the caller chose is kept to the millisecond; the server's default for callers that
+   * chose none may use a coarse timer, which spares a Node timer on every such call.
+   */
+  arm(timeoutMs: number | undefined, coarse?: CoarseTimers): void {
     if (timeoutMs === undefined) return;
     if (timeoutMs <= 0) this.abort(deadlineExceeded());
-    else this.timer = setTimeout(() => this.abort(deadlineExceeded()), timeoutMs);
+    else if (coarse) {
+      this.coarse = coarse;
+      this.coarseTimer = coarse.set(timeoutMs, () => this.abort(deadlineExceeded()));
+    } else this.timer = setTimeout(() => this.abort(deadlineExceeded()), timeoutMs);
+  }
+
+  private stopClock(): void {
+    if (this.timer) clearTimeout(this.timer);
+    if (this.coarse) this.coarse.clear(this.coarseTimer);
   }
 
   /** The request metadata as Fetch Headers, converted on first use (many calls never read them). */
@@ -97,7 +112,7 @@ export class CallContext implements HandlerContext {
     this.over = true;
     this.cutShort = true;
     this.abortReason = reason;
-    clearTimeout(this.timer);
+    this.stopClock();
     this.controller?.abort(reason);
     this.onAbort?.(reason);
     this.onEnd(reason);
@@ -112,7 +127,7 @@ export class CallContext implements HandlerContext {
   finish(): void {
     if (this.over) return;
     this.over = true;
-    clearTimeout(this.timer);
+    this.stopClock();
     this.controller?.abort(callFinished);
     this.onEnd(callFinished);
   }

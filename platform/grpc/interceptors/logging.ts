@@ -14,38 +14,39 @@ export function loggingInterceptor(component: string): Interceptor {
     if (!s) series.set(method, (s = rpcSeries(component, rpcName(method))));
     return s;
   };
+  // Per call only inline arrows: under tsx every named closure made per call costs a __name call.
+  const finished = (method: DescMethod, started: number, err?: unknown) => {
+    const durationMs = Math.round((performance.now() - started) * 100) / 100;
+    if (err === undefined) {
+      seriesOf(method).record("ok", durationMs);
+      if (levelEnabled("debug"))
+        log.debug("rpc finished", { rpc: rpcName(method), code: "ok", duration_ms: durationMs });
+      return;
+    }
+    const ce = ConnectError.from(err);
+    const code = Code[ce.code]?.toString() ?? "unknown";
+    seriesOf(method).record(code, durationMs);
+    const fields = { rpc: rpcName(method), code, duration_ms: durationMs, error: ce.rawMessage };
+    if (ce.code === Code.Internal) log.error("rpc failed", fields);
+    else log.info("rpc rejected", fields);
+  };
   return (next) => (req) => {
     const started = performance.now();
-    const done = (err?: unknown) => {
-      const durationMs = Math.round((performance.now() - started) * 100) / 100;
-      if (err === undefined) {
-        seriesOf(req.method).record("ok", durationMs);
-        if (levelEnabled("debug"))
-          log.debug("rpc finished", { rpc: rpcName(req.method), code: "ok", duration_ms: durationMs });
-        return;
-      }
-      const ce = ConnectError.from(err);
-      const code = Code[ce.code]?.toString() ?? "unknown";
-      seriesOf(req.method).record(code, durationMs);
-      const fields = { rpc: rpcName(req.method), code, duration_ms: durationMs, error: ce.rawMessage };
-      if (ce.code === Code.Internal) log.error("rpc failed", fields);
-      else log.info("rpc rejected", fields);
-    };
     let pending: ReturnType<typeof next>;
     try {
       pending = next(req);
     } catch (err) {
-      done(err);
+      finished(req.method, started, err);
       return Promise.reject(err);
     }
     return pending.then(
       (res) => {
-        if (res.stream) return finishWith(res, { end: done });
-        done();
+        if (res.stream) return finishWith(res, { end: (err) => finished(req.method, started, err) });
+        finished(req.method, started);
         return res;
       },
       (err: unknown) => {
-        done(err);
+        finished(req.method, started, err);
         throw err;
       },
     ) as ReturnType<typeof next>;
