@@ -406,21 +406,31 @@ function copyHeaders(from: Headers, to: Headers): void {
  */
 function unaryInvoker(spec: MethodImplSpec & { kind: "unary" }, interceptors: Interceptor[]) {
   const { method } = spec;
-  const terminal = async (req: UnaryRequest): Promise<UnaryResponse> => {
-    const ctx = req.contextValues.get(callKey)!;
-    const out = await spec.impl(req.message as never, handlerContextFor(ctx, req));
-    return new UnaryAnswer(ctx, create(method.output, out as never), method) as unknown as UnaryResponse;
+  const answer = (ctx: CallContext, out: unknown) =>
+    new UnaryAnswer(ctx, create(method.output, out as never), method) as unknown as UnaryResponse;
+  // Not async: a handler that answers synchronously (as many do) costs no extra promise.
+  const terminal = (req: UnaryRequest): Promise<UnaryResponse> => {
+    const ctx = req instanceof CallRequest ? req.ctx : req.contextValues.get(callKey)!;
+    try {
+      const out: unknown = spec.impl(req.message as never, handlerContextFor(ctx, req));
+      if (typeof (out as PromiseLike<unknown> | undefined)?.then === "function")
+        return Promise.resolve(out).then((o) => answer(ctx, o));
+      return Promise.resolve(answer(ctx, out));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   };
   let chain: (req: UnaryRequest) => Promise<UnaryResponse> = terminal;
   for (let i = interceptors.length - 1; i >= 0; i--) chain = interceptors[i]!(chain as never) as typeof chain;
-  return async (ctx: CallContext, input: unknown): Promise<unknown> => {
+  return (ctx: CallContext, input: unknown): Promise<unknown> => {
     ctx.values.set(callKey, ctx);
-    const res = await chain(new CallRequest(ctx, input) as unknown as UnaryRequest);
-    if (!(res instanceof UnaryAnswer && res.ctx === ctx)) {
-      copyHeaders(res.header, ctx.responseHeader);
-      copyHeaders(res.trailer, ctx.responseTrailer);
-    }
-    return res.message;
+    return chain(new CallRequest(ctx, input) as unknown as UnaryRequest).then((res) => {
+      if (!(res instanceof UnaryAnswer && res.ctx === ctx)) {
+        copyHeaders(res.header, ctx.responseHeader);
+        copyHeaders(res.trailer, ctx.responseTrailer);
+      }
+      return res.message;
+    });
   };
 }
 
