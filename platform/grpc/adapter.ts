@@ -2,23 +2,20 @@ import { once } from "node:events";
 import { constants as h2 } from "node:http2";
 import type { Readable } from "node:stream";
 import type { DescMessage, DescMethod, DescService, MessageShape } from "@bufbuild/protobuf";
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
-  createContextValues,
-  createHandlerContext,
+  createContextKey,
   createServiceImplSpec,
   type HandlerContext,
   type Interceptor,
   type MethodImplSpec,
   type ServiceImpl,
+  type UnaryRequest,
+  type UnaryResponse,
 } from "@connectrpc/connect";
-import {
-  createAsyncIterable,
-  invokeUnaryImplementation,
-  transformInvokeImplementation,
-} from "@connectrpc/connect/protocol";
+import { createAsyncIterable, transformInvokeImplementation } from "@connectrpc/connect/protocol";
 import {
   ServerInterceptingCall,
   status as GrpcStatus,
@@ -42,7 +39,8 @@ interface ServerSurfaceCall {
   on(event: "cancelled", listener: () => void): unknown;
 }
 import { runInCall } from "./call-context.js";
-import { peerKey } from "./interceptors/rate-limit.js";
+import { coarseTimers } from "./coarse-timer.js";
+import { CallContext, callFinished, CallRequest, callValues, trackUntilShutdown } from "./handler-context.js";
 import { toConnectError, toGrpcStatus } from "./errors.js";
 import { headersToMetadata, metadataToHeaders } from "./metadata.js";
 
@@ -131,23 +129,21 @@ function grpcJsCall(call: object): GrpcJsCall | undefined {
  * long as the connection lives. A client with a deadline of its own is held to it by grpc-js.
  */
 export function requestArrivalBound(ms: number): ServerInterceptor {
+  const timers = coarseTimers(Math.min(100, Math.max(1, Math.floor(ms / 10))));
   return (method, call) => {
     const deadline = call.getDeadline();
     if (method.requestStream || deadline instanceof Date || Number.isFinite(deadline))
       return new ServerInterceptingCall(call);
-    let timer: NodeJS.Timeout | undefined;
-    const stop = () => clearTimeout(timer);
+    let timer: object | undefined;
+    const stop = () => timers.clear(timer);
     return new ServerInterceptingCall(call, {
       start(next) {
-        timer = setTimeout(
-          () =>
-            call.sendStatus({
-              code: GrpcStatus.DEADLINE_EXCEEDED,
-              details: `the request did not arrive within the default deadline of ${ms} ms`,
-            }),
-          ms,
+        timer = timers.set(ms, () =>
+          call.sendStatus({
+            code: GrpcStatus.DEADLINE_EXCEEDED,
+            details: `the request did not arrive within the default deadline of ${ms} ms`,
+          }),
         );
-        timer.unref();
         next({
           onReceiveHalfClose(next) {
             stop();
@@ -184,34 +180,44 @@ function encode(schema: DescMessage, message: unknown): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-function contextFor(
-  call: ServerSurfaceCall,
-  method: DescMethod,
-  opts: AdapterOptions,
-): HandlerContext & { abort(r?: unknown): void } {
-  const cancelled = new AbortController();
-  call.on("cancelled", () => cancelled.abort(new ConnectError("the client cancelled the call", Code.Canceled)));
+/** What every call of one method shares, worked out once when the service is registered. */
+interface MethodPlan {
+  method: DescMethod;
+  url: string;
+  shutdown: ReturnType<typeof trackUntilShutdown>;
+  opts: AdapterOptions;
+}
+
+/** Server-side default deadlines are seconds long; firing them up to 50 ms late changes nothing. */
+const defaultDeadlines = coarseTimers(50);
+
+function contextFor(call: ServerSurfaceCall, plan: MethodPlan): CallContext {
+  const { method, opts } = plan;
   const deadline = call.getDeadline();
   const deadlineMs = deadline instanceof Date ? deadline.getTime() : typeof deadline === "number" ? deadline : Infinity;
   let timeoutMs = Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now()) : undefined;
   // The effective deadline lives in the handler context, so handlers see it and every client
   // they call inherits it (see call-context.ts).
+  const callerChose = timeoutMs !== undefined;
   if (opts.deadlines && method.methodKind === "unary") {
     timeoutMs = Math.min(timeoutMs ?? opts.deadlines.defaultUnaryMs, opts.deadlines.maxUnaryMs);
   }
-  const ctx = createHandlerContext({
-    service: method.parent,
+  const ctx: CallContext = new CallContext(
     method,
-    protocolName: "grpc",
-    requestMethod: "POST",
-    url: `/${method.parent.typeName}/${method.name}`,
+    plan.url,
+    call.metadata,
+    callValues(() => peerAddress(call.getPeer())),
     timeoutMs,
-    shutdownSignal: opts.shutdownSignal,
-    requestSignal: cancelled.signal,
-    requestHeader: metadataToHeaders(call.metadata),
-    contextValues: createContextValues().set(peerKey, peerAddress(call.getPeer())),
-  });
-  ctx.signal.addEventListener("abort", () => resetIfStuck(call, ctx.signal.reason), { once: true });
+    (reason) => {
+      plan.shutdown.remove(ctx);
+      if (reason !== callFinished) resetIfStuck(call, reason);
+    },
+  );
+  // grpc-js reports every stream's close as "cancelled", finished calls included; only a call
+  // still running was cancelled, and only then is an error (with its stack) worth building.
+  call.on("cancelled", () => ctx.cancel());
+  plan.shutdown.add(ctx);
+  ctx.arm(timeoutMs, callerChose ? undefined : defaultDeadlines);
   return ctx;
 }
 
@@ -241,19 +247,7 @@ function resetIfStuck(call: ServerSurfaceCall, reason: unknown): void {
 }
 
 /**
- * Ends the context once its call is over. The context links its signal to the server's
- * long-lived shutdown signal and arms a deadline timer; both are only released on abort, so
- * a finished call that is never aborted leaks a listener and a timer.
- */
-function release(ctx: HandlerContext & { abort(r?: unknown): void }): void {
-  if (!ctx.signal.aborted) ctx.abort(callFinished);
-}
-
-// One shared reason: building an Error per call would capture a stack trace on the hot path.
-const callFinished = new ConnectError("the call has finished", Code.Canceled);
-
-/**
- * Settles with the handler, or with the reason the call's signal fired (deadline, cancellation,
+ * Settles with the handler, or with the reason the call was cut short (deadline, cancellation,
  * shutdown) if that comes first: a handler that ignores its signal cannot hold a caller past
  * its deadline.
  *
@@ -262,16 +256,13 @@ const callFinished = new ConnectError("the call has finished", Code.Canceled);
  * reason would leave its promise, which rejects on that same signal, with nobody to handle it:
  * an unhandled rejection, and Node ends the process.
  */
-function untilAborted<T>(signal: AbortSignal, work: () => Promise<T>): Promise<T> {
-  if (signal.aborted) return Promise.reject(ConnectError.from(signal.reason));
-  const running = work();
-  let onAbort!: () => void;
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(ConnectError.from(signal.reason));
-    signal.addEventListener("abort", onAbort, { once: true });
+function untilAborted<T>(ctx: CallContext, work: () => Promise<T>): Promise<T> {
+  if (ctx.cutShort) return Promise.reject(ConnectError.from(ctx.abortReason));
+  return new Promise<T>((resolve, reject) => {
+    ctx.onAbort = (reason) => reject(ConnectError.from(reason));
+    // Whichever loses still has a handler when it settles: settling twice is a no-op.
+    work().then(resolve, reject);
   });
-  // Promise.race subscribes to both, so whichever loses still has a handler when it settles.
-  return Promise.race([running, aborted]).finally(() => signal.removeEventListener("abort", onAbort));
 }
 
 async function lastOf(output: AsyncIterable<unknown>): Promise<unknown> {
@@ -287,12 +278,11 @@ function peerAddress(peer: string): string {
   return m ? m[1]! : bare;
 }
 
-function sendHeaderOnce(call: ServerSurfaceCall, ctx: HandlerContext, sent: { done: boolean }): void {
+function sendHeaderOnce(call: ServerSurfaceCall, ctx: CallContext, sent: { done: boolean }): void {
   if (sent.done) return;
   sent.done = true;
-  let any = false;
-  ctx.responseHeader.forEach(() => (any = true));
-  if (any) call.sendMetadata(headersToMetadata(ctx.responseHeader));
+  const header = ctx.responseHeaderIfAny();
+  if (header) call.sendMetadata(headersToMetadata(header));
 }
 
 async function* decodeStream<T extends DescMessage>(
@@ -311,7 +301,7 @@ async function* decodeStream<T extends DescMessage>(
 
 async function writeAll(
   call: ServerWritableStream<Buffer, Buffer> | ServerDuplexStream<Buffer, Buffer>,
-  ctx: HandlerContext,
+  ctx: CallContext,
   output: AsyncIterable<unknown>,
   schema: DescMessage,
 ): Promise<void> {
@@ -327,7 +317,7 @@ async function writeAll(
     call.end(headersToMetadata(ctx.responseTrailer));
   } catch (err) {
     if (call.cancelled) return;
-    call.emit("error", Object.assign(new Error("rpc failed"), toGrpcStatus(err, ctx.responseTrailer)));
+    call.emit("error", Object.assign(new Error("rpc failed"), toGrpcStatus(err, ctx.responseTrailerIfAny())));
   }
 }
 
@@ -343,82 +333,169 @@ function detach(work: Promise<void>, method: DescMethod): void {
 /** The single answer of a unary or client-streaming call: the message, or the status. */
 function answerOnce(
   call: ServerSurfaceCall,
-  ctx: HandlerContext & { abort(r?: unknown): void },
+  ctx: CallContext,
   method: DescMethod,
   callback: sendUnaryData<Buffer>,
   work: () => Promise<unknown>,
 ): void {
   detach(
-    runInCall(ctx, async () => {
-      try {
-        const response = await untilAborted(ctx.signal, work);
-        sendHeaderOnce(call, ctx, { done: false });
-        callback(null, encode(method.output, response), headersToMetadata(ctx.responseTrailer));
-      } catch (err) {
-        callback(toGrpcStatus(err, ctx.responseTrailer));
-      } finally {
-        release(ctx);
-      }
-    }),
+    runInCall(ctx, () =>
+      untilAborted(ctx, work).then(
+        (response) => {
+          sendHeaderOnce(call, ctx, { done: false });
+          const trailer = ctx.responseTrailerIfAny();
+          callback(null, encode(method.output, response), trailer && headersToMetadata(trailer));
+          ctx.finish();
+        },
+        (err: unknown) => {
+          callback(toGrpcStatus(err, ctx.responseTrailerIfAny()));
+          ctx.finish();
+        },
+      ),
+    ),
     method,
   );
 }
 
+/**
+ * A unary response whose headers are the call's own, made only when someone reads them
+ * (connect's invoker reads both on every call).
+ */
+class UnaryAnswer {
+  readonly stream = false;
+  constructor(
+    readonly ctx: CallContext,
+    readonly message: UnaryResponse["message"],
+    readonly method: DescMethod,
+  ) {}
+  get service() {
+    return this.ctx.service;
+  }
+  get header() {
+    return this.ctx.responseHeader;
+  }
+  get trailer() {
+    return this.ctx.responseTrailer;
+  }
+}
+
+const callKey = createContextKey<CallContext | undefined>(undefined, { description: "medmesh grpc-js call" });
+
+/** The context a handler gets: the call's own, unless an interceptor replaced parts of the request. */
+function handlerContextFor(ctx: CallContext, req: UnaryRequest): HandlerContext {
+  // A CallRequest reads everything from its call; an interceptor that changes a part makes a new object.
+  if (req instanceof CallRequest && req.ctx === ctx) return ctx;
+  return Object.create(ctx, {
+    requestHeader: { value: req.header },
+    signal: { value: req.signal },
+    values: { value: req.contextValues },
+  }) as HandlerContext;
+}
+
+function copyHeaders(from: Headers, to: Headers): void {
+  if (from === to) return;
+  const old: string[] = [];
+  to.forEach((_v, k) => old.push(k));
+  for (const k of old) to.delete(k);
+  from.forEach((v, k) => to.set(k, v));
+}
+
+/**
+ * Connect's invokeUnaryImplementation, with the interceptor chain built once per method instead
+ * of on every call, and the response headers left alone unless something set them.
+ */
+function unaryInvoker(spec: MethodImplSpec & { kind: "unary" }, interceptors: Interceptor[]) {
+  const { method } = spec;
+  const answer = (ctx: CallContext, out: unknown) =>
+    new UnaryAnswer(ctx, create(method.output, out as never), method) as unknown as UnaryResponse;
+  // Not async: a handler that answers synchronously (as many do) costs no extra promise.
+  const terminal = (req: UnaryRequest): Promise<UnaryResponse> => {
+    const ctx = req instanceof CallRequest ? req.ctx : req.contextValues.get(callKey)!;
+    try {
+      const out: unknown = spec.impl(req.message as never, handlerContextFor(ctx, req));
+      if (typeof (out as PromiseLike<unknown> | undefined)?.then === "function")
+        return Promise.resolve(out).then((o) => answer(ctx, o));
+      return Promise.resolve(answer(ctx, out));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  };
+  let chain: (req: UnaryRequest) => Promise<UnaryResponse> = terminal;
+  for (let i = interceptors.length - 1; i >= 0; i--) chain = interceptors[i]!(chain as never) as typeof chain;
+  return (ctx: CallContext, input: unknown): Promise<unknown> => {
+    ctx.values.set(callKey, ctx);
+    return chain(new CallRequest(ctx, input) as unknown as UnaryRequest).then((res) => {
+      if (!(res instanceof UnaryAnswer && res.ctx === ctx)) {
+        copyHeaders(res.header, ctx.responseHeader);
+        copyHeaders(res.trailer, ctx.responseTrailer);
+      }
+      return res.message;
+    });
+  };
+}
+
 function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptions) {
   const { interceptors } = opts;
+  const plan: MethodPlan = {
+    method,
+    url: `/${method.parent.typeName}/${method.name}`,
+    shutdown: trackUntilShutdown(opts.shutdownSignal),
+    opts,
+  };
   switch (method.methodKind) {
-    case "unary":
+    case "unary": {
+      const invoke = unaryInvoker(spec as MethodImplSpec & { kind: "unary" }, interceptors);
       return (call: ServerUnaryCall<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
-        const ctx = contextFor(call, method, opts);
+        const ctx = contextFor(call, plan);
         answerOnce(call, ctx, method, callback, () => {
           assertWholeFrames(call);
-          return invokeUnaryImplementation(
-            spec as MethodImplSpec & { kind: "unary" },
-            ctx,
-            decode(method.input, call.request),
-            interceptors,
-          );
+          return invoke(ctx, decode(method.input, call.request));
         });
       };
+    }
     case "server_streaming":
       return (call: ServerWritableStream<Buffer, Buffer>) => {
-        const ctx = contextFor(call, method, opts);
+        const ctx = contextFor(call, plan);
         detach(
           runInCall(ctx, async () => {
             let output: AsyncIterable<unknown>;
             try {
               assertWholeFrames(call);
               const request = decode(method.input, call.request);
-              output = transformInvokeImplementation(spec, ctx, interceptors)(createAsyncIterable([request]));
+              output = transformInvokeImplementation(
+                spec,
+                ctx.snapshot(),
+                interceptors,
+              )(createAsyncIterable([request]));
             } catch (err) {
               call.emit("error", Object.assign(new Error("rpc failed"), toGrpcStatus(err)));
-              release(ctx);
+              ctx.finish();
               return;
             }
             await writeAll(call, ctx, output, method.output);
-            release(ctx);
+            ctx.finish();
           }),
           method,
         );
       };
     case "client_streaming":
       return (call: ServerReadableStream<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
-        const ctx = contextFor(call, method, opts);
+        const ctx = contextFor(call, plan);
         answerOnce(call, ctx, method, callback, () =>
-          lastOf(transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call))),
+          lastOf(transformInvokeImplementation(spec, ctx.snapshot(), interceptors)(decodeStream(method.input, call))),
         );
       };
     case "bidi_streaming":
       return (call: ServerDuplexStream<Buffer, Buffer>) => {
-        const ctx = contextFor(call, method, opts);
+        const ctx = contextFor(call, plan);
         detach(
           runInCall(ctx, () =>
             writeAll(
               call,
               ctx,
-              transformInvokeImplementation(spec, ctx, interceptors)(decodeStream(method.input, call)),
+              transformInvokeImplementation(spec, ctx.snapshot(), interceptors)(decodeStream(method.input, call)),
               method.output,
-            ).finally(() => release(ctx)),
+            ).finally(() => ctx.finish()),
           ),
           method,
         );

@@ -28,6 +28,11 @@ export function configureLogging(opts: { service?: string; level?: Level; write?
   if (opts.write) state.write = opts.write;
 }
 
+/** Whether a line at `level` would be written: spares building fields for one that would not. */
+export function levelEnabled(level: Level): boolean {
+  return rank[level] >= rank[state.level];
+}
+
 function emit(level: Level, msg: string, base: Fields, fields?: Fields): void {
   if (rank[level] < rank[state.level]) return;
   const span = trace.getActiveSpan()?.spanContext();

@@ -19,16 +19,36 @@ function labels(obj: Record<string, string>): string {
 }
 
 export function recordRpc(component: string, method: string, code: string, durationMs: number): void {
-  const countKey = labels({ component, method, code });
-  rpcCounts.set(countKey, (rpcCounts.get(countKey) ?? 0) + 1);
+  rpcSeries(component, method).record(code, durationMs);
+}
+
+/** The series of one component's method; callers keep it so a finished call only counts. */
+export interface RpcSeries {
+  record(code: string, durationMs: number): void;
+}
+
+const seriesByKey = new Map<string, RpcSeries>();
+
+export function rpcSeries(component: string, method: string): RpcSeries {
   const durKey = labels({ component, method });
+  const known = seriesByKey.get(durKey);
+  if (known) return known;
   let s = rpcDurations.get(durKey);
   if (!s) rpcDurations.set(durKey, (s = { count: 0, sum: 0, buckets: buckets.map(() => 0) }));
-  s.count++;
-  s.sum += durationMs;
-  buckets.forEach((b, i) => {
-    if (durationMs <= b) s!.buckets[i]!++;
-  });
+  const durations = s;
+  const countKeys = new Map<string, string>();
+  const series: RpcSeries = {
+    record(code, durationMs) {
+      let countKey = countKeys.get(code);
+      if (countKey === undefined) countKeys.set(code, (countKey = labels({ component, method, code })));
+      rpcCounts.set(countKey, (rpcCounts.get(countKey) ?? 0) + 1);
+      durations.count++;
+      durations.sum += durationMs;
+      for (let i = 0; i < buckets.length; i++) if (durationMs <= buckets[i]!) durations.buckets[i]!++;
+    },
+  };
+  seriesByKey.set(durKey, series);
+  return series;
 }
 
 export function renderMetrics(): string {

@@ -9,6 +9,7 @@ import {
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { configureLogging, type Level } from "./logger.js";
+import { setTracingMode } from "./tracing-mode.js";
 
 export interface TelemetryOptions {
   serviceName: string;
@@ -56,9 +57,11 @@ export function startTelemetry(opts: TelemetryOptions): { shutdown(): Promise<vo
     metricReader: undefined,
   });
   sdk.start();
+  setTracingMode(opts.exporter || opts.otlpEndpoint ? "spans" : "ids");
   const started = sdk;
   return {
     async shutdown() {
+      setTracingMode("off");
       await started.shutdown().catch(() => undefined);
       sdk = undefined;
     },

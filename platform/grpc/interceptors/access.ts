@@ -30,7 +30,7 @@ export type PrincipalResolver = (header: Headers) => Promise<Principal | undefin
  * conformance service) applies only that first check.
  */
 export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interceptor {
-  return (next) => async (req) => {
+  const admit = (req: Parameters<Parameters<Interceptor>[0]>[0]): Policy => {
     const policy = policyOf(req.method);
     if (!policy || policy.audience === Audience.UNSPECIFIED) {
       throw new ConnectError(
@@ -39,7 +39,21 @@ export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interce
       );
     }
     req.contextValues.set(policyKey, policy);
-    if (!resolvePrincipal) return next(req);
+    return policy;
+  };
+  if (!resolvePrincipal) {
+    // Only the policy check: no await, so no extra promise on every call.
+    return (next) => (req) => {
+      try {
+        admit(req);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      return next(req);
+    };
+  }
+  return (next) => async (req) => {
+    const policy = admit(req);
     if (policy.audience === Audience.PUBLIC) {
       // A stale or broken token must not lock anyone out of signing in or refreshing: on a public
       // method it only fails to identify the caller.

@@ -1,4 +1,5 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { alreadyCutShort } from "../handler-context.js";
 
 /**
  * Refuses a call whose deadline has already passed before it touches any resource.
@@ -7,9 +8,9 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
  * forwarder's default; so every handler sees its effective deadline in ctx.timeoutMs().
  */
 export function deadlineInterceptor(): Interceptor {
-  return (next) => async (req) => {
-    if (req.signal.aborted) {
-      throw new ConnectError("the deadline expired before the call started", Code.DeadlineExceeded);
+  return (next) => (req) => {
+    if (alreadyCutShort(req)) {
+      return Promise.reject(new ConnectError("the deadline expired before the call started", Code.DeadlineExceeded));
     }
     return next(req);
   };

@@ -1,16 +1,27 @@
-import type { Interceptor } from "@connectrpc/connect";
+import type { DescMethod } from "@bufbuild/protobuf";
+import { ConnectError, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
 import { toConnectError } from "../errors.js";
+import { rpcName } from "./rpc-name.js";
 import { finishWith } from "./stream-end.js";
 
 /** Whatever a handler throws leaves as a ConnectError with a sentence, never a stack trace. */
 export function errorsInterceptor(): Interceptor {
-  return (next) => async (req) => {
-    const where = `${req.service.typeName}/${req.method.name}`;
+  const noop = () => {};
+  // Per call only inline arrows: under tsx every named closure made per call costs a __name call.
+  const mask = (req: { method: DescMethod; signal: AbortSignal }, err: unknown) =>
+    toConnectError(err, rpcName(req.method), err instanceof ConnectError ? undefined : req.signal);
+  return (next) => (req) => {
+    let pending: Promise<UnaryResponse | StreamResponse>;
     try {
-      const res = await next(req);
-      return finishWith(res, { end: () => {}, mapError: (err) => toConnectError(err, where, req.signal) });
+      pending = next(req);
     } catch (err) {
-      throw toConnectError(err, where, req.signal);
+      return Promise.reject(mask(req, err));
     }
+    return pending.then(
+      (res) => (res.stream ? finishWith(res, { end: noop, mapError: (err) => mask(req, err) }) : res),
+      (err: unknown) => {
+        throw mask(req, err);
+      },
+    ) as ReturnType<typeof next>;
   };
 }

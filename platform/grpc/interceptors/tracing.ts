@@ -1,37 +1,74 @@
-import { context, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
-import { ConnectError, type Interceptor } from "@connectrpc/connect";
+import { randomFillSync } from "node:crypto";
+import type { DescMethod } from "@bufbuild/protobuf";
+import {
+  context,
+  propagation,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+  TraceFlags,
+  type Attributes,
+  type Context,
+} from "@opentelemetry/api";
+import { ConnectError, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
+import { tracingMode } from "../../telemetry/tracing-mode.js";
+import { requestHeaderValue } from "../handler-context.js";
+import { rpcName } from "./rpc-name.js";
 import { finishWith } from "./stream-end.js";
 
 const tracer = trace.getTracer("medmesh-rpc");
 
+// The request is the carrier: a call of the grpc-js adapter then answers the propagator from its
+// metadata without building Headers.
+type Carrier = { header: Headers };
 const headerGetter = {
-  keys: (h: Headers) => {
+  keys: (req: Carrier) => {
     const out: string[] = [];
-    h.forEach((_v, k) => out.push(k));
+    req.header.forEach((_v, k) => out.push(k));
     return out;
   },
-  get: (h: Headers, key: string) => h.get(key) ?? undefined,
+  get: (req: Carrier, key: string) => requestHeaderValue(req, key) ?? undefined,
 };
 
 /**
  * Server span per call, continuing the caller's W3C trace context. Neither grpc-js served
  * through our adapter nor connect-node is covered by an official instrumentation, so the
  * mesh does it here, once for both.
+ *
+ * It does only what the process's telemetry needs (platform/telemetry/tracing-mode.ts): nothing
+ * without an SDK; with an SDK that exports nowhere, only the ids (a non-recording span, so log
+ * lines and outgoing calls still carry the trace); a real span only when spans are exported.
  */
 export function serverTracingInterceptor(component: string): Interceptor {
-  return (next) => async (req) => {
-    const parent = propagation.extract(context.active(), req.header, headerGetter);
+  const attributes = new WeakMap<DescMethod, Attributes>();
+  const attributesOf = (method: DescMethod) => {
+    let a = attributes.get(method);
+    if (!a) {
+      a = Object.freeze({
+        "rpc.system": "grpc",
+        "rpc.service": method.parent.typeName,
+        "rpc.method": method.name,
+        "medmesh.component": component,
+      });
+      attributes.set(method, a);
+    }
+    return a;
+  };
+  return (next) => (req) => {
+    const mode = tracingMode();
+    if (mode === "off") return next(req);
+    const parent = propagation.extract(context.active(), req, headerGetter);
+    if (mode === "ids") {
+      const spanContext = trace.setSpan(parent, trace.wrapSpanContext(childIds(parent)));
+      return context
+        .with(spanContext, () => next(req))
+        .then((res) =>
+          res.stream ? finishWith(res, { end: noop, wrapNext: (pull) => context.with(spanContext, pull) }) : res,
+        ) as ReturnType<typeof next>;
+    }
     const span = tracer.startSpan(
-      `${req.service.typeName}/${req.method.name}`,
-      {
-        kind: SpanKind.SERVER,
-        attributes: {
-          "rpc.system": "grpc",
-          "rpc.service": req.service.typeName,
-          "rpc.method": req.method.name,
-          "medmesh.component": component,
-        },
-      },
+      rpcName(req.method),
+      { kind: SpanKind.SERVER, attributes: attributesOf(req.method) },
       parent,
     );
     const spanContext = trace.setSpan(parent, span);
@@ -45,12 +82,50 @@ export function serverTracingInterceptor(component: string): Interceptor {
       }
       span.end();
     };
+    let pending: Promise<UnaryResponse | StreamResponse>;
     try {
-      const res = await context.with(spanContext, () => next(req));
-      return finishWith(res, { end, wrapNext: (pull) => context.with(spanContext, pull) });
+      pending = context.with(spanContext, () => next(req));
     } catch (err) {
       end(err);
-      throw err;
+      return Promise.reject(err);
     }
+    return pending.then(
+      (res) => {
+        if (res.stream) return finishWith(res, { end, wrapNext: (pull) => context.with(spanContext, pull) });
+        end();
+        return res;
+      },
+      (err: unknown) => {
+        end(err);
+        throw err;
+      },
+    ) as ReturnType<typeof next>;
   };
+}
+
+function noop() {}
+
+/** A span context for this call: the caller's trace (or a new one) and a span id of its own. */
+function childIds(parent: Context) {
+  const p = trace.getSpanContext(parent);
+  const valid = p !== undefined && trace.isSpanContextValid(p);
+  return {
+    traceId: valid ? p.traceId : randomHex(16),
+    spanId: randomHex(8),
+    traceFlags: valid ? p.traceFlags : TraceFlags.SAMPLED,
+  };
+}
+
+// Ids need to be unique, not secret: random bytes are drawn a pool at a time, not per call.
+const pool = Buffer.alloc(4096);
+let used = pool.length;
+
+/** `bytes` random bytes as lower-case hex. */
+function randomHex(bytes: number): string {
+  if (used + bytes > pool.length) {
+    randomFillSync(pool);
+    used = 0;
+  }
+  used += bytes;
+  return pool.toString("hex", used - bytes, used);
 }

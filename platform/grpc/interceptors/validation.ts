@@ -1,20 +1,30 @@
-import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
+import { hasOption, type DescField, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { createValidator } from "@bufbuild/protovalidate";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { pathToString } from "@bufbuild/protobuf/reflect";
+import {
+  field as fieldRules,
+  message as messageRules,
+  oneof as oneofRules,
+} from "../../../gen/buf/validate/validate_pb.js";
 import { invalidArgument } from "../errors.js";
 
 const validator = createValidator();
 
 /** Enforces the buf.validate rules of the contract on every request message, streamed or not. */
 export function validationInterceptor(): Interceptor {
-  return (next) => async (req) => {
+  return (next) => (req) => {
+    const schema = req.method.input;
+    if (!hasRules(schema)) return next(req);
     if (!req.stream) {
-      check(req.method.input, req.message);
+      try {
+        check(schema, req.message);
+      } catch (err) {
+        return Promise.reject(err);
+      }
       return next(req);
     }
     const input = req.message;
-    const schema = req.method.input;
     const checked: AsyncIterable<unknown> = {
       async *[Symbol.asyncIterator]() {
         for await (const m of input) {
@@ -39,4 +49,37 @@ export function check(schema: DescMessage, message: MessageShape<DescMessage>): 
       description: v.message || v.ruleId,
     })),
   );
+}
+
+const withRules = new WeakMap<DescMessage, boolean>();
+
+/**
+ * Whether a message type, or any message it contains, carries a buf.validate rule. A request
+ * type without one is valid whatever it holds, so validating it would be work that never fails;
+ * the answer is worked out once per type.
+ */
+export function hasRules(schema: DescMessage): boolean {
+  let known = withRules.get(schema);
+  if (known === undefined) withRules.set(schema, (known = declaresRules(schema, new Set())));
+  return known;
+}
+
+function declaresRules(schema: DescMessage, seen: Set<DescMessage>): boolean {
+  if (seen.has(schema)) return false;
+  seen.add(schema);
+  if (hasOption(schema, messageRules)) return true;
+  if (schema.oneofs.some((o) => hasOption(o, oneofRules))) return true;
+  return schema.fields.some((f) => hasOption(f, fieldRules) || nestedRules(f, seen));
+}
+
+function nestedRules(f: DescField, seen: Set<DescMessage>): boolean {
+  const nested =
+    f.fieldKind === "message"
+      ? f.message
+      : f.fieldKind === "list" && f.listKind === "message"
+        ? f.message
+        : f.fieldKind === "map" && f.mapKind === "message"
+          ? f.message
+          : undefined;
+  return nested !== undefined && declaresRules(nested, seen);
 }

@@ -1,0 +1,159 @@
+/**
+ * The servers bench/mesh-paths.ts compares, each forked as a process of its own so that the
+ * server under load has its own core and its own /proc CPU figures:
+ *
+ * - `bare`: node:http2 answering every stream with one fixed gRPC frame (what Node itself costs);
+ * - `raw`: a plain grpc-js server with a protobuf-es codec serving MeshTestService.Echo;
+ * - `platform`: startGrpcServer + meshInterceptors serving the conformance service, as
+ *   test/support/meshtest-main.ts builds it; BENCH_TELEMETRY says off, on (no exporter) or
+ *   export (OTLP/HTTP to BENCH_OTLP_ENDPOINT);
+ * - `gateway`: startGateway with MESHTEST_TARGET pointing at a platform process;
+ * - `otlp-sink`: answers OTLP/HTTP trace exports with 200 and drops them.
+ *
+ * BENCH_CODE_ROOT picks the checkout whose platform and gateway code is loaded (default: this
+ * one), so an older tree can be measured side by side with this one in the same run.
+ * Tells its parent `{ port }` over IPC once it listens.
+ */
+import http from "node:http";
+import http2 from "node:http2";
+import path from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const codeRoot = process.env.BENCH_CODE_ROOT || path.resolve(here, "../..");
+const load = <T>(rel: string): Promise<T> => import(pathToFileURL(path.join(codeRoot, rel)).href) as Promise<T>;
+
+/** The gRPC frame of EchoResponse{text:"hello"}: what every server here answers. */
+const HELLO_FRAME = Buffer.from("00000000070a0568656c6c6f", "hex");
+
+type Role = "bare" | "raw" | "platform" | "gateway" | "otlp-sink";
+
+async function bare(): Promise<number> {
+  const server = http2.createServer();
+  server.on("stream", (stream) => {
+    stream.on("error", () => undefined);
+    stream.resume();
+    stream.on("end", () => {
+      if (stream.destroyed) return;
+      stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+      stream.once("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+      stream.end(HELLO_FRAME);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return (server.address() as { port: number }).port;
+}
+
+async function raw(): Promise<number> {
+  // Code that does not depend on the checkout being measured: the reference is the same in every run.
+  const pb = await import("../../gen/medmesh/meshtest/v1/meshtest_pb.js");
+  const server = new grpc.Server();
+  server.addService(
+    {
+      Echo: {
+        path: `/${pb.MeshTestService.typeName}/Echo`,
+        requestStream: false,
+        responseStream: false,
+        requestDeserialize: (b: Buffer) => fromBinary(pb.EchoRequestSchema, b),
+        requestSerialize: (m: unknown) => Buffer.from(toBinary(pb.EchoRequestSchema, m as never)),
+        responseSerialize: (m: unknown) => Buffer.from(toBinary(pb.EchoResponseSchema, m as never)),
+        responseDeserialize: (b: Buffer) => fromBinary(pb.EchoResponseSchema, b),
+      },
+    },
+    {
+      Echo: (call: { request: { text: string } }, cb: (e: null, r: unknown) => void) =>
+        cb(null, create(pb.EchoResponseSchema, { text: call.request.text })),
+    },
+  );
+  return new Promise((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, port) =>
+      err ? reject(err) : resolve(port),
+    ),
+  );
+}
+
+async function platform(): Promise<number> {
+  const mode = process.env.BENCH_TELEMETRY ?? "off";
+  if (mode !== "off") {
+    const sdk = await load<typeof import("../../platform/telemetry/sdk.js")>("platform/telemetry/sdk.ts");
+    sdk.startTelemetry({
+      serviceName: "meshtest",
+      logLevel: "info",
+      otlpEndpoint: mode === "export" ? process.env.BENCH_OTLP_ENDPOINT : undefined,
+    });
+  }
+  const { MeshTestService } = await load<typeof import("../../gen/medmesh/meshtest/v1/meshtest_pb.js")>(
+    "gen/medmesh/meshtest/v1/meshtest_pb.ts",
+  );
+  const { meshInterceptors } = await load<typeof import("../../platform/grpc/interceptors/index.js")>(
+    "platform/grpc/interceptors/index.ts",
+  );
+  const { register, startGrpcServer } =
+    await load<typeof import("../../platform/grpc/server.js")>("platform/grpc/server.ts");
+  const { meshTestService } = await load<typeof import("../../test/support/meshtest-service.js")>(
+    "test/support/meshtest-service.ts",
+  );
+  // The same server test/support/meshtest-main.ts starts.
+  const server = await startGrpcServer({
+    name: "meshtest",
+    host: "127.0.0.1",
+    port: 0,
+    services: [register(MeshTestService, meshTestService({ cancelledStreams: 0, waitsCancelled: 0 }))],
+    interceptors: meshInterceptors({ component: "meshtest" }),
+    deadlines: { defaultUnaryMs: 5_000, maxUnaryMs: 10_000 },
+    maxMessageBytes: 1024 * 1024,
+  });
+  return server.port;
+}
+
+async function gateway(): Promise<number> {
+  const { MeshTestService } = await load<typeof import("../../gen/medmesh/meshtest/v1/meshtest_pb.js")>(
+    "gen/medmesh/meshtest/v1/meshtest_pb.ts",
+  );
+  const { startGateway } = await load<typeof import("../../gateway/main.js")>("gateway/main.ts");
+  const g = await startGateway(
+    {
+      GATEWAY_HOST: "127.0.0.1",
+      GATEWAY_PORT: "0",
+      LOG_LEVEL: "info",
+      SHUTDOWN_GRACE_MS: "2000",
+      MESHTEST_TARGET: process.env.BENCH_UPSTREAM!,
+      // One anonymous address sends every request; the limiter still runs on every call.
+      RATE_LIMITS: "read=100000000:100000000,write=100000000:100000000,auth=1000:1000,upload=1000:1000",
+    },
+    { services: [MeshTestService] },
+  );
+  return g.port;
+}
+
+async function otlpSink(): Promise<number> {
+  const server = http.createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      res.writeHead(200, { "content-type": "application/x-protobuf", "content-length": "0" });
+      res.end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return (server.address() as { port: number }).port;
+}
+
+const roles: Record<Role, () => Promise<number>> = { bare, raw, platform, gateway, "otlp-sink": otlpSink };
+
+async function main() {
+  const role = process.argv[2] as Role;
+  const start = roles[role];
+  if (!start) throw new Error(`unknown role ${role}; one of ${Object.keys(roles).join(", ")}`);
+  const port = await start();
+  process.send!({ port });
+  // Never outlive the bench that forked us.
+  process.on("disconnect", () => process.exit(0));
+  process.on("SIGTERM", () => process.exit(0));
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`mesh-servers: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});
