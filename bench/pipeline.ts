@@ -187,7 +187,15 @@ function report(r: RunResult): string[] {
 async function main() {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "medmesh-pipeline-bench-"));
   say(`starting the mesh (data dir ${dataDir})`);
-  const mesh = await startMesh({ root, dataDir, required: ["gateway", "documents", "processing"], timeoutMs: 180_000 });
+  const mesh = await startMesh({
+    root,
+    dataDir,
+    required: ["gateway", "documents", "processing"],
+    timeoutMs: 180_000,
+    // One signed-in user sends every upload; the per-user stream cap (4 by default) would refuse the
+    // paced run's uploaders, which must not queue behind each other.
+    env: { UPLOAD_MAX_STREAMS: String(Math.max(CONCURRENCY, 32)) },
+  });
   let exitCode = 0;
   try {
     const gateway = mesh.endpoints.gateway!;
