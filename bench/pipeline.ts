@@ -30,7 +30,7 @@ import {
   type UploadRequest,
 } from "../gen/medmesh/documents/v1/documents_pb.js";
 import { onePagePdf } from "../test/fixtures/documents/make-fixtures.js";
-import { cpuSecondsOf, memoryOf, startMesh } from "./lib/mesh.js";
+import { cpuSecondsOf, databaseDescription, memoryOf, startMesh } from "./lib/mesh.js";
 import { percentile } from "./lib/tools.js";
 import { intFromEnv } from "./lib/env.js";
 import { fmt, mib, say } from "./lib/format.js";
@@ -227,7 +227,7 @@ async function main() {
       "# Document pipeline benchmark",
       "",
       `Run ${new Date().toISOString()} on ${os.cpus().length} x ${os.cpus()[0]?.model.split(" ").slice(0, 2).join(" ")}, Node ${process.version}, ${os.platform()} ${os.release()}.`,
-      "The embedded default (`npm start`: PGlite, the embedded broker, identity, documents, processing, gateway), one process each, on this machine;",
+      `The mesh as \`npm start\` runs it (the embedded broker, identity, documents, processing, gateway, one process each) on ${databaseDescription()}, on this machine;`,
       "the bench client uploads one-page PDFs (about 1.3 KB, each different) through the gateway with gRPC client streaming, waits until nothing is in flight (two one-row ListDocuments a second) and then reads each final status with WatchDocument.",
       "Latency: server clock, version create_time (upload acknowledged) to the PROCESSED change_time.",
       "",
