@@ -3,7 +3,7 @@
  * `node --import tsx bench/gateway.ts`. Starts its own mesh (the `npm start` launcher) on free
  * loopback ports with a temporary data dir, seeds one document, proves every request shape with a
  * real client before loading it, runs each load for a warm-up and a measured window, stops the
- * mesh and writes bench/results/gateway.md.
+ * mesh and writes bench/results/gateway.md (gateway-postgres.md when DATABASE_URL names a server).
  *
  * BENCH_SECONDS (10), BENCH_WARMUP_SECONDS (2, before each row), BENCH_MESH_WARMUP_SECONDS (10,
  * once, before the first row), BENCH_CONCURRENCY (64) and BENCH_H2_CLIENTS (1; h2load
@@ -29,6 +29,7 @@ import { closedLoop } from "./lib/grpc-load.js";
 import {
   cpuSecondsOf,
   databaseDescription,
+  resultsFile,
   machineCpuSeconds,
   memoryOf,
   QUIET_CORES,
@@ -388,7 +389,7 @@ async function main() {
     );
     const md = report({ rows, idleMemory, afterMemory, loadBefore, pids: mesh.pids, tools });
     fs.mkdirSync(path.join(root, "bench/results"), { recursive: true });
-    fs.writeFileSync(path.join(root, "bench/results/gateway.md"), md);
+    fs.writeFileSync(resultsFile(root, "gateway"), md);
     process.stdout.write(md);
     const anyBroken = Object.values(verified.broken).some(Boolean);
     if (anyBroken || rows.some((r) => r.outcome.kind === "error")) exitCode = 1;

@@ -4,7 +4,7 @@
  * temporary data dir, signs in as the bootstrap admin and uploads one-page PDFs through the
  * gateway (gRPC client streaming), then waits for each to be PROCESSED (upload -> outbox ->
  * Kafka -> worker -> ReadContent -> analysis -> RecordProcessingResult) and writes
- * bench/results/pipeline.md.
+ * bench/results/pipeline.md (pipeline-postgres.md when DATABASE_URL names a server).
  *
  * Two runs, one after the other on the same mesh:
  *  - flood: BENCH_DOCS (1000) uploads as fast as BENCH_UPLOAD_CONCURRENCY (8) uploaders go.
@@ -30,7 +30,7 @@ import {
   type UploadRequest,
 } from "../gen/medmesh/documents/v1/documents_pb.js";
 import { onePagePdf } from "../test/fixtures/documents/make-fixtures.js";
-import { cpuSecondsOf, databaseDescription, memoryOf, startMesh } from "./lib/mesh.js";
+import { cpuSecondsOf, databaseDescription, memoryOf, resultsFile, startMesh } from "./lib/mesh.js";
 import { percentile } from "./lib/tools.js";
 import { intFromEnv } from "./lib/env.js";
 import { fmt, mib, say } from "./lib/format.js";
@@ -244,7 +244,7 @@ async function main() {
       `Command: \`BENCH_DOCS=${DOCS} BENCH_PACED_DOCS=${PACED_DOCS} BENCH_UPLOAD_CONCURRENCY=${CONCURRENCY} npm run bench:pipeline\``,
       "",
     ];
-    fs.writeFileSync(path.join(root, "bench/results/pipeline.md"), lines.join("\n"));
+    fs.writeFileSync(resultsFile(root, "pipeline"), lines.join("\n"));
     process.stdout.write(lines.join("\n"));
   } catch (err) {
     say(`failed: ${(err as Error).stack ?? err}`);

@@ -297,3 +297,8 @@ export function databaseDescription(): string {
     return "PostgreSQL (DATABASE_URL)";
   }
 }
+
+/** bench/results/<name>.md on the embedded default, <name>-postgres.md on DATABASE_URL, so neither overwrites the other. */
+export function resultsFile(root: string, name: string): string {
+  return path.join(root, "bench/results", `${name}${process.env.DATABASE_URL ? "-postgres" : ""}.md`);
+}
