@@ -4,7 +4,7 @@
  * temporary data dir, signs in as the bootstrap admin and uploads one-page PDFs through the
  * gateway (gRPC client streaming), then waits for each to be PROCESSED (upload -> outbox ->
  * Kafka -> worker -> ReadContent -> analysis -> RecordProcessingResult) and writes
- * bench/results/pipeline.md.
+ * bench/results/pipeline.md (pipeline-postgres.md when DATABASE_URL names a server).
  *
  * Two runs, one after the other on the same mesh:
  *  - flood: BENCH_DOCS (1000) uploads as fast as BENCH_UPLOAD_CONCURRENCY (8) uploaders go.
@@ -30,7 +30,7 @@ import {
   type UploadRequest,
 } from "../gen/medmesh/documents/v1/documents_pb.js";
 import { onePagePdf } from "../test/fixtures/documents/make-fixtures.js";
-import { cpuSecondsOf, memoryOf, startMesh } from "./lib/mesh.js";
+import { cpuSecondsOf, databaseDescription, memoryOf, resultsFile, startMesh } from "./lib/mesh.js";
 import { percentile } from "./lib/tools.js";
 import { intFromEnv } from "./lib/env.js";
 import { fmt, mib, say } from "./lib/format.js";
@@ -187,7 +187,15 @@ function report(r: RunResult): string[] {
 async function main() {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "medmesh-pipeline-bench-"));
   say(`starting the mesh (data dir ${dataDir})`);
-  const mesh = await startMesh({ root, dataDir, required: ["gateway", "documents", "processing"], timeoutMs: 180_000 });
+  const mesh = await startMesh({
+    root,
+    dataDir,
+    required: ["gateway", "documents", "processing"],
+    timeoutMs: 180_000,
+    // One signed-in user sends every upload; the per-user stream cap (4 by default) would refuse the
+    // paced run's uploaders, which must not queue behind each other.
+    env: { UPLOAD_MAX_STREAMS: String(Math.max(CONCURRENCY, 32)) },
+  });
   let exitCode = 0;
   try {
     const gateway = mesh.endpoints.gateway!;
@@ -219,7 +227,7 @@ async function main() {
       "# Document pipeline benchmark",
       "",
       `Run ${new Date().toISOString()} on ${os.cpus().length} x ${os.cpus()[0]?.model.split(" ").slice(0, 2).join(" ")}, Node ${process.version}, ${os.platform()} ${os.release()}.`,
-      "The embedded default (`npm start`: PGlite, the embedded broker, identity, documents, processing, gateway), one process each, on this machine;",
+      `The mesh as \`npm start\` runs it (the embedded broker, identity, documents, processing, gateway, one process each) on ${databaseDescription()}, on this machine;`,
       "the bench client uploads one-page PDFs (about 1.3 KB, each different) through the gateway with gRPC client streaming, waits until nothing is in flight (two one-row ListDocuments a second) and then reads each final status with WatchDocument.",
       "Latency: server clock, version create_time (upload acknowledged) to the PROCESSED change_time.",
       "",
@@ -236,7 +244,7 @@ async function main() {
       `Command: \`BENCH_DOCS=${DOCS} BENCH_PACED_DOCS=${PACED_DOCS} BENCH_UPLOAD_CONCURRENCY=${CONCURRENCY} npm run bench:pipeline\``,
       "",
     ];
-    fs.writeFileSync(path.join(root, "bench/results/pipeline.md"), lines.join("\n"));
+    fs.writeFileSync(resultsFile(root, "pipeline"), lines.join("\n"));
     process.stdout.write(lines.join("\n"));
   } catch (err) {
     say(`failed: ${(err as Error).stack ?? err}`);

@@ -281,3 +281,24 @@ export async function waitForQuiet(maxSeconds: number): Promise<{ waitedSeconds:
     if (busyCores < QUIET_CORES || waitedSeconds >= maxSeconds) return { waitedSeconds, busyCores };
   }
 }
+
+/**
+ * Which database the launched mesh uses, for a report: the launcher hands DATABASE_URL (when set
+ * in the bench's environment) to every service, else it starts the embedded one. The URL is
+ * shown without credentials.
+ */
+export function databaseDescription(): string {
+  const url = process.env.DATABASE_URL;
+  if (!url) return "the embedded Postgres (PGlite behind the pg wire protocol)";
+  try {
+    const u = new URL(url);
+    return `PostgreSQL at ${u.hostname}:${u.port || "5432"}${u.pathname} (DATABASE_URL)`;
+  } catch {
+    return "PostgreSQL (DATABASE_URL)";
+  }
+}
+
+/** bench/results/<name>.md on the embedded default, <name>-postgres.md on DATABASE_URL, so neither overwrites the other. */
+export function resultsFile(root: string, name: string): string {
+  return path.join(root, "bench/results", `${name}${process.env.DATABASE_URL ? "-postgres" : ""}.md`);
+}

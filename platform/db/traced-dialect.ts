@@ -1,4 +1,4 @@
-import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { SpanKind, SpanStatusCode, trace, type SpanOptions } from "@opentelemetry/api";
 import type { CompiledQuery, DatabaseConnection, Dialect, Driver, QueryResult } from "kysely";
 
 const tracer = trace.getTracer("medmesh-db");
@@ -42,27 +42,58 @@ export function tracedDialect(inner: Dialect, dbName: string): Dialect {
   };
 }
 
-async function traced<R>(
-  dbName: string,
-  q: CompiledQuery,
-  run: () => Promise<QueryResult<R>>,
-): Promise<QueryResult<R>> {
-  const operation = q.sql.trimStart().split(/\s+/, 1)[0]?.toUpperCase() ?? "SQL";
-  return tracer.startActiveSpan(
-    `${operation} ${dbName}`,
-    {
-      kind: SpanKind.CLIENT,
-      attributes: { "db.system": "postgresql", "db.name": dbName, "db.statement": q.sql, "db.operation": operation },
+interface StatementSpan {
+  name: string;
+  options: SpanOptions;
+}
+
+/** Span names and attributes per statement text; statements come in a few shapes, so most calls find theirs here. */
+const statementSpans = new Map<string, StatementSpan>();
+/** Text with values inlined (raw SQL) would grow the cache without end; past this it starts over. */
+const MAX_CACHED_STATEMENTS = 512;
+
+function statementSpan(dbName: string, statement: string): StatementSpan {
+  const key = `${dbName}\0${statement}`;
+  let known = statementSpans.get(key);
+  if (!known) {
+    const operation = statement.trimStart().split(/\s+/, 1)[0]?.toUpperCase() || "SQL";
+    known = {
+      name: `${operation} ${dbName}`,
+      options: {
+        kind: SpanKind.CLIENT,
+        attributes: {
+          "db.system": "postgresql",
+          "db.name": dbName,
+          "db.statement": statement,
+          "db.operation": operation,
+        },
+      },
+    };
+    if (statementSpans.size >= MAX_CACHED_STATEMENTS) statementSpans.clear();
+    statementSpans.set(key, known);
+  }
+  return known;
+}
+
+/**
+ * The span is a child of whatever is active but is not made active itself: nothing runs inside a
+ * statement that could start spans or log, and entering a context per statement is a large share
+ * of a cheap read. Under a parent that records nothing (sampled out), no span is started at all.
+ */
+function traced<R>(dbName: string, q: CompiledQuery, run: () => Promise<QueryResult<R>>): Promise<QueryResult<R>> {
+  const parent = trace.getActiveSpan();
+  if (parent && !parent.isRecording()) return run();
+  const { name, options } = statementSpan(dbName, q.sql);
+  const span = tracer.startSpan(name, options);
+  return run().then(
+    (result) => {
+      span.end();
+      return result;
     },
-    async (span) => {
-      try {
-        return await run();
-      } catch (err) {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
-        throw err;
-      } finally {
-        span.end();
-      }
+    (err: unknown) => {
+      span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+      span.end();
+      throw err;
     },
   );
 }

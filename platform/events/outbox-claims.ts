@@ -19,14 +19,14 @@ export interface Claim {
 }
 
 /**
- * Claims up to `limit` unsent rows in one short transaction and returns them; the caller publishes
- * them after it committed, so no transaction (and on PGlite, no session) is held while Kafka is
- * slow or away. The claim is a lease (`claimed_until`): a relay that dies mid-publish only delays
+ * Claims up to `limit` unsent rows in one statement and returns them; the caller publishes them
+ * after it committed, so no transaction (and on PGlite, no session) is held while Kafka is slow or
+ * away. The claim is a lease (`claimed_until`): a relay that dies mid-publish only delays
  * its rows by `leaseMs`, after which any relay takes them again.
  *
  * Several relays may claim at once. `skip locked` lets a second relay step over rows the first is
- * claiming at this very moment instead of waiting for it. What keeps per-key order is the second
- * statement: a row is only claimed if no earlier unsent row of its key stays outside this claim
+ * claiming at this very moment instead of waiting for it. What keeps per-key order is the
+ * `claimable` step: a row is only claimed if no earlier unsent row of its key stays outside this claim
  * (leased by another relay, being claimed right now, or released after a failed publish and not
  * reached yet). So two relays never publish the same key at the same time, and a later event of a
  * key can never be published before an earlier one, even when the earlier one's publish failed.
@@ -34,49 +34,43 @@ export interface Claim {
 export async function claimBatch(service: Kysely<any>, limit: number, leaseMs: number): Promise<Claim> {
   const db = service as Kysely<OutboxDatabase>;
   const id = randomUUID();
-  const rows = await db.transaction().execute(async (trx) => {
-    const candidates = await trx
-      .selectFrom("outbox")
-      .select("id")
-      .where("sent_at", "is", null)
-      .where((eb) => eb.or([eb("claimed_until", "is", null), eb("claimed_until", "<", sql<Date>`now()`)]))
-      .orderBy("seq")
-      .limit(limit)
-      .forUpdate()
-      .skipLocked()
-      .execute();
-    if (candidates.length === 0) return [];
-    const ids = candidates.map((c) => c.id);
-    const claimable = await trx
-      .selectFrom("outbox as o")
-      .select("o.id")
-      .where("o.id", "in", ids)
-      .where(({ not, exists, selectFrom }) =>
-        not(
-          exists(
-            selectFrom("outbox as e")
-              .select("e.id")
-              .whereRef("e.topic", "=", "o.topic")
-              .whereRef("e.key", "=", "o.key")
-              .whereRef("e.seq", "<", "o.seq")
-              .where("e.sent_at", "is", null)
-              .where("e.id", "not in", ids),
+  // One statement, so one round trip and no explicit transaction: the candidates are locked by it
+  // and the claim is written by it, which is all the transaction this used to open was for.
+  const rows = await db
+    .with("candidate", (q) =>
+      q
+        .selectFrom("outbox")
+        .select(["id", "seq", "topic", "key"])
+        .where("sent_at", "is", null)
+        .where((eb) => eb.or([eb("claimed_until", "is", null), eb("claimed_until", "<", sql<Date>`now()`)]))
+        .orderBy("seq")
+        .limit(limit)
+        .forUpdate()
+        .skipLocked(),
+    )
+    .with("claimable", (q) =>
+      q
+        .selectFrom("candidate as c")
+        .select("c.id")
+        .where(({ not, exists, selectFrom }) =>
+          not(
+            exists(
+              selectFrom("outbox as e")
+                .select("e.id")
+                .whereRef("e.topic", "=", "c.topic")
+                .whereRef("e.key", "=", "c.key")
+                .whereRef("e.seq", "<", "c.seq")
+                .where("e.sent_at", "is", null)
+                .where("e.id", "not in", selectFrom("candidate").select("candidate.id")),
+            ),
           ),
         ),
-      )
-      .execute();
-    if (claimable.length === 0) return [];
-    return trx
-      .updateTable("outbox")
-      .set({ claim_id: id, claimed_until: sql<Date>`now() + ${leaseMs} * interval '1 millisecond'` })
-      .where(
-        "id",
-        "in",
-        claimable.map((c) => c.id),
-      )
-      .returning(["id", "seq", "topic", "key", "payload", "headers", "created_at"])
-      .execute();
-  });
+    )
+    .updateTable("outbox")
+    .set({ claim_id: id, claimed_until: sql<Date>`now() + ${leaseMs} * interval '1 millisecond'` })
+    .where("id", "in", (q) => q.selectFrom("claimable").select("claimable.id"))
+    .returning(["id", "seq", "topic", "key", "payload", "headers", "created_at"])
+    .execute();
   // bigserial comes back as a string from pg; the order is what matters, not the type.
   rows.sort((a, b) => Number(a.seq) - Number(b.seq));
   return { id, rows: rows.map(({ seq: _seq, ...row }) => row) };

@@ -175,6 +175,8 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
 
   let stopping = false;
   let woken = false;
+  /** wake() was called since the last batch began: a transaction just committed rows. */
+  let awaitingRows = false;
   let interrupt: { wakeable: boolean; done: () => void } | undefined;
   let producer: Producer | undefined;
 
@@ -286,13 +288,18 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   }
 
   /** Returns the number of rows published; throws on failure (after recording it on the rows). */
-  async function relayBatch(): Promise<number> {
+  async function relayBatch(expectRows: boolean): Promise<number> {
     // The relay's own polling stays out of traces: it would be a span every half second.
     const quiet = <T>(fn: () => Promise<T>) => context.with(suppressTracing(context.active()), fn);
-    const pending = await quiet(() =>
-      db.selectFrom("outbox").select("id").where("sent_at", "is", null).limit(1).executeTakeFirst(),
-    );
-    if (!pending) return 0;
+    // A timer's poll looks first, so an idle relay never connects or claims. After a wake() or a
+    // full batch there is (almost surely) something to send, and the look would be one more round
+    // trip per batch: under load that is one per event.
+    if (!expectRows) {
+      const pending = await quiet(() =>
+        db.selectFrom("outbox").select("id").where("sent_at", "is", null).limit(1).executeTakeFirst(),
+      );
+      if (!pending) return 0;
+    }
     // Connected before claiming: with the broker away, rows are not claimed only to be released.
     const p = await connectedProducer();
     const claim = await quiet(() => claimBatch(db, batchSize, claimLeaseMs));
@@ -312,10 +319,14 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
 
   const loop = (async () => {
     let failures = 0;
+    let expectRows = false;
     while (!stopping) {
       let sent = 0;
       try {
-        sent = await relayBatch();
+        const kicked = awaitingRows || expectRows;
+        awaitingRows = false;
+        sent = await relayBatch(kicked);
+        expectRows = sent >= batchSize;
         if (failures > 0) log.info("outbox relay recovered", { after_failures: failures });
         failures = 0;
       } catch (err) {
@@ -334,6 +345,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   return {
     wake() {
       woken = true;
+      awaitingRows = true;
       if (interrupt?.wakeable) interrupt.done();
     },
     async stop() {

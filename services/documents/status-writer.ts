@@ -1,6 +1,7 @@
 import { sql, type Kysely } from "kysely";
+import { queryShape } from "../../platform/db/query-shape.js";
 import type { StatusFeed } from "./status-feed.js";
-import type { DocumentsDB } from "./tables.js";
+import { documentColumns, type DocumentRow, type DocumentsDB } from "./tables.js";
 
 export interface StatusChange {
   documentId: string;
@@ -9,16 +10,82 @@ export interface StatusChange {
   failure?: { reason: string; message: string };
 }
 
+/** The document's new current content, written with the status change that a new version brings. */
+export interface CurrentContent {
+  version: number;
+  size_bytes: number;
+  mime_type: string;
+}
+
 /** Moves a document to a status within the transaction it was handed by StatusWriter.transaction. */
-export type SetStatus = (change: StatusChange) => Promise<void>;
+export interface SetStatus {
+  (change: StatusChange): Promise<void>;
+  /** Also makes `content` the document's current content; resolves to the document as it now is. */
+  (change: StatusChange, content: CurrentContent): Promise<DocumentRow>;
+}
 
 /**
  * The only way a document's processing_status changes. The column and the history that
  * WatchDocument replays are written together, and this replica's watchers are woken only once
  * the transaction has committed: woken earlier they would read the history before the change is
  * visible, and a rolled-back change must wake nobody.
+ *
+ * Column and history go in one statement (the update as a CTE beside the insert): every change
+ * of every document passes here, and on the embedded database a round trip costs more than the
+ * statement itself.
  */
 export class StatusWriter {
+  private readonly move = queryShape(
+    () => this.db,
+    5,
+    (
+      db: Kysely<DocumentsDB>,
+      id: string,
+      version: number,
+      status: string,
+      reason: string | null,
+      message: string | null,
+    ) =>
+      db
+        .with("moved", (q) =>
+          q
+            .updateTable("document")
+            .set({ processing_status: status, updated_at: sql<Date>`now()` })
+            .where("id", "=", id)
+            .returning("id"),
+        )
+        .insertInto("document_status")
+        .values({ document_id: id, version, status, failure_reason: reason, failure_message: message }),
+  );
+
+  private readonly moveWithContent = queryShape(
+    () => this.db,
+    5,
+    (db: Kysely<DocumentsDB>, id: string, version: number, status: string, size: number, mime: string) =>
+      db
+        .with("moved", (q) =>
+          q
+            .updateTable("document")
+            .set({
+              processing_status: status,
+              updated_at: sql<Date>`now()`,
+              version,
+              size_bytes: size,
+              mime_type: mime,
+            })
+            .where("id", "=", id)
+            .returning(documentColumns),
+        )
+        .with("history", (q) =>
+          q
+            .insertInto("document_status")
+            .values({ document_id: id, version, status, failure_reason: null, failure_message: null })
+            .returning("seq"),
+        )
+        .selectFrom("moved")
+        .selectAll(),
+  );
+
   constructor(
     private readonly db: Kysely<DocumentsDB>,
     private readonly feed: StatusFeed,
@@ -27,31 +94,36 @@ export class StatusWriter {
   /** Runs `work` in one transaction; `setStatus` is how it changes a status. */
   async transaction<T>(work: (trx: Kysely<DocumentsDB>, setStatus: SetStatus) => Promise<T>): Promise<T> {
     const changed = new Set<string>();
-    const result = await this.db.transaction().execute((trx) =>
-      work(trx, async (change) => {
-        await write(trx, change);
+    const result = await this.db.transaction().execute((trx) => {
+      const setStatus = async (change: StatusChange, content?: CurrentContent) => {
+        let row: DocumentRow | undefined;
+        if (content) {
+          if (content.version !== change.version) throw new Error("a status change names the content's own version");
+          row = (await this.moveWithContent.first(
+            trx,
+            change.documentId,
+            change.version,
+            change.status,
+            content.size_bytes,
+            content.mime_type,
+          )) as DocumentRow | undefined;
+          if (!row) throw new Error(`document ${change.documentId} vanished inside its own transaction`);
+        } else {
+          await this.move.execute(
+            trx,
+            change.documentId,
+            change.version,
+            change.status,
+            change.failure?.reason ?? null,
+            change.failure?.message ?? null,
+          );
+        }
         changed.add(change.documentId);
-      }),
-    );
+        return row;
+      };
+      return work(trx, setStatus as SetStatus);
+    });
     for (const id of changed) this.feed.notify(id);
     return result;
   }
-}
-
-async function write(trx: Kysely<DocumentsDB>, change: StatusChange): Promise<void> {
-  await trx
-    .updateTable("document")
-    .set({ processing_status: change.status, updated_at: sql<Date>`now()` })
-    .where("id", "=", change.documentId)
-    .execute();
-  await trx
-    .insertInto("document_status")
-    .values({
-      document_id: change.documentId,
-      version: change.version,
-      status: change.status,
-      failure_reason: change.failure?.reason ?? null,
-      failure_message: change.failure?.message ?? null,
-    })
-    .execute();
 }

@@ -1,6 +1,7 @@
 import { sql, type Kysely } from "kysely";
+import { queryShape } from "../../platform/db/query-shape.js";
 import { enqueueUploaded } from "./events.js";
-import type { SetStatus, StatusWriter } from "./status-writer.js";
+import type { StatusWriter } from "./status-writer.js";
 import {
   documentColumns,
   type DocumentChanges,
@@ -39,34 +40,51 @@ export function lockLiveDocument(trx: Kysely<DocumentsDB>, id: string) {
     .executeTakeFirst();
 }
 
-async function insertDocument(trx: Kysely<DocumentsDB>, setStatus: SetStatus, doc: NewDocument): Promise<DocumentRow> {
-  const row = await trx
-    .insertInto("document")
-    .values({ ...doc, authors: JSON.stringify(doc.authors), metadata: JSON.stringify(doc.metadata) })
-    .returning(documentColumns)
-    .executeTakeFirstOrThrow();
-  await setStatus({ documentId: row.id, version: 0, status: "pending" });
-  return row;
+/**
+ * Inserts the document with its first history entry (pending) in one statement. No status write
+ * is needed besides: the column's default is pending, and nobody can be watching a document that
+ * is not committed yet.
+ */
+async function insertDocument(trx: Kysely<DocumentsDB>, doc: NewDocument): Promise<DocumentRow> {
+  return trx
+    .with("created", (q) =>
+      q
+        .insertInto("document")
+        .values({ ...doc, authors: JSON.stringify(doc.authors), metadata: JSON.stringify(doc.metadata) })
+        .returning(documentColumns),
+    )
+    .with("history", (q) =>
+      q
+        .insertInto("document_status")
+        .values({ document_id: doc.id, version: 0, status: "pending", failure_reason: null, failure_message: null })
+        .returning("seq"),
+    )
+    .selectFrom("created")
+    .selectAll()
+    .executeTakeFirstOrThrow() as Promise<DocumentRow>;
 }
 
 /** The documents, their versions and their status history; the schema is already scoped by openDatabase. */
 export class DocumentStore {
+  /** Every read of one document (each GetDocument, each access check) runs this statement. */
+  private readonly liveById = queryShape(
+    () => this.db,
+    1,
+    (db: Kysely<DocumentsDB>, id: string) =>
+      db.selectFrom("document").select(documentColumns).where("id", "=", id).where("deleted_at", "is", null),
+  );
+
   constructor(
     private readonly db: Kysely<DocumentsDB>,
     private readonly status: StatusWriter,
   ) {}
 
   async insert(doc: NewDocument): Promise<DocumentRow> {
-    return this.status.transaction((trx, setStatus) => insertDocument(trx, setStatus, doc));
+    return this.status.transaction((trx) => insertDocument(trx, doc));
   }
 
   async findLive(id: string, db: Kysely<DocumentsDB> = this.db): Promise<DocumentRow | undefined> {
-    return db
-      .selectFrom("document")
-      .select(documentColumns)
-      .where("id", "=", id)
-      .where("deleted_at", "is", null)
-      .executeTakeFirst();
+    return this.liveById.first(db, id);
   }
 
   /** The live document holding this DOI (case-insensitively), other than `exceptId`. */
@@ -126,23 +144,30 @@ export class DocumentStore {
     within?: (trx: Kysely<DocumentsDB>, saved: SavedVersion) => Promise<void>,
   ): Promise<SavedVersion | undefined> {
     return this.status.transaction(async (trx, setStatus) => {
-      const id = "create" in target ? (await insertDocument(trx, setStatus, target.create)).id : target.id;
-      const current = await lockLiveDocument(trx, id);
-      if (!current) return undefined;
+      let id: string;
+      let current: number;
+      if ("create" in target) {
+        // Inserted by this transaction, so already locked by it, and without versions.
+        id = (await insertDocument(trx, target.create)).id;
+        current = 0;
+      } else {
+        const locked = await lockLiveDocument(trx, target.id);
+        if (!locked) return undefined;
+        id = target.id;
+        current = locked.version;
+      }
       const version = await trx
         .insertInto("document_version")
-        .values({ ...v, document_id: id, version: current.version + 1 })
+        .values({ ...v, document_id: id, version: current + 1 })
         .returningAll()
         .executeTakeFirstOrThrow();
       // The event is written with the version: it exists if and only if the version does.
       await enqueueUploaded(trx, version);
-      await trx
-        .updateTable("document")
-        .set({ version: version.version, size_bytes: v.size_bytes, mime_type: v.mime_type })
-        .where("id", "=", id)
-        .execute();
-      await setStatus({ documentId: id, version: version.version, status: "uploaded" });
-      const saved = { document: (await this.findLive(id, trx))!, version };
+      const document = await setStatus(
+        { documentId: id, version: version.version, status: "uploaded" },
+        { version: version.version, size_bytes: v.size_bytes, mime_type: v.mime_type },
+      );
+      const saved = { document, version };
       await within?.(trx, saved);
       return saved;
     });
