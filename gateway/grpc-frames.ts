@@ -18,8 +18,6 @@ export class FrameWatcher {
   private prefixSeen = 0;
   /** Only a prefix split across chunks needs a copy; most never are. */
   private prefix: Buffer | undefined;
-  /** Whole frames seen; a trailer frame of gRPC-web counts too. */
-  frames = 0;
   /** Whether any frame so far was flagged compressed. */
   compressed = false;
 
@@ -33,7 +31,6 @@ export class FrameWatcher {
         const take = Math.min(this.remaining, chunk.length - at);
         this.remaining -= take;
         at += take;
-        if (this.remaining === 0) this.frames++;
         continue;
       }
       const take = Math.min(5 - this.prefixSeen, chunk.length - at);
@@ -51,7 +48,6 @@ export class FrameWatcher {
       }
       at += take;
       if (this.remaining > this.maxBytes) return this.remaining;
-      if (this.remaining === 0) this.frames++;
     }
     return -1;
   }

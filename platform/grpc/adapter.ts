@@ -40,7 +40,7 @@ interface ServerSurfaceCall {
 }
 import { runInCall } from "./call-context.js";
 import { coarseTimers } from "./coarse-timer.js";
-import { CallContext, callFinished, CallRequest, callValues, trackUntilShutdown } from "./handler-context.js";
+import { CallContext, callFinished, CallRequest, CallValues, trackUntilShutdown } from "./handler-context.js";
 import { toConnectError, toGrpcStatus } from "./errors.js";
 import { headersToMetadata, metadataToHeaders } from "./metadata.js";
 
@@ -206,7 +206,7 @@ function contextFor(call: ServerSurfaceCall, plan: MethodPlan): CallContext {
     method,
     plan.url,
     call.metadata,
-    callValues(() => peerAddress(call.getPeer())),
+    new CallValues(() => peerAddress(call.getPeer())),
     timeoutMs,
     (reason) => {
       plan.shutdown.remove(ctx);

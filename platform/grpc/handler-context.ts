@@ -195,25 +195,28 @@ export function trackUntilShutdown(signal: AbortSignal): { add(c: CallContext): 
 
 /**
  * The context values of a call, with the peer address worked out only when asked for: most calls
- * never look at it (only rate limiting of anonymous callers does).
+ * never look at it (only rate limiting of anonymous callers does). A class, so a call allocates
+ * one object rather than three closures.
  */
-export function callValues(peer: () => string): ContextValues {
-  const values: Record<symbol, unknown> = {};
-  return {
-    get<T>(key: ContextKey<T>): T {
-      if (key.id in values) return values[key.id] as T;
-      if (key === (peerKey as ContextKey<unknown>)) return (values[key.id] = peer()) as T;
-      return key.defaultValue;
-    },
-    set<T>(key: ContextKey<T>, value: T) {
-      values[key.id] = value;
-      return this;
-    },
-    delete(key: ContextKey<unknown>) {
-      delete values[key.id];
-      return this;
-    },
-  };
+export class CallValues implements ContextValues {
+  private readonly values: Record<symbol, unknown> = {};
+  constructor(private readonly peer: () => string) {}
+
+  get<T>(key: ContextKey<T>): T {
+    if (key.id in this.values) return this.values[key.id] as T;
+    if (key === (peerKey as ContextKey<unknown>)) return (this.values[key.id] = this.peer()) as T;
+    return key.defaultValue;
+  }
+
+  set<T>(key: ContextKey<T>, value: T): this {
+    this.values[key.id] = value;
+    return this;
+  }
+
+  delete(key: ContextKey<unknown>): this {
+    delete this.values[key.id];
+    return this;
+  }
 }
 
 /**
