@@ -7,6 +7,12 @@ type Handler = (
   res: http.ServerResponse | http2.Http2ServerResponse,
 ) => void;
 
+/**
+ * Offered every HTTP/2 stream before the handler: true when it took the stream itself, which then
+ * gets no request/response pair. Building that pair costs more than a small call's own work.
+ */
+export type StreamTaker = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => boolean;
+
 const STREAM_WINDOW_BYTES = 2 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES = 8 * 1024 * 1024;
 
@@ -50,7 +56,11 @@ export const defaultLimits: ConnectionLimits = {
  * sniffing of the first bytes, HTTP/1.1 headers and bodies, HTTP/2 request bodies, idle
  * connections of either kind, and streams per HTTP/2 connection.
  */
-export function createDualProtocolServer(handler: Handler, limits: Partial<ConnectionLimits> = {}) {
+export function createDualProtocolServer(
+  handler: Handler,
+  limits: Partial<ConnectionLimits> = {},
+  takeStream?: StreamTaker,
+) {
   const lim = { ...defaultLimits, ...limits };
   // Requests in flight per HTTP/1.1 socket: on shutdown, a keep-alive socket with none is
   // closed at once instead of holding the process for the whole grace period.
@@ -96,10 +106,16 @@ export function createDualProtocolServer(handler: Handler, limits: Partial<Conne
       maxSessionInvalidFrames: 100,
     },
     (req, res) => {
-      bodyMustFlow(req, lim.requestTimeoutMs);
+      bodyMustFlow(req.stream, lim.requestTimeoutMs);
       (handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void)(req, res);
     },
   );
+  if (takeStream)
+    routeStreams(h2, (stream, headers) => {
+      if (!takeStream(stream, headers)) return false;
+      bodyMustFlow(stream, lim.requestTimeoutMs);
+      return true;
+    });
   const sockets = new Set<net.Socket>();
   const sessions = new Set<http2.ServerHttp2Session>();
   const streams = new Map<http2.ServerHttp2Session, number>();
@@ -187,14 +203,34 @@ export function createDualProtocolServer(handler: Handler, limits: Partial<Conne
 }
 
 /**
+ * node:http2 makes the request/response pair and emits 'request' from a listener of its own on
+ * the server's 'stream' event (added when a request handler is). That listener is taken off and
+ * called only for the streams `take` declines, so a taken stream is left to its taker alone while
+ * every other stream is served exactly as node would (CONNECT, Expect, the compat objects).
+ */
+function routeStreams(
+  h2: http2.Http2Server,
+  take: (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => boolean,
+): void {
+  const compat = h2.listeners("stream") as Array<(...args: unknown[]) => void>;
+  // Another node may dispatch differently; then nothing is taken and node serves every stream.
+  if (compat.length !== 1) return;
+  const serve = compat[0]!;
+  h2.removeListener("stream", serve);
+  h2.on("stream", function (this: http2.Http2Server, stream: http2.ServerHttp2Stream, headers, ...rest: unknown[]) {
+    if (!take(stream, headers)) serve.call(this, stream, headers, ...rest);
+  });
+}
+
+/**
  * An HTTP/2 request body that stops flowing for `ms` is cut (RST_STREAM CANCEL, which reaches the
  * upstream as a cancellation). The stream's own timer counts traffic either way and is stopped
  * once the body is complete, so it bounds only the wait for the request, never a response.
  */
-function bodyMustFlow(req: http2.Http2ServerRequest, ms: number) {
-  if (req.stream.readableEnded || req.stream.closed) return;
-  req.stream.setTimeout(ms, () => {
-    if (!req.stream.closed) req.stream.close(http2.constants.NGHTTP2_CANCEL);
+function bodyMustFlow(stream: http2.ServerHttp2Stream, ms: number) {
+  if (stream.readableEnded || stream.closed) return;
+  stream.setTimeout(ms, () => {
+    if (!stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
   });
-  req.stream.once("end", () => req.stream.setTimeout(0));
+  stream.once("end", () => stream.setTimeout(0));
 }

@@ -219,7 +219,7 @@ export async function startGateway(
   const server = createDualProtocolServer(
     (req, res) => {
       if (applyCors(allowed, req, res)) return;
-      if (!passthrough(req, res)) rpc(req, res);
+      if (!passthrough.handle(req, res)) rpc(req, res);
     },
     {
       maxHeaderBytes: config.GATEWAY_MAX_HEADER_BYTES,
@@ -228,6 +228,8 @@ export async function startGateway(
       idleTimeoutMs: config.GATEWAY_IDLE_TIMEOUT_MS,
       maxStreamsPerConnection: config.GATEWAY_MAX_STREAMS_PER_CONNECTION,
     },
+    // Only plain gRPC without an Origin is taken, so applyCors would have had nothing to do.
+    passthrough.takeStream,
   );
   const port = await server.listen(config.GATEWAY_PORT, config.GATEWAY_HOST);
   const host = config.GATEWAY_HOST.includes(":") ? `[${config.GATEWAY_HOST}]` : config.GATEWAY_HOST;

@@ -1,5 +1,11 @@
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
-import http2, { type ClientHttp2Stream, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
+import http2, {
+  type ClientHttp2Stream,
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+  type ServerHttp2Stream,
+} from "node:http2";
+import type { Readable } from "node:stream";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
@@ -89,8 +95,39 @@ const OK = 0 as Code;
 
 const { NGHTTP2_CANCEL, NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_INADEQUATE_SECURITY, NGHTTP2_NO_ERROR } = http2.constants;
 
-/** The handler: true when it took the call, false for calls the decoding path serves. */
-export function createPassthrough(opts: PassthroughOptions): (req: Req, res: Res) => boolean {
+/** The request side of a call, whichever objects node handed over. */
+interface Incoming {
+  headers: IncomingHttpHeaders;
+  /** The request body: the request object, or the HTTP/2 stream itself. */
+  body: Readable;
+  peer: string | undefined;
+  /** Over HTTP/2: the end of a streamed request may be followed by a reset (see pumpRequest). */
+  overHttp2: boolean;
+  /** A client that ended its request and reset the stream right behind it (see rpc-handler.ts). */
+  gaveUp(): boolean;
+}
+
+function incomingOf(req: Req): Incoming {
+  return {
+    headers: req.headers,
+    body: req,
+    peer: req.socket?.remoteAddress,
+    overHttp2: "stream" in req,
+    gaveUp: () => ("stream" in req ? req.stream.aborted || req.stream.rstCode !== NGHTTP2_NO_ERROR : !req.complete),
+  };
+}
+
+export interface Passthrough {
+  /** True when it took the call, false for calls the decoding path serves. */
+  handle(req: Req, res: Res): boolean;
+  /**
+   * The same for an HTTP/2 stream before node makes a request/response pair of it, which costs
+   * more than forwarding a small call: plain gRPC without an Origin (no CORS to answer) is taken.
+   */
+  takeStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean;
+}
+
+export function createPassthrough(opts: PassthroughOptions): Passthrough {
   const active = new Set<PassedCall>();
   opts.shutdown.addEventListener(
     "abort",
@@ -99,18 +136,49 @@ export function createPassthrough(opts: PassthroughOptions): (req: Req, res: Res
     },
     { once: true },
   );
-  return (req, res) => {
-    const url = req.url ?? "";
+  const routeOf = (url: string) => {
     const q = url.indexOf("?");
-    const route = opts.routes.get(q < 0 ? url : url.slice(0, q));
-    if (!route || req.method !== "POST") return false;
-    const protocol = protocolOf(req.headers["content-type"] ?? "");
-    // gRPC needs HTTP/2 trailers; over HTTP/1.1 the decoding path answers it as it always has.
-    if (!protocol || (protocol === "grpc" && !("stream" in req))) return false;
-    const call = new PassedCall(route, protocol, req, res, opts, active);
-    active.add(call);
-    call.start();
-    return true;
+    return opts.routes.get(q < 0 ? url : url.slice(0, q));
+  };
+  return {
+    handle(req, res) {
+      const route = routeOf(req.url ?? "");
+      if (!route || req.method !== "POST") return false;
+      const protocol = protocolOf(req.headers["content-type"] ?? "");
+      // gRPC needs HTTP/2 trailers; over HTTP/1.1 the decoding path answers it as it always has.
+      if (!protocol || (protocol === "grpc" && !("stream" in req))) return false;
+      const sink =
+        protocol === "grpc"
+          ? grpcSink(
+              (res as Http2ServerResponse).stream,
+              req.headers.origin === undefined ? {} : res.getHeaders(),
+              res as Http2ServerResponse,
+            )
+          : webSink(res, protocol === "text");
+      const call = new PassedCall(route, protocol, incomingOf(req), res, sink, opts, active);
+      active.add(call);
+      call.start();
+      return true;
+    },
+    takeStream(stream, headers) {
+      // An Expect header is left to node, which answers it before the handler runs.
+      if (headers[":method"] !== "POST" || headers.origin !== undefined || headers.expect !== undefined) return false;
+      const route = routeOf((headers[":path"] as string | undefined) ?? "");
+      if (!route || protocolOf(headers["content-type"] ?? "") !== "grpc") return false;
+      // No request object listens for its errors: a reset or a dropped connection must not throw.
+      stream.on("error", () => {});
+      const incoming: Incoming = {
+        headers,
+        body: stream,
+        peer: stream.session?.socket?.remoteAddress,
+        overHttp2: true,
+        gaveUp: () => stream.aborted || stream.rstCode !== NGHTTP2_NO_ERROR,
+      };
+      const call = new PassedCall(route, "grpc", incoming, stream, grpcSink(stream, {}, undefined), opts, active);
+      active.add(call);
+      call.start();
+      return true;
+    },
   };
 }
 
@@ -123,10 +191,11 @@ interface Sink {
   end(trailers: Record<string, string>): void;
 }
 
-function grpcSink(res: Http2ServerResponse, req: Http2ServerRequest): Sink {
-  const stream = res.stream;
-  // CORS headers the gateway set on the response object before handing the call over.
-  const cors = req.headers.origin === undefined ? {} : res.getHeaders();
+/**
+ * `cors`: the headers the gateway set on the response object before handing the call over. `res`:
+ * that object, when there is one; it answers the stream's wantTrailers itself.
+ */
+function grpcSink(stream: ServerHttp2Stream, cors: OutgoingHttpHeaders, res: Http2ServerResponse | undefined): Sink {
   let contentType = "application/grpc+proto";
   return {
     get headersSent() {
@@ -145,8 +214,14 @@ function grpcSink(res: Http2ServerResponse, req: Http2ServerRequest): Sink {
         stream.respond({ ...cors, ":status": 200, "content-type": contentType, ...trailers }, { endStream: true });
         return;
       }
-      // node's compatibility response answers the stream's wantTrailers with the trailers it holds.
-      res.addTrailers(trailers);
+      if (res) {
+        // node's compatibility response answers the stream's wantTrailers with the trailers it holds.
+        res.addTrailers(trailers);
+      } else {
+        stream.once("wantTrailers", () => {
+          if (!stream.destroyed && !stream.closed) stream.sendTrailers(trailers);
+        });
+      }
       stream.end();
     },
   };
@@ -174,17 +249,10 @@ function webSink(res: Res, text: boolean): Sink {
   return sink;
 }
 
-/** A client that ended its request and reset the stream right behind it (see rpc-handler.ts). */
-function gaveUp(req: Req): boolean {
-  if ("stream" in req) return req.stream.aborted || req.stream.rstCode !== NGHTTP2_NO_ERROR;
-  return !req.complete;
-}
-
 class PassedCall {
   private done = false;
   private readonly started = performance.now();
   private span: Span | undefined;
-  private readonly sink: Sink;
   private upstream: ClientHttp2Stream | undefined;
   private upstreamTrailers: IncomingHttpHeaders | undefined;
   private upstreamError: Error | undefined;
@@ -195,26 +263,24 @@ class PassedCall {
   constructor(
     private readonly route: PassRoute,
     private readonly protocol: Protocol,
-    private readonly req: Req,
-    private readonly res: Res,
+    private readonly incoming: Incoming,
+    /** Emits 'close' when the client is gone or the answer has been sent. */
+    private readonly closes: Res | ServerHttp2Stream,
+    private readonly sink: Sink,
     private readonly opts: PassthroughOptions,
     private readonly active: Set<PassedCall>,
-  ) {
-    this.sink =
-      protocol === "grpc"
-        ? grpcSink(res as Http2ServerResponse, req as Http2ServerRequest)
-        : webSink(res, protocol === "text");
-  }
+  ) {}
 
   start(): void {
-    const { req, res, route, opts } = this;
+    const { route, opts } = this;
+    const req = this.incoming.body;
     // Nothing is read until the call is admitted and its upstream stream is open.
     req.pause();
     req.on("error", () => {});
-    res.on("close", () => {
+    this.closes.on("close", () => {
       if (!this.done) this.clientLeft();
     });
-    const headers = req.headers;
+    const headers = this.incoming.headers;
     const parent = headers.traceparent
       ? propagation.extract(context.active(), headers, nodeHeaderGetter)
       : context.active();
@@ -239,7 +305,7 @@ class PassedCall {
     }
 
     const out: OutgoingHttpHeaders = {};
-    const peer = req.socket?.remoteAddress;
+    const peer = this.incoming.peer;
     const address = clientAddressOf(peer, headers["x-forwarded-for"], opts.trustedProxies);
     let admitted;
     try {
@@ -306,10 +372,11 @@ class PassedCall {
   }
 
   private pumpRequest(up: ClientHttp2Stream): void {
-    const { req, route, opts } = this;
+    const { route, opts } = this;
+    const req = this.incoming.body;
     const watcher = new FrameWatcher(opts.maxMessageBytes);
     const base64 = this.protocol === "text" ? new Base64Stream() : undefined;
-    const encoding = req.headers["grpc-encoding"];
+    const encoding = this.incoming.headers["grpc-encoding"];
     const mayCompress = encoding !== undefined && encoding !== "identity";
     req.on("data", (chunk: Buffer) => {
       if (this.done) return;
@@ -356,14 +423,14 @@ class PassedCall {
           "the request ends inside a message: its length prefix announces more bytes than were sent",
         );
       }
-      if (!route.streamedRequest || !("stream" in req)) return void up.end();
+      if (!route.streamedRequest || !this.incoming.overHttp2) return void up.end();
       // An HTTP/2 client that cancels with close() sends END_STREAM and then RST_STREAM; passed on
       // at once, the end would be a complete upload to the service. Two turns of the event loop
       // (the second polls the socket again) show whether a reset came right behind it.
       setImmediate(() =>
         setImmediate(() => {
           if (this.done) return;
-          if (gaveUp(req)) this.clientLeft();
+          if (this.incoming.gaveUp()) this.clientLeft();
           else up.end();
         }),
       );
@@ -483,7 +550,7 @@ class PassedCall {
     }
     if (trailers) this.sink.end(trailers);
     // A request still arriving after the answer is read and dropped, so the client can finish.
-    if (!this.req.readableEnded) this.req.resume();
+    if (!this.incoming.body.readableEnded) this.incoming.body.resume();
     this.record(code, message);
   }
 

@@ -39,6 +39,7 @@ const WAIT = "/medmesh.meshtest.v1.MeshTestService/Wait";
 const GET_DOCUMENT = "/medmesh.documents.v1.DocumentService/GetDocument";
 const CREATE_DOCUMENT = "/medmesh.documents.v1.DocumentService/CreateDocument";
 const MAX_BODY = 64 * 1024;
+const CONSOLE = "http://console.example";
 
 function frame(payload: Uint8Array, flags = 0): Buffer {
   const prefix = Buffer.alloc(5);
@@ -89,6 +90,7 @@ beforeAll(async () => {
       DOCUMENTS_TARGET: `127.0.0.1:${docs.port}`,
       MESHTEST_TARGET: `127.0.0.1:${meshtest.port}`,
       GATEWAY_MAX_BODY_BYTES: String(MAX_BODY),
+      CORS_ALLOWED_ORIGINS: CONSOLE,
     },
     { services: [MeshTestService, DocumentService] },
   );
@@ -364,6 +366,30 @@ describe("gRPC-web over HTTP/1.1 (curl)", () => {
   it("grpc-web-text that is not base64 is invalid_argument, in a base64 trailer frame", async () => {
     const raw = Buffer.from((await curl(ECHO, "application/grpc-web-text", "%%% not base64 %%%")).toString(), "base64");
     expect(framesOf(raw).trailer).toMatch(/^grpc-status: 3\r\n/m);
+  });
+});
+
+describe("plain gRPC: taken off the HTTP/2 stream, or through node's request objects when CORS applies", () => {
+  it("with an allowed Origin the answers are the same as without, plus the CORS headers", async () => {
+    const bare = await rawCall(port, ECHO, echo("both"));
+    const cors = await rawCall(port, ECHO, echo("both"), { origin: CONSOLE });
+    for (const r of [bare, cors]) {
+      expect(r.code).toBe(0);
+      expect(fromBinary(EchoResponseSchema, r.messages[0]!).text).toBe("both");
+    }
+    expect(bare.headers["access-control-allow-origin"]).toBeUndefined();
+    expect(cors.headers["access-control-allow-origin"]).toBe(CONSOLE);
+
+    // A refusal answered trailers-only carries the CORS headers in its one header block.
+    const doc = frame(Buffer.from([0x0a, 0x01, 0x78]));
+    const refusedBare = await rawCall(port, GET_DOCUMENT, doc);
+    const refusedCors = await rawCall(port, GET_DOCUMENT, doc, { origin: CONSOLE });
+    for (const r of [refusedBare, refusedCors]) {
+      expect(r.code).toBe(Code.Unauthenticated);
+      expect(r.message).toBe("sign in to call this method");
+    }
+    expect(refusedBare.headers["access-control-allow-origin"]).toBeUndefined();
+    expect(refusedCors.headers["access-control-allow-origin"]).toBe(CONSOLE);
   });
 });
 

@@ -23,6 +23,26 @@ export const policyKey = createContextKey<Policy | undefined>(undefined, { descr
 /** Resolves the caller from request headers; identity provides the real one (JWT / API key). */
 export type PrincipalResolver = (header: Headers) => Promise<Principal | undefined>;
 
+/** The method's policy, or the refusal of a method that declares none (`service`/`method` name it). */
+export function declaredPolicy(policy: Policy | undefined, service: string, method: string): Policy {
+  if (!policy || policy.audience === Audience.UNSPECIFIED) {
+    throw new ConnectError(`${service}/${method} declares no access policy and is not served`, Code.PermissionDenied);
+  }
+  return policy;
+}
+
+/**
+ * The caller of a method that is not public, or its refusal: no one signed in, or a role the
+ * policy does not name. Shared with the gateway's pass-through, which decides from the headers.
+ */
+export function permittedCaller(policy: Policy, principal: Principal | undefined, method: string): Principal {
+  if (!principal) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
+  if (policy.audience === Audience.ROLES && !policy.roles.includes(principal.role)) {
+    throw new ConnectError(`the ${roleNames.label(principal.role)} role may not call ${method}`, Code.PermissionDenied);
+  }
+  return principal;
+}
+
 /**
  * Enforces the access option of the contract. Every method must declare one: a method without
  * a policy is refused outright, so forgetting the annotation fails closed. Every mesh server
@@ -31,13 +51,7 @@ export type PrincipalResolver = (header: Headers) => Promise<Principal | undefin
  */
 export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interceptor {
   const admit = (req: Parameters<Parameters<Interceptor>[0]>[0]): Policy => {
-    const policy = policyOf(req.method);
-    if (!policy || policy.audience === Audience.UNSPECIFIED) {
-      throw new ConnectError(
-        `${req.service.typeName}/${req.method.name} declares no access policy and is not served`,
-        Code.PermissionDenied,
-      );
-    }
+    const policy = declaredPolicy(policyOf(req.method), req.service.typeName, req.method.name);
     req.contextValues.set(policyKey, policy);
     return policy;
   };
@@ -62,13 +76,7 @@ export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interce
     }
     const principal = await resolvePrincipal(req.header);
     req.contextValues.set(principalKey, principal);
-    if (!principal) throw new ConnectError("sign in to call this method", Code.Unauthenticated);
-    if (policy.audience === Audience.ROLES && !policy.roles.includes(principal.role)) {
-      throw new ConnectError(
-        `the ${roleNames.label(principal.role)} role may not call ${req.method.name}`,
-        Code.PermissionDenied,
-      );
-    }
+    permittedCaller(policy, principal, req.method.name);
     return next(req);
   };
 }

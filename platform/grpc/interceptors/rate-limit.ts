@@ -7,7 +7,7 @@ import { env } from "../../config/env.js";
 import { parseEdgeSecrets } from "../../auth/client-address.js";
 import { logger } from "../../telemetry/logger.js";
 import { resourceExhausted } from "../errors.js";
-import { policyKey, principalKey } from "./access.js";
+import { policyKey, principalKey, type Principal } from "./access.js";
 import { clientAddressKey } from "./client-address.js";
 import { enumNames } from "../enum-names.js";
 
@@ -65,47 +65,69 @@ function accountOf(schema: DescMessage, message: MessageShape<DescMessage>): str
   return undefined;
 }
 
+const log = logger.child({ component: "rate-limit" });
+
+/** The bucket of one caller's calls of a rate class: the signed-in principal's, else the client address's. */
+export function callerBucket(
+  rateClass: RateClass,
+  principal: Principal | undefined,
+  address: string | undefined,
+): string {
+  const who = principal ? `${principal.kind}:${principal.subject}` : `ip:${address ?? "unknown"}`;
+  return `${rateClassNames.name(rateClass)}:${who}`;
+}
+
+/**
+ * Draws one token from each bucket in turn and rejects with the refusal at the first empty one.
+ * If the limiter itself fails (Redis down), credential checks fail closed and everything else
+ * goes on: refusing every read because the limiter is down would be an outage of its own.
+ * Shared with the gateway's pass-through, which limits calls it never decodes.
+ */
+export function drawTokens(
+  limiter: RateLimiter,
+  rule: BucketRule,
+  rateClass: RateClass,
+  buckets: readonly string[],
+  from = 0,
+): Promise<void> {
+  const name = rateClassNames.name(rateClass);
+  const key = buckets[from]!;
+  return limiter.take(key, rule).then(
+    (decision) => {
+      if (!decision.allowed) {
+        const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
+        const what = key.includes(":account:") ? `${name} calls for this account` : `${name} calls`;
+        throw resourceExhausted(`too many ${what}; try again in ${seconds} s`, decision.retryAfterMs);
+      }
+      if (from + 1 < buckets.length) return drawTokens(limiter, rule, rateClass, buckets, from + 1);
+    },
+    (err: unknown) => {
+      log.warn("rate limiter unavailable", { error: (err as Error).message, rate_class: name });
+      if (rateClass === RateClass.AUTH)
+        throw new ConnectError("sign-in is briefly unavailable; try again shortly", Code.Unavailable);
+    },
+  );
+}
+
 /**
  * Draws one token per call from the bucket of the method's rate class, keyed by the signed-in
  * principal or, for anonymous callers, by the client's address (the one a trusted proxy or the
  * gateway vouched for, else the peer's); credential calls also draw from the
  * bucket of the account they name. Runs after the access interceptor,
  * which has put the policy (and the principal) into the context.
- * If the limiter itself fails (Redis down), credential checks fail closed and everything else
- * stays available: refusing every read because the limiter is down would be an outage of its own.
  */
 export function rateLimitInterceptor(limiter: RateLimiter, rules: RateRules): Interceptor {
-  const log = logger.child({ component: "rate-limit" });
-  return (next) => async (req) => {
+  return (next) => (req) => {
     const policy = req.contextValues.get(policyKey);
     const cls = policy?.rateClass ?? RateClass.UNSPECIFIED;
     const rule = rules[cls];
     if (!rule) return next(req);
-    const principal = req.contextValues.get(principalKey);
     // Behind the gateway the peer is the gateway; the client it vouched for is who is calling.
     const address = req.contextValues.get(clientAddressKey) ?? req.contextValues.get(peerKey);
-    const who = principal ? `${principal.kind}:${principal.subject}` : `ip:${address ?? "unknown"}`;
-    const name = rateClassNames.name(cls);
-    const keys = [`${name}:${who}`];
+    const keys = [callerBucket(cls, req.contextValues.get(principalKey), address)];
     const account = cls === RateClass.AUTH && !req.stream ? accountOf(req.method.input, req.message) : undefined;
-    if (account) keys.push(`${name}:account:${account}`);
-    for (const key of keys) {
-      let decision;
-      try {
-        decision = await limiter.take(key, rule);
-      } catch (err) {
-        log.warn("rate limiter unavailable", { error: (err as Error).message, rate_class: name });
-        if (cls === RateClass.AUTH)
-          throw new ConnectError("sign-in is briefly unavailable; try again shortly", Code.Unavailable);
-        return next(req);
-      }
-      if (!decision.allowed) {
-        const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
-        const what = key.includes(":account:") ? `${name} calls for this account` : `${name} calls`;
-        throw resourceExhausted(`too many ${what}; try again in ${seconds} s`, decision.retryAfterMs);
-      }
-    }
-    return next(req);
+    if (account) keys.push(`${rateClassNames.name(cls)}:account:${account}`);
+    return drawTokens(limiter, rule, cls, keys).then(() => next(req));
   };
 }
 
