@@ -372,10 +372,15 @@ describe("tracing", () => {
     const names = ours.map((s) => `${s.attributes["medmesh.component"] ?? s.kind}:${s.name}`);
     expect(names).toContain("gateway:medmesh.documents.v1.DocumentService/CreateDocument");
     expect(names).toContain("documents:medmesh.documents.v1.DocumentService/CreateDocument");
-    expect(ours.some((s) => s.name.startsWith("INSERT ") && s.attributes["db.system"] === "postgresql")).toBe(true);
+    // The statement that writes the document (one statement with its first history row, so it may
+    // open with a WITH rather than an INSERT).
+    const writesDocument = (s: (typeof ours)[number]) =>
+      s.attributes["db.system"] === "postgresql" &&
+      /insert into "documents"/i.test(String(s.attributes["db.statement"]));
+    expect(ours.some(writesDocument)).toBe(true);
     // Parent links: SQL under the documents server span, which is under the gateway's client span.
     const byId = new Map(ours.map((s) => [s.spanContext().spanId, s]));
-    const insert = ours.find((s) => s.name.startsWith("INSERT "))!;
+    const insert = ours.find(writesDocument)!;
     const server = byId.get(insert.parentSpanContext?.spanId ?? "")!;
     expect(server.attributes["medmesh.component"]).toBe("documents");
     const client = byId.get(server.parentSpanContext?.spanId ?? "")!;
