@@ -19,6 +19,8 @@
  * machine before each row; BENCH_ROWS (comma-separated row ids) runs a subset; BENCH_ROUNDS (1)
  * runs the rows that many times in turn and keeps each row's fastest round;
  * BENCH_BASELINE_ROOT (another checkout, e.g. /work/main) adds its platform stack as extra rows;
+ * a root that holds bench/lib/mesh-servers.js (a tree compiled ahead of time, e.g. with esbuild)
+ * runs as plain JavaScript without tsx, which measures what tsx's transpilation costs per call;
  * BENCH_CPU_PROF_DIR starts every platform process with --cpu-prof writing there.
  */
 import { fork, type ChildProcess } from "node:child_process";
@@ -69,8 +71,13 @@ async function startServer(
   execArgv: string[] = [],
 ): Promise<Proc> {
   const log = fs.openSync(logFile, "a");
-  const child = fork(path.join(root, "bench/lib/mesh-servers.ts"), [role], {
-    execArgv: ["--import", "tsx", ...execArgv],
+  // A code root compiled ahead of time (see BENCH_BASELINE_ROOT) runs as plain JavaScript, without tsx.
+  const compiled = env.BENCH_CODE_ROOT && fs.existsSync(path.join(env.BENCH_CODE_ROOT, "bench/lib/mesh-servers.js"));
+  const entry = compiled
+    ? path.join(env.BENCH_CODE_ROOT!, "bench/lib/mesh-servers.js")
+    : path.join(root, "bench/lib/mesh-servers.ts");
+  const child = fork(entry, [role], {
+    execArgv: compiled ? execArgv : ["--import", "tsx", ...execArgv],
     env: { ...process.env, LOG_LEVEL: "info", ...env },
     stdio: ["ignore", log, log, "ipc"],
   });

@@ -206,7 +206,7 @@ function contextFor(call: ServerSurfaceCall, plan: MethodPlan): CallContext {
     method,
     plan.url,
     call.metadata,
-    new CallValues(() => peerAddress(call.getPeer())),
+    new CallValues(call, peerOf),
     timeoutMs,
     (reason) => {
       plan.shutdown.remove(ctx);
@@ -269,6 +269,10 @@ async function lastOf(output: AsyncIterable<unknown>): Promise<unknown> {
   let last: unknown;
   for await (const m of output) last = m;
   return last;
+}
+
+function peerOf(call: ServerSurfaceCall): string {
+  return peerAddress(call.getPeer());
 }
 
 /** grpc-js names peers "ipv4:1.2.3.4:5678", "ipv6:[::1]:5678" or "1.2.3.4:5678"; keep the address. */
@@ -342,7 +346,8 @@ function answerOnce(
     runInCall(ctx, () =>
       untilAborted(ctx, work).then(
         (response) => {
-          sendHeaderOnce(call, ctx, { done: false });
+          const header = ctx.responseHeaderIfAny();
+          if (header) call.sendMetadata(headersToMetadata(header));
           const trailer = ctx.responseTrailerIfAny();
           callback(null, encode(method.output, response), trailer && headersToMetadata(trailer));
           ctx.finish();

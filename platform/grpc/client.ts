@@ -19,7 +19,9 @@ import {
   type ClientOptions,
   type StatusObject,
 } from "@grpc/grpc-js";
-import { context, propagation, SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
+import { context, propagation, SpanKind, SpanStatusCode, trace, type Attributes, type Span } from "@opentelemetry/api";
+import { childIds } from "../telemetry/span-ids.js";
+import { tracingMode } from "../telemetry/tracing-mode.js";
 import { currentCall } from "./call-context.js";
 import { fromGrpcError } from "./errors.js";
 import { headersToMetadata, metadataToHeaders } from "./metadata.js";
@@ -73,60 +75,108 @@ interface Prepared {
   metadata: Metadata;
   deadline: number | undefined;
   signal: AbortSignal | undefined;
-  span: Span;
+  /** Undefined unless spans are exported: see `traceCall`. */
+  span: Span | undefined;
   options: CallOptions | undefined;
+}
+
+const metadataSetter = { set: (md: Metadata, k: string, v: string) => md.set(k, v) };
+
+/** `a` and `b` are each a timeout in ms or undefined; the shorter one, never below zero. */
+function shorter(a: number | undefined, b: number | undefined): number | undefined {
+  const x = typeof a === "number" && !Number.isNaN(a) ? a : undefined;
+  const y = typeof b === "number" && !Number.isNaN(b) ? b : undefined;
+  if (x === undefined) return y === undefined ? undefined : Math.max(0, y);
+  return Math.max(0, y === undefined ? x : Math.min(x, y));
+}
+
+/**
+ * The client side of the trace, doing no more than the process's telemetry needs (as the server
+ * interceptor does, platform/grpc/interceptors/tracing.ts): nothing without an SDK; with one that
+ * exports nowhere, only a span id of its own sent as traceparent; a real client span only when
+ * spans are exported.
+ */
+function traceCall(method: DescMethod, metadata: Metadata): Span | undefined {
+  const mode = tracingMode();
+  if (mode === "off") return undefined;
+  const active = context.active();
+  if (mode === "ids") {
+    propagation.inject(trace.setSpan(active, trace.wrapSpanContext(childIds(active))), metadata, metadataSetter);
+    return undefined;
+  }
+  const span = tracer.startSpan(
+    `${method.parent.typeName}/${method.name}`,
+    { kind: SpanKind.CLIENT, attributes: spanAttributes(method) },
+    active,
+  );
+  propagation.inject(trace.setSpan(active, span), metadata, metadataSetter);
+  return span;
+}
+
+const attributesByMethod = new WeakMap<DescMethod, Attributes>();
+
+function spanAttributes(method: DescMethod): Attributes {
+  let a = attributesByMethod.get(method);
+  if (!a) {
+    a = Object.freeze({ "rpc.system": "grpc", "rpc.service": method.parent.typeName, "rpc.method": method.name });
+    attributesByMethod.set(method, a);
+  }
+  return a;
+}
+
+/**
+ * The metadata of one call: the client's own headers (converted once, when the client is made),
+ * with the call's headers replacing any of the same name.
+ */
+function callMetadata(base: Metadata, own: HeadersInit | undefined): Metadata {
+  const md = base.clone();
+  if (own === undefined) return md;
+  const headers = new Headers(own);
+  headers.forEach((_v, k) => md.remove(k));
+  return headersToMetadata(headers, md);
 }
 
 /**
  * Per-call setup shared by every streaming kind: the deadline (the caller's, else what remains
- * of the call we are serving, else the default), cancellation, headers and a client span whose
- * context travels as traceparent.
+ * of the call we are serving, else the default), cancellation, headers and the trace context
+ * travelling as traceparent.
  */
 function prepare(
   method: DescMethod,
   options: CallOptions | undefined,
   defaultTimeoutMs: number | undefined,
-  baseHeaders?: HeadersInit,
+  baseMetadata: Metadata,
 ): Prepared {
   const parent = currentCall();
   const parentRemaining = parent?.timeoutMs();
   // A timeout of zero or less has already expired (as in Connect): it must not read as "none",
   // or a call forwarded after its caller's deadline passed would run with no deadline at all.
-  const candidates = [
-    options?.timeoutMs,
-    parentRemaining,
-    options?.timeoutMs === undefined && parentRemaining === undefined ? defaultTimeoutMs : undefined,
-  ].filter((v): v is number => typeof v === "number" && !Number.isNaN(v));
-  const timeout = candidates.length ? Math.max(0, Math.min(...candidates)) : undefined;
-  const span = tracer.startSpan(`${method.parent.typeName}/${method.name}`, {
-    kind: SpanKind.CLIENT,
-    attributes: { "rpc.system": "grpc", "rpc.service": method.parent.typeName, "rpc.method": method.name },
-  });
-  const headers = new Headers(baseHeaders);
-  new Headers(options?.headers).forEach((v, k) => headers.set(k, v));
-  const metadata = headersToMetadata(headers);
-  propagation.inject(trace.setSpan(context.active(), span), metadata, {
-    set: (md: Metadata, k: string, v: string) => md.set(k, v),
-  });
-  const signals = [options?.signal, parent?.signal].filter((s): s is AbortSignal => s !== undefined);
+  const own = options?.timeoutMs;
+  const timeout = shorter(own, own === undefined && parentRemaining === undefined ? defaultTimeoutMs : parentRemaining);
+  const metadata = callMetadata(baseMetadata, options?.headers);
+  const span = traceCall(method, metadata);
+  const mine = options?.signal;
+  const inherited = parent?.signal;
   return {
     metadata,
     deadline: timeout === undefined ? undefined : Date.now() + timeout,
-    signal: signals.length ? AbortSignal.any(signals) : undefined,
+    signal: mine && inherited ? AbortSignal.any([mine, inherited]) : (mine ?? inherited),
     span,
     options,
   };
 }
 
 function finish(p: Prepared, err?: unknown) {
+  const span = p.span;
+  if (!span) return;
   if (err) {
     const ce = fromGrpcError(err);
-    p.span.setAttribute("rpc.grpc.status_code", ce.code);
-    p.span.setStatus({ code: SpanStatusCode.ERROR, message: ce.rawMessage });
+    span.setAttribute("rpc.grpc.status_code", ce.code);
+    span.setStatus({ code: SpanStatusCode.ERROR, message: ce.rawMessage });
   } else {
-    p.span.setAttribute("rpc.grpc.status_code", 0);
+    span.setAttribute("rpc.grpc.status_code", 0);
   }
-  p.span.end();
+  span.end();
 }
 
 /**
@@ -144,8 +194,10 @@ function wireCall(p: Prepared, call: { cancel(): void; on(e: string, f: (...a: a
     if (p.signal.aborted) call.cancel();
     else p.signal.addEventListener("abort", () => call.cancel(), { once: true });
   }
-  call.on("metadata", (md: Metadata) => p.options?.onHeader?.(metadataToHeaders(md)));
-  call.on("status", (s: StatusObject) => p.options?.onTrailer?.(metadataToHeaders(s.metadata)));
+  const onHeader = p.options?.onHeader;
+  const onTrailer = p.options?.onTrailer;
+  if (onHeader) call.on("metadata", (md: Metadata) => onHeader(metadataToHeaders(md)));
+  if (onTrailer) call.on("status", (s: StatusObject) => onTrailer(metadataToHeaders(s.metadata)));
   return { failure: () => failure };
 }
 
@@ -261,6 +313,7 @@ export function createMeshClient<S extends DescService>(
     }
     return ce;
   };
+  const baseMetadata = headersToMetadata(new Headers(opts.headers));
   const client: Record<string, unknown> = { close: () => channel.close() };
   for (const method of service.methods) {
     const path = `/${service.typeName}/${method.name}`;
@@ -269,7 +322,7 @@ export function createMeshClient<S extends DescService>(
     switch (method.methodKind) {
       case "unary":
         client[method.localName] = (init: MessageInitShape<DescMessage>, options?: CallOptions) => {
-          const p = prepare(method, options, opts.defaultTimeoutMs, opts.headers);
+          const p = prepare(method, options, opts.defaultTimeoutMs, baseMetadata);
           return new Promise((resolve, reject) => {
             const call = channel.makeUnaryRequest(
               path,
@@ -290,7 +343,7 @@ export function createMeshClient<S extends DescService>(
         break;
       case "server_streaming":
         client[method.localName] = (init: MessageInitShape<DescMessage>, options?: CallOptions) => {
-          const p = prepare(method, options, opts.defaultTimeoutMs, opts.headers);
+          const p = prepare(method, options, opts.defaultTimeoutMs, baseMetadata);
           const call = channel.makeServerStreamRequest(path, ser, de, create(method.input, init), p.metadata, {
             deadline: p.deadline,
           });
@@ -300,7 +353,7 @@ export function createMeshClient<S extends DescService>(
         break;
       case "client_streaming":
         client[method.localName] = (input: AsyncIterable<unknown>, options?: CallOptions) => {
-          const p = prepare(method, options, opts.defaultTimeoutMs, opts.headers);
+          const p = prepare(method, options, opts.defaultTimeoutMs, baseMetadata);
           return new Promise((resolve, reject) => {
             let pump: { failure: () => unknown } | undefined;
             const call = channel.makeClientStreamRequest(
@@ -324,7 +377,7 @@ export function createMeshClient<S extends DescService>(
         break;
       case "bidi_streaming":
         client[method.localName] = (input: AsyncIterable<unknown>, options?: CallOptions) => {
-          const p = prepare(method, options, opts.defaultTimeoutMs, opts.headers);
+          const p = prepare(method, options, opts.defaultTimeoutMs, baseMetadata);
           const call = channel.makeBidiStreamRequest(path, ser, de, p.metadata, { deadline: p.deadline });
           const wired = wireCall(p, call);
           const pump = pumpInto(input, method.input, call as never);

@@ -198,13 +198,17 @@ export function trackUntilShutdown(signal: AbortSignal): { add(c: CallContext): 
  * never look at it (only rate limiting of anonymous callers does). A class, so a call allocates
  * one object rather than three closures.
  */
-export class CallValues implements ContextValues {
+export class CallValues<S = unknown> implements ContextValues {
   private readonly values: Record<symbol, unknown> = {};
-  constructor(private readonly peer: () => string) {}
+  /** `peer(source)` is the caller's address; a shared function and its argument, not a closure per call. */
+  constructor(
+    private readonly source: S,
+    private readonly peer: (source: S) => string,
+  ) {}
 
   get<T>(key: ContextKey<T>): T {
     if (key.id in this.values) return this.values[key.id] as T;
-    if (key === (peerKey as ContextKey<unknown>)) return (this.values[key.id] = this.peer()) as T;
+    if (key === (peerKey as ContextKey<unknown>)) return (this.values[key.id] = this.peer(this.source)) as T;
     return key.defaultValue;
   }
 

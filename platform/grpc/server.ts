@@ -4,11 +4,12 @@ import { Code, ConnectError, type Interceptor, type ServiceImpl } from "@connect
 import { isConnectionLost } from "../db/errors.js";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { logger } from "../telemetry/logger.js";
-import { requestArrivalBound, toGrpcService } from "./adapter.js";
+import { requestArrivalBound, toGrpcService, type GrpcService } from "./adapter.js";
 import { HealthState, healthService, ServingStatus } from "./health.js";
 import { infrastructureInterceptors } from "./interceptors/index.js";
 import { finishWith } from "./interceptors/stream-end.js";
 import { reflectionServices } from "./reflection.js";
+import { http2ServersOf, RequestArrivalBound } from "./request-arrival.js";
 
 export interface ServiceRegistration {
   service: DescService;
@@ -55,7 +56,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
   const shutdown = new AbortController();
   // Every call in flight listens to this signal; hundreds at once is normal, not a leak.
   setMaxListeners(0, shutdown.signal);
-  const server = new Server({
+  const serverOptions = {
     "grpc.max_receive_message_length": opts.maxMessageBytes,
     "grpc.max_send_message_length": opts.maxMessageBytes,
     "grpc.keepalive_time_ms": 30_000,
@@ -66,8 +67,22 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
     // handshake or header timeout of its own. Clients that were merely quiet reconnect on their
     // next call, as after any GOAWAY.
     "grpc.max_connection_idle_ms": opts.maxConnectionIdleMs ?? 5 * 60_000,
-    interceptors: opts.deadlines ? [requestArrivalBound(opts.deadlines.defaultUnaryMs)] : [],
-  });
+  };
+  // The request-arrival bound watches grpc-js's HTTP/2 streams when it can reach them, which
+  // spares every call a ServerInterceptor; should grpc-js hide them, the interceptor does it.
+  let server = new Server(serverOptions);
+  const http2Servers = http2ServersOf(server);
+  const waitsForRequest = new Set<string>();
+  const arrival =
+    opts.deadlines && http2Servers
+      ? new RequestArrivalBound(opts.deadlines.defaultUnaryMs, (path) => waitsForRequest.has(path))
+      : undefined;
+  if (opts.deadlines && !arrival)
+    server = new Server({ ...serverOptions, interceptors: [requestArrivalBound(opts.deadlines.defaultUnaryMs)] });
+  const addService = (g: GrpcService) => {
+    for (const m of Object.values(g.definition)) if (!m.requestStream) waitsForRequest.add(m.path);
+    server.addService(g.definition, g.implementation);
+  };
   const health = new HealthState(opts.services.map((s) => s.service.typeName));
   const adapterFor = (interceptors: Interceptor[]) => ({
     interceptors,
@@ -89,17 +104,17 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
       ]
     : opts.interceptors;
   for (const { service, impl } of opts.services) {
-    const g = toGrpcService(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(serviceInterceptors));
-    server.addService(g.definition, g.implementation);
+    addService(toGrpcService(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(serviceInterceptors)));
   }
   const infra = [healthService(health), ...reflectionServices(opts.services.map((s) => s.service))];
   for (const { service, impl } of infra) {
-    const g = toGrpcService(
-      service,
-      impl as Partial<ServiceImpl<DescService>>,
-      adapterFor(infrastructureInterceptors(opts.name)),
+    addService(
+      toGrpcService(
+        service,
+        impl as Partial<ServiceImpl<DescService>>,
+        adapterFor(infrastructureInterceptors(opts.name)),
+      ),
     );
-    server.addService(g.definition, g.implementation);
   }
 
   const port = await new Promise<number>((resolve, reject) =>
@@ -107,6 +122,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
       err ? reject(err) : resolve(p),
     ),
   );
+  if (arrival && http2Servers) for (const h of http2Servers()) arrival.watch(h);
 
   let probing: NodeJS.Timeout | undefined;
   if (opts.readinessProbe) {

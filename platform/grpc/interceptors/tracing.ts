@@ -1,16 +1,7 @@
-import { randomFillSync } from "node:crypto";
 import type { DescMethod } from "@bufbuild/protobuf";
-import {
-  context,
-  propagation,
-  SpanKind,
-  SpanStatusCode,
-  trace,
-  TraceFlags,
-  type Attributes,
-  type Context,
-} from "@opentelemetry/api";
+import { context, propagation, SpanKind, SpanStatusCode, trace, type Attributes } from "@opentelemetry/api";
 import { ConnectError, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
+import { childIds } from "../../telemetry/span-ids.js";
 import { tracingMode } from "../../telemetry/tracing-mode.js";
 import { requestHeaderValue } from "../handler-context.js";
 import { rpcName } from "./rpc-name.js";
@@ -104,28 +95,3 @@ export function serverTracingInterceptor(component: string): Interceptor {
 }
 
 function noop() {}
-
-/** A span context for this call: the caller's trace (or a new one) and a span id of its own. */
-function childIds(parent: Context) {
-  const p = trace.getSpanContext(parent);
-  const valid = p !== undefined && trace.isSpanContextValid(p);
-  return {
-    traceId: valid ? p.traceId : randomHex(16),
-    spanId: randomHex(8),
-    traceFlags: valid ? p.traceFlags : TraceFlags.SAMPLED,
-  };
-}
-
-// Ids need to be unique, not secret: random bytes are drawn a pool at a time, not per call.
-const pool = Buffer.alloc(4096);
-let used = pool.length;
-
-/** `bytes` random bytes as lower-case hex. */
-function randomHex(bytes: number): string {
-  if (used + bytes > pool.length) {
-    randomFillSync(pool);
-    used = 0;
-  }
-  used += bytes;
-  return pool.toString("hex", used - bytes, used);
-}
