@@ -85,7 +85,15 @@ export type OutboxEvent = NewEvent & { topic: string };
  * is captured now, because by the time the relay publishes, the request that caused it is gone.
  * Returns the complete event (id and time filled in).
  */
-export async function enqueue(trx: Kysely<any>, event: OutboxEvent): Promise<EventEnvelope> {
+export interface EnqueueOptions {
+  /**
+   * Leave the outbox as it is when it already holds an event with this id (the caller chose a
+   * stable id, and an earlier attempt queued it). One statement instead of a look and an insert.
+   */
+  ifAbsent?: boolean;
+}
+
+export async function enqueue(trx: Kysely<any>, event: OutboxEvent, opts: EnqueueOptions = {}): Promise<EventEnvelope> {
   const { topic, ...rest } = event;
   const e = newEvent(rest);
   if (!e.traceparent) {
@@ -107,6 +115,7 @@ export async function enqueue(trx: Kysely<any>, event: OutboxEvent): Promise<Eve
       headers: JSON.stringify(eventHeaders(e)),
       created_at: e.time,
     })
+    .$if(opts.ifAbsent === true, (q) => q.onConflict((oc) => oc.column("id").doNothing()))
     .execute();
   return e;
 }

@@ -1,5 +1,6 @@
 import type { Kysely } from "kysely";
 import { sql } from "kysely";
+import { queryShape } from "../../platform/db/query-shape.js";
 import type { SetStatus, StatusWriter } from "./status-writer.js";
 import { lockLiveDocument } from "./store.js";
 import type { DocumentsDB, OutcomeRow } from "./tables.js";
@@ -82,25 +83,105 @@ export class OutcomeStore {
   ) {}
 
   async start(documentId: string, version: number): Promise<StartResult> {
-    return this.status.transaction(async (trx, setStatus) => {
-      const doc = await lockLiveDocumentWithOutcome(trx, documentId, version);
-      if (!doc) return { kind: "no_document" } as const;
-      if (version > doc.version) return { kind: "no_version", current: doc.version } as const;
-      if (doc.outcome) return { kind: "done", outcome: doc.outcome } as const;
-      // Only the step from uploaded is a change: a retry finds it processing already, and an
-      // older version's processing says nothing about the current content.
-      if (version === doc.version && doc.processing_status === "uploaded")
-        await setStatus({ documentId, version, status: "processing" });
-      // A sign of life for the reconciler: a worker has the version in hand now.
-      await trx
-        .updateTable("document_version")
-        .set({ started_at: sql<Date>`now()` })
-        .where("document_id", "=", documentId)
-        .where("version", "=", version)
-        .execute();
-      return { kind: "proceed" } as const;
-    });
+    // Without a transaction of its own: one statement is atomic, and BEGIN and COMMIT would be two
+    // more round trips on a call every processed version makes.
+    const row = await this.startShape.first(this.db, documentId, version);
+    if (!row) return { kind: "no_document" };
+    if (version > row.current) return { kind: "no_version", current: row.current };
+    if (row.o_status !== null) {
+      return {
+        kind: "done",
+        outcome: {
+          document_id: documentId,
+          version,
+          status: row.o_status,
+          result: row.o_result,
+          failure_reason: row.o_failure_reason,
+          failure_message: row.o_failure_message,
+          created_at: row.o_created_at!,
+        },
+      };
+    }
+    if (row.moved) this.status.committed(documentId);
+    return { kind: "proceed" };
   }
+
+  /**
+   * StartProcessing in one statement: lock the live document and read the version's outcome; when
+   * there is none, move the current version from uploaded to processing (column and history, as
+   * StatusWriter does) and stamp the version's started_at, a sign of life for the reconciler. Only
+   * the step from uploaded is a change: a retry finds it processing already, and an older version's
+   * processing says nothing about the current content. Data-modifying CTEs run whether or not the
+   * final select reads them, all on the locked row's values.
+   */
+  private readonly startShape = queryShape(
+    () => this.db,
+    2,
+    (db: Kysely<DocumentsDB>, documentId: string, version: number) =>
+      db
+        .with("d", (q) =>
+          q
+            .selectFrom("document as d")
+            .leftJoin("processing_outcome as o", (j) =>
+              j.onRef("o.document_id", "=", "d.id").on("o.version", "=", version),
+            )
+            .select([
+              "d.id",
+              "d.version as current",
+              "d.processing_status",
+              "o.status as o_status",
+              "o.result as o_result",
+              "o.failure_reason as o_failure_reason",
+              "o.failure_message as o_failure_message",
+              "o.created_at as o_created_at",
+            ])
+            .where("d.id", "=", documentId)
+            .where("d.deleted_at", "is", null)
+            // The outcome is on the nullable side of the join: only the document's row is locked.
+            .forUpdate("d"),
+        )
+        .with("moved", (q) =>
+          q
+            .updateTable("document")
+            .set({ processing_status: "processing", updated_at: sql<Date>`now()` })
+            .where("id", "in", (eb) =>
+              eb
+                .selectFrom("d")
+                .select("d.id")
+                .where("d.current", "=", version)
+                .where("d.processing_status", "=", "uploaded")
+                .where("d.o_status", "is", null),
+            )
+            .returning(["id", "version", "processing_status"]),
+        )
+        .with("history", (q) =>
+          q
+            .insertInto("document_status")
+            .columns(["document_id", "version", "status"])
+            .expression((eb) =>
+              eb.selectFrom("moved").select(["moved.id", "moved.version", "moved.processing_status"]),
+            ),
+        )
+        .with("started", (q) =>
+          q
+            .updateTable("document_version")
+            .set({ started_at: sql<Date>`now()` })
+            .where("document_id", "in", (eb) =>
+              eb.selectFrom("d").select("d.id").where("d.current", ">=", version).where("d.o_status", "is", null),
+            )
+            .where("version", "=", version),
+        )
+        .selectFrom("d")
+        .select([
+          "d.current",
+          "d.o_status",
+          "d.o_result",
+          "d.o_failure_reason",
+          "d.o_failure_message",
+          "d.o_created_at",
+          sql<boolean>`exists (select 1 from moved)`.as("moved"),
+        ]),
+  );
 
   async record(documentId: string, version: number, outcome: NewOutcome): Promise<RecordResult> {
     return this.status.transaction(async (trx, setStatus) => {

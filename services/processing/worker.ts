@@ -242,8 +242,7 @@ export function processingWorker(deps: WorkerDeps): {
     async handler(_event, trx, _delivery, prepared) {
       if (!prepared) return;
       // The id is stable per outcome: an earlier delivery (under another event id) may have queued it.
-      const queued = await trx.selectFrom("outbox").select("id").where("id", "=", prepared.id!).executeTakeFirst();
-      if (!queued) await enqueue(trx, prepared);
+      await enqueue(trx, prepared, { ifAbsent: true });
     },
   };
 }
