@@ -84,6 +84,13 @@ export interface IdempotentConsumerOptions<DB = any, P = undefined> {
    */
   prepare?: EventPreparer<P>;
   /**
+   * Whether the inbox is read before `prepare`, so a redelivered event does not repeat its outside
+   * work. Default true. Turn it off when `prepare` finds out cheaply by itself that the work is
+   * done (an idempotent call that answers with the recorded result): the look is then one more
+   * round trip per event for nothing. The inbox insert still decides either way.
+   */
+  checkInboxBeforePrepare?: boolean;
+  /**
    * Which events this consumer handles. Others (say, the service's own outcome events on a topic it
    * also publishes to) are passed over without a transaction or an inbox row; their offset is
    * committed like any other. Default: every event.
@@ -179,6 +186,7 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
   const backoffMs = opts.backoffMs ?? ((n: number) => 2 ** n * 1000);
   const transientBackoffMs = opts.transientBackoffMs ?? fullJitterBackoff(500, 30_000);
   const classify = opts.classify ?? classifyFailure;
+  const checkInboxBeforePrepare = opts.checkInboxBeforePrepare ?? true;
   // Fires on stop(): cuts retry waits short so shutdown never waits out a backoff.
   const stopping = new AbortController();
   const dlqTopic = opts.dlqTopic ?? defaultDlqTopic;
@@ -279,15 +287,17 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
   async function attemptOnce(event: EventEnvelope, delivery: DeliveryInfo): Promise<"duplicate" | "handled"> {
     let prepared = undefined as P;
     if (opts.prepare) {
-      // A cheap look first, so a redelivered event does not repeat the outside work; the insert
-      // below still decides, should another member be on the same event right now.
-      const seen = await db
-        .selectFrom("inbox")
-        .select("event_id")
-        .where("group_id", "=", groupId)
-        .where("event_id", "=", event.id)
-        .executeTakeFirst();
-      if (seen) return "duplicate";
+      if (checkInboxBeforePrepare) {
+        // A cheap look first, so a redelivered event does not repeat the outside work; the insert
+        // below still decides, should another member be on the same event right now.
+        const seen = await db
+          .selectFrom("inbox")
+          .select("event_id")
+          .where("group_id", "=", groupId)
+          .where("event_id", "=", event.id)
+          .executeTakeFirst();
+        if (seen) return "duplicate";
+      }
       prepared = await opts.prepare(event, delivery);
     }
     return db.transaction().execute(async (trx) => {

@@ -163,6 +163,9 @@ export async function startProcessing(
       db: database.db,
       accepts: worker.handles,
       prepare: worker.prepare,
+      // StartProcessing answers a redelivered version with its recorded outcome, in the one round
+      // trip the worker makes anyway; an inbox look first would only add one per event.
+      checkInboxBeforePrepare: false,
       handler: worker.handler,
       afterCommit: () => relay.wake(),
       maxAttempts: config.PROCESSING_MAX_ATTEMPTS,
