@@ -9,12 +9,12 @@ import {
   type Span,
 } from "@opentelemetry/api";
 import { W3CTraceContextPropagator, suppressTracing } from "@opentelemetry/core";
-import { sql, type Kysely, type Migration } from "kysely";
+import { sql, type Insertable, type Kysely, type Migration } from "kysely";
 import type { Kafka, Message, Producer } from "kafkajs";
 import { logger as rootLogger, type Logger } from "../telemetry/logger.js";
 import { eventHeaders, newEvent, type EventEnvelope, type NewEvent } from "./envelope.js";
 import { claimBatch, markSent, releaseClaim, type ClaimedRow } from "./outbox-claims.js";
-import type { OutboxDatabase } from "./outbox-table.js";
+import type { OutboxDatabase, OutboxTable } from "./outbox-table.js";
 
 export type { OutboxDatabase, OutboxTable } from "./outbox-table.js";
 
@@ -79,12 +79,6 @@ const w3c = new W3CTraceContextPropagator();
 
 export type OutboxEvent = NewEvent & { topic: string };
 
-/**
- * Records an event to publish. Call it with the transaction that makes the state change the
- * event describes: the event exists if and only if the change commits. The active trace context
- * is captured now, because by the time the relay publishes, the request that caused it is gone.
- * Returns the complete event (id and time filled in).
- */
 export interface EnqueueOptions {
   /**
    * Leave the outbox as it is when it already holds an event with this id (the caller chose a
@@ -93,7 +87,11 @@ export interface EnqueueOptions {
   ifAbsent?: boolean;
 }
 
-export async function enqueue(trx: Kysely<any>, event: OutboxEvent, opts: EnqueueOptions = {}): Promise<EventEnvelope> {
+/**
+ * The outbox row of an event: id and time filled in, and the active trace context captured now,
+ * because by the time the relay publishes, the request that caused it is gone.
+ */
+export function outboxRow(event: OutboxEvent): { envelope: EventEnvelope; row: Insertable<OutboxTable> } {
   const { topic, ...rest } = event;
   const e = newEvent(rest);
   if (!e.traceparent) {
@@ -102,10 +100,9 @@ export async function enqueue(trx: Kysely<any>, event: OutboxEvent, opts: Enqueu
     if (carrier.traceparent) e.traceparent = carrier.traceparent;
     if (carrier.tracestate) e.tracestate = carrier.tracestate;
   }
-  const db = trx as Kysely<OutboxDatabase>;
-  await db
-    .insertInto("outbox")
-    .values({
+  return {
+    envelope: e,
+    row: {
       id: e.id,
       topic,
       key: e.key,
@@ -114,10 +111,24 @@ export async function enqueue(trx: Kysely<any>, event: OutboxEvent, opts: Enqueu
       payload: Buffer.from(e.payload.buffer, e.payload.byteOffset, e.payload.byteLength),
       headers: JSON.stringify(eventHeaders(e)),
       created_at: e.time,
-    })
+    },
+  };
+}
+
+/**
+ * Records an event to publish. Call it with the transaction that makes the state change the
+ * event describes: the event exists if and only if the change commits. Returns the complete
+ * event (id and time filled in).
+ */
+export async function enqueue(trx: Kysely<any>, event: OutboxEvent, opts: EnqueueOptions = {}): Promise<EventEnvelope> {
+  const { envelope, row } = outboxRow(event);
+  const db = trx as Kysely<OutboxDatabase>;
+  await db
+    .insertInto("outbox")
+    .values(row)
     .$if(opts.ifAbsent === true, (q) => q.onConflict((oc) => oc.column("id").doNothing()))
     .execute();
-  return e;
+  return envelope;
 }
 
 export interface OutboxRelayOptions {

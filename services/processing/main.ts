@@ -166,7 +166,7 @@ export async function startProcessing(
       // StartProcessing answers a redelivered version with its recorded outcome, in the one round
       // trip the worker makes anyway; an inbox look first would only add one per event.
       checkInboxBeforePrepare: false,
-      handler: worker.handler,
+      outboxEffect: worker.outboxEffect,
       afterCommit: () => relay.wake(),
       maxAttempts: config.PROCESSING_MAX_ATTEMPTS,
       backoffMs: (n) => config.PROCESSING_RETRY_BASE_MS * 2 ** n,
