@@ -152,6 +152,13 @@ export interface OutboxRelayOptions {
    * publish timeouts); it only matters when a relay dies holding a claim. Default 30 s.
    */
   claimLeaseMs?: number;
+  /**
+   * After a wake(), how long to wait before claiming, so that events committed just after it go
+   * out in the same batch: under a steady stream of wakes every event would otherwise be a batch
+   * of its own (a claim, a Kafka send and a mark per event). Adds up to this much to each event's
+   * delay. Default 0.
+   */
+  wakeLingerMs?: number;
   logger?: Logger;
 }
 
@@ -191,6 +198,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   const backoffMs = opts.backoffMs ?? ((n: number) => Math.min(30_000, 250 * 2 ** (n - 1)));
   const publishTimeoutMs = opts.publishTimeoutMs ?? 10_000;
   const claimLeaseMs = Math.max(opts.claimLeaseMs ?? 30_000, 3 * publishTimeoutMs);
+  const wakeLingerMs = Math.max(0, opts.wakeLingerMs ?? 0);
   const log = (opts.logger ?? rootLogger).child({ component: "outbox-relay" });
 
   let stopping = false;
@@ -343,6 +351,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     while (!stopping) {
       let sent = 0;
       try {
+        if (awaitingRows && !expectRows && wakeLingerMs > 0) await sleep(wakeLingerMs, false);
         const kicked = awaitingRows || expectRows;
         awaitingRows = false;
         sent = await relayBatch(kicked);
