@@ -9,12 +9,12 @@ import {
   type Span,
 } from "@opentelemetry/api";
 import { W3CTraceContextPropagator, suppressTracing } from "@opentelemetry/core";
-import { sql, type Kysely, type Migration } from "kysely";
+import { sql, type Insertable, type Kysely, type Migration } from "kysely";
 import type { Kafka, Message, Producer } from "kafkajs";
 import { logger as rootLogger, type Logger } from "../telemetry/logger.js";
 import { eventHeaders, newEvent, type EventEnvelope, type NewEvent } from "./envelope.js";
 import { claimBatch, markSent, releaseClaim, type ClaimedRow } from "./outbox-claims.js";
-import type { OutboxDatabase } from "./outbox-table.js";
+import type { OutboxDatabase, OutboxTable } from "./outbox-table.js";
 
 export type { OutboxDatabase, OutboxTable } from "./outbox-table.js";
 
@@ -79,13 +79,19 @@ const w3c = new W3CTraceContextPropagator();
 
 export type OutboxEvent = NewEvent & { topic: string };
 
+export interface EnqueueOptions {
+  /**
+   * Leave the outbox as it is when it already holds an event with this id (the caller chose a
+   * stable id, and an earlier attempt queued it). One statement instead of a look and an insert.
+   */
+  ifAbsent?: boolean;
+}
+
 /**
- * Records an event to publish. Call it with the transaction that makes the state change the
- * event describes: the event exists if and only if the change commits. The active trace context
- * is captured now, because by the time the relay publishes, the request that caused it is gone.
- * Returns the complete event (id and time filled in).
+ * The outbox row of an event: id and time filled in, and the active trace context captured now,
+ * because by the time the relay publishes, the request that caused it is gone.
  */
-export async function enqueue(trx: Kysely<any>, event: OutboxEvent): Promise<EventEnvelope> {
+export function outboxRow(event: OutboxEvent): { envelope: EventEnvelope; row: Insertable<OutboxTable> } {
   const { topic, ...rest } = event;
   const e = newEvent(rest);
   if (!e.traceparent) {
@@ -94,10 +100,9 @@ export async function enqueue(trx: Kysely<any>, event: OutboxEvent): Promise<Eve
     if (carrier.traceparent) e.traceparent = carrier.traceparent;
     if (carrier.tracestate) e.tracestate = carrier.tracestate;
   }
-  const db = trx as Kysely<OutboxDatabase>;
-  await db
-    .insertInto("outbox")
-    .values({
+  return {
+    envelope: e,
+    row: {
       id: e.id,
       topic,
       key: e.key,
@@ -106,9 +111,24 @@ export async function enqueue(trx: Kysely<any>, event: OutboxEvent): Promise<Eve
       payload: Buffer.from(e.payload.buffer, e.payload.byteOffset, e.payload.byteLength),
       headers: JSON.stringify(eventHeaders(e)),
       created_at: e.time,
-    })
+    },
+  };
+}
+
+/**
+ * Records an event to publish. Call it with the transaction that makes the state change the
+ * event describes: the event exists if and only if the change commits. Returns the complete
+ * event (id and time filled in).
+ */
+export async function enqueue(trx: Kysely<any>, event: OutboxEvent, opts: EnqueueOptions = {}): Promise<EventEnvelope> {
+  const { envelope, row } = outboxRow(event);
+  const db = trx as Kysely<OutboxDatabase>;
+  await db
+    .insertInto("outbox")
+    .values(row)
+    .$if(opts.ifAbsent === true, (q) => q.onConflict((oc) => oc.column("id").doNothing()))
     .execute();
-  return e;
+  return envelope;
 }
 
 export interface OutboxRelayOptions {
@@ -132,6 +152,13 @@ export interface OutboxRelayOptions {
    * publish timeouts); it only matters when a relay dies holding a claim. Default 30 s.
    */
   claimLeaseMs?: number;
+  /**
+   * After a wake(), how long to wait before claiming, so that events committed just after it go
+   * out in the same batch: under a steady stream of wakes every event would otherwise be a batch
+   * of its own (a claim, a Kafka send and a mark per event). Adds up to this much to each event's
+   * delay. Default 0.
+   */
+  wakeLingerMs?: number;
   logger?: Logger;
 }
 
@@ -171,6 +198,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   const backoffMs = opts.backoffMs ?? ((n: number) => Math.min(30_000, 250 * 2 ** (n - 1)));
   const publishTimeoutMs = opts.publishTimeoutMs ?? 10_000;
   const claimLeaseMs = Math.max(opts.claimLeaseMs ?? 30_000, 3 * publishTimeoutMs);
+  const wakeLingerMs = Math.max(0, opts.wakeLingerMs ?? 0);
   const log = (opts.logger ?? rootLogger).child({ component: "outbox-relay" });
 
   let stopping = false;
@@ -323,6 +351,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     while (!stopping) {
       let sent = 0;
       try {
+        if (awaitingRows && !expectRows && wakeLingerMs > 0) await sleep(wakeLingerMs, false);
         const kicked = awaitingRows || expectRows;
         awaitingRows = false;
         sent = await relayBatch(kicked);

@@ -168,13 +168,15 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
     },
 
     async *readContent(req, ctx) {
-      const row = await visible(req.documentId, callerOf(ctx));
-      const wanted = req.version || row.version;
+      // The document and the version in one look: the worker reads every version it processes.
+      const found = await store.findLiveWithVersion(req.documentId, req.version);
+      if (!found || !access.sees(callerOf(ctx), found)) throw notFound(req.documentId);
+      const wanted = req.version || found.version;
       if (wanted === 0)
         throw new ConnectError(`document ${req.documentId} has no content yet`, Code.FailedPrecondition);
-      const version = await store.version(req.documentId, wanted);
-      if (!version) throw new ConnectError(`document ${req.documentId} has no version ${wanted}`, Code.NotFound);
-      const stream = await content.blobs.get(version.sha256, { signal: ctx.signal });
+      if (found.sha256 === null)
+        throw new ConnectError(`document ${req.documentId} has no version ${wanted}`, Code.NotFound);
+      const stream = await content.blobs.get(found.sha256, { signal: ctx.signal });
       let pending: Buffer = Buffer.alloc(0);
       for await (const piece of stream as AsyncIterable<Buffer>) {
         pending = pending.length ? Buffer.concat([pending, piece]) : piece;

@@ -91,6 +91,14 @@ export class StatusWriter {
     private readonly feed: StatusFeed,
   ) {}
 
+  /**
+   * For a status change made by one statement of its own outside `transaction` (written the same
+   * way, column and history together): wakes the document's watchers once that statement is done.
+   */
+  committed(documentId: string): void {
+    this.feed.notify(documentId);
+  }
+
   /** Runs `work` in one transaction; `setStatus` is how it changes a status. */
   async transaction<T>(work: (trx: Kysely<DocumentsDB>, setStatus: SetStatus) => Promise<T>): Promise<T> {
     const changed = new Set<string>();

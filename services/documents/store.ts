@@ -74,6 +74,26 @@ export class DocumentStore {
       db.selectFrom("document").select(documentColumns).where("id", "=", id).where("deleted_at", "is", null),
   );
 
+  /**
+   * The live document with one of its versions (version 0: the current one), in one round trip:
+   * ReadContent needs both for every version the worker reads.
+   */
+  private readonly liveWithVersion = queryShape(
+    () => this.db,
+    2,
+    (db: Kysely<DocumentsDB>, id: string, version: number) =>
+      db
+        .selectFrom("document as d")
+        .leftJoin("document_version as v", (j) =>
+          j
+            .onRef("v.document_id", "=", "d.id")
+            .on("v.version", "=", sql<number>`coalesce(nullif(cast(${version} as integer), 0), d.version)`),
+        )
+        .select(["d.version", "d.visibility", "d.uploaded_by", "v.sha256"])
+        .where("d.id", "=", id)
+        .where("d.deleted_at", "is", null),
+  );
+
   constructor(
     private readonly db: Kysely<DocumentsDB>,
     private readonly status: StatusWriter,
@@ -81,6 +101,14 @@ export class DocumentStore {
 
   async insert(doc: NewDocument): Promise<DocumentRow> {
     return this.status.transaction((trx) => insertDocument(trx, doc));
+  }
+
+  /** The live document's current version, who may see it, and the blob of `version` (0: the current one), if it has that version. */
+  async findLiveWithVersion(
+    id: string,
+    version: number,
+  ): Promise<{ version: number; visibility: string; uploaded_by: string; sha256: string | null } | undefined> {
+    return this.liveWithVersion.first(this.db, id, version);
   }
 
   async findLive(id: string, db: Kysely<DocumentsDB> = this.db): Promise<DocumentRow | undefined> {

@@ -10,13 +10,11 @@ import { DocumentUploadedSchema, type DocumentUploaded } from "../../gen/medmesh
 import type { ServiceToken } from "../../platform/auth/service-token.js";
 import {
   classifyFailure,
-  enqueue,
   eventKind,
   isEventOf,
   PoisonMessageError,
   type DeliveryInfo,
   type EventEnvelope,
-  type EventHandler,
   type EventPreparer,
   type InboxDatabase,
   type OutboxDatabase,
@@ -81,14 +79,18 @@ const isCode = (err: unknown, code: Code) => ConnectError.from(err).code === cod
  * version (StartProcessing), read and analyse it, record the outcome (RecordProcessingResult).
  * Every one of those calls is idempotent on documents' side, which is what makes repeating it
  * safe: a redelivered event finds the outcome already recorded and only publishes it again.
- * `handler` then writes the DocumentProcessed/DocumentFailed event into this service's outbox, in
- * the transaction that records the upload event in the inbox: the outcome event is published
- * exactly when the upload event counts as handled.
+ * `outboxEffect` then names the DocumentProcessed/DocumentFailed event, which the consumer writes
+ * into this service's outbox with the statement that records the upload event in the inbox: the
+ * outcome event is published exactly when the upload event counts as handled.
  */
 export function processingWorker(deps: WorkerDeps): {
   handles: (event: EventEnvelope) => boolean;
   prepare: EventPreparer<OutboxEvent | undefined>;
-  handler: EventHandler<ProcessingDB, OutboxEvent | undefined>;
+  outboxEffect: (
+    event: EventEnvelope,
+    delivery: DeliveryInfo,
+    prepared: OutboxEvent | undefined,
+  ) => OutboxEvent | undefined;
 } {
   const log = (deps.logger ?? rootLogger).child({ component: "processing" });
   const { documents, processing, token } = deps;
@@ -239,11 +241,8 @@ export function processingWorker(deps: WorkerDeps): {
       }
     },
 
-    async handler(_event, trx, _delivery, prepared) {
-      if (!prepared) return;
-      // The id is stable per outcome: an earlier delivery (under another event id) may have queued it.
-      const queued = await trx.selectFrom("outbox").select("id").where("id", "=", prepared.id!).executeTakeFirst();
-      if (!queued) await enqueue(trx, prepared);
-    },
+    // The outcome event's id is stable per outcome: one an earlier delivery (under another event
+    // id) queued is kept.
+    outboxEffect: (_event, _delivery, prepared) => prepared,
   };
 }

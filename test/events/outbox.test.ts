@@ -230,6 +230,37 @@ describe.each(dbBackends())("outbox on $name", (backend) => {
     }
   });
 
+  it("with a wake linger, events committed one by one with a wake each all go out once and in order; a stop during the linger loses nothing", async () => {
+    const topic = uniqueTopic("outbox-linger");
+    await createTopics(kafka, [{ topic, numPartitions: 1 }]);
+    const { db } = database;
+    // Only wakes drive this relay: its poll would come long after the test is over.
+    const r = relay({ pollIntervalMs: 600_000, wakeLingerMs: 50 });
+    for (let n = 0; n < 10; n++) {
+      await db.transaction().execute((trx) => enqueue(trx, event(topic, "k", n)));
+      r.wake();
+    }
+    await waitFor("all rows marked sent", async () => (await unsent(db)) === 0);
+    const { received, consumer } = await recordTopics(kafka, [topic]);
+    cleanups.push(() => consumer.disconnect());
+    await waitFor("10 events", () => received.length >= 10);
+    expect(received).toHaveLength(10);
+    expect(
+      payloadsByKey(received)
+        .get("k")!
+        .map((p) => Number(p.split(":")[1])),
+    ).toEqual([...Array(10).keys()]);
+
+    await db.transaction().execute((trx) => enqueue(trx, event(topic, "k", 10)));
+    r.wake();
+    await r.stop();
+    const again = relay({ pollIntervalMs: 600_000, wakeLingerMs: 50 });
+    again.wake();
+    await waitFor("the last row sent", async () => (await unsent(db)) === 0);
+    await waitFor("11 events", () => received.length >= 11);
+    expect(received.map((m) => Number(m.message.value!.toString().split(":")[1]))).toEqual([...Array(11).keys()]);
+  });
+
   it("stop() lets the batch in flight finish: everything published is marked sent", async () => {
     const topic = uniqueTopic("outbox-stop");
     await createTopics(kafka, [{ topic, numPartitions: 1 }]);
