@@ -51,7 +51,8 @@ export async function spawnService(
     });
     child.once("exit", (code) => {
       clearTimeout(timer);
-      reject(new Error(`${entry} exited with ${code} before it was ready:\n${stderr}`));
+      // Components log JSON lines on stdout: the reason a start failed is usually there.
+      reject(new Error(`${entry} exited with ${code} before it was ready:\n${stderr}${stdout.slice(-4000)}`));
     });
   });
   return {
