@@ -73,6 +73,27 @@ function belongsToHop(key: string, named: Set<string>): boolean {
 }
 
 /**
+ * A header the caller meant for the service must reach it as it was sent: a value gRPC metadata
+ * cannot carry is refused, naming the header, rather than dropped or mangled.
+ */
+function assertCarriable(key: string, value: string): void {
+  if (key.endsWith("-bin")) {
+    for (const part of value.split(",")) {
+      try {
+        decodeBinaryHeader(part.trim());
+      } catch {
+        throw new ConnectError(`header ${key} must be base64, as every -bin header`, Code.InvalidArgument);
+      }
+    }
+  } else if (!legalText.test(value)) {
+    throw new ConnectError(
+      `header ${key} carries characters gRPC metadata cannot; send it base64 in a header named ${key}-bin`,
+      Code.InvalidArgument,
+    );
+  }
+}
+
+/**
  * The request headers a call forwards as metadata: authorization, custom headers, everything
  * the caller meant for the service. Headers that describe the hop are left behind silently, as
  * any proxy does, and so are names gRPC cannot carry. A header the caller did mean for the
@@ -86,20 +107,7 @@ export function forwardableHeaders(request: Headers): Headers {
   request.forEach((value, key) => {
     if (belongsToHop(key, named) || browserOnly.has(key) || key.startsWith("sec-")) return;
     if (!legalKey.test(key) || key === "traceparent" || key === "tracestate") return;
-    if (key.endsWith("-bin")) {
-      for (const part of value.split(",")) {
-        try {
-          decodeBinaryHeader(part.trim());
-        } catch {
-          throw new ConnectError(`header ${key} must be base64, as every -bin header`, Code.InvalidArgument);
-        }
-      }
-    } else if (!legalText.test(value)) {
-      throw new ConnectError(
-        `header ${key} carries characters gRPC metadata cannot; send it base64 in a header named ${key}-bin`,
-        Code.InvalidArgument,
-      );
-    }
+    assertCarriable(key, value);
     out.set(key, value);
   });
   return out;
@@ -150,20 +158,7 @@ export function forwardableHeaderRecord(request: IncomingHttpHeaders, into: Outg
     }
     if (belongsToHop(key, named) || browserOnly.has(key) || key.startsWith("sec-")) continue;
     if (!legalKey.test(key) || key === "traceparent" || key === "tracestate" || meshOnly.includes(key)) continue;
-    if (key.endsWith("-bin")) {
-      for (const part of value.split(",")) {
-        try {
-          decodeBinaryHeader(part.trim());
-        } catch {
-          throw new ConnectError(`header ${key} must be base64, as every -bin header`, Code.InvalidArgument);
-        }
-      }
-    } else if (!legalText.test(value)) {
-      throw new ConnectError(
-        `header ${key} carries characters gRPC metadata cannot; send it base64 in a header named ${key}-bin`,
-        Code.InvalidArgument,
-      );
-    }
+    assertCarriable(key, value);
     into[key] = value;
   }
 }

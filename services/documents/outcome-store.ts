@@ -29,48 +29,6 @@ function outcomeIn(db: Kysely<DocumentsDB>, documentId: string, version: number)
 }
 
 /**
- * lockLiveDocument and the version's outcome in one round trip: StartProcessing asks both for
- * every version a worker picks up.
- */
-async function lockLiveDocumentWithOutcome(
-  trx: Kysely<DocumentsDB>,
-  documentId: string,
-  version: number,
-): Promise<{ version: number; processing_status: string; outcome: OutcomeRow | undefined } | undefined> {
-  const row = await trx
-    .selectFrom("document as d")
-    .leftJoin("processing_outcome as o", (j) => j.onRef("o.document_id", "=", "d.id").on("o.version", "=", version))
-    .select([
-      "d.version as current",
-      "d.processing_status",
-      "o.status as o_status",
-      "o.result as o_result",
-      "o.failure_reason as o_failure_reason",
-      "o.failure_message as o_failure_message",
-      "o.created_at as o_created_at",
-    ])
-    .where("d.id", "=", documentId)
-    .where("d.deleted_at", "is", null)
-    // The outcome is on the nullable side of the join: only the document's row is locked.
-    .forUpdate("d")
-    .executeTakeFirst();
-  if (!row) return undefined;
-  const outcome: OutcomeRow | undefined =
-    row.o_status === null
-      ? undefined
-      : {
-          document_id: documentId,
-          version,
-          status: row.o_status,
-          result: row.o_result,
-          failure_reason: row.o_failure_reason,
-          failure_message: row.o_failure_message,
-          created_at: row.o_created_at!,
-        };
-  return { version: row.current, processing_status: row.processing_status, outcome };
-}
-
-/**
  * What the processing worker reports about each version: that it started, and the outcome.
  * Status moves only for the document's current version; an outcome for an older version is kept
  * but leaves the document's status alone, since that is about the newer content.
