@@ -135,3 +135,11 @@ export function decodeBase64(text: string): Buffer {
   if (start < text.length) out.push(Buffer.from(text.slice(start), "base64"));
   return out.length === 1 ? out[0]! : Buffer.concat(out);
 }
+
+const grpcTimeoutUnits: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1_000, m: 1, u: 1e-3, n: 1e-6 };
+
+/** A grpc-timeout header value in milliseconds, or undefined when it is not one (at most 8 digits and a unit). */
+export function grpcTimeoutMs(value: string): number | undefined {
+  const m = /^(\d{1,8})([HMSmun])$/.exec(value);
+  return m ? Number(m[1]) * grpcTimeoutUnits[m[2]!]! : undefined;
+}

@@ -19,8 +19,10 @@ import { admit, takeRateToken } from "./admission.js";
 import { clientAddressOf, type TrustedProxies } from "./client-address.js";
 import { forwardableHeaderRecord, returnableHeaderRecord } from "./edge-headers.js";
 import { edgeMessage, plainSentence } from "./edge-status.js";
+import { clientGaveUp } from "./rpc-handler.js";
 import {
   Base64Stream,
+  grpcTimeoutMs,
   decodeGrpcMessage,
   encodeGrpcMessage,
   FrameWatcher,
@@ -74,8 +76,6 @@ const nodeHeaderGetter = {
 /** After the deadline, how long the service has to send its own answer before the gateway gives it. */
 const DEADLINE_GRACE_MS = 100;
 
-const grpcUnits: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1_000, m: 1, u: 1e-3, n: 1e-6 };
-
 /** The call's timeout in ms: undefined for none, NaN for a value that does not parse. */
 function timeoutOf(
   header: string | string[] | undefined,
@@ -83,9 +83,8 @@ function timeoutOf(
   opts: PassthroughOptions,
 ): number | undefined {
   if (header === undefined) return route.unary ? opts.defaultUnaryMs : undefined;
-  const m = /^(\d{1,8})([HMSmun])$/.exec(String(header));
-  if (!m) return NaN;
-  const ms = Number(m[1]) * grpcUnits[m[2]!]!;
+  const ms = grpcTimeoutMs(String(header));
+  if (ms === undefined) return NaN;
   // As at the services: an over-long unary deadline is clamped, not refused; streams keep theirs.
   return route.unary && ms > opts.maxUnaryMs ? opts.maxUnaryMs : ms;
 }
@@ -113,7 +112,7 @@ function incomingOf(req: Req): Incoming {
     body: req,
     peer: req.socket?.remoteAddress,
     overHttp2: "stream" in req,
-    gaveUp: () => ("stream" in req ? req.stream.aborted || req.stream.rstCode !== NGHTTP2_NO_ERROR : !req.complete),
+    gaveUp: () => clientGaveUp(req),
   };
 }
 

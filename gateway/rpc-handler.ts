@@ -16,7 +16,7 @@ import {
   universalRequestFromNodeRequest,
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
-import { Base64Stream } from "./grpc-frames.js";
+import { Base64Stream, grpcTimeoutMs } from "./grpc-frames.js";
 
 type Req = IncomingMessage | Http2ServerRequest;
 type Res = ServerResponse | Http2ServerResponse;
@@ -134,25 +134,24 @@ function endsOnlyWhenSent(uReq: UniversalServerRequest, req: Req, method: DescMe
       yield* body as AsyncIterable<Uint8Array>;
     } catch (err) {
       // node's "aborted" or "Premature close": the client's doing, not a fault of the gateway.
-      if (gaveUp(req)) throw new ConnectError("the client cancelled the call", Code.Canceled);
+      if (clientGaveUp(req)) throw new ConnectError("the client cancelled the call", Code.Canceled);
       throw err;
     }
     if (streamed && "stream" in req) {
       await new Promise((r) => setImmediate(r));
       await new Promise((r) => setImmediate(r));
     }
-    if (gaveUp(req)) throw new ConnectError("the client cancelled the call", Code.Canceled);
+    if (clientGaveUp(req)) throw new ConnectError("the client cancelled the call", Code.Canceled);
   })();
 }
 
-function gaveUp(req: Req): boolean {
+/** A client that ended its request and reset the stream right behind it, or whose connection went. */
+export function clientGaveUp(req: Req): boolean {
   if ("stream" in req) return req.stream.aborted || req.stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR;
   return !req.complete;
 }
 
 // ---- deadlines ----
-
-const grpcUnits: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1_000, m: 1, u: 1e-3, n: 1e-6 };
 
 /**
  * Rewrites a unary call's timeout header to the longest the mesh allows when it asks for more.
@@ -161,8 +160,8 @@ const grpcUnits: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1_000, m
  */
 function clampTimeout(header: Headers, method: DescMethod, maxMs: number) {
   if (method.methodKind !== "unary") return;
-  const grpc = /^(\d{1,8})([HMSmun])$/.exec(header.get("grpc-timeout") ?? "");
-  if (grpc && Number(grpc[1]) * grpcUnits[grpc[2]!]! > maxMs) header.set("grpc-timeout", `${maxMs}m`);
+  const grpc = grpcTimeoutMs(header.get("grpc-timeout") ?? "");
+  if (grpc !== undefined && grpc > maxMs) header.set("grpc-timeout", `${maxMs}m`);
   const connect = /^\d{1,10}$/.exec(header.get("connect-timeout-ms") ?? "");
   if (connect && Number(connect[0]) > maxMs) header.set("connect-timeout-ms", String(maxMs));
 }

@@ -19,6 +19,30 @@ export type RecordResult =
   | { kind: "no_version"; current: number }
   | { kind: "recorded"; outcome: OutcomeRow; already: boolean };
 
+/** The outcome columns a statement joined in (o_*), as a row; undefined when the join found none. */
+function joinedOutcome(
+  row: {
+    o_status: OutcomeRow["status"] | null;
+    o_result: OutcomeRow["result"] | null;
+    o_failure_reason: OutcomeRow["failure_reason"] | null;
+    o_failure_message: OutcomeRow["failure_message"] | null;
+    o_created_at: Date | null;
+  },
+  documentId: string,
+  version: number,
+): OutcomeRow | undefined {
+  if (row.o_status === null) return undefined;
+  return {
+    document_id: documentId,
+    version,
+    status: row.o_status,
+    result: row.o_result,
+    failure_reason: row.o_failure_reason,
+    failure_message: row.o_failure_message,
+    created_at: row.o_created_at!,
+  };
+}
+
 function outcomeIn(db: Kysely<DocumentsDB>, documentId: string, version: number): Promise<OutcomeRow | undefined> {
   return db
     .selectFrom("processing_outcome")
@@ -45,20 +69,8 @@ export class OutcomeStore {
     const row = await this.startShape.first(this.db, documentId, version);
     if (!row) return { kind: "no_document" };
     if (version > row.current) return { kind: "no_version", current: row.current };
-    if (row.o_status !== null) {
-      return {
-        kind: "done",
-        outcome: {
-          document_id: documentId,
-          version,
-          status: row.o_status,
-          result: row.o_result,
-          failure_reason: row.o_failure_reason,
-          failure_message: row.o_failure_message,
-          created_at: row.o_created_at!,
-        },
-      };
-    }
+    const done = joinedOutcome(row, documentId, version);
+    if (done) return { kind: "done", outcome: done };
     if (row.moved) this.status.committed(documentId);
     return { kind: "proceed" };
   }
@@ -171,18 +183,7 @@ export class OutcomeStore {
     }
     // The first outcome stands. The statement's snapshot predates a report that committed while it
     // waited for the document's lock, so that one is read afresh.
-    const first =
-      row.o_status !== null
-        ? {
-            document_id: documentId,
-            version,
-            status: row.o_status,
-            result: row.o_result,
-            failure_reason: row.o_failure_reason,
-            failure_message: row.o_failure_message,
-            created_at: row.o_created_at!,
-          }
-        : await outcomeIn(this.db, documentId, version);
+    const first = joinedOutcome(row, documentId, version) ?? (await outcomeIn(this.db, documentId, version));
     if (!first) throw new Error(`the outcome of version ${version} of ${documentId} conflicted but cannot be read`);
     return { kind: "recorded", outcome: first, already: true };
   }
