@@ -12,6 +12,9 @@
  *  - paced: BENCH_PACED_DOCS (200) uploads at half the flood's throughput, so the pipeline keeps
  *    up and upload -> PROCESSED shows what one document costs when nothing waits in line.
  *
+ * BENCH_CPU_PROF_DIR=<dir> runs every process of the mesh with --cpu-prof writing there (one
+ * .cpuprofile per process and thread, named by pid; the pids are printed at start).
+ *
  * Latency is measured on the server's clock, from the version's create_time (the upload was
  * acknowledged) to the PROCESSED change_time, read back through WatchDocument; the same
  * machine's clock also dates the client's first upload for the throughput window.
@@ -42,6 +45,7 @@ const DOCS = intFromEnv("BENCH_DOCS", 1000, 1, 100_000);
 const PACED_DOCS = intFromEnv("BENCH_PACED_DOCS", 200, 0, 100_000);
 const CONCURRENCY = intFromEnv("BENCH_UPLOAD_CONCURRENCY", 8, 1, 256);
 const TIMEOUT_SECONDS = intFromEnv("BENCH_TIMEOUT_SECONDS", 1800, 10, 7200);
+const PROF_DIR = process.env.BENCH_CPU_PROF_DIR || undefined;
 
 type Docs = ReturnType<typeof createClient<typeof DocumentService>>;
 
@@ -194,7 +198,10 @@ async function main() {
     timeoutMs: 180_000,
     // One signed-in user sends every upload; the per-user stream cap (4 by default) would refuse the
     // paced run's uploaders, which must not queue behind each other.
-    env: { UPLOAD_MAX_STREAMS: String(Math.max(CONCURRENCY, 32)) },
+    env: {
+      UPLOAD_MAX_STREAMS: String(Math.max(CONCURRENCY, 32)),
+    },
+    nodeArgs: PROF_DIR ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(PROF_DIR)}`] : [],
   });
   let exitCode = 0;
   try {

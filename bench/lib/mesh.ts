@@ -36,6 +36,8 @@ export interface StartOptions {
   timeoutMs: number;
   /** Extra environment for the launcher and so every component (e.g. UPLOAD_MAX_BYTES); wins over the bench's own. */
   env?: Record<string, string>;
+  /** Node options for the launcher; its --cpu-prof flags pass on to every component it forks. */
+  nodeArgs?: string[];
 }
 
 /**
@@ -56,7 +58,7 @@ export async function startMesh(opts: StartOptions): Promise<Mesh> {
   };
   const logFile = path.join(opts.dataDir, "mesh.log");
   const log = fs.openSync(logFile, "a");
-  const launcher = spawn(process.execPath, ["--import", "tsx", "deploy/embedded/launch.ts"], {
+  const launcher = spawn(process.execPath, [...(opts.nodeArgs ?? []), "--import", "tsx", "deploy/embedded/launch.ts"], {
     cwd: opts.root,
     env: {
       ...process.env,

@@ -42,7 +42,8 @@ interface ChildMessage {
 export function forkComponent(spec: ComponentSpec, startupTimeoutMs: number): ComponentProcess {
   const child = fork(path.join(root, spec.entry), [], {
     cwd: process.cwd(),
-    execArgv: ["--import", "tsx"],
+    // A launcher run with --cpu-prof (bench/pipeline.ts's BENCH_CPU_PROF_DIR) profiles its components too.
+    execArgv: [...process.execArgv.filter((a) => a.startsWith("--cpu-prof")), "--import", "tsx"],
     env: { ...process.env, ...spec.env() },
     // Component logs (JSON lines, written to their stdout) go straight to our stderr, so stdout
     // carries only the endpoint lines. Not piped through us: a component that outlives the
