@@ -9,7 +9,8 @@ export type StartResult =
   | { kind: "no_version"; current: number }
   /** The version already has an outcome: the event was delivered again. */
   | { kind: "done"; outcome: OutcomeRow }
-  | { kind: "proceed" };
+  /** Go ahead; `content` says where the version's bytes are, when the version exists. */
+  | { kind: "proceed"; content?: { sha256: string; size: number } };
 
 export type NewOutcome =
   { status: "processed"; result: Uint8Array } | { status: "failed"; reason: string; message: string };
@@ -72,7 +73,8 @@ export class OutcomeStore {
     const done = joinedOutcome(row, documentId, version);
     if (done) return { kind: "done", outcome: done };
     if (row.moved) this.status.committed(documentId);
-    return { kind: "proceed" };
+    if (row.v_sha256 === null) return { kind: "proceed" };
+    return { kind: "proceed", content: { sha256: row.v_sha256, size: Number(row.v_size_bytes) } };
   }
 
   /**
@@ -81,7 +83,8 @@ export class OutcomeStore {
    * StatusWriter does) and stamp the version's started_at, a sign of life for the reconciler. Only
    * the step from uploaded is a change: a retry finds it processing already, and an older version's
    * processing says nothing about the current content. Data-modifying CTEs run whether or not the
-   * final select reads them, all on the locked row's values.
+   * final select reads them, all on the locked row's values. The version's blob comes along, so
+   * StartProcessing can hand a small version's bytes to the worker without a ReadContent call.
    */
   private readonly startShape = queryShape(
     () => this.db,
@@ -94,10 +97,16 @@ export class OutcomeStore {
             .leftJoin("processing_outcome as o", (j) =>
               j.onRef("o.document_id", "=", "d.id").on("o.version", "=", version),
             )
+            // Where the version's bytes are, so the worker can be handed them with the answer.
+            .leftJoin("document_version as v", (j) =>
+              j.onRef("v.document_id", "=", "d.id").on("v.version", "=", version),
+            )
             .select([
               "d.id",
               "d.version as current",
               "d.processing_status",
+              "v.sha256 as v_sha256",
+              "v.size_bytes as v_size_bytes",
               "o.status as o_status",
               "o.result as o_result",
               "o.failure_reason as o_failure_reason",
@@ -148,6 +157,8 @@ export class OutcomeStore {
           "d.o_failure_reason",
           "d.o_failure_message",
           "d.o_created_at",
+          "d.v_sha256",
+          "d.v_size_bytes",
           sql<boolean>`exists (select 1 from moved)`.as("moved"),
         ]),
   );

@@ -164,6 +164,51 @@ describe.each(backends())("processing status and results on $name", (backend) =>
     expect(r.quality.score).toBeCloseTo(0.61, 5);
   });
 
+  it("an upload that creates a document writes it whole, and StartProcessing hands over a small version's bytes only when asked", async () => {
+    const bytes = pdf("inline");
+    const up = await doctor.upload(uploadOf("Handed over", bytes));
+    const id = up.document!.id;
+    // Created in one statement: already uploaded, at version 1, with the version's size and type.
+    expect(up.document!.processingStatus).toBe(ProcessingStatus.UPLOADED);
+    expect(up.document!.version).toBe(1);
+    expect(up.document!.sizeBytes).toBe(BigInt(bytes.length));
+    const got = (await doctor.getDocument({ id })).document!;
+    expect([got.processingStatus, got.version, got.mimeType]).toEqual([
+      ProcessingStatus.UPLOADED,
+      1,
+      "application/pdf",
+    ]);
+    const versions = (await doctor.listVersions({ documentId: id })).versions;
+    expect(versions.map((v) => [v.version, v.sha256, v.createTime?.seconds])).toEqual([
+      [1, up.version!.sha256, up.version!.createTime!.seconds],
+    ]);
+
+    // Too small a limit: nothing inline (the worker reads it with ReadContent).
+    const tooSmall = await worker.startProcessing({
+      documentId: id,
+      version: 1,
+      inlineContentMaxBytes: bytes.length - 1,
+    });
+    expect(tooSmall.proceed).toBe(true);
+    expect(tooSmall.content).toBeUndefined();
+    const unasked = await worker.startProcessing({ documentId: id, version: 1 });
+    expect(unasked.proceed).toBe(true);
+    expect(unasked.content).toBeUndefined();
+    const fits = await worker.startProcessing({ documentId: id, version: 1, inlineContentMaxBytes: bytes.length });
+    expect(fits.proceed).toBe(true);
+    expect(Buffer.from(fits.content!).equals(bytes)).toBe(true);
+    // A version with an outcome hands over the outcome, never the bytes.
+    await worker.recordProcessingResult({ documentId: id, version: 1, outcome: result() });
+    const done = await worker.startProcessing({ documentId: id, version: 1, inlineContentMaxBytes: 1024 * 1024 });
+    expect(done.proceed).toBe(false);
+    expect(done.content).toBeUndefined();
+    // Beyond what the contract allows in one answer: refused, not silently shortened.
+    const over = await rejection(
+      worker.startProcessing({ documentId: id, version: 1, inlineContentMaxBytes: 1024 * 1024 + 1 }),
+    );
+    expect(over.code).toBe(Code.InvalidArgument);
+  });
+
   it("the first outcome stands: recording again changes nothing, and a redelivered event is told what was recorded", async () => {
     const up = await doctor.upload(uploadOf("Recorded twice", pdf("twice")));
     const id = up.document!.id;

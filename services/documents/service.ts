@@ -153,7 +153,12 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
         };
         let saved;
         try {
-          saved = await store.addVersion(target!, version, async () => unlessCancelled(ctx.signal));
+          // A new document is one statement; a new version of an existing one locks the document
+          // first, for its version number. Either way a cancelled call writes nothing.
+          saved =
+            "create" in target!
+              ? await store.createWithFirstVersion(target.create, version, () => unlessCancelled(ctx.signal))
+              : await store.addVersion(target!, version, async () => unlessCancelled(ctx.signal));
         } catch (err) {
           // Rolled back: the blob belongs to no version unless identical content does.
           if (ctx.signal.aborted) await discardUnlessUsed(store, content.blobs, file.blob);

@@ -1,6 +1,7 @@
 import { sql, type Kysely } from "kysely";
 import { queryShape } from "../../platform/db/query-shape.js";
-import { enqueueUploaded } from "./events.js";
+import { outboxRow } from "../../platform/events/index.js";
+import { enqueueUploaded, uploadedEvent } from "./events.js";
 import type { StatusWriter } from "./status-writer.js";
 import {
   documentColumns,
@@ -64,6 +65,47 @@ async function insertDocument(trx: Kysely<DocumentsDB>, doc: NewDocument): Promi
     .executeTakeFirstOrThrow() as Promise<DocumentRow>;
 }
 
+// The columns the one-statement create binds, in order. `satisfies` holds each list to exactly the
+// columns its row type has, so a column added later cannot be left out of the statement.
+const newDocumentColumns = Object.keys({
+  id: 1,
+  title: 1,
+  authors: 1,
+  journal: 1,
+  publication_date: 1,
+  doi: 1,
+  pmid: 1,
+  document_type: 1,
+  specialty: 1,
+  uploaded_by: 1,
+  visibility: 1,
+  metadata: 1,
+} satisfies Record<keyof NewDocument, 1>) as (keyof NewDocument)[];
+const newVersionColumns = Object.keys({
+  sha256: 1,
+  size_bytes: 1,
+  mime_type: 1,
+  needs_ocr: 1,
+  filename: 1,
+  uploaded_by: 1,
+} satisfies Record<keyof NewVersion, 1>) as (keyof NewVersion)[];
+const outboxColumns = ["id", "topic", "key", "type", "source", "payload", "headers", "created_at"] as const;
+const versionColumns = Object.keys({
+  document_id: 1,
+  version: 1,
+  sha256: 1,
+  size_bytes: 1,
+  mime_type: 1,
+  needs_ocr: 1,
+  filename: 1,
+  uploaded_by: 1,
+  created_at: 1,
+  started_at: 1,
+  redriven_at: 1,
+  redrives: 1,
+  stalled_redrives: 1,
+} satisfies Record<keyof VersionRow, 1>) as (keyof VersionRow)[];
+
 /** The documents, their versions and their status history; the schema is already scoped by openDatabase. */
 export class DocumentStore {
   /** Every read of one document (each GetDocument, each access check) runs this statement. */
@@ -94,10 +136,95 @@ export class DocumentStore {
         .where("d.deleted_at", "is", null),
   );
 
+  /**
+   * A new document with its first version in one statement, with no transaction around it (BEGIN
+   * and COMMIT would be two more round trips on every upload of a new document): the document row
+   * already at uploaded and version 1, its history (pending, then uploaded), the version and its
+   * DocumentUploaded event. The version's time is this process's clock, so the event written in
+   * the same statement can carry it.
+   */
+  private readonly createShape = queryShape(
+    () => this.db,
+    newDocumentColumns.length + newVersionColumns.length + 1 + outboxColumns.length,
+    (db: Kysely<any>, ...args: unknown[]) => {
+      let i = 0;
+      const doc = Object.fromEntries(newDocumentColumns.map((c) => [c, args[i++]]));
+      const version = Object.fromEntries(newVersionColumns.map((c) => [c, args[i++]]));
+      const at = args[i++];
+      const event = Object.fromEntries(outboxColumns.map((c) => [c, args[i++]]));
+      const status = (v: number, s: string) => ({
+        document_id: doc.id,
+        version: v,
+        status: s,
+        failure_reason: null,
+        failure_message: null,
+      });
+      return db
+        .with("created", (q) =>
+          q
+            .insertInto("document")
+            .values({
+              ...doc,
+              processing_status: "uploaded",
+              version: 1,
+              size_bytes: version.size_bytes,
+              mime_type: version.mime_type,
+              created_at: at,
+              updated_at: at,
+            })
+            .returning(documentColumns),
+        )
+        .with("added", (q) =>
+          q
+            .insertInto("document_version")
+            .values({ ...version, document_id: doc.id, version: 1, created_at: at })
+            .returningAll(),
+        )
+        .with("history", (q) => q.insertInto("document_status").values([status(0, "pending"), status(1, "uploaded")]))
+        .with("queued", (q) => q.insertInto("outbox").values(event))
+        .selectFrom(["created", "added"])
+        .selectAll("created")
+        .select(versionColumns.map((c) => `added.${c} as v_${c}`));
+    },
+  );
+
   constructor(
     private readonly db: Kysely<DocumentsDB>,
     private readonly status: StatusWriter,
   ) {}
+
+  /**
+   * Creates a document with its first version, the version's DocumentUploaded event and the move
+   * to uploaded, in one statement (see createShape). `beforeWrite` runs last before it is sent;
+   * throwing there writes nothing.
+   */
+  async createWithFirstVersion(doc: NewDocument, v: NewVersion, beforeWrite?: () => void): Promise<SavedVersion> {
+    const at = new Date();
+    const first = { ...v, document_id: doc.id, version: 1, created_at: at };
+    const { row: event } = outboxRow(uploadedEvent(first));
+    const values: Record<string, unknown> = {
+      ...doc,
+      authors: JSON.stringify(doc.authors),
+      metadata: JSON.stringify(doc.metadata),
+    };
+    const args = [
+      ...newDocumentColumns.map((c) => values[c]),
+      ...newVersionColumns.map((c) => v[c]),
+      at,
+      ...outboxColumns.map((c) => event[c]),
+    ];
+    beforeWrite?.();
+    const row = (await this.createShape.first(this.db, ...args)) as Record<string, unknown> | undefined;
+    if (!row) throw new Error(`document ${doc.id} was not created`);
+    const version: Record<string, unknown> = {};
+    const document: Record<string, unknown> = {};
+    for (const [k, value] of Object.entries(row)) {
+      if (k.startsWith("v_")) version[k.slice(2)] = value;
+      else document[k] = value;
+    }
+    this.status.committed(doc.id);
+    return { document: document as unknown as DocumentRow, version: version as unknown as VersionRow };
+  }
 
   async insert(doc: NewDocument): Promise<DocumentRow> {
     return this.status.transaction((trx) => insertDocument(trx, doc));

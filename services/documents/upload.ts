@@ -42,9 +42,9 @@ export async function discardUnlessUsed(store: DocumentStore, blobs: BlobStore, 
 }
 
 /**
- * Throws `canceled` if the call has been cancelled. Called last inside the transaction that
- * writes a version, so that a cancellation arriving while the version is being written undoes it:
- * a caller that gave up must not find a version it never finished uploading. grpc-js reports a
+ * Throws `canceled` if the call has been cancelled. Called last before the version is written
+ * (inside the transaction that writes it, where there is one), so that a caller that gave up does
+ * not find a version it never finished uploading. grpc-js reports a
  * reset stream as ended first and as cancelled just after, and the gateway forwards a client's
  * reset just after its last bytes; checking once before the transaction leaves that gap open.
  */

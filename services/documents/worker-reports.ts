@@ -4,6 +4,8 @@ import { ProcessingResultSchema, type DocumentProcessingService } from "../../ge
 import { notFound } from "./access.js";
 import { failureReasons, toOutcome } from "./model.js";
 import type { NewOutcome, OutcomeStore } from "./outcome-store.js";
+import type { BlobStore } from "../../platform/blobs/index.js";
+import { logger } from "../../platform/telemetry/logger.js";
 
 function noVersion(documentId: string, version: number, current: number): ConnectError {
   return new ConnectError(
@@ -17,9 +19,38 @@ function noVersion(documentId: string, version: number, current: number): Connec
  * contract admits service principals only, so there are no ownership checks here: the worker
  * acts for the platform on every document.
  */
-export function workerReportsService(outcomes: OutcomeStore): ServiceImpl<typeof DocumentProcessingService> {
+export function workerReportsService(
+  outcomes: OutcomeStore,
+  blobs: BlobStore,
+): ServiceImpl<typeof DocumentProcessingService> {
+  /**
+   * A small version's bytes, for the StartProcessing answer. Best effort: a blob that cannot be
+   * read here is left out, and the worker's ReadContent then reports the problem as it always has.
+   */
+  async function inlineContent(
+    documentId: string,
+    content: { sha256: string; size: number } | undefined,
+    maxBytes: number,
+    signal: AbortSignal,
+  ): Promise<Uint8Array | undefined> {
+    if (!content || content.size > maxBytes) return undefined;
+    try {
+      const chunks: Buffer[] = [];
+      for await (const c of await blobs.get(content.sha256, { signal })) chunks.push(c as Buffer);
+      const bytes = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+      return bytes.length === content.size ? bytes : undefined;
+    } catch (err) {
+      if (!signal.aborted)
+        logger.warn("could not read a version to hand it to the worker", {
+          document_id: documentId,
+          error: err as Error,
+        });
+      return undefined;
+    }
+  }
+
   return {
-    async startProcessing(req) {
+    async startProcessing(req, ctx) {
       const res = await outcomes.start(req.documentId, req.version);
       switch (res.kind) {
         case "no_document":
@@ -28,8 +59,11 @@ export function workerReportsService(outcomes: OutcomeStore): ServiceImpl<typeof
           throw noVersion(req.documentId, req.version, res.current);
         case "done":
           return { proceed: false, outcome: toOutcome(res.outcome) };
-        case "proceed":
-          return { proceed: true };
+        case "proceed": {
+          const max = req.inlineContentMaxBytes;
+          const content = max > 0 ? await inlineContent(req.documentId, res.content, max, ctx.signal) : undefined;
+          return { proceed: true, content };
+        }
       }
     },
 

@@ -50,6 +50,12 @@ export interface WorkerDeps {
 }
 
 const UPLOADED = eventKind(DocumentUploadedSchema);
+/**
+ * Versions up to this size come back with StartProcessing's answer instead of through a
+ * ReadContent stream of their own: one call fewer for most documents. Larger ones are streamed,
+ * so no single message grows with the document.
+ */
+export const INLINE_CONTENT_MAX_BYTES = 1024 * 1024;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** The event's DocumentUploaded, or a PoisonMessageError: no retry can make bad data readable. */
@@ -76,7 +82,8 @@ const isCode = (err: unknown, code: Code) => ConnectError.from(err).code === cod
  * halves.
  *
  * `prepare` does the work that talks to other services, outside any transaction: claim the
- * version (StartProcessing), read and analyse it, record the outcome (RecordProcessingResult).
+ * version (StartProcessing, whose answer carries a small version's bytes), read larger ones
+ * (ReadContent) and analyse it, record the outcome (RecordProcessingResult).
  * Every one of those calls is idempotent on documents' side, which is what makes repeating it
  * safe: a redelivered event finds the outcome already recorded and only publishes it again.
  * `outboxEffect` then names the DocumentProcessed/DocumentFailed event, which the consumer writes
@@ -106,10 +113,14 @@ export function processingWorker(deps: WorkerDeps): {
     }
   }
 
-  async function readVersion(u: DocumentUploaded): Promise<Uint8Array> {
+  async function readVersion(u: DocumentUploaded, inline: Uint8Array | undefined): Promise<Uint8Array> {
     // The event says how big the version is; a producer that left it out is bounded by the maximum.
     const expected = u.sizeBytes > 0n ? Number(u.sizeBytes) : undefined;
     const limit = expected ?? deps.maxBytes;
+    if (inline && inline.length <= limit && (expected === undefined || inline.length === expected)) {
+      // A copy of its own: the decoded field is a view into the whole response's buffer.
+      return new Uint8Array(inline);
+    }
     return authed(async (headers) => {
       const chunks: Uint8Array[] = [];
       let total = 0;
@@ -134,6 +145,8 @@ export function processingWorker(deps: WorkerDeps): {
   async function analyse(
     u: DocumentUploaded,
     delivery: DeliveryInfo,
+    /** The bytes StartProcessing handed over, if it did. */
+    inline: Uint8Array | undefined,
   ): Promise<RecordProcessingResultRequest["outcome"]> {
     if (u.sizeBytes > BigInt(deps.maxBytes)) {
       return {
@@ -146,7 +159,7 @@ export function processingWorker(deps: WorkerDeps): {
       };
     }
     await deps.hooks?.beforeAnalysis?.(u.documentId, u.version, delivery);
-    const bytes = await readVersion(u);
+    const bytes = await readVersion(u, inline);
     const started = performance.now();
     const analysis = await deps.analysis.analyze(bytes, u.mimeType || undefined);
     log.debug("analysed", {
@@ -163,7 +176,10 @@ export function processingWorker(deps: WorkerDeps): {
   /** The outcome on record for the version, producing it first if there is none; undefined if the document is gone. */
   async function outcomeOf(u: DocumentUploaded, delivery: DeliveryInfo): Promise<ProcessingOutcome | undefined> {
     const key = { documentId: u.documentId, version: u.version };
-    const start = await authed((headers) => processing.startProcessing(key, { headers }));
+    const inlineMax = Math.min(INLINE_CONTENT_MAX_BYTES, deps.maxBytes);
+    const start = await authed((headers) =>
+      processing.startProcessing({ ...key, inlineContentMaxBytes: inlineMax }, { headers }),
+    );
     if (!start.proceed) {
       if (!start.outcome)
         throw new Error(`documents said version ${u.version} of ${u.documentId} has an outcome but sent none`);
@@ -173,7 +189,7 @@ export function processingWorker(deps: WorkerDeps): {
       });
       return start.outcome;
     }
-    const outcome = await analyse(u, delivery);
+    const outcome = await analyse(u, delivery, start.content);
     // The answer is authoritative: when two workers raced, the first outcome recorded stands.
     const recorded = await authed((headers) => processing.recordProcessingResult({ ...key, outcome }, { headers }));
     return recorded.outcome;
