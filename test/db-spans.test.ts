@@ -5,6 +5,7 @@ import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openDatabase, type Database } from "../platform/db/database.js";
 import { startTelemetry } from "../platform/telemetry/sdk.js";
+import { setTracingMode, tracingMode } from "../platform/telemetry/tracing-mode.js";
 
 const spans = new InMemorySpanExporter();
 const telemetry = startTelemetry({ serviceName: "db-spans-test", exporter: spans, logLevel: "error" });
@@ -60,5 +61,25 @@ describe("the traced database driver", () => {
       database.db.selectFrom("item").select("id").execute(),
     );
     expect(spans.getFinishedSpans().filter((s) => s.attributes["db.system"] === "postgresql")).toHaveLength(0);
+  });
+
+  it("starts no span when spans go nowhere (tracing mode ids), and does again once they are exported", async () => {
+    const dbSpans = () => spans.getFinishedSpans().filter((s) => s.attributes["db.system"] === "postgresql");
+    const run = () =>
+      tracer.startActiveSpan("request", async (span) => {
+        await database.db.selectFrom("item").select("id").execute();
+        span.end();
+      });
+    const mode = tracingMode();
+    spans.reset();
+    setTracingMode("ids");
+    try {
+      await run();
+    } finally {
+      setTracingMode(mode);
+    }
+    expect(dbSpans()).toHaveLength(0);
+    await run();
+    expect(dbSpans()).toHaveLength(1);
   });
 });

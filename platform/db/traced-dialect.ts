@@ -1,5 +1,6 @@
 import { SpanKind, SpanStatusCode, trace, type SpanOptions } from "@opentelemetry/api";
 import type { CompiledQuery, DatabaseConnection, Dialect, Driver, QueryResult } from "kysely";
+import { tracingMode } from "../telemetry/tracing-mode.js";
 
 const tracer = trace.getTracer("medmesh-db");
 
@@ -78,9 +79,12 @@ function statementSpan(dbName: string, statement: string): StatementSpan {
 /**
  * The span is a child of whatever is active but is not made active itself: nothing runs inside a
  * statement that could start spans or log, and entering a context per statement is a large share
- * of a cheap read. Under a parent that records nothing (sampled out), no span is started at all.
+ * of a cheap read. So when spans go nowhere (tracing mode "ids": ids for logs and propagation,
+ * nothing exported), a statement's span would be read by nobody and is not started; nor under a
+ * parent that records nothing (sampled out).
  */
 function traced<R>(dbName: string, q: CompiledQuery, run: () => Promise<QueryResult<R>>): Promise<QueryResult<R>> {
+  if (tracingMode() !== "spans") return run();
   const parent = trace.getActiveSpan();
   if (parent && !parent.isRecording()) return run();
   const { name, options } = statementSpan(dbName, q.sql);

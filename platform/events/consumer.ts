@@ -2,6 +2,7 @@ import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type TextMapGetter } fro
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { sql, type Generated, type Kysely, type Migration, type Transaction } from "kysely";
 import type { Consumer, ConsumerConfig, IHeaders, Kafka, KafkaMessage, Producer } from "kafkajs";
+import { queryShape } from "../db/query-shape.js";
 import { logger as rootLogger, type Logger } from "../telemetry/logger.js";
 import { PoisonMessageError, fromKafkaMessage, type EventEnvelope } from "./envelope.js";
 import { deadLetterTopic } from "./dead-letter-topic.js";
@@ -326,42 +327,75 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
     });
   }
 
+  // The statements of recordWithEffect, built and compiled once: one of them runs for every event.
+  const fresh = (db: Kysely<InboxDatabase & OutboxDatabase>, group: string, eventId: string) =>
+    db
+      .insertInto("inbox")
+      .values({ group_id: group, event_id: eventId })
+      .onConflict((oc) => oc.columns(["group_id", "event_id"]).doNothing())
+      .returning("event_id");
+  const recordOnly = queryShape(() => outboxDb, 2, fresh);
+  const recordAndQueue = queryShape(
+    () => outboxDb,
+    10,
+    (
+      db: Kysely<InboxDatabase & OutboxDatabase>,
+      group: string,
+      eventId: string,
+      id: unknown,
+      topic: unknown,
+      key: unknown,
+      type: unknown,
+      source: unknown,
+      payload: unknown,
+      headers: unknown,
+      createdAt: unknown,
+    ) =>
+      db
+        .with("fresh", () => fresh(db, group, eventId))
+        .with("queued", (q) =>
+          q
+            .insertInto("outbox")
+            .columns(["id", "topic", "key", "type", "source", "payload", "headers", "created_at"])
+            // Written only when the inbox row is new: a duplicate delivery queues nothing.
+            .expression((eb) =>
+              eb
+                .selectFrom("fresh")
+                .select([
+                  sql<string>`cast(${id} as uuid)`.as("id"),
+                  sql<string>`cast(${topic} as text)`.as("topic"),
+                  sql<string>`cast(${key} as text)`.as("key"),
+                  sql<string>`cast(${type} as text)`.as("type"),
+                  sql<string>`cast(${source} as text)`.as("source"),
+                  sql<Uint8Array>`cast(${payload} as bytea)`.as("payload"),
+                  sql<string>`cast(${headers} as jsonb)`.as("headers"),
+                  sql<Date>`cast(${createdAt} as timestamptz)`.as("created_at"),
+                ]),
+            )
+            .onConflict((oc) => oc.column("id").doNothing()),
+        )
+        .selectFrom("fresh")
+        .select("event_id"),
+  );
+
   /** The inbox row and the event's outbox row in one statement; see `outboxEffect`. */
   async function recordWithEffect(event: EventEnvelope, effect: OutboxEvent | undefined) {
-    const fresh = () =>
-      outboxDb
-        .insertInto("inbox")
-        .values({ group_id: groupId, event_id: event.id })
-        .onConflict((oc) => oc.columns(["group_id", "event_id"]).doNothing())
-        .returning("event_id");
-    if (!effect) return (await fresh().executeTakeFirst()) ? ("handled" as const) : ("duplicate" as const);
+    if (!effect)
+      return (await recordOnly.first(outboxDb, groupId, event.id)) ? ("handled" as const) : ("duplicate" as const);
     const { row } = outboxRow(effect);
-    const recorded = await outboxDb
-      .with("fresh", fresh)
-      .with("queued", (q) =>
-        q
-          .insertInto("outbox")
-          .columns(["id", "topic", "key", "type", "source", "payload", "headers", "created_at"])
-          // Written only when the inbox row is new: a duplicate delivery queues nothing.
-          .expression((eb) =>
-            eb
-              .selectFrom("fresh")
-              .select([
-                sql<string>`cast(${row.id} as uuid)`.as("id"),
-                sql<string>`cast(${row.topic} as text)`.as("topic"),
-                sql<string>`cast(${row.key} as text)`.as("key"),
-                sql<string>`cast(${row.type} as text)`.as("type"),
-                sql<string>`cast(${row.source} as text)`.as("source"),
-                sql<Uint8Array>`cast(${row.payload} as bytea)`.as("payload"),
-                sql<string>`cast(${row.headers} as jsonb)`.as("headers"),
-                sql<Date>`cast(${row.created_at} as timestamptz)`.as("created_at"),
-              ]),
-          )
-          .onConflict((oc) => oc.column("id").doNothing()),
-      )
-      .selectFrom("fresh")
-      .select("event_id")
-      .executeTakeFirst();
+    const recorded = await recordAndQueue.first(
+      outboxDb,
+      groupId,
+      event.id,
+      row.id,
+      row.topic,
+      row.key,
+      row.type,
+      row.source,
+      row.payload,
+      row.headers,
+      row.created_at,
+    );
     return recorded ? ("handled" as const) : ("duplicate" as const);
   }
 

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { sql, type Kysely } from "kysely";
+import { queryShape, type QueryShape } from "../db/query-shape.js";
 import type { OutboxDatabase } from "./outbox-table.js";
 
 /** An outbox row a relay holds the claim on: it alone publishes it until it marks or releases it. */
@@ -32,67 +33,97 @@ export interface Claim {
  * key can never be published before an earlier one, even when the earlier one's publish failed.
  */
 export async function claimBatch(service: Kysely<any>, limit: number, leaseMs: number): Promise<Claim> {
-  const db = service as Kysely<OutboxDatabase>;
   const id = randomUUID();
+  const rows = await statementsOf(service).claim.execute(service, limit, leaseMs, id);
+  // bigserial comes back as a string from pg; the order is what matters, not the type.
+  const claimed = [...rows.rows].sort((a, b) => Number(a.seq) - Number(b.seq));
+  return { id, rows: claimed.map(({ seq: _seq, ...row }) => row) };
+}
+
+interface ClaimStatements {
+  claim: QueryShape<[number, number, string], ClaimedRow & { seq: string | number }>;
+  markSent: QueryShape<[Date, string[]], unknown>;
+}
+
+/** The relay's statements, built and compiled once per database: a busy relay runs them for every batch. */
+const compiled = new WeakMap<Kysely<any>, ClaimStatements>();
+
+function statementsOf(service: Kysely<any>): ClaimStatements {
+  let s = compiled.get(service);
+  if (!s) compiled.set(service, (s = { claim: claimShape(service), markSent: markSentShape(service) }));
+  return s;
+}
+
+function claimShape(service: Kysely<any>) {
   // One statement, so one round trip and no explicit transaction: the candidates are locked by it
   // and the claim is written by it, which is all the transaction this used to open was for.
-  const rows = await db
-    .with("candidate", (q) =>
-      q
-        .selectFrom("outbox")
-        .select(["id", "seq", "topic", "key"])
-        .where("sent_at", "is", null)
-        .where((eb) => eb.or([eb("claimed_until", "is", null), eb("claimed_until", "<", sql<Date>`now()`)]))
-        .orderBy("seq")
-        .limit(limit)
-        .forUpdate()
-        .skipLocked(),
-    )
-    .with("claimable", (q) =>
-      q
-        .selectFrom("candidate as c")
-        .select("c.id")
-        .where(({ not, exists, selectFrom }) =>
-          not(
-            exists(
-              selectFrom("outbox as e")
-                .select("e.id")
-                .whereRef("e.topic", "=", "c.topic")
-                .whereRef("e.key", "=", "c.key")
-                .whereRef("e.seq", "<", "c.seq")
-                .where("e.sent_at", "is", null)
-                .where("e.id", "not in", selectFrom("candidate").select("candidate.id")),
+  return queryShape(
+    () => service,
+    3,
+    (db: Kysely<OutboxDatabase>, limit: number, leaseMs: number, id: string) =>
+      db
+        .with("candidate", (q) =>
+          q
+            .selectFrom("outbox")
+            .select(["id", "seq", "topic", "key"])
+            .where("sent_at", "is", null)
+            .where((eb) => eb.or([eb("claimed_until", "is", null), eb("claimed_until", "<", sql<Date>`now()`)]))
+            .orderBy("seq")
+            .limit(limit)
+            .forUpdate()
+            .skipLocked(),
+        )
+        .with("claimable", (q) =>
+          q
+            .selectFrom("candidate as c")
+            .select("c.id")
+            .where(({ not, exists, selectFrom }) =>
+              not(
+                exists(
+                  selectFrom("outbox as e")
+                    .select("e.id")
+                    .whereRef("e.topic", "=", "c.topic")
+                    .whereRef("e.key", "=", "c.key")
+                    .whereRef("e.seq", "<", "c.seq")
+                    .where("e.sent_at", "is", null)
+                    .where("e.id", "not in", selectFrom("candidate").select("candidate.id")),
+                ),
+              ),
             ),
-          ),
-        ),
-    )
-    .updateTable("outbox")
-    .set({ claim_id: id, claimed_until: sql<Date>`now() + ${leaseMs} * interval '1 millisecond'` })
-    .where("id", "in", (q) => q.selectFrom("claimable").select("claimable.id"))
-    .returning(["id", "seq", "topic", "key", "payload", "headers", "created_at"])
-    .execute();
-  // bigserial comes back as a string from pg; the order is what matters, not the type.
-  rows.sort((a, b) => Number(a.seq) - Number(b.seq));
-  return { id, rows: rows.map(({ seq: _seq, ...row }) => row) };
+        )
+        .updateTable("outbox")
+        .set({ claim_id: id, claimed_until: sql<Date>`now() + ${leaseMs} * interval '1 millisecond'` })
+        .where("id", "in", (q) => q.selectFrom("claimable").select("claimable.id"))
+        .returning(["id", "seq", "topic", "key", "payload", "headers", "created_at"]),
+  );
+}
+
+function markSentShape(service: Kysely<any>) {
+  // The ids as one array parameter, so one statement text serves every batch size.
+  return queryShape(
+    () => service,
+    2,
+    (db: Kysely<OutboxDatabase>, at: Date, ids: string[]) =>
+      db
+        .updateTable("outbox")
+        .set((eb) => ({
+          sent_at: at,
+          attempts: eb("attempts", "+", 1),
+          last_error: null,
+          claim_id: null,
+          claimed_until: null,
+        }))
+        .where("id", "=", sql<string>`any(cast(${ids} as uuid[]))`),
+  );
 }
 
 /** Marks a claim's rows sent. Kafka acknowledged them, so this holds even if the lease ran out meanwhile. */
 export async function markSent(service: Kysely<any>, claim: Claim): Promise<void> {
-  await (service as Kysely<OutboxDatabase>)
-    .updateTable("outbox")
-    .set((eb) => ({
-      sent_at: new Date(),
-      attempts: eb("attempts", "+", 1),
-      last_error: null,
-      claim_id: null,
-      claimed_until: null,
-    }))
-    .where(
-      "id",
-      "in",
-      claim.rows.map((r) => r.id),
-    )
-    .execute();
+  await statementsOf(service).markSent.execute(
+    service,
+    new Date(),
+    claim.rows.map((r) => r.id),
+  );
 }
 
 /**
