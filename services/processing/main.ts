@@ -105,9 +105,10 @@ export async function startProcessing(
   // The worker both reads and writes the topic; creating it here (as documents does) means
   // neither needs the other to have started first.
   await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS, numPartitions: 3 }]);
-  // Under a stream of events a short linger lets several go out per claim and Kafka send; 20 ms
-  // is nothing next to a document's trip through the pipeline.
-  const relay = startOutboxRelay({ db: database.db, kafka, wakeLingerMs: 20 });
+  // Under a stream of events a linger lets several go out per claim, Kafka send and mark: each
+  // batch costs two statements and a send whatever its size. 100 ms delays only the processed and
+  // failed events: the document's own status moved already, in RecordProcessingResult.
+  const relay = startOutboxRelay({ db: database.db, kafka, wakeLingerMs: 100 });
   const pruning = startEventPruning({
     db: database.db,
     outboxRetentionMs: config.OUTBOX_RETENTION_HOURS * 3_600_000,

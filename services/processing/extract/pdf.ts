@@ -1,4 +1,4 @@
-import { getDocumentProxy, getResolvedPDFJS } from "unpdf";
+import { getResolvedPDFJS } from "unpdf";
 import { failure, type ExtractionFailure } from "./types.js";
 
 export interface PdfText {
@@ -29,16 +29,27 @@ interface TextItemLike {
 }
 
 /**
+ * Opens a PDF as unpdf's getDocumentProxy does (same options), without the font and cmap lookup
+ * it makes on every call: that asks the module loader to resolve pdfjs-dist, which is not
+ * installed (unpdf bundles its own build), and under a loader hook each failed lookup is a
+ * synchronous round trip to the loader thread, per document.
+ */
+async function openPdf(data: Uint8Array) {
+  const { getDocument } = await getResolvedPDFJS();
+  return getDocument({ data, isEvalSupported: false, useSystemFonts: true, verbosity: 0 }).promise;
+}
+
+/**
  * Extracts per-page text with pdf.js (through unpdf's serverless build, which runs in-process with
  * no worker thread and no native canvas). Failures are classified so the uploader is told whether
  * the file is password-protected, a scan that needs OCR, damaged, or simply blank.
  */
 export async function extractPdfText(bytes: Uint8Array, opts: PdfOptions = {}): Promise<PdfText | ExtractionFailure> {
   const maxPages = opts.maxPages ?? DEFAULT_MAX_PAGES;
-  let doc: Awaited<ReturnType<typeof getDocumentProxy>>;
+  let doc: Awaited<ReturnType<typeof openPdf>>;
   try {
     // pdf.js may detach the buffer it is given and refuses Node Buffers, so it gets a plain copy.
-    doc = await getDocumentProxy(new Uint8Array(bytes), { verbosity: 0 });
+    doc = await openPdf(new Uint8Array(bytes));
   } catch (err) {
     return classifyOpenError(err);
   }
@@ -146,10 +157,7 @@ export function assemblePageText(items: TextItemLike[]): string {
     .trim();
 }
 
-async function anyPageDrawsImages(
-  doc: Awaited<ReturnType<typeof getDocumentProxy>>,
-  pageNumbers: number[],
-): Promise<boolean> {
+async function anyPageDrawsImages(doc: Awaited<ReturnType<typeof openPdf>>, pageNumbers: number[]): Promise<boolean> {
   const { OPS } = await getResolvedPDFJS();
   const imageOps = new Set<number>([OPS.paintImageXObject, OPS.paintInlineImageXObject, OPS.paintImageMaskXObject]);
   for (const n of pageNumbers) {
