@@ -20,6 +20,7 @@ import {
   type DocumentVersion,
   type ProcessingFailure,
   type ProcessingOutcome,
+  type ProcessingResult,
   type UploadSession,
   type WatchDocumentResponse,
 } from "../../gen/medmesh/documents/v1/documents_pb.js";
@@ -36,14 +37,15 @@ function failureOf(reason: string | null, message: string | null): ProcessingFai
   return create(ProcessingFailureSchema, { reason: failureReasons.value(reason), message: message ?? "" });
 }
 
-export function toOutcome(row: OutcomeRow): ProcessingOutcome {
+/** `decoded`: the row's result as a message already, when the caller has it (it was just recorded). */
+export function toOutcome(row: OutcomeRow, decoded?: ProcessingResult): ProcessingOutcome {
   const failure = failureOf(row.failure_reason, row.failure_message);
   return create(ProcessingOutcomeSchema, {
     documentId: row.document_id,
     version: row.version,
     outcome:
       row.status === "processed" && row.result
-        ? { case: "result", value: fromBinary(ProcessingResultSchema, row.result) }
+        ? { case: "result", value: decoded ?? fromBinary(ProcessingResultSchema, row.result) }
         : failure
           ? { case: "failure", value: failure }
           : { case: undefined },

@@ -185,7 +185,8 @@ export class OutcomeStore {
           document_id: documentId,
           version,
           status: row.i_status,
-          result: row.i_result,
+          // The bytes just sent; not read back from the database.
+          result: outcome.status === "processed" ? outcome.result : null,
           failure_reason: row.i_failure_reason,
           failure_message: row.i_failure_message,
           created_at: row.i_created_at!,
@@ -279,7 +280,6 @@ export class OutcomeStore {
         .select([
           "d.current",
           "ins.status as i_status",
-          "ins.result as i_result",
           "ins.failure_reason as i_failure_reason",
           "ins.failure_message as i_failure_message",
           "ins.created_at as i_created_at",

@@ -90,8 +90,11 @@ export function workerReportsService(
           throw notFound(req.documentId);
         case "no_version":
           throw noVersion(req.documentId, req.version, res.current);
-        case "recorded":
-          return { outcome: toOutcome(res.outcome), alreadyRecorded: res.already };
+        case "recorded": {
+          // What this call recorded is the request's own result: no need to decode it back.
+          const sent = !res.already && req.outcome.case === "result" ? req.outcome.value : undefined;
+          return { outcome: toOutcome(res.outcome, sent), alreadyRecorded: res.already };
+        }
       }
     },
   };
