@@ -62,11 +62,10 @@ export class FsBlobStore implements BlobStore {
     if (opts.expectedSha256 !== undefined) assertBlobKey(opts.expectedSha256);
     if (signal?.aborted) throw new BlobAbortedError(signal.reason);
 
-    await mkdir(this.tmpDir, { recursive: true });
     const tmpPath = join(this.tmpDir, `${randomUUID()}.part`);
     const hash = createHash("sha256");
     let size = 0;
-    let fh: FileHandle | undefined = await open(tmpPath, "wx");
+    let fh: FileHandle | undefined = await inDirectory(this.tmpDir, () => open(tmpPath, "wx"));
     try {
       for await (const chunk of abortable(source, signal)) {
         if (!(chunk instanceof Uint8Array)) {
@@ -92,9 +91,8 @@ export class FsBlobStore implements BlobStore {
         // Same digest, same bytes: the earlier copy stands and this one is discarded.
         await rm(tmpPath, { force: true });
       } else {
-        await mkdir(dirname(finalPath), { recursive: true });
         // A concurrent put of the same content may rename first; replacing identical bytes is harmless.
-        await rename(tmpPath, finalPath);
+        await inDirectory(dirname(finalPath), () => rename(tmpPath, finalPath));
         if (this.durable) await syncDir(dirname(finalPath));
       }
       return { sha256, size, key: sha256 };
@@ -211,6 +209,21 @@ async function* abortable(source: BlobSource, signal: AbortSignal | undefined): 
       // Not awaited: a stalled async generator only runs its return() after its pending next().
       void Promise.resolve(it.return?.()).catch(() => {});
     }
+  }
+}
+
+/**
+ * Runs `op`, which creates an entry in `dir`; only if that fails for want of the directory is it
+ * created and `op` tried again. Most puts land in a directory that exists, and asking first would
+ * cost a mkdir on every one.
+ */
+async function inDirectory<T>(dir: string, op: () => Promise<T>): Promise<T> {
+  try {
+    return await op();
+  } catch (err) {
+    if (!isErrno(err, "ENOENT")) throw err;
+    await mkdir(dir, { recursive: true });
+    return op();
   }
 }
 
