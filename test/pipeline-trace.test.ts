@@ -113,7 +113,8 @@ describe("one trace through the pipeline", () => {
         s.name === "document.events process" &&
         s.attributes["messaging.consumer.group.name"] === "processing",
     );
-    const readContent = await find("ReadContent server", server("DocumentService/ReadContent"));
+    // A small version's bytes come with the StartProcessing answer (no ReadContent call).
+    const start = await find("StartProcessing server", server("DocumentProcessingService/StartProcessing"));
     const result = await find(
       "RecordProcessingResult server",
       server("DocumentProcessingService/RecordProcessingResult"),
@@ -130,7 +131,7 @@ describe("one trace through the pipeline", () => {
     // calls back into documents off the consumption.
     expect(ancestors(send)).toContain(uploadRpc);
     expect(consume.parentSpanContext?.spanId).toBe(send.spanContext().spanId);
-    expect(ancestors(readContent)).toContain(consume);
+    expect(ancestors(start)).toContain(consume);
     expect(ancestors(result)).toEqual(expect.arrayContaining([consume, send, uploadRpc]));
     expect(ancestors(result).at(-1)!.name).toBe("client upload");
     // And the DocumentProcessed event the worker publishes carries the same trace onward.

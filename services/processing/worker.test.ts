@@ -29,8 +29,9 @@ import { startDocuments } from "../documents/main.js";
 import { backends, testEnv } from "../../test/support/backends.js";
 import { recordTopics, type Received } from "../../test/events/helpers.js";
 import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";
-import { FIXTURES, PAPER, type FixtureName } from "../../test/fixtures/documents/make-fixtures.js";
+import { FIXTURES, PAPER, paperPdf, type FixtureName } from "../../test/fixtures/documents/make-fixtures.js";
 import { startProcessing } from "./main.js";
+import { INLINE_CONTENT_MAX_BYTES } from "./worker.js";
 import { outcomeEventId } from "./result.js";
 
 type Docs = ReturnType<typeof createMeshClient<typeof DocumentService>>;
@@ -245,6 +246,27 @@ describe.each(backends())("the processing worker on $name", (backend) => {
     const traceOf = (h: Record<string, string>) => h.traceparent?.split("-")[1];
     expect(traceOf(event!.headers)).toBeDefined();
     expect(traceOf(event!.headers)).toBe(traceOf(uploadedEvent!.headers));
+  });
+
+  it("a version too big to come with StartProcessing's answer is read with ReadContent and processed alike", async () => {
+    // The paper with comment lines after its end: pdf.js reads it the same, and it is over the limit.
+    const line = "%" + "x".repeat(1022) + "\n";
+    const bytes = Buffer.concat([paperPdf(), Buffer.from(line.repeat(INLINE_CONTENT_MAX_BYTES / line.length + 8))]);
+    expect(bytes.length).toBeGreaterThan(INLINE_CONTENT_MAX_BYTES);
+    const header = {
+      document: { title: "Padded paper", documentType: DocumentType.RESEARCH_PAPER },
+      filename: "padded.pdf",
+      declaredMimeType: "application/pdf",
+    };
+    async function* parts() {
+      for (const part of [{ case: "header", value: header } as UploadRequest["part"], ...chunked(bytes)])
+        yield { part } as never;
+    }
+    const id = (await doctor.upload(parts())).document!.id;
+    const outcome = await settled(id, 1);
+    expect(outcome.outcome.case).toBe("result");
+    expect(outcome.outcome.value as ProcessingResult).toMatchObject({ pages: 3, specialty: "cardiology" });
+    expect(await published(id, PROCESSED_TYPE, 1)).toHaveLength(1);
   });
 
   it.each([
