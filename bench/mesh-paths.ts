@@ -8,14 +8,18 @@
  * - the platform stack (startGrpcServer + meshInterceptors), telemetry off, on without an
  *   exporter (every component's default) and on with an OTLP exporter to a local sink;
  * - the gateway in front of the platform stack (telemetry on), over gRPC, over Connect JSON
- *   POST (wrk) and with 1,000 streams in flight (p99).
+ *   POST (wrk) and with 1,000 streams in flight (p99);
+ * - 1,000 streams open (10 connections x 100) but paced below capacity (h2load --rps), through
+ *   the gateway and straight to the platform stack: there p99 is the path's own latency rather
+ *   than the queue a saturated row measures (streams / throughput).
  *
  * Every request shape is proven with a real call first. CPU per call is the server process(es)'
  * user+system time from /proc/<pid>/stat over the measured window, divided by the calls.
  *
  * BENCH_SECONDS (5), BENCH_WARMUP_SECONDS (2, before each row), BENCH_H2_CLIENTS (4) and
  * BENCH_H2_STREAMS (16) shape the loads; BENCH_WIDE_CLIENTS (10) x BENCH_WIDE_STREAMS (100) the
- * wide one; BENCH_WRK_CONNECTIONS (64); BENCH_QUIET_WAIT_SECONDS (5) bounds the wait for an idle
+ * wide one; BENCH_PACED_RPS (1000; a comma-separated list gives a row per rate) the total rate of
+ * the paced rows, spread over the wide shape's connections; BENCH_WRK_CONNECTIONS (64); BENCH_QUIET_WAIT_SECONDS (5) bounds the wait for an idle
  * machine before each row; BENCH_ROWS (comma-separated row ids) runs a subset; BENCH_ROUNDS (1)
  * runs the rows that many times in turn and keeps each row's fastest round;
  * BENCH_BASELINE_ROOT (another checkout, e.g. /work/main) adds its platform stack as extra rows;
@@ -46,6 +50,10 @@ const H2_CLIENTS = intFromEnv("BENCH_H2_CLIENTS", 4, 1, 64);
 const H2_STREAMS = intFromEnv("BENCH_H2_STREAMS", 16, 1, 1000);
 const WIDE_CLIENTS = intFromEnv("BENCH_WIDE_CLIENTS", 10, 1, 100);
 const WIDE_STREAMS = intFromEnv("BENCH_WIDE_STREAMS", 100, 1, 1000);
+const PACED_RPS = (process.env.BENCH_PACED_RPS ?? "1000")
+  .split(",")
+  .map((s) => Number(s.trim()))
+  .filter((n) => Number.isInteger(n) && n > 0);
 const WRK_CONNECTIONS = intFromEnv("BENCH_WRK_CONNECTIONS", 64, 1, 1000);
 const QUIET_WAIT_SECONDS = intFromEnv("BENCH_QUIET_WAIT_SECONDS", 5, 0, 600);
 const ROUNDS = intFromEnv("BENCH_ROUNDS", 1, 1, 10);
@@ -261,7 +269,7 @@ async function main() {
     const origin = (p: Proc) => `http://127.0.0.1:${p.port}`;
     const bodyFile = path.join(dir, "echo.grpc");
     fs.writeFileSync(bodyFile, HELLO_FRAME);
-    const h2 = (p: Proc, clients = H2_CLIENTS, streams = H2_STREAMS, seconds = SECONDS) =>
+    const h2 = (p: Proc, clients = H2_CLIENTS, streams = H2_STREAMS, seconds = SECONDS, rpsPerClient?: number) =>
       runH2load(
         {
           url: origin(p) + ECHO_PATH,
@@ -271,6 +279,7 @@ async function main() {
           seconds,
           okResponseDataBytes: HELLO_FRAME.length,
           logFile: path.join(dir, "h2load.log"),
+          rpsPerClient,
         },
         0,
       );
@@ -357,6 +366,26 @@ async function main() {
       () => verifyGrpc(origin(gateway)),
       () => h2(gateway, WIDE_CLIENTS, WIDE_STREAMS, WARMUP_SECONDS),
     );
+    for (const total of PACED_RPS) {
+      const perClient = Math.max(1, Math.round(total / WIDE_CLIENTS));
+      const paced = `${wideShape}, paced at ${perClient * WIDE_CLIENTS} req/s (--rps ${perClient} per conn)`;
+      const pacedRow = (id: string, label: string, servers: Proc[], target: Proc) =>
+        add(
+          {
+            id,
+            path: `${label}, 1,000 streams open, paced`,
+            generator: paced,
+            servers,
+            tool: "h2load",
+            load: () => h2(target, WIDE_CLIENTS, WIDE_STREAMS, SECONDS, perClient),
+          },
+          () => verifyGrpc(origin(target)),
+          () => h2(target, WIDE_CLIENTS, WIDE_STREAMS, WARMUP_SECONDS, perClient),
+        );
+      const suffix = PACED_RPS.length > 1 ? `-${total}` : "";
+      pacedRow(`platform-paced${suffix}`, "platform stack (OTel on)", [platformOn], platformOn);
+      pacedRow(`gateway-paced${suffix}`, "gateway gRPC -> platform stack (OTel on)", [gateway, platformOn], gateway);
+    }
 
     // On a shared machine a row can land on a moment when someone else holds the cores; with
     // BENCH_ROUNDS > 1 the rows take turns and each keeps its fastest round.
@@ -476,8 +505,8 @@ function report(input: { rows: Row[]; loadBefore: number[]; tools: Record<string
   lines.push(
     "",
     "Rerun: `npm run bench:mesh` (needs `apt-get install nghttp2-client wrk`; BENCH_SECONDS, BENCH_WARMUP_SECONDS, " +
-      "BENCH_H2_CLIENTS, BENCH_H2_STREAMS, BENCH_WIDE_CLIENTS, BENCH_WIDE_STREAMS, BENCH_WRK_CONNECTIONS change the shape; " +
-      "BENCH_ROWS picks rows (ids: bare, raw, platform-off, platform, platform-export, baseline-off, baseline, gateway, gateway-connect, gateway-wide); BENCH_ROUNDS=n keeps the best of n rounds; BENCH_BASELINE_ROOT=<checkout> adds another tree's platform stack; BENCH_CPU_PROF_DIR profiles the platform processes).",
+      "BENCH_H2_CLIENTS, BENCH_H2_STREAMS, BENCH_WIDE_CLIENTS, BENCH_WIDE_STREAMS, BENCH_PACED_RPS, BENCH_WRK_CONNECTIONS change the shape; " +
+      "BENCH_ROWS picks rows (ids: bare, raw, platform-off, platform, platform-export, baseline-off, baseline, gateway, gateway-connect, gateway-wide, platform-paced, gateway-paced; with several BENCH_PACED_RPS rates, platform-paced-<rate> and gateway-paced-<rate>); BENCH_ROUNDS=n keeps the best of n rounds; BENCH_BASELINE_ROOT=<checkout> adds another tree's platform stack; BENCH_CPU_PROF_DIR profiles the platform processes).",
   );
   return lines.join("\n") + "\n";
 }

@@ -1,5 +1,6 @@
-import { create, fromBinary, toBinary, toJson } from "@bufbuild/protobuf";
+import { create, createRegistry, fromBinary, toBinary, toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../gen/google/rpc/status_pb.js";
 
 /**
@@ -90,19 +91,32 @@ export interface ErrorJson {
 const rawBase64 = (bytes: Uint8Array) =>
   Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString("base64").replace(/=+$/, "");
 
+// The standard error details (google/rpc/error_details.proto), which a detail's debug shows readably.
+const knownDetails = createRegistry(file_google_rpc_error_details);
+
 /**
  * The details of a gRPC status as Connect carries them: each google.protobuf.Any of the
- * google.rpc.Status in grpc-status-details-bin, named by its type and base64. A header that does
- * not decode gives no details rather than failing the answer.
+ * google.rpc.Status in grpc-status-details-bin, named by its type and base64, and for the
+ * standard details a readable copy (debug), as connect-node writes for details it made itself.
+ * A header that does not decode gives no details rather than failing the answer.
  */
 export function detailsFromGrpc(header: string | string[] | undefined): DetailJson[] {
   if (typeof header !== "string" || header === "") return [];
   try {
     const status = fromBinary(StatusSchema, Buffer.from(header, "base64"));
-    return status.details.map((any) => ({
-      type: any.typeUrl.slice(any.typeUrl.lastIndexOf("/") + 1),
-      value: rawBase64(any.value),
-    }));
+    return status.details.map((any) => {
+      const type = any.typeUrl.slice(any.typeUrl.lastIndexOf("/") + 1);
+      const detail: DetailJson = { type, value: rawBase64(any.value) };
+      const schema = knownDetails.getMessage(type);
+      if (schema) {
+        try {
+          detail.debug = toJson(schema, fromBinary(schema, any.value));
+        } catch {
+          // Only a readable copy; the value is what counts.
+        }
+      }
+      return detail;
+    });
   } catch {
     return [];
   }
