@@ -131,9 +131,36 @@ interface Measured {
   result: ToolResult;
   /** Server CPU seconds per successful call, per process, over the measured window. */
   cpuPerCall: Record<string, number>;
+  /** Event-loop delay and GC pauses of each server process over the measured window. */
+  stalls: Record<string, Stalls | undefined>;
   /** Cores busy on the machine beyond the servers and the generator. */
   others: number;
   generatorCores: number;
+}
+
+interface Stalls {
+  p99Ms: number;
+  maxMs: number;
+  gcMaxMs: number;
+  gcTotalMs: number;
+}
+
+/** Asks a server for its event-loop delay and GC pauses since the last reset (mesh-servers.ts). */
+function readStalls(p: Proc): Promise<Stalls | undefined> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      p.child.off("message", onMessage);
+      resolve(undefined);
+    }, 2_000);
+    const onMessage = (m: { stalls?: Stalls }) => {
+      if (!m.stalls) return;
+      clearTimeout(timer);
+      p.child.off("message", onMessage);
+      resolve(m.stalls);
+    };
+    p.child.on("message", onMessage);
+    p.child.send({ stalls: "read" });
+  });
 }
 
 interface Row {
@@ -150,12 +177,16 @@ async function measure(spec: RowSpec, warmup: () => Promise<unknown>): Promise<R
   say(`load: ${spec.path} with ${spec.generator} (${WARMUP_SECONDS}s warm-up + ${SECONDS}s)`);
   try {
     if (WARMUP_SECONDS > 0) await warmup();
+    for (const s of spec.servers) s.child.send({ stalls: "reset" });
     const before = spec.servers.map((s) => cpuSecondsOf(s.child.pid!));
     const machineBefore = machineCpuSeconds();
     const t0 = performance.now();
     const result = await spec.load();
     const wall = (performance.now() - t0) / 1000;
     const after = spec.servers.map((s) => cpuSecondsOf(s.child.pid!));
+    const stalls = Object.fromEntries(
+      await Promise.all(spec.servers.map(async (s) => [s.name, await readStalls(s)] as const)),
+    );
     const machine = (machineCpuSeconds().busy - machineBefore.busy) / wall;
     const serverSeconds = after.map((a, i) => a - before[i]!);
     const cpuPerCall = Object.fromEntries(spec.servers.map((s, i) => [s.name, serverSeconds[i]! / result.ok]));
@@ -166,7 +197,7 @@ async function measure(spec: RowSpec, warmup: () => Promise<unknown>): Promise<R
       `  ${fmt(result.ok / result.durationSeconds, 0)} req/s, p50 ${fmt(result.p50Ms, 2)} ms, p99 ${fmt(result.p99Ms, 2)} ms, ` +
         `${fmt(total * 1e6, 0)} µs server CPU/call, failures: ${failuresText(result.failures)}`,
     );
-    return { spec, outcome: { kind: "measured", m: { result, cpuPerCall, others, generatorCores } } };
+    return { spec, outcome: { kind: "measured", m: { result, cpuPerCall, stalls, others, generatorCores } } };
   } catch (err) {
     say(`  ${(err as Error).message}`);
     return { spec, outcome: { kind: "error", reason: (err as Error).message } };
@@ -475,14 +506,14 @@ function report(input: { rows: Row[]; loadBefore: number[]; tools: Record<string
   );
   lines.push("");
   lines.push(
-    "| path | load generator | req/s | vs raw grpc-js | vs platform stack | p50 ms | p99 ms | server CPU µs/call | failed | other load (cores) |",
+    "| path | load generator | req/s | vs raw grpc-js | vs platform stack | p50 ms | p99 ms | server CPU µs/call | loop delay p99 / max, longest GC (ms) | failed | other load (cores) |",
   );
-  lines.push("|---|---|---:|---:|---:|---:|---:|---|---|---:|");
+  lines.push("|---|---|---:|---:|---:|---:|---:|---|---|---|---:|");
   for (const r of rows) {
     const o = r.outcome;
     if (o.kind !== "measured") {
       lines.push(
-        `| ${r.spec.path} | ${r.spec.generator} | - | - | - | - | - | - | ${o.kind}: ${o.reason.replace(/\|/g, "\\|").replace(/\n/g, " ")} | - |`,
+        `| ${r.spec.path} | ${r.spec.generator} | - | - | - | - | - | - | - | ${o.kind}: ${o.reason.replace(/\|/g, "\\|").replace(/\n/g, " ")} | - |`,
       );
       continue;
     }
@@ -494,8 +525,15 @@ function report(input: { rows: Row[]; loadBefore: number[]; tools: Record<string
       parts.length === 1
         ? fmt(total * 1e6, 0)
         : `${fmt(total * 1e6, 0)} (${parts.map(([n, v]) => `${n} ${fmt(v * 1e6, 0)}`).join(", ")})`;
+    const stalls = Object.entries(o.m.stalls)
+      .map(([n, st]) =>
+        st
+          ? `${parts.length === 1 ? "" : `${n} `}${fmt(st.p99Ms, 0)} / ${fmt(st.maxMs, 0)}, GC ${fmt(st.gcMaxMs, 0)}`
+          : `${n} -`,
+      )
+      .join("; ");
     lines.push(
-      `| ${r.spec.path} | ${r.spec.generator} | ${fmt(rps, 0)} | ${fmt(rps / rawRate, 2)} | ${fmt(rps / platformRate, 2)} | ${fmt(x.p50Ms, 2)} | ${fmt(x.p99Ms, 2)} | ${cpu} | ${failuresText(x.failures)} | ${fmt(o.m.others, 2)} |`,
+      `| ${r.spec.path} | ${r.spec.generator} | ${fmt(rps, 0)} | ${fmt(rps / rawRate, 2)} | ${fmt(rps / platformRate, 2)} | ${fmt(x.p50Ms, 2)} | ${fmt(x.p99Ms, 2)} | ${cpu} | ${stalls} | ${failuresText(x.failures)} | ${fmt(o.m.others, 2)} |`,
     );
   }
   lines.push("");
@@ -504,7 +542,10 @@ function report(input: { rows: Row[]; loadBefore: number[]; tools: Record<string
       "req/s counts successful calls only (h2load: HTTP 200 *and* the response frame, since a failed gRPC call is HTTP 200 " +
       "with grpc-status in trailers and no DATA; wrk: HTTP 200). Server CPU per call is user+system time of the server " +
       "process(es) of the path (/proc/<pid>/stat) over the measured window divided by the successful calls; for the " +
-      "gateway rows it is gateway + platform process, for the export row platform + OTLP sink.",
+      "gateway rows it is gateway + platform process, for the export row platform + OTLP sink. Loop delay is how late " +
+      "a 10 ms timer fired in each server process (perf_hooks.monitorEventLoopDelay: a GC pause, a long task, or the " +
+      "process waiting for a core), longest GC the longest collector pause (PerformanceObserver), both over the " +
+      "measured window: a call's latency includes every stall of every process on its path.",
   );
   const noisy = rows.filter((r) => r.outcome.kind === "measured" && r.outcome.m.others > 0.2);
   if (noisy.length)
