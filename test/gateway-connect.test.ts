@@ -265,6 +265,37 @@ describe("what the Connect path decides", () => {
     expect(((await noEncoding.json()) as { message: string }).message).toMatch(/encoding=json/);
   });
 
+  it("a GET whose message is not the base64 it claims -> 400 invalid_argument", async () => {
+    const { authorization } = await identity.bearer("doctor");
+    const res = await fetch(`${base}${GET_ME}?encoding=proto&base64=1&message=%25%25%25`, {
+      headers: { authorization },
+    });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toEqual({
+      code: "invalid_argument",
+      message: "the message parameter is not base64, as base64=1 says it is",
+    });
+  });
+
+  it("a server-streaming request that is not exactly one envelope ends invalid_argument, in the stream", async () => {
+    const one = envelope(Buffer.from(JSON.stringify({ count: 1 })));
+    for (const [body, said] of [
+      [Buffer.concat([one, one]), /exactly one request message/],
+      [one.subarray(0, one.length - 2), /ends inside a message/],
+    ] as const) {
+      const res = await fetch(base + COUNT, {
+        method: "POST",
+        headers: { "content-type": "application/connect+json" },
+        body: new Uint8Array(body),
+      });
+      expect(res.status).toBe(200);
+      const { messages, end } = envelopes(Buffer.from(await res.arrayBuffer()));
+      expect(messages).toHaveLength(0);
+      expect(end?.error?.code).toBe("invalid_argument");
+      expect(end?.error?.message).toMatch(said);
+    }
+  });
+
   it("a body over the limit -> 429 resource_exhausted, announced or not", async () => {
     const big = JSON.stringify({ text: "x".repeat(MAX_BODY) });
     const announced = await post(big);
