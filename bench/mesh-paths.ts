@@ -8,14 +8,18 @@
  * - the platform stack (startGrpcServer + meshInterceptors), telemetry off, on without an
  *   exporter (every component's default) and on with an OTLP exporter to a local sink;
  * - the gateway in front of the platform stack (telemetry on), over gRPC, over Connect JSON
- *   POST (wrk) and with 1,000 streams in flight (p99).
+ *   POST (wrk) and with 1,000 streams in flight (p99);
+ * - 1,000 streams open (10 connections x 100) but paced below capacity (h2load --rps), through
+ *   the gateway and straight to the platform stack: there p99 is the path's own latency rather
+ *   than the queue a saturated row measures (streams / throughput).
  *
  * Every request shape is proven with a real call first. CPU per call is the server process(es)'
  * user+system time from /proc/<pid>/stat over the measured window, divided by the calls.
  *
  * BENCH_SECONDS (5), BENCH_WARMUP_SECONDS (2, before each row), BENCH_H2_CLIENTS (4) and
  * BENCH_H2_STREAMS (16) shape the loads; BENCH_WIDE_CLIENTS (10) x BENCH_WIDE_STREAMS (100) the
- * wide one; BENCH_WRK_CONNECTIONS (64); BENCH_QUIET_WAIT_SECONDS (5) bounds the wait for an idle
+ * wide one; BENCH_PACED_RPS (1000; a comma-separated list gives a row per rate) the total rate of
+ * the paced rows, spread over the wide shape's connections; BENCH_WRK_CONNECTIONS (64); BENCH_QUIET_WAIT_SECONDS (5) bounds the wait for an idle
  * machine before each row; BENCH_ROWS (comma-separated row ids) runs a subset; BENCH_ROUNDS (1)
  * runs the rows that many times in turn and keeps each row's fastest round;
  * BENCH_BASELINE_ROOT (another checkout, e.g. /work/main) adds its platform stack as extra rows;
@@ -46,6 +50,10 @@ const H2_CLIENTS = intFromEnv("BENCH_H2_CLIENTS", 4, 1, 64);
 const H2_STREAMS = intFromEnv("BENCH_H2_STREAMS", 16, 1, 1000);
 const WIDE_CLIENTS = intFromEnv("BENCH_WIDE_CLIENTS", 10, 1, 100);
 const WIDE_STREAMS = intFromEnv("BENCH_WIDE_STREAMS", 100, 1, 1000);
+const PACED_RPS = (process.env.BENCH_PACED_RPS ?? "1000")
+  .split(",")
+  .map((s) => Number(s.trim()))
+  .filter((n) => Number.isInteger(n) && n > 0);
 const WRK_CONNECTIONS = intFromEnv("BENCH_WRK_CONNECTIONS", 64, 1, 1000);
 const QUIET_WAIT_SECONDS = intFromEnv("BENCH_QUIET_WAIT_SECONDS", 5, 0, 600);
 const ROUNDS = intFromEnv("BENCH_ROUNDS", 1, 1, 10);
@@ -114,6 +122,8 @@ interface RowSpec {
   servers: Proc[];
   /** Row whose req/s this one is compared with in the "vs platform" column. */
   tool: "h2load" | "wrk";
+  /** Sent at a fixed rate (h2load --rps) rather than as fast as answers come. */
+  paced?: boolean;
   load: () => Promise<ToolResult>;
 }
 
@@ -121,9 +131,36 @@ interface Measured {
   result: ToolResult;
   /** Server CPU seconds per successful call, per process, over the measured window. */
   cpuPerCall: Record<string, number>;
+  /** Event-loop delay and GC pauses of each server process over the measured window. */
+  stalls: Record<string, Stalls | undefined>;
   /** Cores busy on the machine beyond the servers and the generator. */
   others: number;
   generatorCores: number;
+}
+
+interface Stalls {
+  p99Ms: number;
+  maxMs: number;
+  gcMaxMs: number;
+  gcTotalMs: number;
+}
+
+/** Asks a server for its event-loop delay and GC pauses since the last reset (mesh-servers.ts). */
+function readStalls(p: Proc): Promise<Stalls | undefined> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      p.child.off("message", onMessage);
+      resolve(undefined);
+    }, 2_000);
+    const onMessage = (m: { stalls?: Stalls }) => {
+      if (!m.stalls) return;
+      clearTimeout(timer);
+      p.child.off("message", onMessage);
+      resolve(m.stalls);
+    };
+    p.child.on("message", onMessage);
+    p.child.send({ stalls: "read" });
+  });
 }
 
 interface Row {
@@ -140,12 +177,16 @@ async function measure(spec: RowSpec, warmup: () => Promise<unknown>): Promise<R
   say(`load: ${spec.path} with ${spec.generator} (${WARMUP_SECONDS}s warm-up + ${SECONDS}s)`);
   try {
     if (WARMUP_SECONDS > 0) await warmup();
+    for (const s of spec.servers) s.child.send({ stalls: "reset" });
     const before = spec.servers.map((s) => cpuSecondsOf(s.child.pid!));
     const machineBefore = machineCpuSeconds();
     const t0 = performance.now();
     const result = await spec.load();
     const wall = (performance.now() - t0) / 1000;
     const after = spec.servers.map((s) => cpuSecondsOf(s.child.pid!));
+    const stalls = Object.fromEntries(
+      await Promise.all(spec.servers.map(async (s) => [s.name, await readStalls(s)] as const)),
+    );
     const machine = (machineCpuSeconds().busy - machineBefore.busy) / wall;
     const serverSeconds = after.map((a, i) => a - before[i]!);
     const cpuPerCall = Object.fromEntries(spec.servers.map((s, i) => [s.name, serverSeconds[i]! / result.ok]));
@@ -156,11 +197,19 @@ async function measure(spec: RowSpec, warmup: () => Promise<unknown>): Promise<R
       `  ${fmt(result.ok / result.durationSeconds, 0)} req/s, p50 ${fmt(result.p50Ms, 2)} ms, p99 ${fmt(result.p99Ms, 2)} ms, ` +
         `${fmt(total * 1e6, 0)} µs server CPU/call, failures: ${failuresText(result.failures)}`,
     );
-    return { spec, outcome: { kind: "measured", m: { result, cpuPerCall, others, generatorCores } } };
+    return { spec, outcome: { kind: "measured", m: { result, cpuPerCall, stalls, others, generatorCores } } };
   } catch (err) {
     say(`  ${(err as Error).message}`);
     return { spec, outcome: { kind: "error", reason: (err as Error).message } };
   }
+}
+
+/** A paced row sends the same rate every round, so its best round is the one with the lowest p99. */
+function better(a: Row, b: Row): boolean {
+  if (a.spec.paced && a.outcome.kind === "measured" && b.outcome.kind === "measured") {
+    return a.outcome.m.result.p99Ms < b.outcome.m.result.p99Ms;
+  }
+  return rate(a) > rate(b);
 }
 
 function rate(r: Row): number {
@@ -261,7 +310,7 @@ async function main() {
     const origin = (p: Proc) => `http://127.0.0.1:${p.port}`;
     const bodyFile = path.join(dir, "echo.grpc");
     fs.writeFileSync(bodyFile, HELLO_FRAME);
-    const h2 = (p: Proc, clients = H2_CLIENTS, streams = H2_STREAMS, seconds = SECONDS) =>
+    const h2 = (p: Proc, clients = H2_CLIENTS, streams = H2_STREAMS, seconds = SECONDS, rpsPerClient?: number) =>
       runH2load(
         {
           url: origin(p) + ECHO_PATH,
@@ -271,6 +320,7 @@ async function main() {
           seconds,
           okResponseDataBytes: HELLO_FRAME.length,
           logFile: path.join(dir, "h2load.log"),
+          rpsPerClient,
         },
         0,
       );
@@ -357,6 +407,27 @@ async function main() {
       () => verifyGrpc(origin(gateway)),
       () => h2(gateway, WIDE_CLIENTS, WIDE_STREAMS, WARMUP_SECONDS),
     );
+    for (const total of PACED_RPS) {
+      const perClient = Math.max(1, Math.round(total / WIDE_CLIENTS));
+      const paced = `${wideShape}, paced at ${perClient * WIDE_CLIENTS} req/s (--rps ${perClient} per conn)`;
+      const pacedRow = (id: string, label: string, servers: Proc[], target: Proc) =>
+        add(
+          {
+            id,
+            path: `${label}, 1,000 streams open, paced`,
+            generator: paced,
+            servers,
+            tool: "h2load",
+            paced: true,
+            load: () => h2(target, WIDE_CLIENTS, WIDE_STREAMS, SECONDS, perClient),
+          },
+          () => verifyGrpc(origin(target)),
+          () => h2(target, WIDE_CLIENTS, WIDE_STREAMS, WARMUP_SECONDS, perClient),
+        );
+      const suffix = PACED_RPS.length > 1 ? `-${total}` : "";
+      pacedRow(`platform-paced${suffix}`, "platform stack (OTel on)", [platformOn], platformOn);
+      pacedRow(`gateway-paced${suffix}`, "gateway gRPC -> platform stack (OTel on)", [gateway, platformOn], gateway);
+    }
 
     // On a shared machine a row can land on a moment when someone else holds the cores; with
     // BENCH_ROUNDS > 1 the rows take turns and each keeps its fastest round.
@@ -369,7 +440,7 @@ async function main() {
         const keep = (row: Row) => {
           if (i < 0) rows.push(row);
           else if (row.outcome.kind !== "measured") return;
-          else if (rows[i]!.outcome.kind !== "measured" || rate(row) > rate(rows[i]!)) rows[i] = row;
+          else if (rows[i]!.outcome.kind !== "measured" || better(row, rows[i]!)) rows[i] = row;
         };
         if (i >= 0 && rows[i]!.outcome.kind === "skipped") continue;
         const broken = await s.verify();
@@ -435,14 +506,14 @@ function report(input: { rows: Row[]; loadBefore: number[]; tools: Record<string
   );
   lines.push("");
   lines.push(
-    "| path | load generator | req/s | vs raw grpc-js | vs platform stack | p50 ms | p99 ms | server CPU µs/call | failed | other load (cores) |",
+    "| path | load generator | req/s | vs raw grpc-js | vs platform stack | p50 ms | p99 ms | server CPU µs/call | loop delay p99 / max, longest GC (ms) | failed | other load (cores) |",
   );
-  lines.push("|---|---|---:|---:|---:|---:|---:|---|---|---:|");
+  lines.push("|---|---|---:|---:|---:|---:|---:|---|---|---|---:|");
   for (const r of rows) {
     const o = r.outcome;
     if (o.kind !== "measured") {
       lines.push(
-        `| ${r.spec.path} | ${r.spec.generator} | - | - | - | - | - | - | ${o.kind}: ${o.reason.replace(/\|/g, "\\|").replace(/\n/g, " ")} | - |`,
+        `| ${r.spec.path} | ${r.spec.generator} | - | - | - | - | - | - | - | ${o.kind}: ${o.reason.replace(/\|/g, "\\|").replace(/\n/g, " ")} | - |`,
       );
       continue;
     }
@@ -454,8 +525,15 @@ function report(input: { rows: Row[]; loadBefore: number[]; tools: Record<string
       parts.length === 1
         ? fmt(total * 1e6, 0)
         : `${fmt(total * 1e6, 0)} (${parts.map(([n, v]) => `${n} ${fmt(v * 1e6, 0)}`).join(", ")})`;
+    const stalls = Object.entries(o.m.stalls)
+      .map(([n, st]) =>
+        st
+          ? `${parts.length === 1 ? "" : `${n} `}${fmt(st.p99Ms, 0)} / ${fmt(st.maxMs, 0)}, GC ${fmt(st.gcMaxMs, 0)}`
+          : `${n} -`,
+      )
+      .join("; ");
     lines.push(
-      `| ${r.spec.path} | ${r.spec.generator} | ${fmt(rps, 0)} | ${fmt(rps / rawRate, 2)} | ${fmt(rps / platformRate, 2)} | ${fmt(x.p50Ms, 2)} | ${fmt(x.p99Ms, 2)} | ${cpu} | ${failuresText(x.failures)} | ${fmt(o.m.others, 2)} |`,
+      `| ${r.spec.path} | ${r.spec.generator} | ${fmt(rps, 0)} | ${fmt(rps / rawRate, 2)} | ${fmt(rps / platformRate, 2)} | ${fmt(x.p50Ms, 2)} | ${fmt(x.p99Ms, 2)} | ${cpu} | ${stalls} | ${failuresText(x.failures)} | ${fmt(o.m.others, 2)} |`,
     );
   }
   lines.push("");
@@ -464,7 +542,10 @@ function report(input: { rows: Row[]; loadBefore: number[]; tools: Record<string
       "req/s counts successful calls only (h2load: HTTP 200 *and* the response frame, since a failed gRPC call is HTTP 200 " +
       "with grpc-status in trailers and no DATA; wrk: HTTP 200). Server CPU per call is user+system time of the server " +
       "process(es) of the path (/proc/<pid>/stat) over the measured window divided by the successful calls; for the " +
-      "gateway rows it is gateway + platform process, for the export row platform + OTLP sink.",
+      "gateway rows it is gateway + platform process, for the export row platform + OTLP sink. Loop delay is how late " +
+      "a 10 ms timer fired in each server process (perf_hooks.monitorEventLoopDelay: a GC pause, a long task, or the " +
+      "process waiting for a core), longest GC the longest collector pause (PerformanceObserver), both over the " +
+      "measured window: a call's latency includes every stall of every process on its path.",
   );
   const noisy = rows.filter((r) => r.outcome.kind === "measured" && r.outcome.m.others > 0.2);
   if (noisy.length)
@@ -476,8 +557,8 @@ function report(input: { rows: Row[]; loadBefore: number[]; tools: Record<string
   lines.push(
     "",
     "Rerun: `npm run bench:mesh` (needs `apt-get install nghttp2-client wrk`; BENCH_SECONDS, BENCH_WARMUP_SECONDS, " +
-      "BENCH_H2_CLIENTS, BENCH_H2_STREAMS, BENCH_WIDE_CLIENTS, BENCH_WIDE_STREAMS, BENCH_WRK_CONNECTIONS change the shape; " +
-      "BENCH_ROWS picks rows (ids: bare, raw, platform-off, platform, platform-export, baseline-off, baseline, gateway, gateway-connect, gateway-wide); BENCH_ROUNDS=n keeps the best of n rounds; BENCH_BASELINE_ROOT=<checkout> adds another tree's platform stack; BENCH_CPU_PROF_DIR profiles the platform processes).",
+      "BENCH_H2_CLIENTS, BENCH_H2_STREAMS, BENCH_WIDE_CLIENTS, BENCH_WIDE_STREAMS, BENCH_PACED_RPS, BENCH_WRK_CONNECTIONS change the shape; " +
+      "BENCH_ROWS picks rows (ids: bare, raw, platform-off, platform, platform-export, baseline-off, baseline, gateway, gateway-connect, gateway-wide, platform-paced, gateway-paced; with several BENCH_PACED_RPS rates, platform-paced-<rate> and gateway-paced-<rate>); BENCH_ROUNDS=n keeps the best of n rounds (highest req/s; for paced rows lowest p99); BENCH_BASELINE_ROOT=<checkout> adds another tree's platform stack; BENCH_CPU_PROF_DIR profiles the platform processes).",
   );
   return lines.join("\n") + "\n";
 }

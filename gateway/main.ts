@@ -21,6 +21,7 @@ import { applyCors } from "./cors.js";
 import { createDualProtocolServer, defaultLimits } from "./dual-protocol-server.js";
 import { forwardingService } from "./forward.js";
 import { gatewayHealthService } from "./health.js";
+import { createConnectEdge } from "./connect-edge.js";
 import { createPassthrough } from "./passthrough.js";
 import { passRoutes } from "./passthrough-routes.js";
 import { createRpcHandler } from "./rpc-handler.js";
@@ -123,7 +124,7 @@ export async function startGateway(
   const keys = identityKeySet(config.IDENTITY_TARGET!, { ttlMs: 30_000 });
   const resolvePrincipal = opts.resolvePrincipal ?? bearerPrincipalResolver(keys);
   const pool = createUpstreamPool();
-  const passthrough = createPassthrough({
+  const edgeOptions = {
     routes: passRoutes(upstreams),
     pool,
     resolvePrincipal,
@@ -134,8 +135,11 @@ export async function startGateway(
     defaultUnaryMs: config.DEFAULT_DEADLINE_MS,
     maxUnaryMs: config.MAX_DEADLINE_MS,
     shutdown: shutdown.signal,
-  });
-  // Connect calls, and credential calls in every protocol, are decoded and forwarded by grpc-js.
+  };
+  const passthrough = createPassthrough(edgeOptions);
+  const connect = createConnectEdge(edgeOptions);
+  // What neither takes (gRPC and gRPC-web credential calls, compressed Connect requests, Connect
+  // client streams, reflection and health) is decoded by connect-node and forwarded by grpc-js.
   const rpcInterceptors = [
     ...meshInterceptors({ component: "gateway", resolvePrincipal, rateLimit }),
     vouchForClient(config.MESH_EDGE_SECRET),
@@ -219,7 +223,7 @@ export async function startGateway(
   const server = createDualProtocolServer(
     (req, res) => {
       if (applyCors(allowed, req, res)) return;
-      if (!passthrough.handle(req, res)) rpc(req, res);
+      if (!connect.handle(req, res) && !passthrough.handle(req, res)) rpc(req, res);
     },
     {
       maxHeaderBytes: config.GATEWAY_MAX_HEADER_BYTES,

@@ -74,7 +74,7 @@ const nodeHeaderGetter = {
 };
 
 /** After the deadline, how long the service has to send its own answer before the gateway gives it. */
-const DEADLINE_GRACE_MS = 100;
+export const DEADLINE_GRACE_MS = 100;
 
 /** The call's timeout in ms: undefined for none, NaN for a value that does not parse. */
 function timeoutOf(
@@ -137,7 +137,8 @@ export function createPassthrough(opts: PassthroughOptions): Passthrough {
   );
   const routeOf = (url: string) => {
     const q = url.indexOf("?");
-    return opts.routes.get(q < 0 ? url : url.slice(0, q));
+    const route = opts.routes.get(q < 0 ? url : url.slice(0, q));
+    return route?.readsMessage ? undefined : route;
   };
   return {
     handle(req, res) {
@@ -334,33 +335,9 @@ class PassedCall {
 
   private forward(out: OutgoingHttpHeaders, deadlineAt: number | undefined, address: string | undefined): void {
     if (this.done) return;
-    const { route, opts } = this;
-    out[":method"] = "POST";
-    out[":path"] = route.path;
-    out["content-type"] = "application/grpc";
-    out.te = "trailers";
-    if (deadlineAt !== undefined) out["grpc-timeout"] = `${Math.max(1, Math.ceil(deadlineAt - Date.now()))}m`;
-    const sc = this.span!.spanContext();
-    if (sc.traceId !== "00000000000000000000000000000000") {
-      out.traceparent = `00-${sc.traceId}-${sc.spanId}-0${sc.traceFlags & 1}`;
-      const state = sc.traceState?.serialize();
-      if (state) out.tracestate = state;
-    }
-    if (opts.edgeSecrets && address) {
-      out[CLIENT_ADDRESS_HEADER] = vouchForAddress(opts.edgeSecrets, address, route.path, Date.now());
-    }
-    this.open(out);
-  }
-
-  private open(headers: OutgoingHttpHeaders, retried = false): void {
-    let up: ClientHttp2Stream;
-    try {
-      up = this.opts.pool.session(this.route.target).request(headers);
-    } catch {
-      // A connection that is going away refuses new streams at once; the next one is fresh.
-      if (!retried) return this.open(headers, true);
-      return this.fail(Code.Unavailable, plainSentence[Code.Unavailable]!);
-    }
+    upstreamHeaders(this.route, this.span!, deadlineAt, address, this.opts.edgeSecrets, out);
+    const up = openUpstream(this.opts.pool, this.route.target, out);
+    if (!up) return this.fail(Code.Unavailable, plainSentence[Code.Unavailable]!);
     this.upstream = up;
     up.on("response", (h) => this.onResponse(h));
     up.on("data", (chunk: Buffer) => this.onResponseData(chunk));
@@ -482,37 +459,12 @@ class PassedCall {
     if (this.done) return;
     const t = this.upstreamTrailers;
     if (t) return this.finishWithTrailers(t);
-    const up = this.upstream!;
-    const sessionAlive = !up.session?.destroyed && !up.session?.closed && this.upstreamError === undefined;
-    if (sessionAlive && up.rstCode === NGHTTP2_ENHANCE_YOUR_CALM) {
-      return this.fail(Code.ResourceExhausted, "the service is taking too many calls; try again shortly");
-    }
-    if (sessionAlive && up.rstCode === NGHTTP2_INADEQUATE_SECURITY) {
-      return this.fail(Code.PermissionDenied, "the service refused the connection");
-    }
-    // Refused, reset (a connection that drops resets its streams with CANCEL), unreachable or
-    // gone mid-call: the caller may try again.
-    this.fail(Code.Unavailable, plainSentence[Code.Unavailable]!);
+    const [code, message] = lostUpstream(this.upstream!, this.upstreamError);
+    this.fail(code, message);
   }
 
   private finishWithTrailers(t: IncomingHttpHeaders): void {
-    const status = Number(t["grpc-status"]);
-    const code = Number.isInteger(status) && status >= 0 && status <= 16 ? status : Code.Unknown;
-    const trailers: Record<string, string> = {};
-    returnableHeaderRecord(t, trailers as OutgoingHttpHeaders);
-    delete trailers["grpc-encoding"];
-    delete trailers["grpc-accept-encoding"];
-    trailers["grpc-status"] = String(code);
-    let message = "";
-    if (code !== 0) {
-      const raw = typeof t["grpc-message"] === "string" ? t["grpc-message"] : "";
-      const said = decodeGrpcMessage(raw);
-      message = edgeMessage(code, said);
-      // The service's own words travel as it encoded them; only a replaced message is re-encoded.
-      if (message) trailers["grpc-message"] = message === said ? raw : encodeGrpcMessage(message);
-      const details = t["grpc-status-details-bin"];
-      if (typeof details === "string") trailers["grpc-status-details-bin"] = details;
-    }
+    const { code, message, trailers } = upstreamStatus(t);
     this.finish(code, message, trailers);
   }
 
@@ -554,24 +506,126 @@ class PassedCall {
   }
 
   private record(code: Code, message: string): void {
-    const span = this.span;
-    if (span) {
-      span.setAttribute("rpc.grpc.status_code", code);
-      if (code !== OK) span.setStatus({ code: SpanStatusCode.ERROR, message });
-      span.end();
-    }
-    const durationMs = Math.round((performance.now() - this.started) * 100) / 100;
-    const name = code === OK ? "ok" : (Code[code] ?? "unknown");
-    recordRpc("gateway", this.route.rpc, name, durationMs);
-    const fields = { rpc: this.route.rpc, code: name, duration_ms: durationMs };
-    if (code === OK) log.debug("rpc finished", fields);
-    else if (code === Code.Internal) log.error("rpc failed", { ...fields, error: message });
-    else log.info("rpc rejected", { ...fields, error: message });
+    recordCall(this.route, this.started, this.span, code, message);
   }
 }
 
+// ---- the pieces every call forwarded over the pool shares, whatever the caller spoke ----
+
+/**
+ * Completes `out` (the forwardable request headers) as the gRPC request to the service: method,
+ * path, content type, what is left of the deadline, the gateway span as the parent, and the
+ * client's address signed for the services.
+ */
+export function upstreamHeaders(
+  route: PassRoute,
+  span: Span,
+  deadlineAt: number | undefined,
+  address: string | undefined,
+  edgeSecrets: EdgeSecrets | undefined,
+  out: OutgoingHttpHeaders,
+): void {
+  out[":method"] = "POST";
+  out[":path"] = route.path;
+  out["content-type"] = "application/grpc";
+  out.te = "trailers";
+  if (deadlineAt !== undefined) out["grpc-timeout"] = `${Math.max(1, Math.ceil(deadlineAt - Date.now()))}m`;
+  const sc = span.spanContext();
+  if (sc.traceId !== "00000000000000000000000000000000") {
+    out.traceparent = `00-${sc.traceId}-${sc.spanId}-0${sc.traceFlags & 1}`;
+    const state = sc.traceState?.serialize();
+    if (state) out.tracestate = state;
+  }
+  if (edgeSecrets && address) {
+    out[CLIENT_ADDRESS_HEADER] = vouchForAddress(edgeSecrets, address, route.path, Date.now());
+  }
+}
+
+/** A stream to the service on the pooled connection, or undefined when none can be opened. */
+export function openUpstream(
+  pool: UpstreamPool,
+  target: string,
+  headers: OutgoingHttpHeaders,
+): ClientHttp2Stream | undefined {
+  try {
+    return pool.session(target).request(headers);
+  } catch {
+    // A connection that is going away refuses new streams at once; the next one is fresh.
+    try {
+      return pool.session(target).request(headers);
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+/** The status of an upstream stream that closed without trailers. */
+export function lostUpstream(up: ClientHttp2Stream, error: Error | undefined): [Code, string] {
+  const sessionAlive = !up.session?.destroyed && !up.session?.closed && error === undefined;
+  if (sessionAlive && up.rstCode === NGHTTP2_ENHANCE_YOUR_CALM) {
+    return [Code.ResourceExhausted, "the service is taking too many calls; try again shortly"];
+  }
+  if (sessionAlive && up.rstCode === NGHTTP2_INADEQUATE_SECURITY) {
+    return [Code.PermissionDenied, "the service refused the connection"];
+  }
+  // Refused, reset (a connection that drops resets its streams with CANCEL), unreachable or
+  // gone mid-call: the caller may try again.
+  return [Code.Unavailable, plainSentence[Code.Unavailable]!];
+}
+
+/**
+ * The call's status from the service's trailers, as a caller may read it (edgeMessage), and the
+ * trailers to pass back in gRPC form: the service's own, with the status and its details.
+ */
+export function upstreamStatus(t: IncomingHttpHeaders): {
+  code: Code;
+  message: string;
+  trailers: Record<string, string>;
+} {
+  const status = Number(t["grpc-status"]);
+  const code = Number.isInteger(status) && status >= 0 && status <= 16 ? status : Code.Unknown;
+  const trailers: Record<string, string> = {};
+  returnableHeaderRecord(t, trailers as OutgoingHttpHeaders);
+  delete trailers["grpc-encoding"];
+  delete trailers["grpc-accept-encoding"];
+  trailers["grpc-status"] = String(code);
+  let message = "";
+  if (code !== 0) {
+    const raw = typeof t["grpc-message"] === "string" ? t["grpc-message"] : "";
+    const said = decodeGrpcMessage(raw);
+    message = edgeMessage(code, said);
+    // The service's own words travel as it encoded them; only a replaced message is re-encoded.
+    if (message) trailers["grpc-message"] = message === said ? raw : encodeGrpcMessage(message);
+    const details = t["grpc-status-details-bin"];
+    if (typeof details === "string") trailers["grpc-status-details-bin"] = details;
+  }
+  return { code, message, trailers };
+}
+
+/** Ends the call's span, and writes its metrics and its log line. */
+export function recordCall(
+  route: PassRoute,
+  started: number,
+  span: Span | undefined,
+  code: Code,
+  message: string,
+): void {
+  if (span) {
+    span.setAttribute("rpc.grpc.status_code", code);
+    if (code !== OK) span.setStatus({ code: SpanStatusCode.ERROR, message });
+    span.end();
+  }
+  const durationMs = Math.round((performance.now() - started) * 100) / 100;
+  const name = code === OK ? "ok" : (Code[code] ?? "unknown");
+  recordRpc("gateway", route.rpc, name, durationMs);
+  const fields = { rpc: route.rpc, code: name, duration_ms: durationMs };
+  if (code === OK) log.debug("rpc finished", fields);
+  else if (code === Code.Internal) log.error("rpc failed", { ...fields, error: message });
+  else log.info("rpc rejected", { ...fields, error: message });
+}
+
 /** gRPC's mapping of an HTTP status that is not 200 (a proxy or something else answered). */
-function httpStatusCode(status: number): Code {
+export function httpStatusCode(status: number): Code {
   switch (status) {
     case 400:
       return Code.Internal;

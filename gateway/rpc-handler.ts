@@ -57,7 +57,9 @@ export function createRpcHandler(options: RpcHandlerOptions): (req: Req, res: Re
     // gRPC and gRPC-web are POST only, even for a method a Connect client may GET.
     const allowed = /^application\/grpc/i.test(contentType) ? ["POST"] : handler.allowedMethods;
     if (!allowed.includes(method)) {
-      return refuse(res, 405, "unimplemented", notAllowed(handler, method, allowed), { Allow: allowed.join(", ") });
+      const name = `${handler.service.typeName}/${handler.method.name}`;
+      const sentence = notAllowed(name, method, allowed, handler.allowedMethods.includes("GET"));
+      return refuse(res, 405, "unimplemented", sentence, { Allow: allowed.join(", ") });
     }
     const text = isGrpcWebText(contentType);
     // connect-node picks the only protocol a GET can be when there is no content type.
@@ -82,21 +84,21 @@ export function createRpcHandler(options: RpcHandlerOptions): (req: Req, res: Re
   };
 }
 
-function refuse(res: Res, status: number, code: string, message: string, headers: Record<string, string> = {}) {
+/** An answer the gateway gives before any protocol applies: an HTTP status and Connect's error body. */
+export function refuse(res: Res, status: number, code: string, message: string, headers: Record<string, string> = {}) {
   const body = JSON.stringify({ code, message }) + "\n";
   res.writeHead(status, { ...headers, "content-type": "application/json", "content-length": Buffer.byteLength(body) });
   res.end(body);
 }
 
-function notAllowed(handler: UniversalHandler, method: string, allowed: string[]): string {
-  const name = `${handler.service.typeName}/${handler.method.name}`;
+/** Why `method` is refused for the RPC `name`; `getAllowed`: Connect clients may GET it. */
+export function notAllowed(name: string, method: string, allowed: string[], getAllowed: boolean): string {
   if (allowed.includes("GET")) return `${name} is called with POST (or GET, having no side effects), not ${method}`;
-  if (handler.allowedMethods.includes("GET"))
-    return `${name} is called with POST over gRPC and gRPC-web, not ${method}`;
+  if (getAllowed) return `${name} is called with POST over gRPC and gRPC-web, not ${method}`;
   return `${name} is called with POST, not ${method}; only methods without side effects answer GET`;
 }
 
-function unsupported(contentType: string): string {
+export function unsupported(contentType: string): string {
   return (
     `content type ${contentType ? `"${contentType}"` : "(none)"} is not one this gateway speaks: ` +
     "application/json or application/proto (Connect), application/connect+json or +proto (Connect streaming), " +

@@ -14,6 +14,7 @@
  * one), so an older tree can be measured side by side with this one in the same run.
  * Tells its parent `{ port }` over IPC once it listens.
  */
+import { monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks";
 import http from "node:http";
 import http2 from "node:http2";
 import path from "node:path";
@@ -142,11 +143,43 @@ async function otlpSink(): Promise<number> {
 
 const roles: Record<Role, () => Promise<number>> = { bare, raw, platform, gateway, "otlp-sink": otlpSink };
 
+/**
+ * What holds this process's event loop up, for latency rows: how late a 10 ms timer fires
+ * (the loop's delay: a GC pause, a long task, or the process waiting for a core) and how long
+ * the collector paused it. The bench resets both before a row and reads them after it, over IPC.
+ */
+function watchStalls(): void {
+  const delay = monitorEventLoopDelay({ resolution: 10 });
+  delay.enable();
+  let gcMaxMs = 0;
+  let gcTotalMs = 0;
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      gcMaxMs = Math.max(gcMaxMs, e.duration);
+      gcTotalMs += e.duration;
+    }
+  }).observe({ entryTypes: ["gc"] });
+  process.on("message", (m: { stalls?: "reset" | "read" }) => {
+    if (m.stalls === "reset") {
+      delay.reset();
+      gcMaxMs = 0;
+      gcTotalMs = 0;
+    } else if (m.stalls === "read") {
+      // The timer's own 10 ms period is part of every sample; what is beyond it is the delay.
+      const late = (ns: number) => Math.max(0, ns / 1e6 - 10);
+      process.send!({
+        stalls: { p99Ms: late(delay.percentile(99)), maxMs: late(delay.max), gcMaxMs, gcTotalMs },
+      });
+    }
+  });
+}
+
 async function main() {
   const role = process.argv[2] as Role;
   const start = roles[role];
   if (!start) throw new Error(`unknown role ${role}; one of ${Object.keys(roles).join(", ")}`);
   const port = await start();
+  watchStalls();
   process.send!({ port });
   // Never outlive the bench that forked us.
   process.on("disconnect", () => process.exit(0));

@@ -95,6 +95,8 @@ export interface H2loadRun {
   /** Length of the DATA a successful response carries (one gRPC frame), measured beforehand. */
   okResponseDataBytes: number;
   logFile: string;
+  /** Requests per second each client sends (h2load --rps); unset sends as fast as answers come. */
+  rpsPerClient?: number;
 }
 
 function h2loadArgs(r: H2loadRun, seconds: number, logFile?: string): string[] {
@@ -107,6 +109,7 @@ function h2loadArgs(r: H2loadRun, seconds: number, logFile?: string): string[] {
     String(r.streamsPerClient),
     "-D",
     String(seconds),
+    ...(r.rpsPerClient ? [`--rps=${r.rpsPerClient}`] : []),
     "-d",
     r.bodyFile,
     "-H",
