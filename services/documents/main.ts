@@ -160,7 +160,7 @@ export async function startDocuments(
           perUser: { watches: config.WATCH_MAX_PER_USER, uploadStreams: config.UPLOAD_MAX_STREAMS },
         }),
       ),
-      register(DocumentProcessingService, workerReportsService(outcomes)),
+      register(DocumentProcessingService, workerReportsService(outcomes, status)),
     ],
     interceptors: meshInterceptors({
       component: "documents",

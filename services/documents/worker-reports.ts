@@ -4,6 +4,8 @@ import { ProcessingResultSchema, type DocumentProcessingService } from "../../ge
 import { notFound } from "./access.js";
 import { failureReasons, toOutcome } from "./model.js";
 import type { NewOutcome, OutcomeStore } from "./outcome-store.js";
+import { recordIndexed } from "./indexed.js";
+import type { StatusWriter } from "./status-writer.js";
 
 function noVersion(documentId: string, version: number, current: number): ConnectError {
   return new ConnectError(
@@ -17,7 +19,10 @@ function noVersion(documentId: string, version: number, current: number): Connec
  * contract admits service principals only, so there are no ownership checks here: the worker
  * acts for the platform on every document.
  */
-export function workerReportsService(outcomes: OutcomeStore): ServiceImpl<typeof DocumentProcessingService> {
+export function workerReportsService(
+  outcomes: OutcomeStore,
+  status: StatusWriter,
+): ServiceImpl<typeof DocumentProcessingService> {
   return {
     async startProcessing(req) {
       const res = await outcomes.start(req.documentId, req.version);
@@ -59,6 +64,12 @@ export function workerReportsService(outcomes: OutcomeStore): ServiceImpl<typeof
         case "recorded":
           return { outcome: toOutcome(res.outcome), alreadyRecorded: res.already };
       }
+    },
+
+    async recordIndexed(req) {
+      const res = await recordIndexed(status, req.documentId, req.version);
+      if (res === "no_document") throw notFound(req.documentId);
+      return { changed: res === "changed" };
     },
   };
 }
