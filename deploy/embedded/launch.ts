@@ -201,6 +201,8 @@ async function main() {
         [documents.portVariable]: String(config.DOCUMENTS_PORT),
         [identity.targetVariable]: identityTarget,
         KAFKA_BROKERS: kafkaBrokers!,
+        // Search runs in this mesh: a watch ends when the version is findable, not before.
+        DOCUMENTS_WATCH_UNTIL_INDEXED: "true",
       }),
     },
     {

@@ -29,6 +29,8 @@ export interface DocumentServiceDeps {
   resumable: ResumableUploadOptions;
   /** Long-lived calls one user may hold in this process at once. */
   perUser: { watches: number; uploadStreams: number };
+  /** WatchDocument goes on past PROCESSED until INDEXED (search runs in this mesh). */
+  watchUntilIndexed?: boolean;
 }
 
 const READ_CHUNK_BYTES = 64 * 1024;
@@ -43,7 +45,14 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
 
   return {
     ...resumableUploadHandlers(store, access, content, deps.resumable),
-    ...statusHandlers(store, access, deps.outcomes, deps.feed, watchSlots(deps.perUser.watches)),
+    ...statusHandlers(
+      store,
+      access,
+      deps.outcomes,
+      deps.feed,
+      watchSlots(deps.perUser.watches),
+      deps.watchUntilIndexed,
+    ),
 
     async createDocument(req, ctx) {
       const doc = req.document!;

@@ -4,6 +4,7 @@ import { vector } from "@electric-sql/pglite-pgvector";
 import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
 import { components, hostField, portField, targetField } from "../../platform/config/components.js";
 import { identityKeySet } from "../../platform/auth/key-set.js";
+import { memoryVersionedCache, redisVersionedCache } from "../../platform/cache/versioned-cache.js";
 import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
 import { serviceToken } from "../../platform/auth/service-token.js";
 import { openServiceDatabase } from "../../platform/db/database.js";
@@ -28,7 +29,9 @@ import { logger } from "../../platform/telemetry/logger.js";
 import { startComponentTelemetry } from "../../platform/telemetry/sdk.js";
 import { DocumentProcessingService, DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
 import { DocumentProcessedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
+import { SearchPerformedSchema } from "../../gen/medmesh/events/v1/search_events_pb.js";
 import { SearchService } from "../../gen/medmesh/search/v1/search_pb.js";
+import { searchAnalytics, statsConsumer } from "./analytics.js";
 import { indexer } from "./indexer.js";
 import { migrations } from "./migrations/index.js";
 import { BM25_INDEX, chooseRanker, type RankerSetting } from "./ranker.js";
@@ -39,6 +42,7 @@ import { IndexStore } from "./store.js";
 import type { SearchDB } from "./tables.js";
 
 const DOCUMENT_EVENTS = eventTopic(DocumentProcessedSchema);
+const SEARCH_EVENTS = eventTopic(SearchPerformedSchema);
 
 const requiredList = (what: string) => (raw: string) => {
   const list = raw
@@ -72,10 +76,24 @@ export const configSpec = {
     "Kafka consumer group that reports indexed versions to documents",
     "search-status",
   ),
+  SEARCH_ANALYTICS_GROUP_ID: env.string(
+    "Kafka consumer group that counts search.events for GetSearchAnalytics",
+    "search-analytics",
+  ),
   SEARCH_RANKER: env.oneOf(
     "relevance ranking: auto (BM25 where pg_textsearch loads, else ts_rank_cd), bm25 (required), ts_rank_cd",
     ["auto", "bm25", "ts_rank_cd"] as const,
     "auto",
+  ),
+  REDIS_URL: env.url("Redis for the search answer cache shared by every replica; unset keeps it in process", [
+    "redis:",
+    "rediss:",
+  ]),
+  SEARCH_CACHE_TTL_MS: env.int(
+    "how long a search answer is kept (every index change invalidates all of them at once); 0 turns the cache off",
+    60_000,
+    0,
+    24 * 3_600_000,
   ),
   SEARCH_MAX_ATTEMPTS: env.int(
     "permanent failures per event before it goes to the dead-letter topic (transient ones retry without a limit)",
@@ -119,7 +137,13 @@ export async function startSearch(
   );
   const store = new IndexStore(database.db, config.SEARCH_DB_SCHEMA, BM25_INDEX);
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "search" });
-  await ensureTopics(kafka, [{ topic: DOCUMENT_EVENTS, numPartitions: 3 }]);
+  await ensureTopics(kafka, [
+    { topic: DOCUMENT_EVENTS, numPartitions: 3 },
+    { topic: SEARCH_EVENTS, numPartitions: 3 },
+  ]);
+  const producer = kafka.producer();
+  await producer.connect();
+  const analytics = searchAnalytics({ producer, callerKey: config.SEARCH_API_KEY, log });
   const relay = startOutboxRelay({ db: database.db, kafka, wakeLingerMs: 20 });
   const pruning = startEventPruning({
     db: database.db,
@@ -138,17 +162,39 @@ export async function startSearch(
     keyName: "SEARCH_API_KEY",
   });
   const keys = identityKeySet(config.IDENTITY_TARGET);
+  const cache =
+    config.SEARCH_CACHE_TTL_MS === 0
+      ? undefined
+      : config.REDIS_URL
+        ? redisVersionedCache(config.REDIS_URL)
+        : memoryVersionedCache();
+  // Per schema: two indexes on one Redis (tests, staging beside production) never share answers.
+  const cacheNamespace = `search:${config.SEARCH_DB_SCHEMA}`;
+  // After every committed change to the index: the cached answers may all be wrong now.
+  const invalidate = () =>
+    void cache
+      ?.bump(cacheNamespace)
+      .catch((err: Error) => log.warn("could not invalidate the search cache", { error: err }));
   const indexing = indexer({ documents, token, store });
   const reporter = indexedReporter({ processing, token });
-  const reindex = reindexer({ db: database.db, documents, token, store, indexing, afterWrite: () => relay.wake() });
+  const reindex = reindexer({
+    db: database.db,
+    documents,
+    token,
+    store,
+    indexing,
+    afterWrite: () => (relay.wake(), invalidate()),
+  });
 
   const consumers: IdempotentConsumer[] = [];
   const closeAll = async () => {
     for (const c of consumers) await c.stop();
     await relay.stop();
     await pruning.stop();
+    await producer.disconnect();
     token.close();
     keys.close();
+    await cache?.close();
     documents.close();
     processing.close();
     await database.close();
@@ -170,7 +216,7 @@ export async function startSearch(
         accepts: indexing.handles,
         prepare: indexing.prepare,
         handler: indexing.handler,
-        afterCommit: () => relay.wake(),
+        afterCommit: () => (relay.wake(), invalidate()),
         ...retries,
         partitionsConsumedConcurrently: 3,
       }),
@@ -188,11 +234,34 @@ export async function startSearch(
         partitionsConsumedConcurrently: 3,
       }),
     );
+    consumers.push(
+      await startIdempotentConsumer<SearchDB, undefined>({
+        kafka,
+        groupId: config.SEARCH_ANALYTICS_GROUP_ID,
+        topics: [SEARCH_EVENTS],
+        db: database.db,
+        accepts: statsConsumer.handles,
+        handler: statsConsumer.handler,
+        ...retries,
+      }),
+    );
     server = await startGrpcServer({
       name: "search",
       host: config.SEARCH_HOST,
       port: config.SEARCH_PORT,
-      services: [register(SearchService, searchService({ store, ranker, reindexer: reindex }))],
+      services: [
+        register(
+          SearchService,
+          searchService({
+            store,
+            ranker,
+            reindexer: reindex,
+            analytics,
+            db: database.db,
+            cache: cache && { store: cache, ttlMs: config.SEARCH_CACHE_TTL_MS, namespace: cacheNamespace },
+          }),
+        ),
+      ],
       interceptors: meshInterceptors({
         component: "search",
         resolvePrincipal: hooks.resolvePrincipal ?? bearerPrincipalResolver(keys),

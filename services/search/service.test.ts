@@ -348,6 +348,39 @@ describe.each(backends())("search on $name", (backend) => {
     });
   });
 
+  it("serves a repeated search from the cache until the index changes", async () => {
+    const t = `zc${suffix}`;
+    await publish(doctor, `Cached answer ${t}`, `Vitamin D ${t} levels.`, "e");
+    const first = await s.doctor2.search({ query: `vitamin ${t}` });
+    expect(first.cached).toBe(false);
+    const again = await s.doctor2.search({ query: `vitamin ${t}` });
+    expect(again.cached).toBe(true);
+    expect(again.totalCount).toBe(1n);
+    expect(again.hits.map((h) => h.documentId)).toEqual(first.hits.map((h) => h.documentId));
+    // Another caller's scope is another entry: nothing private leaks through the cache.
+    expect((await s.student.search({ query: `vitamin ${t}` })).cached).toBe(false);
+    await publish(doctor, `Second answer ${t}`, `Vitamin D ${t} in winter.`, "f");
+    const after = await s.doctor2.search({ query: `vitamin ${t}` });
+    expect(after.cached).toBe(false);
+    expect(after.totalCount).toBe(2n);
+  });
+
+  it("counts searches for admins: top queries and queries that found nothing", async () => {
+    const t = `za${suffix}`;
+    await s.doctor.search({ query: `nothing matches ${t}` });
+    await s.doctor2.search({ query: `nothing matches ${t}` });
+    await s.doctor.search({ query: `metformin ${tag}` });
+    await expect(rejection(s.doctor.getSearchAnalytics({}))).resolves.toMatchObject({ code: Code.PermissionDenied });
+    const stats = await eventually("the searches counted", async () => {
+      const res = await s.admin.getSearchAnalytics({ limit: 100 });
+      const zero = res.zeroResultQueries.find((q) => q.normalizedQuery === `nothing matches ${t}`);
+      return zero?.count === 2n ? res : undefined;
+    });
+    expect(stats.topQueries.find((q) => q.normalizedQuery === `nothing matches ${t}`)?.count).toBe(2n);
+    expect(stats.zeroResultQueries.map((q) => q.normalizedQuery)).not.toContain(`metformin ${tag}`);
+    expect(stats.totalSearches).toBeGreaterThanOrEqual(3n);
+  });
+
   it("reindexes from documents on an admin's request only", async () => {
     await expect(rejection(s.doctor.reindex({}))).resolves.toMatchObject({ code: Code.PermissionDenied });
     const res = await s.admin.reindex({});

@@ -35,9 +35,17 @@ export interface VocabularyTable {
   word: string;
 }
 
+export interface SearchStatTable {
+  hour: Date;
+  normalized_query: string;
+  searches: number;
+  zero_results: number;
+}
+
 export interface SearchDB extends InboxDatabase, OutboxDatabase {
   indexed_document: IndexedDocumentTable;
   vocabulary: VocabularyTable;
+  search_stat: SearchStatTable;
 }
 
 /** What the indexer writes for one document's current version. */
