@@ -329,7 +329,7 @@ describe("the embedded launcher supervises the mesh", () => {
       .split("\n")
       .filter((l) => l.includes('"msg":"stopping"') && !l.includes('"service":"launcher"'))
       .map((l) => JSON.parse(l).service as string);
-    expect(order).toEqual(["gateway", "processing", "documents", "identity", "kafka", "postgres"]);
+    expect(order).toEqual(["gateway", "search", "processing", "documents", "identity", "kafka", "postgres"]);
   });
 });
 

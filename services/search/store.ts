@@ -228,7 +228,7 @@ export class IndexStore {
     const q = sql`to_tsquery('english', ${p.tsquery})`;
     const score =
       p.ranker === "bm25"
-        ? sql`-(d.bm25_text <@> to_bm25query(${p.bm25Text}, ${this.bm25Index}))`
+        ? sql`-(d.bm25_text <@> q.bq)`
         : p.ranker === "ts_rank_cd"
           ? sql`ts_rank_cd(d.search_tsv, q.q)`
           : sql`0`;
@@ -239,7 +239,7 @@ export class IndexStore {
     const where = [sql`d.search_tsv @@ q.q`, ...conditions(p.filters, p.scope)];
     const facets = FACET_FIELDS.map((f) => sql`${facetQuery(f)} as ${sql.id(`f_${f}`)}`);
     const result = await sql<Record<string, unknown>>`
-      with q as (select ${q} as q),
+      with q as (select ${q} as q${p.ranker === "bm25" ? sql`, to_bm25query(${p.bm25Text}, ${this.bm25Index}) as bq` : sql``}),
       m as materialized (
         select d.document_id, d.specialty, d.document_type, d.journal, d.authors, d.entities,
                d.publication_date, (${score})::float8 as score
