@@ -71,9 +71,6 @@ const HEADLINE_OPTIONS = `StartSel=${HIGHLIGHT_START}, StopSel=${HIGHLIGHT_END},
 /** Text beyond this is not put through ts_headline: a snippet comes from the start of a long body. */
 const HEADLINE_SOURCE_CHARS = 20_000;
 
-/** BM25 orders this many of the best-scoring documents; see `search`. */
-const BM25_CANDIDATES = 1000;
-
 /** Terms of a document that SimilarDocuments searches for. */
 const SIMILAR_TERMS = 12;
 
@@ -229,28 +226,15 @@ export class IndexStore {
    */
   async search(p: SearchParams): Promise<SearchPage> {
     const q = sql`to_tsquery('english', ${p.tsquery})`;
-    // BM25 scores only the index's best BM25_CANDIDATES for the words (block-max WAND over the
-    // whole index: a few ms however common the words); scoring every matched row with <@> costs
-    // ~0.2 ms a row on PGlite, 0.7 s for a word in 40% of 10k documents. Matches outside the
-    // candidates (possible only past them, or when filters drop most of them) follow by date.
-    const bm25 = sql`to_bm25query(${p.bm25Text}, ${this.bm25Index})`;
+    // BM25 scores every matched row with <@> (~0.18 ms a row on PGlite, bench/results/search.md).
+    // The index's own top-k path (ORDER BY <@> LIMIT k) was measured slower still for the k a
+    // page with facets needs: with fewer than k matches it walks the whole index.
     const score =
       p.ranker === "bm25"
-        ? sql`coalesce(bm.s, 0)`
+        ? sql`-(d.bm25_text <@> q.bq)`
         : p.ranker === "ts_rank_cd"
           ? sql`ts_rank_cd(d.search_tsv, q.q)`
           : sql`0`;
-    const candidates =
-      p.ranker === "bm25"
-        ? sql`bm as materialized (
-            select b.document_id, -(b.bm25_text <@> ${bm25}) as s
-            from ${this.table("indexed_document")} b
-            where b.bm25_text <@> ${bm25} < 0
-            order by b.bm25_text <@> ${bm25}
-            limit ${sql.lit(BM25_CANDIDATES)}
-          ),`
-        : sql``;
-    const joinCandidates = p.ranker === "bm25" ? sql`left join bm on bm.document_id = d.document_id` : sql``;
     const order =
       p.ranker === "date"
         ? sql`m.publication_date desc nulls last, m.document_id`
@@ -258,12 +242,11 @@ export class IndexStore {
     const where = [sql`d.search_tsv @@ q.q`, ...conditions(p.filters, p.scope)];
     const facets = FACET_FIELDS.map((f) => sql`${facetQuery(f)} as ${sql.id(`f_${f}`)}`);
     const result = await sql<Record<string, unknown>>`
-      with q as (select ${q} as q),
-      ${candidates}
+      with q as (select ${q} as q${p.ranker === "bm25" ? sql`, to_bm25query(${p.bm25Text}, ${this.bm25Index}) as bq` : sql``}),
       m as materialized (
         select d.document_id, d.specialty, d.document_type, d.journal, d.authors, d.entities,
                d.publication_date, (${score})::float8 as score
-        from ${this.table("indexed_document")} d cross join q ${joinCandidates}
+        from ${this.table("indexed_document")} d, q
         where ${sql.join(where, sql` and `)}
       ),
       page as (
