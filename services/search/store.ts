@@ -71,6 +71,11 @@ const HEADLINE_OPTIONS = `StartSel=${HIGHLIGHT_START}, StopSel=${HIGHLIGHT_END},
 /** Text beyond this is not put through ts_headline: a snippet comes from the start of a long body. */
 const HEADLINE_SOURCE_CHARS = 20_000;
 
+/** Matches BM25 orders for the first pages, preselected by ts_rank_cd; see `search`. */
+const BM25_RERANK = 200;
+/** The preselection for pages past BM25_RERANK: as deep as pages go (service.ts, MAX_RESULT_OFFSET). */
+const MAX_RERANK = 1050;
+
 /** Terms of a document that SimilarDocuments searches for. */
 const SIMILAR_TERMS = 12;
 
@@ -226,23 +231,28 @@ export class IndexStore {
    */
   async search(p: SearchParams): Promise<SearchPage> {
     const q = sql`to_tsquery('english', ${p.tsquery})`;
-    // BM25 scores every matched row with <@> (~0.18 ms a row on PGlite, bench/results/search.md).
-    // The index's own top-k path (ORDER BY <@> LIMIT k) was measured slower still for the k a
-    // page with facets needs: with fewer than k matches it walks the whole index.
-    const score =
-      p.ranker === "bm25"
-        ? sql`-(d.bm25_text <@> q.bq)`
-        : p.ranker === "ts_rank_cd"
-          ? sql`ts_rank_cd(d.search_tsv, q.q)`
-          : sql`0`;
+    // pg_textsearch's <@> costs ~0.18 ms per row on PGlite (bench/results/search.md), too much
+    // for every match of a common word. So ts_rank_cd (cheap, the same field weights) preselects
+    // the best BM25_RERANK matches and BM25 orders those; pages past them are ordered by a wider
+    // preselection. The index's own top-k path (ORDER BY <@> LIMIT k) measured slower still.
+    const rerank = p.ranker === "bm25";
+    const score = p.ranker === "date" ? sql`0` : sql`ts_rank_cd(d.search_tsv, q.q)`;
     const order =
       p.ranker === "date"
         ? sql`m.publication_date desc nulls last, m.document_id`
         : sql`m.score desc, m.publication_date desc nulls last, m.document_id`;
+    const preselect = p.offset + p.limit <= BM25_RERANK ? BM25_RERANK : MAX_RERANK;
+    const ranked = rerank
+      ? sql`(select top.document_id, top.publication_date,
+                    -(d.bm25_text <@> to_bm25query(${p.bm25Text}, ${this.bm25Index}))::float8 as score
+             from (select m.document_id, m.publication_date from m
+                   order by ${order} limit ${sql.lit(preselect)}) top
+             join ${this.table("indexed_document")} d using (document_id))`
+      : sql`m`;
     const where = [sql`d.search_tsv @@ q.q`, ...conditions(p.filters, p.scope)];
     const facets = FACET_FIELDS.map((f) => sql`${facetQuery(f)} as ${sql.id(`f_${f}`)}`);
     const result = await sql<Record<string, unknown>>`
-      with q as (select ${q} as q${p.ranker === "bm25" ? sql`, to_bm25query(${p.bm25Text}, ${this.bm25Index}) as bq` : sql``}),
+      with q as (select ${q} as q),
       m as materialized (
         select d.document_id, d.specialty, d.document_type, d.journal, d.authors, d.entities,
                d.publication_date, (${score})::float8 as score
@@ -251,7 +261,7 @@ export class IndexStore {
       ),
       page as (
         select m.document_id, m.score, row_number() over (order by ${order}) as ord
-        from m order by ${order} limit ${p.limit} offset ${p.offset}
+        from ${ranked} m order by ${order} limit ${p.limit} offset ${p.offset}
       )
       select
         (select count(*) from m)::int as total,
