@@ -173,7 +173,10 @@ async function run(
     lastUploadMs,
     lastDoneMs: Math.max(...outcomes.map((o) => o.done.atMs)),
     latencies,
-    failed: outcomes.filter((o) => o.done.status !== ProcessingStatus.PROCESSED).length,
+    // With search in the mesh a watch ends at INDEXED, which follows PROCESSED.
+    failed: outcomes.filter(
+      (o) => o.done.status !== ProcessingStatus.PROCESSED && o.done.status !== ProcessingStatus.INDEXED,
+    ).length,
     cpu,
     peakRss,
   };

@@ -1,6 +1,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { DocumentService } from "../gen/medmesh/documents/v1/documents_pb.js";
 import { IdentityService } from "../gen/medmesh/identity/v1/identity_pb.js";
+import { SearchService } from "../gen/medmesh/search/v1/search_pb.js";
 import { components, defaultAddress, type Component } from "../platform/config/components.js";
 import { isPublicService } from "../platform/grpc/access-policy.js";
 
@@ -12,6 +13,7 @@ import { isPublicService } from "../platform/grpc/access-policy.js";
 const known: Array<{ service: DescService; component: Component & { targetVariable: string } }> = [
   { service: DocumentService, component: components.documents },
   { service: IdentityService, component: components.identity },
+  { service: SearchService, component: components.search },
 ];
 
 export const publicServices: DescService[] = known.map((k) => k.service).filter(isPublicService);

@@ -35,7 +35,9 @@ type Docs = ReturnType<typeof createMeshClient<typeof DocumentService>>;
 
 const KILLS = ["documents", "processing", "kafka", "postgres"] as const;
 const UPLOADERS = 3;
-const TERMINAL = new Set([ProcessingStatus.PROCESSED, ProcessingStatus.FAILED]);
+// INDEXED follows PROCESSED once search has the version; for the pipeline both mean processed.
+const TERMINAL = new Set([ProcessingStatus.PROCESSED, ProcessingStatus.INDEXED, ProcessingStatus.FAILED]);
+const asProcessed = (s: ProcessingStatus) => (s === ProcessingStatus.INDEXED ? ProcessingStatus.PROCESSED : s);
 
 interface Acked {
   id: string;
@@ -116,6 +118,7 @@ describe("chaos: components killed while uploads flow", () => {
         DOCUMENTS_PORT: String(await freePort()),
         IDENTITY_PORT: String(await freePort()),
         PROCESSING_PORT: String(await freePort()),
+        SEARCH_PORT: String(await freePort()),
         EMBEDDED_PG_PORT: String(await freePort()),
         KAFKA_PORT: String(await freePort()),
         // The test polls every acknowledged document; the default read budget is for people.
@@ -332,11 +335,11 @@ describe("chaos: components killed while uploads flow", () => {
       if (!d || !TERMINAL.has(d.processingStatus)) continue;
       const { outcome } = await docs.getProcessingResult({ documentId: a.id, version: a.version });
       const kind = outcome?.outcome.case;
-      const expected = d.processingStatus === ProcessingStatus.PROCESSED ? "result" : "failure";
+      const expected = asProcessed(d.processingStatus) === ProcessingStatus.PROCESSED ? "result" : "failure";
       if (outcome?.version !== a.version || kind !== expected)
         wrongOutcome.push(`${a.id}: ${ProcessingStatus[d.processingStatus]} with outcome ${kind} v${outcome?.version}`);
       outcomes.set(a.id, {
-        status: d.processingStatus,
+        status: asProcessed(d.processingStatus),
         reason: outcome?.outcome.case === "failure" ? outcome.outcome.value.reason : undefined,
       });
     }

@@ -68,6 +68,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
       DOCUMENTS_PORT: String(await freePort()),
       IDENTITY_PORT: String(await freePort()),
       PROCESSING_PORT: String(await freePort()),
+      SEARCH_PORT: String(await freePort()),
       EMBEDDED_PG_PORT: String(await freePort()),
       KAFKA_PORT: String(await freePort()),
     };
@@ -108,7 +109,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
   it("prints one `<name> <url>` line per endpoint, the gateway first", () => {
     expect(mesh.order[0]).toBe("gateway");
     expect(new Set(mesh.order)).toEqual(
-      new Set(["gateway", "postgres", "kafka", "identity", "documents", "processing"]),
+      new Set(["gateway", "postgres", "kafka", "identity", "documents", "processing", "search"]),
     );
     expect(mesh.endpoints.get("processing")).toBe(`grpc://127.0.0.1:${env.PROCESSING_PORT}`);
     expect(gateway).toBe(`http://127.0.0.1:${env.GATEWAY_PORT}`);
@@ -269,7 +270,8 @@ describe("the embedded mesh, as `npm start` runs it", () => {
         timeout: 30_000,
         interval: 200,
       })
-      .toBe(ProcessingStatus.PROCESSED);
+      // Processed, then indexed by search, which runs in the mesh too.
+      .toBe(ProcessingStatus.INDEXED);
     const result = await direct.getProcessingResult({ documentId: id }, { timeoutMs: 5_000 });
     expect(result.outcome!.outcome).toMatchObject({ case: "result", value: { pages: 3, specialty: "cardiology" } });
     direct.close();
@@ -297,12 +299,90 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     expect(lines.map((l) => /ce_type=([a-z0-9.]+)/.exec(l)?.[1])).toEqual([
       "medmesh.document.uploaded.v1",
       "medmesh.document.processed.v1",
+      "medmesh.document.indexed.v1",
     ]);
+  });
+
+  it("indexes an upload for search: WatchDocument ends at INDEXED, Connect GET finds it through the gateway, a deletion removes it", async () => {
+    const word = `zebrafish${Date.now().toString(36)}`;
+    const text = [
+      `Cardiac regeneration in ${word} models`,
+      "",
+      "Abstract",
+      `Adult ${word} regenerate heart muscle after injury; we mapped the cardiomyocytes that divide.`,
+      "",
+      "Methods",
+      "Cryoinjury of the ventricle, lineage tracing and single-cell sequencing.",
+    ].join("\n");
+    const uploaded = JSON.parse(
+      await bufCurl(
+        "-H",
+        `authorization: ${auth.authorization}`,
+        "-d",
+        JSON.stringify({
+          header: {
+            document: {
+              title: `Cardiac regeneration in ${word}`,
+              documentType: "DOCUMENT_TYPE_RESEARCH_PAPER",
+              visibility: "VISIBILITY_PLATFORM",
+              journal: "Development",
+            },
+            filename: "regeneration.txt",
+          },
+        }) +
+          "\n" +
+          JSON.stringify({ chunk: Buffer.from(text).toString("base64") }),
+        `${gateway}/medmesh.documents.v1.DocumentService/Upload`,
+      ),
+    ) as { document: { id: string } };
+    const id = uploaded.document.id;
+
+    const direct = createMeshClient(DocumentService, documentsAddr, { headers: auth });
+    const seen: ProcessingStatus[] = [];
+    for await (const m of direct.watchDocument({ id }, { timeoutMs: 60_000 })) seen.push(m.status);
+    direct.close();
+    expect(seen.at(-1)).toBe(ProcessingStatus.INDEXED);
+
+    // What a browser (or curl) sends: a Connect GET, the request as JSON in the query string.
+    const search = async (query: string) => {
+      const message = encodeURIComponent(JSON.stringify({ query }));
+      const res = await fetch(
+        `${gateway}/medmesh.search.v1.SearchService/Search?connect=v1&encoding=json&message=${message}`,
+        { headers: auth },
+      );
+      expect(res.status).toBe(200);
+      return (await res.json()) as {
+        totalCount?: string;
+        ranker: string;
+        hits?: Array<{ documentId: string; journal: string; snippet: { text: string; highlights: unknown[] } }>;
+      };
+    };
+    const found = await search(`${word} cardiomyocytes`);
+    expect(found.totalCount).toBe("1");
+    expect(found.ranker).toBe("RANKER_BM25");
+    expect(found.hits![0]).toMatchObject({ documentId: id, journal: "Development" });
+    expect(found.hits![0]!.snippet.highlights.length).toBeGreaterThan(0);
+
+    const del = await fetch(`${gateway}/medmesh.documents.v1.DocumentService/DeleteDocument`, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...auth },
+      body: JSON.stringify({ id }),
+    });
+    expect(del.status).toBe(200);
+    await expect.poll(async () => (await search(word)).totalCount ?? "0", { timeout: 10_000, interval: 100 }).toBe("0");
   });
 
   it("stops every process on SIGTERM and keeps its data across a restart", async () => {
     const pids = pidsOf(mesh);
-    expect(Object.keys(pids).sort()).toEqual(["documents", "gateway", "identity", "kafka", "postgres", "processing"]);
+    expect(Object.keys(pids).sort()).toEqual([
+      "documents",
+      "gateway",
+      "identity",
+      "kafka",
+      "postgres",
+      "processing",
+      "search",
+    ]);
     const stopping = Date.now();
     expect(await mesh.stop("SIGTERM")).toBe(0);
     console.log(`stopped in ${Date.now() - stopping} ms; first start was ready in ${mesh.readyMs} ms`);

@@ -23,6 +23,10 @@ const configSpec = {
   ...portField(declared.documents, "documents gRPC port"),
   ...portField(declared.identity, "identity gRPC port"),
   ...portField(declared.processing, "processing worker's health port"),
+  ...portField(declared.search, "search gRPC port"),
+  SEARCH_API_KEY: env.optionalString(
+    "the search service's API key; unset means one generated on first start and kept in the data dir",
+  ),
   PROCESSING_API_KEY: env.optionalString(
     "the processing worker's API key; unset means one generated on first start and kept in the data dir",
   ),
@@ -128,6 +132,7 @@ async function main() {
   }, 1_000).unref();
 
   let apiKey: string;
+  let searchKey: string;
   let edgeSecret: string;
   try {
     const random = () => randomBytes(32).toString("base64url");
@@ -137,6 +142,7 @@ async function main() {
       config.MEDMESH_DATA_DIR,
       () => `mmk_${random()}`,
     );
+    searchKey = keptSecret("search-api-key", config.SEARCH_API_KEY, config.MEDMESH_DATA_DIR, () => `mmk_${random()}`);
     edgeSecret = keptSecret("mesh-edge-secret", config.MESH_EDGE_SECRET, config.MEDMESH_DATA_DIR, random);
   } catch (err) {
     process.stderr.write(
@@ -145,14 +151,17 @@ async function main() {
     process.exit(2);
   }
   // Keys someone configured for other services stay; the worker's is added to them.
-  const bootstrapKeys = [process.env.IDENTITY_BOOTSTRAP_API_KEYS, `processing=${apiKey}`].filter(Boolean).join(",");
+  const bootstrapKeys = [process.env.IDENTITY_BOOTSTRAP_API_KEYS, `processing=${apiKey}`, `search=${searchKey}`]
+    .filter(Boolean)
+    .join(",");
 
   let databaseUrl = config.DATABASE_URL;
   let kafkaBrokers = config.KAFKA_BROKERS;
   // Every child listens on loopback; the callers are told the ports this run uses.
-  const { documents, identity, gateway, processing, postgres, kafka } = declared;
+  const { documents, identity, gateway, processing, search, postgres, kafka } = declared;
   const documentsTarget = loopbackAddress(config.DOCUMENTS_PORT);
   const identityTarget = loopbackAddress(config.IDENTITY_PORT);
+  const searchTarget = loopbackAddress(config.SEARCH_PORT);
   const components: ComponentSpec[] = [];
   if (!databaseUrl) {
     components.push({
@@ -192,6 +201,8 @@ async function main() {
         [documents.portVariable]: String(config.DOCUMENTS_PORT),
         [identity.targetVariable]: identityTarget,
         KAFKA_BROKERS: kafkaBrokers!,
+        // Search runs in this mesh: a watch ends when the version is findable, not before.
+        DOCUMENTS_WATCH_UNTIL_INDEXED: "true",
       }),
     },
     {
@@ -208,12 +219,31 @@ async function main() {
       }),
     },
     {
+      name: search.name,
+      entry: "services/search/main.ts",
+      listens: listensOn(search, config.SEARCH_PORT),
+      // Search gets the shared Postgres only when it is a real server. Embedded, it keeps an
+      // embedded database of its own in its process: PGlite is 32-bit (4 GB for everything in
+      // one instance), the index is the largest thing the mesh stores, building it is long
+      // single-threaded work that would stall every other service's queries on the shared
+      // session, and only search needs the pg_textsearch, pgvector and pg_trgm extensions.
+      env: () => ({
+        DATABASE_URL: config.DATABASE_URL ?? "",
+        [search.portVariable]: String(config.SEARCH_PORT),
+        KAFKA_BROKERS: kafkaBrokers!,
+        [documents.targetVariable]: documentsTarget,
+        [identity.targetVariable]: identityTarget,
+        SEARCH_API_KEY: searchKey,
+      }),
+    },
+    {
       name: gateway.name,
       entry: "gateway/main.ts",
       listens: listensOn(gateway, config.GATEWAY_PORT, config.GATEWAY_HOST),
       env: () => ({
         [documents.targetVariable]: documentsTarget,
         [identity.targetVariable]: identityTarget,
+        [search.targetVariable]: searchTarget,
         [gateway.portVariable]: String(config.GATEWAY_PORT),
         [gateway.hostVariable]: config.GATEWAY_HOST,
         MESH_EDGE_SECRET: edgeSecret,
@@ -235,7 +265,7 @@ async function main() {
     // need only storage), then what calls the services: the gateway in front of them and the
     // processing worker behind them.
     const infrastructure = new Set<string>([postgres.name, kafka.name]);
-    const callers = new Set<string>([gateway.name, processing.name]);
+    const callers = new Set<string>([gateway.name, processing.name, search.name]);
     const stages = [
       components.filter((c) => infrastructure.has(c.name)),
       components.filter((c) => !infrastructure.has(c.name) && !callers.has(c.name)),

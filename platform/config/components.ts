@@ -34,6 +34,13 @@ export const components = {
     targetVariable: "IDENTITY_TARGET",
   },
   processing: { name: "processing", port: 50053, hostVariable: "PROCESSING_HOST", portVariable: "PROCESSING_PORT" },
+  search: {
+    name: "search",
+    port: 50054,
+    hostVariable: "SEARCH_HOST",
+    portVariable: "SEARCH_PORT",
+    targetVariable: "SEARCH_TARGET",
+  },
   postgres: { name: "postgres", port: 54329, hostVariable: "EMBEDDED_PG_HOST", portVariable: "EMBEDDED_PG_PORT" },
   kafka: { name: "kafka", port: 9092, hostVariable: "KAFKA_HOST", portVariable: "KAFKA_PORT" },
 } as const satisfies Record<string, Component>;

@@ -1,5 +1,5 @@
 import { mkdirSync } from "node:fs";
-import { PGlite } from "@electric-sql/pglite";
+import { PGlite, type Extensions } from "@electric-sql/pglite";
 import { Kysely, PostgresDialect, sql, type Dialect } from "kysely";
 import pg from "pg";
 import { PGliteDialect } from "./pglite-dialect.js";
@@ -20,6 +20,8 @@ export interface DatabaseOptions {
   /** The service's own schema: every table it owns lives there. */
   schema: string;
   poolMax?: number;
+  /** PGlite extensions to load into the embedded database (a real server has its own). */
+  extensions?: Extensions;
 }
 
 export interface Database<DB> {
@@ -61,7 +63,10 @@ export async function openDatabase<DB>(opts: DatabaseOptions): Promise<Database<
     kind = "postgres";
   } else {
     if (opts.dataDir !== "memory://") mkdirSync(opts.dataDir, { recursive: true });
-    const embedded = await PGlite.create(opts.dataDir === "memory://" ? undefined : opts.dataDir);
+    const embedded = await PGlite.create({
+      dataDir: opts.dataDir === "memory://" ? undefined : opts.dataDir,
+      extensions: opts.extensions,
+    });
     dialect = new PGliteDialect(embedded);
     kind = "pglite";
   }
@@ -93,8 +98,10 @@ export async function openServiceDatabase<DB>(
   config: { DATABASE_URL?: string; MEDMESH_DATA_DIR: string; DB_POOL_MAX: number },
   schema: string,
   migrations: Record<string, Migration>,
+  extensions?: Extensions,
 ): Promise<Database<DB>> {
   const database = await openDatabase<DB>({
+    extensions,
     url: config.DATABASE_URL,
     dataDir:
       config.MEDMESH_DATA_DIR === "memory://" ? "memory://" : path.join(config.MEDMESH_DATA_DIR, `pglite-${service}`),

@@ -78,6 +78,11 @@ export const configSpec = {
   UPLOAD_MAX_OPEN_BYTES: env.bytes("bytes one user's open resumable uploads may announce together", 2 * 1024 ** 3),
   UPLOAD_MAX_STREAMS: env.int("streamed Upload calls one user may have at once on one replica", 4, 1, 1000),
   WATCH_POLL_MS: env.int("how often this replica looks for changes made by other replicas", 1000, 50, 60_000),
+  DOCUMENTS_WATCH_UNTIL_INDEXED: env.oneOf(
+    "whether WatchDocument goes on past PROCESSED until search reports INDEXED (set where search runs)",
+    ["true", "false"] as const,
+    "false",
+  ),
   WATCH_MAX_PER_USER: env.int("WatchDocument streams one user may have open at once on one replica", 16, 1, 10_000),
   ...targetField(components.identity, "where the identity service publishes the keys that verify access tokens"),
 };
@@ -158,9 +163,10 @@ export async function startDocuments(
           content: { blobs, maxUploadBytes: config.UPLOAD_MAX_BYTES, onEvent: () => relay?.wake() },
           resumable,
           perUser: { watches: config.WATCH_MAX_PER_USER, uploadStreams: config.UPLOAD_MAX_STREAMS },
+          watchUntilIndexed: config.DOCUMENTS_WATCH_UNTIL_INDEXED === "true",
         }),
       ),
-      register(DocumentProcessingService, workerReportsService(outcomes, blobs)),
+      register(DocumentProcessingService, workerReportsService(outcomes, blobs, status)),
     ],
     interceptors: meshInterceptors({
       component: "documents",

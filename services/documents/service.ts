@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
 import { isUniqueViolation } from "../../platform/db/errors.js";
 import { callerOf } from "../../platform/grpc/caller.js";
 import { invalidArgument } from "../../platform/grpc/errors.js";
@@ -28,6 +29,8 @@ export interface DocumentServiceDeps {
   resumable: ResumableUploadOptions;
   /** Long-lived calls one user may hold in this process at once. */
   perUser: { watches: number; uploadStreams: number };
+  /** WatchDocument goes on past PROCESSED until INDEXED (search runs in this mesh). */
+  watchUntilIndexed?: boolean;
 }
 
 const READ_CHUNK_BYTES = 64 * 1024;
@@ -42,7 +45,14 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
 
   return {
     ...resumableUploadHandlers(store, access, content, deps.resumable),
-    ...statusHandlers(store, access, deps.outcomes, deps.feed, watchSlots(deps.perUser.watches)),
+    ...statusHandlers(
+      store,
+      access,
+      deps.outcomes,
+      deps.feed,
+      watchSlots(deps.perUser.watches),
+      deps.watchUntilIndexed,
+    ),
 
     async createDocument(req, ctx) {
       const doc = req.document!;
@@ -82,7 +92,8 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
         published_before: req.publishedBefore || undefined,
       };
       // Part of the filter, so a page token cannot be replayed by someone who sees less.
-      filter.visible_to = isAdmin(caller) ? undefined : caller.subject;
+      // Mesh services (search rebuilding its index) list every document, as they read every one.
+      filter.visible_to = isAdmin(caller) || caller.role === Role.SERVICE ? undefined : caller.subject;
       const after = decodePageToken(req.pageToken, filter);
       const size = req.pageSize || DEFAULT_PAGE_SIZE;
       // One extra row tells whether another page exists without a count query.
@@ -121,6 +132,7 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
       try {
         const row = await store.update(doc.id, changes);
         if (!row) throw notFound(doc.id);
+        content.onEvent?.();
         // Watchers here re-check at once whether their callers may still see it (visibility).
         deps.feed.notify(doc.id);
         return { document: toDocument(row) };
@@ -201,6 +213,7 @@ export function documentService(deps: DocumentServiceDeps): ServiceImpl<typeof D
     async deleteDocument(req, ctx) {
       await changeable(req.id, callerOf(ctx));
       if (!(await store.softDelete(req.id))) throw notFound(req.id);
+      content.onEvent?.();
       deps.feed.notify(req.id);
       return {};
     },

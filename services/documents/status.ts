@@ -8,8 +8,12 @@ import type { OutcomeStore } from "./outcome-store.js";
 import type { StatusFeed } from "./status-feed.js";
 import type { DocumentStore } from "./store.js";
 
-/** Statuses after which nothing more happens to a version until someone uploads another. */
-const TERMINAL_STATUSES = new Set(["processed", "failed", "indexed"]);
+/**
+ * Statuses after which nothing more happens to a version until someone uploads another. Where
+ * search runs, a processed version goes on to INDEXED, and watchers are told about that too.
+ */
+const terminalStatuses = (untilIndexed: boolean) =>
+  new Set(untilIndexed ? ["failed", "indexed"] : ["processed", "failed", "indexed"]);
 
 type Handlers = Pick<ServiceImpl<typeof DocumentService>, "watchDocument" | "getProcessingResult">;
 
@@ -20,7 +24,9 @@ export function statusHandlers(
   outcomes: OutcomeStore,
   feed: StatusFeed,
   watches: PerUserSlots,
+  untilIndexed = false,
 ): Handlers {
+  const TERMINAL_STATUSES = terminalStatuses(untilIndexed);
   return {
     async *watchDocument(req, ctx) {
       const caller = callerOf(ctx);

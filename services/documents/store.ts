@@ -1,7 +1,7 @@
 import { sql, type Kysely } from "kysely";
 import { queryShape } from "../../platform/db/query-shape.js";
 import { outboxRow } from "../../platform/events/index.js";
-import { enqueueUploaded, uploadedEvent } from "./events.js";
+import { enqueueDeleted, enqueueUpdated, enqueueUploaded, uploadedEvent } from "./events.js";
 import type { StatusWriter } from "./status-writer.js";
 import {
   documentColumns,
@@ -270,20 +270,25 @@ export class DocumentStore {
     return q.orderBy("seq", "desc").limit(limit).execute();
   }
 
+  /** Changes the metadata and queues DocumentUpdated with it (search copies what changed). */
   async update(id: string, changes: DocumentChanges): Promise<DocumentRow | undefined> {
     const { authors, metadata, ...rest } = changes;
-    return this.db
-      .updateTable("document")
-      .set({
-        ...rest,
-        ...(authors && { authors: JSON.stringify(authors) }),
-        ...(metadata && { metadata: JSON.stringify(metadata) }),
-        updated_at: sql<Date>`now()`,
-      })
-      .where("id", "=", id)
-      .where("deleted_at", "is", null)
-      .returning(documentColumns)
-      .executeTakeFirst();
+    return this.db.transaction().execute(async (trx) => {
+      const row = await trx
+        .updateTable("document")
+        .set({
+          ...rest,
+          ...(authors && { authors: JSON.stringify(authors) }),
+          ...(metadata && { metadata: JSON.stringify(metadata) }),
+          updated_at: sql<Date>`now()`,
+        })
+        .where("id", "=", id)
+        .where("deleted_at", "is", null)
+        .returning(documentColumns)
+        .executeTakeFirst();
+      if (row) await enqueueUpdated(trx, row, Object.keys(changes));
+      return row;
+    });
   }
 
   /**
@@ -357,14 +362,19 @@ export class DocumentStore {
       .executeTakeFirst();
   }
 
+  /** Marks the document deleted and queues DocumentDeleted with it (search drops its row). */
   async softDelete(id: string): Promise<boolean> {
-    const res = await this.db
-      .updateTable("document")
-      .set({ deleted_at: sql<Date>`now()`, updated_at: sql<Date>`now()` })
-      .where("id", "=", id)
-      .where("deleted_at", "is", null)
-      .executeTakeFirst();
-    return Number(res.numUpdatedRows) > 0;
+    return this.db.transaction().execute(async (trx) => {
+      const res = await trx
+        .updateTable("document")
+        .set({ deleted_at: sql<Date>`now()`, updated_at: sql<Date>`now()` })
+        .where("id", "=", id)
+        .where("deleted_at", "is", null)
+        .executeTakeFirst();
+      const deleted = Number(res.numUpdatedRows) > 0;
+      if (deleted) await enqueueDeleted(trx, id);
+      return deleted;
+    });
   }
 
   async latestStatus(documentId: string): Promise<StatusRow | undefined> {

@@ -6,6 +6,8 @@ import { failureReasons, toOutcome } from "./model.js";
 import type { NewOutcome, OutcomeStore } from "./outcome-store.js";
 import type { BlobStore } from "../../platform/blobs/index.js";
 import { logger } from "../../platform/telemetry/logger.js";
+import { recordIndexed } from "./indexed.js";
+import type { StatusWriter } from "./status-writer.js";
 
 function noVersion(documentId: string, version: number, current: number): ConnectError {
   return new ConnectError(
@@ -22,6 +24,7 @@ function noVersion(documentId: string, version: number, current: number): Connec
 export function workerReportsService(
   outcomes: OutcomeStore,
   blobs: BlobStore,
+  status: StatusWriter,
 ): ServiceImpl<typeof DocumentProcessingService> {
   /**
    * A small version's bytes, for the StartProcessing answer. Best effort: a blob that cannot be
@@ -96,6 +99,12 @@ export function workerReportsService(
           return { outcome: toOutcome(res.outcome, sent), alreadyRecorded: res.already };
         }
       }
+    },
+
+    async recordIndexed(req) {
+      const res = await recordIndexed(status, req.documentId, req.version);
+      if (res === "no_document") throw notFound(req.documentId);
+      return { changed: res === "changed" };
     },
   };
 }

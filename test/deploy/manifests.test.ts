@@ -52,6 +52,7 @@ const meshProcesses: Record<string, Component> = {
   documents: components.documents,
   identity: components.identity,
   processing: components.processing,
+  search: components.search,
 };
 
 /** Ports, targets and brokers in one process's environment that differ from the declaration. */

@@ -10,7 +10,7 @@ import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { FailureReason } from "../../documents/v1/documents_pb.js";
+import type { FailureReason, Visibility } from "../../documents/v1/documents_pb.js";
 import { file_medmesh_documents_v1_documents } from "../../documents/v1/documents_pb.js";
 import { file_medmesh_eventing_v1_eventing } from "../../eventing/v1/eventing_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file medmesh/events/v1/document_events.proto.
  */
 export const file_medmesh_events_v1_document_events: GenFile = /*@__PURE__*/
-  fileDesc("CidtZWRtZXNoL2V2ZW50cy92MS9kb2N1bWVudF9ldmVudHMucHJvdG8SEW1lZG1lc2guZXZlbnRzLnYxIv0BChBEb2N1bWVudFVwbG9hZGVkEhMKC2RvY3VtZW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSDgoGc2hhMjU2GAMgASgJEhIKCnNpemVfYnl0ZXMYBCABKAMSEQoJbWltZV90eXBlGAUgASgJEhEKCW5lZWRzX29jchgGIAEoCBITCgt1cGxvYWRlZF9ieRgHIAEoCRIvCgt1cGxvYWRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6M/K7GC8KD2RvY3VtZW50LmV2ZW50cxIcbWVkbWVzaC5kb2N1bWVudC51cGxvYWRlZC52MSLgAgoRRG9jdW1lbnRQcm9jZXNzZWQSEwoLZG9jdW1lbnRfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoBRIRCgltaW1lX3R5cGUYAyABKAkSDQoFcGFnZXMYBCABKAUSEgoKd29yZF9jb3VudBgFIAEoBRIQCghsYW5ndWFnZRgGIAEoCRIRCglzcGVjaWFsdHkYByABKAkSFQoNcXVhbGl0eV9zY29yZRgIIAEoAhIUCgxlbnRpdHlfY291bnQYCSABKAUSHQoVZGlzdGluY3RfZW50aXR5X2NvdW50GAogASgFEhYKDmNpdGF0aW9uX2NvdW50GAsgASgFEjAKDHByb2Nlc3NfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6NPK7GDAKD2RvY3VtZW50LmV2ZW50cxIdbWVkbWVzaC5kb2N1bWVudC5wcm9jZXNzZWQudjEi3gEKDkRvY3VtZW50RmFpbGVkEhMKC2RvY3VtZW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSMwoGcmVhc29uGAMgASgOMiMubWVkbWVzaC5kb2N1bWVudHMudjEuRmFpbHVyZVJlYXNvbhIPCgdtZXNzYWdlGAQgASgJEi0KCWZhaWxfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6MfK7GC0KD2RvY3VtZW50LmV2ZW50cxIabWVkbWVzaC5kb2N1bWVudC5mYWlsZWQudjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_medmesh_documents_v1_documents, file_medmesh_eventing_v1_eventing]);
+  fileDesc("CidtZWRtZXNoL2V2ZW50cy92MS9kb2N1bWVudF9ldmVudHMucHJvdG8SEW1lZG1lc2guZXZlbnRzLnYxIv0BChBEb2N1bWVudFVwbG9hZGVkEhMKC2RvY3VtZW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSDgoGc2hhMjU2GAMgASgJEhIKCnNpemVfYnl0ZXMYBCABKAMSEQoJbWltZV90eXBlGAUgASgJEhEKCW5lZWRzX29jchgGIAEoCBITCgt1cGxvYWRlZF9ieRgHIAEoCRIvCgt1cGxvYWRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6M/K7GC8KD2RvY3VtZW50LmV2ZW50cxIcbWVkbWVzaC5kb2N1bWVudC51cGxvYWRlZC52MSLgAgoRRG9jdW1lbnRQcm9jZXNzZWQSEwoLZG9jdW1lbnRfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoBRIRCgltaW1lX3R5cGUYAyABKAkSDQoFcGFnZXMYBCABKAUSEgoKd29yZF9jb3VudBgFIAEoBRIQCghsYW5ndWFnZRgGIAEoCRIRCglzcGVjaWFsdHkYByABKAkSFQoNcXVhbGl0eV9zY29yZRgIIAEoAhIUCgxlbnRpdHlfY291bnQYCSABKAUSHQoVZGlzdGluY3RfZW50aXR5X2NvdW50GAogASgFEhYKDmNpdGF0aW9uX2NvdW50GAsgASgFEjAKDHByb2Nlc3NfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6NPK7GDAKD2RvY3VtZW50LmV2ZW50cxIdbWVkbWVzaC5kb2N1bWVudC5wcm9jZXNzZWQudjEi3gEKDkRvY3VtZW50RmFpbGVkEhMKC2RvY3VtZW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAUSMwoGcmVhc29uGAMgASgOMiMubWVkbWVzaC5kb2N1bWVudHMudjEuRmFpbHVyZVJlYXNvbhIPCgdtZXNzYWdlGAQgASgJEi0KCWZhaWxfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6MfK7GC0KD2RvY3VtZW50LmV2ZW50cxIabWVkbWVzaC5kb2N1bWVudC5mYWlsZWQudjEimwEKD0RvY3VtZW50SW5kZXhlZBITCgtkb2N1bWVudF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgFEi4KCmluZGV4X3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wOjLyuxguCg9kb2N1bWVudC5ldmVudHMSG21lZG1lc2guZG9jdW1lbnQuaW5kZXhlZC52MSKLAQoPRG9jdW1lbnREZWxldGVkEhMKC2RvY3VtZW50X2lkGAEgASgJEi8KC2RlbGV0ZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDoy8rsYLgoPZG9jdW1lbnQuZXZlbnRzEhttZWRtZXNoLmRvY3VtZW50LmRlbGV0ZWQudjEi2QEKD0RvY3VtZW50VXBkYXRlZBITCgtkb2N1bWVudF9pZBgBIAEoCRIWCg5jaGFuZ2VkX2ZpZWxkcxgCIAMoCRI0Cgp2aXNpYmlsaXR5GAMgASgOMiAubWVkbWVzaC5kb2N1bWVudHMudjEuVmlzaWJpbGl0eRIvCgt1cGRhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6MvK7GC4KD2RvY3VtZW50LmV2ZW50cxIbbWVkbWVzaC5kb2N1bWVudC51cGRhdGVkLnYxYgZwcm90bzM", [file_google_protobuf_timestamp, file_medmesh_documents_v1_documents, file_medmesh_eventing_v1_eventing]);
 
 /**
  * A new content version is stored and waits for processing.
@@ -196,4 +196,94 @@ export type DocumentFailed = Message<"medmesh.events.v1.DocumentFailed"> & {
  */
 export const DocumentFailedSchema: GenMessage<DocumentFailed> = /*@__PURE__*/
   messageDesc(file_medmesh_events_v1_document_events, 2);
+
+/**
+ * Search indexed a version: it is findable now. Documents moves the version to INDEXED.
+ *
+ * @generated from message medmesh.events.v1.DocumentIndexed
+ */
+export type DocumentIndexed = Message<"medmesh.events.v1.DocumentIndexed"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * @generated from field: int32 version = 2;
+   */
+  version: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp index_time = 3;
+   */
+  indexTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message medmesh.events.v1.DocumentIndexed.
+ * Use `create(DocumentIndexedSchema)` to create a new message.
+ */
+export const DocumentIndexedSchema: GenMessage<DocumentIndexed> = /*@__PURE__*/
+  messageDesc(file_medmesh_events_v1_document_events, 3);
+
+/**
+ * A document was deleted: it must disappear from every read, search included.
+ *
+ * @generated from message medmesh.events.v1.DocumentDeleted
+ */
+export type DocumentDeleted = Message<"medmesh.events.v1.DocumentDeleted"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp delete_time = 2;
+   */
+  deleteTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message medmesh.events.v1.DocumentDeleted.
+ * Use `create(DocumentDeletedSchema)` to create a new message.
+ */
+export const DocumentDeletedSchema: GenMessage<DocumentDeleted> = /*@__PURE__*/
+  messageDesc(file_medmesh_events_v1_document_events, 4);
+
+/**
+ * A document's metadata changed (title, authors, visibility...); readers that copy it, such as
+ * the search index, read it again with GetDocument.
+ *
+ * @generated from message medmesh.events.v1.DocumentUpdated
+ */
+export type DocumentUpdated = Message<"medmesh.events.v1.DocumentUpdated"> & {
+  /**
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * The fields that changed, as in UpdateDocumentRequest.update_mask.
+   *
+   * @generated from field: repeated string changed_fields = 2;
+   */
+  changedFields: string[];
+
+  /**
+   * @generated from field: medmesh.documents.v1.Visibility visibility = 3;
+   */
+  visibility: Visibility;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp update_time = 4;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message medmesh.events.v1.DocumentUpdated.
+ * Use `create(DocumentUpdatedSchema)` to create a new message.
+ */
+export const DocumentUpdatedSchema: GenMessage<DocumentUpdated> = /*@__PURE__*/
+  messageDesc(file_medmesh_events_v1_document_events, 5);
 

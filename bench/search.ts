@@ -1,0 +1,193 @@
+/**
+ * The search index on its own: `npm run bench:search` (node --import tsx bench/search.ts).
+ * Generates BENCH_SEARCH_DOCS (10000) synthetic abstracts, indexes them one per transaction as
+ * the indexer does (index throughput), then times Search's one statement (match, total, six
+ * facets, a page of 10 with headlines) for a rare, a medium and a common term and two common
+ * terms, with each ranker the database has; and a cached answer. Embedded PGlite by default (in
+ * this process, as search runs it), the server when DATABASE_URL is set. Writes
+ * bench/results/search.md (search-postgres.md with DATABASE_URL). Run it under
+ * `flock /tmp/bench.lock`.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { randomBytes } from "node:crypto";
+import { fileURLToPath } from "node:url";
+import { sql } from "kysely";
+import { pg_trgm } from "@electric-sql/pglite/contrib/pg_trgm";
+import { pg_textsearch } from "@electric-sql/pglite-pg_textsearch";
+import { vector } from "@electric-sql/pglite-pgvector";
+import { openServiceDatabase } from "../platform/db/database.js";
+import { memoryVersionedCache } from "../platform/cache/versioned-cache.js";
+import { logger } from "../platform/telemetry/logger.js";
+import { migrations } from "../services/search/migrations/index.js";
+import { BM25_INDEX, chooseRanker } from "../services/search/ranker.js";
+import { IndexStore, type RankerName } from "../services/search/store.js";
+import type { IndexRow, SearchDB } from "../services/search/tables.js";
+import { intFromEnv } from "./lib/env.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const DOCS = intFromEnv("BENCH_SEARCH_DOCS", 10_000, 100, 1_000_000);
+const RUNS = intFromEnv("BENCH_SEARCH_RUNS", 30, 1, 10_000);
+
+/** A small deterministic PRNG, so every run indexes the same corpus. */
+function prng(seed: number) {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const filler = (
+  "the of and in to with for was were a on by from at as that this is be are we our study results " +
+  "outcome group groups trial cohort analysis risk ratio years compared associated higher lower " +
+  "significant increase decrease treatment therapy clinical dose week month baseline follow-up " +
+  "participants adults children women men hospital primary secondary endpoint randomised controlled"
+).split(" ");
+const topics = (
+  "hypertension diabetes asthma sepsis stroke migraine arthritis obesity anaemia pneumonia " +
+  "influenza depression anxiety epilepsy psoriasis lupus glaucoma cirrhosis hepatitis tuberculosis " +
+  "aspirin statin insulin warfarin heparin amoxicillin ibuprofen prednisone lisinopril atorvastatin"
+).split(" ");
+const specialties = ["cardiology", "endocrinology", "neurology", "pulmonology", "oncology", "rheumatology"];
+const journals = ["The Lancet", "BMJ", "JAMA", "NEJM", "Diabetes Care", "Thorax", "Brain", "Gut"];
+
+function corpus(n: number): IndexRow[] {
+  const rnd = prng(42);
+  const pick = <T>(a: T[]) => a[Math.floor(rnd() * a.length)]!;
+  const rows: IndexRow[] = [];
+  for (let i = 0; i < n; i++) {
+    const words: string[] = [];
+    for (let w = 0; w < 150; w++) words.push(rnd() < 0.15 ? pick(topics) : pick(filler));
+    // "patients" in 40% of abstracts, "metformin" in 5%, "zolmitriptan" in 0.5%.
+    if (rnd() < 0.4) words.splice(Math.floor(rnd() * words.length), 0, "patients");
+    if (rnd() < 0.05) words.splice(Math.floor(rnd() * words.length), 0, "metformin");
+    if (rnd() < 0.005) words.splice(Math.floor(rnd() * words.length), 0, "zolmitriptan");
+    const year = 2000 + Math.floor(rnd() * 25);
+    rows.push({
+      document_id: `00000000-0000-4000-8000-${i.toString(16).padStart(12, "0")}`,
+      version: 1,
+      title: `${pick(topics)} and ${pick(topics)} in ${pick(filler)} ${pick(filler)}`,
+      abstract: words.join(" "),
+      body: "",
+      authors: [`Author ${Math.floor(rnd() * 500)}`],
+      entities: [pick(topics), pick(topics)],
+      keywords: [pick(topics)],
+      journal: pick(journals),
+      specialty: pick(specialties),
+      document_type: "research_paper",
+      publication_date: `${year}-0${1 + Math.floor(rnd() * 9)}-1${Math.floor(rnd() * 9)}`,
+      visibility: rnd() < 0.9 ? "platform" : "private",
+      owner: `user-${Math.floor(rnd() * 100)}`,
+    });
+  }
+  return rows;
+}
+
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+};
+const ms = (x: number) => (x < 10 ? x.toFixed(2) : x.toFixed(1));
+
+async function main() {
+  const url = process.env.DATABASE_URL;
+  const schema = `search_bench_${randomBytes(3).toString("hex")}`;
+  const database = await openServiceDatabase<SearchDB>(
+    "search-bench",
+    { DATABASE_URL: url, MEDMESH_DATA_DIR: "memory://", DB_POOL_MAX: 4 },
+    schema,
+    migrations,
+    { pg_trgm, pg_textsearch, vector },
+  );
+  const db = database.db;
+  const store = new IndexStore(db, schema, BM25_INDEX);
+  const rssBefore = process.memoryUsage().rss;
+  const rows = corpus(DOCS);
+  const indexStart = performance.now();
+  for (const row of rows) await db.transaction().execute((trx) => store.upsert(trx, row));
+  const indexSeconds = (performance.now() - indexStart) / 1000;
+  const bm25Start = performance.now();
+  const best = await chooseRanker(db as never, schema, "auto", logger);
+  const bm25Seconds = (performance.now() - bm25Start) / 1000;
+  const rankers: RankerName[] = best === "bm25" ? ["bm25", "ts_rank_cd"] : ["ts_rank_cd"];
+
+  const queries: Array<[string, string, string]> = [
+    ["rare term", "'zolmitriptan'", "zolmitriptan"],
+    ["medium term", "'metformin'", "metformin"],
+    ["common term (40%)", "'patients'", "patients"],
+    ["two common terms", "'patients' & 'treatment'", "patients treatment"],
+  ];
+  const noFilters = {
+    specialties: [],
+    documentTypes: [],
+    journals: [],
+    authors: [],
+    entities: [],
+    publishedAfter: "",
+    publishedBefore: "",
+  };
+  const lines: string[] = [];
+  for (const ranker of rankers) {
+    for (const [label, tsquery, bm25Text] of queries) {
+      const times: number[] = [];
+      let total = 0;
+      for (let i = 0; i < RUNS + 3; i++) {
+        const t = performance.now();
+        const page = await store.search({
+          tsquery,
+          bm25Text,
+          ranker,
+          filters: noFilters,
+          scope: { subject: "user-1", admin: false },
+          limit: 10,
+          offset: 0,
+        });
+        if (i >= 3) times.push(performance.now() - t);
+        total = page.total;
+      }
+      lines.push(`| ${ranker} | ${label} | ${total} | ${ms(pct(times, 50))} | ${ms(pct(times, 95))} |`);
+    }
+  }
+  // A cached answer: what a repeated search costs once the index is unchanged (in process).
+  const cache = memoryVersionedCache();
+  const answer = "x".repeat(6000);
+  const got = await cache.get("bench", "k");
+  await cache.set("bench", got.version, "k", answer, 60_000);
+  const cachedTimes: number[] = [];
+  for (let i = 0; i < 1000; i++) {
+    const t = performance.now();
+    await cache.get("bench", "k");
+    cachedTimes.push(performance.now() - t);
+  }
+  const rss = process.memoryUsage().rss;
+  const where = url ? "PostgreSQL server (DATABASE_URL)" : "embedded PGlite in this process";
+  const out = [
+    `# Search index bench (${new Date().toISOString().slice(0, 10)})`,
+    "",
+    `\`npm run bench:search\`, ${DOCS} synthetic abstracts (~150 words), ${where}; ${RUNS} runs per query after 3 warm-ups.`,
+    "Each search is Search's one statement: match, total, six facets over the matched set, a page of 10 with ts_headline.",
+    "",
+    `- Indexing, one document per transaction as the indexer writes: ${(DOCS / indexSeconds).toFixed(0)} documents/s (${indexSeconds.toFixed(1)} s)`,
+    `- Ranker chosen at start: ${best}${best === "bm25" ? ` (BM25 index built over the loaded rows in ${bm25Seconds.toFixed(1)} s)` : ""}`,
+    url
+      ? ""
+      : `- Process RSS: ${(rssBefore / 2 ** 20).toFixed(0)} MiB before loading, ${(rss / 2 ** 20).toFixed(0)} MiB after`,
+    `- Cached answer (in-process cache lookup): p50 ${(pct(cachedTimes, 50) * 1000).toFixed(1)} µs`,
+    "",
+    "| ranker | query | matches | p50 ms | p95 ms |",
+    "|---|---|---:|---:|---:|",
+    ...lines,
+    "",
+  ].join("\n");
+  process.stdout.write(out);
+  const file = path.join(root, "bench/results", url ? "search-postgres.md" : "search.md");
+  fs.writeFileSync(file, out);
+  await sql`drop schema ${sql.id(schema)} cascade`.execute(db).catch(() => undefined);
+  await database.close();
+}
+
+await main();

@@ -1,0 +1,289 @@
+import { pg_trgm } from "@electric-sql/pglite/contrib/pg_trgm";
+import { pg_textsearch } from "@electric-sql/pglite-pg_textsearch";
+import { vector } from "@electric-sql/pglite-pgvector";
+import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
+import { components, hostField, portField, targetField } from "../../platform/config/components.js";
+import { identityKeySet } from "../../platform/auth/key-set.js";
+import { memoryVersionedCache, redisVersionedCache } from "../../platform/cache/versioned-cache.js";
+import { bearerPrincipalResolver } from "../../platform/auth/principal.js";
+import { serviceToken } from "../../platform/auth/service-token.js";
+import { openServiceDatabase } from "../../platform/db/database.js";
+import {
+  createKafka,
+  ensureTopics,
+  eventTopic,
+  fullJitterBackoff,
+  inboxRetentionSpec,
+  outboxRetentionSpec,
+  startEventPruning,
+  startIdempotentConsumer,
+  startOutboxRelay,
+  type IdempotentConsumer,
+} from "../../platform/events/index.js";
+import { createMeshClient } from "../../platform/grpc/client.js";
+import type { PrincipalResolver } from "../../platform/grpc/interceptors/access.js";
+import { meshInterceptors } from "../../platform/grpc/interceptors/index.js";
+import { register, startGrpcServer, type RunningGrpcServer } from "../../platform/grpc/server.js";
+import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
+import { logger } from "../../platform/telemetry/logger.js";
+import { startComponentTelemetry } from "../../platform/telemetry/sdk.js";
+import { DocumentProcessingService, DocumentService } from "../../gen/medmesh/documents/v1/documents_pb.js";
+import { DocumentProcessedSchema } from "../../gen/medmesh/events/v1/document_events_pb.js";
+import { SearchPerformedSchema } from "../../gen/medmesh/events/v1/search_events_pb.js";
+import { SearchService } from "../../gen/medmesh/search/v1/search_pb.js";
+import { searchAnalytics, statsConsumer } from "./analytics.js";
+import { indexer } from "./indexer.js";
+import { migrations } from "./migrations/index.js";
+import { BM25_INDEX, chooseRanker, type RankerSetting } from "./ranker.js";
+import { reindexer } from "./reindex.js";
+import { searchService } from "./service.js";
+import { indexedReporter } from "./status-reporter.js";
+import { IndexStore } from "./store.js";
+import type { SearchDB } from "./tables.js";
+
+const DOCUMENT_EVENTS = eventTopic(DocumentProcessedSchema);
+const SEARCH_EVENTS = eventTopic(SearchPerformedSchema);
+
+const requiredList = (what: string) => (raw: string) => {
+  const list = raw
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+  if (list.length === 0) throw new Error(`is required (${what})`);
+  return list;
+};
+
+export const configSpec = {
+  ...serviceSpec,
+  ...outboxRetentionSpec,
+  ...inboxRetentionSpec,
+  ...hostField(components.search, "interface the gRPC server binds"),
+  ...portField(components.search, "gRPC port (0 picks a free one)"),
+  SEARCH_DB_SCHEMA: env.string("schema the service owns (the index, its inbox and outbox)", "search"),
+  KAFKA_BROKERS: env.parsed(
+    `Kafka brokers (host:port, comma separated) to consume ${DOCUMENT_EVENTS} from and publish to`,
+    "",
+    requiredList("Kafka brokers, host:port, comma separated"),
+  ),
+  ...targetField(components.documents, "where the documents service is"),
+  ...targetField(
+    components.identity,
+    "where the identity service is (keys that verify tokens; the API key is exchanged there)",
+  ),
+  SEARCH_API_KEY: env.string("the search service's API key (secret), traded with identity for access tokens"),
+  SEARCH_GROUP_ID: env.string("Kafka consumer group of the indexer", "search-indexer"),
+  SEARCH_STATUS_GROUP_ID: env.string(
+    "Kafka consumer group that reports indexed versions to documents",
+    "search-status",
+  ),
+  SEARCH_ANALYTICS_GROUP_ID: env.string(
+    "Kafka consumer group that counts search.events for GetSearchAnalytics",
+    "search-analytics",
+  ),
+  SEARCH_RANKER: env.oneOf(
+    "relevance ranking: auto (BM25 where pg_textsearch loads, else ts_rank_cd), bm25 (required), ts_rank_cd",
+    ["auto", "bm25", "ts_rank_cd"] as const,
+    "auto",
+  ),
+  REDIS_URL: env.url("Redis for the search answer cache shared by every replica; unset keeps it in process", [
+    "redis:",
+    "rediss:",
+  ]),
+  SEARCH_CACHE_TTL_MS: env.int(
+    "how long a search answer is kept (every index change invalidates all of them at once); 0 turns the cache off",
+    60_000,
+    0,
+    24 * 3_600_000,
+  ),
+  SEARCH_MAX_ATTEMPTS: env.int(
+    "permanent failures per event before it goes to the dead-letter topic (transient ones retry without a limit)",
+    3,
+    1,
+    10,
+  ),
+  SEARCH_RETRY_BASE_MS: env.int("backoff after failed try n is this times 2^n", 1000, 1, 60_000),
+  SEARCH_RETRY_MAX_MS: env.int(
+    "cap of the jittered backoff between retries of a transient failure (documents down, a deadline)",
+    30_000,
+    1,
+    600_000,
+  ),
+};
+
+export interface SearchHooks {
+  /** Replaces token verification; only code can pass this (tests). */
+  resolvePrincipal?: PrincipalResolver;
+}
+
+export async function startSearch(
+  source: Record<string, string | undefined> = process.env,
+  hooks: SearchHooks = {},
+): Promise<Started & { port: number; ranker: string }> {
+  const config = loadConfig(configSpec, source);
+  const telemetry = startComponentTelemetry("search", config);
+  const log = logger.child({ component: "search" });
+  // Without DATABASE_URL search has an embedded database of its own, in this process, with the
+  // extensions it needs; see README (why not the shared embedded Postgres).
+  const database = await openServiceDatabase<SearchDB>("search", config, config.SEARCH_DB_SCHEMA, migrations, {
+    pg_trgm,
+    pg_textsearch,
+    vector,
+  });
+  const ranker = await chooseRanker(
+    database.db as never,
+    config.SEARCH_DB_SCHEMA,
+    config.SEARCH_RANKER as RankerSetting,
+    log,
+  );
+  const store = new IndexStore(database.db, config.SEARCH_DB_SCHEMA, BM25_INDEX);
+  const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "search" });
+  await ensureTopics(kafka, [
+    { topic: DOCUMENT_EVENTS, numPartitions: 3 },
+    { topic: SEARCH_EVENTS, numPartitions: 3 },
+  ]);
+  const producer = kafka.producer();
+  await producer.connect();
+  const analytics = searchAnalytics({ producer, callerKey: config.SEARCH_API_KEY, log });
+  const relay = startOutboxRelay({ db: database.db, kafka, wakeLingerMs: 20 });
+  const pruning = startEventPruning({
+    db: database.db,
+    outboxRetentionMs: config.OUTBOX_RETENTION_HOURS * 3_600_000,
+    inboxRetentionMs: config.INBOX_RETENTION_HOURS * 3_600_000,
+  });
+  const clientOptions = {
+    defaultTimeoutMs: config.DEFAULT_DEADLINE_MS,
+    maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
+  };
+  const documents = createMeshClient(DocumentService, config.DOCUMENTS_TARGET, clientOptions);
+  const processing = createMeshClient(DocumentProcessingService, config.DOCUMENTS_TARGET, clientOptions);
+  const token = serviceToken({
+    identityTarget: config.IDENTITY_TARGET,
+    apiKey: config.SEARCH_API_KEY,
+    keyName: "SEARCH_API_KEY",
+  });
+  const keys = identityKeySet(config.IDENTITY_TARGET);
+  const cache =
+    config.SEARCH_CACHE_TTL_MS === 0
+      ? undefined
+      : config.REDIS_URL
+        ? redisVersionedCache(config.REDIS_URL)
+        : memoryVersionedCache();
+  // Per schema: two indexes on one Redis (tests, staging beside production) never share answers.
+  const cacheNamespace = `search:${config.SEARCH_DB_SCHEMA}`;
+  // After every committed change to the index: the cached answers may all be wrong now.
+  const invalidate = () =>
+    void cache
+      ?.bump(cacheNamespace)
+      .catch((err: Error) => log.warn("could not invalidate the search cache", { error: err }));
+  const indexing = indexer({ documents, token, store });
+  const reporter = indexedReporter({ processing, token });
+  const reindex = reindexer({
+    db: database.db,
+    documents,
+    token,
+    store,
+    indexing,
+    afterWrite: () => (relay.wake(), invalidate()),
+  });
+
+  const consumers: IdempotentConsumer[] = [];
+  const closeAll = async () => {
+    for (const c of consumers) await c.stop();
+    await relay.stop();
+    await pruning.stop();
+    await producer.disconnect();
+    token.close();
+    keys.close();
+    await cache?.close();
+    documents.close();
+    processing.close();
+    await database.close();
+    await telemetry.shutdown();
+  };
+  const retries = {
+    maxAttempts: config.SEARCH_MAX_ATTEMPTS,
+    backoffMs: (n: number) => config.SEARCH_RETRY_BASE_MS * 2 ** n,
+    transientBackoffMs: fullJitterBackoff(config.SEARCH_RETRY_BASE_MS, config.SEARCH_RETRY_MAX_MS),
+  };
+  let server: RunningGrpcServer;
+  try {
+    consumers.push(
+      await startIdempotentConsumer<SearchDB, Awaited<ReturnType<typeof indexing.prepare>>>({
+        kafka,
+        groupId: config.SEARCH_GROUP_ID,
+        topics: [DOCUMENT_EVENTS],
+        db: database.db,
+        accepts: indexing.handles,
+        prepare: indexing.prepare,
+        handler: indexing.handler,
+        afterCommit: () => (relay.wake(), invalidate()),
+        ...retries,
+        partitionsConsumedConcurrently: 3,
+      }),
+    );
+    consumers.push(
+      await startIdempotentConsumer<SearchDB, undefined>({
+        kafka,
+        groupId: config.SEARCH_STATUS_GROUP_ID,
+        topics: [DOCUMENT_EVENTS],
+        db: database.db,
+        accepts: reporter.handles,
+        prepare: reporter.prepare,
+        handler: reporter.handler,
+        ...retries,
+        partitionsConsumedConcurrently: 3,
+      }),
+    );
+    consumers.push(
+      await startIdempotentConsumer<SearchDB, undefined>({
+        kafka,
+        groupId: config.SEARCH_ANALYTICS_GROUP_ID,
+        topics: [SEARCH_EVENTS],
+        db: database.db,
+        accepts: statsConsumer.handles,
+        handler: statsConsumer.handler,
+        ...retries,
+      }),
+    );
+    server = await startGrpcServer({
+      name: "search",
+      host: config.SEARCH_HOST,
+      port: config.SEARCH_PORT,
+      services: [
+        register(
+          SearchService,
+          searchService({
+            store,
+            ranker,
+            reindexer: reindex,
+            analytics,
+            db: database.db,
+            cache: cache && { store: cache, ttlMs: config.SEARCH_CACHE_TTL_MS, namespace: cacheNamespace },
+          }),
+        ),
+      ],
+      interceptors: meshInterceptors({
+        component: "search",
+        resolvePrincipal: hooks.resolvePrincipal ?? bearerPrincipalResolver(keys),
+      }),
+      deadlines: { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS },
+      maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
+      readinessProbe: async () => consumers.every((c) => c.running()) && (await database.ping()),
+    });
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+
+  return {
+    port: server.port,
+    ranker,
+    endpoints: { search: `grpc://${server.address}` },
+    async stop() {
+      await server.shutdown(config.SHUTDOWN_GRACE_MS);
+      await closeAll();
+    },
+  };
+}
+
+if (isEntryPoint(import.meta.url)) void runMain("search", () => startSearch());

@@ -1,0 +1,378 @@
+import { sql, type Kysely, type RawBuilder } from "kysely";
+import type { IndexMetadata, IndexRow, SearchDB } from "./tables.js";
+
+/** How results are ordered; bm25 and ts_rank_cd are relevance, chosen once at start (ranker.ts). */
+export type RankerName = "bm25" | "ts_rank_cd" | "date";
+
+export interface Filters {
+  specialties: string[];
+  documentTypes: string[];
+  journals: string[];
+  authors: string[];
+  entities: string[];
+  publishedAfter: string;
+  publishedBefore: string;
+}
+
+/** Who is searching: private documents are theirs to find only, unless they are an admin. */
+export interface Scope {
+  subject: string;
+  admin: boolean;
+}
+
+export interface SearchParams {
+  tsquery: string;
+  bm25Text: string;
+  ranker: RankerName;
+  filters: Filters;
+  scope: Scope;
+  limit: number;
+  offset: number;
+}
+
+export interface FacetCount {
+  value: string;
+  count: number;
+}
+
+export interface HitRow {
+  document_id: string;
+  version: number;
+  title: string;
+  authors: string[];
+  journal: string | null;
+  publication_date: string | null;
+  document_type: string;
+  specialty: string | null;
+  visibility: string;
+  score: number;
+  /** ts_headline output, matches between HIGHLIGHT_START and HIGHLIGHT_END. */
+  snippet: string;
+}
+
+export interface SearchPage {
+  total: number;
+  facets: Record<FacetField, FacetCount[]>;
+  hits: HitRow[];
+}
+
+export const FACET_FIELDS = ["specialty", "document_type", "journal", "author", "entity", "publication_year"] as const;
+export type FacetField = (typeof FACET_FIELDS)[number];
+
+/** Values per facet: the largest counts; a long tail of journals helps nobody choose. */
+const FACET_LIMIT = 20;
+
+// Control characters mark the matched words in headlines: they cannot occur in indexed text
+// (processing extracts printable text), so no document can forge a highlight.
+export const HIGHLIGHT_START = "\u0002";
+export const HIGHLIGHT_END = "\u0003";
+const HEADLINE_OPTIONS = `StartSel=${HIGHLIGHT_START}, StopSel=${HIGHLIGHT_END}, MaxWords=35, MinWords=15, MaxFragments=2, FragmentDelimiter=" … "`;
+
+/** Text beyond this is not put through ts_headline: a snippet comes from the start of a long body. */
+const HEADLINE_SOURCE_CHARS = 20_000;
+
+/** Matches BM25 orders for the first pages, preselected by ts_rank_cd; see `search`. */
+const BM25_RERANK = 200;
+/** The preselection for pages past BM25_RERANK: as deep as pages go (service.ts, MAX_RESULT_OFFSET). */
+const MAX_RERANK = 1050;
+
+/** Terms of a document that SimilarDocuments searches for. */
+const SIMILAR_TERMS = 12;
+
+/** Words shorter than this are not worth a did-you-mean. */
+const MIN_VOCABULARY_WORD = 3;
+
+function anyOf(values: string[], test: (v: string) => RawBuilder<unknown>): RawBuilder<unknown> | undefined {
+  if (values.length === 0) return undefined;
+  return sql`(${sql.join(values.map(test), sql` or `)})`;
+}
+
+/** The WHERE conditions besides the text match: visibility first, then each filter. */
+function conditions(f: Filters, scope: Scope): RawBuilder<unknown>[] {
+  const all: Array<RawBuilder<unknown> | undefined> = [
+    scope.admin ? undefined : sql`(d.visibility = 'platform' or d.owner = ${scope.subject})`,
+    anyOf(f.specialties, (v) => sql`d.specialty = ${v}`),
+    anyOf(f.documentTypes, (v) => sql`d.document_type = ${v}`),
+    anyOf(f.journals, (v) => sql`d.journal = ${v}`),
+    anyOf(f.authors, (v) => sql`d.authors @> ${JSON.stringify([v])}::jsonb`),
+    anyOf(f.entities, (v) => sql`d.entities @> ${JSON.stringify([v])}::jsonb`),
+    f.publishedAfter ? sql`d.publication_date >= ${f.publishedAfter}::date` : undefined,
+    f.publishedBefore ? sql`d.publication_date <= ${f.publishedBefore}::date` : undefined,
+  ];
+  return all.filter((c): c is RawBuilder<unknown> => c !== undefined);
+}
+
+function facetQuery(field: FacetField): RawBuilder<unknown> {
+  const grouped = (expr: RawBuilder<unknown>, from: RawBuilder<unknown> = sql`m`) =>
+    sql`(select coalesce(json_agg(json_build_object('value', v, 'count', c) order by c desc, v), '[]'::json)
+         from (select ${expr} as v, count(*) as c from ${from} where ${expr} is not null and ${expr} <> ''
+               group by 1 order by 2 desc, 1 limit ${sql.lit(FACET_LIMIT)}) x)`;
+  switch (field) {
+    case "specialty":
+      return grouped(sql`m.specialty`);
+    case "document_type":
+      return grouped(sql`m.document_type`);
+    case "journal":
+      return grouped(sql`m.journal`);
+    case "author":
+      return grouped(sql`a.value`, sql`m, jsonb_array_elements_text(m.authors) a`);
+    case "entity":
+      return grouped(sql`e.value`, sql`m, jsonb_array_elements_text(m.entities) e`);
+    case "publication_year":
+      return grouped(sql`to_char(m.publication_date, 'YYYY')`);
+  }
+}
+
+/** The index's rows and the queries over them. */
+export class IndexStore {
+  private readonly bm25Index: string;
+
+  constructor(
+    private readonly db: Kysely<SearchDB>,
+    private readonly schema: string,
+    bm25IndexName: string,
+  ) {
+    this.bm25Index = `${schema}.${bm25IndexName}`;
+  }
+
+  /** A table of the schema in raw SQL, which the query builder's schema scoping does not reach. */
+  private table(name: keyof SearchDB) {
+    return sql.id(this.schema, name);
+  }
+
+  /**
+   * Writes the document's row unless the index already holds a newer version of it (events of
+   * two versions may be handled out of order after a redelivery). Returns whether it wrote.
+   */
+  async upsert(trx: Kysely<SearchDB>, row: IndexRow): Promise<boolean> {
+    const values = {
+      ...row,
+      authors: JSON.stringify(row.authors),
+      entities: JSON.stringify(row.entities),
+      keywords: JSON.stringify(row.keywords),
+      keyword_text: row.keywords.join(" "),
+      entity_text: row.entities.join(" "),
+    };
+    const { document_id: _id, ...changes } = values;
+    const written = await trx
+      .insertInto("indexed_document")
+      .values(values)
+      .onConflict((oc) =>
+        oc
+          .column("document_id")
+          .doUpdateSet({ ...changes, indexed_at: sql<Date>`now()` })
+          .where("indexed_document.version", "<=", row.version),
+      )
+      .returning("document_id")
+      .executeTakeFirst();
+    if (written) await this.learnWords(trx, row);
+    return written !== undefined;
+  }
+
+  /** Adds the row's words and names to the vocabulary of did-you-mean and Suggest. */
+  private async learnWords(trx: Kysely<SearchDB>, row: IndexRow): Promise<void> {
+    const text = [row.title, row.abstract, ...row.keywords, ...row.entities].join(" ").toLowerCase();
+    const words = new Set((text.match(/\p{L}[\p{L}\p{N}]*/gu) ?? []).filter((w) => w.length >= MIN_VOCABULARY_WORD));
+    // Words and authors of private documents stay out: a suggestion must not reveal them to
+    // others. Entities are the lexicon's names, known to everyone.
+    const shared = row.visibility === "platform";
+    const entries = [
+      ...(shared ? [...words].map((word) => ({ kind: "word", word })) : []),
+      ...row.entities.map((word) => ({ kind: "entity", word })),
+      ...(shared ? row.authors.map((word) => ({ kind: "author", word })) : []),
+    ].filter((e) => e.word.length <= 200);
+    if (entries.length === 0) return;
+    await trx
+      .insertInto("vocabulary")
+      .values(entries)
+      .onConflict((oc) => oc.doNothing())
+      .execute();
+  }
+
+  async remove(trx: Kysely<SearchDB>, documentId: string): Promise<boolean> {
+    const res = await trx.deleteFrom("indexed_document").where("document_id", "=", documentId).executeTakeFirst();
+    return Number(res.numDeletedRows) > 0;
+  }
+
+  /** The metadata that documents may change without a new version; a specialty left empty keeps processing's. */
+  async updateMetadata(trx: Kysely<SearchDB>, documentId: string, meta: IndexMetadata): Promise<boolean> {
+    const res = await trx
+      .updateTable("indexed_document")
+      .set({
+        ...meta,
+        title: meta.title || sql<string>`title`,
+        specialty: meta.specialty ?? sql<string>`specialty`,
+        authors: JSON.stringify(meta.authors),
+        indexed_at: sql<Date>`now()`,
+      })
+      .where("document_id", "=", documentId)
+      .executeTakeFirst();
+    return Number(res.numUpdatedRows) > 0;
+  }
+
+  async versionOf(documentId: string): Promise<number | undefined> {
+    const row = await this.db
+      .selectFrom("indexed_document")
+      .select("version")
+      .where("document_id", "=", documentId)
+      .executeTakeFirst();
+    return row?.version;
+  }
+
+  async documentIds(): Promise<string[]> {
+    const rows = await this.db.selectFrom("indexed_document").select("document_id").execute();
+    return rows.map((r) => r.document_id);
+  }
+
+  /**
+   * One statement: the matched set (text match, visibility, filters) with its total and facet
+   * counts, and the requested page with headlines, which ts_headline computes for those rows
+   * only. The tsquery decides what matches; the ranker only orders.
+   */
+  async search(p: SearchParams): Promise<SearchPage> {
+    const q = sql`to_tsquery('english', ${p.tsquery})`;
+    // pg_textsearch's <@> costs ~0.18 ms per row on PGlite (bench/results/search.md), too much
+    // for every match of a common word. So ts_rank_cd (cheap, the same field weights) preselects
+    // the best BM25_RERANK matches and BM25 orders those; pages past them are ordered by a wider
+    // preselection. The index's own top-k path (ORDER BY <@> LIMIT k) measured slower still.
+    const rerank = p.ranker === "bm25";
+    const score = p.ranker === "date" ? sql`0` : sql`ts_rank_cd(d.search_tsv, q.q)`;
+    const order =
+      p.ranker === "date"
+        ? sql`m.publication_date desc nulls last, m.document_id`
+        : sql`m.score desc, m.publication_date desc nulls last, m.document_id`;
+    const preselect = p.offset + p.limit <= BM25_RERANK ? BM25_RERANK : MAX_RERANK;
+    const ranked = rerank
+      ? sql`(select top.document_id, top.publication_date,
+                    -(d.bm25_text <@> to_bm25query(${p.bm25Text}, ${this.bm25Index}))::float8 as score
+             from (select m.document_id, m.publication_date from m
+                   order by ${order} limit ${sql.lit(preselect)}) top
+             join ${this.table("indexed_document")} d using (document_id))`
+      : sql`m`;
+    const where = [sql`d.search_tsv @@ q.q`, ...conditions(p.filters, p.scope)];
+    const facets = FACET_FIELDS.map((f) => sql`${facetQuery(f)} as ${sql.id(`f_${f}`)}`);
+    const result = await sql<Record<string, unknown>>`
+      with q as (select ${q} as q),
+      m as materialized (
+        select d.document_id, d.specialty, d.document_type, d.journal, d.authors, d.entities,
+               d.publication_date, (${score})::float8 as score
+        from ${this.table("indexed_document")} d, q
+        where ${sql.join(where, sql` and `)}
+      ),
+      page as (
+        select m.document_id, m.score, row_number() over (order by ${order}) as ord
+        from ${ranked} m order by ${order} limit ${p.limit} offset ${p.offset}
+      )
+      select
+        (select count(*) from m)::int as total,
+        ${sql.join(facets, sql`, `)},
+        (select coalesce(json_agg(h order by h.ord), '[]'::json) from (
+          select page.ord, d.document_id, d.version, d.title, d.authors, d.journal,
+                 to_char(d.publication_date, 'YYYY-MM-DD') as publication_date, d.document_type,
+                 d.specialty, d.visibility, page.score,
+                 ts_headline('english',
+                   left(case when d.abstract <> '' then d.abstract else d.body end, ${sql.lit(HEADLINE_SOURCE_CHARS)}),
+                   q.q, ${HEADLINE_OPTIONS}) as snippet
+          from page join ${this.table("indexed_document")} d using (document_id), q
+        ) h) as hits
+    `.execute(this.db);
+    const row = result.rows[0]!;
+    const facetCounts = {} as Record<FacetField, FacetCount[]>;
+    for (const f of FACET_FIELDS) {
+      facetCounts[f] = (row[`f_${f}`] as Array<{ value: string; count: number }>).map((v) => ({
+        value: String(v.value),
+        count: Number(v.count),
+      }));
+    }
+    return { total: Number(row.total), facets: facetCounts, hits: row.hits as HitRow[] };
+  }
+
+  /** The indexed word closest to each given word that is not itself indexed, if one is close enough. */
+  async corrections(words: string[]): Promise<Array<{ word: string; suggestion: string }>> {
+    const out: Array<{ word: string; suggestion: string }> = [];
+    for (const word of words) {
+      if (word.length < MIN_VOCABULARY_WORD) continue;
+      const res = await sql<{ known: boolean; suggestion: string | null }>`
+        select exists (select 1 from ${this.table("vocabulary")} where kind = 'word' and word = ${word}) as known,
+               (select v.word from ${this.table("vocabulary")} v
+                 where v.kind = 'word' and v.word % ${word}
+                 order by similarity(v.word, ${word}) desc, v.word limit 1) as suggestion
+      `.execute(this.db);
+      const r = res.rows[0];
+      if (r && !r.known && r.suggestion) out.push({ word, suggestion: r.suggestion });
+    }
+    return out;
+  }
+
+  /** Titles, entities and authors close to what was typed: prefix matches first, then similar ones. */
+  async suggest(
+    prefix: string,
+    scope: Scope,
+    limit: number,
+  ): Promise<Array<{ text: string; kind: string; document_id: string | null }>> {
+    const p = prefix.toLowerCase();
+    const like = `${p.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+    const visible = scope.admin ? sql`true` : sql`(d.visibility = 'platform' or d.owner = ${scope.subject})`;
+    const res = await sql<{ text: string; kind: string; document_id: string | null; rank: number }>`
+      select text, kind, document_id from (
+        select d.title as text, 'title' as kind, d.document_id::text as document_id,
+               case when lower(d.title) like ${like} then 2 else word_similarity(${p}, lower(d.title)) end as rank
+        from ${this.table("indexed_document")} d
+        where (lower(d.title) like ${like} or ${p} <% lower(d.title)) and ${visible}
+        union all
+        select v.word, v.kind, null,
+               case when v.word like ${like} then 2 else word_similarity(${p}, v.word) end
+        from ${this.table("vocabulary")} v
+        where v.kind in ('entity', 'author') and (lower(v.word) like ${like} or ${p} <% lower(v.word))
+      ) s
+      order by rank desc, length(text), text
+      limit ${limit}
+    `.execute(this.db);
+    return res.rows;
+  }
+
+  /**
+   * More like this: the document's heaviest terms (title words count four times, abstract,
+   * keywords and entities twice, body once), then the documents that share most of them. The
+   * terms are lexemes already, so they are matched as they are ('simple'), not stemmed again.
+   */
+  async similar(
+    documentId: string,
+    scope: Scope,
+    limit: number,
+  ): Promise<{ terms: string[]; hits: HitRow[] } | undefined> {
+    const visible = scope.admin ? sql`true` : sql`(d.visibility = 'platform' or d.owner = ${scope.subject})`;
+    const source = await sql<{ lexeme: string }>`
+      select u.lexeme
+      from ${this.table("indexed_document")} d, unnest(d.search_tsv) u
+      where d.document_id = ${documentId} and ${visible}
+      group by u.lexeme
+      order by sum((select sum(case w when 'A' then 4 when 'B' then 2 else 1 end) from unnest(u.weights) w)) desc,
+               u.lexeme
+      limit 200
+    `.execute(this.db);
+    if (source.rows.length === 0) {
+      const exists = await sql<{ found: boolean }>`
+        select exists (select 1 from ${this.table("indexed_document")} d where d.document_id = ${documentId} and ${visible}) as found
+      `.execute(this.db);
+      return exists.rows[0]?.found ? { terms: [], hits: [] } : undefined;
+    }
+    const terms = source.rows
+      .map((r) => r.lexeme)
+      .filter((t) => /^[\p{L}][\p{L}\p{N}]{2,}$/u.test(t))
+      .slice(0, SIMILAR_TERMS);
+    if (terms.length === 0) return { terms, hits: [] };
+    const tsquery = terms.map((t) => `'${t}'`).join(" | ");
+    const res = await sql<HitRow>`
+      with q as (select to_tsquery('simple', ${tsquery}) as q)
+      select d.document_id, d.version, d.title, d.authors, d.journal,
+             to_char(d.publication_date, 'YYYY-MM-DD') as publication_date, d.document_type, d.specialty,
+             d.visibility, ts_rank_cd(d.search_tsv, q.q)::float8 as score, '' as snippet
+      from ${this.table("indexed_document")} d, q
+      where d.search_tsv @@ q.q and d.document_id <> ${documentId} and ${visible}
+      order by score desc, d.document_id
+      limit ${limit}
+    `.execute(this.db);
+    return { terms, hits: res.rows };
+  }
+}
