@@ -5,6 +5,7 @@ export {
   LEXICON,
   LEXICON_INDEX,
   indexLexicon,
+  longestMatch,
   parseConceptRow,
   type Concept,
   type FormEntry,

@@ -1,5 +1,5 @@
 import { CONCEPT_ROWS } from "./concepts.js";
-import { matchKey, words } from "./words.js";
+import { matchKey, words, type Word } from "./words.js";
 
 export const GROUPS = [
   "card",
@@ -135,3 +135,30 @@ export function indexLexicon(concepts: readonly Concept[]): LexiconIndex {
 }
 
 export const LEXICON_INDEX: LexiconIndex = indexLexicon(LEXICON);
+
+/**
+ * The longest form starting at `start` (greedy matching takes it and moves past it). A plain plural
+ * of the last word falls back to the singular ("heart attacks"); a capitals-only abbreviation counts
+ * only as typed in capitals ("ALL" is leukaemia, "all" is a word).
+ */
+export function longestMatch(
+  run: readonly Word[],
+  start: number,
+  lexicon: LexiconIndex = LEXICON_INDEX,
+): { entry: FormEntry; length: number } | undefined {
+  for (let n = Math.min(lexicon.longest, run.length - start); n >= 1; n--) {
+    const slice = run.slice(start, start + n);
+    const texts = slice.map((w) => w.text);
+    const entry = lexicon.byKey.get(matchKey(texts)) ?? lexicon.byKey.get(singular(texts));
+    if (!entry) continue;
+    if (entry.capitalsOnly && slice[0]!.typed !== slice[0]!.typed.toUpperCase()) continue;
+    return { entry, length: n };
+  }
+  return undefined;
+}
+
+function singular(texts: string[]): string {
+  const last = texts[texts.length - 1]!;
+  if (last.length <= 4 || !last.endsWith("s") || last.endsWith("ss")) return "";
+  return matchKey([...texts.slice(0, -1), last.slice(0, -1)]);
+}

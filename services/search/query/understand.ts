@@ -1,4 +1,4 @@
-import { CAPITALS_ONLY, LEXICON_INDEX, type FormEntry, type LexiconIndex } from "../lexicon/lexicon.js";
+import { CAPITALS_ONLY, LEXICON_INDEX, longestMatch, type LexiconIndex } from "../lexicon/lexicon.js";
 import { matchKey, splitWords, type Word } from "../lexicon/words.js";
 
 /**
@@ -248,30 +248,6 @@ function mapRun(run: Word[], lexicon: LexiconIndex, expansions: UnderstoodQuery[
     i += found.length;
   }
   return units;
-}
-
-function longestMatch(
-  run: Word[],
-  start: number,
-  lexicon: LexiconIndex,
-): { entry: FormEntry; length: number } | undefined {
-  for (let n = Math.min(lexicon.longest, run.length - start); n >= 1; n--) {
-    const slice = run.slice(start, start + n);
-    const texts = slice.map((w) => w.text);
-    const entry = lexicon.byKey.get(matchKey(texts)) ?? lexicon.byKey.get(singular(texts));
-    if (!entry) continue;
-    // "ALL" is leukaemia; "all" is a word. Only the typed capitals make the abbreviation.
-    if (entry.capitalsOnly && slice[0]!.typed !== slice[0]!.typed.toUpperCase()) continue;
-    return { entry, length: n };
-  }
-  return undefined;
-}
-
-/** The key with a plain plural dropped from the last word ("heart attacks" → "heart attack"). */
-function singular(texts: string[]): string {
-  const last = texts[texts.length - 1]!;
-  if (last.length <= 4 || !last.endsWith("s") || last.endsWith("ss")) return "";
-  return matchKey([...texts.slice(0, -1), last.slice(0, -1)]);
 }
 
 /** Units joined by OR become one group; every other unit is a group of its own. */
