@@ -88,6 +88,37 @@ const DESIGNS = [
 ] as const;
 type Design = (typeof DESIGNS)[number];
 
+/** Outcomes that happen to a patient (a case-control study needs cases); the rest are measures. */
+const EVENTS = new Set([
+  "mortality",
+  "reinfarction",
+  "mace",
+  "hospitalization",
+  "stroke incidence",
+  "stroke",
+  "major bleeding",
+  "recurrence",
+  "hf hospitalization",
+  "cardiovascular death",
+  "hypoglycemia",
+  "hip fracture",
+  "relapse",
+  "intracranial hemorrhage",
+  "exacerbations",
+  "kidney failure",
+  "overdose",
+  "icu admission",
+  "neonatal mortality",
+  "surgery",
+  "long covid",
+  "dialysis dependence",
+]);
+
+/** A case-control design only where the outcome is an event; a cohort otherwise. */
+function fitDesign(design: Design, outcome: Thing): Design {
+  return design === "case-control study" && !EVENTS.has(outcome.id) ? "cohort study" : design;
+}
+
 const SURNAMES =
   "Okafor Lindqvist Moreau Tanaka Haddad Kowalski Brennan Ferreira Nakamura Osei Petrov Castillo Andersen Mehta Schneider Oyelaran Dubois Yamamoto Rossi Novak Kariuki Larsen Ibrahim Fischer Alvarez Chen Nguyen Kaur Walsh Mbeki Johansson Costa Ahmed Weber Sato Lopez Murphy Singh Hughes Bakker Morales Kim Eriksen Farouk Romano Ivanova Adeyemi Park Horvat Silva".split(
     " ",
@@ -152,8 +183,9 @@ function writeAbstract(
   const comparatorThing = others.length && d.chance(0.4) ? d.pick(others) : undefined;
   const K = comparatorThing
     ? nameIntervention(comparatorThing, d).first
-    : d.pick(["placebo", "usual care", "standard care"]);
+    : d.pick(p.intervention.brands ? ["placebo", "placebo", "usual care"] : ["usual care", "standard care"]);
   const O = d.pick(p.outcome.names);
+  const event = EVENTS.has(p.outcome.id);
   const P = d.pick(p.topic.populations);
   const related = p.topic.related.length && d.chance(0.6) ? d.pick(p.topic.related) : undefined;
   const R = related ? conditionNamed(related) : undefined;
@@ -208,7 +240,7 @@ function writeAbstract(
     `Whether the benefits of ${I.first} seen in trials extend to ${P} with ${C.first} is unclear.`,
   ];
   const objective = [
-    `We aimed to assess whether ${I.later} improves ${O} in ${P} with ${C.later}.`,
+    `We aimed to assess whether ${I.later} ${event ? "reduces" : "improves"} ${O} in ${P} with ${C.later}.`,
     `This study examined the association between ${I.later} and ${O} among ${P}.`,
     `Our objective was to compare ${I.later} with ${K} with respect to ${O}.`,
   ];
@@ -228,7 +260,7 @@ function writeAbstract(
     ],
     "case-control study": [
       `Within a primary care database, ${d.int(200, 3000)} ${P} with ${C.later} who experienced ${O} were matched to ${d.int(1000, 12000)} controls by age, sex and calendar time.`,
-      `Exposure to ${I.later} was ascertained from prescription records in the preceding year.`,
+      `Exposure to ${I.later} was ascertained from prescription and procedure records in the preceding year.`,
     ],
     "cross-sectional study": [
       `A survey of ${n} ${P} with ${C.later} in ${d.int(12, 140)} practices recorded current treatment, including ${I.later}, and ${O}.`,
@@ -278,7 +310,7 @@ function writeAbstract(
     ],
   };
   const conclusion = [
-    `In ${P} with ${C.later}, ${I.later} ${significant ? "improved" : "did not improve"} ${O}.`,
+    `In ${P} with ${C.later}, ${I.later} ${significant ? (event ? "reduced" : "improved") : event ? "did not reduce" : "did not improve"} ${O}.`,
     `These findings ${significant ? "support" : "do not support"} wider use of ${I.later} in ${C.later}.`,
     `${cap(I.later)} ${significant ? "is a reasonable option" : "should not be routinely recommended"} for ${C.later} on the basis of ${O}.`,
   ];
@@ -343,11 +375,12 @@ function pinnedPlan(q: QuerySpec, d: Dice): Plan {
     ? topic.interventions.filter((i) => matchesIntervention(q.need, i))
     : topic.interventions;
   const outcomes = q.need.outcome ? topic.outcomes.filter((o) => q.need.outcome!.includes(o.id)) : topic.outcomes;
+  const outcome = d.pick(outcomes);
   return {
     topic,
-    design: d.pick(DESIGNS.slice(0, 4)),
+    design: fitDesign(d.pick(DESIGNS.slice(0, 4)), outcome),
     intervention: d.pick(interventions),
-    outcome: d.pick(outcomes),
+    outcome,
     style: d.int(0, 2),
   };
 }
@@ -389,11 +422,13 @@ export function buildJudgedSet(): JudgedSet {
   const plans: Plan[] = QUERIES.map((q) => pinnedPlan(q, d));
   for (let round = 0; round < DOCUMENTS_PER_TOPIC - 1; round++) {
     for (const topic of TOPICS) {
+      const intervention = topic.interventions[(round + d.int(0, 5)) % topic.interventions.length]!;
+      const outcome = d.pick(topic.outcomes);
       plans.push({
         topic,
-        design: DESIGNS[(round * 3 + TOPICS.indexOf(topic)) % DESIGNS.length]!,
-        intervention: topic.interventions[(round + d.int(0, 5)) % topic.interventions.length]!,
-        outcome: d.pick(topic.outcomes),
+        design: fitDesign(DESIGNS[(round * 3 + TOPICS.indexOf(topic)) % DESIGNS.length]!, outcome),
+        intervention,
+        outcome,
         style: (round + TOPICS.indexOf(topic)) % 3,
       });
     }
