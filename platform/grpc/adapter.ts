@@ -24,7 +24,7 @@ export interface AdapterOptions {
   interceptors: Interceptor[];
   /** Unary calls without a deadline get the default; nobody gets more than the max. */
   deadlines?: { defaultUnaryMs: number; maxUnaryMs: number };
-  /** Aborted when the server starts draining: long streams end instead of holding shutdown. */
+  /** Aborted when the server starts draining: streams end (with its reason) instead of holding shutdown. */
   shutdownSignal: AbortSignal;
 }
 
@@ -94,7 +94,8 @@ function contextFor(call: ServerCall, plan: MethodPlan): CallContext {
     },
   );
   call.onCancel = () => ctx.cancel();
-  plan.shutdown.add(ctx);
+  // Shutdown lets unary calls finish within its grace; streams may run for good, so they end.
+  if (method.methodKind !== "unary") plan.shutdown.add(ctx);
   // The clock starts when the call's headers arrive, not when its request has: a client that
   // sends headers and then nothing (or half a message) is held to the deadline like any other.
   ctx.arm(timeoutMs, callerChose ? undefined : defaultDeadlines);

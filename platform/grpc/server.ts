@@ -127,7 +127,9 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
       if (shutdown.signal.aborted) return;
       clearInterval(probing);
       health.setAll(ServingStatus.NOT_SERVING);
-      shutdown.abort();
+      // Health watchers get NOT_SERVING on the wire before their streams end.
+      await new Promise((r) => setTimeout(r, 20));
+      shutdown.abort(new ConnectError("the server is shutting down; call again", Code.Unavailable));
       await transport.close(graceMs, () =>
         log.warn("calls still running after the grace period; cancelling them", { grace_ms: graceMs }),
       );
