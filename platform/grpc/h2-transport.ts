@@ -71,8 +71,17 @@ export class ServerCall {
   /** Told once when the client goes away before the answer. */
   onCancel: (() => void) | undefined;
   private headersSent = false;
-  private trailers: OutgoingHttpHeaders = OK_TRAILERS;
   private reader: FrameReader | undefined;
+  private single:
+    | {
+        done: (message: Buffer | undefined, err?: ConnectError) => void;
+        message: Buffer | undefined;
+        count: number;
+        failed: boolean;
+      }
+    | undefined;
+  /** @internal The trailers to send when node asks for them. */
+  trailers: OutgoingHttpHeaders = OK_TRAILERS;
 
   constructor(
     readonly stream: ServerHttp2Stream,
@@ -98,41 +107,49 @@ export class ServerCall {
    * reason the request is refused. Not called back if the call ends first.
    */
   readSingle(done: (message: Buffer | undefined, err?: ConnectError) => void): void {
-    const stream = this.stream;
-    let message: Buffer | undefined;
-    let count = 0;
-    let failed = false;
-    const fail = (err: ConnectError) => {
-      failed = true;
-      stream.removeListener("data", onData);
-      this.discardRest();
-      done(undefined, err);
-    };
-    const onData = (chunk: Buffer) => {
-      if (failed) return;
-      let got: Buffer[];
-      try {
-        got = this.frames().push(chunk);
-      } catch (err) {
-        return fail(err as ConnectError);
-      }
-      count += got.length;
-      if (count > 1)
-        return fail(new ConnectError("a unary request carries exactly one message; more arrived", Code.Unimplemented));
-      if (got.length === 1) message = got[0];
-    };
-    stream.on("data", onData);
-    stream.once("end", () => {
-      if (failed || this.done) return;
-      try {
-        this.frames().end();
-      } catch (err) {
-        return done(undefined, err as ConnectError);
-      }
-      if (message === undefined)
-        return done(undefined, new ConnectError("the request ended without a message", Code.Unimplemented));
-      done(message);
-    });
+    this.single = { done, message: undefined, count: 0, failed: false };
+    // Shared listeners that find the call on the stream: no closures per call.
+    this.stream.on("data", onSingleData);
+    this.stream.on("end", onSingleEnd);
+  }
+
+  /** @internal */
+  singleData(chunk: Buffer): void {
+    const single = this.single!;
+    if (single.failed) return;
+    let got: Buffer[];
+    try {
+      got = this.frames().push(chunk);
+    } catch (err) {
+      return this.singleFailed(err as ConnectError);
+    }
+    single.count += got.length;
+    if (single.count > 1)
+      return this.singleFailed(
+        new ConnectError("a unary request carries exactly one message; more arrived", Code.Unimplemented),
+      );
+    if (got.length === 1) single.message = got[0];
+  }
+
+  /** @internal */
+  singleEnd(): void {
+    const single = this.single!;
+    if (single.failed || this.done) return;
+    try {
+      this.frames().end();
+    } catch (err) {
+      return single.done(undefined, err as ConnectError);
+    }
+    if (single.message === undefined)
+      return single.done(undefined, new ConnectError("the request ended without a message", Code.Unimplemented));
+    single.done(single.message);
+  }
+
+  private singleFailed(err: ConnectError): void {
+    this.single!.failed = true;
+    this.stream.removeListener("data", onSingleData);
+    this.discardRest();
+    this.single!.done(undefined, err);
   }
 
   /** The request messages of a client- or bidi-streaming call, as they arrive (backpressured). */
@@ -169,7 +186,7 @@ export class ServerCall {
     this.headersSent = true;
     const stream = this.stream;
     stream.respond(extra ? { ...OK_HEADERS, ...extra } : OK_HEADERS, RESPOND_WITH_TRAILERS);
-    stream.once("wantTrailers", () => stream.sendTrailers(this.trailers));
+    stream.on("wantTrailers", sendCallTrailers);
   }
 
   /** Writes one response message; false means wait for "drain". Throws past the message limit. */
@@ -213,7 +230,7 @@ export class ServerCall {
     if (!this.headersSent) {
       this.headersSent = true;
       stream.respond(header ? { ...OK_HEADERS, ...header } : OK_HEADERS, RESPOND_WITH_TRAILERS);
-      stream.once("wantTrailers", () => stream.sendTrailers(this.trailers));
+      stream.on("wantTrailers", sendCallTrailers);
     }
     stream.end(frameOf(message));
   }
@@ -221,6 +238,35 @@ export class ServerCall {
   /** Resets the stream (the client sees CANCEL), for a status stuck behind bytes it does not read. */
   reset(): void {
     if (!this.stream.closed && !this.stream.destroyed) this.stream.close(h2.NGHTTP2_CANCEL);
+  }
+}
+
+/** The call served on a stream, for the shared stream listeners. */
+const kCall = Symbol("medmesh call");
+/** The connection bookkeeping of a stream's session. */
+const kSession = Symbol("medmesh session state");
+type TrackedStream = ServerHttp2Stream & { [kCall]?: ServerCall; [kSession]?: SessionState };
+
+function onSingleData(this: TrackedStream, chunk: Buffer): void {
+  this[kCall]?.singleData(chunk);
+}
+
+function onSingleEnd(this: TrackedStream): void {
+  this[kCall]?.singleEnd();
+}
+
+function sendCallTrailers(this: TrackedStream): void {
+  this.sendTrailers(this[kCall]?.trailers ?? OK_TRAILERS);
+}
+
+/** When a stream closes: one call fewer on its connection, and a cancellation if its call was still running. */
+function onStreamClose(this: TrackedStream): void {
+  const state = this[kSession];
+  if (state && --state.active === 0) state.idleSince = Date.now();
+  const call = this[kCall];
+  if (call && !call.done) {
+    call.cancelled = true;
+    call.onCancel?.();
   }
 }
 
@@ -372,15 +418,11 @@ export class H2Transport {
     route!.serve(call);
   }
 
-  /** When the stream closes: one call fewer on its connection, and a cancellation if it was still running. */
-  private track(stream: ServerHttp2Stream, state: SessionState | undefined, call: ServerCall | undefined): void {
-    stream.once("close", () => {
-      if (state && --state.active === 0) state.idleSince = Date.now();
-      if (call && !call.done) {
-        call.cancelled = true;
-        call.onCancel?.();
-      }
-    });
+  /** Notes the stream's call and connection for its close. */
+  private track(stream: TrackedStream, state: SessionState | undefined, call: ServerCall | undefined): void {
+    stream[kSession] = state;
+    stream[kCall] = call;
+    stream.on("close", onStreamClose);
   }
 
   /** Calls still in flight on any connection. */
