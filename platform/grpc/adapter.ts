@@ -121,25 +121,6 @@ function resetIfStuck(call: ServerCall): void {
   timer.unref();
 }
 
-/**
- * Settles with the handler, or with the reason the call was cut short (deadline, cancellation,
- * shutdown) if that comes first: a handler that ignores its signal cannot hold a caller past
- * its deadline.
- *
- * `work` is a thunk so that a call whose signal has already fired (a deadline that expired in
- * transit, a 1 ms grpc-timeout) never starts it. Starting it and then answering with the abort
- * reason would leave its promise, which rejects on that same signal, with nobody to handle it:
- * an unhandled rejection, and Node ends the process.
- */
-function untilAborted<T>(ctx: CallContext, work: () => Promise<T>): Promise<T> {
-  if (ctx.cutShort) return Promise.reject(ConnectError.from(ctx.abortReason));
-  return new Promise<T>((resolve, reject) => {
-    ctx.onAbort = (reason) => reject(ConnectError.from(reason));
-    // Whichever loses still has a handler when it settles: settling twice is a no-op.
-    work().then(resolve, reject);
-  });
-}
-
 async function lastOf(output: AsyncIterable<unknown>): Promise<unknown> {
   let last: unknown;
   for await (const m of output) last = m;
@@ -185,27 +166,46 @@ function detach(work: Promise<void>, method: DescMethod): void {
   work.catch((err: unknown) => toConnectError(err, `${method.parent.typeName}/${method.name} (adapter)`));
 }
 
-/** The single answer of a unary or client-streaming call: the message, or the status. */
+/**
+ * The single answer of a unary or client-streaming call: the message, or the status, or the
+ * reason the call was cut short (deadline, cancellation, shutdown) if that comes first, so a
+ * handler that ignores its signal cannot hold a caller past its deadline. Whichever comes second
+ * finds the call done and goes nowhere.
+ *
+ * `work` is a thunk so that a call whose signal has already fired (a deadline that expired in
+ * transit, a 1 ms grpc-timeout) never starts it. Starting it and then answering with the abort
+ * reason would leave its promise, which rejects on that same signal, with nobody to handle it:
+ * an unhandled rejection, and Node ends the process.
+ */
 function answerOnce(call: ServerCall, ctx: CallContext, method: DescMethod, work: () => Promise<unknown>): void {
+  const fail = (err: unknown) => {
+    // A handler that fails after its call was cut short has nobody left to tell.
+    if (call.done) return;
+    call.finish(statusTrailers(err, ctx.responseTrailerIfAny()));
+    ctx.finish();
+  };
+  if (ctx.cutShort) return fail(ConnectError.from(ctx.abortReason));
+  ctx.onAbort = (reason) => fail(ConnectError.from(reason));
+  let pending: Promise<unknown>;
+  try {
+    pending = runInCall(ctx, work);
+  } catch (err) {
+    return fail(err);
+  }
   detach(
-    runInCall(ctx, () =>
-      untilAborted(ctx, work).then(
-        (response) => {
-          const header = ctx.responseHeaderIfAny();
-          const trailer = ctx.responseTrailerIfAny();
-          call.answer(
-            encode(method.output, response),
-            header && headerRecord(header),
-            trailer && { ...headerRecord(trailer), "grpc-status": "0" },
-          );
-          ctx.finish();
-        },
-        (err: unknown) => {
-          call.finish(statusTrailers(err, ctx.responseTrailerIfAny()));
-          ctx.finish();
-        },
-      ),
-    ),
+    pending.then((response) => {
+      if (call.done) return;
+      let message: Uint8Array;
+      try {
+        message = encode(method.output, response);
+      } catch (err) {
+        return fail(err);
+      }
+      const header = ctx.responseHeaderIfAny();
+      const trailer = ctx.responseTrailerIfAny();
+      call.answer(message, header && headerRecord(header), trailer && { ...headerRecord(trailer), "grpc-status": "0" });
+      ctx.finish();
+    }, fail),
     method,
   );
 }

@@ -51,6 +51,8 @@ export function serverTracingInterceptor(component: string): Interceptor {
     const parent = propagation.extract(context.active(), req, headerGetter);
     if (mode === "ids") {
       const spanContext = trace.setSpan(parent, trace.wrapSpanContext(childIds(parent)));
+      // A unary answer is complete when it resolves; only a stream's later pulls need the context again.
+      if (!req.stream) return context.with(spanContext, () => next(req));
       return context
         .with(spanContext, () => next(req))
         .then((res) =>
