@@ -1,9 +1,9 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 
 /**
- * The wire pieces of gRPC and gRPC-web the gateway handles without decoding messages: the
- * 5-byte length prefix of each frame, the gRPC-web trailer frame, base64 for grpc-web-text, and
- * the percent-encoding of grpc-message.
+ * The wire pieces of gRPC-web and of watching gRPC frames pass by that only the gateway needs:
+ * the 5-byte length prefix of each frame, the gRPC-web trailer frame and base64 for
+ * grpc-web-text. What servers share with it (grpc-message, grpc-timeout) is platform/grpc/wire.ts.
  */
 
 /**
@@ -73,31 +73,6 @@ export function grpcWebTrailerFrame(trailers: Record<string, string>): Buffer {
   return Buffer.concat([prefix, body]);
 }
 
-/**
- * grpc-message as the gRPC spec encodes it: printable ASCII other than "%" stays as it is,
- * everything else is percent-encoded UTF-8. (encodeURIComponent also escapes ";", "," and the
- * like, which grpc-js clients then show undecoded, as "%3B".)
- */
-export function encodeGrpcMessage(message: string): string {
-  if (/^[\x20-\x24\x26-\x7e]*$/.test(message)) return message;
-  let out = "";
-  for (const byte of Buffer.from(message, "utf8")) {
-    out +=
-      byte >= 0x20 && byte <= 0x7e && byte !== 0x25
-        ? String.fromCharCode(byte)
-        : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
-  }
-  return out;
-}
-
-export function decodeGrpcMessage(raw: string): string {
-  try {
-    return decodeURIComponent(raw);
-  } catch {
-    return raw;
-  }
-}
-
 // ---- grpc-web-text ----
 
 const notBase64 = () => new ConnectError("the grpc-web-text body is not base64", Code.InvalidArgument);
@@ -134,12 +109,4 @@ export function decodeBase64(text: string): Buffer {
   }
   if (start < text.length) out.push(Buffer.from(text.slice(start), "base64"));
   return out.length === 1 ? out[0]! : Buffer.concat(out);
-}
-
-const grpcTimeoutUnits: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1_000, m: 1, u: 1e-3, n: 1e-6 };
-
-/** A grpc-timeout header value in milliseconds, or undefined when it is not one (at most 8 digits and a unit). */
-export function grpcTimeoutMs(value: string): number | undefined {
-  const m = /^(\d{1,8})([HMSmun])$/.exec(value);
-  return m ? Number(m[1]) * grpcTimeoutUnits[m[2]!]! : undefined;
 }

@@ -20,14 +20,8 @@ import { clientAddressOf, type TrustedProxies } from "./client-address.js";
 import { forwardableHeaderRecord, returnableHeaderRecord } from "./edge-headers.js";
 import { edgeMessage, plainSentence } from "./edge-status.js";
 import { clientGaveUp } from "./rpc-handler.js";
-import {
-  Base64Stream,
-  grpcTimeoutMs,
-  decodeGrpcMessage,
-  encodeGrpcMessage,
-  FrameWatcher,
-  grpcWebTrailerFrame,
-} from "./grpc-frames.js";
+import { Base64Stream, FrameWatcher, grpcWebTrailerFrame } from "./grpc-frames.js";
+import { decodeGrpcMessage, encodeGrpcMessage, grpcTimeoutMs } from "../platform/grpc/wire.js";
 import type { PassRoute } from "./passthrough-routes.js";
 import type { UpstreamPool } from "./upstream-pool.js";
 

@@ -16,7 +16,8 @@ import {
   universalRequestFromNodeRequest,
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
-import { Base64Stream, grpcTimeoutMs } from "./grpc-frames.js";
+import { Base64Stream } from "./grpc-frames.js";
+import { grpcTimeoutMs } from "../platform/grpc/wire.js";
 
 type Req = IncomingMessage | Http2ServerRequest;
 type Res = ServerResponse | Http2ServerResponse;

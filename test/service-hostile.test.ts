@@ -1,5 +1,6 @@
 import http2 from "node:http2";
 import net from "node:net";
+import zlib from "node:zlib";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { HealthCheckRequestSchema, HealthCheckResponseSchema } from "../gen/grpc/health/v1/health_pb.js";
@@ -23,11 +24,12 @@ import { startTestIdentity, type TestIdentity } from "./support/identity.js";
 // Every request is bounded by a timer of its own: a server that never answers is reported as
 // "no answer", which no expectation accepts. The bound says "answered at all", not "fast".
 //
-// Some inputs are answered by grpc-js before any of our code runs (unknown paths, content types,
-// framing, compression, grpc-timeout syntax, message counts on unary methods). Those statuses are
-// grpc-js's choice and are pinned here as observed, each with a note. platform/grpc answers the
-// rest: a message that is not the method's type, a frame cut short at the end of the request, a
-// request that never arrives, and a status stuck behind bytes the client will not read.
+// Some inputs are answered by node:http2 before any of our code runs (connection-specific headers,
+// header lists past node's limits, bytes that are not HTTP/2). platform/grpc/h2-transport.ts
+// answers the rest itself: unknown paths, content types, framing, compression, grpc-timeout
+// syntax, message counts on unary methods, a message that is not the method's type, a frame cut
+// short at the end of the request, a request that never arrives, and a status stuck behind
+// bytes the client will not read. Each choice is pinned here with a note.
 
 const ANSWER_BOUND_MS = 10_000;
 const MESHTEST = "medmesh.meshtest.v1.MeshTestService";
@@ -331,26 +333,39 @@ describe.each(targets)("malformed gRPC frames at %s", (_name, target, path, vali
   const max = path === ECHO ? MESHTEST_MAX_MESSAGE : DOCUMENTS_MAX_MESSAGE;
   // [input, body, extra headers, grpc-status]
   const inputs: Array<[string, Buffer | undefined, http2.OutgoingHttpHeaders, number]> = [
-    // grpc-js reads whole frames only; a frame cut short at the end of the stream is dropped, so a
-    // unary method sees no message and grpc-js answers unimplemented ("Received no request message").
-    ["truncated 5-byte prefix", Buffer.from([0, 0, 0]), {}, 12],
-    ["length prefix larger than the body", Buffer.concat([Buffer.from([0, 0, 0, 0, 64]), valid]), {}, 12],
-    // grpc-js checks the declared length against grpc.max_receive_message_length before reading it.
+    // A request that ends partway through a frame is refused as such (invalid_argument), whether
+    // the cut falls in the prefix or in the message.
+    ["truncated 5-byte prefix", Buffer.from([0, 0, 0]), {}, 3],
+    ["length prefix larger than the body", Buffer.concat([Buffer.from([0, 0, 0, 0, 64]), valid]), {}, 3],
+    // The declared length is checked against the message limit before any of it is buffered.
     ["length prefix of 4 GiB - 1", Buffer.concat([Buffer.from([0, 0xff, 0xff, 0xff, 0xff]), valid]), {}, 8],
     [`a message of max + 1 bytes`, frame(Buffer.alloc(max + 1)), {}, 8],
-    // grpc-js treats the compressed flag with no grpc-encoding as identity and reads the bytes as
-    // they are; they are a valid message here, so the call succeeds. Lenient, not harmful: what
-    // reaches the handler is still decoded and checked as the method's message.
-    ["compressed flag with no grpc-encoding", frame(valid, 1), {}, 0],
-    // grpc-js knows identity, deflate and gzip; anything else is refused before the handler.
+    // A compressed flag with no grpc-encoding is a protocol error (the gRPC spec): internal, with
+    // a sentence. (grpc-js, which served these calls before, read such bytes as uncompressed.)
+    ["compressed flag with no grpc-encoding", frame(valid, 1), {}, 13],
+    // The transport inflates gzip and deflate, as grpc-js did; anything else is unimplemented.
     ["grpc-encoding: br, compressed", frame(valid, 1), { "grpc-encoding": "br" }, 12],
     ["grpc-encoding: br, flag clear", frame(valid), { "grpc-encoding": "br" }, 0],
-    // grpc-js inflates before our code runs and calls a failed inflate internal.
+    ["grpc-encoding: gzip, a gzipped message", frame(zlib.gzipSync(valid), 1), { "grpc-encoding": "gzip" }, 0],
+    [
+      "grpc-encoding: deflate, a deflated message",
+      frame(zlib.deflateSync(valid), 1),
+      { "grpc-encoding": "deflate" },
+      0,
+    ],
+    // The limit holds for what a message inflates to, not only for what it weighs on the wire.
+    [
+      "grpc-encoding: gzip, a small message inflating past the limit",
+      frame(zlib.gzipSync(Buffer.alloc(max + 1)), 1),
+      { "grpc-encoding": "gzip" },
+      8,
+    ],
+    // A failed inflate is internal, as the gRPC spec and grpc-js have it.
     ["grpc-encoding: gzip, not gzip", frame(Buffer.from("not gzip at all"), 1), { "grpc-encoding": "gzip" }, 13],
     // Reaches our adapter, which decodes the bytes itself: invalid_argument with a sentence.
     ["garbage protobuf", frame(Buffer.from([0xff, 0xff, 0xff, 0xff])), {}, 3],
     ["a wire type that does not exist", frame(Buffer.from([0x0f, 0x01])), {}, 3],
-    // grpc-js answers a second message or none on a unary method itself, as unimplemented.
+    // A second message or none on a unary method is unimplemented, as grpc-js answered it.
     ["two messages on a unary method", Buffer.concat([frame(valid), frame(valid)]), {}, 12],
     ["zero messages on a unary method", undefined, {}, 12],
     ["an empty frame then another", Buffer.concat([frame(Buffer.alloc(0)), frame(valid)]), {}, 12],
@@ -367,8 +382,7 @@ describe.each(targets)("malformed gRPC frames at %s", (_name, target, path, vali
 
   it("a valid frame followed by a partial one is refused, not answered as if it were whole", async () => {
     inputsTried += 2;
-    // grpc-js drops the incomplete frame at the end of the stream without a word; the adapter
-    // notices the leftover bytes and refuses the call (a cut-off upload must not count as done).
+    // The leftover bytes are noticed and the call refused (a cut-off upload must not count as done).
     for (const tail of [Buffer.from([0, 0]), Buffer.from([0, 0, 0, 0, 9, 1, 2])]) {
       const r = await grpc(target(), path, Buffer.concat([frame(valid), tail]));
       expect(r.noAnswer).toBeUndefined();
@@ -387,7 +401,7 @@ describe("malformed frames on streaming methods of the conformance service", () 
     expect([r.code, r.message]).toEqual([3, "the request ended in the middle of a message"]);
   });
 
-  it("garbage mid-stream is invalid_argument; a server stream with no request is grpc-js's unimplemented", async () => {
+  it("garbage mid-stream is invalid_argument; a server stream with no request is unimplemented", async () => {
     inputsTried += 2;
     const sum = await grpc(
       addr(meshtest, "meshtest"),
@@ -404,19 +418,23 @@ describe("bad headers", () => {
   const meshtestTarget = () => addr(meshtest, "meshtest");
   const echo = () => frame(echoBytes("x"));
 
-  it.each(["text/plain", "application/json", "application/grpc-web+proto", "applicationgrpc"])(
-    "content-type %s: grpc-js answers HTTP 415 unless it starts with application/grpc",
-    async (ct) => {
-      inputsTried++;
-      const r = await grpc(meshtestTarget(), ECHO, echo(), { "content-type": ct });
-      expect(r.noAnswer).toBeUndefined();
-      // grpc-js accepts any content type that starts with application/grpc, so grpc-web passes
-      // its check; an old grpc-web+proto client still gets a gRPC answer it will not parse.
-      expect([r.status, r.code]).toEqual(ct.startsWith("application/grpc") ? [200, 0] : [415, NaN]);
-    },
-  );
+  it.each([
+    ["text/plain", 415],
+    ["application/json", 415],
+    // gRPC-web is the gateway's; a gRPC answer would be one its client cannot parse.
+    ["application/grpc-web+proto", 415],
+    ["applicationgrpc", 415],
+    ["application/grpc", 200],
+    ["application/grpc+proto", 200],
+    ["application/grpc;charset=utf-8", 200],
+  ])("content-type %s: HTTP %i (gRPC is application/grpc or application/grpc+codec)", async (ct, status) => {
+    inputsTried++;
+    const r = await grpc(meshtestTarget(), ECHO, echo(), { "content-type": ct });
+    expect(r.noAnswer).toBeUndefined();
+    expect([r.status, r.code]).toEqual(status === 200 ? [200, 0] : [415, NaN]);
+  });
 
-  it("no te: trailers is served: grpc-js does not require it", async () => {
+  it("no te: trailers is served: the transport does not require it", async () => {
     inputsTried++;
     const r = await grpc(meshtestTarget(), ECHO, echo(), { te: undefined });
     expect(r.code).toBe(0);
@@ -444,7 +462,7 @@ describe("bad headers", () => {
   it("a 16 KB header value is served; a 100 KB one is refused by node (REFUSED_STREAM)", async () => {
     inputsTried += 2;
     expect((await grpc(meshtestTarget(), ECHO, echo(), { "x-big": "a".repeat(16_000) })).code).toBe(0);
-    // Past node's maximum header list size the stream is refused before grpc-js sees it.
+    // Past node's maximum header list size the stream is refused before the transport sees it.
     const big = await grpc(meshtestTarget(), ECHO, echo(), { "x-big": "a".repeat(100_000) });
     expect([big.status, big.rst]).toEqual([0, http2.constants.NGHTTP2_REFUSED_STREAM]);
   });
@@ -456,31 +474,30 @@ describe("bad headers", () => {
     expect([r.status, r.rst]).toEqual([0, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM]);
   });
 
-  // grpc-js parses grpc-timeout before the handler exists and answers a value it cannot read
-  // with internal. Its pattern is not anchored, so "-1S" reads as one second and "99999999999H" as
-  // its last eight digits of hours: a long deadline, clamped by the adapter for unary calls.
+  // grpc-timeout is read by the gRPC spec's grammar (1-8 digits and a unit); anything else is
+  // invalid_argument with a sentence naming the rule.
   it.each([
-    ["abc", 13],
-    ["-1S", 0],
-    ["1.5S", 0],
-    ["99999999999H", 0],
+    ["abc", 3],
+    ["-1S", 3],
+    ["1.5S", 3],
+    ["99999999999H", 3],
+    ["", 3],
     ["1H", 0],
   ])("grpc-timeout %s -> %i", async (timeout, code) => {
     inputsTried++;
     const r = await grpc(meshtestTarget(), ECHO, echo(), { "grpc-timeout": timeout });
     expect(r.code).toBe(code);
+    if (code === 3) expect(r.message).toMatch(/grpc-timeout .* is not a timeout/);
   });
 
   it.each(["99999999M", "2592000S"])(
-    "grpc-timeout %s (190 years; 30 days) is deadline_exceeded at once: grpc-js wraps it",
+    "grpc-timeout %s (190 years; 30 days) is a long deadline, not one that wrapped around",
     async (timeout) => {
       inputsTried++;
-      // A grpc-js bug left alone (in grpc-js, before our code): the timeout is computed with `| 0`,
-      // so anything past 2^31 ms (24.8 days) wraps, here to a negative delay. Python's C-core client
-      // with a 25- or 30-day deadline got the same when tried by hand. Through the gateway it cannot happen
-      // (the gateway clamps to MAX_DEADLINE_MS); a direct caller with a month-long deadline gets it.
+      // Past what a Node timer holds (2^31 ms, 24.8 days) the deadline is held as that; grpc-js,
+      // which served these calls before, wrapped it to a negative delay and answered at once.
       const wait = frame(toBinary(WaitRequestSchema, create(WaitRequestSchema, { ms: 100 })));
-      expect((await grpc(meshtestTarget(), WAIT, wait, { "grpc-timeout": timeout })).code).toBe(4);
+      expect((await grpc(meshtestTarget(), WAIT, wait, { "grpc-timeout": timeout })).code).toBe(0);
     },
   );
 
@@ -490,13 +507,13 @@ describe("bad headers", () => {
     ["/../../etc/passwd"],
     ["/"],
     [`/${MESHTEST}/Echo/extra`],
-  ])("path %s -> unimplemented from grpc-js", async (path) => {
+  ])("path %s -> unimplemented", async (path) => {
     inputsTried++;
     const r = await grpc(meshtestTarget(), path, echo());
     expect([r.status, r.code]).toEqual([200, 12]);
   });
 
-  it("a GET is treated as a call with no request message (grpc-js ignores :method) -> unimplemented", async () => {
+  it("a GET is unimplemented (gRPC calls are POSTs); one without content-type is HTTP 415", async () => {
     inputsTried += 2;
     const r = await grpc(meshtestTarget(), ECHO, undefined, {}, { method: "GET" });
     expect([r.status, r.code]).toEqual([200, 12]);
@@ -526,8 +543,8 @@ describe("connection-level abuse", () => {
 
   it("slowloris: a preface then silence, or a live peer that never opens a stream, is closed when idle", async () => {
     inputsTried += 2;
-    // grpc-js has no handshake or header timeout (it turns node's socket timeout off); the
-    // connection idle bound (grpc.max_connection_idle_ms, platform/grpc/server.ts) ends both.
+    // There is no handshake or header timeout; the connection idle bound (maxConnectionIdleMs,
+    // platform/grpc/server.ts) ends both.
     const target = addr(meshtest, "meshtest");
     const raw = await rawSocket(target, Buffer.concat([PREFACE, SETTINGS()]), ANSWER_BOUND_MS);
     expect(raw.closed).toBe(true);
@@ -608,8 +625,8 @@ describe("connection-level abuse", () => {
     ["Count (server streaming), headers and nothing more", COUNT, undefined],
   ])("%s with no grpc-timeout ends at the default deadline", async (_name, path, body) => {
     inputsTried++;
-    // grpc-js starts these handlers only once the request has ended, so the default deadline of
-    // 5 s (meshtest-main.ts) is enforced by platform/grpc/adapter.ts requestArrivalBound.
+    // These handlers start only once the request has ended; the default deadline of 5 s
+    // (meshtest-main.ts) runs from the call's headers (platform/grpc/adapter.ts whenRequestArrives).
     const r = await grpc(addr(meshtest, "meshtest"), path, body, {}, { keepOpen: true });
     expect(r.noAnswer).toBeUndefined();
     expect([r.code, r.message]).toEqual([4, "the request did not arrive within the default deadline of 5000 ms"]);

@@ -1,6 +1,4 @@
 import { once } from "node:events";
-import { constants as h2 } from "node:http2";
-import type { Readable } from "node:stream";
 import type { DescMessage, DescMethod, DescService, MessageShape } from "@bufbuild/protobuf";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
@@ -16,82 +14,40 @@ import {
   type UnaryResponse,
 } from "@connectrpc/connect";
 import { createAsyncIterable, transformInvokeImplementation } from "@connectrpc/connect/protocol";
-import {
-  ServerInterceptingCall,
-  status as GrpcStatus,
-  type ServerInterceptor,
-  type Metadata,
-  type sendUnaryData,
-  type ServerDuplexStream,
-  type ServerReadableStream,
-  type ServerUnaryCall,
-  type ServerWritableStream,
-  type ServiceDefinition,
-  type UntypedServiceImplementation,
-} from "@grpc/grpc-js";
-/** The part of every grpc-js server call the adapter uses, whatever the streaming kind. */
-interface ServerSurfaceCall {
-  readonly cancelled: boolean;
-  getPeer(): string;
-  readonly metadata: Metadata;
-  sendMetadata(md: Metadata): void;
-  getDeadline(): Date | number;
-  on(event: "cancelled", listener: () => void): unknown;
-}
 import { runInCall } from "./call-context.js";
 import { coarseTimers } from "./coarse-timer.js";
 import { CallContext, callFinished, CallRequest, CallValues, trackUntilShutdown } from "./handler-context.js";
-import { toConnectError, toGrpcStatus } from "./errors.js";
-import { headersToMetadata, metadataToHeaders } from "./metadata.js";
+import { headerRecord, statusTrailers, toConnectError } from "./errors.js";
+import type { MethodRoute, ServerCall } from "./h2-transport.js";
 
 export interface AdapterOptions {
   interceptors: Interceptor[];
   /** Unary calls without a deadline get the default; nobody gets more than the max. */
   deadlines?: { defaultUnaryMs: number; maxUnaryMs: number };
-  /** Aborted when the server starts draining: long streams end instead of holding shutdown. */
+  /** Aborted when the server starts draining: streams end (with its reason) instead of holding shutdown. */
   shutdownSignal: AbortSignal;
 }
 
-export interface GrpcService {
-  definition: ServiceDefinition;
-  implementation: UntypedServiceImplementation;
-}
-
-const passThrough = {
-  serialize: (b: Buffer) => b,
-  deserialize: (b: Buffer) => b,
-};
-
 /**
- * Serves a Connect-style ServiceImpl on grpc-js. The wire bytes are decoded here rather than by
- * grpc-js, so a malformed message becomes invalid_argument with a sentence instead of grpc-js'
- * generic internal error, and the same Connect interceptors run as in the gateway.
+ * Serves a Connect-style ServiceImpl on the mesh's HTTP/2 transport (h2-transport.ts): one route
+ * per method, keyed by its path. Messages are decoded here, so a malformed one becomes
+ * invalid_argument with a sentence, and the same Connect interceptors run as in the gateway.
  */
-export function toGrpcService(
+export function routesOf(
   service: DescService,
   impl: Partial<ServiceImpl<DescService>>,
   opts: AdapterOptions,
-): GrpcService {
+): Map<string, MethodRoute> {
   const spec = createServiceImplSpec(service, impl);
-  const definition: Record<string, ServiceDefinition[string]> = {};
-  const implementation: UntypedServiceImplementation = {};
+  const routes = new Map<string, MethodRoute>();
   for (const method of service.methods) {
     const methodSpec = spec.methods[method.localName]!;
-    const clientStreams = method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming";
-    const serverStreams = method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming";
-    definition[method.name] = {
-      path: `/${service.typeName}/${method.name}`,
-      requestStream: clientStreams,
-      responseStream: serverStreams,
-      requestSerialize: passThrough.serialize,
-      requestDeserialize: passThrough.deserialize,
-      responseSerialize: passThrough.serialize,
-      responseDeserialize: passThrough.deserialize,
-      originalName: method.localName,
-    };
-    implementation[method.name] = handlerFor(method, methodSpec, opts);
+    routes.set(`/${service.typeName}/${method.name}`, {
+      singleRequest: method.methodKind === "unary" || method.methodKind === "server_streaming",
+      serve: handlerFor(method, methodSpec, opts),
+    });
   }
-  return { definition: definition as ServiceDefinition, implementation };
+  return routes;
 }
 
 function decode<T extends DescMessage>(schema: T, bytes: Buffer): MessageShape<T> {
@@ -102,82 +58,8 @@ function decode<T extends DescMessage>(schema: T, bytes: Buffer): MessageShape<T
   }
 }
 
-/** The parts of grpc-js's own call object (private to grpc-js) that the adapter reads. */
-interface GrpcJsCall {
-  decoder?: { readState?: unknown };
-  stream?: { closed?: boolean; close?: (code: number) => void };
-}
-
-/**
- * grpc-js's innermost call under a handler's call object: server interceptors (see
- * `requestArrivalBound`) wrap it, each keeping the next one as `nextCall`.
- */
-function grpcJsCall(call: object): GrpcJsCall | undefined {
-  let c = (call as { call?: unknown }).call;
-  for (let depth = 0; depth < 8 && c && typeof c === "object"; depth++) {
-    if ("stream" in c) return c as GrpcJsCall;
-    c = (c as { nextCall?: unknown }).nextCall;
-  }
-  return undefined;
-}
-
-/**
- * Ends a call whose single request message has not arrived within `ms`, when the client set no
- * deadline. grpc-js calls a unary or server-streaming handler only once the request stream has
- * ended, so the default unary deadline the adapter applies never starts for a client that sends
- * its headers and then nothing (or half a message): without this, grpc-js holds that call for as
- * long as the connection lives. A client with a deadline of its own is held to it by grpc-js.
- */
-export function requestArrivalBound(ms: number): ServerInterceptor {
-  const timers = coarseTimers(Math.min(100, Math.max(1, Math.floor(ms / 10))));
-  return (method, call) => {
-    const deadline = call.getDeadline();
-    if (method.requestStream || deadline instanceof Date || Number.isFinite(deadline))
-      return new ServerInterceptingCall(call);
-    let timer: object | undefined;
-    const stop = () => timers.clear(timer);
-    return new ServerInterceptingCall(call, {
-      start(next) {
-        timer = timers.set(ms, () =>
-          call.sendStatus({
-            code: GrpcStatus.DEADLINE_EXCEEDED,
-            details: `the request did not arrive within the default deadline of ${ms} ms`,
-          }),
-        );
-        next({
-          onReceiveHalfClose(next) {
-            stop();
-            next();
-          },
-          onCancel: stop,
-        });
-      },
-      sendStatus(status, next) {
-        stop();
-        next(status);
-      },
-    });
-  };
-}
-
-/**
- * Refuses a request stream that ended partway through a frame. grpc-js cuts frames out of the
- * byte stream itself and, when the stream ends, drops an unfinished one without a word: a unary
- * call with a stray tail would be answered as if nothing were wrong, and a client stream cut off
- * mid-message (an upload) would end as if complete, short of its last message.
- *
- * grpc-js keeps its frame decoder private (`call.decoder`, `readState` 0 between frames). Should
- * that change, this stops refusing and test/service-hostile.test.ts says so.
- */
-function assertWholeFrames(call: object): void {
-  const decoder = grpcJsCall(call)?.decoder;
-  if (typeof decoder?.readState === "number" && decoder.readState !== 0)
-    throw new ConnectError("the request ended in the middle of a message", Code.InvalidArgument);
-}
-
-function encode(schema: DescMessage, message: unknown): Buffer {
-  const bytes = toBinary(schema, message as MessageShape<DescMessage>);
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+function encode(schema: DescMessage, message: unknown): Uint8Array {
+  return toBinary(schema, message as MessageShape<DescMessage>);
 }
 
 /** What every call of one method shares, worked out once when the service is registered. */
@@ -191,11 +73,9 @@ interface MethodPlan {
 /** Server-side default deadlines are seconds long; firing them up to 50 ms late changes nothing. */
 const defaultDeadlines = coarseTimers(50);
 
-function contextFor(call: ServerSurfaceCall, plan: MethodPlan): CallContext {
+function contextFor(call: ServerCall, plan: MethodPlan): CallContext {
   const { method, opts } = plan;
-  const deadline = call.getDeadline();
-  const deadlineMs = deadline instanceof Date ? deadline.getTime() : typeof deadline === "number" ? deadline : Infinity;
-  let timeoutMs = Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now()) : undefined;
+  let timeoutMs = call.timeoutMs;
   // The effective deadline lives in the handler context, so handlers see it and every client
   // they call inherits it (see call-context.ts).
   const callerChose = timeoutMs !== undefined;
@@ -205,18 +85,19 @@ function contextFor(call: ServerSurfaceCall, plan: MethodPlan): CallContext {
   const ctx: CallContext = new CallContext(
     method,
     plan.url,
-    call.metadata,
+    call.headers,
     new CallValues(call, peerOf),
     timeoutMs,
     (reason) => {
       plan.shutdown.remove(ctx);
-      if (reason !== callFinished) resetIfStuck(call, reason);
+      if (reason !== callFinished) resetIfStuck(call);
     },
   );
-  // grpc-js reports every stream's close as "cancelled", finished calls included; only a call
-  // still running was cancelled, and only then is an error (with its stack) worth building.
-  call.on("cancelled", () => ctx.cancel());
-  plan.shutdown.add(ctx);
+  call.onCancel = () => ctx.cancel();
+  // Shutdown lets unary calls finish within its grace; streams may run for good, so they end.
+  if (method.methodKind !== "unary") plan.shutdown.add(ctx);
+  // The clock starts when the call's headers arrive, not when its request has: a client that
+  // sends headers and then nothing (or half a message) is held to the deadline like any other.
   ctx.arm(timeoutMs, callerChose ? undefined : defaultDeadlines);
   return ctx;
 }
@@ -226,43 +107,18 @@ const STATUS_GRACE_MS = 1_000;
 
 /**
  * Resets the HTTP/2 stream of a call whose deadline passed (or that shutdown cut short) if its
- * status has not reached the client soon after. grpc-js sends the status as trailers, and
- * trailers wait behind any response bytes still queued; a client that stops reading (zero
- * flow-control window) therefore never gets them, and the stream, its buffered messages and the
- * client's wait outlive the deadline for as long as the connection does. RST_STREAM is not
+ * status has not reached the client soon after. The status goes out as trailers, and trailers
+ * wait behind any response bytes still queued; a client that stops reading (zero flow-control
+ * window) would never get them, and the stream, its buffered messages and the client's wait
+ * would outlive the deadline for as long as the connection does. RST_STREAM is not
  * flow-controlled: the client learns the call is over and the server lets go of it.
- *
- * grpc-js has no public way to reset a server stream; its call object keeps the http2 stream as
- * `call.stream`. If that ever moves, this does nothing and test/service-hostile.test.ts (a
- * reader with a zero window) fails.
  */
-function resetIfStuck(call: ServerSurfaceCall, reason: unknown): void {
-  if (reason === callFinished || call.cancelled) return;
+function resetIfStuck(call: ServerCall): void {
+  if (call.cancelled) return;
   const timer = setTimeout(() => {
-    if (call.cancelled) return;
-    const stream = grpcJsCall(call)?.stream;
-    if (stream && !stream.closed && typeof stream.close === "function") stream.close(h2.NGHTTP2_CANCEL);
+    if (!call.cancelled) call.reset();
   }, STATUS_GRACE_MS);
   timer.unref();
-}
-
-/**
- * Settles with the handler, or with the reason the call was cut short (deadline, cancellation,
- * shutdown) if that comes first: a handler that ignores its signal cannot hold a caller past
- * its deadline.
- *
- * `work` is a thunk so that a call whose signal has already fired (a deadline that expired in
- * transit, a 1 ms grpc-timeout) never starts it. Starting it and then answering with the abort
- * reason would leave its promise, which rejects on that same signal, with nobody to handle it:
- * an unhandled rejection, and Node ends the process.
- */
-function untilAborted<T>(ctx: CallContext, work: () => Promise<T>): Promise<T> {
-  if (ctx.cutShort) return Promise.reject(ConnectError.from(ctx.abortReason));
-  return new Promise<T>((resolve, reject) => {
-    ctx.onAbort = (reason) => reject(ConnectError.from(reason));
-    // Whichever loses still has a handler when it settles: settling twice is a no-op.
-    work().then(resolve, reject);
-  });
 }
 
 async function lastOf(output: AsyncIterable<unknown>): Promise<unknown> {
@@ -271,62 +127,38 @@ async function lastOf(output: AsyncIterable<unknown>): Promise<unknown> {
   return last;
 }
 
-function peerOf(call: ServerSurfaceCall): string {
-  return peerAddress(call.getPeer());
+function peerOf(call: ServerCall): string {
+  return call.peer();
 }
 
-/** grpc-js names peers "ipv4:1.2.3.4:5678", "ipv6:[::1]:5678" or "1.2.3.4:5678"; keep the address. */
-function peerAddress(peer: string): string {
-  const bare = peer.replace(/^ipv[46]:/, "");
-  const m = /^\[(.*)\]:\d+$/.exec(bare) ?? /^(.*):\d+$/.exec(bare);
-  return m ? m[1]! : bare;
-}
-
-function sendHeaderOnce(call: ServerSurfaceCall, ctx: CallContext, sent: { done: boolean }): void {
-  if (sent.done) return;
-  sent.done = true;
+function sendHeaderOnce(call: ServerCall, ctx: CallContext): void {
   const header = ctx.responseHeaderIfAny();
-  if (header) call.sendMetadata(headersToMetadata(header));
+  call.sendHeaders(header && headerRecord(header));
 }
 
-async function* decodeStream<T extends DescMessage>(
-  schema: T,
-  call: Readable & { cancelled?: boolean },
-): AsyncIterable<MessageShape<T>> {
-  // Node destroys a stream once its async iterator completes; for a duplex call that would
-  // also destroy the writable half before the status is sent, and the client would hang.
-  for await (const chunk of call.iterator({ destroyOnReturn: false })) yield decode(schema, chunk as Buffer);
-  // grpc-js ends the request stream when the client cancels, just as when it finishes sending;
-  // a handler must not mistake a cancelled upload for a complete one.
-  await new Promise((r) => setImmediate(r));
-  if (call.cancelled) throw new ConnectError("the client cancelled the call", Code.Canceled);
-  assertWholeFrames(call);
+async function* decodeStream<T extends DescMessage>(schema: T, call: ServerCall): AsyncIterable<MessageShape<T>> {
+  for await (const chunk of call.messages()) yield decode(schema, chunk);
 }
 
-async function writeAll(
-  call: ServerWritableStream<Buffer, Buffer> | ServerDuplexStream<Buffer, Buffer>,
-  ctx: CallContext,
-  output: AsyncIterable<unknown>,
-  schema: DescMessage,
-): Promise<void> {
-  const sent = { done: false };
+async function writeAll(call: ServerCall, ctx: CallContext, output: AsyncIterable<unknown>, schema: DescMessage) {
   try {
     for await (const message of output) {
-      sendHeaderOnce(call, ctx, sent);
-      if (call.cancelled) return;
+      sendHeaderOnce(call, ctx);
+      if (call.cancelled || call.done) return;
       if (!call.write(encode(schema, message)))
-        await once(call, "drain", { signal: ctx.signal }).catch(() => undefined);
+        await once(call.stream, "drain", { signal: ctx.signal }).catch(() => undefined);
     }
-    sendHeaderOnce(call, ctx, sent);
-    call.end(headersToMetadata(ctx.responseTrailer));
+    sendHeaderOnce(call, ctx);
+    const trailer = ctx.responseTrailerIfAny();
+    call.finish(trailer ? { ...headerRecord(trailer), "grpc-status": "0" } : undefined);
   } catch (err) {
     if (call.cancelled) return;
-    call.emit("error", Object.assign(new Error("rpc failed"), toGrpcStatus(err, ctx.responseTrailerIfAny())));
+    call.finish(statusTrailers(err, ctx.responseTrailerIfAny()));
   }
 }
 
 /**
- * grpc-js does not await its handlers, so the promise of every call's work is ours to settle.
+ * The transport does not await handlers, so the promise of every call's work is ours to settle.
  * The work answers every failure it expects itself; anything that still escapes is a bug to log,
  * not an unhandled rejection that would end the process and every other call in it.
  */
@@ -334,32 +166,113 @@ function detach(work: Promise<void>, method: DescMethod): void {
   work.catch((err: unknown) => toConnectError(err, `${method.parent.typeName}/${method.name} (adapter)`));
 }
 
-/** The single answer of a unary or client-streaming call: the message, or the status. */
-function answerOnce(
-  call: ServerSurfaceCall,
-  ctx: CallContext,
-  method: DescMethod,
-  callback: sendUnaryData<Buffer>,
-  work: () => Promise<unknown>,
-): void {
+/**
+ * The single answer of a unary or client-streaming call: the message, or the status, or the
+ * reason the call was cut short (deadline, cancellation, shutdown) if that comes first, so a
+ * handler that ignores its signal cannot hold a caller past its deadline. Whichever comes second
+ * finds the call done and goes nowhere.
+ *
+ * `work` is a thunk so that a call whose signal has already fired (a deadline that expired in
+ * transit, a 1 ms grpc-timeout) never starts it. Starting it and then answering with the abort
+ * reason would leave its promise, which rejects on that same signal, with nobody to handle it:
+ * an unhandled rejection, and Node ends the process.
+ */
+function answerOnce(call: ServerCall, ctx: CallContext, method: DescMethod, work: () => Promise<unknown>): void {
+  const fail = (err: unknown) => {
+    // A handler that fails after its call was cut short has nobody left to tell.
+    if (call.done) return;
+    call.finish(statusTrailers(err, ctx.responseTrailerIfAny()));
+    ctx.finish();
+  };
+  if (ctx.cutShort) return fail(ConnectError.from(ctx.abortReason));
+  ctx.onAbort = (reason) => fail(ConnectError.from(reason));
+  let pending: Promise<unknown>;
+  try {
+    pending = runInCall(ctx, work);
+  } catch (err) {
+    return fail(err);
+  }
   detach(
-    runInCall(ctx, () =>
-      untilAborted(ctx, work).then(
-        (response) => {
-          const header = ctx.responseHeaderIfAny();
-          if (header) call.sendMetadata(headersToMetadata(header));
-          const trailer = ctx.responseTrailerIfAny();
-          callback(null, encode(method.output, response), trailer && headersToMetadata(trailer));
-          ctx.finish();
-        },
-        (err: unknown) => {
-          callback(toGrpcStatus(err, ctx.responseTrailerIfAny()));
-          ctx.finish();
-        },
-      ),
-    ),
+    pending.then((response) => {
+      if (call.done) return;
+      let message: Uint8Array;
+      try {
+        message = encode(method.output, response);
+      } catch (err) {
+        return fail(err);
+      }
+      const header = ctx.responseHeaderIfAny();
+      const trailer = ctx.responseTrailerIfAny();
+      call.answer(message, header && headerRecord(header), trailer && { ...headerRecord(trailer), "grpc-status": "0" });
+      ctx.finish();
+    }, fail),
     method,
   );
+}
+
+/**
+ * Ends a streaming call's context once its stream has closed, not when its last message was
+ * queued: until the status has gone out (behind messages a slow reader has not taken), the
+ * deadline still applies, and a status stuck past it ends in a reset (see resetIfStuck).
+ */
+function finishOnClose(call: ServerCall, ctx: CallContext): void {
+  const stream = call.stream;
+  if (stream.closed || stream.destroyed) ctx.finish();
+  else stream.once("close", () => ctx.finish());
+}
+
+/**
+ * Answers a streaming call with the reason it was cut short (deadline, shutdown) as soon as that
+ * happens: its handler may be waiting on the client's next message and would not notice until it
+ * came. Whatever the handler does afterwards goes nowhere (the call is done).
+ */
+function answerWhenCutShort(call: ServerCall, ctx: CallContext): void {
+  onceCutShort(ctx, (reason) => call.finish(statusTrailers(ConnectError.from(reason))));
+}
+
+/** Sets what happens when the call is cut short, at once if it already was (a deadline of 0). */
+function onceCutShort(ctx: CallContext, then: (reason: unknown) => void): void {
+  if (ctx.cutShort) then(ctx.abortReason);
+  else ctx.onAbort = then;
+}
+
+/**
+ * Waits for the one request message of a unary or server-streaming call. Should the call end
+ * first (its deadline, the client leaving, shutdown), it is answered from here: a handler that
+ * never started has nobody else to answer it.
+ */
+function whenRequestArrives(
+  call: ServerCall,
+  ctx: CallContext,
+  plan: MethodPlan,
+  run: (message: Buffer | undefined, err?: ConnectError) => void,
+): void {
+  onceCutShort(ctx, (reason) => {
+    const callerChose = call.timeoutMs !== undefined;
+    const ce = ConnectError.from(reason);
+    call.finish(
+      statusTrailers(
+        ce.code === Code.DeadlineExceeded && !callerChose && plan.opts.deadlines
+          ? new ConnectError(
+              `the request did not arrive within the default deadline of ${plan.opts.deadlines.defaultUnaryMs} ms`,
+              Code.DeadlineExceeded,
+            )
+          : ce,
+      ),
+    );
+  });
+  // A server stream has no deadline unless the client set one; its request is still bounded.
+  let arrival: object | undefined;
+  if (plan.method.methodKind !== "unary" && call.timeoutMs === undefined && plan.opts.deadlines)
+    arrival = defaultDeadlines.set(plan.opts.deadlines.defaultUnaryMs, () =>
+      ctx.abort(new ConnectError("the request did not arrive in time", Code.DeadlineExceeded)),
+    );
+  call.readSingle((message, err) => {
+    if (arrival) defaultDeadlines.clear(arrival);
+    if (ctx.cutShort) return;
+    ctx.onAbort = undefined;
+    run(message, err);
+  });
 }
 
 /**
@@ -384,7 +297,7 @@ class UnaryAnswer {
   }
 }
 
-const callKey = createContextKey<CallContext | undefined>(undefined, { description: "medmesh grpc-js call" });
+const callKey = createContextKey<CallContext | undefined>(undefined, { description: "medmesh server call" });
 
 /** The context a handler gets: the call's own, unless an interceptor replaced parts of the request. */
 function handlerContextFor(ctx: CallContext, req: UnaryRequest): HandlerContext {
@@ -439,7 +352,7 @@ function unaryInvoker(spec: MethodImplSpec & { kind: "unary" }, interceptors: In
   };
 }
 
-function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptions) {
+function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptions): (call: ServerCall) => void {
   const { interceptors } = opts;
   const plan: MethodPlan = {
     method,
@@ -450,49 +363,54 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
   switch (method.methodKind) {
     case "unary": {
       const invoke = unaryInvoker(spec as MethodImplSpec & { kind: "unary" }, interceptors);
-      return (call: ServerUnaryCall<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
+      return (call) => {
         const ctx = contextFor(call, plan);
-        answerOnce(call, ctx, method, callback, () => {
-          assertWholeFrames(call);
-          return invoke(ctx, decode(method.input, call.request));
-        });
+        whenRequestArrives(call, ctx, plan, (message, err) =>
+          answerOnce(call, ctx, method, () =>
+            err ? Promise.reject(err) : invoke(ctx, decode(method.input, message!)),
+          ),
+        );
       };
     }
     case "server_streaming":
-      return (call: ServerWritableStream<Buffer, Buffer>) => {
+      return (call) => {
         const ctx = contextFor(call, plan);
-        detach(
-          runInCall(ctx, async () => {
-            let output: AsyncIterable<unknown>;
-            try {
-              assertWholeFrames(call);
-              const request = decode(method.input, call.request);
-              output = transformInvokeImplementation(
-                spec,
-                ctx.snapshot(),
-                interceptors,
-              )(createAsyncIterable([request]));
-            } catch (err) {
-              call.emit("error", Object.assign(new Error("rpc failed"), toGrpcStatus(err)));
-              ctx.finish();
-              return;
-            }
-            await writeAll(call, ctx, output, method.output);
-            ctx.finish();
-          }),
-          method,
+        whenRequestArrives(call, ctx, plan, (message, err) =>
+          detach(
+            runInCall(ctx, async () => {
+              answerWhenCutShort(call, ctx);
+              let output: AsyncIterable<unknown>;
+              try {
+                if (err) throw err;
+                const request = decode(method.input, message!);
+                output = transformInvokeImplementation(
+                  spec,
+                  ctx.snapshot(),
+                  interceptors,
+                )(createAsyncIterable([request]));
+              } catch (e) {
+                call.finish(statusTrailers(e));
+                ctx.finish();
+                return;
+              }
+              await writeAll(call, ctx, output, method.output);
+              finishOnClose(call, ctx);
+            }),
+            method,
+          ),
         );
       };
     case "client_streaming":
-      return (call: ServerReadableStream<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
+      return (call) => {
         const ctx = contextFor(call, plan);
-        answerOnce(call, ctx, method, callback, () =>
+        answerOnce(call, ctx, method, () =>
           lastOf(transformInvokeImplementation(spec, ctx.snapshot(), interceptors)(decodeStream(method.input, call))),
         );
       };
     case "bidi_streaming":
-      return (call: ServerDuplexStream<Buffer, Buffer>) => {
+      return (call) => {
         const ctx = contextFor(call, plan);
+        answerWhenCutShort(call, ctx);
         detach(
           runInCall(ctx, () =>
             writeAll(
@@ -500,7 +418,7 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
               ctx,
               transformInvokeImplementation(spec, ctx.snapshot(), interceptors)(decodeStream(method.input, call)),
               method.output,
-            ).finally(() => ctx.finish()),
+            ).finally(() => finishOnClose(call, ctx)),
           ),
           method,
         );

@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
-import { Metadata, type ServiceError, type StatusObject } from "@grpc/grpc-js";
+import type { OutgoingHttpHeaders } from "node:http2";
+import { Metadata, type ServiceError } from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import {
   BadRequest_FieldViolationSchema,
@@ -9,7 +10,8 @@ import {
 } from "../../gen/google/rpc/error_details_pb.js";
 import { isConnectionLost } from "../db/errors.js";
 import { logger } from "../telemetry/logger.js";
-import { headersToMetadata, metadataToHeaders } from "./metadata.js";
+import { isTransportHeader, metadataToHeaders } from "./metadata.js";
+import { encodeGrpcMessage } from "./wire.js";
 
 /**
  * Every error that leaves a handler becomes a ConnectError with a sentence meant for the caller.
@@ -52,16 +54,38 @@ function describe(err: unknown): { message: string; stack?: string } {
   return { message: String(err) };
 }
 
-/** A ConnectError as the status object grpc-js sends, details included (grpc-status-details-bin). */
-export function toGrpcStatus(err: unknown, trailer?: Headers): Partial<StatusObject> {
+/**
+ * A call's final status as HTTP/2 trailers: grpc-status, grpc-message (percent-encoded as the
+ * gRPC spec says), google.rpc.Status details as grpc-status-details-bin, and the trailer metadata
+ * the handler set, then the error's own metadata on top.
+ */
+export function statusTrailers(err: unknown, trailer?: Headers): OutgoingHttpHeaders {
   const ce = toConnectError(err);
-  const headers = new Headers(trailer);
-  ce.metadata.forEach((v, k) => headers.set(k, v));
-  setTrailerStatus(headers, ce);
-  const metadata = headersToMetadata(headers);
-  const details = headers.get("grpc-status-details-bin");
-  if (details) metadata.set("grpc-status-details-bin", Buffer.from(details, "base64"));
-  return { code: ce.code as number, details: ce.rawMessage, metadata };
+  const out: OutgoingHttpHeaders = {};
+  trailer?.forEach((v, k) => {
+    if (!isTransportHeader(k)) out[k] = v;
+  });
+  ce.metadata.forEach((v, k) => {
+    if (!isTransportHeader(k)) out[k] = v;
+  });
+  out["grpc-status"] = String(ce.code);
+  out["grpc-message"] = encodeGrpcMessage(ce.rawMessage);
+  if (ce.details.length > 0) {
+    const withDetails = new Headers();
+    setTrailerStatus(withDetails, ce);
+    const details = withDetails.get("grpc-status-details-bin");
+    if (details) out["grpc-status-details-bin"] = details;
+  }
+  return out;
+}
+
+/** Metadata a handler set (Fetch Headers) as HTTP/2 headers, leaving out what the transport owns. */
+export function headerRecord(headers: Headers): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  headers.forEach((v, k) => {
+    if (!isTransportHeader(k)) out[k] = v;
+  });
+  return out;
 }
 
 /** A grpc-js client error back into a ConnectError, keeping rich details when the server sent them. */

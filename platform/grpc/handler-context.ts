@@ -1,12 +1,12 @@
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ContextKey, type ContextValues, type HandlerContext } from "@connectrpc/connect";
-import type { Metadata } from "@grpc/grpc-js";
+import type { IncomingHttpHeaders } from "node:http2";
 import type { CoarseTimers } from "./coarse-timer.js";
 import { peerKey } from "./interceptors/rate-limit.js";
-import { isTransportHeader, metadataToHeaders } from "./metadata.js";
+import { isTransportHeader } from "./metadata.js";
 
 /**
- * The handler context of one call served by the grpc-js adapter, built for the per-call path:
+ * The handler context of one call served by the adapter, built for the per-call path:
  * connect's createHandlerContext links three AbortControllers (deadline, request, shutdown),
  * copies the request headers and makes two response Headers on every call. Here one controller
  * carries every reason a call ends, the deadline is one timer, shutdown reaches the calls through
@@ -36,7 +36,8 @@ export class CallContext implements HandlerContext {
   constructor(
     readonly method: DescMethod,
     readonly url: string,
-    private readonly metadata: Metadata,
+    /** The request's HTTP/2 headers as node parsed them; binary (-bin) values stay base64, as on the wire. */
+    private readonly headers: IncomingHttpHeaders,
     readonly values: ContextValues,
     timeoutMs: number | undefined,
     private readonly onEnd: (reason: unknown) => void,
@@ -78,15 +79,25 @@ export class CallContext implements HandlerContext {
 
   /** The request metadata as Fetch Headers, converted on first use (many calls never read them). */
   get requestHeader(): Headers {
-    return (this.requestHeaders ??= metadataToHeaders(this.metadata));
+    if (this.requestHeaders) return this.requestHeaders;
+    const out = new Headers();
+    for (const key in this.headers) {
+      if (isTransportHeader(key)) continue;
+      const v = this.headers[key];
+      if (Array.isArray(v)) for (const one of v) out.append(key, one);
+      else if (v !== undefined) out.append(key, v);
+    }
+    return (this.requestHeaders = out);
   }
 
   /** One request header, as Headers.get would return it, without converting all of them. */
   requestHeaderValue(name: string): string | null {
-    if (this.requestHeaders || name.endsWith("-bin") || isTransportHeader(name)) return this.requestHeader.get(name);
-    const values = this.metadata.get(name);
-    if (values.length === 0) return null;
-    return values.length === 1 ? String(values[0]) : values.map(String).join(", ");
+    if (this.requestHeaders) return this.requestHeaders.get(name);
+    const key = name.toLowerCase();
+    if (isTransportHeader(key)) return null;
+    const v = this.headers[key];
+    if (v === undefined) return null;
+    return Array.isArray(v) ? v.join(", ") : v;
   }
 
   get responseHeader(): Headers {

@@ -2,14 +2,13 @@ import { setMaxListeners } from "node:events";
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { isConnectionLost } from "../db/errors.js";
-import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { logger } from "../telemetry/logger.js";
-import { requestArrivalBound, toGrpcService, type GrpcService } from "./adapter.js";
+import { routesOf } from "./adapter.js";
+import { H2Transport, type MethodRoute } from "./h2-transport.js";
 import { HealthState, healthService, ServingStatus } from "./health.js";
 import { infrastructureInterceptors } from "./interceptors/index.js";
 import { finishWith } from "./interceptors/stream-end.js";
 import { reflectionServices } from "./reflection.js";
-import { http2ServersOf, RequestArrivalBound } from "./request-arrival.js";
 
 export interface ServiceRegistration {
   service: DescService;
@@ -50,38 +49,18 @@ function bindAddress(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
-/** A grpc-js server with the given services, health and reflection (v1 and v1alpha). */
+/**
+ * A gRPC server (platform/grpc/h2-transport.ts on node:http2) with the given services, health
+ * and reflection (v1 and v1alpha).
+ */
 export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningGrpcServer> {
   const log = logger.child({ component: opts.name });
   const shutdown = new AbortController();
   // Every call in flight listens to this signal; hundreds at once is normal, not a leak.
   setMaxListeners(0, shutdown.signal);
-  const serverOptions = {
-    "grpc.max_receive_message_length": opts.maxMessageBytes,
-    "grpc.max_send_message_length": opts.maxMessageBytes,
-    "grpc.keepalive_time_ms": 30_000,
-    "grpc.keepalive_timeout_ms": 10_000,
-    "grpc.keepalive_permit_without_calls": 1,
-    // Keepalive drops a peer that stops answering pings (40 s), but a peer whose HTTP/2 stack
-    // answers them and never opens a stream would hold its socket for good; grpc-js has no
-    // handshake or header timeout of its own. Clients that were merely quiet reconnect on their
-    // next call, as after any GOAWAY.
-    "grpc.max_connection_idle_ms": opts.maxConnectionIdleMs ?? 5 * 60_000,
-  };
-  // The request-arrival bound watches grpc-js's HTTP/2 streams when it can reach them, which
-  // spares every call a ServerInterceptor; should grpc-js hide them, the interceptor does it.
-  let server = new Server(serverOptions);
-  const http2Servers = http2ServersOf(server);
-  const waitsForRequest = new Set<string>();
-  const arrival =
-    opts.deadlines && http2Servers
-      ? new RequestArrivalBound(opts.deadlines.defaultUnaryMs, (path) => waitsForRequest.has(path))
-      : undefined;
-  if (opts.deadlines && !arrival)
-    server = new Server({ ...serverOptions, interceptors: [requestArrivalBound(opts.deadlines.defaultUnaryMs)] });
-  const addService = (g: GrpcService) => {
-    for (const m of Object.values(g.definition)) if (!m.requestStream) waitsForRequest.add(m.path);
-    server.addService(g.definition, g.implementation);
+  const routes = new Map<string, MethodRoute>();
+  const addService = (r: Map<string, MethodRoute>) => {
+    for (const [path, route] of r) routes.set(path, route);
   };
   const health = new HealthState(opts.services.map((s) => s.service.typeName));
   const adapterFor = (interceptors: Interceptor[]) => ({
@@ -104,25 +83,25 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
       ]
     : opts.interceptors;
   for (const { service, impl } of opts.services) {
-    addService(toGrpcService(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(serviceInterceptors)));
+    addService(routesOf(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(serviceInterceptors)));
   }
   const infra = [healthService(health), ...reflectionServices(opts.services.map((s) => s.service))];
   for (const { service, impl } of infra) {
     addService(
-      toGrpcService(
-        service,
-        impl as Partial<ServiceImpl<DescService>>,
-        adapterFor(infrastructureInterceptors(opts.name)),
-      ),
+      routesOf(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(infrastructureInterceptors(opts.name))),
     );
   }
 
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(bindAddress(opts.host, opts.port), ServerCredentials.createInsecure(), (err, p) =>
-      err ? reject(err) : resolve(p),
-    ),
-  );
-  if (arrival && http2Servers) for (const h of http2Servers()) arrival.watch(h);
+  const transport = new H2Transport(routes, {
+    maxMessageBytes: opts.maxMessageBytes,
+    // Keepalive drops a peer that stops answering pings (40 s); a peer whose HTTP/2 stack answers
+    // them and never opens a stream is closed by the idle bound. Clients that were merely quiet
+    // reconnect on their next call, as after any GOAWAY.
+    keepaliveMs: 30_000,
+    keepaliveTimeoutMs: 10_000,
+    maxConnectionIdleMs: opts.maxConnectionIdleMs ?? 5 * 60_000,
+  });
+  const port = await transport.listen(opts.host, opts.port);
 
   let probing: NodeJS.Timeout | undefined;
   if (opts.readinessProbe) {
@@ -148,18 +127,12 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
       if (shutdown.signal.aborted) return;
       clearInterval(probing);
       health.setAll(ServingStatus.NOT_SERVING);
-      shutdown.abort();
-      await new Promise<void>((resolve) => {
-        const force = setTimeout(() => {
-          log.warn("calls still running after the grace period; cancelling them", { grace_ms: graceMs });
-          server.forceShutdown();
-          resolve();
-        }, graceMs);
-        server.tryShutdown(() => {
-          clearTimeout(force);
-          resolve();
-        });
-      });
+      // Health watchers get NOT_SERVING on the wire before their streams end.
+      await new Promise((r) => setTimeout(r, 20));
+      shutdown.abort(new ConnectError("the server is shutting down; call again", Code.Unavailable));
+      await transport.close(graceMs, () =>
+        log.warn("calls still running after the grace period; cancelling them", { grace_ms: graceMs }),
+      );
     },
   };
 }

@@ -32,7 +32,7 @@ export function startComponentTelemetry(
 
 /**
  * Starts OpenTelemetry once per process. Spans come from the mesh's own RPC interceptors and
- * the traced database driver (see platform/db), which cover grpc-js behind our adapter,
+ * the traced database driver (see platform/db), which cover the mesh's gRPC transport,
  * connect-node and PGlite alike; the SDK supplies context propagation, W3C trace context and export.
  */
 export function startTelemetry(opts: TelemetryOptions): { shutdown(): Promise<void> } {

@@ -44,7 +44,7 @@ export async function discardUnlessUsed(store: DocumentStore, blobs: BlobStore, 
 /**
  * Throws `canceled` if the call has been cancelled. Called last before the version is written
  * (inside the transaction that writes it, where there is one), so that a caller that gave up does
- * not find a version it never finished uploading. grpc-js reports a
+ * not find a version it never finished uploading. node:http2 reports a
  * reset stream as ended first and as cancelled just after, and the gateway forwards a client's
  * reset just after its last bytes; checking once before the transaction leaves that gap open.
  */
@@ -137,7 +137,7 @@ export async function receiveUpload(
       maxBytes: opts.maxBytes,
       expectedSha256: header.sha256 || undefined,
     });
-    // grpc-js reports a client's cancel as the end of its stream first and as a cancellation
+    // A client's cancel can arrive as the end of its stream first and as a cancellation
     // only just after; by the time the bytes are durable the cancellation has arrived, and a
     // cancelled upload must not become a version.
     if (opts.signal.aborted) {

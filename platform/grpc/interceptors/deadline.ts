@@ -3,7 +3,7 @@ import { alreadyCutShort } from "../handler-context.js";
 
 /**
  * Refuses a call whose deadline has already passed before it touches any resource.
- * Defaults and caps are applied where the handler context is made: by the grpc-js adapter
+ * Defaults and caps are applied where the handler context is made: by the adapter
  * (platform/grpc/adapter.ts) and, at the gateway, by connect-node's maxTimeoutMs and the
  * forwarder's default; so every handler sees its effective deadline in ctx.timeoutMs().
  */

@@ -9,7 +9,7 @@ import { finishWith } from "./stream-end.js";
 
 const tracer = trace.getTracer("medmesh-rpc");
 
-// The request is the carrier: a call of the grpc-js adapter then answers the propagator from its
+// The request is the carrier: a call of the adapter (platform/grpc/adapter.ts) then answers the propagator from its
 // metadata without building Headers.
 type Carrier = { header: Headers };
 const headerGetter = {
@@ -22,8 +22,8 @@ const headerGetter = {
 };
 
 /**
- * Server span per call, continuing the caller's W3C trace context. Neither grpc-js served
- * through our adapter nor connect-node is covered by an official instrumentation, so the
+ * Server span per call, continuing the caller's W3C trace context. Neither the mesh's gRPC
+ * transport nor connect-node is covered by an official instrumentation, so the
  * mesh does it here, once for both.
  *
  * It does only what the process's telemetry needs (platform/telemetry/tracing-mode.ts): nothing
@@ -51,6 +51,8 @@ export function serverTracingInterceptor(component: string): Interceptor {
     const parent = propagation.extract(context.active(), req, headerGetter);
     if (mode === "ids") {
       const spanContext = trace.setSpan(parent, trace.wrapSpanContext(childIds(parent)));
+      // A unary answer is complete when it resolves; only a stream's later pulls need the context again.
+      if (!req.stream) return context.with(spanContext, () => next(req));
       return context
         .with(spanContext, () => next(req))
         .then((res) =>
