@@ -97,27 +97,34 @@ export const statsConsumer: {
   },
 };
 
-/** Top and zero-result queries over [start, end). */
+/**
+ * Top and zero-result queries over [start, end). The three reads share one snapshot: read side by
+ * side, a count landing between them made the lists disagree about the same query.
+ */
 export async function readAnalytics(db: Kysely<SearchDB>, start: Date, end: Date, limit: number) {
-  const inWindow = db.selectFrom("search_stat").where("hour", ">=", start).where("hour", "<", end);
-  const [top, zero, total] = await Promise.all([
-    inWindow
-      .select(["normalized_query", sql<number>`sum(searches)::int`.as("n")])
-      .groupBy("normalized_query")
-      .orderBy("n", "desc")
-      .orderBy("normalized_query")
-      .limit(limit)
-      .execute(),
-    inWindow
-      .select(["normalized_query", sql<number>`sum(zero_results)::int`.as("n")])
-      .groupBy("normalized_query")
-      .having(sql`sum(zero_results)`, ">", 0)
-      .orderBy("n", "desc")
-      .orderBy("normalized_query")
-      .limit(limit)
-      .execute(),
-    inWindow.select(sql<number>`coalesce(sum(searches), 0)::int`.as("n")).executeTakeFirst(),
-  ]);
+  const { top, zero, total } = await db
+    .transaction()
+    .setIsolationLevel("repeatable read")
+    .execute(async (trx) => {
+      const inWindow = trx.selectFrom("search_stat").where("hour", ">=", start).where("hour", "<", end);
+      const top = await inWindow
+        .select(["normalized_query", sql<number>`sum(searches)::int`.as("n")])
+        .groupBy("normalized_query")
+        .orderBy("n", "desc")
+        .orderBy("normalized_query")
+        .limit(limit)
+        .execute();
+      const zero = await inWindow
+        .select(["normalized_query", sql<number>`sum(zero_results)::int`.as("n")])
+        .groupBy("normalized_query")
+        .having(sql`sum(zero_results)`, ">", 0)
+        .orderBy("n", "desc")
+        .orderBy("normalized_query")
+        .limit(limit)
+        .execute();
+      const total = await inWindow.select(sql<number>`coalesce(sum(searches), 0)::int`.as("n")).executeTakeFirst();
+      return { top, zero, total };
+    });
   return {
     topQueries: top.map((r) => ({ normalizedQuery: r.normalized_query, count: BigInt(r.n) })),
     zeroResultQueries: zero.map((r) => ({ normalizedQuery: r.normalized_query, count: BigInt(r.n) })),
