@@ -42,7 +42,8 @@ export async function chooseVectorLeg(
   const existing = await sql<{ comment: string | null }>`
     select col_description(a.attrelid, a.attnum) as comment
     from pg_attribute a
-    where a.attrelid = ${`${schema}.indexed_document`}::regclass and a.attname = 'embedding' and not a.attisdropped
+    where a.attrelid = (quote_ident(${schema}) || '.indexed_document')::regclass
+      and a.attname = 'embedding' and not a.attisdropped
   `.execute(db);
   const found = existing.rows[0];
   if (found && found.comment !== provenance) {
