@@ -12,6 +12,7 @@ import { configSpec as documentsConfig } from "../services/documents/main.js";
 import { configSpec as gatewayConfig } from "../gateway/main.js";
 import { configSpec as identityConfig } from "../services/identity/main.js";
 import { configSpec as processingConfig } from "../services/processing/main.js";
+import { configSpec as searchConfig } from "../services/search/main.js";
 import { configSpec as postgresConfig } from "../deploy/embedded/postgres.js";
 import { configSpec as kafkaConfig } from "../deploy/embedded/kafka-component.js";
 import { repoRoot } from "./support/embedded-mesh.js";
@@ -127,6 +128,7 @@ describe("configuration", () => {
       ...Object.keys(gatewayConfig),
       ...Object.keys(identityConfig),
       ...Object.keys(processingConfig),
+      ...Object.keys(searchConfig),
       ...Object.keys(postgresConfig),
       ...Object.keys(kafkaConfig),
     ]);

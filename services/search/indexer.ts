@@ -31,6 +31,8 @@ import {
 import { enumNames } from "../../platform/grpc/enum-names.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 import type { IndexStore } from "./store.js";
+import { EmbeddingError } from "./embedding/index.js";
+import { embedOne, embeddingText, type VectorLeg } from "./vectors.js";
 import type { IndexMetadata, IndexRow, SearchDB } from "./tables.js";
 
 export const EVENT_SOURCE = "/medmesh/search";
@@ -104,7 +106,8 @@ export function toIndexRow(doc: Document, version: number, result: ProcessingRes
 
 /** What an event asks of the index, worked out before the transaction opens. */
 export type IndexAction =
-  | { kind: "upsert"; row: IndexRow }
+  /** embedding: the row's vector literal; absent without a vector leg or for a text without words. */
+  | { kind: "upsert"; row: IndexRow; embedding?: string }
   | { kind: "update"; documentId: string; meta: IndexMetadata }
   | { kind: "remove"; documentId: string }
   | { kind: "none" };
@@ -113,6 +116,8 @@ export interface IndexerDeps {
   documents: Client<typeof DocumentService>;
   token: ServiceToken;
   store: IndexStore;
+  /** Set when the index keeps vectors: each upserted version gets its embedding. */
+  vectors?: VectorLeg;
   logger?: Logger;
 }
 
@@ -129,6 +134,8 @@ export function indexer(deps: IndexerDeps): {
   handler: EventHandler<SearchDB, IndexAction>;
   /** What indexing a document's version takes, read from documents (the reindex reuses it). */
   actionFor: (documentId: string, version: number) => Promise<IndexAction>;
+  /** The upsert of a row, with its vector when the index keeps them (embedded here, outside any transaction). */
+  upsertAction: (row: IndexRow) => Promise<IndexAction>;
   /** Applies an action within a transaction. */
   apply: (trx: Kysely<SearchDB>, action: IndexAction) => Promise<void>;
 } {
@@ -169,7 +176,21 @@ export function indexer(deps: IndexerDeps): {
       throw err;
     }
     if (outcome?.outcome.case !== "result") return { kind: "none" };
-    return { kind: "upsert", row: toIndexRow(doc, version, outcome.outcome.value) };
+    return upsertAction(toIndexRow(doc, version, outcome.outcome.value));
+  }
+
+  async function upsertAction(row: IndexRow): Promise<IndexAction> {
+    if (!deps.vectors) return { kind: "upsert", row };
+    let embedding: string | undefined;
+    try {
+      embedding = await embedOne(deps.vectors.embedder, embeddingText(row));
+    } catch (err) {
+      // An endpoint that is down or busy clears by itself: retried without a limit, like documents
+      // being down. Any other answer is permanent (the consumer's dead-letter path).
+      if (err instanceof EmbeddingError && err.transient) throw new ConnectError(err.message, Code.Unavailable);
+      throw err;
+    }
+    return { kind: "upsert", row, ...(embedding === undefined ? {} : { embedding }) };
   }
 
   return {
@@ -195,6 +216,7 @@ export function indexer(deps: IndexerDeps): {
 
     handler: (_event, trx, _delivery, action) => apply(trx, action),
     actionFor: processed,
+    upsertAction,
     apply,
   };
 
@@ -211,7 +233,7 @@ export function indexer(deps: IndexerDeps): {
         return;
       case "upsert": {
         const { row } = action;
-        if (!(await store.upsert(trx, row))) return;
+        if (!(await store.upsert(trx, row, action.embedding))) return;
         await enqueue(
           trx,
           contractEvent(

@@ -32,6 +32,7 @@ import { DocumentProcessedSchema } from "../../gen/medmesh/events/v1/document_ev
 import { SearchPerformedSchema } from "../../gen/medmesh/events/v1/search_events_pb.js";
 import { SearchService } from "../../gen/medmesh/search/v1/search_pb.js";
 import { searchAnalytics, statsConsumer } from "./analytics.js";
+import { createEmbedder, embedderConfigSpec, embedderSettings } from "./embedding/index.js";
 import { indexer } from "./indexer.js";
 import { migrations } from "./migrations/index.js";
 import { BM25_INDEX, chooseRanker, type RankerSetting } from "./ranker.js";
@@ -39,6 +40,7 @@ import { reindexer } from "./reindex.js";
 import { searchService } from "./service.js";
 import { indexedReporter } from "./status-reporter.js";
 import { IndexStore } from "./store.js";
+import { chooseVectorLeg } from "./vectors.js";
 import type { SearchDB } from "./tables.js";
 
 const DOCUMENT_EVENTS = eventTopic(DocumentProcessedSchema);
@@ -85,6 +87,7 @@ export const configSpec = {
     ["auto", "bm25", "ts_rank_cd"] as const,
     "auto",
   ),
+  ...embedderConfigSpec,
   REDIS_URL: env.url("Redis for the search answer cache shared by every replica; unset keeps it in process", [
     "redis:",
     "rediss:",
@@ -118,8 +121,9 @@ export interface SearchHooks {
 export async function startSearch(
   source: Record<string, string | undefined> = process.env,
   hooks: SearchHooks = {},
-): Promise<Started & { port: number; ranker: string }> {
+): Promise<Started & { port: number; ranker: string; vectorLeg: boolean }> {
   const config = loadConfig(configSpec, source);
+  const embedding = embedderSettings(source);
   const telemetry = startComponentTelemetry("search", config);
   const log = logger.child({ component: "search" });
   // Without DATABASE_URL search has an embedded database of its own, in this process, with the
@@ -135,7 +139,16 @@ export async function startSearch(
     config.SEARCH_RANKER as RankerSetting,
     log,
   );
-  const store = new IndexStore(database.db, config.SEARCH_DB_SCHEMA, BM25_INDEX);
+  let vectors;
+  try {
+    const embedder = await createEmbedder(embedding);
+    vectors = await chooseVectorLeg(database.db as never, config.SEARCH_DB_SCHEMA, embedder, log);
+  } catch (err) {
+    await database.close();
+    await telemetry.shutdown();
+    throw err;
+  }
+  const store = new IndexStore(database.db, config.SEARCH_DB_SCHEMA, BM25_INDEX, vectors !== undefined);
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "search" });
   await ensureTopics(kafka, [
     { topic: DOCUMENT_EVENTS, numPartitions: 3 },
@@ -175,7 +188,7 @@ export async function startSearch(
     void cache
       ?.bump(cacheNamespace)
       .catch((err: Error) => log.warn("could not invalidate the search cache", { error: err }));
-  const indexing = indexer({ documents, token, store });
+  const indexing = indexer({ documents, token, store, vectors });
   const reporter = indexedReporter({ processing, token });
   const reindex = reindexer({
     db: database.db,
@@ -255,6 +268,7 @@ export async function startSearch(
           searchService({
             store,
             ranker,
+            vectors,
             reindexer: reindex,
             analytics,
             db: database.db,
@@ -278,6 +292,7 @@ export async function startSearch(
   return {
     port: server.port,
     ranker,
+    vectorLeg: vectors !== undefined,
     endpoints: { search: `grpc://${server.address}` },
     async stop() {
       await server.shutdown(config.SHUTDOWN_GRACE_MS);

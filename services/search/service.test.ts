@@ -67,6 +67,7 @@ describe.each(backends())("search on $name", (backend) => {
   let docsAddress: string;
   let searchAddress: string;
   let ranker: string;
+  let vectorLeg: boolean;
   const docs = personaClients(
     () => identity,
     () => docsAddress,
@@ -130,6 +131,7 @@ describe.each(backends())("search on $name", (backend) => {
     stops.unshift(search.stop);
     searchAddress = `127.0.0.1:${search.port}`;
     ranker = search.ranker;
+    vectorLeg = search.vectorLeg;
     doctor = await docs.as("doctor");
     doctor2 = await docs.as("doctor2");
     s = {
@@ -292,6 +294,36 @@ describe.each(backends())("search on $name", (backend) => {
     for (const call of refused) await expect(rejection(call)).resolves.toMatchObject({ code: Code.InvalidArgument });
   });
 
+  it("says what it searched: MI expanded to its names and found in a paper that only says heart attack; quotes are not expanded", async () => {
+    const t = `zm${suffix}`;
+    const lay = await publish(
+      doctor,
+      `Heart attack survivors ${t}`,
+      `Survivors of a heart attack ${t} walked more.`,
+      "h",
+    );
+    const res = await s.doctor2.search({ query: `MI ${t}` });
+    expect(res.interpretation!.expansions).toEqual([
+      expect.objectContaining({
+        term: "mi",
+        expandedTo: expect.arrayContaining(["myocardial infarction", "heart attack"]),
+      }),
+    ]);
+    expect(res.hits.map((h) => h.documentId)).toEqual([lay]);
+    const quoted = await s.doctor2.search({ query: `"heart attack" ${t}` });
+    expect(quoted.interpretation!.expansions).toEqual([]);
+    expect(quoted.interpretation!.phrases).toEqual(["heart attack"]);
+    expect(quoted.hits.map((h) => h.documentId)).toEqual([lay]);
+  });
+
+  it("fuses the vector leg where pgvector is (embedded), says so, and never with date order", async () => {
+    expect(vectorLeg).toBe(backend.name === "pglite");
+    const res = await s.doctor.search({ query: `metformin ${tag}` });
+    expect(res.vectorLeg).toBe(vectorLeg);
+    expect(res.totalCount).toBe(1n);
+    expect((await s.doctor.search({ query: `metformin ${tag}`, sort: SortOrder.DATE })).vectorLeg).toBe(false);
+  });
+
   it("refuses empty, overlong and broken queries with a sentence; tsquery symbols are only text", async () => {
     for (const query of ["", "x".repeat(501), 'unbalanced "quote', "& | ! : * ( )", "-only"]) {
       const err = await rejection(s.doctor.search({ query }));
@@ -343,6 +375,7 @@ describe.each(backends())("search on $name", (backend) => {
     const similar = await s.doctor2.similarDocuments({ documentId: a });
     expect(similar.hits.map((h) => h.documentId)).toContain(b);
     expect(similar.hits.map((h) => h.documentId)).not.toContain(a);
+    expect(similar.vectorLeg).toBe(vectorLeg);
     await expect(rejection(s.doctor2.similarDocuments({ documentId: randomUUID() }))).resolves.toMatchObject({
       code: Code.NotFound,
     });

@@ -25,6 +25,7 @@ import { QuerySyntaxError, understandQuery, type UnderstoodQuery } from "./query
 import type { RelevanceRanker } from "./ranker.js";
 import { readAnalytics, type SearchRecord } from "./analytics.js";
 import type { Reindexer } from "./reindex.js";
+import { embedOne, type VectorLeg } from "./vectors.js";
 import type { SearchDB } from "./tables.js";
 import type { Kysely } from "kysely";
 import {
@@ -59,6 +60,8 @@ export interface SearchServiceDeps {
   store: IndexStore;
   /** How relevance is ranked here, decided at start. */
   ranker: RelevanceRanker;
+  /** Set when the index keeps vectors: relevance fuses the lexical ranker with kNN (RRF). */
+  vectors?: VectorLeg;
   reindexer: Reindexer;
   /** Search answers by query, filters, page and visibility scope; bumped on every index change. */
   cache?: { store: VersionedCache; ttlMs: number; namespace: string };
@@ -173,7 +176,20 @@ export function searchService(deps: SearchServiceDeps): ServiceImpl<typeof Searc
     pageSize: number,
     offset: number,
     binding: unknown,
-  ): Promise<SearchResponse> {
+  ): Promise<{ answer: SearchResponse; complete: boolean }> {
+    let vector: string | undefined;
+    let complete = true;
+    if (deps.vectors && ranker !== "date") {
+      try {
+        // The normalized query, not the raw one: answers are cached under it.
+        vector = await embedOne(deps.vectors.embedder, understood.normalized);
+      } catch (err) {
+        // An embedder that fails costs the vector leg, not the answer; vector_leg says so and
+        // the answer is not cached.
+        log.warn("could not embed the query; answering with the lexical leg only", { error: err as Error });
+        complete = false;
+      }
+    }
     const page = await store.search({
       tsquery: understood.tsquery,
       bm25Text: understood.bm25Text,
@@ -182,6 +198,7 @@ export function searchService(deps: SearchServiceDeps): ServiceImpl<typeof Searc
       scope,
       limit: pageSize,
       offset,
+      ...(vector === undefined ? {} : { vector }),
     });
     const next = offset + page.hits.length;
     const didYouMean = page.total < FEW_RESULTS ? await store.corrections(understood.words) : [];
@@ -193,7 +210,7 @@ export function searchService(deps: SearchServiceDeps): ServiceImpl<typeof Searc
         .map((w) => by.get(w) ?? w)
         .join(" ");
     }
-    return create(SearchResponseSchema, {
+    const answer = create(SearchResponseSchema, {
       hits: page.hits.map(toHit),
       totalCount: BigInt(page.total),
       facets: FACET_FIELDS.map((field) => ({
@@ -211,7 +228,9 @@ export function searchService(deps: SearchServiceDeps): ServiceImpl<typeof Searc
       },
       didYouMean,
       correctedQuery: corrected,
+      vectorLeg: vector !== undefined,
     });
+    return { answer, complete };
   }
 
   return {
@@ -238,8 +257,9 @@ export function searchService(deps: SearchServiceDeps): ServiceImpl<typeof Searc
       let answer: SearchResponse;
       if (cached?.value) answer = { ...cached.value, cached: true };
       else {
-        answer = await compute(understood, filters, ranker, scope, pageSize, offset, binding);
-        if (cached) void writeCache(cached.version, key, answer);
+        const computed = await compute(understood, filters, ranker, scope, pageSize, offset, binding);
+        answer = computed.answer;
+        if (cached && computed.complete) void writeCache(cached.version, key, answer);
       }
       // Later pages are the same search read further; only first pages count.
       if (offset === 0)
@@ -267,7 +287,12 @@ export function searchService(deps: SearchServiceDeps): ServiceImpl<typeof Searc
       const found = await store.similar(req.documentId, scopeOf(caller), req.pageSize || DEFAULT_PAGE_SIZE);
       // A document the caller may not see is reported as missing, like documents does.
       if (!found) throw new ConnectError(`document ${req.documentId} is not in the index`, Code.NotFound);
-      return { hits: found.hits.map(toHit), terms: found.terms, ranker: Ranker.TS_RANK_CD };
+      return {
+        hits: found.hits.map(toHit),
+        terms: found.terms,
+        ranker: Ranker.TS_RANK_CD,
+        vectorLeg: found.vectorLeg,
+      };
     },
 
     async reindex() {

@@ -28,6 +28,8 @@ export interface SearchParams {
   scope: Scope;
   limit: number;
   offset: number;
+  /** The query's vector literal: fuse the vector leg with the lexical ranker (not for date order). */
+  vector?: string;
 }
 
 export interface FacetCount {
@@ -75,6 +77,11 @@ const HEADLINE_SOURCE_CHARS = 20_000;
 const BM25_RERANK = 200;
 /** The preselection for pages past BM25_RERANK: as deep as pages go (service.ts, MAX_RESULT_OFFSET). */
 const MAX_RERANK = 1050;
+
+/** Reciprocal rank fusion's k: a leg's rank r contributes 1 / (RRF_K + r). */
+const RRF_K = 60;
+/** Neighbours SimilarDocuments takes from each leg before fusing. */
+const SIMILAR_LEG = 200;
 
 /** Terms of a document that SimilarDocuments searches for. */
 const SIMILAR_TERMS = 12;
@@ -131,6 +138,8 @@ export class IndexStore {
     private readonly db: Kysely<SearchDB>,
     private readonly schema: string,
     bm25IndexName: string,
+    /** The table has the embedding column (vectors.ts made it); otherwise vectors are never written. */
+    private readonly vectors = false,
   ) {
     this.bm25Index = `${schema}.${bm25IndexName}`;
   }
@@ -144,9 +153,10 @@ export class IndexStore {
    * Writes the document's row unless the index already holds a newer version of it (events of
    * two versions may be handled out of order after a redelivery). Returns whether it wrote.
    */
-  async upsert(trx: Kysely<SearchDB>, row: IndexRow): Promise<boolean> {
+  async upsert(trx: Kysely<SearchDB>, row: IndexRow, embedding?: string): Promise<boolean> {
     const values = {
       ...row,
+      ...(this.vectors ? { embedding: embedding === undefined ? null : sql<string>`${embedding}::vector` } : {}),
       authors: JSON.stringify(row.authors),
       entities: JSON.stringify(row.entities),
       keywords: JSON.stringify(row.keywords),
@@ -242,17 +252,35 @@ export class IndexStore {
         ? sql`m.publication_date desc nulls last, m.document_id`
         : sql`m.score desc, m.publication_date desc nulls last, m.document_id`;
     const preselect = p.offset + p.limit <= BM25_RERANK ? BM25_RERANK : MAX_RERANK;
-    const ranked = rerank
+    const lexical = rerank
       ? sql`(select top.document_id, top.publication_date,
                     -(d.bm25_text <@> to_bm25query(${p.bm25Text}, ${this.bm25Index}))::float8 as score
              from (select m.document_id, m.publication_date from m
                    order by ${order} limit ${sql.lit(preselect)}) top
              join ${this.table("indexed_document")} d using (document_id))`
       : sql`m`;
+    // Hybrid: both legs rank the matched set (the tsquery still decides what matches, so counts,
+    // facets, phrases and exclusions mean what they say), and each document scores
+    // 1/(k + its lexical rank) + 1/(k + its rank by nearness to the query's vector). Both legs
+    // read m, so the filters and the caller's scope hold in both. Matches outside both legs'
+    // depth (pages past it) score 0 and follow by date.
+    const hybrid = p.vector !== undefined && p.ranker !== "date";
+    const ranked = hybrid
+      ? sql`(select m.document_id, m.publication_date,
+                    (coalesce(1.0 / (${sql.lit(RRF_K)} + lex.r), 0) + coalesce(1.0 / (${sql.lit(RRF_K)} + vec.r), 0))::float8 as score
+             from m
+             left join (select m.document_id, row_number() over (order by ${order}) as r
+                        from ${lexical} m order by r limit ${sql.lit(preselect)}) lex using (document_id)
+             left join (select m.document_id,
+                               row_number() over (order by d.embedding <=> q.v, m.document_id) as r
+                        from m join ${this.table("indexed_document")} d using (document_id), q
+                        where d.embedding is not null
+                        order by r limit ${sql.lit(preselect)}) vec using (document_id))`
+      : lexical;
     const where = [sql`d.search_tsv @@ q.q`, ...conditions(p.filters, p.scope)];
     const facets = FACET_FIELDS.map((f) => sql`${facetQuery(f)} as ${sql.id(`f_${f}`)}`);
     const result = await sql<Record<string, unknown>>`
-      with q as (select ${q} as q),
+      with q as (select ${q} as q${hybrid ? sql`, ${p.vector}::vector as v` : sql``}),
       m as materialized (
         select d.document_id, d.specialty, d.document_type, d.journal, d.authors, d.entities,
                d.publication_date, (${score})::float8 as score
@@ -340,7 +368,7 @@ export class IndexStore {
     documentId: string,
     scope: Scope,
     limit: number,
-  ): Promise<{ terms: string[]; hits: HitRow[] } | undefined> {
+  ): Promise<{ terms: string[]; hits: HitRow[]; vectorLeg: boolean } | undefined> {
     const visible = scope.admin ? sql`true` : sql`(d.visibility = 'platform' or d.owner = ${scope.subject})`;
     const source = await sql<{ lexeme: string }>`
       select u.lexeme
@@ -351,28 +379,46 @@ export class IndexStore {
                u.lexeme
       limit 200
     `.execute(this.db);
-    if (source.rows.length === 0) {
-      const exists = await sql<{ found: boolean }>`
-        select exists (select 1 from ${this.table("indexed_document")} d where d.document_id = ${documentId} and ${visible}) as found
-      `.execute(this.db);
-      return exists.rows[0]?.found ? { terms: [], hits: [] } : undefined;
-    }
+    const probe = await sql<{ found: boolean; has_vector: boolean }>`
+      select true as found, ${this.vectors ? sql`d.embedding is not null` : sql`false`} as has_vector
+      from ${this.table("indexed_document")} d where d.document_id = ${documentId} and ${visible}
+    `.execute(this.db);
+    const src = probe.rows[0];
+    if (!src) return undefined;
     const terms = source.rows
       .map((r) => r.lexeme)
       .filter((t) => /^[\p{L}][\p{L}\p{N}]{2,}$/u.test(t))
       .slice(0, SIMILAR_TERMS);
-    if (terms.length === 0) return { terms, hits: [] };
-    const tsquery = terms.map((t) => `'${t}'`).join(" | ");
-    const res = await sql<HitRow>`
-      with q as (select to_tsquery('simple', ${tsquery}) as q)
-      select d.document_id, d.version, d.title, d.authors, d.journal,
-             to_char(d.publication_date, 'YYYY-MM-DD') as publication_date, d.document_type, d.specialty,
-             d.visibility, ts_rank_cd(d.search_tsv, q.q)::float8 as score, '' as snippet
+    const vectorLeg = src.has_vector;
+    if (terms.length === 0 && !vectorLeg) return { terms, hits: [], vectorLeg };
+    // Two legs, fused by reciprocal rank: documents sharing the heaviest terms, and (when the
+    // document has a vector) its nearest neighbours by embedding, which the HNSW index finds.
+    const tsquery = terms.length > 0 ? terms.map((t) => `'${t}'`).join(" | ") : "";
+    const lex = sql`select d.document_id, row_number() over (order by ts_rank_cd(d.search_tsv, q.q) desc, d.document_id) as r
       from ${this.table("indexed_document")} d, q
       where d.search_tsv @@ q.q and d.document_id <> ${documentId} and ${visible}
-      order by score desc, d.document_id
+      order by r limit ${sql.lit(SIMILAR_LEG)}`;
+    const vec = vectorLeg
+      ? sql`select n.document_id, row_number() over (order by n.distance, n.document_id) as r from (
+          select d.document_id, d.embedding <=> (select embedding from ${this.table("indexed_document")} where document_id = ${documentId}) as distance
+          from ${this.table("indexed_document")} d
+          where d.embedding is not null and d.document_id <> ${documentId} and ${visible}
+          order by distance limit ${sql.lit(SIMILAR_LEG)}) n`
+      : sql`select null::uuid as document_id, null::bigint as r where false`;
+    const res = await sql<HitRow>`
+      with q as (select to_tsquery('simple', ${tsquery}) as q),
+      lex as (${lex}),
+      vec as (${vec}),
+      f as (select document_id,
+                   (coalesce(1.0 / (${sql.lit(RRF_K)} + lex.r), 0) + coalesce(1.0 / (${sql.lit(RRF_K)} + vec.r), 0))::float8 as score
+            from lex full outer join vec using (document_id))
+      select d.document_id, d.version, d.title, d.authors, d.journal,
+             to_char(d.publication_date, 'YYYY-MM-DD') as publication_date, d.document_type, d.specialty,
+             d.visibility, f.score, '' as snippet
+      from f join ${this.table("indexed_document")} d using (document_id)
+      order by f.score desc, d.document_id
       limit ${limit}
     `.execute(this.db);
-    return { terms, hits: res.rows };
+    return { terms, hits: res.rows, vectorLeg };
   }
 }

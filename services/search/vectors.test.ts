@@ -1,0 +1,104 @@
+import { randomBytes, randomUUID } from "node:crypto";
+import { pg_trgm } from "@electric-sql/pglite/contrib/pg_trgm";
+import { pg_textsearch } from "@electric-sql/pglite-pg_textsearch";
+import { vector } from "@electric-sql/pglite-pgvector";
+import { sql } from "kysely";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openServiceDatabase, type Database } from "../../platform/db/database.js";
+import { logger } from "../../platform/telemetry/logger.js";
+import { backends } from "../../test/support/backends.js";
+import { HashingEmbedder } from "./embedding/index.js";
+import { migrations } from "./migrations/index.js";
+import { BM25_INDEX } from "./ranker.js";
+import { IndexStore } from "./store.js";
+import type { IndexRow, SearchDB } from "./tables.js";
+import { chooseVectorLeg, embedOne, embeddingText, vectorLiteral } from "./vectors.js";
+
+const log = logger.child({ component: "vectors-test" });
+
+function row(title: string, abstract: string, body = ""): IndexRow {
+  return {
+    document_id: randomUUID(),
+    version: 1,
+    title,
+    abstract,
+    body,
+    authors: [],
+    entities: [],
+    keywords: [],
+    journal: null,
+    specialty: null,
+    document_type: "research_paper",
+    publication_date: null,
+    visibility: "platform",
+    owner: "someone",
+  };
+}
+
+describe("document vectors", () => {
+  it("are made of the title and abstract, else the start of the body", () => {
+    expect(embeddingText(row("A title", "An abstract.", "The body"))).toBe("A title. An abstract.");
+    expect(embeddingText(row("A title", "", "b".repeat(5000)))).toBe(`A title. ${"b".repeat(2000)}`);
+  });
+
+  it("are not made for a text without words (the zero vector)", async () => {
+    const embedder = new HashingEmbedder();
+    expect(await embedOne(embedder, "")).toBeUndefined();
+    expect(await embedOne(embedder, " … — ")).toBeUndefined();
+    expect(vectorLiteral(new Float32Array([0, 0.5, -1]))).toBe("[0,0.5,-1]");
+  });
+});
+
+describe.each(backends())("the vector leg on $name", (backend) => {
+  const schema = `search_vec${randomBytes(4).toString("hex")}`;
+  let database: Database<SearchDB>;
+
+  beforeAll(async () => {
+    database = await openServiceDatabase<SearchDB>(
+      "search",
+      { DATABASE_URL: backend.env.DATABASE_URL, MEDMESH_DATA_DIR: "memory://", DB_POOL_MAX: 2 },
+      schema,
+      migrations,
+      { pg_trgm, pg_textsearch, vector },
+    );
+  }, 60_000);
+
+  afterAll(async () => {
+    if (backend.env.DATABASE_URL) await database?.db.schema.dropSchema(schema).ifExists().cascade().execute();
+    await database?.close();
+  });
+
+  it("is off without an embedder, and without pgvector on the server", async () => {
+    expect(await chooseVectorLeg(database.db as never, schema, undefined, log)).toBeUndefined();
+    const leg = await chooseVectorLeg(database.db as never, schema, new HashingEmbedder(), log);
+    expect(leg !== undefined).toBe(backend.name === "pglite");
+  });
+
+  it.runIf(backend.name === "pglite")(
+    "stores vectors, and drops another embedder's at start",
+    async () => {
+      const first = new HashingEmbedder();
+      await chooseVectorLeg(database.db as never, schema, first, log);
+      const store = new IndexStore(database.db, schema, BM25_INDEX, true);
+      const r = row("Metformin in kidney disease", "Metformin dosing by renal function.");
+      const v1 = await embedOne(first, embeddingText(r));
+      await database.db.transaction().execute((trx) => store.upsert(trx, r, v1));
+      const width = async () =>
+        (
+          await sql<{ dims: number | null; stored: number }>`
+            select max(vector_dims(embedding)) as dims, count(embedding)::int as stored
+            from ${sql.id(schema, "indexed_document")}`.execute(database.db)
+        ).rows[0]!;
+      expect(await width()).toEqual({ dims: 384, stored: 1 });
+      // The same embedder again keeps them; another one's vectors are not comparable.
+      await chooseVectorLeg(database.db as never, schema, first, log);
+      expect((await width()).stored).toBe(1);
+      await chooseVectorLeg(database.db as never, schema, new HashingEmbedder({ dimensions: 64 }), log);
+      expect(await width()).toEqual({ dims: null, stored: 0 });
+      const v = await embedOne(new HashingEmbedder({ dimensions: 64 }), embeddingText(r));
+      await database.db.transaction().execute((trx) => store.upsert(trx, { ...r, version: 3 }, v));
+      expect(await width()).toEqual({ dims: 64, stored: 1 });
+    },
+    60_000,
+  );
+});

@@ -1,0 +1,87 @@
+import { sql, type Kysely } from "kysely";
+import type { Logger } from "../../platform/telemetry/logger.js";
+import type { Embedder } from "./embedding/index.js";
+import type { IndexRow } from "./tables.js";
+
+/** The HNSW index over the stored vectors; SimilarDocuments walks it. */
+export const VECTOR_INDEX = "indexed_document_embedding_idx";
+
+/** The vector leg, when this index has one: the embedder that fills and queries the column. */
+export interface VectorLeg {
+  embedder: Embedder;
+}
+
+/** What a document's vector is made of: its title and what it is about, not the whole body. */
+const EMBEDDED_BODY_CHARS = 2_000;
+
+/**
+ * Decides at start whether search has a vector leg, like ranker.ts decides the lexical one: it
+ * needs an embedder (SEARCH_EMBEDDER not off) and pgvector on the server (embedded PGlite loads
+ * it; CI's PostgreSQL 15 has none). The column's width is the embedder's, so the column is made
+ * here, not in a migration; its comment names the embedder, and another embedder's vectors are
+ * dropped (they are not comparable) until a Reindex or new versions fill the column again.
+ */
+export async function chooseVectorLeg(
+  db: Kysely<unknown>,
+  schema: string,
+  embedder: Embedder | undefined,
+  log: Logger,
+): Promise<VectorLeg | undefined> {
+  if (!embedder) {
+    log.info("no vector leg: SEARCH_EMBEDDER is off");
+    return undefined;
+  }
+  try {
+    await sql`create extension if not exists vector`.execute(db);
+  } catch (err) {
+    log.warn("pgvector is not available; searching without the vector leg", { error: (err as Error).message });
+    return undefined;
+  }
+  const table = sql.id(schema, "indexed_document");
+  const provenance = `${embedder.name} ${embedder.dimensions}`;
+  const existing = await sql<{ comment: string | null }>`
+    select col_description(a.attrelid, a.attnum) as comment
+    from pg_attribute a
+    where a.attrelid = (quote_ident(${schema}) || '.indexed_document')::regclass
+      and a.attname = 'embedding' and not a.attisdropped
+  `.execute(db);
+  const found = existing.rows[0];
+  if (found && found.comment !== provenance) {
+    log.warn("the stored vectors come from another embedder; dropping them (Reindex fills them again)", {
+      stored: found.comment ?? "unknown",
+      embedder: provenance,
+    });
+    await sql`alter table ${table} drop column embedding`.execute(db);
+  }
+  if (!found || found.comment !== provenance) {
+    await sql`alter table ${table} add column embedding vector(${sql.lit(embedder.dimensions)})`.execute(db);
+    await sql`comment on column ${sql.id(schema, "indexed_document", "embedding")} is ${sql.lit(provenance)}`.execute(
+      db,
+    );
+  }
+  await sql`create index if not exists ${sql.id(VECTOR_INDEX)} on ${table}
+            using hnsw (embedding vector_cosine_ops)`.execute(db);
+  log.info("vector leg on: reciprocal rank fusion with the lexical ranker", { embedder: provenance });
+  return { embedder };
+}
+
+/** The text a document's vector is computed from. */
+export function embeddingText(row: IndexRow): string {
+  const about = row.abstract || row.body.slice(0, EMBEDDED_BODY_CHARS);
+  return `${row.title}. ${about}`;
+}
+
+/**
+ * pgvector's text form of a vector, or undefined for the zero vector (a text without words):
+ * cosine distance to it is undefined, so such a document gets no vector and a query no vector leg.
+ */
+export function vectorLiteral(v: Float32Array): string | undefined {
+  if (!v.some((x) => x !== 0)) return undefined;
+  return `[${Array.from(v).join(",")}]`;
+}
+
+/** One text's vector literal (see vectorLiteral). */
+export async function embedOne(embedder: Embedder, text: string): Promise<string | undefined> {
+  const [v] = await embedder.embed([text]);
+  return v ? vectorLiteral(v) : undefined;
+}
