@@ -230,6 +230,26 @@ describe.each(backends())("processing status and results on $name", (backend) =>
     expect((await doctor.getDocument({ id })).document!.processingStatus).toBe(ProcessingStatus.PROCESSED);
   });
 
+  it("RecordIndexed moves the current PROCESSED version to INDEXED once; a repeat, an older version or a gone document change nothing", async () => {
+    const up = await doctor.upload(uploadOf("Indexed once", pdf("indexed")));
+    const id = up.document!.id;
+    // Not processed yet: nothing to move.
+    expect((await worker.recordIndexed({ documentId: id, version: 1 })).changed).toBe(false);
+    await worker.startProcessing({ documentId: id, version: 1 });
+    await worker.recordProcessingResult({ documentId: id, version: 1, outcome: result() });
+    expect((await worker.recordIndexed({ documentId: id, version: 2 })).changed).toBe(false);
+    expect((await worker.recordIndexed({ documentId: id, version: 1 })).changed).toBe(true);
+    expect((await worker.recordIndexed({ documentId: id, version: 1 })).changed).toBe(false);
+    expect((await doctor.getDocument({ id })).document!.processingStatus).toBe(ProcessingStatus.INDEXED);
+    // One INDEXED in the history, after PROCESSED: a watcher of the finished document sees where it stands.
+    const seen = await collect(doctor.watchDocument({ id }, { timeoutMs: 5_000 }));
+    expect(seen.map((m) => [m.status, m.version])).toEqual([[ProcessingStatus.INDEXED, 1]]);
+    await doctor.deleteDocument({ id });
+    expect((await rejection(worker.recordIndexed({ documentId: id, version: 1 }))).code).toBe(Code.NotFound);
+    const unknown = "00000000-0000-4000-8000-000000000000";
+    expect((await rejection(worker.recordIndexed({ documentId: unknown, version: 1 }))).code).toBe(Code.NotFound);
+  });
+
   it("a failure is recorded with its reason and sentence, streamed to watchers and served by GetProcessingResult", async () => {
     const up = await doctor.upload(uploadOf("Locked paper", pdf("locked")));
     const id = up.document!.id;

@@ -86,6 +86,35 @@ export class StatusWriter {
         .selectAll(),
   );
 
+  private readonly advanceShape = queryShape(
+    () => this.db,
+    4,
+    (db: Kysely<DocumentsDB>, id: string, version: number, from: string, to: string) =>
+      db
+        .with("moved", (q) =>
+          q
+            .updateTable("document")
+            .set({ processing_status: to, updated_at: sql<Date>`now()` })
+            .where("id", "=", id)
+            .where("deleted_at", "is", null)
+            .where("version", "=", version)
+            .where("processing_status", "=", from)
+            .returning(["id", "version", "processing_status"]),
+        )
+        .with("history", (q) =>
+          q
+            .insertInto("document_status")
+            .columns(["document_id", "version", "status"])
+            .expression((eb) => eb.selectFrom("moved").select(["id", "version", "processing_status"]))
+            .returning("seq"),
+        )
+        // The document as the statement found it: no row means it is gone.
+        .selectFrom("document")
+        .select((eb) => eb.selectFrom("moved").select(eb.fn.countAll<number>().as("n")).as("moved"))
+        .where("id", "=", id)
+        .where("deleted_at", "is", null),
+  );
+
   constructor(
     private readonly db: Kysely<DocumentsDB>,
     private readonly feed: StatusFeed,
@@ -97,6 +126,25 @@ export class StatusWriter {
    */
   committed(documentId: string): void {
     this.feed.notify(documentId);
+  }
+
+  /**
+   * Moves a live document's `version` from `from` to `to` when it is there now, column and history
+   * in one statement and no transaction around it (the update's own row lock orders it against
+   * any other change, whose WHERE is checked again on the row as that change left it). The
+   * watchers are woken when it moved.
+   */
+  async advance(
+    documentId: string,
+    version: number,
+    from: string,
+    to: string,
+  ): Promise<"moved" | "unchanged" | "no_document"> {
+    const found = await this.advanceShape.first(this.db, documentId, version, from, to);
+    if (!found) return "no_document";
+    if (Number(found.moved) === 0) return "unchanged";
+    this.feed.notify(documentId);
+    return "moved";
   }
 
   /** Runs `work` in one transaction; `setStatus` is how it changes a status. */

@@ -8,10 +8,9 @@ import {
   isEventOf,
   PoisonMessageError,
   type EventEnvelope,
-  type EventHandler,
   type EventPreparer,
+  type OutboxEvent,
 } from "../../platform/events/index.js";
-import type { SearchDB } from "./tables.js";
 
 /**
  * Tells documents about each DocumentIndexed this service published, so the document moves to
@@ -19,11 +18,16 @@ import type { SearchDB } from "./tables.js";
  * indexer because the call must come after the index row is committed, and must be retried until
  * it succeeds: a consumer of the durable event gives both, with the same retries and dead-letter
  * topic as every other consumer. RecordIndexed is idempotent, so a redelivery is harmless.
+ *
+ * Its effect is the call alone, so the consumer records it with `outboxEffect` (the inbox row by
+ * one statement, no transaction) and does not look at the inbox before calling: a repeated call
+ * costs documents one read, the look would cost every report a round trip.
  */
 export function indexedReporter(deps: { processing: Client<typeof DocumentProcessingService>; token: ServiceToken }): {
   handles: (event: EventEnvelope) => boolean;
   prepare: EventPreparer<undefined>;
-  handler: EventHandler<SearchDB, undefined>;
+  outboxEffect: () => OutboxEvent | undefined;
+  checkInboxBeforePrepare: false;
 } {
   const kind = eventKind(DocumentIndexedSchema);
   return {
@@ -55,6 +59,7 @@ export function indexedReporter(deps: { processing: Client<typeof DocumentProces
       return undefined;
     },
     // The call is the whole effect; the inbox row only records that it was made.
-    handler: async () => undefined,
+    outboxEffect: () => undefined,
+    checkInboxBeforePrepare: false,
   };
 }

@@ -1,6 +1,30 @@
 import { sql, type Kysely, type RawBuilder } from "kysely";
 import type { IndexMetadata, IndexRow, SearchDB } from "./tables.js";
 
+/**
+ * A row's words and names for the vocabulary of did-you-mean and Suggest, as [kind, word] pairs.
+ * Words and authors of private documents stay out: a suggestion must not reveal them to others.
+ * Entities are the lexicon's names, known to everyone.
+ */
+function vocabularyOf(row: IndexRow): Array<[string, string]> {
+  const text = [row.title, row.abstract, ...row.keywords, ...row.entities].join(" ").toLowerCase();
+  const words = new Set((text.match(/\p{L}[\p{L}\p{N}]*/gu) ?? []).filter((w) => w.length >= MIN_VOCABULARY_WORD));
+  const shared = row.visibility === "platform";
+  const entries: Array<[string, string]> = [
+    ...(shared ? [...words].map((word): [string, string] => ["word", word]) : []),
+    ...row.entities.map((word): [string, string] => ["entity", word]),
+    ...(shared ? row.authors.map((word): [string, string] => ["author", word]) : []),
+  ];
+  // Duplicates within one insert would make ON CONFLICT touch a row twice.
+  const seen = new Set<string>();
+  return entries.filter(([kind, word]) => {
+    const key = `${kind}\0${word}`;
+    if (word.length > 200 || seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
 /** How results are ordered; bm25 and ts_rank_cd are relevance, chosen once at start (ranker.ts). */
 export type RankerName = "bm25" | "ts_rank_cd" | "date";
 
@@ -164,39 +188,36 @@ export class IndexStore {
       entity_text: row.entities.join(" "),
     };
     const { document_id: _id, ...changes } = values;
+    const entries = vocabularyOf(row);
+    // The row and its vocabulary in one statement (a round trip costs more than either on the
+    // embedded database); the words go in only when the row was written.
     const written = await trx
-      .insertInto("indexed_document")
-      .values(values)
-      .onConflict((oc) =>
-        oc
-          .column("document_id")
-          .doUpdateSet({ ...changes, indexed_at: sql<Date>`now()` })
-          .where("indexed_document.version", "<=", row.version),
+      .with("written", (q) =>
+        q
+          .insertInto("indexed_document")
+          .values(values)
+          .onConflict((oc) =>
+            oc
+              .column("document_id")
+              .doUpdateSet({ ...changes, indexed_at: sql<Date>`now()` })
+              .where("indexed_document.version", "<=", row.version),
+          )
+          .returning("document_id"),
       )
-      .returning("document_id")
+      .with("learned", (q) =>
+        q
+          .insertInto("vocabulary")
+          .columns(["kind", "word"])
+          .expression(
+            sql`select e->>0, e->>1 from jsonb_array_elements(${JSON.stringify(entries)}::jsonb) as e
+                where exists (select 1 from written)`,
+          )
+          .onConflict((oc) => oc.doNothing()),
+      )
+      .selectFrom("written")
+      .select("document_id")
       .executeTakeFirst();
-    if (written) await this.learnWords(trx, row);
     return written !== undefined;
-  }
-
-  /** Adds the row's words and names to the vocabulary of did-you-mean and Suggest. */
-  private async learnWords(trx: Kysely<SearchDB>, row: IndexRow): Promise<void> {
-    const text = [row.title, row.abstract, ...row.keywords, ...row.entities].join(" ").toLowerCase();
-    const words = new Set((text.match(/\p{L}[\p{L}\p{N}]*/gu) ?? []).filter((w) => w.length >= MIN_VOCABULARY_WORD));
-    // Words and authors of private documents stay out: a suggestion must not reveal them to
-    // others. Entities are the lexicon's names, known to everyone.
-    const shared = row.visibility === "platform";
-    const entries = [
-      ...(shared ? [...words].map((word) => ({ kind: "word", word })) : []),
-      ...row.entities.map((word) => ({ kind: "entity", word })),
-      ...(shared ? row.authors.map((word) => ({ kind: "author", word })) : []),
-    ].filter((e) => e.word.length <= 200);
-    if (entries.length === 0) return;
-    await trx
-      .insertInto("vocabulary")
-      .values(entries)
-      .onConflict((oc) => oc.doNothing())
-      .execute();
   }
 
   async remove(trx: Kysely<SearchDB>, documentId: string): Promise<boolean> {
