@@ -22,10 +22,11 @@
  * the paced rows, spread over the wide shape's connections; BENCH_WRK_CONNECTIONS (64); BENCH_QUIET_WAIT_SECONDS (5) bounds the wait for an idle
  * machine before each row; BENCH_ROWS (comma-separated row ids) runs a subset; BENCH_ROUNDS (1)
  * runs the rows that many times in turn and keeps each row's fastest round;
- * BENCH_BASELINE_ROOT (another checkout, e.g. /work/main) adds its platform stack as extra rows;
+ * BENCH_BASELINE_ROOT (another checkout, e.g. /work/main) adds its platform stack and its gateway (in
+ * front of this tree's platform) as extra rows;
  * a root that holds bench/lib/mesh-servers.js (a tree compiled ahead of time, e.g. with esbuild)
  * runs as plain JavaScript without tsx, which measures what tsx's transpilation costs per call;
- * BENCH_CPU_PROF_DIR starts every platform process with --cpu-prof writing there.
+ * BENCH_CPU_PROF_DIR starts every platform process and the gateway with --cpu-prof writing there.
  */
 import { fork, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
@@ -292,7 +293,12 @@ async function main() {
       profArgs("platform-on"),
     );
     const platformExport = await start("platform (otel export)", "platform", { BENCH_TELEMETRY: "export", ...otlp });
-    const gateway = await start("gateway", "gateway", { BENCH_UPSTREAM: `127.0.0.1:${platformOn.port}` });
+    const gateway = await start(
+      "gateway",
+      "gateway",
+      { BENCH_UPSTREAM: `127.0.0.1:${platformOn.port}` },
+      profArgs("gateway"),
+    );
     const baseline = BASELINE_ROOT
       ? {
           off: await start("baseline platform (otel off)", "platform", {
@@ -301,6 +307,11 @@ async function main() {
           }),
           on: await start("baseline platform (otel on)", "platform", {
             BENCH_TELEMETRY: "on",
+            BENCH_CODE_ROOT: BASELINE_ROOT,
+          }),
+          // The other tree's gateway in front of this tree's platform: only the gateway differs.
+          gateway: await start("baseline gateway", "gateway", {
+            BENCH_UPSTREAM: `127.0.0.1:${platformOn.port}`,
             BENCH_CODE_ROOT: BASELINE_ROOT,
           }),
         }
@@ -324,10 +335,10 @@ async function main() {
         },
         0,
       );
-    const wrkPost = (seconds = SECONDS) =>
+    const wrkPost = (seconds = SECONDS, target = gateway) =>
       runWrk(
         {
-          url: origin(gateway) + ECHO_PATH,
+          url: origin(target) + ECHO_PATH,
           method: "POST",
           body: CONNECT_BODY,
           connections: WRK_CONNECTIONS,
@@ -395,6 +406,31 @@ async function main() {
         () => wrkPost(WARMUP_SECONDS),
       );
     else say("wrk not found on PATH (Debian/Ubuntu: apt-get install wrk); the Connect row is skipped");
+    if (baseline) {
+      const other = baseline.gateway;
+      plain(
+        grpcRow(
+          "baseline-gateway",
+          `baseline (${BASELINE_ROOT}) gateway gRPC -> platform stack (OTel on)`,
+          [other, platformOn],
+          other,
+        ),
+        other,
+      );
+      if (tools.wrk)
+        add(
+          {
+            id: "baseline-gateway-connect",
+            path: `baseline (${BASELINE_ROOT}) gateway Connect JSON POST -> platform stack (OTel on)`,
+            generator: `wrk, ${WRK_CONNECTIONS} connections, HTTP/1.1`,
+            servers: [other, platformOn],
+            tool: "wrk",
+            load: () => wrkPost(SECONDS, other),
+          },
+          () => verifyConnect(origin(other)),
+          () => wrkPost(WARMUP_SECONDS, other),
+        );
+    }
     add(
       {
         id: "gateway-wide",
@@ -558,7 +594,7 @@ function report(input: { rows: Row[]; loadBefore: number[]; tools: Record<string
     "",
     "Rerun: `npm run bench:mesh` (needs `apt-get install nghttp2-client wrk`; BENCH_SECONDS, BENCH_WARMUP_SECONDS, " +
       "BENCH_H2_CLIENTS, BENCH_H2_STREAMS, BENCH_WIDE_CLIENTS, BENCH_WIDE_STREAMS, BENCH_PACED_RPS, BENCH_WRK_CONNECTIONS change the shape; " +
-      "BENCH_ROWS picks rows (ids: bare, raw, platform-off, platform, platform-export, baseline-off, baseline, gateway, gateway-connect, gateway-wide, platform-paced, gateway-paced; with several BENCH_PACED_RPS rates, platform-paced-<rate> and gateway-paced-<rate>); BENCH_ROUNDS=n keeps the best of n rounds (highest req/s; for paced rows lowest p99); BENCH_BASELINE_ROOT=<checkout> adds another tree's platform stack; BENCH_CPU_PROF_DIR profiles the platform processes).",
+      "BENCH_ROWS picks rows (ids: bare, raw, platform-off, platform, platform-export, baseline-off, baseline, gateway, gateway-connect, baseline-gateway, baseline-gateway-connect, gateway-wide, platform-paced, gateway-paced; with several BENCH_PACED_RPS rates, platform-paced-<rate> and gateway-paced-<rate>); BENCH_ROUNDS=n keeps the best of n rounds (highest req/s; for paced rows lowest p99); BENCH_BASELINE_ROOT=<checkout> adds another tree's platform stack and gateway (in front of this tree's platform); BENCH_CPU_PROF_DIR profiles the platform processes and the gateway).",
   );
   return lines.join("\n") + "\n";
 }

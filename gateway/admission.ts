@@ -7,7 +7,7 @@ import {
   type Principal,
   type PrincipalResolver,
 } from "../platform/grpc/interceptors/access.js";
-import { callerBucket, drawTokens, type RateRules } from "../platform/grpc/interceptors/rate-limit.js";
+import { callerBucket, drawTokens, refusal, type RateRules } from "../platform/grpc/interceptors/rate-limit.js";
 
 /**
  * Whether a passed-through call may go on: the access policy and the rate class of its method,
@@ -64,5 +64,11 @@ export function takeRateToken(
 ): Promise<void> | undefined {
   const rule = rules[rateClass];
   if (!rule) return undefined;
-  return drawTokens(limiter, rule, rateClass, [callerBucket(rateClass, principal, address)]);
+  const key = callerBucket(rateClass, principal, address);
+  if (limiter.takeNow) {
+    // Decided at once: an admitted call spends no promise here (a refusal is rare enough to).
+    const decision = limiter.takeNow(key, rule);
+    return decision.allowed ? undefined : Promise.reject(refusal(rateClass, key, decision));
+  }
+  return drawTokens(limiter, rule, rateClass, [key]);
 }

@@ -27,6 +27,7 @@ import { forwardableHeaderRecord, returnableHeaderRecord } from "./edge-headers.
 import { plainSentence } from "./edge-status.js";
 import {
   DEADLINE_GRACE_MS,
+  edgeSpan,
   httpStatusCode,
   lostUpstream,
   openUpstream,
@@ -62,7 +63,6 @@ type Res = ServerResponse | Http2ServerResponse;
 const OK = 0 as Code;
 const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = http2.constants;
 
-const tracer = trace.getTracer("medmesh-rpc");
 const nodeHeaderGetter = {
   keys: (h: IncomingHttpHeaders) => Object.keys(h),
   get: (h: IncomingHttpHeaders, key: string) => h[key],
@@ -200,7 +200,7 @@ class ConnectCall {
     const parent = headers.traceparent
       ? propagation.extract(context.active(), headers, nodeHeaderGetter)
       : context.active();
-    this.span = tracer.startSpan(route.rpc, { kind: SpanKind.SERVER, attributes: route.spanAttributes }, parent);
+    this.span = edgeSpan(route.rpc, SpanKind.SERVER, route.spanAttributes, parent);
 
     let timeoutMs = connectTimeoutMs(headers["connect-timeout-ms"]);
     if (Number.isNaN(timeoutMs)) {
@@ -333,9 +333,10 @@ class ConnectCall {
     delete out["grpc-encoding"];
     delete out["grpc-accept-encoding"];
     const { route } = this;
-    this.clientSpan = tracer.startSpan(
+    this.clientSpan = edgeSpan(
       route.rpc,
-      { kind: SpanKind.CLIENT, attributes: route.clientSpanAttributes },
+      SpanKind.CLIENT,
+      route.clientSpanAttributes,
       trace.setSpan(context.active(), this.span!),
     );
     upstreamHeaders(route, this.clientSpan, deadlineAt, address, this.opts.edgeSecrets, out);

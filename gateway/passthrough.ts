@@ -2,19 +2,31 @@ import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerR
 import http2, {
   type ClientHttp2Stream,
   type Http2ServerRequest,
+  type Http2Session,
   type Http2ServerResponse,
   type ServerHttp2Stream,
 } from "node:http2";
 import type { Readable } from "node:stream";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
-import { context, propagation, SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
+import {
+  context,
+  propagation,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+  type Attributes,
+  type Context,
+  type Span,
+} from "@opentelemetry/api";
 import { CLIENT_ADDRESS_HEADER, vouchForAddress, type EdgeSecrets } from "../platform/auth/client-address.js";
 import type { RateLimiter } from "../platform/cache/rate-limiter.js";
 import type { Principal, PrincipalResolver } from "../platform/grpc/interceptors/access.js";
 import type { RateRules } from "../platform/grpc/interceptors/rate-limit.js";
 import { logger } from "../platform/telemetry/logger.js";
-import { recordRpc } from "../platform/telemetry/metrics.js";
+import { rpcSeries, type RpcSeries } from "../platform/telemetry/metrics.js";
+import { childIds } from "../platform/telemetry/span-ids.js";
+import { tracingMode } from "../platform/telemetry/tracing-mode.js";
 import { admit, takeRateToken } from "./admission.js";
 import { clientAddressOf, type TrustedProxies } from "./client-address.js";
 import { forwardableHeaderRecord, returnableHeaderRecord } from "./edge-headers.js";
@@ -81,6 +93,19 @@ function timeoutOf(
   if (ms === undefined) return NaN;
   // As at the services: an over-long unary deadline is clamped, not refused; streams keep theirs.
   return route.unary && ms > opts.maxUnaryMs ? opts.maxUnaryMs : ms;
+}
+
+function ignore(): void {}
+
+// A session's socket is reached through node's proxy object: asked once per connection, not per call.
+const peers = new WeakMap<Http2Session, string | undefined>();
+function peerOf(session: Http2Session | undefined): string | undefined {
+  if (!session) return undefined;
+  if (peers.has(session)) return peers.get(session);
+  const peer = session.socket?.remoteAddress;
+  // A socket already gone has no address; that is not worth remembering.
+  if (peer !== undefined) peers.set(session, peer);
+  return peer;
 }
 
 /** gRPC's OK, which connect's Code leaves out. */
@@ -159,12 +184,10 @@ export function createPassthrough(opts: PassthroughOptions): Passthrough {
       if (headers[":method"] !== "POST" || headers.origin !== undefined || headers.expect !== undefined) return false;
       const route = routeOf((headers[":path"] as string | undefined) ?? "");
       if (!route || protocolOf(headers["content-type"] ?? "") !== "grpc") return false;
-      // No request object listens for its errors: a reset or a dropped connection must not throw.
-      stream.on("error", () => {});
       const incoming: Incoming = {
         headers,
         body: stream,
-        peer: stream.session?.socket?.remoteAddress,
+        peer: peerOf(stream.session),
         overHttp2: true,
         gaveUp: () => stream.aborted || stream.rstCode !== NGHTTP2_NO_ERROR,
       };
@@ -270,7 +293,8 @@ class PassedCall {
     const req = this.incoming.body;
     // Nothing is read until the call is admitted and its upstream stream is open.
     req.pause();
-    req.on("error", () => {});
+    // A reset or a dropped connection must not throw; for a taken stream no request object listens.
+    req.on("error", ignore);
     this.closes.on("close", () => {
       if (!this.done) this.clientLeft();
     });
@@ -278,7 +302,7 @@ class PassedCall {
     const parent = headers.traceparent
       ? propagation.extract(context.active(), headers, nodeHeaderGetter)
       : context.active();
-    this.span = tracer.startSpan(route.rpc, { kind: SpanKind.SERVER, attributes: route.spanAttributes }, parent);
+    this.span = edgeSpan(route.rpc, SpanKind.SERVER, route.spanAttributes, parent);
 
     const timeoutMs = timeoutOf(headers["grpc-timeout"], route, opts);
     if (Number.isNaN(timeoutMs)) {
@@ -507,6 +531,16 @@ class PassedCall {
 // ---- the pieces every call forwarded over the pool shares, whatever the caller spoke ----
 
 /**
+ * A span of the gateway's: a recorded one only when spans are exported. With an SDK that exports
+ * nowhere ("ids", tracing-mode.ts) only the ids matter (the traceparent sent upstream), and the
+ * SDK's span object, attribute copies and timings would be per-call work nothing reads.
+ */
+export function edgeSpan(name: string, kind: SpanKind, attributes: Attributes, parent: Context): Span {
+  if (tracingMode() === "ids") return trace.wrapSpanContext(childIds(parent));
+  return tracer.startSpan(name, { kind, attributes }, parent);
+}
+
+/**
  * Completes `out` (the forwardable request headers) as the gRPC request to the service: method,
  * path, content type, what is left of the deadline, the gateway span as the parent, and the
  * client's address signed for the services.
@@ -611,11 +645,19 @@ export function recordCall(
   }
   const durationMs = Math.round((performance.now() - started) * 100) / 100;
   const name = code === OK ? "ok" : (Code[code] ?? "unknown");
-  recordRpc("gateway", route.rpc, name, durationMs);
+  seriesOf(route).record(name, durationMs);
   const fields = { rpc: route.rpc, code: name, duration_ms: durationMs };
   if (code === OK) log.debug("rpc finished", fields);
   else if (code === Code.Internal) log.error("rpc failed", { ...fields, error: message });
   else log.info("rpc rejected", { ...fields, error: message });
+}
+
+// A route's metric series, found once rather than by its label string on every call.
+const series = new WeakMap<PassRoute, RpcSeries>();
+function seriesOf(route: PassRoute): RpcSeries {
+  let s = series.get(route);
+  if (!s) series.set(route, (s = rpcSeries("gateway", route.rpc)));
+  return s;
 }
 
 /** gRPC's mapping of an HTTP status that is not 200 (a proxy or something else answered). */

@@ -56,4 +56,14 @@ describe("in-process limiter memory", () => {
     expect((await limiter.take("a", rule)).allowed).toBe(true); // a fresh bucket again
     expect((await limiter.take("c", rule)).allowed).toBe(false);
   });
+
+  it("answers at once from the same buckets take draws from", async () => {
+    const limiter = memoryRateLimiter();
+    const rule = { capacity: 2, refillPerSecond: 0.001 };
+    expect(limiter.takeNow!("k", rule)).toMatchObject({ allowed: true, remaining: 1 });
+    expect((await limiter.take("k", rule)).allowed).toBe(true);
+    const refused = limiter.takeNow!("k", rule);
+    expect(refused.allowed).toBe(false);
+    expect(refused.retryAfterMs).toBeGreaterThan(0);
+  });
 });

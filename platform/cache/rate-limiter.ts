@@ -16,6 +16,11 @@ export interface Decision {
 
 export interface RateLimiter {
   take(key: string, rule: BucketRule, cost?: number): Promise<Decision>;
+  /**
+   * The same decision at once, from a limiter that needs no round trip (process memory): a
+   * caller on a hot path then spends no promise on it. Absent where the bucket lives elsewhere.
+   */
+  takeNow?(key: string, rule: BucketRule, cost?: number): Decision;
   close(): Promise<void>;
 }
 
@@ -70,25 +75,29 @@ export function redisRateLimiter(url: string, prefix = "medmesh:rl:"): RateLimit
  */
 export function memoryRateLimiter(maxKeys = 100_000): RateLimiter {
   const buckets = new Map<string, { tokens: number; at: number }>();
+  const takeNow = (key: string, rule: BucketRule, cost = 1): Decision => {
+    const now = performance.now();
+    const b = buckets.get(key) ?? { tokens: rule.capacity, at: now };
+    b.tokens = Math.min(rule.capacity, b.tokens + ((now - b.at) * rule.refillPerSecond) / 1000);
+    b.at = now;
+    buckets.delete(key);
+    buckets.set(key, b); // re-insert: Map order is then least recently used first
+    if (buckets.size > maxKeys) buckets.delete(buckets.keys().next().value!);
+    if (b.tokens >= cost) {
+      b.tokens -= cost;
+      return { allowed: true, retryAfterMs: 0, remaining: Math.floor(b.tokens) };
+    }
+    return {
+      allowed: false,
+      retryAfterMs: Math.ceil(((cost - b.tokens) * 1000) / rule.refillPerSecond),
+      remaining: 0,
+    };
+  };
   return {
-    async take(key, rule, cost = 1) {
-      const now = performance.now();
-      const b = buckets.get(key) ?? { tokens: rule.capacity, at: now };
-      b.tokens = Math.min(rule.capacity, b.tokens + ((now - b.at) * rule.refillPerSecond) / 1000);
-      b.at = now;
-      buckets.delete(key);
-      buckets.set(key, b); // re-insert: Map order is then least recently used first
-      if (buckets.size > maxKeys) buckets.delete(buckets.keys().next().value!);
-      if (b.tokens >= cost) {
-        b.tokens -= cost;
-        return { allowed: true, retryAfterMs: 0, remaining: Math.floor(b.tokens) };
-      }
-      return {
-        allowed: false,
-        retryAfterMs: Math.ceil(((cost - b.tokens) * 1000) / rule.refillPerSecond),
-        remaining: 0,
-      };
+    async take(key, rule, cost) {
+      return takeNow(key, rule, cost);
     },
+    takeNow,
     async close() {
       buckets.clear();
     },

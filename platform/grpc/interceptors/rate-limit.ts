@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import { RateClass } from "../../../gen/medmesh/access/v1/access_pb.js";
-import { createRateLimiter, type BucketRule, type RateLimiter } from "../../cache/rate-limiter.js";
+import { createRateLimiter, type BucketRule, type Decision, type RateLimiter } from "../../cache/rate-limiter.js";
 import { env } from "../../config/env.js";
 import { parseEdgeSecrets } from "../../auth/client-address.js";
 import { logger } from "../../telemetry/logger.js";
@@ -77,6 +77,14 @@ export function callerBucket(
   return `${rateClassNames.name(rateClass)}:${who}`;
 }
 
+/** The refusal of a call whose bucket `key` of `rateClass` is empty. */
+export function refusal(rateClass: RateClass, key: string, decision: Decision): ConnectError {
+  const name = rateClassNames.name(rateClass);
+  const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
+  const what = key.includes(":account:") ? `${name} calls for this account` : `${name} calls`;
+  return resourceExhausted(`too many ${what}; try again in ${seconds} s`, decision.retryAfterMs);
+}
+
 /**
  * Draws one token from each bucket in turn and rejects with the refusal at the first empty one.
  * If the limiter itself fails (Redis down), credential checks fail closed and everything else
@@ -94,11 +102,7 @@ export function drawTokens(
   const key = buckets[from]!;
   return limiter.take(key, rule).then(
     (decision) => {
-      if (!decision.allowed) {
-        const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
-        const what = key.includes(":account:") ? `${name} calls for this account` : `${name} calls`;
-        throw resourceExhausted(`too many ${what}; try again in ${seconds} s`, decision.retryAfterMs);
-      }
+      if (!decision.allowed) throw refusal(rateClass, key, decision);
       if (from + 1 < buckets.length) return drawTokens(limiter, rule, rateClass, buckets, from + 1);
     },
     (err: unknown) => {
