@@ -7,3 +7,4 @@ export * from "./event-kinds.js";
 export * from "./dead-letter-topic.js";
 export * from "./failure-class.js";
 export * from "./dlq-replay.js";
+export * from "./brokers-config.js";

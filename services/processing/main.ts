@@ -8,6 +8,7 @@ import {
   ensureTopics,
   fullJitterBackoff,
   inboxRetentionSpec,
+  requiredBrokersSpec,
   outboxRetentionSpec,
   startEventPruning,
   eventTopic,
@@ -28,15 +29,6 @@ import { processingWorker, type ProcessingDB, type ProcessingHooks } from "./wor
 // The topic the worker consumes (uploads) is the one it answers on (processed, failed).
 const DOCUMENT_EVENTS = eventTopic(DocumentUploadedSchema);
 
-const requiredList = (what: string) => (raw: string) => {
-  const list = raw
-    .split(",")
-    .map((s) => s.trim())
-    .filter(Boolean);
-  if (list.length === 0) throw new Error(`is required (${what})`);
-  return list;
-};
-
 export const configSpec = {
   ...serviceSpec,
   ...outboxRetentionSpec,
@@ -44,11 +36,7 @@ export const configSpec = {
   ...hostField(components.processing, "interface the health server binds"),
   ...portField(components.processing, "port of the health server (grpc.health.v1 and reflection; 0 picks a free one)"),
   PROCESSING_DB_SCHEMA: env.string("schema the worker owns (its inbox and outbox)", "processing"),
-  KAFKA_BROKERS: env.parsed(
-    `Kafka brokers (host:port, comma separated) to consume ${DOCUMENT_EVENTS} from and publish to`,
-    "",
-    requiredList("Kafka brokers, host:port, comma separated"),
-  ),
+  ...requiredBrokersSpec(`consume ${DOCUMENT_EVENTS} from and publish to`),
   ...targetField(components.documents, "where the documents service is"),
   ...targetField(components.identity, "where the identity service is (the API key is exchanged there)"),
   PROCESSING_API_KEY: env.string("the worker's service API key (secret), traded with identity for access tokens"),

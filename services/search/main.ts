@@ -14,6 +14,7 @@ import {
   eventTopic,
   fullJitterBackoff,
   inboxRetentionSpec,
+  requiredBrokersSpec,
   outboxRetentionSpec,
   startEventPruning,
   startIdempotentConsumer,
@@ -46,15 +47,6 @@ import type { SearchDB } from "./tables.js";
 const DOCUMENT_EVENTS = eventTopic(DocumentProcessedSchema);
 const SEARCH_EVENTS = eventTopic(SearchPerformedSchema);
 
-const requiredList = (what: string) => (raw: string) => {
-  const list = raw
-    .split(",")
-    .map((s) => s.trim())
-    .filter(Boolean);
-  if (list.length === 0) throw new Error(`is required (${what})`);
-  return list;
-};
-
 export const configSpec = {
   ...serviceSpec,
   ...outboxRetentionSpec,
@@ -62,11 +54,7 @@ export const configSpec = {
   ...hostField(components.search, "interface the gRPC server binds"),
   ...portField(components.search, "gRPC port (0 picks a free one)"),
   SEARCH_DB_SCHEMA: env.string("schema the service owns (the index, its inbox and outbox)", "search"),
-  KAFKA_BROKERS: env.parsed(
-    `Kafka brokers (host:port, comma separated) to consume ${DOCUMENT_EVENTS} from and publish to`,
-    "",
-    requiredList("Kafka brokers, host:port, comma separated"),
-  ),
+  ...requiredBrokersSpec(`consume ${DOCUMENT_EVENTS} from and publish to`),
   ...targetField(components.documents, "where the documents service is"),
   ...targetField(
     components.identity,
