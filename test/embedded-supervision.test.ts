@@ -228,6 +228,7 @@ describe("the embedded launcher supervises the mesh", () => {
       ).status,
     ).toBe(200);
     const login = await identity("Login", { login: "admin", password: "an admin password" });
+    expect(login.body.tokens, `Login answered ${login.status}: ${JSON.stringify(login.body)}`).toBeDefined();
     auth = { authorization: `Bearer ${login.body.tokens.accessToken}` };
   });
 
