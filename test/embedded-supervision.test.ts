@@ -209,7 +209,14 @@ describe("the embedded launcher supervises the mesh", () => {
   beforeAll(async () => {
     delete process.env.DATABASE_URL;
     mesh = await startEmbeddedMesh(
-      { ...(await meshPorts()), MEDMESH_DATA_DIR: dataDir, DATABASE_URL: "", KAFKA_BROKERS: "", LOG_LEVEL: "info" },
+      {
+        ...(await meshPorts()),
+        MEDMESH_DATA_DIR: dataDir,
+        DATABASE_URL: "",
+        KAFKA_BROKERS: "",
+        REDIS_URL: "",
+        LOG_LEVEL: "info",
+      },
       120_000,
       { ownProcessGroup: true },
     );
@@ -351,7 +358,14 @@ describe("a taken port", () => {
       const started = Date.now();
       const child = spawn(process.execPath, ["--import", "tsx", "deploy/embedded/launch.ts"], {
         cwd: repoRoot,
-        env: { ...process.env, ...ports, MEDMESH_DATA_DIR: dataDir, DATABASE_URL: "", KAFKA_BROKERS: "" },
+        env: {
+          ...process.env,
+          ...ports,
+          MEDMESH_DATA_DIR: dataDir,
+          DATABASE_URL: "",
+          KAFKA_BROKERS: "",
+          REDIS_URL: "",
+        },
         stdio: ["ignore", "pipe", "pipe"],
       });
       let stderr = "";

@@ -74,7 +74,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     };
     // The embedded default is the point of this test: no outside servers.
     delete process.env.DATABASE_URL;
-    mesh = await startEmbeddedMesh({ ...env, DATABASE_URL: "", KAFKA_BROKERS: "" });
+    mesh = await startEmbeddedMesh({ ...env, DATABASE_URL: "", KAFKA_BROKERS: "", REDIS_URL: "" });
     gateway = mesh.endpoints.get("gateway")!;
     documentsAddr = mesh.endpoints.get("documents")!.replace("grpc://", "");
     // The embedded default makes admin@medmesh.local the first admin, as the README says.
@@ -388,7 +388,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     console.log(`stopped in ${Date.now() - stopping} ms; first start was ready in ${mesh.readyMs} ms`);
     for (const [name, pid] of Object.entries(pids)) expect(isAlive(pid), `${name} still running`).toBe(false);
 
-    mesh = await startEmbeddedMesh({ ...env, DATABASE_URL: "", KAFKA_BROKERS: "" });
+    mesh = await startEmbeddedMesh({ ...env, DATABASE_URL: "", KAFKA_BROKERS: "", REDIS_URL: "" });
     const listed = JSON.parse(
       await bufCurl(
         "-H",
