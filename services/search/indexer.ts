@@ -32,7 +32,7 @@ import { enumNames } from "../../platform/grpc/enum-names.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 import type { IndexStore } from "./store.js";
 import { EmbeddingError } from "./embedding/index.js";
-import { embedOne, embeddingText, type VectorLeg } from "./vectors.js";
+import { embedMany, embeddingText, type VectorLeg } from "./vectors.js";
 import type { IndexMetadata, IndexRow, SearchDB } from "./tables.js";
 
 export const EVENT_SOURCE = "/medmesh/search";
@@ -129,8 +129,10 @@ const isCode = (err: unknown, code: Code) => ConnectError.from(err).code === cod
  * in the outbox, in the transaction that records the event in the inbox.
  */
 export function indexer(deps: IndexerDeps): {
-  handles: (event: EventEnvelope) => boolean;
+  handles: (event: { type: string }) => boolean;
   prepare: EventPreparer<IndexAction>;
+  /** prepare for a batch of events: documents read concurrently, one embedder call. */
+  prepareBatch: (events: EventEnvelope[]) => Promise<IndexAction[]>;
   handler: EventHandler<SearchDB, IndexAction>;
   /** What indexing a document's version takes, read from documents (the reindex reuses it). */
   actionFor: (documentId: string, version: number) => Promise<IndexAction>;
@@ -162,7 +164,7 @@ export function indexer(deps: IndexerDeps): {
     }
   }
 
-  async function processed(documentId: string, version: number): Promise<IndexAction> {
+  async function processedRow(documentId: string, version: number): Promise<IndexAction> {
     const doc = await documentOf(documentId);
     if (!doc) return { kind: "remove", documentId };
     // A newer version exists: its own event brings it. Indexing this one would only be undone.
@@ -176,21 +178,54 @@ export function indexer(deps: IndexerDeps): {
       throw err;
     }
     if (outcome?.outcome.case !== "result") return { kind: "none" };
-    return upsertAction(toIndexRow(doc, version, outcome.outcome.value));
+    return { kind: "upsert", row: toIndexRow(doc, version, outcome.outcome.value) };
   }
 
   async function upsertAction(row: IndexRow): Promise<IndexAction> {
-    if (!deps.vectors) return { kind: "upsert", row };
-    let embedding: string | undefined;
+    return (await withEmbeddings([{ kind: "upsert", row }]))[0]!;
+  }
+
+  /**
+   * The actions, with the vectors of their upserts computed by one embedder call (one request to
+   * an embeddings endpoint for a whole batch), outside any transaction.
+   */
+  async function withEmbeddings(actions: IndexAction[]): Promise<IndexAction[]> {
+    const upserts = actions.filter((a): a is Extract<IndexAction, { kind: "upsert" }> => a.kind === "upsert");
+    if (!deps.vectors || upserts.length === 0) return actions;
+    let vectors: Array<string | undefined>;
     try {
-      embedding = await embedOne(deps.vectors.embedder, embeddingText(row));
+      vectors = await embedMany(
+        deps.vectors.embedder,
+        upserts.map((a) => embeddingText(a.row)),
+      );
     } catch (err) {
       // An endpoint that is down or busy clears by itself: retried without a limit, like documents
       // being down. Any other answer is permanent (the consumer's dead-letter path).
       if (err instanceof EmbeddingError && err.transient) throw new ConnectError(err.message, Code.Unavailable);
       throw err;
     }
-    return { kind: "upsert", row, ...(embedding === undefined ? {} : { embedding }) };
+    const embedded = new Map(upserts.map((a, n) => [a, vectors[n]]));
+    return actions.map((a) => {
+      if (a.kind !== "upsert") return a;
+      const embedding = embedded.get(a);
+      return embedding === undefined ? a : { ...a, embedding };
+    });
+  }
+
+  /** What an event asks of the index, without the vectors (withEmbeddings adds them). */
+  async function actionOf(event: EventEnvelope): Promise<IndexAction> {
+    if (isEventOf(event, DocumentProcessedSchema)) {
+      const e = decode(DocumentProcessedSchema, event);
+      return processedRow(e.documentId, e.version);
+    }
+    if (isEventOf(event, DocumentDeletedSchema)) {
+      return { kind: "remove", documentId: decode(DocumentDeletedSchema, event).documentId };
+    }
+    const e = decode(DocumentUpdatedSchema, event);
+    const doc = await documentOf(e.documentId);
+    if (!doc) return { kind: "remove", documentId: e.documentId };
+    // Only the metadata is read again: the text belongs to the version, which did not change.
+    return { kind: "update", documentId: e.documentId, meta: toMetadata(doc) };
   }
 
   return {
@@ -200,22 +235,15 @@ export function indexer(deps: IndexerDeps): {
       isEventOf(event, DocumentUpdatedSchema),
 
     async prepare(event) {
-      if (isEventOf(event, DocumentProcessedSchema)) {
-        const e = decode(DocumentProcessedSchema, event);
-        return processed(e.documentId, e.version);
-      }
-      if (isEventOf(event, DocumentDeletedSchema)) {
-        return { kind: "remove", documentId: decode(DocumentDeletedSchema, event).documentId };
-      }
-      const e = decode(DocumentUpdatedSchema, event);
-      const doc = await documentOf(e.documentId);
-      if (!doc) return { kind: "remove", documentId: e.documentId };
-      // Only the metadata is read again: the text belongs to the version, which did not change.
-      return { kind: "update", documentId: e.documentId, meta: toMetadata(doc) };
+      return (await withEmbeddings([await actionOf(event)]))[0]!;
     },
 
+    // Documents are read for every event at once (they are different documents, or the same one
+    // read twice, which the version checks make harmless), and embedded by one call.
+    prepareBatch: async (events) => withEmbeddings(await Promise.all(events.map(actionOf))),
+
     handler: (_event, trx, _delivery, action) => apply(trx, action),
-    actionFor: processed,
+    actionFor: async (documentId, version) => (await withEmbeddings([await processedRow(documentId, version)]))[0]!,
     upsertAction,
     apply,
   };
@@ -248,7 +276,8 @@ export function indexer(deps: IndexerDeps): {
           // A redelivered event rewrites the row; its announcement is already queued.
           { ifAbsent: true },
         );
-        log.info("indexed", { document_id: row.document_id, version: row.version });
+        // Debug, not info: a line per document is a measurable share of indexing's CPU.
+        log.debug("indexed", { document_id: row.document_id, version: row.version });
         return;
       }
     }

@@ -46,6 +46,12 @@ import type { SearchDB } from "./tables.js";
 
 const DOCUMENT_EVENTS = eventTopic(DocumentProcessedSchema);
 const SEARCH_EVENTS = eventTopic(SearchPerformedSchema);
+/**
+ * Document events the indexer handles in one transaction, when that many are waiting: a commit
+ * and the index pages an insert touches (the HNSW graph's above all) are paid once per batch.
+ * bench/results/pipeline.md has the figures.
+ */
+const INDEX_BATCH = 32;
 
 export const configSpec = {
   ...serviceSpec,
@@ -214,9 +220,11 @@ export async function startSearch(
         groupId: config.SEARCH_GROUP_ID,
         topics: [DOCUMENT_EVENTS],
         db: database.db,
-        accepts: indexing.handles,
+        acceptsType: (type) => indexing.handles({ type }),
         prepare: indexing.prepare,
+        prepareBatch: indexing.prepareBatch,
         handler: indexing.handler,
+        batchSize: INDEX_BATCH,
         afterCommit: () => (relay.wake(), invalidate()),
         ...retries,
         partitionsConsumedConcurrently: 3,
@@ -228,7 +236,8 @@ export async function startSearch(
         groupId: config.SEARCH_STATUS_GROUP_ID,
         topics: [DOCUMENT_EVENTS],
         db: database.db,
-        accepts: reporter.handles,
+        // Most events on the topic are not DocumentIndexed: passed over by their type header.
+        acceptsType: (type) => reporter.handles({ type }),
         prepare: reporter.prepare,
         outboxEffect: reporter.outboxEffect,
         checkInboxBeforePrepare: reporter.checkInboxBeforePrepare,

@@ -85,3 +85,13 @@ export async function embedOne(embedder: Embedder, text: string): Promise<string
   const [v] = await embedder.embed([text]);
   return v ? vectorLiteral(v) : undefined;
 }
+
+/** The vector literals of several texts, by one embedder call (see vectorLiteral). */
+export async function embedMany(embedder: Embedder, texts: string[]): Promise<Array<string | undefined>> {
+  if (texts.length === 0) return [];
+  const vs = await embedder.embed(texts);
+  return texts.map((_, n) => {
+    const v = vs[n];
+    return v ? vectorLiteral(v) : undefined;
+  });
+}
