@@ -33,7 +33,7 @@ import { DocumentProcessedSchema } from "../../gen/medmesh/events/v1/document_ev
 import { SearchPerformedSchema } from "../../gen/medmesh/events/v1/search_events_pb.js";
 import { SearchService } from "../../gen/medmesh/search/v1/search_pb.js";
 import { searchAnalytics, statsConsumer } from "./analytics.js";
-import { createEmbedder, embedderConfigSpec, embedderSettings } from "./embedding/index.js";
+import { createEmbedder, embedderConfigSpec, embedderSettings, relatedMinSimilarity } from "./embedding/index.js";
 import { indexer } from "./indexer.js";
 import { migrations } from "./migrations/index.js";
 import { BM25_INDEX, chooseRanker, type RankerSetting } from "./ranker.js";
@@ -118,6 +118,7 @@ export async function startSearch(
 ): Promise<Started & { port: number; ranker: string; vectorLeg: boolean }> {
   const config = loadConfig(configSpec, source);
   const embedding = embedderSettings(source);
+  const relatedFloor = relatedMinSimilarity(source);
   const telemetry = startComponentTelemetry("search", config);
   const log = logger.child({ component: "search" });
   // Without DATABASE_URL search has an embedded database of its own, in this process, with the
@@ -136,7 +137,7 @@ export async function startSearch(
   let vectors;
   try {
     const embedder = await createEmbedder(embedding);
-    vectors = await chooseVectorLeg(database.db as never, config.SEARCH_DB_SCHEMA, embedder, log);
+    vectors = await chooseVectorLeg(database.db as never, config.SEARCH_DB_SCHEMA, embedder, log, relatedFloor);
   } catch (err) {
     await database.close();
     await telemetry.shutdown();

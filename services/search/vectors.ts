@@ -9,6 +9,8 @@ export const VECTOR_INDEX = "indexed_document_embedding_idx";
 /** The vector leg, when this index has one: the embedder that fills and queries the column. */
 export interface VectorLeg {
   embedder: Embedder;
+  /** Nearest documents at least this similar to a query join its results; undefined: none join. */
+  relatedMinSimilarity?: number;
 }
 
 /** What a document's vector is made of: its title and what it is about, not the whole body. */
@@ -26,6 +28,8 @@ export async function chooseVectorLeg(
   schema: string,
   embedder: Embedder | undefined,
   log: Logger,
+  /** SEARCH_RELATED_MIN_SIMILARITY: related documents join from this similarity; undefined: never. */
+  relatedMinSimilarity?: number,
 ): Promise<VectorLeg | undefined> {
   if (!embedder) {
     log.info("no vector leg: SEARCH_EMBEDDER is off");
@@ -61,8 +65,12 @@ export async function chooseVectorLeg(
   }
   await sql`create index if not exists ${sql.id(VECTOR_INDEX)} on ${table}
             using hnsw (embedding vector_cosine_ops)`.execute(db);
-  log.info("vector leg on: reciprocal rank fusion with the lexical ranker", { embedder: provenance });
-  return { embedder };
+  const floor = relatedMinSimilarity;
+  log.info("vector leg on: reciprocal rank fusion with the lexical ranker", {
+    embedder: provenance,
+    related_min_similarity: floor ?? "off",
+  });
+  return floor === undefined ? { embedder } : { embedder, relatedMinSimilarity: floor };
 }
 
 /** The text a document's vector is computed from. */
