@@ -171,8 +171,11 @@ export function indexer(deps: IndexerDeps): {
     if (doc.version > version) return { kind: "none" };
     let outcome;
     try {
-      outcome = (await authed((headers) => documents.getProcessingResult({ documentId, version }, { headers })))
-        .outcome;
+      outcome = (
+        await authed((headers) =>
+          documents.getProcessingResult({ documentId, version, maxTextChars: BODY_INDEX_CHARS }, { headers }),
+        )
+      ).outcome;
     } catch (err) {
       if (isCode(err, Code.NotFound)) return { kind: "remove", documentId };
       throw err;
