@@ -108,7 +108,8 @@ export function toIndexRow(doc: Document, version: number, result: ProcessingRes
 export type IndexAction =
   /** embedding: the row's vector literal; absent without a vector leg or for a text without words. */
   | { kind: "upsert"; row: IndexRow; embedding?: string }
-  | { kind: "update"; documentId: string; meta: IndexMetadata }
+  /** vector: the row's vector for a new title, computed from the stored text of `vector.version`. */
+  | { kind: "update"; documentId: string; meta: IndexMetadata; vector?: { version: number; embedding: string } }
   | { kind: "remove"; documentId: string }
   | { kind: "none" };
 
@@ -138,6 +139,8 @@ export function indexer(deps: IndexerDeps): {
   actionFor: (documentId: string, version: number) => Promise<IndexAction>;
   /** The upsert of a row, with its vector when the index keeps them (embedded here, outside any transaction). */
   upsertAction: (row: IndexRow) => Promise<IndexAction>;
+  /** A metadata change's action: with a new title, the row's vector computed again. */
+  updateAction: (documentId: string, meta: IndexMetadata) => Promise<IndexAction>;
   /** Applies an action within a transaction. */
   apply: (trx: Kysely<SearchDB>, action: IndexAction) => Promise<void>;
 } {
@@ -195,18 +198,7 @@ export function indexer(deps: IndexerDeps): {
   async function withEmbeddings(actions: IndexAction[]): Promise<IndexAction[]> {
     const upserts = actions.filter((a): a is Extract<IndexAction, { kind: "upsert" }> => a.kind === "upsert");
     if (!deps.vectors || upserts.length === 0) return actions;
-    let vectors: Array<string | undefined>;
-    try {
-      vectors = await embedMany(
-        deps.vectors.embedder,
-        upserts.map((a) => embeddingText(a.row)),
-      );
-    } catch (err) {
-      // An endpoint that is down or busy clears by itself: retried without a limit, like documents
-      // being down. Any other answer is permanent (the consumer's dead-letter path).
-      if (err instanceof EmbeddingError && err.transient) throw new ConnectError(err.message, Code.Unavailable);
-      throw err;
-    }
+    const vectors = await embedTexts(upserts.map((a) => embeddingText(a.row)));
     const embedded = new Map(upserts.map((a, n) => [a, vectors[n]]));
     return actions.map((a) => {
       if (a.kind !== "upsert") return a;
@@ -215,7 +207,28 @@ export function indexer(deps: IndexerDeps): {
     });
   }
 
-  /** What an event asks of the index, without the vectors (withEmbeddings adds them). */
+  async function embedTexts(texts: string[]): Promise<Array<string | undefined>> {
+    try {
+      return await embedMany(deps.vectors!.embedder, texts);
+    } catch (err) {
+      // An endpoint that is down or busy clears by itself: retried without a limit, like documents
+      // being down. Any other answer is permanent (the consumer's dead-letter path).
+      if (err instanceof EmbeddingError && err.transient) throw new ConnectError(err.message, Code.Unavailable);
+      throw err;
+    }
+  }
+
+  /** A metadata change; with a new title, the row's vector again (it is made of the title and the text). */
+  async function updateAction(documentId: string, meta: IndexMetadata): Promise<IndexAction> {
+    const action: IndexAction = { kind: "update", documentId, meta };
+    if (!deps.vectors || !meta.title) return action;
+    const stored = await store.embeddingSource(documentId);
+    if (!stored || stored.title === meta.title) return action;
+    const [embedding] = await embedTexts([embeddingText({ ...stored, title: meta.title })]);
+    return embedding === undefined ? action : { ...action, vector: { version: stored.version, embedding } };
+  }
+
+  /** What an event asks of the index, without the vectors of upserts (withEmbeddings adds them). */
   async function actionOf(event: EventEnvelope): Promise<IndexAction> {
     if (isEventOf(event, DocumentProcessedSchema)) {
       const e = decode(DocumentProcessedSchema, event);
@@ -228,7 +241,7 @@ export function indexer(deps: IndexerDeps): {
     const doc = await documentOf(e.documentId);
     if (!doc) return { kind: "remove", documentId: e.documentId };
     // Only the metadata is read again: the text belongs to the version, which did not change.
-    return { kind: "update", documentId: e.documentId, meta: toMetadata(doc) };
+    return updateAction(e.documentId, toMetadata(doc));
   }
 
   return {
@@ -248,6 +261,7 @@ export function indexer(deps: IndexerDeps): {
     handler: (_event, trx, _delivery, action) => apply(trx, action),
     actionFor: async (documentId, version) => (await withEmbeddings([await processedRow(documentId, version)]))[0]!,
     upsertAction,
+    updateAction,
     apply,
   };
 
@@ -260,7 +274,7 @@ export function indexer(deps: IndexerDeps): {
           log.info("removed from the index", { document_id: action.documentId });
         return;
       case "update":
-        await store.updateMetadata(trx, action.documentId, action.meta);
+        await store.updateMetadata(trx, action.documentId, action.meta, action.vector);
         return;
       case "upsert": {
         const { row } = action;

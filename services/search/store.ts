@@ -239,11 +239,25 @@ export class IndexStore {
     return Number(res.numDeletedRows) > 0;
   }
 
-  /** The metadata that documents may change without a new version; a specialty left empty keeps processing's. */
-  async updateMetadata(trx: Kysely<SearchDB>, documentId: string, meta: IndexMetadata): Promise<boolean> {
+  /**
+   * The metadata that documents may change without a new version; a specialty left empty keeps
+   * processing's. `vector`: the row's vector for the new title, computed from the version
+   * `vector.version` (written only if the row still holds that version).
+   */
+  async updateMetadata(
+    trx: Kysely<SearchDB>,
+    documentId: string,
+    meta: IndexMetadata,
+    vector?: { version: number; embedding: string },
+  ): Promise<boolean> {
     const res = await trx
       .updateTable("indexed_document")
       .set({
+        ...(this.vectors && vector
+          ? {
+              embedding: sql<string>`case when version = ${vector.version} then ${vector.embedding}::vector else embedding end`,
+            }
+          : {}),
         ...meta,
         title: meta.title || sql<string>`title`,
         specialty: meta.specialty ?? sql<string>`specialty`,
@@ -253,6 +267,17 @@ export class IndexStore {
       .where("document_id", "=", documentId)
       .executeTakeFirst();
     return Number(res.numUpdatedRows) > 0;
+  }
+
+  /** What the row's vector is made of (see embeddingText), and of which version. */
+  async embeddingSource(
+    documentId: string,
+  ): Promise<{ version: number; title: string; abstract: string; body: string } | undefined> {
+    return this.db
+      .selectFrom("indexed_document")
+      .select(["version", "title", "abstract", sql<string>`left(body, 2000)`.as("body")])
+      .where("document_id", "=", documentId)
+      .executeTakeFirst();
   }
 
   async versionOf(documentId: string): Promise<number | undefined> {
@@ -424,6 +449,16 @@ export class IndexStore {
                case when v.word like ${like} then 2 else word_similarity(${p}, v.word) end
         from ${this.table("vocabulary")} v
         where v.kind in ('entity', 'author') and (lower(v.word) like ${like} or ${p} <% lower(v.word))
+        union all
+        -- Authors of private documents stay out of the shared vocabulary; their owner (and
+        -- admins) still get them, read from the documents they can see.
+        select distinct a.name, 'author', null,
+               case when lower(a.name) like ${like} then 2 else word_similarity(${p}, lower(a.name)) end
+        from ${this.table("indexed_document")} d, jsonb_array_elements_text(d.authors) as a(name)
+        where d.visibility <> 'platform' and ${scope.admin ? sql`true` : sql`d.owner = ${scope.subject}`}
+          and (lower(a.name) like ${like} or ${p} <% lower(a.name))
+          and not exists (select 1 from ${this.table("vocabulary")} v
+                          where v.kind = 'author' and v.word = a.name)
       ) s
       order by rank desc, length(text), text
       limit ${limit}

@@ -74,7 +74,7 @@ export async function chooseVectorLeg(
 }
 
 /** The text a document's vector is computed from. */
-export function embeddingText(row: IndexRow): string {
+export function embeddingText(row: Pick<IndexRow, "title" | "abstract" | "body">): string {
   const about = row.abstract || row.body.slice(0, EMBEDDED_BODY_CHARS);
   return `${row.title}. ${about}`;
 }
