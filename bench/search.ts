@@ -1,23 +1,36 @@
 /**
  * The search index on its own: `npm run bench:search` (node --import tsx bench/search.ts).
- * Generates BENCH_SEARCH_DOCS (10000) synthetic abstracts, indexes them one per transaction as
- * the indexer does (index throughput), then times Search's one statement (match, total, six
- * facets, a page of 10 with headlines) for a rare, a medium and a common term and two common
- * terms, with each ranker the database has; and a cached answer. Embedded PGlite by default (in
- * this process, as search runs it), the server when DATABASE_URL is set. Writes
- * bench/results/search.md (search-postgres.md with DATABASE_URL). Run it under
+ * Generates BENCH_SEARCH_DOCS (10000) synthetic abstracts and indexes them through the indexer's
+ * write path as the consumer runs it (BENCH_SEARCH_BATCH events per transaction, default 32, each
+ * with its inbox row, its index row with the vector where the index keeps vectors, and its
+ * DocumentIndexed in the outbox; vectors by one embedder call per batch): index throughput. Then
+ * times Search's one statement (match, total, six facets, a page of 10 with headlines) for a
+ * rare, a medium and a common term and two common terms, with each ranker the database has (and
+ * fused with the vector leg where there is one); and the Search handler for the common-term
+ * queries, uncached and answered from the cache (in process, and Redis when REDIS_URL is set).
+ * Embedded PGlite by default (in this process, as search runs it), the server when DATABASE_URL
+ * is set. Writes bench/results/search[-postgres][-<n>k].md (no size suffix at 10k). Run it under
  * `flock /tmp/bench.lock`.
  */
 import fs from "node:fs";
 import path from "node:path";
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { sql } from "kysely";
 import { pg_trgm } from "@electric-sql/pglite/contrib/pg_trgm";
 import { pg_textsearch } from "@electric-sql/pglite-pg_textsearch";
 import { vector } from "@electric-sql/pglite-pgvector";
 import { openServiceDatabase } from "../platform/db/database.js";
-import { memoryVersionedCache } from "../platform/cache/versioned-cache.js";
+import { create } from "@bufbuild/protobuf";
+import { createContextValues, createHandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { Role } from "../gen/medmesh/access/v1/access_pb.js";
+import { SearchRequestSchema, SearchService } from "../gen/medmesh/search/v1/search_pb.js";
+import { memoryVersionedCache, redisVersionedCache, type VersionedCache } from "../platform/cache/versioned-cache.js";
+import { principalKey } from "../platform/grpc/interceptors/access.js";
+import { HashingEmbedder } from "../services/search/embedding/index.js";
+import { indexer } from "../services/search/indexer.js";
+import { searchService } from "../services/search/service.js";
+import { chooseVectorLeg, embedMany, embeddingText } from "../services/search/vectors.js";
 import { logger } from "../platform/telemetry/logger.js";
 import { migrations } from "../services/search/migrations/index.js";
 import { BM25_INDEX, chooseRanker } from "../services/search/ranker.js";
@@ -28,6 +41,7 @@ import { intFromEnv } from "./lib/env.js";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const DOCS = intFromEnv("BENCH_SEARCH_DOCS", 10_000, 100, 1_000_000);
 const RUNS = intFromEnv("BENCH_SEARCH_RUNS", 30, 1, 10_000);
+const BATCH = intFromEnv("BENCH_SEARCH_BATCH", 32, 1, 1000);
 
 /** A small deterministic PRNG, so every run indexes the same corpus. */
 function prng(seed: number) {
@@ -104,16 +118,42 @@ async function main() {
     { pg_trgm, pg_textsearch, vector },
   );
   const db = database.db;
-  const store = new IndexStore(db, schema, BM25_INDEX);
+  const vectors = await chooseVectorLeg(db as never, schema, new HashingEmbedder(), logger);
+  const store = new IndexStore(db, schema, BM25_INDEX, vectors !== undefined);
+  // Only the write path is used: documents and the service token are never called.
+  const indexing = indexer({ documents: undefined as never, token: undefined as never, store, vectors });
   const rssBefore = process.memoryUsage().rss;
   const rows = corpus(DOCS);
   const indexStart = performance.now();
-  for (const row of rows) await db.transaction().execute((trx) => store.upsert(trx, row));
+  let lastReport = indexStart;
+  for (let i = 0; i < rows.length; i += BATCH) {
+    const batch = rows.slice(i, i + BATCH);
+    const embeddings = vectors
+      ? await embedMany(
+          vectors.embedder,
+          batch.map((r) => embeddingText(r)),
+        )
+      : [];
+    await db.transaction().execute(async (trx) => {
+      for (const [n, row] of batch.entries()) {
+        await trx.insertInto("inbox").values({ group_id: "search-indexer", event_id: randomUUID() }).execute();
+        const embedding = embeddings[n];
+        await indexing.apply(trx, { kind: "upsert", row, ...(embedding === undefined ? {} : { embedding }) });
+      }
+    });
+    if (performance.now() - lastReport > 30_000) {
+      lastReport = performance.now();
+      const done = i + batch.length;
+      console.error(`bench: indexed ${done}/${DOCS}, ${(done / ((lastReport - indexStart) / 1000)).toFixed(0)}/s`);
+    }
+  }
   const indexSeconds = (performance.now() - indexStart) / 1000;
+  const rssIndexed = process.memoryUsage().rss;
   const bm25Start = performance.now();
   const best = await chooseRanker(db as never, schema, "auto", logger);
   const bm25Seconds = (performance.now() - bm25Start) / 1000;
   const rankers: RankerName[] = best === "bm25" ? ["bm25", "ts_rank_cd"] : ["ts_rank_cd"];
+  const embedQuery = async (text: string) => (vectors ? (await embedMany(vectors.embedder, [text]))[0] : undefined);
 
   const queries: Array<[string, string, string]> = [
     ["rare term", "'zolmitriptan'", "zolmitriptan"],
@@ -132,59 +172,100 @@ async function main() {
   };
   const lines: string[] = [];
   for (const ranker of rankers) {
-    for (const [label, tsquery, bm25Text] of queries) {
-      const times: number[] = [];
-      let total = 0;
-      for (let i = 0; i < RUNS + 3; i++) {
-        const t = performance.now();
-        const page = await store.search({
-          tsquery,
-          bm25Text,
-          ranker,
-          filters: noFilters,
-          scope: { subject: "user-1", admin: false },
-          limit: 10,
-          offset: 0,
-        });
-        if (i >= 3) times.push(performance.now() - t);
-        total = page.total;
+    for (const withVector of vectors ? [false, true] : [false]) {
+      for (const [label, tsquery, bm25Text] of queries) {
+        const vector = withVector ? await embedQuery(bm25Text) : undefined;
+        const times: number[] = [];
+        let total = 0;
+        for (let i = 0; i < RUNS + 3; i++) {
+          const t = performance.now();
+          const page = await store.search({
+            tsquery,
+            bm25Text,
+            ranker,
+            filters: noFilters,
+            scope: { subject: "user-1", admin: false },
+            limit: 10,
+            offset: 0,
+            ...(vector ? { vector } : {}),
+          });
+          if (i >= 3) times.push(performance.now() - t);
+          total = page.total;
+        }
+        const name = withVector ? `${ranker} + vector (RRF)` : ranker;
+        lines.push(`| ${name} | ${label} | ${total} | ${ms(pct(times, 50))} | ${ms(pct(times, 95))} |`);
       }
-      lines.push(`| ${ranker} | ${label} | ${total} | ${ms(pct(times, 50))} | ${ms(pct(times, 95))} |`);
     }
   }
-  // A cached answer: what a repeated search costs once the index is unchanged (in process).
-  const cache = memoryVersionedCache();
-  const answer = "x".repeat(6000);
-  const got = await cache.get("bench", "k");
-  await cache.set("bench", got.version, "k", answer, 60_000);
-  const cachedTimes: number[] = [];
-  for (let i = 0; i < 1000; i++) {
-    const t = performance.now();
-    await cache.get("bench", "k");
-    cachedTimes.push(performance.now() - t);
+
+  // The Search handler itself (query understanding, the statement, the answer's encoding) for
+  // the common-term queries: without a cache, and answered from one.
+  const handlerLines: string[] = [];
+  const caches: Array<[string, VersionedCache | undefined]> = [
+    ["uncached", undefined],
+    ["cached, in process", memoryVersionedCache()],
+  ];
+  if (process.env.REDIS_URL) caches.push(["cached, Redis", redisVersionedCache(process.env.REDIS_URL)]);
+  const ctx = () =>
+    createHandlerContext({
+      service: SearchService,
+      method: SearchService.method.search,
+      protocolName: "bench",
+      requestMethod: "POST",
+      url: "/medmesh.search.v1.SearchService/Search",
+      contextValues: createContextValues().set(principalKey, { subject: "user-1", role: Role.DOCTOR, kind: "user" }),
+    });
+  for (const [label, cache] of caches) {
+    const service = searchService({
+      store,
+      ranker: best,
+      ...(vectors ? { vectors } : {}),
+      reindexer: undefined as never,
+      db,
+      ...(cache ? { cache: { store: cache, ttlMs: 600_000, namespace: `bench:${schema}` } } : {}),
+    }) as Required<ServiceImpl<typeof SearchService>>;
+    for (const query of ["patients", "patients treatment"]) {
+      const times: number[] = [];
+      for (let i = 0; i < RUNS + 3; i++) {
+        const t = performance.now();
+        const res = await service.search(create(SearchRequestSchema, { query, pageSize: 10 }), ctx());
+        if (i >= 3) times.push(performance.now() - t);
+        if (i >= 3 && cache && !res.cached) throw new Error(`"${query}" was not answered from the cache`);
+      }
+      handlerLines.push(`| ${label} | ${query} | ${ms(pct(times, 50))} | ${ms(pct(times, 95))} |`);
+    }
+    await cache?.close();
   }
+
   const rss = process.memoryUsage().rss;
   const where = url ? "PostgreSQL server (DATABASE_URL)" : "embedded PGlite in this process";
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
   const out = [
-    `# Search index bench (${new Date().toISOString().slice(0, 10)})`,
+    `# Search index bench (${new Date().toISOString().slice(0, 10)}), ${DOCS} documents`,
     "",
-    `\`npm run bench:search\`, ${DOCS} synthetic abstracts (~150 words), ${where}; ${RUNS} runs per query after 3 warm-ups.`,
-    "Each search is Search's one statement: match, total, six facets over the matched set, a page of 10 with ts_headline.",
+    `\`BENCH_SEARCH_DOCS=${DOCS} npm run bench:search\`, ${DOCS} synthetic abstracts (~150 words), ${where}; ${RUNS} runs per query after 3 warm-ups.`,
+    "Each statement row is Search's one statement: match, total, six facets over the matched set, a page of 10 with ts_headline.",
     "",
-    `- Indexing, one document per transaction as the indexer writes: ${(DOCS / indexSeconds).toFixed(0)} documents/s (${indexSeconds.toFixed(1)} s)`,
-    `- Ranker chosen at start: ${best}${best === "bm25" ? ` (BM25 index built over the loaded rows in ${bm25Seconds.toFixed(1)} s)` : ""}`,
+    `- Indexing through the indexer's write path, ${BATCH} events per transaction (inbox row, index row${vectors ? " with its vector (hashing embedder, HNSW)" : ""}, DocumentIndexed in the outbox): ${(DOCS / indexSeconds).toFixed(0)} documents/s (${indexSeconds.toFixed(1)} s)`,
+    `- Ranker chosen at start: ${best}${best === "bm25" ? ` (BM25 index built over the loaded rows in ${bm25Seconds.toFixed(1)} s)` : ""}; vector leg: ${vectors ? "yes" : "no (no pgvector)"}`,
     url
       ? ""
-      : `- Process RSS: ${(rssBefore / 2 ** 20).toFixed(0)} MiB before loading, ${(rss / 2 ** 20).toFixed(0)} MiB after`,
-    `- Cached answer (in-process cache lookup): p50 ${(pct(cachedTimes, 50) * 1000).toFixed(1)} µs`,
+      : `- Process RSS (the embedded database lives in it): ${mib(rssBefore)} before loading, ${mib(rssIndexed)} after indexing, ${mib(rss)} at the end`,
     "",
     "| ranker | query | matches | p50 ms | p95 ms |",
     "|---|---|---:|---:|---:|",
     ...lines,
     "",
+    "Through the Search handler (query understanding, statement, answer), common-term queries:",
+    "",
+    "| answer | query | p50 ms | p95 ms |",
+    "|---|---|---:|---:|",
+    ...handlerLines,
+    "",
   ].join("\n");
   process.stdout.write(out);
-  const file = path.join(root, "bench/results", url ? "search-postgres.md" : "search.md");
+  const size = DOCS === 10_000 ? "" : `-${DOCS >= 1000 ? `${Math.round(DOCS / 1000)}k` : DOCS}`;
+  const file = path.join(root, "bench/results", `search${url ? "-postgres" : ""}${size}.md`);
   fs.writeFileSync(file, out);
   await sql`drop schema ${sql.id(schema)} cascade`.execute(db).catch(() => undefined);
   await database.close();

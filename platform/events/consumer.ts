@@ -1,10 +1,10 @@
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type TextMapGetter } from "@opentelemetry/api";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { sql, type Generated, type Kysely, type Migration, type Transaction } from "kysely";
-import type { Consumer, ConsumerConfig, IHeaders, Kafka, KafkaMessage, Producer } from "kafkajs";
+import type { Consumer, ConsumerConfig, EachBatchPayload, IHeaders, Kafka, KafkaMessage, Producer } from "kafkajs";
 import { queryShape } from "../db/query-shape.js";
 import { logger as rootLogger, type Logger } from "../telemetry/logger.js";
-import { PoisonMessageError, fromKafkaMessage, type EventEnvelope } from "./envelope.js";
+import { PoisonMessageError, eventTypeOf, fromKafkaMessage, type EventEnvelope } from "./envelope.js";
 import { deadLetterTopic } from "./dead-letter-topic.js";
 import { classifyFailure, fullJitterBackoff, type FailureClass } from "./failure-class.js";
 import { ensureTopics, topicPartitions } from "./kafka.js";
@@ -107,6 +107,28 @@ export interface IdempotentConsumerOptions<DB = any, P = undefined> {
    * committed like any other. Default: every event.
    */
   accepts?: (event: EventEnvelope) => boolean;
+  /**
+   * Which event types this consumer handles, decided from the type header alone, before the
+   * message is decoded or traced: a group that wants one type of a busy topic passes over the
+   * others for almost nothing. A message whose type header is missing or repeated is still read
+   * (and dead-lettered as invalid). `accepts`, when given too, decides on the decoded event.
+   */
+  acceptsType?: (type: string) => boolean;
+  /**
+   * Events handled in one transaction (with `handler`; default 1, one at a time). Consecutive
+   * events of a partition that Kafka has already delivered are taken together, up to this many:
+   * their inbox rows and the handler's writes commit at once, so each commit (and each index
+   * page the handler touches) is paid once per batch instead of once per event. Waiting for
+   * more events never happens: a lone event is a batch of one. `prepare` runs for the events of
+   * a batch concurrently (or `prepareBatch` once for all), so it must not depend on another
+   * event of the same batch having been handled; the handler still sees them in partition order.
+   * Any failure in a batch (prepare, handler, commit) rolls it back and its events are then
+   * handled one at a time, with the usual retries and dead-letter path, so a failing event keeps
+   * the per-event semantics and holds up only itself.
+   */
+  batchSize?: number;
+  /** With batchSize: prepares a batch's fresh events at once (say, one embeddings call), in order; default `prepare` for each. */
+  prepareBatch?: (events: EventEnvelope[], deliveries: DeliveryInfo[]) => Promise<P[]>;
   /** Called once the transaction that handled an event has committed (not for duplicates): wake a relay here. */
   afterCommit?: (event: EventEnvelope) => void;
   /** Permanent failures before the message goes to the dead-letter topic. Default 3. */
@@ -195,6 +217,8 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
   const db = opts.db as unknown as Kysely<InboxDatabase>;
   const outboxDb = opts.db as unknown as Kysely<InboxDatabase & OutboxDatabase>;
   if (!opts.handler === !opts.outboxEffect) throw new Error("give the consumer either a handler or an outboxEffect");
+  const batchSize = Math.max(1, opts.batchSize ?? 1);
+  if (batchSize > 1 && !opts.handler) throw new Error("batchSize needs a handler");
   const maxAttempts = Math.max(1, opts.maxAttempts ?? 3);
   const backoffMs = opts.backoffMs ?? ((n: number) => 2 ** n * 1000);
   const transientBackoffMs = opts.transientBackoffMs ?? fullJitterBackoff(500, 30_000);
@@ -399,12 +423,205 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
     return recorded ? ("handled" as const) : ("duplicate" as const);
   }
 
+  /** Passed over by its type header alone; see `acceptsType`. */
+  function skippedByType(message: KafkaMessage): boolean {
+    if (!opts.acceptsType) return false;
+    const type = eventTypeOf(message);
+    return type !== undefined && !opts.acceptsType(type);
+  }
+
+  /**
+   * A message the batch path may take: a valid event this consumer accepts. Undefined for one it
+   * passes over; "single" for one that is not a valid event (handled alone, which dead-letters it).
+   */
+  function batchable(message: KafkaMessage): EventEnvelope | undefined | "single" {
+    if (skippedByType(message)) return undefined;
+    let event: EventEnvelope;
+    try {
+      event = fromKafkaMessage(message);
+    } catch {
+      return "single";
+    }
+    if (opts.accepts && !opts.accepts(event)) return undefined;
+    return event;
+  }
+
+  type BatchItem = { message: KafkaMessage; event: EventEnvelope };
+  /** How a batch went: committed, or failed (at the event `failedAt` when the failure is that event's). */
+  type BatchOutcome = { ok: true } | { ok: false; failedAt?: number; error: unknown };
+
+  /** Handles consecutive events of one partition in one transaction; nothing is committed unless all are. */
+  async function tryBatch(topic: string, partition: number, items: BatchItem[]): Promise<BatchOutcome> {
+    return tracer.startActiveSpan(
+      `${topic} process`,
+      {
+        kind: SpanKind.CONSUMER,
+        attributes: {
+          "messaging.system": "kafka",
+          "messaging.operation.type": "process",
+          "messaging.destination.name": topic,
+          "messaging.destination.partition.id": String(partition),
+          "messaging.batch.message_count": items.length,
+          "messaging.consumer.group.name": groupId,
+        },
+      },
+      async (span): Promise<BatchOutcome> => {
+        let failedAt: number | undefined;
+        try {
+          let fresh = items.map((item, at) => ({ ...item, at }));
+          if (opts.prepare && checkInboxBeforePrepare) {
+            const seen = new Set(
+              (
+                await db
+                  .selectFrom("inbox")
+                  .select("event_id")
+                  .where("group_id", "=", groupId)
+                  .where(
+                    "event_id",
+                    "in",
+                    items.map((i) => i.event.id),
+                  )
+                  .execute()
+              ).map((r) => r.event_id),
+            );
+            fresh = fresh.filter((i) => !seen.has(i.event.id));
+            if (fresh.length === 0) return { ok: true };
+          }
+          const deliveries = fresh.map((i): DeliveryInfo => ({
+            topic,
+            partition,
+            offset: i.message.offset,
+            attempt: 1,
+            failures: 0,
+          }));
+          let prepared: P[];
+          if (opts.prepareBatch) {
+            prepared = await opts.prepareBatch(
+              fresh.map((i) => i.event),
+              deliveries,
+            );
+          } else if (opts.prepare) {
+            const settled = await Promise.allSettled(fresh.map((i, n) => opts.prepare!(i.event, deliveries[n]!)));
+            const failed = settled.findIndex((r) => r.status === "rejected");
+            if (failed >= 0) {
+              failedAt = fresh[failed]!.at;
+              throw (settled[failed] as PromiseRejectedResult).reason;
+            }
+            prepared = settled.map((r) => (r as PromiseFulfilledResult<P>).value);
+          } else prepared = fresh.map(() => undefined as P);
+          const handled = await db.transaction().execute(async (trx) => {
+            const done: EventEnvelope[] = [];
+            for (const [n, { event, at }] of fresh.entries()) {
+              const isNew = await trx
+                .insertInto("inbox")
+                .values({ group_id: groupId, event_id: event.id })
+                .onConflict((oc) => oc.columns(["group_id", "event_id"]).doNothing())
+                .returning("event_id")
+                .executeTakeFirst();
+              if (!isNew) continue;
+              failedAt = at;
+              await opts.handler!(event, trx as unknown as Transaction<DB>, deliveries[n]!, prepared[n]!);
+              failedAt = undefined;
+              done.push(event);
+            }
+            return done;
+          });
+          for (const event of handled) afterCommit(event);
+          return { ok: true };
+        } catch (error) {
+          span.recordException(error as Error);
+          return failedAt === undefined ? { ok: false, error } : { ok: false, failedAt, error };
+        } finally {
+          span.end();
+        }
+      },
+    );
+  }
+
+  /**
+   * Handles a run of events, as batches while they go through. When the handler or prepare of one
+   * event fails, the events before it are committed as a batch again, the failing one goes on
+   * alone with that failure counted as its first attempt (retries and dead-letter as usual), and
+   * the ones after it form the next batch. A failure no single event owns (the commit, a
+   * prepareBatch) sends the run through one event at a time.
+   */
+  async function handleRun(
+    topic: string,
+    partition: number,
+    items: BatchItem[],
+    heartbeat: () => Promise<void>,
+    resolveOffset: (offset: string) => void,
+  ): Promise<void> {
+    let rest = items;
+    while (rest.length > 0) {
+      if (rest.length === 1) {
+        await handleMessage(topic, partition, rest[0]!.message, heartbeat);
+        resolveOffset(rest[0]!.message.offset);
+        return;
+      }
+      const outcome = await whileHeartbeating(heartbeat, () => tryBatch(topic, partition, rest));
+      if (outcome.ok) {
+        resolveOffset(rest[rest.length - 1]!.message.offset);
+        return;
+      }
+      log.debug("a batch failed; handling its events apart", { topic, partition, error: outcome.error as Error });
+      if (outcome.failedAt === undefined) {
+        for (const { message } of rest) {
+          await handleMessage(topic, partition, message, heartbeat);
+          resolveOffset(message.offset);
+        }
+        return;
+      }
+      const n = outcome.failedAt;
+      if (n > 0) await handleRun(topic, partition, rest.slice(0, n), heartbeat, resolveOffset);
+      await handleMessage(topic, partition, rest[n]!.message, heartbeat, outcome.error);
+      resolveOffset(rest[n]!.message.offset);
+      rest = rest.slice(n + 1);
+    }
+  }
+
+  async function handleBatch(payload: EachBatchPayload): Promise<void> {
+    const { batch, resolveOffset, heartbeat, isRunning, isStale, commitOffsetsIfNecessary } = payload;
+    const { topic, partition } = batch;
+    const messages = batch.messages;
+    let i = 0;
+    while (i < messages.length) {
+      if (!isRunning() || isStale() || stopping.signal.aborted) return;
+      const items: BatchItem[] = [];
+      let last: KafkaMessage | undefined;
+      let single: KafkaMessage | undefined;
+      // The next events, up to batchSize. Messages passed over ride along (their offsets resolve
+      // with the run); an invalid one ends the run and is handled alone after it.
+      while (i < messages.length && items.length < batchSize) {
+        const message = messages[i++]!;
+        const event = batchable(message);
+        if (event === "single") {
+          single = message;
+          break;
+        }
+        last = message;
+        if (event) items.push({ message, event });
+      }
+      await handleRun(topic, partition, items, heartbeat, resolveOffset);
+      if (last) resolveOffset(last.offset);
+      if (single) {
+        await handleMessage(topic, partition, single, heartbeat);
+        resolveOffset(single.offset);
+      }
+      await heartbeat();
+      await commitOffsetsIfNecessary();
+    }
+  }
+
   async function handleMessage(
     topic: string,
     partition: number,
     message: KafkaMessage,
     heartbeat: () => Promise<void>,
+    /** The failure of a first attempt already made (in a batch): counted as attempt 1. */
+    firstFailure?: unknown,
   ) {
+    if (skippedByType(message)) return;
     const parent = w3c.extract(ROOT_CONTEXT, message.headers ?? {}, headerGetter);
     await tracer.startActiveSpan(
       `${topic} process`,
@@ -452,7 +669,11 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
           for (let attempt = 1; ; attempt++) {
             try {
               const delivery = { topic, partition, offset: message.offset, attempt, failures };
-              const outcome = await whileHeartbeating(heartbeat, () => attemptOnce(event, delivery));
+              const outcome = await whileHeartbeating(heartbeat, () =>
+                attempt === 1 && firstFailure !== undefined
+                  ? Promise.reject(firstFailure as Error)
+                  : attemptOnce(event, delivery),
+              );
               span.setAttribute("medmesh.event.duplicate", outcome === "duplicate");
               if (outcome === "duplicate")
                 log.debug("skipping an event already handled", { event_id: event.id, topic });
@@ -533,7 +754,12 @@ export async function startIdempotentConsumer<DB = any, P = undefined>(
     await consumer.subscribe({ topics: opts.topics, fromBeginning: opts.fromBeginning ?? true });
     await consumer.run({
       partitionsConsumedConcurrently: opts.partitionsConsumedConcurrently ?? 1,
-      eachMessage: ({ topic, partition, message, heartbeat }) => handleMessage(topic, partition, message, heartbeat),
+      ...(batchSize > 1
+        ? { eachBatchAutoResolve: false, eachBatch: handleBatch }
+        : {
+            eachMessage: ({ topic, partition, message, heartbeat }) =>
+              handleMessage(topic, partition, message, heartbeat),
+          }),
     });
   } catch (err) {
     await consumer.disconnect().catch(() => undefined);

@@ -130,6 +130,16 @@ export function fromKafkaMessage(m: IncomingMessage): EventEnvelope {
   return event;
 }
 
+/**
+ * The event type a message's header names, read without decoding the rest; undefined when the
+ * header is absent or repeated (fromKafkaMessage then says what is wrong with it).
+ */
+export function eventTypeOf(m: Pick<KafkaMessage, "headers">): string | undefined {
+  const v = m.headers?.[EventHeaderNames.type];
+  if (v === undefined || (Array.isArray(v) && v.length !== 1)) return undefined;
+  return (Array.isArray(v) ? v[0]! : v).toString();
+}
+
 function optional(headers: IHeaders, name: string): string | undefined {
   const v = headers[name];
   if (v === undefined) return undefined;

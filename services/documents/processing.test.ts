@@ -162,6 +162,11 @@ describe.each(backends())("processing status and results on $name", (backend) =>
     expect(r.entities).toHaveLength(1);
     expect(r.citations[0]!.id).toBe("10.1000/xyz123");
     expect(r.quality.score).toBeCloseTo(0.61, 5);
+    // A reader that keeps only the start of the text gets only that.
+    const full = (got.outcome!.outcome.value as { text: string }).text;
+    expect(full.length).toBeGreaterThan(5);
+    const cut = await doctor.getProcessingResult({ documentId: id, maxTextChars: 5 });
+    expect((cut.outcome!.outcome.value as { text: string }).text).toBe(full.slice(0, 5));
   });
 
   it("an upload that creates a document writes it whole, and StartProcessing hands over a small version's bytes only when asked", async () => {

@@ -89,7 +89,14 @@ export function statusHandlers(
           Code.FailedPrecondition,
         );
       }
-      return { outcome: toOutcome(outcome) };
+      const answer = toOutcome(outcome);
+      if (
+        req.maxTextChars > 0 &&
+        answer.outcome.case === "result" &&
+        answer.outcome.value.text.length > req.maxTextChars
+      )
+        answer.outcome.value.text = answer.outcome.value.text.slice(0, req.maxTextChars);
+      return { outcome: answer };
     },
   };
 }

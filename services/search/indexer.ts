@@ -32,7 +32,7 @@ import { enumNames } from "../../platform/grpc/enum-names.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 import type { IndexStore } from "./store.js";
 import { EmbeddingError } from "./embedding/index.js";
-import { embedOne, embeddingText, type VectorLeg } from "./vectors.js";
+import { embedMany, embeddingText, type VectorLeg } from "./vectors.js";
 import type { IndexMetadata, IndexRow, SearchDB } from "./tables.js";
 
 export const EVENT_SOURCE = "/medmesh/search";
@@ -108,7 +108,8 @@ export function toIndexRow(doc: Document, version: number, result: ProcessingRes
 export type IndexAction =
   /** embedding: the row's vector literal; absent without a vector leg or for a text without words. */
   | { kind: "upsert"; row: IndexRow; embedding?: string }
-  | { kind: "update"; documentId: string; meta: IndexMetadata }
+  /** vector: the row's vector for a new title, computed from the stored text of `vector.version`. */
+  | { kind: "update"; documentId: string; meta: IndexMetadata; vector?: { version: number; embedding: string } }
   | { kind: "remove"; documentId: string }
   | { kind: "none" };
 
@@ -129,13 +130,17 @@ const isCode = (err: unknown, code: Code) => ConnectError.from(err).code === cod
  * in the outbox, in the transaction that records the event in the inbox.
  */
 export function indexer(deps: IndexerDeps): {
-  handles: (event: EventEnvelope) => boolean;
+  handles: (event: { type: string }) => boolean;
   prepare: EventPreparer<IndexAction>;
+  /** prepare for a batch of events: documents read concurrently, one embedder call. */
+  prepareBatch: (events: EventEnvelope[]) => Promise<IndexAction[]>;
   handler: EventHandler<SearchDB, IndexAction>;
   /** What indexing a document's version takes, read from documents (the reindex reuses it). */
   actionFor: (documentId: string, version: number) => Promise<IndexAction>;
   /** The upsert of a row, with its vector when the index keeps them (embedded here, outside any transaction). */
   upsertAction: (row: IndexRow) => Promise<IndexAction>;
+  /** A metadata change's action: with a new title, the row's vector computed again. */
+  updateAction: (documentId: string, meta: IndexMetadata) => Promise<IndexAction>;
   /** Applies an action within a transaction. */
   apply: (trx: Kysely<SearchDB>, action: IndexAction) => Promise<void>;
 } {
@@ -162,35 +167,81 @@ export function indexer(deps: IndexerDeps): {
     }
   }
 
-  async function processed(documentId: string, version: number): Promise<IndexAction> {
+  async function processedRow(documentId: string, version: number): Promise<IndexAction> {
     const doc = await documentOf(documentId);
     if (!doc) return { kind: "remove", documentId };
     // A newer version exists: its own event brings it. Indexing this one would only be undone.
     if (doc.version > version) return { kind: "none" };
     let outcome;
     try {
-      outcome = (await authed((headers) => documents.getProcessingResult({ documentId, version }, { headers })))
-        .outcome;
+      outcome = (
+        await authed((headers) =>
+          documents.getProcessingResult({ documentId, version, maxTextChars: BODY_INDEX_CHARS }, { headers }),
+        )
+      ).outcome;
     } catch (err) {
       if (isCode(err, Code.NotFound)) return { kind: "remove", documentId };
       throw err;
     }
     if (outcome?.outcome.case !== "result") return { kind: "none" };
-    return upsertAction(toIndexRow(doc, version, outcome.outcome.value));
+    return { kind: "upsert", row: toIndexRow(doc, version, outcome.outcome.value) };
   }
 
   async function upsertAction(row: IndexRow): Promise<IndexAction> {
-    if (!deps.vectors) return { kind: "upsert", row };
-    let embedding: string | undefined;
+    return (await withEmbeddings([{ kind: "upsert", row }]))[0]!;
+  }
+
+  /**
+   * The actions, with the vectors of their upserts computed by one embedder call (one request to
+   * an embeddings endpoint for a whole batch), outside any transaction.
+   */
+  async function withEmbeddings(actions: IndexAction[]): Promise<IndexAction[]> {
+    const upserts = actions.filter((a): a is Extract<IndexAction, { kind: "upsert" }> => a.kind === "upsert");
+    if (!deps.vectors || upserts.length === 0) return actions;
+    const vectors = await embedTexts(upserts.map((a) => embeddingText(a.row)));
+    const embedded = new Map(upserts.map((a, n) => [a, vectors[n]]));
+    return actions.map((a) => {
+      if (a.kind !== "upsert") return a;
+      const embedding = embedded.get(a);
+      return embedding === undefined ? a : { ...a, embedding };
+    });
+  }
+
+  async function embedTexts(texts: string[]): Promise<Array<string | undefined>> {
     try {
-      embedding = await embedOne(deps.vectors.embedder, embeddingText(row));
+      return await embedMany(deps.vectors!.embedder, texts);
     } catch (err) {
       // An endpoint that is down or busy clears by itself: retried without a limit, like documents
       // being down. Any other answer is permanent (the consumer's dead-letter path).
       if (err instanceof EmbeddingError && err.transient) throw new ConnectError(err.message, Code.Unavailable);
       throw err;
     }
-    return { kind: "upsert", row, ...(embedding === undefined ? {} : { embedding }) };
+  }
+
+  /** A metadata change; with a new title, the row's vector again (it is made of the title and the text). */
+  async function updateAction(documentId: string, meta: IndexMetadata): Promise<IndexAction> {
+    const action: IndexAction = { kind: "update", documentId, meta };
+    if (!deps.vectors || !meta.title) return action;
+    const stored = await store.embeddingSource(documentId);
+    if (!stored || stored.title === meta.title) return action;
+    const [embedding] = await embedTexts([embeddingText({ ...stored, title: meta.title })]);
+    return embedding === undefined ? action : { ...action, vector: { version: stored.version, embedding } };
+  }
+
+  /** What an event asks of the index, without the vectors of upserts (withEmbeddings adds them). */
+  async function actionOf(event: EventEnvelope): Promise<IndexAction> {
+    if (isEventOf(event, DocumentProcessedSchema)) {
+      const e = decode(DocumentProcessedSchema, event);
+      return processedRow(e.documentId, e.version);
+    }
+    if (isEventOf(event, DocumentDeletedSchema)) {
+      return { kind: "remove", documentId: decode(DocumentDeletedSchema, event).documentId };
+    }
+    const e = decode(DocumentUpdatedSchema, event);
+    const doc = await documentOf(e.documentId);
+    if (!doc) return { kind: "remove", documentId: e.documentId };
+    // Only the metadata is read again: the text belongs to the version, which did not change.
+    return updateAction(e.documentId, toMetadata(doc));
   }
 
   return {
@@ -200,23 +251,17 @@ export function indexer(deps: IndexerDeps): {
       isEventOf(event, DocumentUpdatedSchema),
 
     async prepare(event) {
-      if (isEventOf(event, DocumentProcessedSchema)) {
-        const e = decode(DocumentProcessedSchema, event);
-        return processed(e.documentId, e.version);
-      }
-      if (isEventOf(event, DocumentDeletedSchema)) {
-        return { kind: "remove", documentId: decode(DocumentDeletedSchema, event).documentId };
-      }
-      const e = decode(DocumentUpdatedSchema, event);
-      const doc = await documentOf(e.documentId);
-      if (!doc) return { kind: "remove", documentId: e.documentId };
-      // Only the metadata is read again: the text belongs to the version, which did not change.
-      return { kind: "update", documentId: e.documentId, meta: toMetadata(doc) };
+      return (await withEmbeddings([await actionOf(event)]))[0]!;
     },
 
+    // Documents are read for every event at once (they are different documents, or the same one
+    // read twice, which the version checks make harmless), and embedded by one call.
+    prepareBatch: async (events) => withEmbeddings(await Promise.all(events.map(actionOf))),
+
     handler: (_event, trx, _delivery, action) => apply(trx, action),
-    actionFor: processed,
+    actionFor: async (documentId, version) => (await withEmbeddings([await processedRow(documentId, version)]))[0]!,
     upsertAction,
+    updateAction,
     apply,
   };
 
@@ -229,7 +274,7 @@ export function indexer(deps: IndexerDeps): {
           log.info("removed from the index", { document_id: action.documentId });
         return;
       case "update":
-        await store.updateMetadata(trx, action.documentId, action.meta);
+        await store.updateMetadata(trx, action.documentId, action.meta, action.vector);
         return;
       case "upsert": {
         const { row } = action;
@@ -248,7 +293,8 @@ export function indexer(deps: IndexerDeps): {
           // A redelivered event rewrites the row; its announcement is already queued.
           { ifAbsent: true },
         );
-        log.info("indexed", { document_id: row.document_id, version: row.version });
+        // Debug, not info: a line per document is a measurable share of indexing's CPU.
+        log.debug("indexed", { document_id: row.document_id, version: row.version });
         return;
       }
     }

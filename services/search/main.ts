@@ -33,7 +33,7 @@ import { DocumentProcessedSchema } from "../../gen/medmesh/events/v1/document_ev
 import { SearchPerformedSchema } from "../../gen/medmesh/events/v1/search_events_pb.js";
 import { SearchService } from "../../gen/medmesh/search/v1/search_pb.js";
 import { searchAnalytics, statsConsumer } from "./analytics.js";
-import { createEmbedder, embedderConfigSpec, embedderSettings } from "./embedding/index.js";
+import { createEmbedder, embedderConfigSpec, embedderSettings, relatedMinSimilarity } from "./embedding/index.js";
 import { indexer } from "./indexer.js";
 import { migrations } from "./migrations/index.js";
 import { BM25_INDEX, chooseRanker, type RankerSetting } from "./ranker.js";
@@ -46,6 +46,12 @@ import type { SearchDB } from "./tables.js";
 
 const DOCUMENT_EVENTS = eventTopic(DocumentProcessedSchema);
 const SEARCH_EVENTS = eventTopic(SearchPerformedSchema);
+/**
+ * Document events the indexer handles in one transaction, when that many are waiting: a commit
+ * and the index pages an insert touches (the HNSW graph's above all) are paid once per batch.
+ * bench/results/pipeline.md has the figures.
+ */
+const INDEX_BATCH = 32;
 
 export const configSpec = {
   ...serviceSpec,
@@ -112,6 +118,7 @@ export async function startSearch(
 ): Promise<Started & { port: number; ranker: string; vectorLeg: boolean }> {
   const config = loadConfig(configSpec, source);
   const embedding = embedderSettings(source);
+  const relatedFloor = relatedMinSimilarity(source);
   const telemetry = startComponentTelemetry("search", config);
   const log = logger.child({ component: "search" });
   // Without DATABASE_URL search has an embedded database of its own, in this process, with the
@@ -130,7 +137,7 @@ export async function startSearch(
   let vectors;
   try {
     const embedder = await createEmbedder(embedding);
-    vectors = await chooseVectorLeg(database.db as never, config.SEARCH_DB_SCHEMA, embedder, log);
+    vectors = await chooseVectorLeg(database.db as never, config.SEARCH_DB_SCHEMA, embedder, log, relatedFloor);
   } catch (err) {
     await database.close();
     await telemetry.shutdown();
@@ -214,9 +221,11 @@ export async function startSearch(
         groupId: config.SEARCH_GROUP_ID,
         topics: [DOCUMENT_EVENTS],
         db: database.db,
-        accepts: indexing.handles,
+        acceptsType: (type) => indexing.handles({ type }),
         prepare: indexing.prepare,
+        prepareBatch: indexing.prepareBatch,
         handler: indexing.handler,
+        batchSize: INDEX_BATCH,
         afterCommit: () => (relay.wake(), invalidate()),
         ...retries,
         partitionsConsumedConcurrently: 3,
@@ -228,7 +237,8 @@ export async function startSearch(
         groupId: config.SEARCH_STATUS_GROUP_ID,
         topics: [DOCUMENT_EVENTS],
         db: database.db,
-        accepts: reporter.handles,
+        // Most events on the topic are not DocumentIndexed: passed over by their type header.
+        acceptsType: (type) => reporter.handles({ type }),
         prepare: reporter.prepare,
         outboxEffect: reporter.outboxEffect,
         checkInboxBeforePrepare: reporter.checkInboxBeforePrepare,

@@ -215,9 +215,18 @@ describe.each(backends())("search on $name", (backend) => {
     const id = await publish(doctor, `Private cohort ${secret}`, `Unpublished ${secret} data on sepsis.`, "Body.", {
       visibility: Visibility.PRIVATE,
       journal: `Secret Journal ${secret}`,
+      authors: [`Quillon Privatus ${secret}`],
     });
     const mine = await s.doctor.search({ query: secret });
     expect(mine.hits.map((h) => h.documentId)).toEqual([id]);
+    // The private document's author is suggested to its owner only.
+    const authorOf = async (client: typeof s.doctor) =>
+      (await client.suggest({ prefix: "quillon privat" })).suggestions.filter(
+        (x) => x.kind === "author" && x.text === `Quillon Privatus ${secret}`,
+      ).length;
+    expect(await authorOf(s.doctor)).toBe(1);
+    expect(await authorOf(s.doctor2)).toBe(0);
+    expect(await authorOf(s.student)).toBe(0);
     const admin = await s.admin.search({ query: secret });
     expect(admin.hits.map((h) => h.documentId)).toEqual([id]);
     for (const other of [s.doctor2, s.student]) {

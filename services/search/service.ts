@@ -199,9 +199,16 @@ export function searchService(deps: SearchServiceDeps): ServiceImpl<typeof Searc
       limit: pageSize,
       offset,
       ...(vector === undefined ? {} : { vector }),
+      // Phrases and exclusions are asked for exactly: nothing joins for not matching them.
+      ...(vector !== undefined &&
+      deps.vectors?.relatedMinSimilarity !== undefined &&
+      understood.phrases.length === 0 &&
+      understood.excluded.length === 0
+        ? { relatedMinSimilarity: deps.vectors.relatedMinSimilarity }
+        : {}),
     });
     const next = offset + page.hits.length;
-    const didYouMean = page.total < FEW_RESULTS ? await store.corrections(understood.words) : [];
+    const didYouMean = page.matched < FEW_RESULTS ? await store.corrections(understood.words) : [];
     let corrected = "";
     if (didYouMean.length > 0) {
       const by = new Map(didYouMean.map((c) => [c.word, c.suggestion]));
@@ -213,6 +220,7 @@ export function searchService(deps: SearchServiceDeps): ServiceImpl<typeof Searc
     const answer = create(SearchResponseSchema, {
       hits: page.hits.map(toHit),
       totalCount: BigInt(page.total),
+      matchedCount: BigInt(page.matched),
       facets: FACET_FIELDS.map((field) => ({
         field,
         values: page.facets[field].map((v) => ({ value: v.value, count: BigInt(v.count) })),

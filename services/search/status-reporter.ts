@@ -24,7 +24,7 @@ import {
  * costs documents one read, the look would cost every report a round trip.
  */
 export function indexedReporter(deps: { processing: Client<typeof DocumentProcessingService>; token: ServiceToken }): {
-  handles: (event: EventEnvelope) => boolean;
+  handles: (event: { type: string }) => boolean;
   prepare: EventPreparer<undefined>;
   outboxEffect: () => OutboxEvent | undefined;
   checkInboxBeforePrepare: false;

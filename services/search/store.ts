@@ -54,6 +54,11 @@ export interface SearchParams {
   offset: number;
   /** The query's vector literal: fuse the vector leg with the lexical ranker (not for date order). */
   vector?: string;
+  /**
+   * With `vector`: the nearest documents (visible, filtered) whose cosine similarity to the query
+   * is at least this join the results though the words do not match them; see `search`.
+   */
+  relatedMinSimilarity?: number;
 }
 
 export interface FacetCount {
@@ -77,7 +82,10 @@ export interface HitRow {
 }
 
 export interface SearchPage {
+  /** Results: the matched set, plus the related documents that joined it. */
   total: number;
+  /** Of total, the documents the words matched. */
+  matched: number;
   facets: Record<FacetField, FacetCount[]>;
   hits: HitRow[];
 }
@@ -104,6 +112,12 @@ const MAX_RERANK = 1050;
 
 /** Reciprocal rank fusion's k: a leg's rank r contributes 1 / (RRF_K + r). */
 const RRF_K = 60;
+/**
+ * Nearest documents by vector a search looks at to join its results: the HNSW index's default
+ * candidate list (hnsw.ef_search 40) returns no more than this in one scan.
+ */
+const RELATED_NEIGHBOURS = 40;
+
 /** Neighbours SimilarDocuments takes from each leg before fusing. */
 const SIMILAR_LEG = 200;
 
@@ -225,11 +239,25 @@ export class IndexStore {
     return Number(res.numDeletedRows) > 0;
   }
 
-  /** The metadata that documents may change without a new version; a specialty left empty keeps processing's. */
-  async updateMetadata(trx: Kysely<SearchDB>, documentId: string, meta: IndexMetadata): Promise<boolean> {
+  /**
+   * The metadata that documents may change without a new version; a specialty left empty keeps
+   * processing's. `vector`: the row's vector for the new title, computed from the version
+   * `vector.version` (written only if the row still holds that version).
+   */
+  async updateMetadata(
+    trx: Kysely<SearchDB>,
+    documentId: string,
+    meta: IndexMetadata,
+    vector?: { version: number; embedding: string },
+  ): Promise<boolean> {
     const res = await trx
       .updateTable("indexed_document")
       .set({
+        ...(this.vectors && vector
+          ? {
+              embedding: sql<string>`case when version = ${vector.version} then ${vector.embedding}::vector else embedding end`,
+            }
+          : {}),
         ...meta,
         title: meta.title || sql<string>`title`,
         specialty: meta.specialty ?? sql<string>`specialty`,
@@ -239,6 +267,17 @@ export class IndexStore {
       .where("document_id", "=", documentId)
       .executeTakeFirst();
     return Number(res.numUpdatedRows) > 0;
+  }
+
+  /** What the row's vector is made of (see embeddingText), and of which version. */
+  async embeddingSource(
+    documentId: string,
+  ): Promise<{ version: number; title: string; abstract: string; body: string } | undefined> {
+    return this.db
+      .selectFrom("indexed_document")
+      .select(["version", "title", "abstract", sql<string>`left(body, 2000)`.as("body")])
+      .where("document_id", "=", documentId)
+      .executeTakeFirst();
   }
 
   async versionOf(documentId: string): Promise<number | undefined> {
@@ -267,6 +306,13 @@ export class IndexStore {
     // the best BM25_RERANK matches and BM25 orders those; pages past them are ordered by a wider
     // preselection. The index's own top-k path (ORDER BY <@> LIMIT k) measured slower still.
     const rerank = p.ranker === "bm25";
+    const hybrid = p.vector !== undefined && p.ranker !== "date";
+    // Related documents: the query's nearest neighbours by vector above a similarity floor join
+    // the matched set, so a paper that words the idea differently is found. Results (total,
+    // facets, pages) are then the matched set and those; the lexical leg still ranks only what
+    // the words matched, the vector leg ranks all of them.
+    const related = hybrid && p.relatedMinSimilarity !== undefined;
+    const matchedSet = related ? sql`mt` : sql`m`;
     const score = p.ranker === "date" ? sql`0` : sql`ts_rank_cd(d.search_tsv, q.q)`;
     const order =
       p.ranker === "date"
@@ -276,16 +322,14 @@ export class IndexStore {
     const lexical = rerank
       ? sql`(select top.document_id, top.publication_date,
                     -(d.bm25_text <@> to_bm25query(${p.bm25Text}, ${this.bm25Index}))::float8 as score
-             from (select m.document_id, m.publication_date from m
+             from (select m.document_id, m.publication_date from ${matchedSet} m
                    order by ${order} limit ${sql.lit(preselect)}) top
              join ${this.table("indexed_document")} d using (document_id))`
-      : sql`m`;
-    // Hybrid: both legs rank the matched set (the tsquery still decides what matches, so counts,
-    // facets, phrases and exclusions mean what they say), and each document scores
-    // 1/(k + its lexical rank) + 1/(k + its rank by nearness to the query's vector). Both legs
-    // read m, so the filters and the caller's scope hold in both. Matches outside both legs'
-    // depth (pages past it) score 0 and follow by date.
-    const hybrid = p.vector !== undefined && p.ranker !== "date";
+      : matchedSet;
+    // Hybrid: both legs rank the results, and each document scores 1/(k + its lexical rank) +
+    // 1/(k + its rank by nearness to the query's vector). Both legs read the results, so the
+    // filters and the caller's scope hold in both. Results outside both legs' depth (pages past
+    // it) score 0 and follow by date.
     const ranked = hybrid
       ? sql`(select m.document_id, m.publication_date,
                     (coalesce(1.0 / (${sql.lit(RRF_K)} + lex.r), 0) + coalesce(1.0 / (${sql.lit(RRF_K)} + vec.r), 0))::float8 as score
@@ -298,22 +342,49 @@ export class IndexStore {
                         where d.embedding is not null
                         order by r limit ${sql.lit(preselect)}) vec using (document_id))`
       : lexical;
-    const where = [sql`d.search_tsv @@ q.q`, ...conditions(p.filters, p.scope)];
+    const scoped = conditions(p.filters, p.scope);
+    const where = [sql`d.search_tsv @@ q.q`, ...scoped];
     const facets = FACET_FIELDS.map((f) => sql`${facetQuery(f)} as ${sql.id(`f_${f}`)}`);
+    const columns = sql`d.document_id, d.specialty, d.document_type, d.journal, d.authors, d.entities, d.publication_date`;
+    const sets = related
+      ? sql`mt as materialized (
+          select ${columns}, (${score})::float8 as score
+          from ${this.table("indexed_document")} d, q
+          where ${sql.join(where, sql` and `)}
+        ),
+        near as materialized (
+          select * from (
+            select ${columns}, d.embedding <=> q.v as distance
+            from ${this.table("indexed_document")} d, q
+            where d.embedding is not null${sql.join(
+              scoped.map((c) => sql` and ${c}`),
+              sql``,
+            )}
+            order by d.embedding <=> q.v limit ${sql.lit(RELATED_NEIGHBOURS)}
+          ) n
+          where n.distance <= ${1 - p.relatedMinSimilarity!}::float8
+        ),
+        m as materialized (
+          select * from mt
+          union all
+          select ${sql.raw("n.document_id, n.specialty, n.document_type, n.journal, n.authors, n.entities, n.publication_date")}, 0::float8
+          from near n where not exists (select 1 from mt where mt.document_id = n.document_id)
+        )`
+      : sql`m as materialized (
+          select ${columns}, (${score})::float8 as score
+          from ${this.table("indexed_document")} d, q
+          where ${sql.join(where, sql` and `)}
+        )`;
     const result = await sql<Record<string, unknown>>`
       with q as (select ${q} as q${hybrid ? sql`, ${p.vector}::vector as v` : sql``}),
-      m as materialized (
-        select d.document_id, d.specialty, d.document_type, d.journal, d.authors, d.entities,
-               d.publication_date, (${score})::float8 as score
-        from ${this.table("indexed_document")} d, q
-        where ${sql.join(where, sql` and `)}
-      ),
+      ${sets},
       page as (
         select m.document_id, m.score, row_number() over (order by ${order}) as ord
         from ${ranked} m order by ${order} limit ${p.limit} offset ${p.offset}
       )
       select
         (select count(*) from m)::int as total,
+        (select count(*) from ${matchedSet})::int as matched,
         ${sql.join(facets, sql`, `)},
         (select coalesce(json_agg(h order by h.ord), '[]'::json) from (
           select page.ord, d.document_id, d.version, d.title, d.authors, d.journal,
@@ -333,7 +404,12 @@ export class IndexStore {
         count: Number(v.count),
       }));
     }
-    return { total: Number(row.total), facets: facetCounts, hits: row.hits as HitRow[] };
+    return {
+      total: Number(row.total),
+      matched: Number(row.matched),
+      facets: facetCounts,
+      hits: row.hits as HitRow[],
+    };
   }
 
   /** The indexed word closest to each given word that is not itself indexed, if one is close enough. */
@@ -373,6 +449,16 @@ export class IndexStore {
                case when v.word like ${like} then 2 else word_similarity(${p}, v.word) end
         from ${this.table("vocabulary")} v
         where v.kind in ('entity', 'author') and (lower(v.word) like ${like} or ${p} <% lower(v.word))
+        union all
+        -- Authors of private documents stay out of the shared vocabulary; their owner (and
+        -- admins) still get them, read from the documents they can see.
+        select distinct a.name, 'author', null,
+               case when lower(a.name) like ${like} then 2 else word_similarity(${p}, lower(a.name)) end
+        from ${this.table("indexed_document")} d, jsonb_array_elements_text(d.authors) as a(name)
+        where d.visibility <> 'platform' and ${scope.admin ? sql`true` : sql`d.owner = ${scope.subject}`}
+          and (lower(a.name) like ${like} or ${p} <% lower(a.name))
+          and not exists (select 1 from ${this.table("vocabulary")} v
+                          where v.kind = 'author' and v.word = a.name)
       ) s
       order by rank desc, length(text), text
       limit ${limit}

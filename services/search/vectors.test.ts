@@ -10,6 +10,7 @@ import { backends } from "../../test/support/backends.js";
 import { HashingEmbedder } from "./embedding/index.js";
 import { migrations } from "./migrations/index.js";
 import { BM25_INDEX } from "./ranker.js";
+import { indexer } from "./indexer.js";
 import { IndexStore } from "./store.js";
 import type { IndexRow, SearchDB } from "./tables.js";
 import { chooseVectorLeg, embedOne, embeddingText, vectorLiteral } from "./vectors.js";
@@ -101,4 +102,51 @@ describe.each(backends())("the vector leg on $name", (backend) => {
     },
     60_000,
   );
+
+  it.runIf(backend.name === "pglite")(
+    "follow a title change: the row's vector is made again from the new title and the stored text",
+    async () => {
+      const embedder = new HashingEmbedder({ dimensions: 64 });
+      const vectors = await chooseVectorLeg(database.db as never, schema, embedder, log);
+      const store = new IndexStore(database.db, schema, BM25_INDEX, true);
+      const indexing = indexer({ documents: undefined as never, token: undefined as never, store, vectors });
+      const r = row("Statins in the elderly", "Statin therapy after seventy.");
+      await database.db.transaction().execute(async (trx) => indexing.apply(trx, await indexing.upsertAction(r)));
+      const stored = async () =>
+        (
+          await sql<{ embedding: string; title: string }>`
+            select embedding::text as embedding, title from ${sql.id(schema, "indexed_document")}
+            where document_id = ${r.document_id}`.execute(database.db)
+        ).rows[0]!;
+      const meta = toMetadataOf(r);
+      // Same title: nothing to embed.
+      expect(await indexing.updateAction(r.document_id, meta)).not.toHaveProperty("vector");
+      const renamed = { ...meta, title: "Aspirin for primary prevention" };
+      const action = await indexing.updateAction(r.document_id, renamed);
+      await database.db.transaction().execute((trx) => indexing.apply(trx, action));
+      const after = await stored();
+      expect(after.title).toBe("Aspirin for primary prevention");
+      const expected = await embedOne(embedder, embeddingText({ ...r, title: "Aspirin for primary prevention" }));
+      const distance = async (literal: string) =>
+        (
+          await sql<{ d: number }>`select (embedding <=> ${literal}::vector)::float8 as d
+            from ${sql.id(schema, "indexed_document")} where document_id = ${r.document_id}`.execute(database.db)
+        ).rows[0]!.d;
+      expect(await distance(expected!)).toBeLessThan(1e-6);
+      expect(await distance((await embedOne(embedder, embeddingText(r)))!)).toBeGreaterThan(0.1);
+      // A vector computed from a version the row no longer holds is not written.
+      const stale = await indexing.updateAction(r.document_id, { ...meta, title: "Something else" });
+      await database.db.transaction().execute(async (trx) => {
+        await store.upsert(trx, { ...r, version: 2, title: "Aspirin for primary prevention" }, undefined);
+        await indexing.apply(trx, stale);
+      });
+      expect((await stored()).embedding).toBeNull();
+    },
+    60_000,
+  );
 });
+
+function toMetadataOf(r: IndexRow) {
+  const { title, authors, journal, specialty, document_type, publication_date, visibility, owner } = r;
+  return { title, authors, journal, specialty, document_type, publication_date, visibility, owner };
+}

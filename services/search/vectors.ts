@@ -9,6 +9,8 @@ export const VECTOR_INDEX = "indexed_document_embedding_idx";
 /** The vector leg, when this index has one: the embedder that fills and queries the column. */
 export interface VectorLeg {
   embedder: Embedder;
+  /** Nearest documents at least this similar to a query join its results; undefined: none join. */
+  relatedMinSimilarity?: number;
 }
 
 /** What a document's vector is made of: its title and what it is about, not the whole body. */
@@ -26,6 +28,8 @@ export async function chooseVectorLeg(
   schema: string,
   embedder: Embedder | undefined,
   log: Logger,
+  /** SEARCH_RELATED_MIN_SIMILARITY: related documents join from this similarity; undefined: never. */
+  relatedMinSimilarity?: number,
 ): Promise<VectorLeg | undefined> {
   if (!embedder) {
     log.info("no vector leg: SEARCH_EMBEDDER is off");
@@ -61,12 +65,16 @@ export async function chooseVectorLeg(
   }
   await sql`create index if not exists ${sql.id(VECTOR_INDEX)} on ${table}
             using hnsw (embedding vector_cosine_ops)`.execute(db);
-  log.info("vector leg on: reciprocal rank fusion with the lexical ranker", { embedder: provenance });
-  return { embedder };
+  const floor = relatedMinSimilarity;
+  log.info("vector leg on: reciprocal rank fusion with the lexical ranker", {
+    embedder: provenance,
+    related_min_similarity: floor ?? "off",
+  });
+  return floor === undefined ? { embedder } : { embedder, relatedMinSimilarity: floor };
 }
 
 /** The text a document's vector is computed from. */
-export function embeddingText(row: IndexRow): string {
+export function embeddingText(row: Pick<IndexRow, "title" | "abstract" | "body">): string {
   const about = row.abstract || row.body.slice(0, EMBEDDED_BODY_CHARS);
   return `${row.title}. ${about}`;
 }
@@ -84,4 +92,14 @@ export function vectorLiteral(v: Float32Array): string | undefined {
 export async function embedOne(embedder: Embedder, text: string): Promise<string | undefined> {
   const [v] = await embedder.embed([text]);
   return v ? vectorLiteral(v) : undefined;
+}
+
+/** The vector literals of several texts, by one embedder call (see vectorLiteral). */
+export async function embedMany(embedder: Embedder, texts: string[]): Promise<Array<string | undefined>> {
+  if (texts.length === 0) return [];
+  const vs = await embedder.embed(texts);
+  return texts.map((_, n) => {
+    const v = vs[n];
+    return v ? vectorLiteral(v) : undefined;
+  });
 }

@@ -36,7 +36,14 @@ function event(key: string, note: string): EventEnvelope {
 
 const rand = () => randomBytes(3).toString("hex");
 
-describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
+// Every behaviour holds whether events are handled one at a time or in batches (batchSize).
+const modes = dbBackends().flatMap((b) => [
+  { ...b, batchSize: 1, mode: "one at a time" },
+  { ...b, batchSize: 8, mode: "in batches of 8" },
+]);
+
+describe.each(modes)("idempotent consumer on $name, $mode", (backend) => {
+  const { batchSize } = backend;
   let broker: RunningBroker;
   let kafka: Kafka;
   let producer: Producer;
@@ -76,6 +83,7 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
       db: database.db,
       handler,
       maxAttempts,
+      batchSize,
       backoffMs: () => 10,
       consumerConfig: fastConsumer,
       logger: silent,
@@ -120,6 +128,7 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
       db: database.db,
       accepts: (e) => e.type === "medmesh.test.happened.v1",
       handler: async (e) => void calls.push(e.id),
+      batchSize,
       backoffMs: () => 10,
       consumerConfig: fastConsumer,
       logger: silent,
@@ -130,6 +139,90 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
     expect(calls.sort()).toEqual(wanted.map((e) => e.id).sort());
     const inbox = await database.db.selectFrom("inbox").select("event_id").where("group_id", "=", groupId).execute();
     expect(inbox.map((r) => r.event_id).sort()).toEqual(wanted.map((e) => e.id).sort());
+  });
+
+  it("passes over other types by their header alone, even when the rest of such a message is broken", async () => {
+    const topic = `consumer-accepts-type-${rand()}`;
+    const groupId = `g-${rand()}`;
+    await createTopics(kafka, [{ topic, numPartitions: 1 }]);
+    const wanted = Array.from({ length: 3 }, (_, i) => event(`agg-${i}`, `wanted-${i}`));
+    const other = toKafkaMessage({ ...event("agg-0", "other"), type: "medmesh.test.answered.v1" });
+    // Not a valid event (no source), but not this group's type either: nothing to dead-letter.
+    delete (other.headers as Record<string, unknown>).ce_source;
+    const invalidWanted = toKafkaMessage(event("agg-1", "invalid"));
+    delete (invalidWanted.headers as Record<string, unknown>).ce_source;
+    await producer.send({
+      topic,
+      acks: -1,
+      messages: [
+        toKafkaMessage(wanted[0]!),
+        other,
+        toKafkaMessage(wanted[1]!),
+        invalidWanted,
+        toKafkaMessage(wanted[2]!),
+      ],
+    });
+    const calls: string[] = [];
+    const c = await startIdempotentConsumer({
+      kafka,
+      groupId,
+      topics: [topic],
+      db: database.db,
+      acceptsType: (t) => t === "medmesh.test.happened.v1",
+      handler: async (e) => void calls.push(new TextDecoder().decode(e.payload)),
+      batchSize,
+      backoffMs: () => 10,
+      consumerConfig: fastConsumer,
+      logger: silent,
+    });
+    consumers.push(c);
+    await waitFor("the group to commit past all 5 messages", () => caughtUp(groupId, topic));
+    expect(calls).toEqual(["wanted-0", "wanted-1", "wanted-2"]);
+    const admin = kafka.admin();
+    await admin.connect();
+    const dlq = await admin.fetchTopicOffsets(`${topic}.${groupId}.dlq`);
+    await admin.disconnect();
+    // Only the message of its own type that is broken.
+    expect(dlq.reduce((n, p) => n + Number(p.high), 0)).toBe(1);
+  });
+
+  it("keeps partition order and handles each event once when one in the middle fails first", async () => {
+    const topic = `consumer-order-${rand()}`;
+    const groupId = `g-${rand()}`;
+    await createTopics(kafka, [{ topic, numPartitions: 1 }]);
+    const events = Array.from({ length: 30 }, (_, i) => event(`agg-${i % 3}`, `n${i}`));
+    await producer.send({ topic, acks: -1, messages: events.map(toKafkaMessage) });
+    const order: string[] = [];
+    const attempts: number[] = [];
+    const transactions = new Set<unknown>();
+    await consume(groupId, [topic], async (e, trx, delivery) => {
+      const note = new TextDecoder().decode(e.payload);
+      transactions.add(trx);
+      await trx.insertInto("effect").values({ event_id: e.id, key: e.key, note }).execute();
+      if (note === "n13") {
+        attempts.push(delivery.attempt);
+        if (delivery.attempt === 1) throw new Error("fails once");
+      }
+      order.push(note);
+    });
+    await waitFor("the group to move past every event", () => caughtUp(groupId, topic));
+    const effects = await database.db
+      .selectFrom("effect")
+      .select("note")
+      .where(
+        "event_id",
+        "in",
+        events.map((e) => e.id),
+      )
+      .execute();
+    expect(effects).toHaveLength(30);
+    expect(attempts).toEqual([1, 2]);
+    // What committed, in the order it committed: the handler calls of rolled-back tries removed.
+    const committed = order.filter((n, at) => order.indexOf(n, at + 1) === -1);
+    expect(committed).toEqual(events.map((_, i) => `n${i}`));
+    // Batches shared transactions; one at a time, each event had its own.
+    if (batchSize > 1) expect(transactions.size).toBeLessThan(30);
+    else expect(transactions.size).toBeGreaterThanOrEqual(30);
   });
 
   it("handles every event once even when Kafka delivers it twice", async () => {
@@ -294,6 +387,7 @@ describe.each(dbBackends())("idempotent consumer on $name", (backend) => {
       topics: [topic],
       db: own.db,
       handler: async () => {},
+      batchSize,
       backoffMs: () => 10,
       consumerConfig: { ...fastConsumer, retry: { retries: 1000, initialRetryTime: 20, maxRetryTime: 100 } },
       logger: recording(),

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ConfigError } from "../../../platform/config/env.js";
-import { embedderSettings } from "./config.js";
+import { embedderSettings, relatedMinSimilarity } from "./config.js";
 
 describe("embedder settings", () => {
   it("runs the hashing embedder when nothing is set, and nothing when told off", () => {
@@ -57,5 +57,15 @@ describe("embedder settings", () => {
     }
     expect(caught).toBeInstanceOf(ConfigError);
     expect((caught as ConfigError).problems).toEqual(problems);
+  });
+
+  it("reads the floor from which related documents join: off unless a similarity is given", () => {
+    expect(relatedMinSimilarity({})).toBeUndefined();
+    expect(relatedMinSimilarity({ SEARCH_RELATED_MIN_SIMILARITY: "off" })).toBeUndefined();
+    expect(relatedMinSimilarity({ SEARCH_RELATED_MIN_SIMILARITY: "0.2" })).toBe(0.2);
+    for (const bad of ["0", "1.5", "-0.1", "high"])
+      expect(() => relatedMinSimilarity({ SEARCH_RELATED_MIN_SIMILARITY: bad })).toThrow(
+        /SEARCH_RELATED_MIN_SIMILARITY must be a number above 0 and at most 1, or off/,
+      );
   });
 });

@@ -22,7 +22,22 @@ export const embedderConfigSpec = {
     "the model name for SEARCH_EMBEDDER=openai, or the model directory for SEARCH_EMBEDDER=local",
   ),
   SEARCH_EMBEDDINGS_API_KEY: env.optionalString("bearer token for SEARCH_EMBEDDINGS_URL, if it wants one"),
+  SEARCH_RELATED_MIN_SIMILARITY: env.optionalString(
+    "cosine similarity (0-1) on the embedder's scale from which a query's nearest documents join its results without matching its words; unset or off: they never join, the vector leg only reorders",
+  ),
 };
+
+/** SEARCH_RELATED_MIN_SIMILARITY read: the floor, or undefined when related documents never join. */
+export function relatedMinSimilarity(source: Record<string, string | undefined>): number | undefined {
+  const raw = loadConfig(embedderConfigSpec, source).SEARCH_RELATED_MIN_SIMILARITY?.trim();
+  if (raw === undefined || raw === "" || raw === "off") return undefined;
+  const v = Number(raw);
+  if (!Number.isFinite(v) || v <= 0 || v > 1)
+    throw new ConfigError([
+      `SEARCH_RELATED_MIN_SIMILARITY must be a number above 0 and at most 1, or off (got "${raw.slice(0, 40)}")`,
+    ]);
+  return v;
+}
 
 export type EmbedderSettings =
   | { kind: "off" }

@@ -9,6 +9,7 @@ export {
   HASHING_DIMENSIONS,
   embedderConfigSpec,
   embedderSettings,
+  relatedMinSimilarity,
   type EmbedderSettings,
 } from "./config.js";
 export { EmbeddingError, normalizeL2, type Embedder } from "./embedder.js";
