@@ -208,7 +208,7 @@ export class Ingest {
    * revoked device), `held` with unavailable when Kafka did not take it. Decide the events of one
    * device one after the other, in the order the device sent them; holding may overlap.
    */
-  async admit(e: DeviceEvent, traceparent?: string): Promise<{ held: Promise<Outcome> }> {
+  async admit(e: DeviceEvent, traceparent?: string, recheck = true): Promise<{ held: Promise<Outcome> }> {
     const l = await this.ledger(e.deviceId);
     if (l.revoked)
       throw new ConnectError(`device ${e.deviceId} has been revoked and may no longer publish`, Code.PermissionDenied);
@@ -224,10 +224,11 @@ export class Ingest {
       return { held: Promise.resolve("duplicate") };
     }
     if (seq > l.reserved + 1n) {
-      if (l.coldBaseline) {
-        // After a restart the database may lag what Kafka already holds for this device: what
-        // looks like a gap may be events acknowledged before the restart. Decide only once the
-        // worker has caught up, never by guessing.
+      if (recheck) {
+        // What looks like a gap may be events this process does not know of: acknowledged before
+        // a restart, or by another replica the device was connected to, and still on their way
+        // through Kafka to the database. Decide only once the worker group has caught up, never
+        // by guessing. Gaps are mistakes, so this slow path is rare.
         const caught = await this.opts.caughtUp(5_000);
         if (!caught)
           throw new ConnectError(
@@ -237,7 +238,7 @@ export class Ingest {
         const view = await this.opts.store.ingestView(e.deviceId);
         l.coldBaseline = false;
         if (view) this.raiseTo(l, view.appliedSequence);
-        return this.admit(e, traceparent);
+        return this.admit(e, traceparent, false);
       }
       throw failedPrecondition(
         `event.sequence: ${seq} skips ${l.reserved + 1n}${l.reserved + 2n < seq ? `..${seq - 1n}` : ""}; the server holds up to ${l.acked}, send the events after it first`,
