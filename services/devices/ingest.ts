@@ -34,8 +34,6 @@ interface Ledger {
   inflight: Map<bigint, InFlight>;
   /** Client ids of recently acknowledged sequences, to tell a resend from a reused sequence. */
   recent: Map<bigint, string>;
-  /** Only the database said where the device stands: Kafka may hold more than it shows yet. */
-  coldBaseline: boolean;
   revoked: boolean;
   loadedAt: number;
 }
@@ -122,7 +120,6 @@ export class Ingest {
       reserved: view.appliedSequence,
       inflight: new Map(),
       recent: new Map(),
-      coldBaseline: true,
       revoked: view.revoked,
       loadedAt: this.now(),
     };
@@ -165,9 +162,10 @@ export class Ingest {
 
   /**
    * Checks what does not depend on the device's history: the caller, the time, the size, unknown
-   * fields. Throws the error the caller gets for the whole call.
+   * fields. Throws the error the caller gets for the whole call; answers the event as it will be
+   * published (encoded once: its size is what is checked).
    */
-  check(callerDeviceId: string, e: DeviceEvent, index?: number): void {
+  check(callerDeviceId: string, e: DeviceEvent, index?: number): Uint8Array {
     const at = index === undefined ? "event" : `events[${index}]`;
     if (e.deviceId !== callerDeviceId)
       throw new ConnectError(
@@ -183,11 +181,12 @@ export class Ingest {
       throw invalid(
         `${at}.event_time: ${new Date(time).toISOString()} is more than ${Math.round(this.opts.maxClockSkewMs / 1000)} s in the future; check the device's clock`,
       );
-    const size = toBinary(DeviceEventRecordedSchema, this.record(e)).byteLength;
-    if (size > this.opts.maxEventBytes)
+    const payload = toBinary(DeviceEventRecordedSchema, this.record(e));
+    if (payload.byteLength > this.opts.maxEventBytes)
       throw invalid(
-        `${at}: is ${size} bytes encoded, more than the ${this.opts.maxEventBytes} bytes an event may have`,
+        `${at}: is ${payload.byteLength} bytes encoded, more than the ${this.opts.maxEventBytes} bytes an event may have`,
       );
+    return payload;
   }
 
   private record(e: DeviceEvent) {
@@ -208,7 +207,12 @@ export class Ingest {
    * revoked device), `held` with unavailable when Kafka did not take it. Decide the events of one
    * device one after the other, in the order the device sent them; holding may overlap.
    */
-  async admit(e: DeviceEvent, traceparent?: string, recheck = true): Promise<{ held: Promise<Outcome> }> {
+  async admit(
+    e: DeviceEvent,
+    payload: Uint8Array,
+    traceparent?: string,
+    recheck = true,
+  ): Promise<{ held: Promise<Outcome> }> {
     const l = await this.ledger(e.deviceId);
     if (l.revoked)
       throw new ConnectError(`device ${e.deviceId} has been revoked and may no longer publish`, Code.PermissionDenied);
@@ -236,15 +240,14 @@ export class Ingest {
             Code.Unavailable,
           );
         const view = await this.opts.store.ingestView(e.deviceId);
-        l.coldBaseline = false;
         if (view) this.raiseTo(l, view.appliedSequence);
-        return this.admit(e, traceparent, false);
+        return this.admit(e, payload, traceparent, false);
       }
       throw failedPrecondition(
         `event.sequence: ${seq} skips ${l.reserved + 1n}${l.reserved + 2n < seq ? `..${seq - 1n}` : ""}; the server holds up to ${l.acked}, send the events after it first`,
       );
     }
-    return quiet(this.publish(l, e, traceparent));
+    return quiet(this.publish(l, e, payload, traceparent));
   }
 
   private reused(e: DeviceEvent, clientId: string) {
@@ -253,7 +256,7 @@ export class Ingest {
     );
   }
 
-  private publish(l: Ledger, e: DeviceEvent, traceparent?: string): Promise<Outcome> {
+  private publish(l: Ledger, e: DeviceEvent, payload: Uint8Array, traceparent?: string): Promise<Outcome> {
     const seq = e.sequence;
     if (seq > l.reserved) l.reserved = seq;
     const envelope = newEvent({
@@ -262,7 +265,7 @@ export class Ingest {
       type: DEVICE_EVENT.type,
       source: SOURCE,
       contentType: DEVICE_EVENT.contentType,
-      payload: toBinary(DeviceEventRecordedSchema, this.record(e)),
+      payload,
       ...(traceparent ? { traceparent } : {}),
     });
     const entry: InFlight = { clientId: e.clientId, ok: false, done: undefined as unknown as Promise<void> };

@@ -279,6 +279,18 @@ describe.each(backends())("devices on $name", (backend) => {
     expect(err.code).toBe(Code.NotFound);
   });
 
+  it("leaves device keys to the devices service at identity", async () => {
+    const deviceId = randomUUID();
+    const other = await identity.serviceBearer(`other-${suffix}`);
+    let err = await rejection(identityClient.issueDeviceApiKey({ deviceId }, { headers: other }));
+    expect(err.code).toBe(Code.PermissionDenied);
+    expect(err.rawMessage).toBe("only the devices service manages device keys");
+    err = await rejection(identityClient.revokeDeviceApiKeys({ deviceId }, { headers: other }));
+    expect(err.code).toBe(Code.PermissionDenied);
+    err = await rejection(identityClient.issueDeviceApiKey({ deviceId }, { headers: await identity.bearer("admin") }));
+    expect(err.code).toBe(Code.PermissionDenied);
+  });
+
   it("refuses a revoked device's events and its key", async () => {
     const { id, owner, client, reg } = await device();
     await stream(client, [event(id, 1)]);

@@ -204,11 +204,11 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
         for await (const req of requests) {
           if (failed) return;
           const e = req.event!;
-          ingest.check(caller.subject, e);
+          const payload = ingest.check(caller.subject, e);
           // Backpressure: with this many events unacknowledged the stream is not read further,
           // so HTTP/2 flow control holds the device back.
           while (inflight >= opts.maxInFlight) await new Promise<void>((r) => (slotFreed = r));
-          const { held } = await ingest.admit(e, traceparent);
+          const { held } = await ingest.admit(e, payload, traceparent);
           inflight++;
           held.then(
             // Acknowledged before the slot is freed, so the last acknowledgement precedes the end of the stream.
@@ -239,7 +239,7 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
           `events: ${req.events.length} events is more than the ${opts.maxBatch} one batch may carry; split the batch`,
           Code.InvalidArgument,
         );
-      req.events.forEach((e, i) => ingest.check(caller.subject, e, i));
+      const payloads = req.events.map((e, i) => ingest.check(caller.subject, e, i));
       const traceparent = currentTraceparent();
       const results: EventResult[] = req.events.map((e) =>
         create(EventResultSchema, { sequence: e.sequence, outcome: EventOutcome.NOT_TRIED }),
@@ -250,7 +250,7 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
         const e = req.events[i]!;
         let held;
         try {
-          ({ held } = await ingest.admit(e, traceparent));
+          ({ held } = await ingest.admit(e, payloads[i]!, traceparent));
         } catch (err) {
           const error = ConnectError.from(err);
           // A refusal of the device as a whole is the call's answer, not an event's.
