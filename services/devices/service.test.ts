@@ -134,6 +134,15 @@ describe.each(backends())("devices on $name", (backend) => {
     expect(rest.nextPageToken).toBe("");
     const listed = await owner.listDevices({});
     expect(listed.devices.map((d) => d.id)).toContain(id);
+    const second = await device();
+    const first = await owner.listDevices({ pageSize: 1 });
+    expect(first.devices.map((d) => d.id)).toEqual([second.id]);
+    expect(first.nextPageToken).not.toBe("");
+    const next = await owner.listDevices({ pageSize: 1, pageToken: first.nextPageToken });
+    expect(next.devices.map((d) => d.id)).toEqual([id]);
+    // Another user's list cannot be continued with it.
+    const err = await rejection((await user("doctor2")).listDevices({ pageSize: 1, pageToken: first.nextPageToken }));
+    expect(err.code).toBe(Code.InvalidArgument);
   });
 
   it("takes a resend after a reconnect without duplicates, and acknowledges what it already holds", async () => {

@@ -16,6 +16,7 @@ import {
 import type { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
 import type { ServiceToken } from "../../platform/auth/service-token.js";
 import { callerOf } from "../../platform/grpc/caller.js";
+import { decodePageToken, encodePageToken } from "../../platform/grpc/page-token.js";
 import type { Client } from "@connectrpc/connect";
 import type { Principal } from "../../platform/grpc/interceptors/access.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
@@ -148,17 +149,14 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
     async listDevices(req, ctx) {
       const caller = callerOf(ctx);
       const size = req.pageSize || 50;
-      let before: number | undefined;
-      if (req.pageToken !== "") {
-        before = Number(req.pageToken);
-        if (!/^\d{1,15}$/.test(req.pageToken))
-          throw new ConnectError("page_token is not a token issued by this service", Code.InvalidArgument);
-      }
+      // Bound to whose list it is: a token from an admin's list is no use in someone else's.
+      const scope = { owner: isAdmin(caller) ? "*" : caller.subject };
+      const before = decodePageToken(req.pageToken, scope);
       const rows = await store.devices(isAdmin(caller) ? undefined : caller.subject, before, size + 1);
       const page = rows.slice(0, size);
       return {
         devices: page.map(toDevice),
-        nextPageToken: rows.length > size ? String(page[page.length - 1]!.seq) : "",
+        nextPageToken: rows.length > size ? encodePageToken(Number(page[page.length - 1]!.seq), scope) : "",
       };
     },
 
