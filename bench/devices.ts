@@ -216,7 +216,7 @@ async function phase(
     acked,
     seconds,
     errors,
-    latency: { p50: l.p50, p99: l.p99, max: l.max, count: Number(l.n) },
+    latency: { p50: Number(l.p50), p99: Number(l.p99), max: Number(l.max), count: Number(l.n) },
     drainSeconds: Math.max(0, (new Date(l.last).getTime() - (t0 + seconds * 1000)) / 1000),
     cpu: Object.fromEntries(Object.keys(cpu1).map((k) => [k, (cpu1[k] ?? 0) - (cpu0[k] ?? 0)])),
   };
