@@ -721,10 +721,11 @@ export const DeviceService: GenService<{
     output: typeof DeleteDeviceResponseSchema;
   },
   /**
-   * For devices, over gRPC: events in, acknowledgements out. The first answer says where the
-   * device stands (the highest sequence the server holds); each later one acknowledges every
-   * event up to acked_sequence, sent only once Kafka has accepted them. Events are numbered 1, 2,
-   * 3… per device; resending an acknowledged event is harmless.
+   * For devices, over gRPC: events in, acknowledgements out. Each answer acknowledges every event
+   * of the device up to acked_sequence, sent only once Kafka has accepted them all, and only when
+   * that number moved. Events are numbered 1, 2, 3… per device; after a reconnect, send again
+   * everything not acknowledged: an event the server already holds is acknowledged again and
+   * changes nothing.
    *
    * @generated from rpc medmesh.devices.v1.DeviceService.StreamEvents
    */
