@@ -1,4 +1,5 @@
 import type { DescService } from "@bufbuild/protobuf";
+import { DeviceService } from "../gen/medmesh/devices/v1/devices_pb.js";
 import { DocumentService } from "../gen/medmesh/documents/v1/documents_pb.js";
 import { IdentityService } from "../gen/medmesh/identity/v1/identity_pb.js";
 import { SearchService } from "../gen/medmesh/search/v1/search_pb.js";
@@ -14,6 +15,7 @@ const known: Array<{ service: DescService; component: Component & { targetVariab
   { service: DocumentService, component: components.documents },
   { service: IdentityService, component: components.identity },
   { service: SearchService, component: components.search },
+  { service: DeviceService, component: components.devices },
 ];
 
 export const publicServices: DescService[] = known.map((k) => k.service).filter(isPublicService);

@@ -119,6 +119,7 @@ async function meshPorts(): Promise<Record<string, string>> {
     IDENTITY_PORT: String(await freePort()),
     PROCESSING_PORT: String(await freePort()),
     SEARCH_PORT: String(await freePort()),
+    DEVICES_PORT: String(await freePort()),
     EMBEDDED_PG_PORT: String(await freePort()),
     KAFKA_PORT: String(await freePort()),
   };
@@ -308,6 +309,7 @@ describe("the embedded launcher supervises the mesh", () => {
   it("stops everything on SIGINT to the process group, in reverse order, quietly", async () => {
     const pids = currentPids();
     expect(Object.keys(pids).sort()).toEqual([
+      "devices",
       "documents",
       "gateway",
       "identity",
@@ -337,7 +339,7 @@ describe("the embedded launcher supervises the mesh", () => {
       .split("\n")
       .filter((l) => l.includes('"msg":"stopping"') && !l.includes('"service":"launcher"'))
       .map((l) => JSON.parse(l).service as string);
-    expect(order).toEqual(["gateway", "search", "processing", "documents", "identity", "kafka", "postgres"]);
+    expect(order).toEqual(["gateway", "devices", "search", "processing", "documents", "identity", "kafka", "postgres"]);
   });
 });
 

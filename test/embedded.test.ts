@@ -69,6 +69,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
       IDENTITY_PORT: String(await freePort()),
       PROCESSING_PORT: String(await freePort()),
       SEARCH_PORT: String(await freePort()),
+      DEVICES_PORT: String(await freePort()),
       EMBEDDED_PG_PORT: String(await freePort()),
       KAFKA_PORT: String(await freePort()),
     };
@@ -109,7 +110,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
   it("prints one `<name> <url>` line per endpoint, the gateway first", () => {
     expect(mesh.order[0]).toBe("gateway");
     expect(new Set(mesh.order)).toEqual(
-      new Set(["gateway", "postgres", "kafka", "identity", "documents", "processing", "search"]),
+      new Set(["gateway", "postgres", "kafka", "identity", "documents", "processing", "search", "devices"]),
     );
     expect(mesh.endpoints.get("processing")).toBe(`grpc://127.0.0.1:${env.PROCESSING_PORT}`);
     expect(gateway).toBe(`http://127.0.0.1:${env.GATEWAY_PORT}`);
@@ -375,6 +376,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
   it("stops every process on SIGTERM and keeps its data across a restart", async () => {
     const pids = pidsOf(mesh);
     expect(Object.keys(pids).sort()).toEqual([
+      "devices",
       "documents",
       "gateway",
       "identity",

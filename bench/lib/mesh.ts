@@ -55,6 +55,9 @@ export async function startMesh(opts: StartOptions): Promise<Mesh> {
     KAFKA_PORT: await freePort(),
     // Same for the processing worker's health port, where the launcher starts one.
     PROCESSING_PORT: await freePort(),
+    // And search's and devices', which a developer's mesh (or another bench) may hold too.
+    SEARCH_PORT: await freePort(),
+    DEVICES_PORT: await freePort(),
   };
   const logFile = path.join(opts.dataDir, "mesh.log");
   const log = fs.openSync(logFile, "a");

@@ -24,8 +24,12 @@ const configSpec = {
   ...portField(declared.identity, "identity gRPC port"),
   ...portField(declared.processing, "processing worker's health port"),
   ...portField(declared.search, "search gRPC port"),
+  ...portField(declared.devices, "devices gRPC port"),
   SEARCH_API_KEY: env.optionalString(
     "the search service's API key; unset means one generated on first start and kept in the data dir",
+  ),
+  DEVICES_API_KEY: env.optionalString(
+    "the devices service's API key; unset means one generated on first start and kept in the data dir",
   ),
   PROCESSING_API_KEY: env.optionalString(
     "the processing worker's API key; unset means one generated on first start and kept in the data dir",
@@ -133,6 +137,7 @@ async function main() {
 
   let apiKey: string;
   let searchKey: string;
+  let devicesKey: string;
   let edgeSecret: string;
   try {
     const random = () => randomBytes(32).toString("base64url");
@@ -143,6 +148,12 @@ async function main() {
       () => `mmk_${random()}`,
     );
     searchKey = keptSecret("search-api-key", config.SEARCH_API_KEY, config.MEDMESH_DATA_DIR, () => `mmk_${random()}`);
+    devicesKey = keptSecret(
+      "devices-api-key",
+      config.DEVICES_API_KEY,
+      config.MEDMESH_DATA_DIR,
+      () => `mmk_${random()}`,
+    );
     edgeSecret = keptSecret("mesh-edge-secret", config.MESH_EDGE_SECRET, config.MEDMESH_DATA_DIR, random);
   } catch (err) {
     process.stderr.write(
@@ -151,17 +162,23 @@ async function main() {
     process.exit(2);
   }
   // Keys someone configured for other services stay; the worker's is added to them.
-  const bootstrapKeys = [process.env.IDENTITY_BOOTSTRAP_API_KEYS, `processing=${apiKey}`, `search=${searchKey}`]
+  const bootstrapKeys = [
+    process.env.IDENTITY_BOOTSTRAP_API_KEYS,
+    `processing=${apiKey}`,
+    `search=${searchKey}`,
+    `devices=${devicesKey}`,
+  ]
     .filter(Boolean)
     .join(",");
 
   let databaseUrl = config.DATABASE_URL;
   let kafkaBrokers = config.KAFKA_BROKERS;
   // Every child listens on loopback; the callers are told the ports this run uses.
-  const { documents, identity, gateway, processing, search, postgres, kafka } = declared;
+  const { documents, identity, gateway, processing, search, devices, postgres, kafka } = declared;
   const documentsTarget = loopbackAddress(config.DOCUMENTS_PORT);
   const identityTarget = loopbackAddress(config.IDENTITY_PORT);
   const searchTarget = loopbackAddress(config.SEARCH_PORT);
+  const devicesTarget = loopbackAddress(config.DEVICES_PORT);
   const components: ComponentSpec[] = [];
   if (!databaseUrl) {
     components.push({
@@ -237,6 +254,18 @@ async function main() {
       }),
     },
     {
+      name: devices.name,
+      entry: "services/devices/main.ts",
+      listens: listensOn(devices, config.DEVICES_PORT),
+      env: () => ({
+        DATABASE_URL: databaseUrl!,
+        [devices.portVariable]: String(config.DEVICES_PORT),
+        KAFKA_BROKERS: kafkaBrokers!,
+        [identity.targetVariable]: identityTarget,
+        DEVICES_API_KEY: devicesKey,
+      }),
+    },
+    {
       name: gateway.name,
       entry: "gateway/main.ts",
       listens: listensOn(gateway, config.GATEWAY_PORT, config.GATEWAY_HOST),
@@ -244,6 +273,7 @@ async function main() {
         [documents.targetVariable]: documentsTarget,
         [identity.targetVariable]: identityTarget,
         [search.targetVariable]: searchTarget,
+        [devices.targetVariable]: devicesTarget,
         [gateway.portVariable]: String(config.GATEWAY_PORT),
         [gateway.hostVariable]: config.GATEWAY_HOST,
         MESH_EDGE_SECRET: edgeSecret,
@@ -265,7 +295,7 @@ async function main() {
     // need only storage), then what calls the services: the gateway in front of them and the
     // processing worker behind them.
     const infrastructure = new Set<string>([postgres.name, kafka.name]);
-    const callers = new Set<string>([gateway.name, processing.name, search.name]);
+    const callers = new Set<string>([gateway.name, processing.name, search.name, devices.name]);
     const stages = [
       components.filter((c) => infrastructure.has(c.name)),
       components.filter((c) => !infrastructure.has(c.name) && !callers.has(c.name)),

@@ -41,6 +41,13 @@ export const components = {
     portVariable: "SEARCH_PORT",
     targetVariable: "SEARCH_TARGET",
   },
+  devices: {
+    name: "devices",
+    port: 50055,
+    hostVariable: "DEVICES_HOST",
+    portVariable: "DEVICES_PORT",
+    targetVariable: "DEVICES_TARGET",
+  },
   postgres: { name: "postgres", port: 54329, hostVariable: "EMBEDDED_PG_HOST", portVariable: "EMBEDDED_PG_PORT" },
   kafka: { name: "kafka", port: 9092, hostVariable: "KAFKA_HOST", portVariable: "KAFKA_PORT" },
 } as const satisfies Record<string, Component>;

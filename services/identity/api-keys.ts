@@ -35,8 +35,21 @@ export const apiKeyDetails = (row: ApiKeyRow) => ({ api_key_id: row.id, name: ro
 
 type Handlers = Pick<
   ServiceImpl<typeof IdentityService>,
-  "createApiKey" | "listApiKeys" | "revokeApiKey" | "exchangeApiKey"
+  "createApiKey" | "listApiKeys" | "revokeApiKey" | "exchangeApiKey" | "issueDeviceApiKey" | "revokeDeviceApiKeys"
 >;
+
+/**
+ * The service principal allowed to manage device keys. The contract admits every service to those
+ * RPCs; only the devices service owns devices, so the others are refused here.
+ */
+export const DEVICE_KEY_ISSUER = "devices";
+
+function deviceKeyIssuer(ctx: Parameters<typeof callerOf>[0]): string {
+  const caller = callerOf(ctx).subject;
+  if (caller !== DEVICE_KEY_ISSUER)
+    throw new ConnectError(`only the ${DEVICE_KEY_ISSUER} service manages device keys`, Code.PermissionDenied);
+  return caller;
+}
 
 export function apiKeyHandlers(identity: IdentityContext): Handlers {
   const { store, audit, now } = identity;
@@ -63,6 +76,28 @@ export function apiKeyHandlers(identity: IdentityContext): Handlers {
         await audit({ event: "api_key_revoked", actor, details: apiKeyDetails(row) });
       }
       return {};
+    },
+
+    async issueDeviceApiKey(req, ctx) {
+      const actor = deviceKeyIssuer(ctx);
+      const key = newOpaqueToken(API_KEY_PREFIX);
+      const row = await store.insertApiKey(
+        apiKeyRecord(key, { name: req.deviceId, kind: "device", createdBy: actor }, now()),
+      );
+      await audit({ event: "api_key_created", actor, details: apiKeyDetails(row) });
+      return { apiKey: toApiKey(row), key };
+    },
+
+    async revokeDeviceApiKeys(req, ctx) {
+      const actor = deviceKeyIssuer(ctx);
+      const revoked = await store.revokeApiKeysNamed(req.deviceId, now());
+      if (revoked > 0)
+        await audit({
+          event: "api_key_revoked",
+          actor,
+          details: { name: req.deviceId, kind: "device", revoked: String(revoked) },
+        });
+      return { revoked };
     },
 
     async exchangeApiKey(req) {

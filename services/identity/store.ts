@@ -344,6 +344,11 @@ export class IdentityStore {
     return changed(res);
   }
 
+  /** Revokes every live key of `name` (a device's keys); answers how many. */
+  async revokeApiKeysNamed(name: string, now: Date): Promise<number> {
+    return changed(await this.revokingApiKeys(now).where("name", "=", name).executeTakeFirst());
+  }
+
   // Only live keys, so a key's revocation time stays the first one.
   private revokingApiKeys(now: Date) {
     return this.db.updateTable("api_keys").set({ revoked_at: now }).where("revoked_at", "is", null);

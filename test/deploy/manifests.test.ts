@@ -53,6 +53,7 @@ const meshProcesses: Record<string, Component> = {
   identity: components.identity,
   processing: components.processing,
   search: components.search,
+  devices: components.devices,
 };
 
 /** Ports, targets and brokers in one process's environment that differ from the declaration. */

@@ -1,0 +1,338 @@
+/**
+ * Device telemetry end to end on the embedded default: `npm run bench:devices`
+ * (node --import tsx bench/devices.ts). Starts the `npm start` launcher on free ports with a
+ * temporary data dir, registers BENCH_DEVICES devices through the gateway and trades their keys for
+ * tokens, then, one after the other on the same mesh:
+ *
+ *  1. gRPC streams: half the devices each hold a StreamEvents through the gateway for
+ *     BENCH_SECONDS, keeping up to BENCH_WINDOW events unacknowledged;
+ *  2. Connect batches: the other half each send PublishEvents of BENCH_BATCH events (Connect JSON
+ *     over HTTP/1.1, what a browser or script sends) back to back for BENCH_SECONDS;
+ *  3. GetDeviceState over gRPC, directly to the mesh's devices service (cache on, the default)
+ *     and to a second devices process on the same database with the cache off, closed loop.
+ *
+ * Throughput counts acknowledged events (Kafka holds them). Send -> visible is, per event, the
+ * time its state commit started (the history row's applied_at, Postgres' clock) minus the
+ * event_time the device stamped as it sent it (this machine's clock, the same one): the state is
+ * readable through GetDeviceState from that commit, plus the cache invalidation right after it.
+ * Writes bench/results/devices.md.
+ */
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import pg from "pg";
+import { DeviceEventSchema, DeviceService, type StreamEventsRequest } from "../gen/medmesh/devices/v1/devices_pb.js";
+import { closedLoop } from "./lib/grpc-load.js";
+import { cpuSecondsOf, freePort, resultsFile, startMesh, type Mesh } from "./lib/mesh.js";
+import { intFromEnv } from "./lib/env.js";
+import { fmt, say } from "./lib/format.js";
+import { signInBenchAdmin } from "./lib/sign-in.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const DEVICES = intFromEnv("BENCH_DEVICES", 40, 2, 10_000);
+const SECONDS = intFromEnv("BENCH_SECONDS", 20, 1, 3600);
+const WINDOW = intFromEnv("BENCH_WINDOW", 200, 1, 100_000);
+const BATCH = intFromEnv("BENCH_BATCH", 100, 1, 500);
+const READ_SECONDS = intFromEnv("BENCH_READ_SECONDS", 10, 1, 600);
+const READ_CONCURRENCY = intFromEnv("BENCH_READ_CONCURRENCY", 32, 1, 1024);
+
+interface Device {
+  id: string;
+  token: string;
+  next: number;
+}
+
+interface PhaseResult {
+  name: string;
+  devices: number;
+  acked: number;
+  seconds: number;
+  errors: number;
+  /** Milliseconds from send to applied, per event, sorted ascending. */
+  latency: { p50: number; p99: number; max: number; count: number };
+  /** Last event applied after the phase ended (how far the worker trailed), seconds. */
+  drainSeconds: number;
+  cpu: Record<string, number>;
+}
+
+async function connectJson<T>(gateway: string, method: string, body: unknown, token?: string): Promise<T> {
+  const res = await fetch(`${gateway}/${method}`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify(body),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${method}: ${res.status} ${text.slice(0, 300)}`);
+  return JSON.parse(text) as T;
+}
+
+async function registerDevices(gateway: string, admin: string, n: number): Promise<Device[]> {
+  const out: Device[] = [];
+  for (let i = 0; i < n; i++) {
+    const reg = await connectJson<{ device: { id: string }; apiKey: string }>(
+      gateway,
+      "medmesh.devices.v1.DeviceService/RegisterDevice",
+      { name: `bench device ${i}`, type: "bench-sensor" },
+      admin,
+    );
+    const { accessToken } = await connectJson<{ accessToken: string }>(
+      gateway,
+      "medmesh.identity.v1.IdentityService/ExchangeApiKey",
+      { apiKey: reg.apiKey },
+    );
+    out.push({ id: reg.device.id, token: accessToken, next: 1 });
+  }
+  return out;
+}
+
+const eventOf = (d: Device, seq: number) =>
+  create(DeviceEventSchema, {
+    deviceId: d.id,
+    sequence: BigInt(seq),
+    clientId: `b${seq}`,
+    eventTime: timestampFromDate(new Date()),
+    readings: { pulse: 60 + (seq % 40), spo2: 90 + (seq % 10) },
+  });
+
+/** One device's stream: keeps WINDOW events unacknowledged until `until`, then waits for the last ack. */
+async function streamDevice(gateway: string, d: Device, until: number): Promise<{ acked: number; error?: string }> {
+  const transport = createGrpcTransport({ baseUrl: gateway });
+  const client = createClient(DeviceService, transport);
+  let acked = d.next - 1;
+  let sent = d.next - 1;
+  let wake: (() => void) | undefined;
+  async function* events(): AsyncIterable<StreamEventsRequest> {
+    while (Date.now() < until) {
+      while (sent - acked >= WINDOW) await new Promise<void>((r) => (wake = r));
+      sent++;
+      yield { event: eventOf(d, sent) } as StreamEventsRequest;
+    }
+  }
+  const start = acked;
+  try {
+    for await (const r of client.streamEvents(events(), {
+      headers: { authorization: `Bearer ${d.token}` },
+      timeoutMs: (SECONDS + 60) * 1000,
+    })) {
+      acked = Number(r.ackedSequence);
+      const w = wake;
+      wake = undefined;
+      w?.();
+    }
+  } catch (err) {
+    d.next = acked + 1;
+    return { acked: acked - start, error: (err as Error).message };
+  }
+  d.next = acked + 1;
+  return { acked: acked - start };
+}
+
+async function batchDevice(gateway: string, d: Device, until: number): Promise<{ acked: number; errors: number }> {
+  let acked = 0;
+  let errors = 0;
+  while (Date.now() < until) {
+    const events = Array.from({ length: BATCH }, (_, i) => {
+      const e = eventOf(d, d.next + i);
+      return {
+        deviceId: e.deviceId,
+        sequence: String(e.sequence),
+        clientId: e.clientId,
+        eventTime: new Date().toISOString(),
+        readings: e.readings,
+      };
+    });
+    try {
+      const res = await connectJson<{ ackedSequence: string }>(
+        gateway,
+        "medmesh.devices.v1.DeviceService/PublishEvents",
+        { events },
+        d.token,
+      );
+      const now = Number(res.ackedSequence);
+      acked += now - (d.next - 1);
+      d.next = now + 1;
+    } catch {
+      errors++;
+    }
+  }
+  return { acked, errors };
+}
+
+async function latencies(db: pg.Client, ids: string[], since: Date) {
+  const r = await db.query<{ p50: number; p99: number; max: number; n: string; last: Date }>(
+    `select percentile_cont(0.5) within group (order by ms) p50, percentile_cont(0.99) within group (order by ms) p99,
+            max(ms) max, count(*) n, max(applied_at) last
+       from (select extract(epoch from applied_at - event_time) * 1000 ms, applied_at from devices.device_event
+              where device_id = any($1::uuid[]) and event_time >= $2) t`,
+    [ids, since],
+  );
+  return r.rows[0]!;
+}
+
+async function waitApplied(db: pg.Client, ids: string[], since: Date, expected: number) {
+  const until = Date.now() + 120_000;
+  for (;;) {
+    const r = await db.query<{ n: string }>(
+      "select count(*) n from devices.device_event where device_id = any($1::uuid[]) and event_time >= $2",
+      [ids, since],
+    );
+    if (Number(r.rows[0]!.n) >= expected || Date.now() > until) return Number(r.rows[0]!.n);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+function cpuOf(mesh: Mesh): Record<string, number> {
+  return Object.fromEntries(Object.entries(mesh.pids).map(([name, pid]) => [name, cpuSecondsOf(pid)]));
+}
+
+async function phase(
+  name: string,
+  mesh: Mesh,
+  db: pg.Client,
+  devices: Device[],
+  run: (d: Device, until: number) => Promise<{ acked: number; errors: number }>,
+): Promise<PhaseResult> {
+  say(`${name}: ${devices.length} devices for ${SECONDS} s`);
+  const since = new Date();
+  const cpu0 = cpuOf(mesh);
+  const t0 = Date.now();
+  const results = await Promise.all(devices.map((d) => run(d, t0 + SECONDS * 1000)));
+  const seconds = (Date.now() - t0) / 1000;
+  const acked = results.reduce((a, r) => a + r.acked, 0);
+  const errors = results.reduce((a, r) => a + r.errors, 0);
+  const ids = devices.map((d) => d.id);
+  await waitApplied(db, ids, since, acked);
+  const cpu1 = cpuOf(mesh);
+  const l = await latencies(db, ids, since);
+  const result: PhaseResult = {
+    name,
+    devices: devices.length,
+    acked,
+    seconds,
+    errors,
+    latency: { p50: Number(l.p50), p99: Number(l.p99), max: Number(l.max), count: Number(l.n) },
+    drainSeconds: Math.max(0, (new Date(l.last).getTime() - (t0 + seconds * 1000)) / 1000),
+    cpu: Object.fromEntries(Object.keys(cpu1).map((k) => [k, (cpu1[k] ?? 0) - (cpu0[k] ?? 0)])),
+  };
+  say(
+    `${name}: ${fmt(acked / seconds, 0)} events/s acknowledged (${acked} in ${fmt(seconds)} s, ${errors} errors); ` +
+      `send -> applied p50 ${fmt(l.p50)} ms, p99 ${fmt(l.p99)} ms over ${l.n} events`,
+  );
+  return result;
+}
+
+async function readLoad(target: string, token: string, ids: string[]) {
+  const client = createClient(DeviceService, createGrpcTransport({ baseUrl: target }));
+  let i = 0;
+  const headers = { authorization: `Bearer ${token}` };
+  return closedLoop(() => client.getDeviceState({ deviceId: ids[i++ % ids.length]! }, { headers }), {
+    concurrency: READ_CONCURRENCY,
+    warmupMs: 2_000,
+    durationMs: READ_SECONDS * 1000,
+  });
+}
+
+async function main() {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "medmesh-bench-devices-"));
+  const mesh = await startMesh({ root, dataDir, required: ["gateway", "devices", "kafka"], timeoutMs: 180_000 });
+  let uncached: ReturnType<typeof spawn> | undefined;
+  const db = new pg.Client({ connectionString: process.env.DATABASE_URL ?? mesh.endpoints.postgres });
+  try {
+    await db.connect();
+    const gateway = mesh.endpoints.gateway!;
+    say(`mesh up: gateway ${gateway}, devices ${mesh.endpoints.devices}`);
+    const admin = await signInBenchAdmin(gateway);
+    const devices = await registerDevices(gateway, admin, DEVICES);
+    const half = Math.floor(DEVICES / 2);
+    const streams = await phase("gRPC streams", mesh, db, devices.slice(0, half), async (d, until) => {
+      const r = await streamDevice(gateway, d, until);
+      if (r.error) say(`stream of ${d.id} ended: ${r.error}`);
+      return { acked: r.acked, errors: r.error ? 1 : 0 };
+    });
+    const batches = await phase("Connect batches", mesh, db, devices.slice(half), (d, until) =>
+      batchDevice(gateway, d, until),
+    );
+
+    // Reads: the mesh's devices (cache on) and a second devices process with the cache off.
+    const ids = devices.map((d) => d.id);
+    const direct = mesh.endpoints.devices!.replace("grpc://", "http://");
+    const port = await freePort();
+    uncached = spawn(process.execPath, ["--import", "tsx", "services/devices/main.ts"], {
+      cwd: root,
+      env: {
+        ...process.env,
+        LOG_LEVEL: "error",
+        DATABASE_URL: process.env.DATABASE_URL ?? mesh.endpoints.postgres!,
+        KAFKA_BROKERS: mesh.endpoints.kafka!,
+        IDENTITY_TARGET: mesh.endpoints.identity!.replace("grpc://", ""),
+        DEVICES_PORT: String(port),
+        DEVICES_API_KEY: fs.readFileSync(path.join(dataDir, "secrets", "devices-api-key"), "utf8").trim(),
+        DEVICES_STATE_CACHE_TTL_MS: "0",
+      },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    await new Promise<void>((resolve, reject) => {
+      uncached!.stdout!.on("data", (d: Buffer) => d.toString().includes("devices grpc://") && resolve());
+      uncached!.once("exit", (code) => reject(new Error(`uncached devices exited ${code}`)));
+    });
+    say(`GetDeviceState: ${READ_CONCURRENCY} in flight for ${READ_SECONDS} s, over ${ids.length} devices`);
+    const cached = await readLoad(direct, admin, ids);
+    const plain = await readLoad(`http://127.0.0.1:${port}`, admin, ids);
+    const rps = (r: typeof cached) => r.ok / r.windowSeconds;
+    const p = (r: typeof cached, q: number) => r.latenciesMs[Math.min(r.ok - 1, Math.floor((r.ok * q) / 100))] ?? NaN;
+    say(
+      `GetDeviceState cached ${fmt(rps(cached), 0)} req/s (p50 ${fmt(p(cached, 50))} ms), uncached ${fmt(rps(plain), 0)} req/s ` +
+        `(p50 ${fmt(p(plain, 50))} ms): ${fmt(rps(cached) / rps(plain), 2)}x`,
+    );
+
+    const row = (r: PhaseResult) =>
+      `| ${r.name} | ${r.devices} | ${fmt(r.acked / r.seconds, 0)} | ${r.errors} | ${fmt(r.latency.p50)} | ${fmt(r.latency.p99)} | ${fmt(r.latency.max)} | ${fmt(r.drainSeconds, 2)} | ${Object.entries(
+        r.cpu,
+      )
+        .filter(([, s]) => s > 0.05)
+        .map(([n, s]) => `${n} ${fmt((s / r.acked) * 1e6, 0)}`)
+        .join(", ")} |`;
+    const md = [
+      `# bench:devices — ${new Date().toISOString()}`,
+      "",
+      `Embedded default (PGlite behind the wire protocol, the embedded broker), ${os.cpus().length} cores shared by the load generator and the mesh.`,
+      `${DEVICES} devices: half on gRPC streams through the gateway (window ${WINDOW}), half on Connect JSON batches of ${BATCH}; ${SECONDS} s each, one after the other.`,
+      "",
+      "| path | devices | events/s acked | errors | send→applied p50 ms | p99 ms | max ms | worker behind at end s | CPU µs per event |",
+      "|---|---|---|---|---|---|---|---|---|",
+      row(streams),
+      row(batches),
+      "",
+      `GetDeviceState, gRPC directly to the service, ${READ_CONCURRENCY} in flight, ${READ_SECONDS} s, over ${ids.length} devices:`,
+      "",
+      "| cache | req/s | p50 ms | p99 ms | errors |",
+      "|---|---|---|---|---|",
+      `| on (in process, TTL 60 s) | ${fmt(rps(cached), 0)} | ${fmt(p(cached, 50), 2)} | ${fmt(p(cached, 99), 2)} | ${JSON.stringify(cached.errors)} |`,
+      `| off (every read a query) | ${fmt(rps(plain), 0)} | ${fmt(p(plain, 50), 2)} | ${fmt(p(plain, 99), 2)} | ${JSON.stringify(plain.errors)} |`,
+      "",
+      `Cached / uncached: ${fmt(rps(cached) / rps(plain), 2)}x.`,
+      "",
+    ].join("\n");
+    fs.mkdirSync(path.join(root, "bench/results"), { recursive: true });
+    const file = resultsFile(root, "devices");
+    fs.writeFileSync(file, md);
+    say(`wrote ${path.relative(root, file)}`);
+    console.log(md);
+  } finally {
+    uncached?.kill("SIGTERM");
+    await db.end().catch(() => undefined);
+    await mesh.stop();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,120 @@
+import type { VersionedCache } from "../../platform/cache/versioned-cache.js";
+import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
+import type { DeviceStore } from "./store.js";
+
+/** What GetDeviceState needs of a device: who owns it, and its state if anything was applied. */
+export interface CachedState {
+  ownerId: string;
+  state?: { version: string; readings: Record<string, number>; eventTime: number; updateTime: number };
+}
+
+export interface StateCacheOptions {
+  store: DeviceStore;
+  /** Undefined turns caching off: every read goes to the database. */
+  cache: VersionedCache | undefined;
+  /** Keeps two deployments (or tests) on one Redis apart. */
+  namespace: string;
+  ttlMs: number;
+  /** How long "no such device" is remembered. */
+  negativeTtlMs: number;
+  /** A cache that does not answer within this is treated as down for that read. */
+  cacheTimeoutMs?: number;
+  logger?: Logger;
+}
+
+const NO_DEVICE = "-";
+
+/**
+ * Read-through cache of device states. Each device has a namespace of its own in the versioned
+ * cache, and the worker bumps it after applying the device's events: a reader that loaded the
+ * state before the bump stores it under the old version, where nobody reads it, so a stale
+ * state is never put back over a fresh one. Concurrent misses for one device share one database
+ * read. A cache that fails or is slow is passed over: the read goes to the database.
+ */
+export class StateCache {
+  private readonly inflight = new Map<string, Promise<CachedState | undefined>>();
+  private readonly log: Logger;
+  private readonly timeoutMs: number;
+  readonly counts = { hits: 0, misses: 0, loads: 0, cacheErrors: 0 };
+
+  constructor(private readonly opts: StateCacheOptions) {
+    this.log = (opts.logger ?? rootLogger).child({ component: "state-cache" });
+    this.timeoutMs = opts.cacheTimeoutMs ?? 100;
+  }
+
+  private ns(deviceId: string) {
+    return `${this.opts.namespace}:${deviceId}`;
+  }
+
+  async get(deviceId: string): Promise<CachedState | undefined> {
+    const cache = this.opts.cache;
+    let version: string | undefined;
+    if (cache) {
+      try {
+        const found = await withTimeout(cache.get(this.ns(deviceId), "state"), this.timeoutMs);
+        if (found.value !== undefined) {
+          this.counts.hits++;
+          return found.value === NO_DEVICE ? undefined : (JSON.parse(found.value) as CachedState);
+        }
+        version = found.version;
+      } catch (err) {
+        this.cacheFailed(err);
+      }
+    }
+    this.counts.misses++;
+    const loaded = await this.load(deviceId);
+    if (cache && version !== undefined) {
+      const ttl = loaded ? this.opts.ttlMs : this.opts.negativeTtlMs;
+      const value = loaded ? JSON.stringify(loaded) : NO_DEVICE;
+      void withTimeout(cache.set(this.ns(deviceId), version, "state", value, ttl), this.timeoutMs).catch((err) =>
+        this.cacheFailed(err),
+      );
+    }
+    return loaded;
+  }
+
+  private load(deviceId: string): Promise<CachedState | undefined> {
+    const shared = this.inflight.get(deviceId);
+    if (shared) return shared;
+    this.counts.loads++;
+    const loading = this.opts.store.stateOf(deviceId).then((row) => {
+      if (!row) return undefined;
+      const out: CachedState = { ownerId: row.ownerId };
+      if (row.state)
+        out.state = {
+          version: String(row.state.sequence),
+          readings: row.state.readings,
+          eventTime: row.state.event_time.getTime(),
+          updateTime: row.state.updated_at.getTime(),
+        };
+      return out;
+    });
+    this.inflight.set(deviceId, loading);
+    void loading.finally(() => this.inflight.delete(deviceId)).catch(() => undefined);
+    return loading;
+  }
+
+  /** After the device's state or registration changed: every cached answer for it is stale. */
+  invalidate(deviceId: string): void {
+    const cache = this.opts.cache;
+    if (!cache) return;
+    void withTimeout(cache.bump(this.ns(deviceId)), 1_000).catch((err) => this.cacheFailed(err));
+  }
+
+  private cacheFailed(err: unknown) {
+    this.counts.cacheErrors++;
+    // One line per hundred failures: a cache outage must not flood the log.
+    if (this.counts.cacheErrors % 100 === 1)
+      this.log.warn("the state cache failed; reading the database instead", { error: err as Error });
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`the cache did not answer within ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
