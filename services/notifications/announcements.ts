@@ -1,0 +1,61 @@
+import type { Kysely } from "kysely";
+import type { Logger } from "../../platform/telemetry/logger.js";
+import { plan } from "./planner.js";
+import type { NotificationStore } from "./store.js";
+import type { NotificationRow, NotificationsDB } from "./tables.js";
+
+const PAGE = 200;
+
+/**
+ * Sends announcements whose time has come, a page of recipients per transaction. A run that stops
+ * half-way (a crash, a restart) is simply run again: the unique keys on (announcement, user) make
+ * the users already served a no-op, so nobody gets it twice and nobody is skipped.
+ */
+export function announcer(deps: {
+  db: Kysely<NotificationsDB>;
+  store: NotificationStore;
+  announce: (rows: NotificationRow[]) => void;
+  afterWrite: () => void;
+  log: Logger;
+}) {
+  const { db, store, log } = deps;
+  return async function runOnce(): Promise<number> {
+    let sent = 0;
+    for (const a of await store.dueAnnouncements(new Date())) {
+      let after = "";
+      for (;;) {
+        const recipients = await store.recipientsAfter(a.role, after, PAGE);
+        if (recipients.length === 0) break;
+        const made = await db.transaction().execute(async (trx) => {
+          const rows: NotificationRow[] = [];
+          for (const r of recipients) {
+            const row = await plan(
+              trx,
+              store,
+              {
+                type: "announcement",
+                userId: r.user_id,
+                sourceKey: `announcement:${a.id}`,
+                title: a.title,
+                body: a.body,
+                link: "",
+                attributes: { announcement_id: a.id },
+                variables: { title: a.title, body: a.body },
+              },
+              new Date(),
+            );
+            if (row) rows.push(row);
+          }
+          return rows;
+        });
+        deps.announce(made);
+        deps.afterWrite();
+        sent += made.length;
+        after = recipients[recipients.length - 1]!.user_id;
+      }
+      await store.finishAnnouncement(a.id, new Date());
+      log.info("announcement sent", { announcement_id: a.id, role: a.role ?? "everyone" });
+    }
+    return sent;
+  };
+}
