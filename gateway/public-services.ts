@@ -1,6 +1,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { DocumentService } from "../gen/medmesh/documents/v1/documents_pb.js";
 import { IdentityService } from "../gen/medmesh/identity/v1/identity_pb.js";
+import { NotificationService } from "../gen/medmesh/notifications/v1/notifications_pb.js";
 import { SearchService } from "../gen/medmesh/search/v1/search_pb.js";
 import { components, defaultAddress, type Component } from "../platform/config/components.js";
 import { isPublicService } from "../platform/grpc/access-policy.js";
@@ -14,6 +15,7 @@ const known: Array<{ service: DescService; component: Component & { targetVariab
   { service: DocumentService, component: components.documents },
   { service: IdentityService, component: components.identity },
   { service: SearchService, component: components.search },
+  { service: NotificationService, component: components.notifications },
 ];
 
 export const publicServices: DescService[] = known.map((k) => k.service).filter(isPublicService);

@@ -24,6 +24,12 @@ const configSpec = {
   ...portField(declared.identity, "identity gRPC port"),
   ...portField(declared.processing, "processing worker's health port"),
   ...portField(declared.search, "search gRPC port"),
+  ...portField(declared.notifications, "notifications gRPC port"),
+  ...portField(declared.smtp, "port of the embedded SMTP sink"),
+  SMTP_URL: env.optionalString("send mail through this SMTP server instead of the embedded sink"),
+  NOTIFICATIONS_API_KEY: env.optionalString(
+    "the notifications service's API key; unset means one generated on first start and kept in the data dir",
+  ),
   SEARCH_API_KEY: env.optionalString(
     "the search service's API key; unset means one generated on first start and kept in the data dir",
   ),
@@ -133,6 +139,7 @@ async function main() {
 
   let apiKey: string;
   let searchKey: string;
+  let notificationsKey: string;
   let edgeSecret: string;
   try {
     const random = () => randomBytes(32).toString("base64url");
@@ -143,6 +150,12 @@ async function main() {
       () => `mmk_${random()}`,
     );
     searchKey = keptSecret("search-api-key", config.SEARCH_API_KEY, config.MEDMESH_DATA_DIR, () => `mmk_${random()}`);
+    notificationsKey = keptSecret(
+      "notifications-api-key",
+      config.NOTIFICATIONS_API_KEY,
+      config.MEDMESH_DATA_DIR,
+      () => `mmk_${random()}`,
+    );
     edgeSecret = keptSecret("mesh-edge-secret", config.MESH_EDGE_SECRET, config.MEDMESH_DATA_DIR, random);
   } catch (err) {
     process.stderr.write(
@@ -151,17 +164,24 @@ async function main() {
     process.exit(2);
   }
   // Keys someone configured for other services stay; the worker's is added to them.
-  const bootstrapKeys = [process.env.IDENTITY_BOOTSTRAP_API_KEYS, `processing=${apiKey}`, `search=${searchKey}`]
+  const bootstrapKeys = [
+    process.env.IDENTITY_BOOTSTRAP_API_KEYS,
+    `processing=${apiKey}`,
+    `search=${searchKey}`,
+    `notifications=${notificationsKey}`,
+  ]
     .filter(Boolean)
     .join(",");
 
   let databaseUrl = config.DATABASE_URL;
   let kafkaBrokers = config.KAFKA_BROKERS;
   // Every child listens on loopback; the callers are told the ports this run uses.
-  const { documents, identity, gateway, processing, search, postgres, kafka } = declared;
+  const { documents, identity, gateway, processing, search, notifications, smtp, postgres, kafka } = declared;
   const documentsTarget = loopbackAddress(config.DOCUMENTS_PORT);
   const identityTarget = loopbackAddress(config.IDENTITY_PORT);
   const searchTarget = loopbackAddress(config.SEARCH_PORT);
+  const notificationsTarget = loopbackAddress(config.NOTIFICATIONS_PORT);
+  const smtpUrl = config.SMTP_URL ?? `smtp://${loopbackAddress(config.SMTP_SINK_PORT)}`;
   const components: ComponentSpec[] = [];
   if (!databaseUrl) {
     components.push({
@@ -179,6 +199,14 @@ async function main() {
       env: () => ({ [kafka.portVariable]: String(config.KAFKA_PORT) }),
     });
   }
+  if (!config.SMTP_URL) {
+    components.push({
+      name: smtp.name,
+      entry: "deploy/embedded/smtp-sink.ts",
+      listens: listensOn(smtp, config.SMTP_SINK_PORT),
+      env: () => ({ [smtp.portVariable]: String(config.SMTP_SINK_PORT) }),
+    });
+  }
   components.push(
     {
       name: identity.name,
@@ -190,6 +218,8 @@ async function main() {
         IDENTITY_BOOTSTRAP_ADMIN_EMAIL: config.IDENTITY_BOOTSTRAP_ADMIN_EMAIL,
         IDENTITY_BOOTSTRAP_API_KEYS: bootstrapKeys,
         MESH_EDGE_SECRET: edgeSecret,
+        // user.events, for notifications.
+        KAFKA_BROKERS: kafkaBrokers!,
       }),
     },
     {
@@ -237,6 +267,21 @@ async function main() {
       }),
     },
     {
+      name: notifications.name,
+      entry: "services/notifications/main.ts",
+      listens: listensOn(notifications, config.NOTIFICATIONS_PORT),
+      env: () => ({
+        DATABASE_URL: databaseUrl!,
+        [notifications.portVariable]: String(config.NOTIFICATIONS_PORT),
+        KAFKA_BROKERS: kafkaBrokers!,
+        [documents.targetVariable]: documentsTarget,
+        [identity.targetVariable]: identityTarget,
+        NOTIFICATIONS_API_KEY: notificationsKey,
+        SMTP_URL: smtpUrl,
+        PUBLIC_URL: process.env.PUBLIC_URL || `http://${loopbackAddress(config.GATEWAY_PORT)}`,
+      }),
+    },
+    {
       name: gateway.name,
       entry: "gateway/main.ts",
       listens: listensOn(gateway, config.GATEWAY_PORT, config.GATEWAY_HOST),
@@ -244,6 +289,7 @@ async function main() {
         [documents.targetVariable]: documentsTarget,
         [identity.targetVariable]: identityTarget,
         [search.targetVariable]: searchTarget,
+        [notifications.targetVariable]: notificationsTarget,
         [gateway.portVariable]: String(config.GATEWAY_PORT),
         [gateway.hostVariable]: config.GATEWAY_HOST,
         MESH_EDGE_SECRET: edgeSecret,
@@ -264,8 +310,8 @@ async function main() {
     // Storage and the broker depend on nothing and start together, then the services (which
     // need only storage), then what calls the services: the gateway in front of them and the
     // processing worker behind them.
-    const infrastructure = new Set<string>([postgres.name, kafka.name]);
-    const callers = new Set<string>([gateway.name, processing.name, search.name]);
+    const infrastructure = new Set<string>([postgres.name, kafka.name, smtp.name]);
+    const callers = new Set<string>([gateway.name, processing.name, search.name, notifications.name]);
     const stages = [
       components.filter((c) => infrastructure.has(c.name)),
       components.filter((c) => !infrastructure.has(c.name) && !callers.has(c.name)),

@@ -9,6 +9,7 @@ import { register, startGrpcServer } from "../../platform/grpc/server.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
 import { startComponentTelemetry } from "../../platform/telemetry/sdk.js";
 import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
+import { logger } from "../../platform/telemetry/logger.js";
 import { UserRegisteredSchema } from "../../gen/medmesh/events/v1/user_events_pb.js";
 import {
   createKafka,
@@ -87,13 +88,11 @@ export async function startIdentity(
   let relay: OutboxRelay | undefined;
   if (config.KAFKA_BROKERS.length > 0) {
     const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "identity" });
-    try {
-      await ensureTopics(kafka, [{ topic: eventTopic(UserRegisteredSchema), numPartitions: 3 }]);
-    } catch (err) {
-      await database.close();
-      await telemetry.shutdown();
-      throw err;
-    }
+    // Not a reason to refuse sign-ins: with the broker down the relay keeps retrying, and the
+    // topic is made by whichever of identity's later starts or the consumers' reaches it first.
+    await ensureTopics(kafka, [{ topic: eventTopic(UserRegisteredSchema), numPartitions: 3 }]).catch((err: Error) =>
+      logger.warn("could not make sure user.events exists; the relay retries publishing", { error: err.message }),
+    );
     relay = startOutboxRelay({ db: database.db, kafka, wakeLingerMs: 20 });
   }
   const pruning = startEventPruning({

@@ -53,6 +53,8 @@ const meshProcesses: Record<string, Component> = {
   identity: components.identity,
   processing: components.processing,
   search: components.search,
+  notifications: components.notifications,
+  smtp: components.smtp,
 };
 
 /** Ports, targets and brokers in one process's environment that differ from the declaration. */
