@@ -1,3 +1,4 @@
+import type { Agent } from "node:https";
 import nodemailer from "nodemailer";
 import { env, loadConfig, serviceSpec } from "../../platform/config/env.js";
 import { components, hostField, portField, targetField } from "../../platform/config/components.js";
@@ -92,6 +93,8 @@ export const configSpec = {
 
 export interface NotificationsHooks {
   resolvePrincipal?: PrincipalResolver;
+  /** The HTTPS agent pushes go through; tests pass one trusting their push service's certificate. */
+  pushAgent?: Agent;
 }
 
 export async function startNotifications(
@@ -160,7 +163,7 @@ export async function startNotifications(
     from: config.MAIL_FROM,
     identity,
     token,
-    push: pushSender(vapid, config.VAPID_SUBJECT),
+    push: pushSender(vapid, config.VAPID_SUBJECT, hooks.pushAgent),
     publicUrl: config.PUBLIC_URL.replace(/\/+$/, ""),
     retryBaseMs: config.NOTIFICATIONS_RETRY_BASE_MS,
     retryMaxMs: config.NOTIFICATIONS_RETRY_MAX_MS,

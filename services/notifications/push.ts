@@ -1,4 +1,5 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import type { Agent } from "node:https";
 import path from "node:path";
 import webpush from "web-push";
 import type { PushSubscriptionRow } from "./tables.js";
@@ -41,7 +42,11 @@ export interface PushSender {
   send(sub: PushSubscriptionRow, payload: string): Promise<PushOutcome>;
 }
 
-export function pushSender(keys: VapidKeys, subject: string, timeoutMs = 10_000): PushSender {
+/**
+ * `agent` is for tests, whose push service has a certificate of their own making: an agent that
+ * trusts exactly that certificate, never one that turns verification off.
+ */
+export function pushSender(keys: VapidKeys, subject: string, agent?: Agent, timeoutMs = 10_000): PushSender {
   return {
     publicKey: keys.publicKey,
     async send(sub, payload) {
@@ -49,7 +54,13 @@ export function pushSender(keys: VapidKeys, subject: string, timeoutMs = 10_000)
         const r = await webpush.sendNotification(
           { endpoint: sub.endpoint, keys: { p256dh: sub.p256dh, auth: sub.auth } },
           payload,
-          { vapidDetails: { subject, ...keys }, TTL: 24 * 3600, timeout: timeoutMs, contentEncoding: "aes128gcm" },
+          {
+            vapidDetails: { subject, ...keys },
+            TTL: 24 * 3600,
+            timeout: timeoutMs,
+            contentEncoding: "aes128gcm",
+            ...(agent ? { agent } : {}),
+          },
         );
         return { kind: "sent", response: `${r.statusCode}` };
       } catch (err) {
