@@ -119,6 +119,8 @@ describe("chaos: components killed while uploads flow", () => {
         IDENTITY_PORT: String(await freePort()),
         PROCESSING_PORT: String(await freePort()),
         SEARCH_PORT: String(await freePort()),
+        NOTIFICATIONS_PORT: String(await freePort()),
+        SMTP_SINK_PORT: String(await freePort()),
         EMBEDDED_PG_PORT: String(await freePort()),
         KAFKA_PORT: String(await freePort()),
         // The test polls every acknowledged document; the default read budget is for people.

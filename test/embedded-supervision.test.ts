@@ -119,6 +119,8 @@ async function meshPorts(): Promise<Record<string, string>> {
     IDENTITY_PORT: String(await freePort()),
     PROCESSING_PORT: String(await freePort()),
     SEARCH_PORT: String(await freePort()),
+    NOTIFICATIONS_PORT: String(await freePort()),
+    SMTP_SINK_PORT: String(await freePort()),
     EMBEDDED_PG_PORT: String(await freePort()),
     KAFKA_PORT: String(await freePort()),
   };

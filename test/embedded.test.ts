@@ -69,6 +69,8 @@ describe("the embedded mesh, as `npm start` runs it", () => {
       IDENTITY_PORT: String(await freePort()),
       PROCESSING_PORT: String(await freePort()),
       SEARCH_PORT: String(await freePort()),
+      NOTIFICATIONS_PORT: String(await freePort()),
+      SMTP_SINK_PORT: String(await freePort()),
       EMBEDDED_PG_PORT: String(await freePort()),
       KAFKA_PORT: String(await freePort()),
     };
