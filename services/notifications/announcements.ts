@@ -1,10 +1,10 @@
 import type { Kysely } from "kysely";
 import type { Logger } from "../../platform/telemetry/logger.js";
-import { plan } from "./planner.js";
+import { planMany } from "./planner.js";
 import type { NotificationStore } from "./store.js";
 import type { NotificationRow, NotificationsDB } from "./tables.js";
 
-const PAGE = 200;
+const PAGE = 500;
 
 /**
  * Sends announcements whose time has come, a page of recipients per transaction. A run that stops
@@ -26,28 +26,23 @@ export function announcer(deps: {
       for (;;) {
         const recipients = await store.recipientsAfter(a.role, after, PAGE);
         if (recipients.length === 0) break;
-        const made = await db.transaction().execute(async (trx) => {
-          const rows: NotificationRow[] = [];
-          for (const r of recipients) {
-            const row = await plan(
-              trx,
-              store,
-              {
-                type: "announcement",
-                userId: r.user_id,
-                sourceKey: `announcement:${a.id}`,
-                title: a.title,
-                body: a.body,
-                link: "",
-                attributes: { announcement_id: a.id },
-                variables: { title: a.title, body: a.body },
-              },
-              new Date(),
-            );
-            if (row) rows.push(row);
-          }
-          return rows;
-        });
+        const made = await db.transaction().execute((trx) =>
+          planMany(
+            trx,
+            store,
+            recipients.map((r) => r.user_id),
+            {
+              type: "announcement",
+              sourceKey: `announcement:${a.id}`,
+              title: a.title,
+              body: a.body,
+              link: "",
+              attributes: { announcement_id: a.id },
+              variables: { title: a.title, body: a.body },
+            },
+            new Date(),
+          ),
+        );
         deps.announce(made);
         deps.afterWrite();
         sent += made.length;

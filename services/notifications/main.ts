@@ -117,7 +117,7 @@ export async function startNotifications(
     migrations,
   );
   const db = database.db;
-  const store = new NotificationStore(db);
+  const store = new NotificationStore(db, config.NOTIFICATIONS_DB_SCHEMA);
   await store.seedTemplates(
     TYPES.map((type) => ({
       type,

@@ -60,6 +60,55 @@ export function digestDue(at: Date, mode: ModeName, q: QuietHours | undefined): 
 }
 
 /**
+ * The same notice for many users (an announcement page): what `plan` does for each, in a handful
+ * of statements for the whole page instead of several per user.
+ */
+export async function planMany(
+  trx: Db,
+  store: NotificationStore,
+  userIds: string[],
+  intent: Omit<Intent, "userId">,
+  now: Date,
+): Promise<NotificationRow[]> {
+  if (userIds.length === 0) return [];
+  const { prefs, quiet } = await store.choicesOf(trx, userIds, intent.type);
+  const mandatory = MANDATORY.has(intent.type);
+  const modeOf = (userId: string, channel: ChannelName): ModeName => {
+    if (EMAIL_ONLY.has(intent.type) && channel !== "email") return "off";
+    const chosen = prefs.get(`${userId}/${channel}`) ?? defaultMode(intent.type, channel);
+    return mandatory ? "immediate" : chosen;
+  };
+  const inApp = userIds.filter((u) => modeOf(u, "in_app") !== "off");
+  const rows = await store.addNotifications(trx, inApp, {
+    type: intent.type,
+    title: intent.title,
+    body: intent.body,
+    link: intent.link,
+    attributes: intent.attributes,
+    sourceKey: intent.sourceKey,
+  });
+  const deliveries = [];
+  for (const userId of userIds)
+    for (const channel of ["email", "push"] as const) {
+      const mode = modeOf(userId, channel);
+      if (mode === "off") continue;
+      const q = quiet.get(userId);
+      deliveries.push({
+        userId,
+        channel,
+        type: intent.type,
+        sourceKey: intent.sourceKey,
+        variables: { ...intent.variables, title: intent.title, body: intent.body, link_path: intent.link },
+        linkId: intent.linkId,
+        digest: mode === "immediate" ? undefined : mode,
+        dueAt: mode === "immediate" ? (mandatory ? now : afterQuietHours(now, q)) : digestDue(now, mode, q),
+      });
+    }
+  await store.addDeliveries(trx, deliveries);
+  return rows;
+}
+
+/**
  * Turns one intent into what the user asked for: an in-app notification and email and push
  * deliveries, each per the user's choice for this type and channel, in the caller's transaction.
  * Returns the in-app row if one was made, to be announced once the transaction commits.

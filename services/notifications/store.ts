@@ -42,7 +42,11 @@ type Db = Kysely<NotificationsDB> | Transaction<NotificationsDB>;
 
 /** Every query of the notifications service; the schema is already scoped by openServiceDatabase. */
 export class NotificationStore {
-  constructor(readonly db: Kysely<NotificationsDB>) {}
+  constructor(
+    readonly db: Kysely<NotificationsDB>,
+    /** For the one raw statement (kysely's schema scoping does not reach raw SQL). */
+    private readonly schema: string,
+  ) {}
 
   // ---- the feed
 
@@ -81,6 +85,78 @@ export class NotificationStore {
       })
       .returningAll()
       .executeTakeFirstOrThrow();
+  }
+
+  /**
+   * One notification of one cause for many users at once (an announcement's page of recipients),
+   * each numbered next in its own feed, in two statements whatever the count. Users this cause
+   * already reached are left out.
+   */
+  async addNotifications(trx: Db, userIds: string[], n: Omit<NewNotification, "userId">): Promise<NotificationRow[]> {
+    if (userIds.length === 0) return [];
+    const done = await trx
+      .selectFrom("notification")
+      .select("user_id")
+      .where("source_key", "=", n.sourceKey)
+      .where("user_id", "in", userIds)
+      .execute();
+    const skip = new Set(done.map((r) => r.user_id));
+    const fresh = userIds.filter((u) => !skip.has(u));
+    if (fresh.length === 0) return [];
+    const rows = await sql<NotificationRow>`
+      with heads as (
+        insert into ${sql.id(this.schema, "feed_head")} as f (user_id, last_seq)
+        values ${sql.join(fresh.map((u) => sql`(${u}, 1)`))}
+        on conflict (user_id) do update set last_seq = f.last_seq + 1
+        returning user_id, last_seq
+      )
+      insert into ${sql.id(this.schema, "notification")} (id, user_id, seq, type, title, body, link, attributes, source_key)
+      select gen_random_uuid(), h.user_id, h.last_seq, ${n.type}, ${n.title}, ${n.body}, ${n.link},
+             cast(${JSON.stringify(n.attributes)} as jsonb), ${n.sourceKey}
+      from heads h
+      returning *`.execute(trx);
+    return rows.rows;
+  }
+
+  /** Many deliveries in one statement; those that exist already are left as they are. */
+  async addDeliveries(trx: Db, ds: NewDelivery[]): Promise<void> {
+    if (ds.length === 0) return;
+    await trx
+      .insertInto("delivery")
+      .values(
+        ds.map((d) => ({
+          id: randomUUID(),
+          user_id: d.userId,
+          channel: d.channel,
+          type: d.type,
+          source_key: d.sourceKey,
+          variables: JSON.stringify(d.variables) as never,
+          link_id: d.linkId ?? null,
+          digest: d.digest ?? null,
+          state: "queued" as const,
+          next_attempt_at: d.dueAt,
+          claimed_until: null,
+          last_response: null,
+          sent_at: null,
+        })),
+      )
+      .onConflict((oc) => oc.columns(["source_key", "user_id", "channel"]).doNothing())
+      .execute();
+  }
+
+  /** The stored choices of many users for one type, and their quiet hours. */
+  async choicesOf(trx: Db, userIds: string[], type: string) {
+    const prefs = await trx
+      .selectFrom("preference")
+      .selectAll()
+      .where("user_id", "in", userIds)
+      .where("type", "=", type)
+      .execute();
+    const quiet = await trx.selectFrom("quiet_hours").selectAll().where("user_id", "in", userIds).execute();
+    return {
+      prefs: new Map(prefs.map((p) => [`${p.user_id}/${p.channel}`, p.mode])),
+      quiet: new Map(quiet.map((q) => [q.user_id, q as QuietHours])),
+    };
   }
 
   /** The number of the user's newest notification, 0 for none. */
