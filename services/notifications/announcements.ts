@@ -4,7 +4,7 @@ import { planMany } from "./planner.js";
 import type { NotificationStore } from "./store.js";
 import type { NotificationRow, NotificationsDB } from "./tables.js";
 
-const PAGE = 500;
+const PAGE = 1000;
 
 /**
  * Sends announcements whose time has come, a page of recipients per transaction. A run that stops
@@ -41,6 +41,7 @@ export function announcer(deps: {
               variables: { title: a.title, body: a.body },
             },
             new Date(),
+            new Set(recipients.filter((r) => r.email).map((r) => r.user_id)),
           ),
         );
         deps.announce(made);

@@ -69,6 +69,8 @@ export async function planMany(
   userIds: string[],
   intent: Omit<Intent, "userId">,
   now: Date,
+  /** Users with a known address: nobody else gets an email delivery that could only be skipped. */
+  emailable?: ReadonlySet<string>,
 ): Promise<NotificationRow[]> {
   if (userIds.length === 0) return [];
   const { prefs, quiet } = await store.choicesOf(trx, userIds, intent.type);
@@ -91,7 +93,7 @@ export async function planMany(
   for (const userId of userIds)
     for (const channel of ["email", "push"] as const) {
       const mode = modeOf(userId, channel);
-      if (mode === "off") continue;
+      if (mode === "off" || (channel === "email" && emailable && !emailable.has(userId))) continue;
       const q = quiet.get(userId);
       deliveries.push({
         userId,
