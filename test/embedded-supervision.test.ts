@@ -314,9 +314,11 @@ describe("the embedded launcher supervises the mesh", () => {
       "gateway",
       "identity",
       "kafka",
+      "notifications",
       "postgres",
       "processing",
       "search",
+      "smtp",
     ]);
     const from = mesh.output().length;
     const stopping = Date.now();
@@ -339,7 +341,17 @@ describe("the embedded launcher supervises the mesh", () => {
       .split("\n")
       .filter((l) => l.includes('"msg":"stopping"') && !l.includes('"service":"launcher"'))
       .map((l) => JSON.parse(l).service as string);
-    expect(order).toEqual(["gateway", "search", "processing", "documents", "identity", "kafka", "postgres"]);
+    expect(order).toEqual([
+      "gateway",
+      "notifications",
+      "search",
+      "processing",
+      "documents",
+      "identity",
+      "smtp",
+      "kafka",
+      "postgres",
+    ]);
   });
 });
 

@@ -111,7 +111,18 @@ describe("the embedded mesh, as `npm start` runs it", () => {
   it("prints one `<name> <url>` line per endpoint, the gateway first", () => {
     expect(mesh.order[0]).toBe("gateway");
     expect(new Set(mesh.order)).toEqual(
-      new Set(["gateway", "postgres", "kafka", "identity", "documents", "processing", "search"]),
+      new Set([
+        "gateway",
+        "postgres",
+        "kafka",
+        "smtp",
+        "mailbox",
+        "identity",
+        "documents",
+        "processing",
+        "search",
+        "notifications",
+      ]),
     );
     expect(mesh.endpoints.get("processing")).toBe(`grpc://127.0.0.1:${env.PROCESSING_PORT}`);
     expect(gateway).toBe(`http://127.0.0.1:${env.GATEWAY_PORT}`);
@@ -381,9 +392,11 @@ describe("the embedded mesh, as `npm start` runs it", () => {
       "gateway",
       "identity",
       "kafka",
+      "notifications",
       "postgres",
       "processing",
       "search",
+      "smtp",
     ]);
     const stopping = Date.now();
     expect(await mesh.stop("SIGTERM")).toBe(0);
