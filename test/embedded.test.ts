@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -383,6 +383,42 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     });
     expect(del.status).toBe(200);
     await expect.poll(async () => (await search(word)).totalCount ?? "0", { timeout: 10_000, interval: 100 }).toBe("0");
+  });
+
+  it("streams the admin's notifications over Connect through the gateway, and keeps their mail in the mailbox", async () => {
+    // One Connect streaming request: a 5-byte envelope (flags, length) around the JSON message.
+    const message = Buffer.from("{}");
+    const envelope = Buffer.concat([Buffer.from([0, 0, 0, 0, message.length]), message]);
+    const abort = new AbortController();
+    const res = await fetch(`${gateway}/medmesh.notifications.v1.NotificationService/Subscribe`, {
+      method: "POST",
+      headers: { "content-type": "application/connect+json", ...auth },
+      body: envelope,
+      signal: abort.signal,
+    });
+    expect(res.status).toBe(200);
+    const reader = res.body!.getReader();
+    let text = "";
+    // The welcome and the sign-in notice arrive as the stream's first messages.
+    while (!(text.includes("NOTIFICATION_TYPE_WELCOME") && text.includes("NOTIFICATION_TYPE_NEW_SIGN_IN"))) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += Buffer.from(value).toString("latin1");
+    }
+    abort.abort();
+    expect(text).toContain('"title":"Welcome to medmesh"');
+    expect(text).toContain("NOTIFICATION_TYPE_NEW_SIGN_IN");
+    // The mail went to the embedded SMTP sink, one .eml file per message under the data dir.
+    const mailbox = path.join(dataDir, "mailbox");
+    await expect
+      .poll(() => readdirSync(mailbox).filter((f) => f.endsWith(".eml")).length, { timeout: 20_000 })
+      .toBeGreaterThanOrEqual(2);
+    const mails = readdirSync(mailbox)
+      .filter((f) => f.endsWith(".eml"))
+      .map((f) => readFileSync(path.join(mailbox, f), "utf8"));
+    expect(mails.some((m) => /^To: admin@medmesh\.local/m.test(m) && /^Subject: Welcome to medmesh/m.test(m))).toBe(
+      true,
+    );
   });
 
   it("stops every process on SIGTERM and keeps its data across a restart", async () => {
