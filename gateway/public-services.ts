@@ -2,6 +2,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { DeviceService } from "../gen/medmesh/devices/v1/devices_pb.js";
 import { DocumentService } from "../gen/medmesh/documents/v1/documents_pb.js";
 import { IdentityService } from "../gen/medmesh/identity/v1/identity_pb.js";
+import { NotificationService } from "../gen/medmesh/notifications/v1/notifications_pb.js";
 import { SearchService } from "../gen/medmesh/search/v1/search_pb.js";
 import { components, defaultAddress, type Component } from "../platform/config/components.js";
 import { isPublicService } from "../platform/grpc/access-policy.js";
@@ -16,6 +17,7 @@ const known: Array<{ service: DescService; component: Component & { targetVariab
   { service: IdentityService, component: components.identity },
   { service: SearchService, component: components.search },
   { service: DeviceService, component: components.devices },
+  { service: NotificationService, component: components.notifications },
 ];
 
 export const publicServices: DescService[] = known.map((k) => k.service).filter(isPublicService);

@@ -18,7 +18,13 @@ import {
 import { DocumentFailedSchema, DocumentProcessedSchema } from "../gen/medmesh/events/v1/document_events_pb.js";
 import { createMeshClient } from "../platform/grpc/client.js";
 import { encryptedPdf, onePagePdf, TEXT_NOTES } from "./fixtures/documents/make-fixtures.js";
-import { freePort, processesWithEnv, startEmbeddedMesh, type EmbeddedMesh } from "./support/embedded-mesh.js";
+import {
+  freePort,
+  freeMeshPorts,
+  processesWithEnv,
+  startEmbeddedMesh,
+  type EmbeddedMesh,
+} from "./support/embedded-mesh.js";
 
 /**
  * Chaos: uploads keep flowing through the gateway while documents, the processing worker, the
@@ -114,14 +120,7 @@ describe("chaos: components killed while uploads flow", () => {
         DATABASE_URL: "",
         KAFKA_BROKERS: "",
         LOG_LEVEL: "warn",
-        GATEWAY_PORT: String(await freePort()),
-        DOCUMENTS_PORT: String(await freePort()),
-        IDENTITY_PORT: String(await freePort()),
-        PROCESSING_PORT: String(await freePort()),
-        SEARCH_PORT: String(await freePort()),
-        DEVICES_PORT: String(await freePort()),
-        EMBEDDED_PG_PORT: String(await freePort()),
-        KAFKA_PORT: String(await freePort()),
+        ...(await freeMeshPorts()),
         // The test polls every acknowledged document; the default read budget is for people.
         RATE_LIMITS: "read=2000:1000,write=60:20,auth=10:0.2,upload=20:5",
         // The reconciler (where documents has one) looks for stuck versions often and soon, so a

@@ -7,7 +7,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { DeviceEventSchema, DeviceService, type StreamEventsRequest } from "../gen/medmesh/devices/v1/devices_pb.js";
-import { freePort, isAlive, startEmbeddedMesh, type EmbeddedMesh } from "./support/embedded-mesh.js";
+import { freePort, freeMeshPorts, isAlive, startEmbeddedMesh, type EmbeddedMesh } from "./support/embedded-mesh.js";
 
 /** Launcher lines with this message, parsed. */
 function launcherLines(output: string, msg: string): Array<Record<string, unknown>> {
@@ -59,14 +59,7 @@ describe("devices through the gateway of the embedded mesh", () => {
     delete process.env.DATABASE_URL;
     mesh = await startEmbeddedMesh({
       MEDMESH_DATA_DIR: dataDir,
-      GATEWAY_PORT: String(await freePort()),
-      DOCUMENTS_PORT: String(await freePort()),
-      IDENTITY_PORT: String(await freePort()),
-      PROCESSING_PORT: String(await freePort()),
-      SEARCH_PORT: String(await freePort()),
-      DEVICES_PORT: String(await freePort()),
-      EMBEDDED_PG_PORT: String(await freePort()),
-      KAFKA_PORT: String(await freePort()),
+      ...(await freeMeshPorts()),
       DATABASE_URL: "",
       KAFKA_BROKERS: "",
       REDIS_URL: "",

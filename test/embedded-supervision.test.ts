@@ -11,6 +11,7 @@ import { Supervisor, restartDelay, type Log } from "../deploy/embedded/superviso
 import { paperPdf } from "./fixtures/documents/make-fixtures.js";
 import {
   freePort,
+  freeMeshPorts,
   isAlive,
   processesWithEnv,
   repoRoot,
@@ -114,14 +115,7 @@ function launcherLines(output: string, msg: string): Array<Record<string, unknow
 
 async function meshPorts(): Promise<Record<string, string>> {
   return {
-    GATEWAY_PORT: String(await freePort()),
-    DOCUMENTS_PORT: String(await freePort()),
-    IDENTITY_PORT: String(await freePort()),
-    PROCESSING_PORT: String(await freePort()),
-    SEARCH_PORT: String(await freePort()),
-    DEVICES_PORT: String(await freePort()),
-    EMBEDDED_PG_PORT: String(await freePort()),
-    KAFKA_PORT: String(await freePort()),
+    ...(await freeMeshPorts()),
   };
 }
 
@@ -314,9 +308,11 @@ describe("the embedded launcher supervises the mesh", () => {
       "gateway",
       "identity",
       "kafka",
+      "notifications",
       "postgres",
       "processing",
       "search",
+      "smtp",
     ]);
     const from = mesh.output().length;
     const stopping = Date.now();
@@ -339,7 +335,18 @@ describe("the embedded launcher supervises the mesh", () => {
       .split("\n")
       .filter((l) => l.includes('"msg":"stopping"') && !l.includes('"service":"launcher"'))
       .map((l) => JSON.parse(l).service as string);
-    expect(order).toEqual(["gateway", "devices", "search", "processing", "documents", "identity", "kafka", "postgres"]);
+    expect(order).toEqual([
+      "gateway",
+      "notifications",
+      "devices",
+      "search",
+      "processing",
+      "documents",
+      "identity",
+      "smtp",
+      "kafka",
+      "postgres",
+    ]);
   });
 });
 

@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -11,7 +11,14 @@ import { createMeshClient } from "../platform/grpc/client.js";
 import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { fromBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
-import { freePort, isAlive, repoRoot, startEmbeddedMesh, type EmbeddedMesh } from "./support/embedded-mesh.js";
+import {
+  freePort,
+  freeMeshPorts,
+  isAlive,
+  repoRoot,
+  startEmbeddedMesh,
+  type EmbeddedMesh,
+} from "./support/embedded-mesh.js";
 
 const run = promisify(execFile);
 const buf = path.join(repoRoot, "node_modules/.bin/buf");
@@ -64,14 +71,7 @@ describe("the embedded mesh, as `npm start` runs it", () => {
   beforeAll(async () => {
     env = {
       MEDMESH_DATA_DIR: dataDir,
-      GATEWAY_PORT: String(await freePort()),
-      DOCUMENTS_PORT: String(await freePort()),
-      IDENTITY_PORT: String(await freePort()),
-      PROCESSING_PORT: String(await freePort()),
-      SEARCH_PORT: String(await freePort()),
-      DEVICES_PORT: String(await freePort()),
-      EMBEDDED_PG_PORT: String(await freePort()),
-      KAFKA_PORT: String(await freePort()),
+      ...(await freeMeshPorts()),
     };
     // The embedded default is the point of this test: no outside servers.
     delete process.env.DATABASE_URL;
@@ -110,7 +110,19 @@ describe("the embedded mesh, as `npm start` runs it", () => {
   it("prints one `<name> <url>` line per endpoint, the gateway first", () => {
     expect(mesh.order[0]).toBe("gateway");
     expect(new Set(mesh.order)).toEqual(
-      new Set(["gateway", "postgres", "kafka", "identity", "documents", "processing", "search", "devices"]),
+      new Set([
+        "gateway",
+        "postgres",
+        "kafka",
+        "smtp",
+        "mailbox",
+        "identity",
+        "documents",
+        "processing",
+        "search",
+        "notifications",
+        "devices",
+      ]),
     );
     expect(mesh.endpoints.get("processing")).toBe(`grpc://127.0.0.1:${env.PROCESSING_PORT}`);
     expect(gateway).toBe(`http://127.0.0.1:${env.GATEWAY_PORT}`);
@@ -373,6 +385,42 @@ describe("the embedded mesh, as `npm start` runs it", () => {
     await expect.poll(async () => (await search(word)).totalCount ?? "0", { timeout: 10_000, interval: 100 }).toBe("0");
   });
 
+  it("streams the admin's notifications over Connect through the gateway, and keeps their mail in the mailbox", async () => {
+    // One Connect streaming request: a 5-byte envelope (flags, length) around the JSON message.
+    const message = Buffer.from("{}");
+    const envelope = Buffer.concat([Buffer.from([0, 0, 0, 0, message.length]), message]);
+    const abort = new AbortController();
+    const res = await fetch(`${gateway}/medmesh.notifications.v1.NotificationService/Subscribe`, {
+      method: "POST",
+      headers: { "content-type": "application/connect+json", ...auth },
+      body: envelope,
+      signal: abort.signal,
+    });
+    expect(res.status).toBe(200);
+    const reader = res.body!.getReader();
+    let text = "";
+    // The welcome and the sign-in notice arrive as the stream's first messages.
+    while (!(text.includes("NOTIFICATION_TYPE_WELCOME") && text.includes("NOTIFICATION_TYPE_NEW_SIGN_IN"))) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += Buffer.from(value).toString("latin1");
+    }
+    abort.abort();
+    expect(text).toContain('"title":"Welcome to medmesh"');
+    expect(text).toContain("NOTIFICATION_TYPE_NEW_SIGN_IN");
+    // The mail went to the embedded SMTP sink, one .eml file per message under the data dir.
+    const mailbox = path.join(dataDir, "mailbox");
+    await expect
+      .poll(() => readdirSync(mailbox).filter((f) => f.endsWith(".eml")).length, { timeout: 20_000 })
+      .toBeGreaterThanOrEqual(2);
+    const mails = readdirSync(mailbox)
+      .filter((f) => f.endsWith(".eml"))
+      .map((f) => readFileSync(path.join(mailbox, f), "utf8"));
+    expect(mails.some((m) => /^To: admin@medmesh\.local/m.test(m) && /^Subject: Welcome to medmesh/m.test(m))).toBe(
+      true,
+    );
+  });
+
   it("stops every process on SIGTERM and keeps its data across a restart", async () => {
     const pids = pidsOf(mesh);
     expect(Object.keys(pids).sort()).toEqual([
@@ -381,9 +429,11 @@ describe("the embedded mesh, as `npm start` runs it", () => {
       "gateway",
       "identity",
       "kafka",
+      "notifications",
       "postgres",
       "processing",
       "search",
+      "smtp",
     ]);
     const stopping = Date.now();
     expect(await mesh.stop("SIGTERM")).toBe(0);

@@ -3,6 +3,7 @@ import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { components } from "../../platform/config/components.js";
 
 /** A port the kernel just handed out on loopback; closed again so the mesh can bind it. */
 export async function freePort(): Promise<number> {
@@ -45,20 +46,10 @@ export interface StartOptions {
  * itself and SIGTERM reaches it directly) on free ports with its own data dir.
  */
 export async function startMesh(opts: StartOptions): Promise<Mesh> {
-  const ports = {
-    GATEWAY_PORT: await freePort(),
-    DOCUMENTS_PORT: await freePort(),
-    IDENTITY_PORT: await freePort(),
-    EMBEDDED_PG_PORT: await freePort(),
-    // Harmless where the launcher has no broker; where it has one, this keeps it off 9092,
-    // which a developer's own mesh may hold.
-    KAFKA_PORT: await freePort(),
-    // Same for the processing worker's health port, where the launcher starts one.
-    PROCESSING_PORT: await freePort(),
-    // And search's and devices', which a developer's mesh (or another bench) may hold too.
-    SEARCH_PORT: await freePort(),
-    DEVICES_PORT: await freePort(),
-  };
+  // A free port for every component the launcher may start: a developer's own mesh (or another
+  // bench) may hold the defaults.
+  const ports: Record<string, number> = {};
+  for (const c of Object.values(components)) ports[c.portVariable] = await freePort();
   const logFile = path.join(opts.dataDir, "mesh.log");
   const log = fs.openSync(logFile, "a");
   const launcher = spawn(process.execPath, [...(opts.nodeArgs ?? []), "--import", "tsx", "deploy/embedded/launch.ts"], {

@@ -25,6 +25,12 @@ const configSpec = {
   ...portField(declared.processing, "processing worker's health port"),
   ...portField(declared.search, "search gRPC port"),
   ...portField(declared.devices, "devices gRPC port"),
+  ...portField(declared.notifications, "notifications gRPC port"),
+  ...portField(declared.smtp, "port of the embedded SMTP sink"),
+  SMTP_URL: env.optionalString("send mail through this SMTP server instead of the embedded sink"),
+  NOTIFICATIONS_API_KEY: env.optionalString(
+    "the notifications service's API key; unset means one generated on first start and kept in the data dir",
+  ),
   SEARCH_API_KEY: env.optionalString(
     "the search service's API key; unset means one generated on first start and kept in the data dir",
   ),
@@ -138,6 +144,7 @@ async function main() {
   let apiKey: string;
   let searchKey: string;
   let devicesKey: string;
+  let notificationsKey: string;
   let edgeSecret: string;
   try {
     const random = () => randomBytes(32).toString("base64url");
@@ -154,6 +161,12 @@ async function main() {
       config.MEDMESH_DATA_DIR,
       () => `mmk_${random()}`,
     );
+    notificationsKey = keptSecret(
+      "notifications-api-key",
+      config.NOTIFICATIONS_API_KEY,
+      config.MEDMESH_DATA_DIR,
+      () => `mmk_${random()}`,
+    );
     edgeSecret = keptSecret("mesh-edge-secret", config.MESH_EDGE_SECRET, config.MEDMESH_DATA_DIR, random);
   } catch (err) {
     process.stderr.write(
@@ -167,6 +180,7 @@ async function main() {
     `processing=${apiKey}`,
     `search=${searchKey}`,
     `devices=${devicesKey}`,
+    `notifications=${notificationsKey}`,
   ]
     .filter(Boolean)
     .join(",");
@@ -174,11 +188,13 @@ async function main() {
   let databaseUrl = config.DATABASE_URL;
   let kafkaBrokers = config.KAFKA_BROKERS;
   // Every child listens on loopback; the callers are told the ports this run uses.
-  const { documents, identity, gateway, processing, search, devices, postgres, kafka } = declared;
+  const { documents, identity, gateway, processing, search, devices, notifications, smtp, postgres, kafka } = declared;
   const documentsTarget = loopbackAddress(config.DOCUMENTS_PORT);
   const identityTarget = loopbackAddress(config.IDENTITY_PORT);
   const searchTarget = loopbackAddress(config.SEARCH_PORT);
   const devicesTarget = loopbackAddress(config.DEVICES_PORT);
+  const notificationsTarget = loopbackAddress(config.NOTIFICATIONS_PORT);
+  const smtpUrl = config.SMTP_URL ?? `smtp://${loopbackAddress(config.SMTP_SINK_PORT)}`;
   const components: ComponentSpec[] = [];
   if (!databaseUrl) {
     components.push({
@@ -196,6 +212,14 @@ async function main() {
       env: () => ({ [kafka.portVariable]: String(config.KAFKA_PORT) }),
     });
   }
+  if (!config.SMTP_URL) {
+    components.push({
+      name: smtp.name,
+      entry: "deploy/embedded/smtp-sink.ts",
+      listens: listensOn(smtp, config.SMTP_SINK_PORT),
+      env: () => ({ [smtp.portVariable]: String(config.SMTP_SINK_PORT) }),
+    });
+  }
   components.push(
     {
       name: identity.name,
@@ -207,6 +231,8 @@ async function main() {
         IDENTITY_BOOTSTRAP_ADMIN_EMAIL: config.IDENTITY_BOOTSTRAP_ADMIN_EMAIL,
         IDENTITY_BOOTSTRAP_API_KEYS: bootstrapKeys,
         MESH_EDGE_SECRET: edgeSecret,
+        // user.events, for notifications.
+        KAFKA_BROKERS: kafkaBrokers!,
       }),
     },
     {
@@ -266,6 +292,21 @@ async function main() {
       }),
     },
     {
+      name: notifications.name,
+      entry: "services/notifications/main.ts",
+      listens: listensOn(notifications, config.NOTIFICATIONS_PORT),
+      env: () => ({
+        DATABASE_URL: databaseUrl!,
+        [notifications.portVariable]: String(config.NOTIFICATIONS_PORT),
+        KAFKA_BROKERS: kafkaBrokers!,
+        [documents.targetVariable]: documentsTarget,
+        [identity.targetVariable]: identityTarget,
+        NOTIFICATIONS_API_KEY: notificationsKey,
+        SMTP_URL: smtpUrl,
+        PUBLIC_URL: process.env.PUBLIC_URL || `http://${loopbackAddress(config.GATEWAY_PORT)}`,
+      }),
+    },
+    {
       name: gateway.name,
       entry: "gateway/main.ts",
       listens: listensOn(gateway, config.GATEWAY_PORT, config.GATEWAY_HOST),
@@ -274,6 +315,7 @@ async function main() {
         [identity.targetVariable]: identityTarget,
         [search.targetVariable]: searchTarget,
         [devices.targetVariable]: devicesTarget,
+        [notifications.targetVariable]: notificationsTarget,
         [gateway.portVariable]: String(config.GATEWAY_PORT),
         [gateway.hostVariable]: config.GATEWAY_HOST,
         MESH_EDGE_SECRET: edgeSecret,
@@ -294,8 +336,8 @@ async function main() {
     // Storage and the broker depend on nothing and start together, then the services (which
     // need only storage), then what calls the services: the gateway in front of them and the
     // processing worker behind them.
-    const infrastructure = new Set<string>([postgres.name, kafka.name]);
-    const callers = new Set<string>([gateway.name, processing.name, search.name, devices.name]);
+    const infrastructure = new Set<string>([postgres.name, kafka.name, smtp.name]);
+    const callers = new Set<string>([gateway.name, processing.name, search.name, devices.name, notifications.name]);
     const stages = [
       components.filter((c) => infrastructure.has(c.name)),
       components.filter((c) => !infrastructure.has(c.name) && !callers.has(c.name)),

@@ -48,6 +48,15 @@ export const components = {
     portVariable: "DEVICES_PORT",
     targetVariable: "DEVICES_TARGET",
   },
+  notifications: {
+    name: "notifications",
+    port: 50056,
+    hostVariable: "NOTIFICATIONS_HOST",
+    portVariable: "NOTIFICATIONS_PORT",
+    targetVariable: "NOTIFICATIONS_TARGET",
+  },
+  /** The SMTP sink `npm start` runs so mail has somewhere to go (a mailbox under the data dir). */
+  smtp: { name: "smtp", port: 2525, hostVariable: "SMTP_SINK_HOST", portVariable: "SMTP_SINK_PORT" },
   postgres: { name: "postgres", port: 54329, hostVariable: "EMBEDDED_PG_HOST", portVariable: "EMBEDDED_PG_PORT" },
   kafka: { name: "kafka", port: 9092, hostVariable: "KAFKA_HOST", portVariable: "KAFKA_PORT" },
 } as const satisfies Record<string, Component>;

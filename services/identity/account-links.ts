@@ -1,3 +1,4 @@
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
 import { invalidArgument } from "../../platform/grpc/errors.js";
@@ -7,7 +8,8 @@ import type { Delivery, IdentityContext } from "./context.js";
 import { issueOneTimeToken } from "./issue-tokens.js";
 import { hashPassword } from "./passwords.js";
 import type { OneTimePurpose, UserRow } from "./tables.js";
-import { hashToken } from "./tokens.js";
+import { hashToken, newOpaqueToken } from "./tokens.js";
+import { linkRequestedEvent } from "./user-events.js";
 import { accountOf } from "./users.js";
 
 const log = logger.child({ component: "identity" });
@@ -20,15 +22,25 @@ const badLink = (field: string) =>
 
 type Handlers = Pick<
   ServiceImpl<typeof IdentityService>,
-  "requestEmailVerification" | "verifyEmail" | "requestPasswordReset" | "resetPassword"
+  "requestEmailVerification" | "verifyEmail" | "requestPasswordReset" | "resetPassword" | "issueAccountLink"
 >;
 
 /** The single-use links sent to an account's address: email verification and password reset. */
 export function accountLinkHandlers(identity: IdentityContext): Handlers {
   const { store, audit, now, scrypt } = identity;
 
+  /**
+   * A pending link, announced on user.events by its id only. The token made here reaches nobody
+   * but an in-process `deliver` hook: the mail carries the one IssueAccountLink makes later.
+   */
   async function sendLink(user: UserRow, purpose: Delivery["purpose"], ttlMs: number): Promise<void> {
-    const { token, expiresAt } = await issueOneTimeToken(identity, user.id, purpose, ttlMs);
+    const { token, expiresAt, linkId } = await issueOneTimeToken(identity, user.id, purpose, ttlMs);
+    const at = now();
+    await audit(
+      { event: `${purpose}_requested`, userId: user.id, details: { link_id: linkId } },
+      at,
+      linkRequestedEvent(purpose, user.id, linkId, expiresAt, at),
+    );
     await identity.deliver({ purpose, userId: user.id, email: user.email, token, expiresAt });
   }
 
@@ -55,7 +67,6 @@ export function accountLinkHandlers(identity: IdentityContext): Handlers {
       if (user?.active) {
         log.info("password reset requested", { user_id: user.id });
         await sendLink(user, "password_reset", PASSWORD_RESET_MS);
-        await audit({ event: "password_reset_requested", userId: user.id });
       }
       return {};
     },
@@ -77,6 +88,23 @@ export function accountLinkHandlers(identity: IdentityContext): Handlers {
       });
       if (!userId) throw badLink("token");
       return {};
+    },
+
+    async issueAccountLink(req) {
+      const token = newOpaqueToken();
+      const link = await store.reissueOneTimeToken(req.linkId, hashToken(token), now());
+      if (!link) throw new ConnectError("the link was used, has expired or does not exist", Code.FailedPrecondition);
+      const user = await store.userById(link.user_id);
+      if (!user?.active) throw new ConnectError("the account is no longer active", Code.FailedPrecondition);
+      log.info("account link issued for mail", { user_id: user.id, purpose: link.purpose, link_id: req.linkId });
+      return {
+        token,
+        purpose: link.purpose,
+        userId: user.id,
+        email: user.email,
+        firstName: user.first_name,
+        expireTime: timestampFromDate(new Date(link.expires_at)),
+      };
     },
   };
 }

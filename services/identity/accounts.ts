@@ -4,7 +4,9 @@ import type { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.
 import { isUniqueViolation } from "../../platform/db/errors.js";
 import { callerOf } from "../../platform/grpc/caller.js";
 import type { IdentityContext } from "./context.js";
+import { clientAddressOf } from "./client.js";
 import { startSession } from "./issue-tokens.js";
+import { registeredEvent, signedInEvent } from "./user-events.js";
 import { failedCredential, refuseIfLocked } from "./lockout.js";
 import { mfaChallenge } from "./mfa.js";
 import { kindFromName, toUser } from "./model.js";
@@ -66,11 +68,12 @@ export function accountHandlers(identity: IdentityContext): Handlers {
       await audit(
         { event: "registered", userId: user.id, details: bootstrap ? { role, bootstrap: "true" } : { role } },
         at,
+        registeredEvent(user, at),
       );
       return { user: toUser(user, false) };
     },
 
-    async login(req) {
+    async login(req, ctx) {
       const user = await store.userByLogin(req.login.trim());
       if (!user) {
         // Spend the same effort as for a real account, then say the same thing.
@@ -90,7 +93,12 @@ export function accountHandlers(identity: IdentityContext): Handlers {
         return { result: { case: "mfaChallenge", value: await mfaChallenge(identity, user) } };
       }
       const tokens = await startSession(identity, user);
-      await audit({ event: "login_succeeded", userId: user.id, details: { session_id: tokens.sessionId } });
+      const at = now();
+      await audit(
+        { event: "login_succeeded", userId: user.id, details: { session_id: tokens.sessionId } },
+        at,
+        signedInEvent(user.id, tokens.sessionId, clientAddressOf(ctx), at),
+      );
       return { result: { case: "tokens", value: tokens } };
     },
 

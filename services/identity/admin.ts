@@ -4,6 +4,7 @@ import { callerOf } from "../../platform/grpc/caller.js";
 import type { IdentityContext } from "./context.js";
 import { roleName, toAuditEvent, toUser } from "./model.js";
 import type { HumanRole } from "./tables.js";
+import { roleChangedEvent } from "./user-events.js";
 import { mfaEnabled } from "./users.js";
 
 const AUDIT_PAGE_SIZE = 50;
@@ -26,9 +27,11 @@ export function adminHandlers(identity: IdentityContext): Handlers {
           );
         }
         const row = (await tx.setRole(user.id, role, now()))!;
+        const at = now();
         await tx.audit(
           { event: "role_changed", userId: user.id, actor, details: { from: user.role, to: role } },
-          now(),
+          at,
+          roleChangedEvent(user.id, user.role, role, actor, at),
         );
         return row;
       });

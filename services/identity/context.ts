@@ -1,3 +1,4 @@
+import type { OutboxEvent } from "../../platform/events/index.js";
 import type { SigningKeyRing } from "./keys.js";
 import { DEFAULT_PARAMS, type ScryptParams } from "./passwords.js";
 import type { AuditEntry, IdentityStore } from "./store.js";
@@ -11,7 +12,10 @@ export interface Delivery {
   expiresAt: Date;
 }
 
-/** Sends a one-time link to its owner. Mail is out of scope: the default delivers nothing. */
+/**
+ * Hands a one-time link with its raw token to code in the same process (tests). The mesh's way is
+ * user.events plus IssueAccountLink, which the notifications service uses; see README.
+ */
 export type Deliver = (d: Delivery) => void | Promise<void>;
 
 export interface IdentityOptions {
@@ -19,6 +23,8 @@ export interface IdentityOptions {
   keys: SigningKeyRing;
   now?: () => Date;
   deliver?: Deliver;
+  /** Called after a write that may have queued user.events, so the relay publishes at once. */
+  afterWrite?: () => void;
   /** The account registered with this address becomes admin while no admin exists. */
   bootstrapAdminEmail?: string;
   scrypt?: ScryptParams;
@@ -38,7 +44,7 @@ export interface IdentityContext {
   bootstrapAdminEmail: string | undefined;
   scrypt: ScryptParams;
   sessionTtlMs: number;
-  audit(e: AuditEntry, at?: Date): Promise<void>;
+  audit(e: AuditEntry, at?: Date, event?: OutboxEvent): Promise<void>;
 }
 
 const DEFAULT_SESSION_TTL_MS = 30 * 24 * 3600_000;
@@ -53,6 +59,9 @@ export function identityContext(opts: IdentityOptions): IdentityContext {
     bootstrapAdminEmail: opts.bootstrapAdminEmail,
     scrypt: opts.scrypt ?? DEFAULT_PARAMS,
     sessionTtlMs: opts.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS,
-    audit: (e, at = now()) => opts.store.audit(e, at),
+    audit: async (e, at = now(), event) => {
+      await opts.store.audit(e, at, event);
+      if (event) opts.afterWrite?.();
+    },
   };
 }

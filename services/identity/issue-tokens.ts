@@ -54,16 +54,16 @@ export async function issueOneTimeToken(
   userId: string,
   purpose: OneTimePurpose,
   ttlMs: number,
-): Promise<{ token: string; expiresAt: Date }> {
+): Promise<{ token: string; expiresAt: Date; linkId: string }> {
   const at = now();
   const token = newOpaqueToken();
   const expiresAt = new Date(at.getTime() + ttlMs);
-  await store.insertOneTimeToken({
+  const linkId = await store.insertOneTimeToken({
     token_hash: hashToken(token),
     user_id: userId,
     purpose,
     created_at: at,
     expires_at: expiresAt,
   });
-  return { token, expiresAt };
+  return { token, expiresAt, linkId };
 }

@@ -9,6 +9,17 @@ import { register, startGrpcServer } from "../../platform/grpc/server.js";
 import { isEntryPoint, runMain, type Started } from "../../platform/lifecycle/run-main.js";
 import { startComponentTelemetry } from "../../platform/telemetry/sdk.js";
 import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
+import { logger } from "../../platform/telemetry/logger.js";
+import { UserRegisteredSchema } from "../../gen/medmesh/events/v1/user_events_pb.js";
+import {
+  createKafka,
+  ensureTopics,
+  eventTopic,
+  outboxRetentionSpec,
+  startEventPruning,
+  startOutboxRelay,
+  type OutboxRelay,
+} from "../../platform/events/index.js";
 import { ensureBootstrapKeys, parseBootstrapKeys } from "./bootstrap-keys.js";
 import { SigningKeyRing } from "./keys.js";
 import { migrations } from "./migrations/index.js";
@@ -22,6 +33,7 @@ export const configSpec = {
   ...hostField(components.identity, "interface the gRPC server binds"),
   ...portField(components.identity, "gRPC port (0 picks a free one)"),
   IDENTITY_DB_SCHEMA: env.string("schema the service owns", "identity"),
+  ...outboxRetentionSpec,
   ...rateLimitSpec,
   IDENTITY_BOOTSTRAP_ADMIN_EMAIL: env.optionalString(
     "the account registered with this address becomes admin while there is no admin",
@@ -34,6 +46,15 @@ export const configSpec = {
   // 17 is OWASP's minimum for scrypt; 14 stays allowed so the test suites can run cheaply.
   IDENTITY_SCRYPT_LOG_N: env.int("scrypt cost for new password hashes, as log2(N)", 17, 14, 20),
   IDENTITY_SESSION_TTL_HOURS: env.int("how long a session (refresh-token family) lives at most", 720, 1, 8760),
+  KAFKA_BROKERS: env.parsed(
+    "Kafka brokers (host:port, comma separated) user.events are published to; unset keeps them in the outbox until it is set",
+    "",
+    (raw) =>
+      raw
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+  ),
   IDENTITY_KEY_ROTATION_HOURS: env.int(
     "rotate the token signing key once it is this old; 0 never rotates by itself",
     720,
@@ -62,12 +83,29 @@ export async function startIdentity(
   // Before the port opens, so a worker holding one of these keys can exchange it from the start.
   await ensureBootstrapKeys(store, config.IDENTITY_BOOTSTRAP_API_KEYS, now());
   const rateLimit = rateLimiting(config);
+  // Sign-in and registration never wait for Kafka: events wait in the outbox, and without brokers
+  // (identity alone, its tests) they wait there until a start with KAFKA_BROKERS publishes them.
+  let relay: OutboxRelay | undefined;
+  if (config.KAFKA_BROKERS.length > 0) {
+    const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "identity" });
+    // Not a reason to refuse sign-ins: with the broker down the relay keeps retrying, and the
+    // topic is made by whichever of identity's later starts or the consumers' reaches it first.
+    await ensureTopics(kafka, [{ topic: eventTopic(UserRegisteredSchema), numPartitions: 3 }]).catch((err: Error) =>
+      logger.warn("could not make sure user.events exists; the relay retries publishing", { error: err.message }),
+    );
+    relay = startOutboxRelay({ db: database.db, kafka, wakeLingerMs: 20 });
+  }
+  const pruning = startEventPruning({
+    db: database.db,
+    outboxRetentionMs: config.OUTBOX_RETENTION_HOURS * 3_600_000,
+  });
   const deadlines = { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS };
   const impl = identityService({
     store,
     keys,
     now,
     deliver: hooks.deliver,
+    afterWrite: () => relay?.wake(),
     bootstrapAdminEmail: config.IDENTITY_BOOTSTRAP_ADMIN_EMAIL,
     scrypt: { logN: config.IDENTITY_SCRYPT_LOG_N, r: 8, p: 1 },
     sessionTtlMs: config.IDENTITY_SESSION_TTL_HOURS * 3600_000,
@@ -98,6 +136,8 @@ export async function startIdentity(
     async stop() {
       await rateLimit.limiter.close();
       await server.shutdown(config.SHUTDOWN_GRACE_MS);
+      await relay?.stop();
+      await pruning.stop();
       await database.close();
       await telemetry.shutdown();
     },

@@ -10,7 +10,9 @@ import {
 import { invalidArgument } from "../../platform/grpc/errors.js";
 import { userOf } from "./caller.js";
 import type { IdentityContext } from "./context.js";
+import { clientAddressOf } from "./client.js";
 import { issueOneTimeToken, startSession } from "./issue-tokens.js";
+import { mfaEnabledEvent, signedInEvent } from "./user-events.js";
 import { failedCredential, refuseIfLocked } from "./lockout.js";
 import type { UserRow } from "./tables.js";
 import { hashToken } from "./tokens.js";
@@ -63,11 +65,12 @@ export function mfaHandlers(identity: IdentityContext): Handlers {
       const hashes = codes.map((c) => hashToken(normaliseBackupCode(c)));
       // A concurrent confirmation may have won since the read above.
       if (!(await store.confirmMfa(userId, step, hashes, now()))) throw alreadyOn();
-      await audit({ event: "mfa_enrolled", userId, actor: userId });
+      const at = now();
+      await audit({ event: "mfa_enrolled", userId, actor: userId }, at, mfaEnabledEvent(userId, at));
       return { backupCodes: codes };
     },
 
-    async verifyMfa(req) {
+    async verifyMfa(req, ctx) {
       const challengeHash = hashToken(req.challengeId);
       const expired = () =>
         new ConnectError("the sign-in challenge is unknown, used or expired; sign in again", Code.Unauthenticated);
@@ -97,11 +100,12 @@ export function mfaHandlers(identity: IdentityContext): Handlers {
       await store.clearLoginFailures(user.id);
       const tokens = await startSession(identity, user);
       await audit({ event: "mfa_used", userId: user.id, details: { method } });
-      await audit({
-        event: "login_succeeded",
-        userId: user.id,
-        details: { session_id: tokens.sessionId, mfa: method },
-      });
+      const at = now();
+      await audit(
+        { event: "login_succeeded", userId: user.id, details: { session_id: tokens.sessionId, mfa: method } },
+        at,
+        signedInEvent(user.id, tokens.sessionId, clientAddressOf(ctx), at),
+      );
       return { tokens };
     },
   };

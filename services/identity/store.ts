@@ -1,5 +1,6 @@
 import type { ExpressionBuilder, Kysely, UpdateResult } from "kysely";
 import { sql } from "kysely";
+import { enqueue, type OutboxEvent } from "../../platform/events/index.js";
 import type {
   ApiKeyRow,
   AuditRow,
@@ -276,8 +277,28 @@ export class IdentityStore {
 
   // ---- one-time tokens
 
-  async insertOneTimeToken(t: Omit<OneTimeTokenRow, "used_at">): Promise<void> {
-    await this.db.insertInto("one_time_tokens").values(t).execute();
+  /**
+   * A fresh token for a pending link: the previous one stops working. Nothing for a link that
+   * was used, expired or is of a purpose that is not sent by mail.
+   */
+  async reissueOneTimeToken(
+    id: string,
+    newHash: string,
+    now: Date,
+  ): Promise<Pick<OneTimeTokenRow, "user_id" | "purpose" | "expires_at"> | undefined> {
+    return this.db
+      .updateTable("one_time_tokens")
+      .set({ token_hash: newHash })
+      .where("id", "=", id)
+      .where("purpose", "in", ["email_verification", "password_reset"])
+      .where("used_at", "is", null)
+      .where("expires_at", ">", now)
+      .returning(["user_id", "purpose", "expires_at"])
+      .executeTakeFirst();
+  }
+
+  async insertOneTimeToken(t: Omit<OneTimeTokenRow, "used_at" | "id">): Promise<string> {
+    return (await this.db.insertInto("one_time_tokens").values(t).returning("id").executeTakeFirstOrThrow()).id;
   }
 
   async peekOneTimeToken(hash: string, purpose: OneTimePurpose, now: Date): Promise<{ user_id: string } | undefined> {
@@ -395,7 +416,13 @@ export class IdentityStore {
 
   // ---- audit
 
-  async audit(e: AuditEntry, now: Date): Promise<void> {
+  /**
+   * Records a security event and, when given, the user.events event announcing it, in one
+   * transaction: the event is published if and only if the fact was recorded.
+   */
+  async audit(e: AuditEntry, now: Date, event?: OutboxEvent): Promise<void> {
+    if (event && !this.db.isTransaction) return this.transaction((tx) => tx.audit(e, now, event));
+    if (event) await enqueue(this.db, event);
     await this.db
       .insertInto("audit_log")
       .values({

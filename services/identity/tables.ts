@@ -1,4 +1,5 @@
 import type { Generated, Selectable } from "kysely";
+import type { OutboxTable } from "../../platform/events/index.js";
 
 // The identity schema as kysely sees it, and the row shapes read from it. Its own module so the
 // store (which queries) and the model (which turns rows into messages) both depend on it rather
@@ -73,6 +74,8 @@ export interface ApiKeyTable {
 export type OneTimePurpose = "email_verification" | "password_reset" | "mfa_login";
 
 export interface OneTimeTokenTable {
+  /** Names the link in user.events; the token (its hash here) is replaced by IssueAccountLink. */
+  id: Generated<string>;
   token_hash: string;
   user_id: string;
   purpose: OneTimePurpose;
@@ -108,6 +111,7 @@ export interface IdentityDB {
   one_time_tokens: OneTimeTokenTable;
   signing_keys: SigningKeyTable;
   audit_log: AuditTable;
+  outbox: OutboxTable;
 }
 
 export type UserRow = Selectable<UserTable>;

@@ -54,6 +54,8 @@ const meshProcesses: Record<string, Component> = {
   processing: components.processing,
   search: components.search,
   devices: components.devices,
+  notifications: components.notifications,
+  smtp: components.smtp,
 };
 
 /** Ports, targets and brokers in one process's environment that differ from the declaration. */

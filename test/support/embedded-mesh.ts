@@ -3,6 +3,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { components } from "../../platform/config/components.js";
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 
@@ -12,6 +13,17 @@ export async function freePort(): Promise<number> {
   const port = (s.address() as net.AddressInfo).port;
   await new Promise((r) => s.close(r));
   return port;
+}
+
+/**
+ * A free port for every component the launcher may start, keyed by the variable that moves it: a
+ * mesh booted by a test never takes a default port that a developer's mesh (or another test) holds,
+ * and a component added to components.ts is covered without touching the tests.
+ */
+export async function freeMeshPorts(): Promise<Record<string, string>> {
+  const ports: Record<string, string> = {};
+  for (const c of Object.values(components)) ports[c.portVariable] = String(await freePort());
+  return ports;
 }
 
 export interface EmbeddedMesh {

@@ -1,0 +1,178 @@
+import { Redis } from "ioredis";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { NotificationSchema, type Notification } from "../../gen/medmesh/notifications/v1/notifications_pb.js";
+import { logger } from "../../platform/telemetry/logger.js";
+import { toNotification } from "./model.js";
+import type { NotificationStore } from "./store.js";
+
+const log = logger.child({ component: "notifications-feed" });
+
+/** A new notification, as it travels between replicas: who, its number, the message itself. */
+interface FeedMessage {
+  userId: string;
+  seq: number;
+  notification: Notification;
+}
+
+/** Carries every new notification to every replica (each keeps the ones its subscribers want). */
+export interface FeedBus {
+  publish(m: FeedMessage): Promise<void>;
+  /** The one listener of this process. */
+  listen(onMessage: (m: FeedMessage) => void): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** One replica: the message goes straight to this process's listener. */
+export function inProcessBus(): FeedBus {
+  let listener: ((m: FeedMessage) => void) | undefined;
+  return {
+    async publish(m) {
+      listener?.(m);
+    },
+    async listen(fn) {
+      listener = fn;
+    },
+    async close() {
+      listener = undefined;
+    },
+  };
+}
+
+/**
+ * Several replicas: Redis pub/sub on one channel per schema. A message is at most a few hundred
+ * bytes (the protobuf notification, base64), so subscribers need no database read for it. Pub/sub
+ * does not keep messages for a replica that was disconnected: a subscriber notices the gap by the
+ * numbers and reads what it missed from the table, and a reconnect reads the table anyway.
+ */
+export function redisBus(url: string, channel: string): FeedBus {
+  const pub = new Redis(url, { maxRetriesPerRequest: 2, enableOfflineQueue: true });
+  const sub = new Redis(url, { maxRetriesPerRequest: null, enableOfflineQueue: true });
+  for (const c of [pub, sub]) c.on("error", (err: Error) => log.warn("redis feed connection", { error: err.message }));
+  return {
+    async publish(m) {
+      const data = Buffer.from(toBinary(NotificationSchema, m.notification)).toString("base64");
+      await pub.publish(channel, JSON.stringify({ u: m.userId, s: m.seq, d: data }));
+    },
+    async listen(fn) {
+      sub.on("message", (ch: string, raw: string) => {
+        if (ch !== channel) return;
+        try {
+          const j = JSON.parse(raw) as { u: string; s: number; d: string };
+          fn({ userId: j.u, seq: j.s, notification: fromBinary(NotificationSchema, Buffer.from(j.d, "base64")) });
+        } catch (err) {
+          log.warn("unreadable feed message ignored", { error: (err as Error).message });
+        }
+      });
+      await sub.subscribe(channel);
+    },
+    async close() {
+      sub.disconnect();
+      pub.disconnect();
+    },
+  };
+}
+
+/** One Subscribe call: notifications wait here, in order, until the call takes them. */
+export class Subscriber {
+  /** The highest number handed out (or known to be before what this call wants). */
+  last = 0;
+  private readonly pending = new Map<number, Notification>();
+  private gap = false;
+  private wake: (() => void) | undefined;
+
+  constructor(
+    readonly userId: string,
+    private readonly store: NotificationStore,
+  ) {}
+
+  offer(seq: number, n: Notification): void {
+    if (seq <= this.last) return;
+    if (this.pending.size < 1000) this.pending.set(seq, n);
+    else this.gap = true; // a slow reader: read from the table instead of growing without bound
+    this.wake?.();
+  }
+
+  /** The next notifications in number order; waits for some; undefined once the signal aborts. */
+  async next(signal: AbortSignal): Promise<Notification[] | undefined> {
+    for (;;) {
+      if (signal.aborted) return undefined;
+      const out: Notification[] = [];
+      while (this.pending.has(this.last + 1)) {
+        const n = this.pending.get(this.last + 1)!;
+        this.pending.delete(this.last + 1);
+        this.last++;
+        out.push(n);
+      }
+      for (const seq of this.pending.keys()) if (seq <= this.last) this.pending.delete(seq);
+      if (out.length) return out;
+      if (this.pending.size > 0 || this.gap) {
+        // Numbers are consecutive per user and commit in order, so a later one arriving first
+        // means the earlier one is in the table already (its message was lost or is late).
+        this.gap = false;
+        const rows = await this.store.feedAfter(this.userId, this.last, 500);
+        if (rows.length) {
+          this.last = Number(rows[rows.length - 1]!.seq);
+          return rows.map(toNotification);
+        }
+        // Nothing in the table yet: hold on to what waits and sleep until more comes.
+      }
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          signal.removeEventListener("abort", done);
+          this.wake = undefined;
+          resolve();
+        };
+        signal.addEventListener("abort", done, { once: true });
+        this.wake = done;
+      });
+    }
+  }
+}
+
+/** The subscribers of this replica, by user, fed from the bus. */
+export class Feed {
+  private readonly byUser = new Map<string, Set<Subscriber>>();
+  delivered = 0;
+
+  constructor(
+    private readonly store: NotificationStore,
+    private readonly bus: FeedBus,
+  ) {}
+
+  async start(): Promise<void> {
+    await this.bus.listen((m) => {
+      const subs = this.byUser.get(m.userId);
+      if (!subs) return;
+      for (const s of subs) s.offer(m.seq, m.notification);
+    });
+  }
+
+  /** Tells every replica's subscribers; a failure only delays them (they read the table on reconnect or gap). */
+  announce(n: Notification, userId: string): void {
+    this.bus
+      .publish({ userId, seq: Number(n.sequence), notification: n })
+      .catch((err: Error) => log.warn("could not announce a notification", { error: err.message }));
+  }
+
+  subscribe(userId: string): Subscriber & { close(): void } {
+    const s = new Subscriber(userId, this.store) as Subscriber & { close(): void };
+    let set = this.byUser.get(userId);
+    if (!set) this.byUser.set(userId, (set = new Set()));
+    set.add(s);
+    s.close = () => {
+      set.delete(s);
+      if (set.size === 0 && this.byUser.get(userId) === set) this.byUser.delete(userId);
+    };
+    return s;
+  }
+
+  subscribers(): number {
+    let n = 0;
+    for (const s of this.byUser.values()) n += s.size;
+    return n;
+  }
+
+  close(): Promise<void> {
+    return this.bus.close();
+  }
+}

@@ -1,0 +1,573 @@
+import { randomUUID } from "node:crypto";
+import { sql, type Kysely, type Transaction } from "kysely";
+import type {
+  ChannelName,
+  DeliveryRow,
+  ModeName,
+  NotificationRow,
+  NotificationsDB,
+  PushSubscriptionRow,
+  RecipientRow,
+  TemplateRow,
+} from "./tables.js";
+
+export interface NewNotification {
+  userId: string;
+  type: string;
+  title: string;
+  body: string;
+  link: string;
+  attributes: Record<string, string>;
+  sourceKey: string;
+}
+
+export interface NewDelivery {
+  userId: string;
+  channel: Exclude<ChannelName, "in_app">;
+  type: string;
+  sourceKey: string;
+  variables: Record<string, string>;
+  linkId?: string;
+  digest?: ModeName;
+  dueAt: Date;
+}
+
+export interface QuietHours {
+  start_minute: number;
+  end_minute: number;
+  time_zone: string;
+}
+
+type Db = Kysely<NotificationsDB> | Transaction<NotificationsDB>;
+
+/** Every query of the notifications service; the schema is already scoped by openServiceDatabase. */
+export class NotificationStore {
+  constructor(
+    readonly db: Kysely<NotificationsDB>,
+    /** For the one raw statement (kysely's schema scoping does not reach raw SQL). */
+    private readonly schema: string,
+  ) {}
+
+  // ---- the feed
+
+  /**
+   * Adds a notification to the user's feed with the next number, or nothing if this cause already
+   * notified this user. Run inside the transaction that records the cause (the inbox row).
+   */
+  async addNotification(trx: Db, n: NewNotification): Promise<NotificationRow | undefined> {
+    const seen = await trx
+      .selectFrom("notification")
+      .select("id")
+      .where("source_key", "=", n.sourceKey)
+      .where("user_id", "=", n.userId)
+      .executeTakeFirst();
+    if (seen) return undefined;
+    // The head row's lock orders this user's inserts until commit (see migration 0002).
+    const head = await trx
+      .insertInto("feed_head")
+      .values({ user_id: n.userId, last_seq: 1 })
+      .onConflict((oc) => oc.column("user_id").doUpdateSet({ last_seq: sql`feed_head.last_seq + 1` }))
+      .returning("last_seq")
+      .executeTakeFirstOrThrow();
+    return trx
+      .insertInto("notification")
+      .values({
+        id: randomUUID(),
+        user_id: n.userId,
+        seq: head.last_seq,
+        type: n.type,
+        title: n.title,
+        body: n.body,
+        link: n.link,
+        attributes: JSON.stringify(n.attributes) as never,
+        source_key: n.sourceKey,
+        read_at: null,
+      })
+      .returningAll()
+      .executeTakeFirstOrThrow();
+  }
+
+  /**
+   * One notification of one cause for many users at once (an announcement's page of recipients),
+   * each numbered next in its own feed, in two statements whatever the count. Users this cause
+   * already reached are left out.
+   */
+  async addNotifications(trx: Db, userIds: string[], n: Omit<NewNotification, "userId">): Promise<NotificationRow[]> {
+    if (userIds.length === 0) return [];
+    const done = await trx
+      .selectFrom("notification")
+      .select("user_id")
+      .where("source_key", "=", n.sourceKey)
+      .where("user_id", "in", userIds)
+      .execute();
+    const skip = new Set(done.map((r) => r.user_id));
+    const fresh = userIds.filter((u) => !skip.has(u));
+    if (fresh.length === 0) return [];
+    const rows = await sql<NotificationRow>`
+      with heads as (
+        insert into ${sql.id(this.schema, "feed_head")} as f (user_id, last_seq)
+        values ${sql.join(fresh.map((u) => sql`(${u}, 1)`))}
+        on conflict (user_id) do update set last_seq = f.last_seq + 1
+        returning user_id, last_seq
+      )
+      insert into ${sql.id(this.schema, "notification")} (id, user_id, seq, type, title, body, link, attributes, source_key)
+      select gen_random_uuid(), h.user_id, h.last_seq, ${n.type}, ${n.title}, ${n.body}, ${n.link},
+             cast(${JSON.stringify(n.attributes)} as jsonb), ${n.sourceKey}
+      from heads h
+      returning *`.execute(trx);
+    return rows.rows;
+  }
+
+  /** Many deliveries in one statement; those that exist already are left as they are. */
+  async addDeliveries(trx: Db, ds: NewDelivery[]): Promise<void> {
+    if (ds.length === 0) return;
+    await trx
+      .insertInto("delivery")
+      .values(
+        ds.map((d) => ({
+          id: randomUUID(),
+          user_id: d.userId,
+          channel: d.channel,
+          type: d.type,
+          source_key: d.sourceKey,
+          variables: JSON.stringify(d.variables) as never,
+          link_id: d.linkId ?? null,
+          digest: d.digest ?? null,
+          state: "queued" as const,
+          next_attempt_at: d.dueAt,
+          claimed_until: null,
+          last_response: null,
+          sent_at: null,
+        })),
+      )
+      .onConflict((oc) => oc.columns(["source_key", "user_id", "channel"]).doNothing())
+      .execute();
+  }
+
+  /** The stored choices of many users for one type, and their quiet hours. */
+  async choicesOf(trx: Db, userIds: string[], type: string) {
+    const prefs = await trx
+      .selectFrom("preference")
+      .selectAll()
+      .where("user_id", "in", userIds)
+      .where("type", "=", type)
+      .execute();
+    const quiet = await trx.selectFrom("quiet_hours").selectAll().where("user_id", "in", userIds).execute();
+    return {
+      prefs: new Map(prefs.map((p) => [`${p.user_id}/${p.channel}`, p.mode])),
+      quiet: new Map(quiet.map((q) => [q.user_id, q as QuietHours])),
+    };
+  }
+
+  /** The number of the user's newest notification, 0 for none. */
+  async feedHead(userId: string): Promise<number> {
+    const r = await this.db.selectFrom("feed_head").select("last_seq").where("user_id", "=", userId).executeTakeFirst();
+    return r ? Number(r.last_seq) : 0;
+  }
+
+  /** The user's notifications after a sequence number, oldest first. */
+  feedAfter(userId: string, afterSeq: number, limit: number, unreadOnly = false): Promise<NotificationRow[]> {
+    return this.db
+      .selectFrom("notification")
+      .selectAll()
+      .where("user_id", "=", userId)
+      .where("seq", ">", String(afterSeq))
+      .$if(unreadOnly, (q) => q.where("read_at", "is", null))
+      .orderBy("seq")
+      .limit(limit)
+      .execute();
+  }
+
+  /** Newest first, below a sequence number (exclusive) when given. */
+  page(userId: string, beforeSeq: number | undefined, limit: number, unreadOnly: boolean): Promise<NotificationRow[]> {
+    return this.db
+      .selectFrom("notification")
+      .selectAll()
+      .where("user_id", "=", userId)
+      .$if(beforeSeq !== undefined, (q) => q.where("seq", "<", String(beforeSeq)))
+      .$if(unreadOnly, (q) => q.where("read_at", "is", null))
+      .orderBy("seq", "desc")
+      .limit(limit)
+      .execute();
+  }
+
+  async unreadCount(userId: string): Promise<number> {
+    const r = await this.db
+      .selectFrom("notification")
+      .select((eb) => eb.fn.countAll<string>().as("n"))
+      .where("user_id", "=", userId)
+      .where("read_at", "is", null)
+      .executeTakeFirstOrThrow();
+    return Number(r.n);
+  }
+
+  /** Which of these ids are the user's; the others are somebody else's or do not exist. */
+  async owned(userId: string, ids: string[]): Promise<Set<string>> {
+    const rows = await this.db
+      .selectFrom("notification")
+      .select("id")
+      .where("user_id", "=", userId)
+      .where("id", "in", ids)
+      .execute();
+    return new Set(rows.map((r) => r.id));
+  }
+
+  async markRead(userId: string, ids: string[], at: Date): Promise<number> {
+    const r = await this.db
+      .updateTable("notification")
+      .set({ read_at: at })
+      .where("user_id", "=", userId)
+      .where("id", "in", ids)
+      .where("read_at", "is", null)
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows);
+  }
+
+  async markAllRead(userId: string, upToSeq: number | undefined, at: Date): Promise<number> {
+    const r = await this.db
+      .updateTable("notification")
+      .set({ read_at: at })
+      .where("user_id", "=", userId)
+      .where("read_at", "is", null)
+      .$if(upToSeq !== undefined, (q) => q.where("seq", "<=", String(upToSeq)))
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows);
+  }
+
+  // ---- deliveries
+
+  /** Queues a delivery unless this cause already has one for this user and channel. */
+  async addDelivery(trx: Db, d: NewDelivery): Promise<boolean> {
+    const r = await trx
+      .insertInto("delivery")
+      .values({
+        id: randomUUID(),
+        user_id: d.userId,
+        channel: d.channel,
+        type: d.type,
+        source_key: d.sourceKey,
+        variables: JSON.stringify(d.variables) as never,
+        link_id: d.linkId ?? null,
+        digest: d.digest ?? null,
+        state: "queued",
+        next_attempt_at: d.dueAt,
+        claimed_until: null,
+        last_response: null,
+        sent_at: null,
+      })
+      .onConflict((oc) => oc.columns(["source_key", "user_id", "channel"]).doNothing())
+      .returning("id")
+      .executeTakeFirst();
+    return r !== undefined;
+  }
+
+  /**
+   * Claims due deliveries for `leaseMs`, and with each due digest delivery every other held one of
+   * the same user and channel whose window has also ended. A claim whose lease ran out (a worker
+   * died mid-send) is due again: at least once, never lost.
+   */
+  async claimDue(now: Date, limit: number, leaseMs: number): Promise<DeliveryRow[]> {
+    return this.db.transaction().execute(async (trx) => {
+      const due = await trx
+        .selectFrom("delivery")
+        .select("id")
+        .where((eb) =>
+          eb.or([
+            eb.and([eb("state", "=", "queued"), eb("next_attempt_at", "<=", now)]),
+            eb.and([eb("state", "=", "sending"), eb("claimed_until", "<", now)]),
+          ]),
+        )
+        .orderBy("next_attempt_at")
+        .limit(limit)
+        .forUpdate()
+        .skipLocked()
+        .execute();
+      if (due.length === 0) return [];
+      return trx
+        .updateTable("delivery")
+        .set({ state: "sending", claimed_until: new Date(now.getTime() + leaseMs) })
+        .where(
+          "id",
+          "in",
+          due.map((d) => d.id),
+        )
+        .returningAll()
+        .execute();
+    });
+  }
+
+  async recordAttempt(
+    id: string,
+    outcome: "sent" | "retry" | "failed" | "skipped",
+    response: string,
+    retryAt?: Date,
+  ): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      await trx
+        .insertInto("delivery_attempt")
+        .values({ delivery_id: id, outcome: outcome === "skipped" ? "failed" : outcome, response })
+        .execute();
+      await trx
+        .updateTable("delivery")
+        .set((eb) => ({
+          attempts: eb("attempts", "+", 1),
+          last_response: response.slice(0, 2000),
+          claimed_until: null,
+          state: outcome === "retry" ? "queued" : outcome,
+          next_attempt_at: retryAt ?? sql`next_attempt_at`,
+          sent_at: outcome === "sent" ? new Date() : null,
+        }))
+        .where("id", "=", id)
+        .execute();
+    });
+  }
+
+  async attempts(deliveryId: string) {
+    return this.db
+      .selectFrom("delivery_attempt")
+      .selectAll()
+      .where("delivery_id", "=", deliveryId)
+      .orderBy("id")
+      .execute();
+  }
+
+  deliveriesOf(userId: string): Promise<DeliveryRow[]> {
+    return this.db.selectFrom("delivery").selectAll().where("user_id", "=", userId).orderBy("created_at").execute();
+  }
+
+  async stats(since: Date | undefined) {
+    const deliveries = await this.db
+      .selectFrom("delivery")
+      .select(["channel", "type", "state"])
+      .select((eb) => [eb.fn.countAll<string>().as("n"), eb.fn.sum<string>("attempts").as("attempts")])
+      .$if(since !== undefined, (q) => q.where("created_at", ">=", since!))
+      .groupBy(["channel", "type", "state"])
+      .execute();
+    const inApp = await this.db
+      .selectFrom("notification")
+      .select(["type"])
+      .select((eb) => eb.fn.countAll<string>().as("n"))
+      .$if(since !== undefined, (q) => q.where("created_at", ">=", since!))
+      .groupBy("type")
+      .execute();
+    return [
+      ...inApp.map((r) => ({ channel: "in_app", type: r.type, state: "sent", n: Number(r.n), attempts: Number(r.n) })),
+      ...deliveries.map((r) => ({
+        channel: r.channel as string,
+        type: r.type,
+        state: r.state === "sending" ? "queued" : (r.state as string),
+        n: Number(r.n),
+        attempts: Number(r.attempts ?? 0),
+      })),
+    ];
+  }
+
+  // ---- preferences
+
+  async preferences(userId: string, db: Db = this.db): Promise<Map<string, ModeName>> {
+    const rows = await db.selectFrom("preference").selectAll().where("user_id", "=", userId).execute();
+    return new Map(rows.map((r) => [`${r.type}/${r.channel}`, r.mode]));
+  }
+
+  async setPreferences(
+    userId: string,
+    prefs: Array<{ type: string; channel: ChannelName; mode: ModeName }>,
+    quiet: QuietHours | null | undefined,
+  ): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      if (prefs.length)
+        await trx
+          .insertInto("preference")
+          .values(prefs.map((p) => ({ user_id: userId, ...p })))
+          .onConflict((oc) =>
+            oc.columns(["user_id", "type", "channel"]).doUpdateSet((eb) => ({ mode: eb.ref("excluded.mode") })),
+          )
+          .execute();
+      if (quiet === null) await trx.deleteFrom("quiet_hours").where("user_id", "=", userId).execute();
+      else if (quiet)
+        await trx
+          .insertInto("quiet_hours")
+          .values({ user_id: userId, ...quiet })
+          .onConflict((oc) =>
+            oc.column("user_id").doUpdateSet({
+              start_minute: quiet.start_minute,
+              end_minute: quiet.end_minute,
+              time_zone: quiet.time_zone,
+            }),
+          )
+          .execute();
+    });
+  }
+
+  quietHours(userId: string, db: Db = this.db): Promise<QuietHours | undefined> {
+    return db
+      .selectFrom("quiet_hours")
+      .select(["start_minute", "end_minute", "time_zone"])
+      .where("user_id", "=", userId)
+      .executeTakeFirst();
+  }
+
+  // ---- recipients (learned from user.events and from callers)
+
+  async upsertRecipient(trx: Db, r: { userId: string; role: string; email?: string; firstName?: string }) {
+    await trx
+      .insertInto("recipient")
+      .values({ user_id: r.userId, role: r.role, email: r.email ?? null, first_name: r.firstName ?? "" })
+      .onConflict((oc) =>
+        oc.column("user_id").doUpdateSet((eb) => ({
+          role: eb.ref("excluded.role"),
+          email: r.email === undefined ? eb.ref("recipient.email") : eb.ref("excluded.email"),
+          first_name: r.firstName === undefined ? eb.ref("recipient.first_name") : eb.ref("excluded.first_name"),
+          updated_at: new Date(),
+        })),
+      )
+      .execute();
+  }
+
+  recipient(userId: string, db: Db = this.db): Promise<RecipientRow | undefined> {
+    return db.selectFrom("recipient").selectAll().where("user_id", "=", userId).executeTakeFirst();
+  }
+
+  recipientsAfter(role: string | null, afterUserId: string, limit: number): Promise<RecipientRow[]> {
+    return this.db
+      .selectFrom("recipient")
+      .selectAll()
+      .$if(role !== null, (q) => q.where("role", "=", role!))
+      .where("user_id", ">", afterUserId)
+      .orderBy("user_id")
+      .limit(limit)
+      .execute();
+  }
+
+  // ---- templates
+
+  currentTemplates(): Promise<TemplateRow[]> {
+    return this.db
+      .selectFrom("template as t")
+      .selectAll()
+      .where("version", "=", (eb) =>
+        eb
+          .selectFrom("template as u")
+          .select((e) => e.fn.max("u.version").as("v"))
+          .whereRef("u.type", "=", "t.type"),
+      )
+      .execute();
+  }
+
+  currentTemplate(type: string): Promise<TemplateRow | undefined> {
+    return this.db
+      .selectFrom("template")
+      .selectAll()
+      .where("type", "=", type)
+      .orderBy("version", "desc")
+      .limit(1)
+      .executeTakeFirst();
+  }
+
+  /** Version 1 of each type, once; a template an admin saved is never overwritten. */
+  async seedTemplates(rows: Array<Omit<TemplateRow, "created_at" | "version">>): Promise<void> {
+    await this.db
+      .insertInto("template")
+      .values(rows.map((r) => ({ ...r, version: 1, variables: JSON.stringify(r.variables) as never })))
+      .onConflict((oc) => oc.columns(["type", "version"]).doNothing())
+      .execute();
+  }
+
+  /** The next version; two admins saving at once get two versions, the later one current. */
+  async putTemplate(t: Omit<TemplateRow, "created_at" | "version">): Promise<TemplateRow> {
+    for (let tries = 0; ; tries++) {
+      try {
+        return await this.db
+          .insertInto("template")
+          .columns(["type", "version", "subject", "html_body", "text_body", "variables", "created_by"])
+          .expression((eb) =>
+            eb
+              .selectFrom("template")
+              .select([
+                sql<string>`${t.type}`.as("type"),
+                sql<number>`coalesce(max(version), 0) + 1`.as("version"),
+                sql<string>`${t.subject}`.as("subject"),
+                sql<string>`${t.html_body}`.as("html_body"),
+                sql<string>`${t.text_body}`.as("text_body"),
+                sql<string>`cast(${JSON.stringify(t.variables)} as jsonb)`.as("variables"),
+                sql<string>`${t.created_by}`.as("created_by"),
+              ])
+              .where("type", "=", t.type),
+          )
+          .returningAll()
+          .executeTakeFirstOrThrow();
+      } catch (err) {
+        if (tries < 3 && (err as { code?: string }).code === "23505") continue;
+        throw err;
+      }
+    }
+  }
+
+  // ---- push subscriptions
+
+  async putPushSubscription(userId: string, s: { endpoint: string; p256dh: string; auth: string }) {
+    // An endpoint belongs to one browser: registering it again (even by another user of that
+    // browser) moves it, so pushes never reach the previous user.
+    return this.db
+      .insertInto("push_subscription")
+      .values({ id: randomUUID(), user_id: userId, ...s })
+      .onConflict((oc) =>
+        oc.column("endpoint").doUpdateSet({ user_id: userId, p256dh: s.p256dh, auth: s.auth, created_at: new Date() }),
+      )
+      .returningAll()
+      .executeTakeFirstOrThrow();
+  }
+
+  async removePushSubscription(userId: string, id: string): Promise<boolean> {
+    const r = await this.db
+      .deleteFrom("push_subscription")
+      .where("id", "=", id)
+      .where("user_id", "=", userId)
+      .executeTakeFirst();
+    return Number(r.numDeletedRows) > 0;
+  }
+
+  async dropPushSubscription(id: string): Promise<void> {
+    await this.db.deleteFrom("push_subscription").where("id", "=", id).execute();
+  }
+
+  pushSubscriptions(userId: string): Promise<PushSubscriptionRow[]> {
+    return this.db.selectFrom("push_subscription").selectAll().where("user_id", "=", userId).execute();
+  }
+
+  // ---- announcements
+
+  async addAnnouncement(a: { title: string; body: string; role: string | null; sendAt: Date; createdBy: string }) {
+    const id = randomUUID();
+    await this.db
+      .insertInto("announcement")
+      .values({
+        id,
+        title: a.title,
+        body: a.body,
+        role: a.role,
+        send_at: a.sendAt,
+        created_by: a.createdBy,
+        started_at: null,
+        done_at: null,
+      })
+      .execute();
+    return id;
+  }
+
+  /** Due announcements not finished yet (a run that died half-way is picked up again; unique keys absorb the repeat). */
+  dueAnnouncements(now: Date) {
+    return this.db
+      .selectFrom("announcement")
+      .selectAll()
+      .where("send_at", "<=", now)
+      .where("done_at", "is", null)
+      .orderBy("send_at")
+      .limit(10)
+      .execute();
+  }
+
+  async finishAnnouncement(id: string, at: Date) {
+    await this.db.updateTable("announcement").set({ done_at: at }).where("id", "=", id).execute();
+  }
+}
