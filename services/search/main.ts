@@ -81,6 +81,18 @@ export const configSpec = {
     ["auto", "bm25", "ts_rank_cd"] as const,
     "auto",
   ),
+  SEARCH_EXACT_MATCH_LIMIT: env.int(
+    "above this many matches (the planner's estimate) a search ranks and facets a bounded candidate set and returns an estimated total",
+    5000,
+    1,
+    100_000_000,
+  ),
+  SEARCH_CANDIDATES: env.int(
+    "matches ranked, faceted and paged when a search exceeds SEARCH_EXACT_MATCH_LIMIT (pages end there; 1050 or more lets them go as deep as exact ones)",
+    2000,
+    10,
+    1_000_000,
+  ),
   ...embedderConfigSpec,
   REDIS_URL: env.url("Redis for the search answer cache shared by every replica; unset keeps it in process", [
     "redis:",
@@ -143,7 +155,10 @@ export async function startSearch(
     await telemetry.shutdown();
     throw err;
   }
-  const store = new IndexStore(database.db, config.SEARCH_DB_SCHEMA, BM25_INDEX, vectors !== undefined);
+  const store = new IndexStore(database.db, config.SEARCH_DB_SCHEMA, BM25_INDEX, vectors !== undefined, {
+    exactMatchLimit: config.SEARCH_EXACT_MATCH_LIMIT,
+    candidates: config.SEARCH_CANDIDATES,
+  });
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "search" });
   await ensureTopics(kafka, [
     { topic: DOCUMENT_EVENTS, numPartitions: 3 },
