@@ -46,6 +46,8 @@ import type { SearchDB } from "./tables.js";
 
 const DOCUMENT_EVENTS = eventTopic(DocumentProcessedSchema);
 const SEARCH_EVENTS = eventTopic(SearchPerformedSchema);
+/** How often the embedded database's index statistics are gathered (see startSearch). */
+const EMBEDDED_ANALYZE_MS = 10 * 60_000;
 /**
  * Document events the indexer handles in one transaction, when that many are waiting: a commit
  * and the index pages an insert touches (the HNSW graph's above all) are paid once per batch.
@@ -209,8 +211,21 @@ export async function startSearch(
     afterWrite: () => (relay.wake(), invalidate()),
   });
 
+  // PGlite has no autovacuum: without statistics the planner guesses 0.5% of rows for any word,
+  // so every search would take the exact shape. The proportions change slowly; a statistics
+  // pass now and then keeps the estimate (and the shape chosen from it) honest.
+  let analyzing: NodeJS.Timeout | undefined;
+  if (database.kind === "pglite") {
+    const analyze = () =>
+      store.analyze().catch((err: unknown) => log.warn("could not analyze the index", { error: err as Error }));
+    void analyze();
+    analyzing = setInterval(analyze, EMBEDDED_ANALYZE_MS);
+    analyzing.unref();
+  }
+
   const consumers: IdempotentConsumer[] = [];
   const closeAll = async () => {
+    clearInterval(analyzing);
     for (const c of consumers) await c.stop();
     await relay.stop();
     await pruning.stop();

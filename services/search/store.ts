@@ -204,6 +204,14 @@ export class IndexStore {
   }
 
   /**
+   * Gathers the index table's column statistics, which the match estimate reads. A server's
+   * autovacuum does this by itself; the embedded PGlite has no autovacuum (main.ts calls this).
+   */
+  async analyze(): Promise<void> {
+    await sql`analyze ${this.table("indexed_document")}`.execute(this.db);
+  }
+
+  /**
    * The planner's estimate of the rows the conditions match: no row is read, only the column
    * statistics (ANALYZE's most common lexemes) are consulted, so it costs a planning pass.
    */
