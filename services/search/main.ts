@@ -46,6 +46,8 @@ import type { SearchDB } from "./tables.js";
 
 const DOCUMENT_EVENTS = eventTopic(DocumentProcessedSchema);
 const SEARCH_EVENTS = eventTopic(SearchPerformedSchema);
+/** How often the embedded database's index statistics are gathered (see startSearch). */
+const EMBEDDED_ANALYZE_MS = 10 * 60_000;
 /**
  * Document events the indexer handles in one transaction, when that many are waiting: a commit
  * and the index pages an insert touches (the HNSW graph's above all) are paid once per batch.
@@ -80,6 +82,18 @@ export const configSpec = {
     "relevance ranking: auto (BM25 where pg_textsearch loads, else ts_rank_cd), bm25 (required), ts_rank_cd",
     ["auto", "bm25", "ts_rank_cd"] as const,
     "auto",
+  ),
+  SEARCH_EXACT_MATCH_LIMIT: env.int(
+    "above this many matches (the planner's estimate) a search ranks and facets a bounded candidate set and returns an estimated total",
+    5000,
+    1,
+    100_000_000,
+  ),
+  SEARCH_CANDIDATES: env.int(
+    "matches ranked, faceted and paged when a search exceeds SEARCH_EXACT_MATCH_LIMIT (pages end there; 1050 or more lets them go as deep as exact ones)",
+    2000,
+    10,
+    1_000_000,
   ),
   ...embedderConfigSpec,
   REDIS_URL: env.url("Redis for the search answer cache shared by every replica; unset keeps it in process", [
@@ -143,7 +157,10 @@ export async function startSearch(
     await telemetry.shutdown();
     throw err;
   }
-  const store = new IndexStore(database.db, config.SEARCH_DB_SCHEMA, BM25_INDEX, vectors !== undefined);
+  const store = new IndexStore(database.db, config.SEARCH_DB_SCHEMA, BM25_INDEX, vectors !== undefined, {
+    exactMatchLimit: config.SEARCH_EXACT_MATCH_LIMIT,
+    candidates: config.SEARCH_CANDIDATES,
+  });
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "search" });
   await ensureTopics(kafka, [
     { topic: DOCUMENT_EVENTS, numPartitions: 3 },
@@ -194,8 +211,21 @@ export async function startSearch(
     afterWrite: () => (relay.wake(), invalidate()),
   });
 
+  // PGlite has no autovacuum: without statistics the planner guesses 0.5% of rows for any word,
+  // so every search would take the exact shape. The proportions change slowly; a statistics
+  // pass now and then keeps the estimate (and the shape chosen from it) honest.
+  let analyzing: NodeJS.Timeout | undefined;
+  if (database.kind === "pglite") {
+    const analyze = () =>
+      store.analyze().catch((err: unknown) => log.warn("could not analyze the index", { error: err as Error }));
+    void analyze();
+    analyzing = setInterval(analyze, EMBEDDED_ANALYZE_MS);
+    analyzing.unref();
+  }
+
   const consumers: IdempotentConsumer[] = [];
   const closeAll = async () => {
+    clearInterval(analyzing);
     for (const c of consumers) await c.stop();
     await relay.stop();
     await pruning.stop();

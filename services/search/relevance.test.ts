@@ -21,7 +21,7 @@ import { BM25_INDEX, chooseRanker, type RelevanceRanker } from "./ranker.js";
 import { loadJudgedSet } from "./relevance/offline-check.js";
 import { meanScores, type Scores } from "./relevance/metrics.js";
 import { searchService } from "./service.js";
-import { IndexStore } from "./store.js";
+import { DEFAULT_BOUNDED_SEARCH, IndexStore } from "./store.js";
 import type { SearchDB } from "./tables.js";
 import { chooseVectorLeg, embedMany, type VectorLeg } from "./vectors.js";
 
@@ -68,7 +68,15 @@ describe.each(backends())("relevance of search on $name", (backend) => {
     lexical = await chooseRanker(database.db as never, schema, "auto", log);
     // Related documents join from the floor measured for the hashing embedder (README, Relevance).
     vectors = await chooseVectorLeg(database.db as never, schema, new HashingEmbedder(), log, HASHING_RELATED_FLOOR);
-    store = new IndexStore(database.db, schema, BM25_INDEX, vectors !== undefined);
+    // SEARCH_EXACT_MATCH_LIMIT and SEARCH_CANDIDATES, when set, measure the bounded shape: the
+    // judged set is far below the defaults, so a run with small values shows what ranking a
+    // candidate set costs in relevance (README, Latency at 10k and 100k).
+    const limit = Number(process.env.SEARCH_EXACT_MATCH_LIMIT ?? DEFAULT_BOUNDED_SEARCH.exactMatchLimit);
+    const candidates = Number(process.env.SEARCH_CANDIDATES ?? DEFAULT_BOUNDED_SEARCH.candidates);
+    store = new IndexStore(database.db, schema, BM25_INDEX, vectors !== undefined, {
+      exactMatchLimit: limit,
+      candidates,
+    });
     // Only the upsert path is used: documents and the service token are never called.
     const indexing = indexer({ documents: undefined as never, token: undefined as never, store, vectors });
     for (const d of set.documents) {
@@ -90,6 +98,7 @@ describe.each(backends())("relevance of search on $name", (backend) => {
       });
       await database.db.transaction().execute((trx) => indexing.apply(trx, action));
     }
+    await store.analyze();
   }, 120_000);
 
   afterAll(async () => {

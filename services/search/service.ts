@@ -221,12 +221,13 @@ export function searchService(deps: SearchServiceDeps): ServiceImpl<typeof Searc
       hits: page.hits.map(toHit),
       totalCount: BigInt(page.total),
       matchedCount: BigInt(page.matched),
+      totalIsEstimate: page.estimated,
       facets: FACET_FIELDS.map((field) => ({
         field,
         values: page.facets[field].map((v) => ({ value: v.value, count: BigInt(v.count) })),
       })),
       nextPageToken:
-        next < page.total && next <= MAX_RESULT_OFFSET && page.hits.length > 0 ? encodePageToken(next, binding) : "",
+        next < page.pageable && next <= MAX_RESULT_OFFSET && page.hits.length > 0 ? encodePageToken(next, binding) : "",
       ranker: rankers[ranker],
       interpretation: {
         normalized: understood.normalized,
