@@ -12,11 +12,20 @@ function kafkaLogCreator(base: Logger = rootLogger): logCreator {
       const { message, timestamp: _timestamp, ...fields } = entry;
       const f = namespace ? { namespace, ...fields } : fields;
       if (level === KafkaLogLevel.ERROR) log.error(message, f);
-      else if (level === KafkaLogLevel.WARN) log.warn(message, f);
+      else if (level === KafkaLogLevel.WARN && !expectedNotices.some((n) => message.startsWith(n)))
+        log.warn(message, f);
       else if (level === KafkaLogLevel.INFO) log.info(message, f);
       else log.debug(message, f);
     };
 }
+
+/**
+ * kafkajs warns on every producer about two choices the mesh makes on purpose: the default
+ * partitioner (the Java client's murmur2, which keeps a key on the partition other clients pick)
+ * and bounded retries on idempotent producers (a publish that cannot get through must fail back
+ * to its caller rather than hang a stop). They go to debug, so a warning in the log means trouble.
+ */
+const expectedNotices = ["KafkaJS v2.0.0 switched default partitioner", "Limiting retries for the idempotent producer"];
 
 export interface KafkaClientOptions {
   /** host:port list; KAFKA_BROKERS split on commas in production, the embedded broker's address otherwise. */
