@@ -15,7 +15,8 @@
  * time its state commit started (the history row's applied_at, Postgres' clock) minus the
  * event_time the device stamped as it sent it (this machine's clock, the same one): the state is
  * readable through GetDeviceState from that commit, plus the cache invalidation right after it.
- * Writes bench/results/devices.md.
+ * Writes bench/results/devices.md. BENCH_CPU_PROF_DIR=<dir> runs every process of the mesh with
+ * --cpu-prof writing there (one profile per process, on exit).
  */
 import { spawn } from "node:child_process";
 import fs from "node:fs";
@@ -41,6 +42,8 @@ const WINDOW = intFromEnv("BENCH_WINDOW", 200, 1, 100_000);
 const BATCH = intFromEnv("BENCH_BATCH", 100, 1, 500);
 const READ_SECONDS = intFromEnv("BENCH_READ_SECONDS", 10, 1, 600);
 const READ_CONCURRENCY = intFromEnv("BENCH_READ_CONCURRENCY", 32, 1, 1024);
+// Where every mesh component writes a CPU profile (node --cpu-prof) when it stops; unset: none.
+const PROF_DIR = process.env.BENCH_CPU_PROF_DIR;
 
 interface Device {
   id: string;
@@ -240,7 +243,13 @@ async function readLoad(target: string, token: string, ids: string[]) {
 
 async function main() {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "medmesh-bench-devices-"));
-  const mesh = await startMesh({ root, dataDir, required: ["gateway", "devices", "kafka"], timeoutMs: 180_000 });
+  const mesh = await startMesh({
+    root,
+    dataDir,
+    required: ["gateway", "devices", "kafka"],
+    timeoutMs: 180_000,
+    nodeArgs: PROF_DIR ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(PROF_DIR)}`] : [],
+  });
   let uncached: ReturnType<typeof spawn> | undefined;
   const db = new pg.Client({ connectionString: process.env.DATABASE_URL ?? mesh.endpoints.postgres });
   try {
