@@ -106,9 +106,14 @@ export class Ingest {
       return known.then((l) => {
         if (this.now() - l.loadedAt <= (this.opts.registryRecheckMs ?? 10_000)) return l;
         l.loadedAt = this.now();
+        // Not taken without waiting until the refresh is in (admit's shortcut, below).
+        this.loaded.delete(deviceId);
         const refreshed = this.refresh(deviceId, l);
         this.ledgers.set(deviceId, refreshed);
-        refreshed.catch(() => this.ledgers.delete(deviceId));
+        refreshed.then(
+          (fresh) => this.ledgers.get(deviceId) === refreshed && this.loaded.set(deviceId, fresh),
+          () => this.ledgers.delete(deviceId),
+        );
         return refreshed;
       });
     }
@@ -217,7 +222,12 @@ export class Ingest {
     traceparent?: string,
     recheck = true,
   ): Promise<{ held: Promise<Outcome> }> {
-    const l = await this.ledger(e.deviceId);
+    // A loaded ledger that needs no refresh is taken as it is: no promise chain per event.
+    const ready = this.loaded.get(e.deviceId);
+    const l =
+      ready !== undefined && this.now() - ready.loadedAt <= (this.opts.registryRecheckMs ?? 10_000)
+        ? ready
+        : await this.ledger(e.deviceId);
     if (l.revoked)
       throw new ConnectError(`device ${e.deviceId} has been revoked and may no longer publish`, Code.PermissionDenied);
     const seq = e.sequence;
