@@ -15,7 +15,8 @@
  * time its state commit started (the history row's applied_at, Postgres' clock) minus the
  * event_time the device stamped as it sent it (this machine's clock, the same one): the state is
  * readable through GetDeviceState from that commit, plus the cache invalidation right after it.
- * Writes bench/results/devices.md.
+ * Writes bench/results/devices.md. BENCH_CPU_PROF_DIR=<dir> runs every process of the mesh with
+ * --cpu-prof writing there (one profile per process, on exit).
  */
 import { spawn } from "node:child_process";
 import fs from "node:fs";
@@ -41,6 +42,8 @@ const WINDOW = intFromEnv("BENCH_WINDOW", 200, 1, 100_000);
 const BATCH = intFromEnv("BENCH_BATCH", 100, 1, 500);
 const READ_SECONDS = intFromEnv("BENCH_READ_SECONDS", 10, 1, 600);
 const READ_CONCURRENCY = intFromEnv("BENCH_READ_CONCURRENCY", 32, 1, 1024);
+// Where every mesh component writes a CPU profile (node --cpu-prof) when it stops; unset: none.
+const PROF_DIR = process.env.BENCH_CPU_PROF_DIR;
 
 interface Device {
   id: string;
@@ -227,20 +230,34 @@ async function phase(
   return result;
 }
 
-async function readLoad(target: string, token: string, ids: string[]) {
+/**
+ * Closed-loop reads; also the server side's CPU per read (the given processes, over every call
+ * including the warm-up), which the load generator sharing the cores does not blur the way it
+ * blurs req/s.
+ */
+async function readLoad(target: string, token: string, ids: string[], serverPids: number[]) {
   const client = createClient(DeviceService, createGrpcTransport({ baseUrl: target }));
   let i = 0;
   const headers = { authorization: `Bearer ${token}` };
-  return closedLoop(() => client.getDeviceState({ deviceId: ids[i++ % ids.length]! }, { headers }), {
+  const cpu = () => serverPids.reduce((a, pid) => a + cpuSecondsOf(pid), 0);
+  const cpu0 = cpu();
+  const r = await closedLoop(() => client.getDeviceState({ deviceId: ids[i++ % ids.length]! }, { headers }), {
     concurrency: READ_CONCURRENCY,
     warmupMs: 2_000,
     durationMs: READ_SECONDS * 1000,
   });
+  return { ...r, serverCpuUsPerCall: ((cpu() - cpu0) / i) * 1e6 };
 }
 
 async function main() {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "medmesh-bench-devices-"));
-  const mesh = await startMesh({ root, dataDir, required: ["gateway", "devices", "kafka"], timeoutMs: 180_000 });
+  const mesh = await startMesh({
+    root,
+    dataDir,
+    required: ["gateway", "devices", "kafka"],
+    timeoutMs: 180_000,
+    nodeArgs: PROF_DIR ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(PROF_DIR)}`] : [],
+  });
   let uncached: ReturnType<typeof spawn> | undefined;
   const db = new pg.Client({ connectionString: process.env.DATABASE_URL ?? mesh.endpoints.postgres });
   try {
@@ -282,13 +299,14 @@ async function main() {
       uncached!.once("exit", (code) => reject(new Error(`uncached devices exited ${code}`)));
     });
     say(`GetDeviceState: ${READ_CONCURRENCY} in flight for ${READ_SECONDS} s, over ${ids.length} devices`);
-    const cached = await readLoad(direct, admin, ids);
-    const plain = await readLoad(`http://127.0.0.1:${port}`, admin, ids);
+    const cached = await readLoad(direct, admin, ids, [mesh.pids.devices!, mesh.pids.postgres!]);
+    const plain = await readLoad(`http://127.0.0.1:${port}`, admin, ids, [uncached.pid!, mesh.pids.postgres!]);
     const rps = (r: typeof cached) => r.ok / r.windowSeconds;
     const p = (r: typeof cached, q: number) => r.latenciesMs[Math.min(r.ok - 1, Math.floor((r.ok * q) / 100))] ?? NaN;
     say(
       `GetDeviceState cached ${fmt(rps(cached), 0)} req/s (p50 ${fmt(p(cached, 50))} ms), uncached ${fmt(rps(plain), 0)} req/s ` +
-        `(p50 ${fmt(p(plain, 50))} ms): ${fmt(rps(cached) / rps(plain), 2)}x`,
+        `(p50 ${fmt(p(plain, 50))} ms): ${fmt(rps(cached) / rps(plain), 2)}x; server CPU per read ` +
+        `${fmt(cached.serverCpuUsPerCall, 0)} vs ${fmt(plain.serverCpuUsPerCall, 0)} µs`,
     );
 
     const row = (r: PhaseResult) =>
@@ -311,12 +329,12 @@ async function main() {
       "",
       `GetDeviceState, gRPC directly to the service, ${READ_CONCURRENCY} in flight, ${READ_SECONDS} s, over ${ids.length} devices:`,
       "",
-      "| cache | req/s | p50 ms | p99 ms | errors |",
-      "|---|---|---|---|---|",
-      `| on (in process, TTL 60 s) | ${fmt(rps(cached), 0)} | ${fmt(p(cached, 50), 2)} | ${fmt(p(cached, 99), 2)} | ${JSON.stringify(cached.errors)} |`,
-      `| off (every read a query) | ${fmt(rps(plain), 0)} | ${fmt(p(plain, 50), 2)} | ${fmt(p(plain, 99), 2)} | ${JSON.stringify(plain.errors)} |`,
+      "| cache | req/s | p50 ms | p99 ms | errors | server CPU µs per read (devices + postgres) |",
+      "|---|---|---|---|---|---|",
+      `| on (in process, TTL 60 s) | ${fmt(rps(cached), 0)} | ${fmt(p(cached, 50), 2)} | ${fmt(p(cached, 99), 2)} | ${JSON.stringify(cached.errors)} | ${fmt(cached.serverCpuUsPerCall, 0)} |`,
+      `| off (every read a query) | ${fmt(rps(plain), 0)} | ${fmt(p(plain, 50), 2)} | ${fmt(p(plain, 99), 2)} | ${JSON.stringify(plain.errors)} | ${fmt(plain.serverCpuUsPerCall, 0)} |`,
       "",
-      `Cached / uncached: ${fmt(rps(cached) / rps(plain), 2)}x.`,
+      `Cached / uncached: ${fmt(rps(cached) / rps(plain), 2)}x in req/s, ${fmt(plain.serverCpuUsPerCall / cached.serverCpuUsPerCall, 2)}x in server CPU per read.`,
       "",
     ].join("\n");
     fs.mkdirSync(path.join(root, "bench/results"), { recursive: true });

@@ -94,6 +94,8 @@ export async function startDevices(
     namespace: `devices:${config.DEVICES_DB_SCHEMA}`,
     ttlMs: config.DEVICES_STATE_CACHE_TTL_MS,
     negativeTtlMs: config.DEVICES_NEGATIVE_CACHE_TTL_MS,
+    // Redis may hang; the in-process map answers at once.
+    cacheTimeoutMs: config.REDIS_URL ? 100 : 0,
   });
   const ingest = new Ingest({
     store,

@@ -1,12 +1,6 @@
 import type { Kafka, Message, Producer } from "kafkajs";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 
-/** One message to publish, and the device it belongs to (a failure fails the device's later queued messages too). */
-export interface Outgoing {
-  deviceId: string;
-  message: Message;
-}
-
 export interface PublisherOptions {
   kafka: Kafka;
   topic: string;
@@ -24,7 +18,10 @@ export class SendTimeoutError extends Error {
   }
 }
 
-interface Queued extends Outgoing {
+/** One message to publish, and the device it belongs to (a failure fails the device's later queued messages too). */
+interface Queued {
+  deviceId: string;
+  message: Message;
   resolve(): void;
   reject(err: Error): void;
 }
@@ -55,10 +52,10 @@ export class EventPublisher {
     this.log = (opts.logger ?? rootLogger).child({ component: "device-publisher" });
   }
 
-  publish(out: Outgoing): Promise<void> {
+  publish(deviceId: string, message: Message): Promise<void> {
     if (this.closed) return Promise.reject(new Error("the publisher is closed"));
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ ...out, resolve, reject });
+      this.queue.push({ deviceId, message, resolve, reject });
       if (!this.sending) void this.drain();
     });
   }

@@ -191,8 +191,7 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
         slotFreed = undefined;
         w?.();
       };
-      const acknowledge = async (deviceId: string) => {
-        const acked = await ingest.acked(deviceId);
+      const acknowledge = (deviceId: string, acked: bigint) => {
         if (acked > lastAck && !failed) {
           lastAck = acked;
           out.push(create(StreamEventsResponseSchema, { ackedSequence: acked, deviceId }));
@@ -210,7 +209,21 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
           inflight++;
           held.then(
             // Acknowledged before the slot is freed, so the last acknowledgement precedes the end of the stream.
-            () => acknowledge(e.deviceId).then(settled, settled),
+            // One publish settles many events at once: the first of them carries the highest
+            // sequence, and the others find nothing new to say.
+            () => {
+              const now = ingest.ackedNow(e.deviceId);
+              if (now !== undefined) {
+                acknowledge(e.deviceId, now);
+                settled();
+                return;
+              }
+              // The ledger was let go meanwhile (revoked, or evicted among very many devices): ask for it.
+              ingest
+                .acked(e.deviceId)
+                .then((acked) => acknowledge(e.deviceId, acked))
+                .then(settled, settled);
+            },
             (err: unknown) => {
               settled();
               failed = true;

@@ -17,7 +17,10 @@ export interface StateCacheOptions {
   ttlMs: number;
   /** How long "no such device" is remembered. */
   negativeTtlMs: number;
-  /** A cache that does not answer within this is treated as down for that read. */
+  /**
+   * A cache that does not answer within this is treated as down for that read; 0 sets no timer
+   * (an in-process cache, which cannot hang: a timer per hit would be most of a hit's cost).
+   */
   cacheTimeoutMs?: number;
   logger?: Logger;
 }
@@ -42,6 +45,10 @@ export class StateCache {
     this.timeoutMs = opts.cacheTimeoutMs ?? 100;
   }
 
+  private bounded<T>(p: Promise<T>): Promise<T> {
+    return this.timeoutMs > 0 ? withTimeout(p, this.timeoutMs) : p;
+  }
+
   private ns(deviceId: string) {
     return `${this.opts.namespace}:${deviceId}`;
   }
@@ -51,7 +58,7 @@ export class StateCache {
     let version: string | undefined;
     if (cache) {
       try {
-        const found = await withTimeout(cache.get(this.ns(deviceId), "state"), this.timeoutMs);
+        const found = await this.bounded(cache.get(this.ns(deviceId), "state"));
         if (found.value !== undefined) {
           this.counts.hits++;
           return found.value === NO_DEVICE ? undefined : (JSON.parse(found.value) as CachedState);
@@ -66,7 +73,7 @@ export class StateCache {
     if (cache && version !== undefined) {
       const ttl = loaded ? this.opts.ttlMs : this.opts.negativeTtlMs;
       const value = loaded ? JSON.stringify(loaded) : NO_DEVICE;
-      void withTimeout(cache.set(this.ns(deviceId), version, "state", value, ttl), this.timeoutMs).catch((err) =>
+      void this.bounded(cache.set(this.ns(deviceId), version, "state", value, ttl)).catch((err) =>
         this.cacheFailed(err),
       );
     }
