@@ -145,9 +145,15 @@ describe("devices when what it depends on fails", () => {
       svc.states.invalidate(id);
       await new Promise((r) => setTimeout(r, 200));
       const before = svc.states.counts.loads;
+      const errorsBefore = svc.states.counts.cacheErrors;
       const all = await Promise.all(Array.from({ length: 20 }, () => owner.getDeviceState({ deviceId: id })));
       expect(all.every((r) => r.state!.version === 2n)).toBe(true);
-      expect(svc.states.counts.loads - before).toBe(1);
+      // Readers arrive spread out, some after the first read finished: they share it until its
+      // answer is stored. Only a reader whose Redis lookup outran its 100 ms bound (a loaded
+      // machine) reads on its own, so each such timeout may add one read, never more.
+      const timedOut = svc.states.counts.cacheErrors - errorsBefore;
+      expect(svc.states.counts.loads - before).toBeGreaterThanOrEqual(1);
+      expect(svc.states.counts.loads - before).toBeLessThanOrEqual(1 + timedOut);
       expect(svc.states.counts.loads).toBeGreaterThan(loads);
       const hits = svc.states.counts.hits;
       await owner.getDeviceState({ deviceId: id });

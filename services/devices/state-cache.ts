@@ -69,19 +69,20 @@ export class StateCache {
       }
     }
     this.counts.misses++;
-    const loaded = await this.load(deviceId);
-    if (cache && version !== undefined) {
-      const ttl = loaded ? this.opts.ttlMs : this.opts.negativeTtlMs;
-      const value = loaded ? JSON.stringify(loaded) : NO_DEVICE;
-      void this.bounded(cache.set(this.ns(deviceId), version, "state", value, ttl)).catch((err) =>
-        this.cacheFailed(err),
-      );
-    }
-    return loaded;
+    return this.load(deviceId, version);
   }
 
-  private load(deviceId: string): Promise<CachedState | undefined> {
-    const shared = this.inflight.get(deviceId);
+  /**
+   * One database read for the misses of one device at one cache version. The shared read stays
+   * shared until its answer is in the cache, not only while the query runs: a reader whose cache
+   * lookup missed just before the answer was stored would otherwise read again (Redis answers a
+   * connection's commands in order, so once the store is acknowledged no earlier lookup is still
+   * out). Keyed by the version, so a read begun before the worker bumped it is never handed to a
+   * reader who saw the bump. Without a version (the cache failed) a read is shared while it runs.
+   */
+  private load(deviceId: string, version: string | undefined): Promise<CachedState | undefined> {
+    const key = `${deviceId} ${version ?? ""}`;
+    const shared = this.inflight.get(key);
     if (shared) return shared;
     this.counts.loads++;
     const loading = this.opts.store.stateOf(deviceId).then((row) => {
@@ -96,8 +97,19 @@ export class StateCache {
         };
       return out;
     });
-    this.inflight.set(deviceId, loading);
-    void loading.finally(() => this.inflight.delete(deviceId)).catch(() => undefined);
+    this.inflight.set(key, loading);
+    const cache = this.opts.cache;
+    const stored =
+      cache && version !== undefined
+        ? loading.then((loaded) => {
+            const ttl = loaded ? this.opts.ttlMs : this.opts.negativeTtlMs;
+            const value = loaded ? JSON.stringify(loaded) : NO_DEVICE;
+            return this.bounded(cache.set(this.ns(deviceId), version, "state", value, ttl)).catch((err) =>
+              this.cacheFailed(err),
+            );
+          })
+        : loading;
+    void stored.finally(() => this.inflight.delete(key)).catch(() => undefined);
     return loading;
   }
 

@@ -100,6 +100,8 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   await dlq.connect();
   const consumer: Consumer = opts.kafka.consumer({
     groupId: opts.groupId,
+    // As the platform consumer: stop() waits for the fetch in flight, so it must not be 5 s long.
+    maxWaitTimeInMs: 1_000,
     sessionTimeout: opts.sessionTimeoutMs ?? 10_000,
     heartbeatInterval: 1_000,
   });
