@@ -152,9 +152,12 @@ export function deliverySender(deps: SenderDeps) {
       log.info("delivery not sent", { delivery_id: d.id, channel: d.channel, outcome: o.kind, response: o.response });
   }
 
-  /** One round: what is due now. Returns how many deliveries it settled or rescheduled. */
-  async function runOnce(): Promise<number> {
-    const claimed = await store.claimDue(new Date(), 50, 60_000);
+  /**
+   * One round: what is due at `now` (the clock, except in tests that look past a digest window).
+   * Returns how many deliveries it settled or rescheduled.
+   */
+  async function runOnce(now = new Date()): Promise<number> {
+    const claimed = await store.claimDue(now, 50, 60_000);
     const digests = new Map<string, DeliveryRow[]>();
     const work: Promise<void>[] = [];
     for (const d of claimed) {
