@@ -6,10 +6,13 @@
  *  - fan-out: announcements to all of them, notifications/s received across the streams;
  *  - latency: NewSignIn events published on user.events at a paced rate, p50/p99 from publish to
  *    the notification arriving on the user's stream;
- *  - memory per idle subscriber: heap growth (client and server together, so an upper bound) / streams;
+ *  - memory per idle subscriber: the server's heap growth / streams, with the streams held by a child
+ *    process (bench/lib/idle-subscribers.ts), and client and server together in one process;
  *  - email: welcome mails for BENCH_NOTIFY_MAILS (500) registrations, messages/s into the SMTP server.
  * Writes bench/results/notifications.md. Run it under `flock /tmp/bench.lock`.
  */
+import { spawn } from "node:child_process";
+import { setMaxListeners } from "node:events";
 import fs from "node:fs";
 import path from "node:path";
 import { randomBytes, randomUUID } from "node:crypto";
@@ -123,6 +126,31 @@ async function main() {
     ),
   );
 
+  // The server alone: the same streams held by another process, this one's heap weighed with
+  // them open and after they are gone.
+  say(`server memory: ${STREAMS} idle streams from a child process`);
+  gc();
+  await sleep(500);
+  gc();
+  const serverBefore = process.memoryUsage().heapUsed;
+  const holder = spawn(
+    process.execPath,
+    ["--import", "tsx", path.join(root, "bench/lib/idle-subscribers.ts"), `127.0.0.1:${svc.port}`, users.join(",")],
+    { cwd: root, stdio: ["ignore", "pipe", "inherit"] },
+  );
+  await new Promise<void>((resolve, reject) => {
+    holder.stdout!.on("data", (d: Buffer) => d.toString().includes("open") && resolve());
+    holder.once("exit", (code) => reject(new Error(`the stream holder exited (${code})`)));
+  });
+  await until("every stream open", () => svc.feed.subscribers() >= STREAMS);
+  await sleep(1000);
+  gc();
+  await sleep(200);
+  gc();
+  const serverPerSubscriber = (process.memoryUsage().heapUsed - serverBefore) / STREAMS;
+  holder.kill("SIGKILL");
+  await until("the held streams gone", () => svc.feed.subscribers() === 0, 60_000);
+
   gc();
   await sleep(500);
   gc();
@@ -134,6 +162,8 @@ async function main() {
   const sentAt = new Map<string, number>();
   const latencies: number[] = [];
   const abort = new AbortController();
+  // One signal ends every stream of the bench: a listener per stream is expected, not a leak.
+  setMaxListeners(0, abort.signal);
   const streams = users.map(async (u) => {
     try {
       for await (const r of client.subscribe(
@@ -236,7 +266,8 @@ async function main() {
     `|---|---|---|`,
     `| in-app fan-out: notifications received across ${STREAMS} streams (${ROUNDS} announcements to all) | ${Math.round(fanoutRate)} /s (${ROUNDS * STREAMS} in ${Math.round(fanoutMs)} ms) | ≥ 5,000 /s |`,
     `| event published on user.events → on the user's stream, ${LATENCY_EVENTS} NewSignIn at ${LATENCY_RATE}/s | p50 ${quantile(latencies, 0.5).toFixed(1)} ms, p99 ${quantile(latencies, 0.99).toFixed(1)} ms, max ${Math.max(...latencies).toFixed(1)} ms | p99 ≤ 500 ms |`,
-    `| memory per idle subscriber (heap growth / streams; client and server in one process, so an upper bound) | ${(perSubscriber / 1024).toFixed(1)} KiB (RSS growth ${((rssIdle - rssBefore) / STREAMS / 1024).toFixed(1)} KiB) | ≤ 20 KiB |`,
+    `| memory per idle subscriber, the server alone (its heap growth / streams, held by another process) | ${(serverPerSubscriber / 1024).toFixed(1)} KiB | ≤ 20 KiB |`,
+    `| memory per idle subscriber, client and server in one process (heap growth / streams) | ${(perSubscriber / 1024).toFixed(1)} KiB (RSS growth ${((rssIdle - rssBefore) / STREAMS / 1024).toFixed(1)} KiB) | |`,
     `| email: welcome mails for ${MAILS} registrations into an SMTP server | ${Math.round(mailRate)} messages/s | |`,
     ``,
     `The latency row uses NewSignIn rather than DocumentProcessed: the path is the same (consume, one`,
