@@ -21,6 +21,11 @@ export interface ServiceToken {
   headers(): Promise<{ authorization: string }>;
   /** Drops the cached token, so the next call exchanges again (a callee refused it). */
   invalidate(): void;
+  /**
+   * Makes a call as this service. A callee that refuses the token (unauthenticated: it expired
+   * early, or identity's keys rotated) gets one more try with a freshly exchanged one.
+   */
+  call<T>(call: (headers: { authorization: string }) => Promise<T>): Promise<T>;
   close(): void;
 }
 
@@ -60,15 +65,26 @@ export function serviceToken(opts: ServiceTokenOptions): ServiceToken {
     }
   }
 
+  async function headers(): Promise<{ authorization: string }> {
+    if (cached && cached.expiresAt - now() > renewBeforeMs) return { authorization: cached.authorization };
+    pending ??= exchange().finally(() => (pending = undefined));
+    cached = await pending;
+    return { authorization: cached.authorization };
+  }
+
   return {
-    async headers() {
-      if (cached && cached.expiresAt - now() > renewBeforeMs) return { authorization: cached.authorization };
-      pending ??= exchange().finally(() => (pending = undefined));
-      cached = await pending;
-      return { authorization: cached.authorization };
-    },
+    headers,
     invalidate() {
       cached = undefined;
+    },
+    async call(call) {
+      try {
+        return await call(await headers());
+      } catch (err) {
+        if (ConnectError.from(err).code !== Code.Unauthenticated) throw err;
+        cached = undefined;
+        return call(await headers());
+      }
     },
     close() {
       identity.close();

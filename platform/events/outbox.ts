@@ -15,6 +15,7 @@ import { logger as rootLogger, type Logger } from "../telemetry/logger.js";
 import { eventHeaders, newEvent, type EventEnvelope, type NewEvent } from "./envelope.js";
 import { claimBatch, markSent, releaseClaim, type ClaimedRow } from "./outbox-claims.js";
 import type { OutboxDatabase, OutboxTable } from "./outbox-table.js";
+import { withTimeout } from "../lifecycle/with-timeout.js";
 
 export type { OutboxDatabase, OutboxTable } from "./outbox-table.js";
 
@@ -302,7 +303,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
             acks: -1,
             topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
           });
-          await withTimeout(sent, publishTimeoutMs);
+          await withTimeout(sent, publishTimeoutMs, () => new PublishTimeoutError(publishTimeoutMs));
         } catch (err) {
           span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
           for (const send of sends) send.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
@@ -383,14 +384,4 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
       await loop;
     },
   };
-}
-
-/** The promise, or a PublishTimeoutError after `ms`; a late rejection of the promise is swallowed. */
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new PublishTimeoutError(ms)), ms);
-  });
-  promise.catch(() => undefined);
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

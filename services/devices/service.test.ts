@@ -18,18 +18,13 @@ import { backends, testEnv } from "../../test/support/backends.js";
 import { startTestIdentity, type Persona, type TestIdentity } from "../../test/support/identity.js";
 import { rejection } from "../../test/support/rejection.js";
 import { startDevices } from "./main.js";
+import { eventually as eventuallyDefined } from "../../test/support/eventually.js";
 
 type DevicesClient = ReturnType<typeof createMeshClient<typeof DeviceService>>;
 
-async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const got = await probe().catch(() => undefined);
-    if (got !== undefined) return got;
-    if (Date.now() > until) throw new Error(`timed out waiting: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+// A probe that fails (the service not up yet) counts as "not yet".
+const eventually = <T>(what: string, probe: () => Promise<T | undefined>, timeoutMs?: number): Promise<T> =>
+  eventuallyDefined(what, () => probe().catch(() => undefined), timeoutMs);
 
 function event(
   deviceId: string,

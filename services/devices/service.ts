@@ -90,16 +90,6 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
   const { store, ingest, states, identity, token } = opts;
   const log = (opts.logger ?? rootLogger).child({ component: "devices" });
 
-  async function asService<T>(call: (headers: { authorization: string }) => Promise<T>): Promise<T> {
-    try {
-      return await call(await token.headers());
-    } catch (err) {
-      if (!(err instanceof ConnectError && err.code === Code.Unauthenticated)) throw err;
-      token.invalidate();
-      return call(await token.headers());
-    }
-  }
-
   /** The device, if the caller may manage it; others' devices are not found, so ids cannot be probed. */
   async function managed(id: string, ctx: HandlerContext): Promise<DeviceRow> {
     const caller = callerOf(ctx);
@@ -119,7 +109,7 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
     async registerDevice(req, ctx) {
       const owner = callerOf(ctx).subject;
       const id = randomUUID();
-      const issued = await asService((headers) => identity.issueDeviceApiKey({ deviceId: id }, { headers }));
+      const issued = await token.call((headers) => identity.issueDeviceApiKey({ deviceId: id }, { headers }));
       let row: DeviceRow;
       try {
         row = await store.insertDevice({
@@ -131,9 +121,9 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
         });
       } catch (err) {
         // A key for a device that does not exist would be refused at ingest anyway; revoke it all the same.
-        await asService((headers) => identity.revokeDeviceApiKeys({ deviceId: id }, { headers })).catch(
-          () => undefined,
-        );
+        await token
+          .call((headers) => identity.revokeDeviceApiKeys({ deviceId: id }, { headers }))
+          .catch(() => undefined);
         throw err;
       }
       // A "no such device" answer may be cached for this id.
@@ -162,7 +152,7 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
 
     async revokeDevice(req, ctx) {
       const row = await managed(req.id, ctx);
-      await asService((headers) => identity.revokeDeviceApiKeys({ deviceId: row.id }, { headers }));
+      await token.call((headers) => identity.revokeDeviceApiKeys({ deviceId: row.id }, { headers }));
       const revoked = (await store.revokeDevice(row.id, new Date())) ?? row;
       ingest.forget(row.id);
       return { device: toDevice(revoked) };
@@ -170,7 +160,7 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
 
     async deleteDevice(req, ctx) {
       const row = await managed(req.id, ctx);
-      await asService((headers) => identity.revokeDeviceApiKeys({ deviceId: row.id }, { headers }));
+      await token.call((headers) => identity.revokeDeviceApiKeys({ deviceId: row.id }, { headers }));
       await store.deleteDevice(row.id);
       ingest.forget(row.id);
       states.invalidate(row.id);

@@ -1,6 +1,7 @@
 import type { VersionedCache } from "../../platform/cache/versioned-cache.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 import type { DeviceStore } from "./store.js";
+import { withTimeout } from "../../platform/lifecycle/with-timeout.js";
 
 /** What GetDeviceState needs of a device: who owns it, and its state if anything was applied. */
 export interface CachedState {
@@ -46,7 +47,7 @@ export class StateCache {
   }
 
   private bounded<T>(p: Promise<T>): Promise<T> {
-    return this.timeoutMs > 0 ? withTimeout(p, this.timeoutMs) : p;
+    return this.timeoutMs > 0 ? withTimeout(p, this.timeoutMs, () => cacheTimedOut(this.timeoutMs)) : p;
   }
 
   private ns(deviceId: string) {
@@ -117,7 +118,9 @@ export class StateCache {
   invalidate(deviceId: string): void {
     const cache = this.opts.cache;
     if (!cache) return;
-    void withTimeout(cache.bump(this.ns(deviceId)), 1_000).catch((err) => this.cacheFailed(err));
+    void withTimeout(cache.bump(this.ns(deviceId)), 1_000, () => cacheTimedOut(1_000)).catch((err) =>
+      this.cacheFailed(err),
+    );
   }
 
   private cacheFailed(err: unknown) {
@@ -128,12 +131,4 @@ export class StateCache {
   }
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout;
-  return Promise.race([
-    p,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`the cache did not answer within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
+const cacheTimedOut = (ms: number) => new Error(`the cache did not answer within ${ms} ms`);

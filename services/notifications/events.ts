@@ -69,21 +69,12 @@ interface DocumentFacts {
  */
 export function documentNotifier(deps: EventDeps) {
   const { documents, token, publicUrl } = deps;
-  async function authed<T>(call: (headers: { authorization: string }) => Promise<T>): Promise<T> {
-    try {
-      return await call(await token.headers());
-    } catch (err) {
-      if (!(err instanceof ConnectError && err.code === Code.Unauthenticated)) throw err;
-      token.invalidate();
-      return call(await token.headers());
-    }
-  }
   return {
     handles: (e: EventEnvelope) => DOCUMENT_EVENTS.some((s) => isEventOf(e, s)),
     async prepare(e: EventEnvelope): Promise<DocumentFacts | undefined> {
       const id = e.key;
       try {
-        const doc = (await authed((headers) => documents.getDocument({ id }, { headers }))).document;
+        const doc = (await token.call((headers) => documents.getDocument({ id }, { headers }))).document;
         return doc ? { title: doc.title || "Untitled document", uploadedBy: doc.uploadedBy } : undefined;
       } catch (err) {
         if (err instanceof ConnectError && err.code === Code.NotFound) return undefined;

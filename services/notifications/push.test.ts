@@ -15,16 +15,7 @@ import { startTestIdentity, type TestIdentity } from "../../test/support/identit
 import { startPushService, type TestPushService } from "../../test/support/push-service.js";
 import { rejection } from "../../test/support/rejection.js";
 import { startNotifications } from "./main.js";
-
-async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const got = await probe();
-    if (got !== undefined) return got;
-    if (Date.now() > until) throw new Error(`timed out waiting: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+import { eventually } from "../../test/support/eventually.js";
 
 describe("web push", () => {
   const stops: Array<() => Promise<void>> = [];

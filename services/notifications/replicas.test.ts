@@ -13,18 +13,9 @@ import { freePort } from "../../test/support/embedded-mesh.js";
 import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";
 import { recipientsOf, startMailbox } from "../../test/support/mailbox.js";
 import { startNotifications } from "./main.js";
+import { eventually } from "../../test/support/eventually.js";
 
 type Client = ReturnType<typeof createMeshClient<typeof NotificationService>>;
-
-async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const got = await probe();
-    if (got !== undefined) return got;
-    if (Date.now() > until) throw new Error(`timed out waiting: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 function collect(client: Client) {
   const abort = new AbortController();

@@ -57,16 +57,6 @@ const digestHtml = Handlebars.create().compile(
 export function deliverySender(deps: SenderDeps) {
   const { store, log } = deps;
 
-  async function authed<T>(call: (headers: { authorization: string }) => Promise<T>): Promise<T> {
-    try {
-      return await call(await deps.token.headers());
-    } catch (err) {
-      if (!(err instanceof ConnectError && err.code === Code.Unauthenticated)) throw err;
-      deps.token.invalidate();
-      return call(await deps.token.headers());
-    }
-  }
-
   const backoff = (attempts: number) => {
     const cap = Math.min(deps.retryMaxMs, deps.retryBaseMs * 2 ** Math.min(attempts, 20));
     return cap / 2 + Math.random() * (cap / 2);
@@ -79,7 +69,7 @@ export function deliverySender(deps: SenderDeps) {
     if (d.link_id) {
       let link;
       try {
-        link = await authed((headers) => deps.identity.issueAccountLink({ linkId: d.link_id! }, { headers }));
+        link = await deps.token.call((headers) => deps.identity.issueAccountLink({ linkId: d.link_id! }, { headers }));
       } catch (err) {
         return identityOutcome(err);
       }
@@ -162,8 +152,9 @@ export function deliverySender(deps: SenderDeps) {
     const work: Promise<void>[] = [];
     for (const d of claimed) {
       if (d.digest && d.channel === "email") {
-        const k = d.user_id;
-        digests.set(k, [...(digests.get(k) ?? []), d]);
+        const rows = digests.get(d.user_id);
+        if (rows) rows.push(d);
+        else digests.set(d.user_id, [d]);
         continue;
       }
       work.push(

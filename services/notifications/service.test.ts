@@ -28,18 +28,9 @@ import { rejection } from "../../test/support/rejection.js";
 import { startDocuments } from "../documents/main.js";
 import { startProcessing } from "../processing/main.js";
 import { startNotifications } from "./main.js";
+import { eventually } from "../../test/support/eventually.js";
 
 type Client = ReturnType<typeof createMeshClient<typeof NotificationService>>;
-
-async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const got = await probe();
-    if (got !== undefined) return got;
-    if (Date.now() > until) throw new Error(`timed out waiting: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function* paper(title: string): AsyncIterable<UploadRequest> {
   yield {

@@ -103,15 +103,6 @@ export function processingWorker(deps: WorkerDeps): {
   const { documents, processing, token } = deps;
 
   /** A call as the service; a token refused mid-life (keys rotated, clock skew) is exchanged once more. */
-  async function authed<T>(call: (headers: { authorization: string }) => Promise<T>): Promise<T> {
-    try {
-      return await call(await token.headers());
-    } catch (err) {
-      if (!isCode(err, Code.Unauthenticated)) throw err;
-      token.invalidate();
-      return call(await token.headers());
-    }
-  }
 
   async function readVersion(u: DocumentUploaded, inline: Uint8Array | undefined): Promise<Uint8Array> {
     // The event says how big the version is; a producer that left it out is bounded by the maximum.
@@ -121,7 +112,7 @@ export function processingWorker(deps: WorkerDeps): {
       // A copy of its own: the decoded field is a view into the whole response's buffer.
       return new Uint8Array(inline);
     }
-    return authed(async (headers) => {
+    return token.call(async (headers) => {
       const chunks: Uint8Array[] = [];
       let total = 0;
       for await (const m of documents.readContent(
@@ -177,7 +168,7 @@ export function processingWorker(deps: WorkerDeps): {
   async function outcomeOf(u: DocumentUploaded, delivery: DeliveryInfo): Promise<ProcessingOutcome | undefined> {
     const key = { documentId: u.documentId, version: u.version };
     const inlineMax = Math.min(INLINE_CONTENT_MAX_BYTES, deps.maxBytes);
-    const start = await authed((headers) =>
+    const start = await token.call((headers) =>
       processing.startProcessing({ ...key, inlineContentMaxBytes: inlineMax }, { headers }),
     );
     if (!start.proceed) {
@@ -191,14 +182,14 @@ export function processingWorker(deps: WorkerDeps): {
     }
     const outcome = await analyse(u, delivery, start.content);
     // The answer is authoritative: when two workers raced, the first outcome recorded stands.
-    const recorded = await authed((headers) => processing.recordProcessingResult({ ...key, outcome }, { headers }));
+    const recorded = await token.call((headers) => processing.recordProcessingResult({ ...key, outcome }, { headers }));
     return recorded.outcome;
   }
 
   /** Best effort on the last attempt: the document says FAILED instead of staying in PROCESSING. */
   async function giveUp(u: DocumentUploaded, error: unknown): Promise<void> {
     try {
-      await authed((headers) =>
+      await token.call((headers) =>
         processing.recordProcessingResult(
           {
             documentId: u.documentId,

@@ -147,20 +147,10 @@ export function indexer(deps: IndexerDeps): {
   const log = (deps.logger ?? rootLogger).child({ component: "indexer" });
   const { documents, token, store } = deps;
 
-  async function authed<T>(call: (headers: { authorization: string }) => Promise<T>): Promise<T> {
-    try {
-      return await call(await token.headers());
-    } catch (err) {
-      if (!isCode(err, Code.Unauthenticated)) throw err;
-      token.invalidate();
-      return call(await token.headers());
-    }
-  }
-
   /** The live document, or undefined when it is gone. */
   async function documentOf(id: string): Promise<Document | undefined> {
     try {
-      return (await authed((headers) => documents.getDocument({ id }, { headers }))).document;
+      return (await token.call((headers) => documents.getDocument({ id }, { headers }))).document;
     } catch (err) {
       if (isCode(err, Code.NotFound)) return undefined;
       throw err;
@@ -175,7 +165,7 @@ export function indexer(deps: IndexerDeps): {
     let outcome;
     try {
       outcome = (
-        await authed((headers) =>
+        await token.call((headers) =>
           documents.getProcessingResult({ documentId, version, maxTextChars: BODY_INDEX_CHARS }, { headers }),
         )
       ).outcome;

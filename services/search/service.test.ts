@@ -22,6 +22,7 @@ import { rejection } from "../../test/support/rejection.js";
 import { startDocuments } from "../documents/main.js";
 import { startProcessing } from "../processing/main.js";
 import { startSearch } from "./main.js";
+import { eventually } from "../../test/support/eventually.js";
 
 type SearchClient = ReturnType<typeof createMeshClient<typeof SearchService>>;
 
@@ -44,16 +45,6 @@ async function* uploadText(
       };
   yield { part: { case: "header", value: header } } as never;
   yield { part: { case: "chunk", value: bytes } } as never;
-}
-
-async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const got = await probe();
-    if (got !== undefined) return got;
-    if (Date.now() > until) throw new Error(`timed out waiting: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 describe.each(backends())("search on $name", (backend) => {

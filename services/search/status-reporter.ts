@@ -42,16 +42,8 @@ export function indexedReporter(deps: { processing: Client<typeof DocumentProces
       } catch (err) {
         throw new PoisonMessageError(`the DocumentIndexed payload does not decode: ${(err as Error).message}`);
       }
-      const call = async () =>
-        deps.processing.recordIndexed({ documentId, version }, { headers: await deps.token.headers() });
       try {
-        try {
-          await call();
-        } catch (err) {
-          if (ConnectError.from(err).code !== Code.Unauthenticated) throw err;
-          deps.token.invalidate();
-          await call();
-        }
+        await deps.token.call((headers) => deps.processing.recordIndexed({ documentId, version }, { headers }));
       } catch (err) {
         // Deleted since: there is no status left to move.
         if (ConnectError.from(err).code !== Code.NotFound) throw err;
