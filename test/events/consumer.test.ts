@@ -1,4 +1,3 @@
-import { randomBytes } from "node:crypto";
 import type { Kafka, Producer } from "kafkajs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startBroker, type RunningBroker } from "../../deploy/embedded/kafka/index.js";
@@ -9,7 +8,7 @@ import {
   type EventHandler,
   type IdempotentConsumer,
 } from "../../platform/events/consumer.js";
-import { newEvent, protobufContentType, toKafkaMessage, type EventEnvelope } from "../../platform/events/envelope.js";
+import { toKafkaMessage } from "../../platform/events/envelope.js";
 import type { Logger } from "../../platform/telemetry/logger.js";
 import {
   createTopics,
@@ -20,21 +19,10 @@ import {
   recordTopics,
   waitFor,
   type TestDatabase,
+  silentLogger as silent,
+  shortId as rand,
+  testEvent as event,
 } from "./helpers.js";
-
-const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silent };
-
-function event(key: string, note: string): EventEnvelope {
-  return newEvent({
-    type: "medmesh.test.happened.v1",
-    source: "/medmesh/test",
-    key,
-    payload: new TextEncoder().encode(note),
-    contentType: protobufContentType("medmesh.test.v1.Happened"),
-  });
-}
-
-const rand = () => randomBytes(3).toString("hex");
 
 // Every behaviour holds whether events are handled one at a time or in batches (batchSize).
 const modes = dbBackends().flatMap((b) => [

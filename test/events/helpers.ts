@@ -5,6 +5,8 @@ import { openDatabase, type Database } from "../../platform/db/database.js";
 import { migrateToLatest } from "../../platform/db/migrate.js";
 import { inboxMigration, type InboxDatabase } from "../../platform/events/consumer.js";
 import { outboxClaimsMigration, outboxMigration, type OutboxDatabase } from "../../platform/events/outbox.js";
+import { newEvent, protobufContentType, type EventEnvelope } from "../../platform/events/envelope.js";
+import type { Logger } from "../../platform/telemetry/logger.js";
 
 /** A table the handlers in these tests write to, standing in for a service's own state. */
 export interface TestDatabase extends OutboxDatabase, InboxDatabase {
@@ -118,3 +120,19 @@ export async function waitFor(
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silentLogger };
+
+/** A short random suffix that keeps topics and groups of one test apart from another's. */
+export const shortId = () => randomBytes(3).toString("hex");
+
+/** An event whose payload is the note itself, so a test can tell which one a handler saw. */
+export function testEvent(key: string, note: string): EventEnvelope {
+  return newEvent({
+    type: "medmesh.test.happened.v1",
+    source: "/medmesh/test",
+    key,
+    payload: new TextEncoder().encode(note),
+    contentType: protobufContentType("medmesh.test.v1.Happened"),
+  });
+}

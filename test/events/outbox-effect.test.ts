@@ -1,12 +1,11 @@
-import { randomBytes, randomUUID } from "node:crypto";
+import { randomUUID } from "node:crypto";
 import type { Kafka, Producer } from "kafkajs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startBroker, type RunningBroker } from "../../deploy/embedded/kafka/index.js";
 import type { Database } from "../../platform/db/database.js";
 import { startIdempotentConsumer, type IdempotentConsumer } from "../../platform/events/consumer.js";
-import { newEvent, protobufContentType, toKafkaMessage, type EventEnvelope } from "../../platform/events/envelope.js";
+import { protobufContentType, toKafkaMessage } from "../../platform/events/envelope.js";
 import type { OutboxEvent } from "../../platform/events/outbox.js";
-import type { Logger } from "../../platform/telemetry/logger.js";
 import {
   createTopics,
   dbBackends,
@@ -15,20 +14,10 @@ import {
   openTestDatabase,
   waitFor,
   type TestDatabase,
+  silentLogger as silent,
+  shortId as rand,
+  testEvent as event,
 } from "./helpers.js";
-
-const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silent };
-const rand = () => randomBytes(3).toString("hex");
-
-function event(key: string, note: string): EventEnvelope {
-  return newEvent({
-    type: "medmesh.test.happened.v1",
-    source: "/medmesh/test",
-    key,
-    payload: new TextEncoder().encode(note),
-    contentType: protobufContentType("medmesh.test.v1.Happened"),
-  });
-}
 
 describe.each(dbBackends())("consumer outboxEffect, on $name", (backend) => {
   let broker: RunningBroker;

@@ -1,4 +1,3 @@
-import { randomBytes } from "node:crypto";
 import { sql } from "kysely";
 import type { Kafka, Producer } from "kafkajs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -10,14 +9,7 @@ import {
   type IdempotentConsumer,
   type IdempotentConsumerOptions,
 } from "../../platform/events/consumer.js";
-import {
-  newEvent,
-  PoisonMessageError,
-  protobufContentType,
-  toKafkaMessage,
-  type EventEnvelope,
-} from "../../platform/events/envelope.js";
-import type { Logger } from "../../platform/telemetry/logger.js";
+import { PoisonMessageError, toKafkaMessage } from "../../platform/events/envelope.js";
 import {
   createTopics,
   dbBackends,
@@ -27,20 +19,10 @@ import {
   recordTopics,
   waitFor,
   type TestDatabase,
+  silentLogger as silent,
+  shortId as rand,
+  testEvent as event,
 } from "./helpers.js";
-
-const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silent };
-const rand = () => randomBytes(3).toString("hex");
-
-function event(key: string, note: string): EventEnvelope {
-  return newEvent({
-    type: "medmesh.test.happened.v1",
-    source: "/medmesh/test",
-    key,
-    payload: new TextEncoder().encode(note),
-    contentType: protobufContentType("medmesh.test.v1.Happened"),
-  });
-}
 
 describe.each(dbBackends())("consumer work before the transaction, on $name", (backend) => {
   let broker: RunningBroker;

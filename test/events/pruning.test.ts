@@ -3,10 +3,8 @@ import type { Database } from "../../platform/db/database.js";
 import { protobufContentType } from "../../platform/events/envelope.js";
 import { enqueue } from "../../platform/events/outbox.js";
 import { pruneInbox, pruneOutbox, startEventPruning } from "../../platform/events/pruning.js";
-import type { Logger } from "../../platform/telemetry/logger.js";
-import { dbBackends, openTestDatabase, waitFor, sleep, type TestDatabase } from "./helpers.js";
+import { dbBackends, openTestDatabase, waitFor, sleep, type TestDatabase, silentLogger as silent } from "./helpers.js";
 
-const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silent };
 const HOUR = 3_600_000;
 const hoursAgo = (h: number) => new Date(Date.now() - h * HOUR);
 

@@ -8,7 +8,6 @@ import type { Database } from "../../platform/db/database.js";
 import { startIdempotentConsumer, type IdempotentConsumer } from "../../platform/events/consumer.js";
 import { newEvent, protobufContentType, toKafkaMessage } from "../../platform/events/envelope.js";
 import { enqueue, startOutboxRelay, type OutboxRelay } from "../../platform/events/outbox.js";
-import type { Logger } from "../../platform/telemetry/logger.js";
 import { startTelemetry } from "../../platform/telemetry/sdk.js";
 import {
   createTopics,
@@ -18,13 +17,13 @@ import {
   openTestDatabase,
   waitFor,
   type TestDatabase,
+  silentLogger as silent,
 } from "./helpers.js";
 
 const spans = new InMemorySpanExporter();
 const telemetry = startTelemetry({ serviceName: "events-trace-test", exporter: spans, logLevel: "error" });
 afterAll(() => telemetry.shutdown());
 
-const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silent };
 const tracer = trace.getTracer("trace-test");
 
 describe.each(dbBackends())("trace across Kafka on $name", (backend) => {

@@ -1,4 +1,3 @@
-import { randomBytes } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Kafka, Producer } from "kafkajs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -11,8 +10,7 @@ import {
   type EventHandler,
   type IdempotentConsumer,
 } from "../../platform/events/consumer.js";
-import { newEvent, protobufContentType, toKafkaMessage, type EventEnvelope } from "../../platform/events/envelope.js";
-import type { Logger } from "../../platform/telemetry/logger.js";
+import { toKafkaMessage, type EventEnvelope } from "../../platform/events/envelope.js";
 import {
   createTopics,
   dbBackends,
@@ -23,21 +21,12 @@ import {
   sleep,
   waitFor,
   type TestDatabase,
+  silentLogger as silent,
+  shortId as rand,
+  testEvent as event,
 } from "./helpers.js";
 
-const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silent };
-const rand = () => randomBytes(3).toString("hex");
 const note = (e: EventEnvelope) => new TextDecoder().decode(e.payload);
-
-function event(key: string, text: string): EventEnvelope {
-  return newEvent({
-    type: "medmesh.test.happened.v1",
-    source: "/medmesh/test",
-    key,
-    payload: new TextEncoder().encode(text),
-    contentType: protobufContentType("medmesh.test.v1.Happened"),
-  });
-}
 
 const unavailable = () => new ConnectError("documents is unavailable right now; try again shortly", Code.Unavailable);
 
