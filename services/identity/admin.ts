@@ -8,8 +8,9 @@ import { roleChangedEvent } from "./user-events.js";
 import { mfaEnabled } from "./users.js";
 
 const AUDIT_PAGE_SIZE = 50;
+const USERS_PAGE_SIZE = 100;
 
-type Handlers = Pick<ServiceImpl<typeof IdentityService>, "setRole" | "listAuditEvents">;
+type Handlers = Pick<ServiceImpl<typeof IdentityService>, "setRole" | "listAuditEvents" | "listUsers">;
 
 export function adminHandlers(identity: IdentityContext): Handlers {
   const { store, now } = identity;
@@ -36,6 +37,12 @@ export function adminHandlers(identity: IdentityContext): Handlers {
         return row;
       });
       return { user: toUser(updated, await mfaEnabled(identity, updated.id)) };
+    },
+
+    async listUsers(req) {
+      const rows = await store.usersAfter(req.afterUserId || undefined, req.pageSize || USERS_PAGE_SIZE);
+      const mfa = await store.withConfirmedMfa(rows.map((r) => r.id));
+      return { users: rows.map((r) => toUser(r, mfa.has(r.id))) };
     },
 
     async listAuditEvents(req) {

@@ -294,6 +294,53 @@ describe.each(backends())("identity service on $name", (backend) => {
     });
   });
 
+  describe("ListUsers", () => {
+    it("pages every account in id order for an admin and for a service; a student and a device are refused", async () => {
+      const made = [await newUser(), await newUser(), await newUser()];
+      const seen: string[] = [];
+      let after = "";
+      for (;;) {
+        const { users } = await client.listUsers({ pageSize: 2, afterUserId: after }, bearer(admin.accessToken));
+        if (users.length === 0) break;
+        expect(users.length).toBeLessThanOrEqual(2);
+        seen.push(...users.map((u) => u.id));
+        after = users[users.length - 1]!.id;
+      }
+      expect(seen).toEqual([...seen].sort());
+      expect(new Set(seen).size).toBe(seen.length);
+      for (const m of made) expect(seen).toContain(m.user.id);
+
+      const service = await client.createApiKey(
+        { name: `notifier-${unique()}`, kind: PrincipalKind.SERVICE },
+        bearer(admin.accessToken),
+      );
+      const serviceToken = (await client.exchangeApiKey({ apiKey: service.key })).accessToken;
+      const { users } = await client.listUsers({ pageSize: 500 }, bearer(serviceToken));
+      const listed = users.find((u) => u.id === made[0]!.user.id)!;
+      expect(listed).toMatchObject({ email: made[0]!.email, firstName: "Ada", role: Role.STUDENT, mfaEnabled: false });
+
+      const student = await login(made[1]!.username);
+      const refused = await rejection(client.listUsers({}, bearer(student.accessToken)));
+      expect(refused.code).toBe(Code.PermissionDenied);
+      const device = await client.createApiKey(
+        { name: `meter-${unique()}`, kind: PrincipalKind.DEVICE },
+        bearer(admin.accessToken),
+      );
+      const deviceToken = (await client.exchangeApiKey({ apiKey: device.key })).accessToken;
+      expect((await rejection(client.listUsers({}, bearer(deviceToken)))).code).toBe(Code.PermissionDenied);
+      expect((await rejection(client.listUsers({}))).code).toBe(Code.Unauthenticated);
+    });
+
+    it("a page size over 500 or an after id that is not a UUID is invalid_argument naming the field", async () => {
+      const big = await rejection(client.listUsers({ pageSize: 501 }, bearer(admin.accessToken)));
+      expect(big.code).toBe(Code.InvalidArgument);
+      expect(big.rawMessage).toContain("page_size");
+      const bad = await rejection(client.listUsers({ afterUserId: "' or 1=1 --" }, bearer(admin.accessToken)));
+      expect(bad.code).toBe(Code.InvalidArgument);
+      expect(bad.rawMessage).toContain("after_user_id");
+    });
+  });
+
   describe("API keys", () => {
     it("a device key is shown once, listed without its secret, and exchanged for a device token", async () => {
       const name = `scanner-${unique()}`;

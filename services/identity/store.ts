@@ -435,6 +435,24 @@ export class IdentityStore {
       .execute();
   }
 
+  async usersAfter(afterId: string | undefined, limit: number): Promise<UserRow[]> {
+    let q = this.db.selectFrom("users").selectAll();
+    if (afterId) q = q.where("id", ">", afterId);
+    return q.orderBy("id").limit(limit).execute();
+  }
+
+  /** Which of these accounts have a confirmed second factor. */
+  async withConfirmedMfa(userIds: string[]): Promise<Set<string>> {
+    if (userIds.length === 0) return new Set();
+    const rows = await this.db
+      .selectFrom("mfa")
+      .select("user_id")
+      .where("user_id", "in", userIds)
+      .where("confirmed_at", "is not", null)
+      .execute();
+    return new Set(rows.map((r) => r.user_id));
+  }
+
   async auditEvents(limit: number, userId?: string, beforeId?: number): Promise<AuditRow[]> {
     let q = this.db.selectFrom("audit_log").selectAll();
     if (userId) q = q.where("user_id", "=", userId);
