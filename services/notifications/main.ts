@@ -32,6 +32,7 @@ import { UserRegisteredSchema } from "../../gen/medmesh/events/v1/user_events_pb
 import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
 import { NotificationService } from "../../gen/medmesh/notifications/v1/notifications_pb.js";
 import { announcer } from "./announcements.js";
+import { recipientBackfill } from "./recipient-backfill.js";
 import { BUILT_IN, TYPES, VARIABLES } from "./catalog.js";
 import { documentNotifier, userNotifier } from "./events.js";
 import { Feed, inProcessBus, redisBus } from "./feed.js";
@@ -101,7 +102,13 @@ export async function startNotifications(
   source: Record<string, string | undefined> = process.env,
   hooks: NotificationsHooks = {},
 ): Promise<
-  Started & { port: number; feed: Feed; runDeliveries(): Promise<number>; runAnnouncements(): Promise<number> }
+  Started & {
+    port: number;
+    feed: Feed;
+    runDeliveries(): Promise<number>;
+    runAnnouncements(): Promise<number>;
+    runRecipientBackfill(): Promise<number>;
+  }
 > {
   const config = loadConfig(configSpec, source);
   const telemetry = startComponentTelemetry("notifications", config);
@@ -182,6 +189,11 @@ export async function startNotifications(
     announcer({ db, store, announce, afterWrite: wakeDeliveries, log }),
     onFailure("sending announcements"),
   );
+  // Until it has run once to the end: at start, then every 30 s while identity cannot answer.
+  const backfill = periodicJob(
+    recipientBackfill({ db, store, identity, token, log }),
+    onFailure("copying accounts from identity"),
+  );
   const pruning = startEventPruning({ db, inboxRetentionMs: config.INBOX_RETENTION_HOURS * 3_600_000 });
 
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "notifications" });
@@ -190,6 +202,7 @@ export async function startNotifications(
     for (const c of consumers) await c.stop();
     await deliveries.stop();
     await announcements.stop();
+    await backfill.stop();
     await pruning.stop();
     await feed.close();
     mail.close();
@@ -289,12 +302,15 @@ export async function startNotifications(
   }
   deliveries.start(config.NOTIFICATIONS_POLL_MS);
   announcements.start(config.NOTIFICATIONS_POLL_MS);
+  backfill.start(30_000);
+  void backfill.run().catch(onFailure("copying accounts from identity"));
 
   return {
     port: server.port,
     feed,
     runDeliveries: () => deliveries.run(),
     runAnnouncements: () => announcements.run(),
+    runRecipientBackfill: () => backfill.run(),
     endpoints: { notifications: `grpc://${server.address}` },
     async stop() {
       await server.shutdown(config.SHUTDOWN_GRACE_MS);

@@ -424,6 +424,44 @@ export class NotificationStore {
       .execute();
   }
 
+  recipientSync(): Promise<{ after_user_id: string; completed_at: Date | null } | undefined> {
+    return this.db.selectFrom("recipient_sync").select(["after_user_id", "completed_at"]).executeTakeFirst();
+  }
+
+  /**
+   * Accounts copied from identity: new ones are added, known ones only get an address or a name
+   * they lack. Their role is left alone, since user.events may already have brought a newer one
+   * than the copy read. Records how far the copy got in the same transaction.
+   */
+  async fillRecipients(
+    trx: Db,
+    rows: { userId: string; role: string; email: string; firstName: string }[],
+    progress: { afterUserId: string; complete: boolean },
+  ): Promise<void> {
+    if (rows.length > 0) {
+      await trx
+        .insertInto("recipient")
+        .values(rows.map((r) => ({ user_id: r.userId, role: r.role, email: r.email || null, first_name: r.firstName })))
+        .onConflict((oc) =>
+          oc.column("user_id").doUpdateSet((eb) => ({
+            email: eb.fn.coalesce("recipient.email", "excluded.email"),
+            first_name: sql<string>`case when recipient.first_name = '' then excluded.first_name else recipient.first_name end`,
+          })),
+        )
+        .execute();
+    }
+    await trx
+      .insertInto("recipient_sync")
+      .values({ id: 1, after_user_id: progress.afterUserId, completed_at: progress.complete ? new Date() : null })
+      .onConflict((oc) =>
+        oc.column("id").doUpdateSet((eb) => ({
+          after_user_id: eb.ref("excluded.after_user_id"),
+          completed_at: eb.ref("excluded.completed_at"),
+        })),
+      )
+      .execute();
+  }
+
   recipient(userId: string, db: Db = this.db): Promise<RecipientRow | undefined> {
     return db.selectFrom("recipient").selectAll().where("user_id", "=", userId).executeTakeFirst();
   }

@@ -80,6 +80,12 @@ export interface RecipientTable {
   updated_at: Generated<Date>;
 }
 
+export interface RecipientSyncTable {
+  id: number;
+  after_user_id: Generated<string>;
+  completed_at: Date | null;
+}
+
 export interface TemplateTable {
   type: string;
   version: number;
@@ -119,6 +125,7 @@ export interface NotificationsDB {
   preference: PreferenceTable;
   quiet_hours: QuietHoursTable;
   recipient: RecipientTable;
+  recipient_sync: RecipientSyncTable;
   template: TemplateTable;
   push_subscription: PushSubscriptionTable;
   announcement: AnnouncementTable;
