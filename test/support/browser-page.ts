@@ -24,6 +24,8 @@ export interface Failure {
   message: string;
   /** What the browser's fetch said, when the call never got an answer (CORS). */
   cause?: string;
+  /** The type names of the error details the page could decode. */
+  details: string[];
 }
 
 const codeNames: Record<number, string> = {
@@ -48,7 +50,8 @@ const codeNames: Record<number, string> = {
 function failure(err: unknown): Failure {
   const e = ConnectError.from(err);
   const cause = e.cause instanceof Error ? `${e.cause.name}: ${e.cause.message}` : undefined;
-  return { failed: true, code: codeNames[e.code] ?? String(e.code), message: e.rawMessage, cause };
+  const details = e.details.map((d) => ("desc" in d ? d.desc.typeName : d.type));
+  return { failed: true, code: codeNames[e.code] ?? String(e.code), message: e.rawMessage, cause, details };
 }
 
 async function settle<T>(work: () => Promise<T>): Promise<T | Failure> {

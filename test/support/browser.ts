@@ -10,7 +10,8 @@ import type { Scenarios } from "./browser-page.js";
 // The node side of the browser tests: the page's script bundled in memory, a tiny HTTP server
 // giving it an origin of its own, and a headless Chromium driven by playwright-core.
 
-export const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+// Where Debian's chromium package puts it, and where .ci/run installs it.
+export const chromiumPath = "/usr/bin/chromium";
 
 export const haveChromium = existsSync(chromiumPath);
 
