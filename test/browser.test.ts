@@ -345,12 +345,16 @@ describe.skipIf(!haveChromium)("connect-web in Chromium against the gateway", ()
   });
 
   describe("resumable upload through Connect unary calls", () => {
-    it.each(["connect-json", "connect-binary"] as const)("%s: start, one part, complete", async (wire) => {
-      const text = `Notes uploaded from a browser over ${wire} ${suffix}\n\nAbstract\nAspirin and the heart.\n`;
-      const done = await allowed.run("resumableUpload", admin(wire), `Uploaded over ${wire} ${suffix}`, text);
-      if ("failed" in done) throw new Error(JSON.stringify(done));
-      expect(done.version).toBe(1);
-      expect(done.documentId).toMatch(/^[0-9a-f-]{36}$/);
-    });
+    it.each(["connect-json", "connect-binary"] as const)(
+      "%s: start, a full 4 MiB part and a short one, complete",
+      async (wire) => {
+        const text = `Notes uploaded from a browser over ${wire} ${suffix}\n\nAbstract\nAspirin and the heart.\n`;
+        const size = 4 * 1024 * 1024 + 1000;
+        const done = await allowed.run("resumableUpload", admin(wire), `Uploaded over ${wire} ${suffix}`, text, size);
+        if ("failed" in done) throw new Error(JSON.stringify(done));
+        expect(done).toMatchObject({ version: 1, parts: 2, sizeBytes: size, stored: done.sent });
+        expect(done.documentId).toMatch(/^[0-9a-f-]{36}$/);
+      },
+    );
   });
 });
