@@ -38,6 +38,8 @@ if (!haveChromium) {
   console.warn(`browser.test.ts skipped: no Chromium at ${chromiumPath} (apt-get install chromium)`);
 }
 
+/** The request, header and idle timeouts of the second gateway: a quiet stream outlives them. */
+const SHORT_TIMEOUT_MS = 1_000;
 const RPC_LIMITS = "read=100000:100000,write=100000:100000,auth=100000:100000";
 
 describe.skipIf(!haveChromium)("connect-web in Chromium against the gateway", () => {
@@ -53,6 +55,7 @@ describe.skipIf(!haveChromium)("connect-web in Chromium against the gateway", ()
   let allowed: TestPage;
   let refused: TestPage;
   let adminToken: string;
+  let hastyGateway: string;
 
   const as = (wire: Wire, token?: string): Call => ({ gateway, wire, token });
   const admin = (wire: Wire): Call => as(wire, adminToken);
@@ -139,21 +142,32 @@ describe.skipIf(!haveChromium)("connect-web in Chromium against the gateway", ()
     const pages = await servePage(script);
     stops.unshift(pages.close);
     const allowedOrigin = `http://127.0.0.1:${pages.port}`;
-    const gw = await startGateway(
-      {
-        ...testEnv,
-        ...redis,
-        IDENTITY_TARGET: identity.target,
-        DOCUMENTS_TARGET: documentsTarget,
-        NOTIFICATIONS_TARGET: `127.0.0.1:${notifications.port}`,
-        SEARCH_TARGET: `127.0.0.1:${search.port}`,
-        CORS_ALLOWED_ORIGINS: allowedOrigin,
-        RATE_LIMITS: RPC_LIMITS,
-      },
-      { services: [IdentityService, DocumentService, NotificationService, SearchService] },
-    );
+    const gatewayEnv = {
+      ...testEnv,
+      ...redis,
+      IDENTITY_TARGET: identity.target,
+      DOCUMENTS_TARGET: documentsTarget,
+      NOTIFICATIONS_TARGET: `127.0.0.1:${notifications.port}`,
+      SEARCH_TARGET: `127.0.0.1:${search.port}`,
+      CORS_ALLOWED_ORIGINS: allowedOrigin,
+      RATE_LIMITS: RPC_LIMITS,
+    };
+    const exposed = { services: [IdentityService, DocumentService, NotificationService, SearchService] };
+    const gw = await startGateway(gatewayEnv, exposed);
     stops.unshift(gw.stop);
     gateway = `http://127.0.0.1:${gw.port}`;
+    // A second gateway whose connection timeouts are short, for streams that outlast them.
+    const hasty = await startGateway(
+      {
+        ...gatewayEnv,
+        GATEWAY_HEADERS_TIMEOUT_MS: String(SHORT_TIMEOUT_MS),
+        GATEWAY_REQUEST_TIMEOUT_MS: String(SHORT_TIMEOUT_MS),
+        GATEWAY_IDLE_TIMEOUT_MS: String(SHORT_TIMEOUT_MS),
+      },
+      exposed,
+    );
+    stops.unshift(hasty.stop);
+    hastyGateway = `http://127.0.0.1:${hasty.port}`;
 
     browser = await launchChromium();
     stops.unshift(() => browser.close());
@@ -315,6 +329,35 @@ describe.skipIf(!haveChromium)("connect-web in Chromium against the gateway", ()
         await allowed.run("abortStream", `${name}-after`);
         return s.messages.length ? true : undefined;
       });
+    });
+  });
+
+  describe.each(["connect-json", "grpc-web"] as const)("%s: a quiet stream", (wire) => {
+    it("stays open past the gateway's request, header and idle timeouts, and still delivers", async () => {
+      const who = `q${wire.replace(/-/g, "")}${suffix}`;
+      const user = await allowed.run("signUp", as(wire), { email: `${who}@medmesh.test`, username: who });
+      if ("failed" in user) throw new Error(JSON.stringify(user));
+      const before = `Before a quiet stream ${wire} ${suffix}`;
+      const after = `After the quiet ${wire} ${suffix}`;
+      await allowed.run("announce", admin(wire), before);
+      const name = `quiet-${wire}`;
+      await allowed.run(
+        "openStream",
+        { gateway: hastyGateway, wire, token: user.token },
+        name,
+        { subscribe: true },
+        60_000,
+      );
+      await eventually("the earlier announcement on the stream", async () =>
+        (await allowed.run("streamState", name))?.messages.includes(before) ? true : undefined,
+      );
+      await new Promise((r) => setTimeout(r, 3 * SHORT_TIMEOUT_MS));
+      expect((await allowed.run("streamState", name))?.ended).toBeUndefined();
+      await allowed.run("announce", admin(wire), after);
+      await eventually("the announcement after the quiet", async () =>
+        (await allowed.run("streamState", name))?.messages.includes(after) ? true : undefined,
+      );
+      await allowed.run("abortStream", name);
     });
   });
 
