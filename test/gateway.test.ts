@@ -246,14 +246,31 @@ describe("CORS allow-list", () => {
     expect(res.headers.get("access-control-allow-headers")).toMatch(/Content-Type/i);
   });
 
-  it("refuses a preflight from any other origin and sends no allow header on its requests", async () => {
+  it("refuses a preflight from any other origin, and its requests too, before any service sees them", async () => {
     const pre = await fetch(rpc("CreateDocument"), {
       method: "OPTIONS",
       headers: { origin: "http://evil.example", "access-control-request-method": "POST" },
     });
     expect(pre.status).toBe(403);
+    // A browser sends a Connect GET with no token and no timeout without a preflight.
+    const get = await fetch(`${rpc("GetDocument")}?connect=v1&encoding=json&message=${encodeURIComponent("{}")}`, {
+      headers: { origin: "http://evil.example" },
+    });
     const res = await postJson("ListDocuments", "{}", { origin: "http://evil.example" });
-    expect(res.headers.get("access-control-allow-origin")).toBeNull();
+    for (const r of [get, res]) {
+      expect(r.status).toBe(403);
+      expect(r.headers.get("access-control-allow-origin")).toBeNull();
+      expect(await r.json()).toEqual({
+        code: "permission_denied",
+        message: "origin http://evil.example is not allowed to call this gateway (CORS_ALLOWED_ORIGINS)",
+      });
+    }
+  });
+
+  it("takes a page served from the gateway's own host without listing it", async () => {
+    const res = await postJson("ListDocuments", "{}", { origin: gatewayUrl });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("access-control-allow-origin")).toBe(gatewayUrl);
   });
 });
 
