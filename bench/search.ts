@@ -164,6 +164,9 @@ async function main() {
   );
   const reused = kept !== undefined && kept !== "" && present >= DOCS;
   const rows = reused ? [] : corpus(DOCS);
+  // As search starts: the BM25 index (where the server has pg_textsearch) exists before the first
+  // document, so indexing pays for keeping it, as the service does.
+  const best = await chooseRanker(db as never, schema, "auto", logger);
   const indexStart = performance.now();
   // The embedded database runs in this process: its CPU time is the cost of indexing whatever
   // else the shared machine is doing, where wall-clock throughput follows the load.
@@ -194,11 +197,8 @@ async function main() {
   const indexCpu = process.cpuUsage(indexCpuStart);
   const indexCpuSeconds = (indexCpu.user + indexCpu.system) / 1e6;
   const rssIndexed = process.memoryUsage().rss;
-  const bm25Start = performance.now();
-  const best = await chooseRanker(db as never, schema, "auto", logger);
   // The estimate reads the column statistics; a server's autovacuum keeps them, PGlite has none.
   await sql`analyze ${sql.id(schema, "indexed_document")}`.execute(db);
-  const bm25Seconds = (performance.now() - bm25Start) / 1000;
   const rankers: RankerName[] = best === "bm25" ? ["bm25", "ts_rank_cd"] : ["ts_rank_cd"];
   const embedQuery = async (text: string) => (vectors ? (await embedMany(vectors.embedder, [text]))[0] : undefined);
 
@@ -331,7 +331,7 @@ async function main() {
     reused
       ? `- Index reused from schema ${schema} (built by an earlier run; indexing not measured)`
       : `- Indexing through the indexer's write path, ${BATCH} events per transaction (inbox row, index row${vectors ? ` with its vector (hashing embedder, ${vectors.indexed ? "HNSW" : "no vector index"})` : ""}, DocumentIndexed in the outbox): ${(DOCS / indexSeconds).toFixed(0)} documents/s (${indexSeconds.toFixed(1)} s)${url ? "" : `; ${(DOCS / indexCpuSeconds).toFixed(0)} documents per CPU second of this process (${indexCpuSeconds.toFixed(1)} s: the measure that does not follow the shared machine's load)`}`,
-    `- Ranker chosen at start: ${best}${best === "bm25" ? ` (BM25 index built over the loaded rows in ${bm25Seconds.toFixed(1)} s)` : ""}; vector leg: ${vectors ? "yes" : process.env.BENCH_SEARCH_VECTORS === "0" ? "no (BENCH_SEARCH_VECTORS=0)" : "no (no pgvector)"}`,
+    `- Ranker chosen at start: ${best}${best === "bm25" ? " (the BM25 index kept up while indexing)" : ""}; vector leg: ${vectors ? "yes" : process.env.BENCH_SEARCH_VECTORS === "0" ? "no (BENCH_SEARCH_VECTORS=0)" : "no (no pgvector)"}`,
     url
       ? ""
       : `- Process RSS (the embedded database lives in it): ${mib(rssBefore)} before loading, ${mib(rssIndexed)} after indexing, ${mib(rss)} at the end`,
