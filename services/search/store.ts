@@ -430,11 +430,11 @@ export class IndexStore {
     const q = sql`to_tsquery('english', ${p.tsquery})`;
     // The shape follows the estimated match count. Ranking, counting and faceting every match of
     // a word in 40% of 100k documents costs ~300 ms (ts_rank_cd and the @@ check decompress
-    // each row's tsvector). Above exactMatchLimit the matched set is bounded to the first
-    // `candidates` matches the scan yields (storage order, roughly indexing order: no row is
-    // scored to choose them), which are ranked, faceted and paged as the whole set would be;
-    // the total is the planner's estimate. A bound that was not reached means the set was
-    // whole after all, and the answer is exact.
+    // each row's tsvector). Above exactMatchLimit the matched set is bounded to `candidates`
+    // matches chosen without scoring a row (title matches first, or the newest by date; see
+    // matchedRows), which are ranked, faceted and paged as the whole set would be; the total
+    // is the planner's estimate. A bound that was not reached means the set was whole after
+    // all, and the answer is exact.
     const estimate = await this.estimateMatches([sql`d.search_tsv @@ ${q}`, ...conditions(p.filters, p.scope)]);
     const bound = estimate > this.bounded.exactMatchLimit ? this.bounded.candidates : undefined;
     const dateCutoff = bound !== undefined && p.ranker === "date" ? await this.dateCutoff(bound, estimate) : undefined;
