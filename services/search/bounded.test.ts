@@ -37,14 +37,21 @@ const noFilters: Filters = {
   publishedBefore: "",
 };
 
+/** Documents whose title has the word every abstract has: spread over the storage order. */
+const COHORT_TITLED = new Set([5, 17, 29, 41]);
+/** Documents in a registry, most of them without a publication date. */
+const REGISTRY = { from: 30, to: 48, undatedFrom: 33 };
+
 function row(n: number, visibility: "platform" | "private"): IndexRow {
   // Every document mentions the cohort; only three mention anticoagulation.
   const rare = n < 3 ? " Anticoagulation was stopped before surgery." : "";
+  const registry = n >= REGISTRY.from && n < REGISTRY.to ? " Data came from a registry." : "";
+  const undated = n >= REGISTRY.undatedFrom && n < REGISTRY.to;
   return {
     document_id: randomUUID(),
     version: 1,
-    title: `Outcomes in study ${n}`,
-    abstract: `A cohort of patients was followed for ${n} months.${rare} Mortality was recorded.`,
+    title: COHORT_TITLED.has(n) ? `Cohort outcomes in study ${n}` : `Outcomes in study ${n}`,
+    abstract: `A cohort of patients was followed for ${n} months.${rare}${registry} Mortality was recorded.`,
     body: "The cohort was recruited from three hospitals. ".repeat(1 + (n % 5)),
     authors: [`Author ${n % 7}`],
     entities: ["mortality"],
@@ -52,7 +59,7 @@ function row(n: number, visibility: "platform" | "private"): IndexRow {
     journal: `Journal ${n % 4}`,
     specialty: SPECIALTIES[n % 3]!,
     document_type: "RESEARCH_PAPER",
-    publication_date: `20${10 + (n % 15)}-0${1 + (n % 9)}-1${n % 10}`,
+    publication_date: undated ? null : `20${10 + (n % 15)}-0${1 + (n % 9)}-1${n % 10}`,
     visibility,
     owner: visibility === "private" ? OWNER : `owner-${n}`,
   };
@@ -161,11 +168,26 @@ describe.each(backends())("bounded search on $name", (backend) => {
     expect(narrow.hits.map((h) => h.document_id)).toEqual(narrowExact.hits.map((h) => h.document_id));
   });
 
+  it("takes the documents whose title matches first, wherever they are stored", async () => {
+    const candidates = await search(store, "'cohort'", { limit: LIMITS.candidates });
+    expect(candidates.estimated).toBe(true);
+    const titled = rows.filter((_, n) => COHORT_TITLED.has(n)).map((r) => r.document_id);
+    // Two of them are stored after the first 20 matches: storage order alone would miss them.
+    expect(candidates.hits.map((h) => h.document_id)).toEqual(expect.arrayContaining(titled));
+  });
+
   it("sorted by date, the candidates are the newest matches", async () => {
     const page = await search(store, "'cohort'", { ranker: "date" });
     const whole = await search(exact, "'cohort'", { ranker: "date" });
     expect(page.estimated).toBe(true);
     expect(page.hits.map((h) => h.document_id)).toEqual(whole.hits.map((h) => h.document_id));
+    // Matches without a date come after every dated one: when the newest window holds fewer
+    // than the bound, the rest fill it in date order, undated last.
+    const all = { scope: { subject: "admin", admin: true }, limit: 50, ranker: "date" as const };
+    const registry = await search(store, "'registry'", all);
+    const registryWhole = await search(exact, "'registry'", all);
+    expect(registry.hits.map((h) => h.document_id)).toEqual(registryWhole.hits.map((h) => h.document_id));
+    expect(registry.hits.at(-1)!.publication_date).toBeNull();
   });
 
   it("answers total_is_estimate, ends pages with the candidates and caches the answer as it is", async () => {

@@ -41,7 +41,7 @@ import { reindexer } from "./reindex.js";
 import { searchService } from "./service.js";
 import { indexedReporter } from "./status-reporter.js";
 import { IndexStore } from "./store.js";
-import { chooseVectorLeg } from "./vectors.js";
+import { chooseVectorLeg, vectorIndexWanted, type VectorIndexSetting } from "./vectors.js";
 import type { SearchDB } from "./tables.js";
 
 const DOCUMENT_EVENTS = eventTopic(DocumentProcessedSchema);
@@ -90,12 +90,17 @@ export const configSpec = {
     100_000_000,
   ),
   SEARCH_CANDIDATES: env.int(
-    "matches ranked, faceted and paged when a search exceeds SEARCH_EXACT_MATCH_LIMIT (pages end there; 1050 or more lets them go as deep as exact ones)",
+    "matches ranked, faceted and paged when a search exceeds SEARCH_EXACT_MATCH_LIMIT, title matches first (pages end there; 1050 or more lets them go as deep as exact ones)",
     2000,
     10,
     1_000_000,
   ),
   ...embedderConfigSpec,
+  SEARCH_VECTOR_INDEX: env.oneOf(
+    "HNSW index over the vectors: auto (on a PostgreSQL server, or where related documents are on; not on the embedded PGlite, where it is most of indexing's cost), hnsw, none",
+    ["auto", "hnsw", "none"] as const,
+    "auto",
+  ),
   REDIS_URL: env.url("Redis for the search answer cache shared by every replica; unset keeps it in process", [
     "redis:",
     "rediss:",
@@ -151,16 +156,25 @@ export async function startSearch(
   let vectors;
   try {
     const embedder = await createEmbedder(embedding);
-    vectors = await chooseVectorLeg(database.db as never, config.SEARCH_DB_SCHEMA, embedder, log, relatedFloor);
+    const index = vectorIndexWanted(
+      config.SEARCH_VECTOR_INDEX as VectorIndexSetting,
+      Boolean(config.DATABASE_URL),
+      relatedFloor !== undefined,
+    );
+    vectors = await chooseVectorLeg(database.db as never, config.SEARCH_DB_SCHEMA, embedder, log, relatedFloor, index);
   } catch (err) {
     await database.close();
     await telemetry.shutdown();
     throw err;
   }
-  const store = new IndexStore(database.db, config.SEARCH_DB_SCHEMA, BM25_INDEX, vectors !== undefined, {
-    exactMatchLimit: config.SEARCH_EXACT_MATCH_LIMIT,
-    candidates: config.SEARCH_CANDIDATES,
-  });
+  const store = new IndexStore(
+    database.db,
+    config.SEARCH_DB_SCHEMA,
+    BM25_INDEX,
+    vectors !== undefined,
+    { exactMatchLimit: config.SEARCH_EXACT_MATCH_LIMIT, candidates: config.SEARCH_CANDIDATES },
+    vectors?.indexed ?? true,
+  );
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "search" });
   await ensureTopics(kafka, [
     { topic: DOCUMENT_EVENTS, numPartitions: 3 },

@@ -121,7 +121,12 @@ describe.each(backends())("relevance of search on $name", (backend) => {
    * nearest documents above the embedder's floor join the results (false: it only reorders).
    */
   function serviceWith(ranker: RelevanceRanker, withVectors: boolean, related = true) {
-    const leg = withVectors && vectors ? (related ? vectors : { embedder: vectors.embedder }) : undefined;
+    const leg =
+      withVectors && vectors
+        ? related
+          ? vectors
+          : { embedder: vectors.embedder, indexed: vectors.indexed }
+        : undefined;
     return searchService({
       store,
       ranker,

@@ -210,6 +210,8 @@ describe.each(backends())("search on $name", (backend) => {
     });
     const mine = await s.doctor.search({ query: secret });
     expect(mine.hits.map((h) => h.documentId)).toEqual([id]);
+    // The owner found their own paper: its words are known to them, however close another word is.
+    expect(mine.didYouMean).toEqual([]);
     // The private document's author is suggested to its owner only.
     const authorOf = async (client: typeof s.doctor) =>
       (await client.suggest({ prefix: "quillon privat" })).suggestions.filter(

@@ -208,7 +208,7 @@ export function searchService(deps: SearchServiceDeps): ServiceImpl<typeof Searc
         : {}),
     });
     const next = offset + page.hits.length;
-    const didYouMean = page.matched < FEW_RESULTS ? await store.corrections(understood.words) : [];
+    const didYouMean = page.matched < FEW_RESULTS ? await store.corrections(understood.words, scope) : [];
     let corrected = "";
     if (didYouMean.length > 0) {
       const by = new Map(didYouMean.map((c) => [c.word, c.suggestion]));

@@ -6,7 +6,9 @@ import type { IndexMetadata, IndexRow, SearchDB } from "./tables.js";
  * Words and authors of private documents stay out: a suggestion must not reveal them to others.
  * Entities are the lexicon's names, known to everyone.
  */
-function vocabularyOf(row: IndexRow): Array<[string, string]> {
+function vocabularyOf(
+  row: Pick<IndexRow, "title" | "abstract" | "keywords" | "entities" | "authors" | "visibility">,
+): Array<[string, string]> {
   const text = [row.title, row.abstract, ...row.keywords, ...row.entities].join(" ").toLowerCase();
   const words = new Set((text.match(/\p{L}[\p{L}\p{N}]*/gu) ?? []).filter((w) => w.length >= MIN_VOCABULARY_WORD));
   const shared = row.visibility === "platform";
@@ -118,6 +120,9 @@ const BM25_RERANK = 200;
 /** The preselection for pages past BM25_RERANK: as deep as pages go (service.ts, MAX_RESULT_OFFSET). */
 const MAX_RERANK = 1050;
 
+/** The newest-matches window holds this many times the bound's estimated matches; see dateCutoff. */
+const DATE_WINDOW_MARGIN = 1.5;
+
 /** Reciprocal rank fusion's k: a leg's rank r contributes 1 / (RRF_K + r). */
 const RRF_K = 60;
 /**
@@ -128,6 +133,9 @@ const RELATED_NEIGHBOURS = 40;
 
 /** Neighbours SimilarDocuments takes from each leg before fusing. */
 const SIMILAR_LEG = 200;
+
+/** Documents sharing a term whose vectors SimilarDocuments compares, where there is no HNSW index. */
+const SIMILAR_CANDIDATES = 2000;
 
 /** Terms of a document that SimilarDocuments searches for. */
 const SIMILAR_TERMS = 12;
@@ -198,6 +206,8 @@ export class IndexStore {
     /** The table has the embedding column (vectors.ts made it); otherwise vectors are never written. */
     private readonly vectors = false,
     bounded: BoundedSearch = DEFAULT_BOUNDED_SEARCH,
+    /** The vectors have an HNSW index; without one, SimilarDocuments ranks bounded candidates. */
+    private readonly vectorIndex = true,
   ) {
     this.bm25Index = `${schema}.${bm25IndexName}`;
     this.bounded = bounded;
@@ -223,6 +233,73 @@ export class IndexStore {
     const raw = res.rows[0]?.["QUERY PLAN"];
     const plan = (typeof raw === "string" ? JSON.parse(raw) : raw) as Array<{ Plan: { "Plan Rows": number } }>;
     return Math.round(Number(plan[0]?.Plan["Plan Rows"] ?? 0));
+  }
+
+  /**
+   * The matched set's rows, as `search` reads them (the columns it needs and the tsvector it
+   * scores), with the CTEs they come from. Exact (no bound): every match. Bounded, by relevance:
+   * the documents whose title alone matches come first (their own GIN index finds them; title
+   * words weigh most in every ranker), then other matches in storage order until `bound`. Bounded,
+   * by date: the newest matches, found through the date index (see dateCutoff).
+   */
+  private matchedRows(
+    where: RawBuilder<unknown>[],
+    scoped: RawBuilder<unknown>[],
+    negated: boolean,
+    bound: number | undefined,
+    dateCutoff: string | undefined,
+  ): { ctes: RawBuilder<unknown>; rows: RawBuilder<unknown> } {
+    const table = this.table("indexed_document");
+    const all = sql.join(where, sql` and `);
+    if (bound === undefined) return { ctes: sql``, rows: sql`select d.* from ${table} d, q where ${all}` };
+    const cols = sql`d.document_id, d.specialty, d.document_type, d.journal, d.authors, d.entities,
+                     d.publication_date, d.search_tsv`;
+    const limit = sql.lit(bound);
+    if (dateCutoff !== undefined) {
+      // The window from the cutoff holds about 1.5 times the bound's matches: the GIN bitmap and
+      // the date index's range are intersected, and only those rows are read and sorted. If it
+      // held fewer (the estimate was high), the older matches fill the bound, in date order.
+      const newest = sql`d.publication_date desc nulls last, d.document_id`;
+      return {
+        ctes: sql`dm as materialized (
+            select ${cols} from ${table} d, q
+            where ${all} and d.publication_date >= ${dateCutoff}::date
+            order by ${newest} limit ${limit}
+          ),`,
+        rows: sql`select * from dm union all (
+            select ${cols} from ${table} d, q
+            where ${all} and (d.publication_date < ${dateCutoff}::date or d.publication_date is null)
+            order by ${newest} limit ${limit} - (select count(*) from dm))`,
+      };
+    }
+    // A title match is a match, except where the query excludes a word the rest of the text has.
+    const titleMatch = sql.join([sql`d.title_tsv @@ q.q`, ...(negated ? where : scoped)], sql` and `);
+    return {
+      ctes: sql`tm as materialized (
+          select ${cols} from ${table} d, q where ${titleMatch} limit ${limit}
+        ),`,
+      rows: sql`select * from tm union all (
+          select ${cols} from ${table} d, q where ${all} and not (d.title_tsv @@ q.q)
+          limit ${limit} - (select count(*) from tm))`,
+    };
+  }
+
+  /**
+   * Where the newest `bound` matches probably begin: the publication date above which lies the
+   * share of the table that holds the bound's matches (bound over the estimated matches), with a
+   * margin. Read from ANALYZE's histogram of the column (equal-count buckets), so no row is read;
+   * without statistics the window is every date (the whole match set, sorted).
+   */
+  private async dateCutoff(bound: number, estimate: number): Promise<string> {
+    const share = Math.min(1, (bound * DATE_WINDOW_MARGIN) / Math.max(estimate, 1));
+    const res = await sql<{ cutoff: string }>`
+      select coalesce((
+        select (h.bounds)[greatest(1, ceil(array_length(h.bounds, 1) * (1 - ${share}::float8)))::int]::text
+        from (select histogram_bounds::text::date[] as bounds from pg_stats
+              where schemaname = ${this.schema} and tablename = 'indexed_document'
+                and attname = 'publication_date') h), '-infinity') as cutoff
+    `.execute(this.db);
+    return res.rows[0]?.cutoff ?? "-infinity";
   }
 
   /** A table of the schema in raw SQL, which the query builder's schema scoping does not reach. */
@@ -293,7 +370,7 @@ export class IndexStore {
     meta: IndexMetadata,
     vector?: { version: number; embedding: string },
   ): Promise<boolean> {
-    const res = await trx
+    const updated = await trx
       .updateTable("indexed_document")
       .set({
         ...(this.vectors && vector
@@ -308,8 +385,15 @@ export class IndexStore {
         indexed_at: sql<Date>`now()`,
       })
       .where("document_id", "=", documentId)
+      .returning(["title", "abstract", "authors", "entities", "keywords", "visibility"])
       .executeTakeFirst();
-    return Number(res.numUpdatedRows) > 0;
+    if (!updated) return false;
+    // A new title or a document made public brings words and authors the vocabulary may lack.
+    const entries = vocabularyOf(updated);
+    await sql`insert into ${this.table("vocabulary")} (kind, word)
+              select e->>0, e->>1 from jsonb_array_elements(${JSON.stringify(entries)}::jsonb) as e
+              on conflict do nothing`.execute(trx);
+    return true;
   }
 
   /** What the row's vector is made of (see embeddingText), and of which version. */
@@ -346,20 +430,14 @@ export class IndexStore {
     const q = sql`to_tsquery('english', ${p.tsquery})`;
     // The shape follows the estimated match count. Ranking, counting and faceting every match of
     // a word in 40% of 100k documents costs ~300 ms (ts_rank_cd and the @@ check decompress
-    // each row's tsvector). Above exactMatchLimit the matched set is bounded to the first
-    // `candidates` matches the scan yields (storage order, roughly indexing order: no row is
-    // scored to choose them), which are ranked, faceted and paged as the whole set would be;
-    // the total is the planner's estimate. A bound that was not reached means the set was
-    // whole after all, and the answer is exact.
+    // each row's tsvector). Above exactMatchLimit the matched set is bounded to `candidates`
+    // matches chosen without scoring a row (title matches first, or the newest by date; see
+    // matchedRows), which are ranked, faceted and paged as the whole set would be; the total
+    // is the planner's estimate. A bound that was not reached means the set was whole after
+    // all, and the answer is exact.
     const estimate = await this.estimateMatches([sql`d.search_tsv @@ ${q}`, ...conditions(p.filters, p.scope)]);
     const bound = estimate > this.bounded.exactMatchLimit ? this.bounded.candidates : undefined;
-    // By date, the candidates are the newest matches, so the pages are exactly the date order's.
-    const limitMatches =
-      bound === undefined
-        ? sql``
-        : p.ranker === "date"
-          ? sql` order by d.publication_date desc nulls last, d.document_id limit ${sql.lit(bound)}`
-          : sql` limit ${sql.lit(bound)}`;
+    const dateCutoff = bound !== undefined && p.ranker === "date" ? await this.dateCutoff(bound, estimate) : undefined;
     // pg_textsearch's <@> costs ~0.18 ms per row on PGlite (bench/results/search.md), too much
     // for every match of a common word. So ts_rank_cd (cheap, the same field weights) preselects
     // the best BM25_RERANK matches and BM25 orders those; pages past them are ordered by a wider
@@ -405,11 +483,10 @@ export class IndexStore {
     const where = [sql`d.search_tsv @@ q.q`, ...scoped];
     const facets = FACET_FIELDS.map((f) => sql`${facetQuery(f)} as ${sql.id(`f_${f}`)}`);
     const columns = sql`d.document_id, d.specialty, d.document_type, d.journal, d.authors, d.entities, d.publication_date`;
+    const matchedRows = this.matchedRows(where, scoped, p.tsquery.includes("!"), bound, dateCutoff);
     const sets = related
-      ? sql`mt as materialized (
-          select ${columns}, (${score})::float8 as score
-          from (select d.* from ${this.table("indexed_document")} d, q
-                where ${sql.join(where, sql` and `)}${limitMatches}) d, q
+      ? sql`${matchedRows.ctes}mt as materialized (
+          select ${columns}, (${score})::float8 as score from (${matchedRows.rows}) d, q
         ),
         near as materialized (
           select * from (
@@ -429,10 +506,8 @@ export class IndexStore {
           select ${sql.raw("n.document_id, n.specialty, n.document_type, n.journal, n.authors, n.entities, n.publication_date")}, 0::float8
           from near n where not exists (select 1 from mt where mt.document_id = n.document_id)
         )`
-      : sql`m as materialized (
-          select ${columns}, (${score})::float8 as score
-          from (select d.* from ${this.table("indexed_document")} d, q
-                where ${sql.join(where, sql` and `)}${limitMatches}) d, q
+      : sql`${matchedRows.ctes}m as materialized (
+          select ${columns}, (${score})::float8 as score from (${matchedRows.rows}) d, q
         )`;
     const result = await sql<Record<string, unknown>>`
       with q as (select ${q} as q${hybrid ? sql`, ${p.vector}::vector as v` : sql``}),
@@ -478,13 +553,23 @@ export class IndexStore {
     };
   }
 
-  /** The indexed word closest to each given word that is not itself indexed, if one is close enough. */
-  async corrections(words: string[]): Promise<Array<{ word: string; suggestion: string }>> {
+  /**
+   * The indexed word closest to each given word that is not itself indexed, if one is close enough.
+   * The vocabulary holds words of platform documents only; a word of the caller's own private
+   * documents (any private document for an admin) is known too, so an owner who finds their own
+   * paper is not asked whether they meant another word.
+   */
+  async corrections(words: string[], scope: Scope): Promise<Array<{ word: string; suggestion: string }>> {
     const out: Array<{ word: string; suggestion: string }> = [];
+    const ownPrivate = scope.admin
+      ? sql`d.visibility <> 'platform'`
+      : sql`d.visibility <> 'platform' and d.owner = ${scope.subject}`;
     for (const word of words) {
       if (word.length < MIN_VOCABULARY_WORD) continue;
       const res = await sql<{ known: boolean; suggestion: string | null }>`
-        select exists (select 1 from ${this.table("vocabulary")} where kind = 'word' and word = ${word}) as known,
+        select (exists (select 1 from ${this.table("vocabulary")} where kind = 'word' and word = ${word})
+                or exists (select 1 from ${this.table("indexed_document")} d
+                           where ${ownPrivate} and d.search_tsv @@ plainto_tsquery('english', ${word}))) as known,
                (select v.word from ${this.table("vocabulary")} v
                  where v.kind = 'word' and v.word % ${word}
                  order by similarity(v.word, ${word}) desc, v.word limit 1) as suggestion
@@ -571,10 +656,20 @@ export class IndexStore {
       from ${this.table("indexed_document")} d, q
       where d.search_tsv @@ q.q and d.document_id <> ${documentId} and ${visible}
       order by r limit ${sql.lit(SIMILAR_LEG)}`;
+    const target = sql`(select embedding from ${this.table("indexed_document")} where document_id = ${documentId})`;
+    // With the HNSW index the neighbours come from the whole index. Without it (the embedded
+    // default, vectors.ts) an exact scan of every vector would grow with the index, so the
+    // neighbours are looked for among the documents sharing any of the heaviest terms (the
+    // first SIMILAR_CANDIDATES the term index yields), by exact distance.
+    const neighbours = this.vectorIndex
+      ? sql`${this.table("indexed_document")} d`
+      : sql`(select d.* from ${this.table("indexed_document")} d, q
+             where d.search_tsv @@ q.q and d.document_id <> ${documentId} and ${visible}
+             limit ${sql.lit(SIMILAR_CANDIDATES)}) d`;
     const vec = vectorLeg
       ? sql`select n.document_id, row_number() over (order by n.distance, n.document_id) as r from (
-          select d.document_id, d.embedding <=> (select embedding from ${this.table("indexed_document")} where document_id = ${documentId}) as distance
-          from ${this.table("indexed_document")} d
+          select d.document_id, d.embedding <=> ${target} as distance
+          from ${neighbours}
           where d.embedding is not null and d.document_id <> ${documentId} and ${visible}
           order by distance limit ${sql.lit(SIMILAR_LEG)}) n`
       : sql`select null::uuid as document_id, null::bigint as r where false`;

@@ -28,6 +28,8 @@ export interface IndexedDocumentTable {
   indexed_at: Generated<Date>;
   search_tsv: ColumnType<string, never, never>;
   bm25_text: ColumnType<string, never, never>;
+  /** The title alone (migration 0006): bounded candidate sets take title matches first. */
+  title_tsv: ColumnType<string, never, never>;
   /** pgvector's vector, only where vectors.ts made the column; written as `$literal::vector`. */
   embedding: ColumnType<string | null, unknown, unknown>;
 }

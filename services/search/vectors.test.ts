@@ -13,7 +13,15 @@ import { BM25_INDEX } from "./ranker.js";
 import { indexer } from "./indexer.js";
 import { IndexStore } from "./store.js";
 import type { IndexRow, SearchDB } from "./tables.js";
-import { chooseVectorLeg, embedOne, embeddingText, vectorLiteral } from "./vectors.js";
+import {
+  chooseVectorLeg,
+  embedMany,
+  embedOne,
+  embeddingText,
+  VECTOR_INDEX,
+  vectorIndexWanted,
+  vectorLiteral,
+} from "./vectors.js";
 
 const log = logger.child({ component: "vectors-test" });
 
@@ -126,6 +134,10 @@ describe.each(backends())("the vector leg on $name", (backend) => {
       await database.db.transaction().execute((trx) => indexing.apply(trx, action));
       const after = await stored();
       expect(after.title).toBe("Aspirin for primary prevention");
+      // The new title's words reach the vocabulary behind did-you-mean.
+      const learned = await sql<{ n: number }>`select count(*)::int as n from ${sql.id(schema, "vocabulary")}
+        where kind = 'word' and word in ('aspirin', 'prevention')`.execute(database.db);
+      expect(learned.rows[0]!.n).toBe(2);
       const expected = await embedOne(embedder, embeddingText({ ...r, title: "Aspirin for primary prevention" }));
       const distance = async (literal: string) =>
         (
@@ -144,6 +156,69 @@ describe.each(backends())("the vector leg on $name", (backend) => {
     },
     60_000,
   );
+});
+
+describe("the vector index", () => {
+  it("is left out on the embedded database by default, kept on a server or for related documents", () => {
+    expect(vectorIndexWanted("auto", false, false)).toBe(false);
+    expect(vectorIndexWanted("auto", true, false)).toBe(true);
+    expect(vectorIndexWanted("auto", false, true)).toBe(true);
+    expect(vectorIndexWanted("hnsw", false, false)).toBe(true);
+    expect(vectorIndexWanted("none", true, true)).toBe(false);
+  });
+
+  it("when absent, SimilarDocuments ranks the documents sharing terms by exact distance", async () => {
+    const schema = `search_vecidx${randomBytes(4).toString("hex")}`;
+    const database = await openServiceDatabase<SearchDB>(
+      "search",
+      { MEDMESH_DATA_DIR: "memory://", DB_POOL_MAX: 1 },
+      schema,
+      migrations,
+      { pg_trgm, pg_textsearch, vector },
+    );
+    try {
+      const embedder = new HashingEmbedder();
+      const hasIndex = async () =>
+        (
+          await sql<{ n: number }>`select count(*)::int as n from pg_indexes
+            where schemaname = ${schema} and indexname = ${VECTOR_INDEX}`.execute(database.db)
+        ).rows[0]!.n === 1;
+      const rows = [
+        row("Metformin in type 2 diabetes", "Metformin lowered glucose in adults with diabetes."),
+        row("Metformin and kidney function", "Metformin dosing by renal function in diabetes."),
+        row("Insulin pumps in type 1 diabetes", "Pumps improved glucose control in children."),
+        row("Statins after stroke", "Statin therapy reduced recurrent stroke."),
+        row("Asthma inhalers in children", "Inhaled steroids reduced asthma attacks."),
+      ];
+      const leg = (await chooseVectorLeg(database.db as never, schema, embedder, log, undefined, false))!;
+      expect(leg.indexed).toBe(false);
+      expect(await hasIndex()).toBe(false);
+      const bounded = new IndexStore(database.db, schema, BM25_INDEX, true, undefined, false);
+      const vectorsOf = await embedMany(
+        embedder,
+        rows.map((r) => embeddingText(r)),
+      );
+      await database.db.transaction().execute(async (trx) => {
+        for (const [n, r] of rows.entries()) await bounded.upsert(trx, r, vectorsOf[n]);
+      });
+      const scope = { subject: "reader", admin: false };
+      const without = await bounded.similar(rows[0]!.document_id, scope, 10);
+      expect(without!.vectorLeg).toBe(true);
+      const ids = (found: typeof without) => found!.hits.map((h) => h.document_id);
+      expect(ids(without)).toContain(rows[1]!.document_id);
+      // Documents sharing no term are not among the candidates without the index.
+      expect(ids(without)).not.toContain(rows[3]!.document_id);
+      // Made at start when wanted again: the neighbours then come from every vector.
+      await chooseVectorLeg(database.db as never, schema, embedder, log, undefined, true);
+      expect(await hasIndex()).toBe(true);
+      const indexed = new IndexStore(database.db, schema, BM25_INDEX, true);
+      const withIndex = await indexed.similar(rows[0]!.document_id, scope, 10);
+      expect(ids(withIndex)[0]).toBe(ids(without)[0]);
+      expect(ids(withIndex)).toContain(rows[3]!.document_id);
+    } finally {
+      await database.close();
+    }
+  }, 60_000);
 });
 
 function toMetadataOf(r: IndexRow) {

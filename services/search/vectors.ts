@@ -3,12 +3,31 @@ import type { Logger } from "../../platform/telemetry/logger.js";
 import type { Embedder } from "./embedding/index.js";
 import type { IndexRow } from "./tables.js";
 
-/** The HNSW index over the stored vectors; SimilarDocuments walks it. */
+/** The HNSW index over the stored vectors, where there is one (see vectorIndexWanted). */
 export const VECTOR_INDEX = "indexed_document_embedding_idx";
+
+/** SEARCH_VECTOR_INDEX. */
+export type VectorIndexSetting = "auto" | "hnsw" | "none";
+
+/**
+ * Whether the vectors get an HNSW index. Search's vector leg never needs it: it ranks the matched
+ * set (or its bounded candidates) by exact distance. Only a nearest-neighbour search over the
+ * whole index does: related documents joining a search, and SimilarDocuments' vector leg (which
+ * without the index ranks a bounded candidate set exactly; store.ts, similar). On the embedded
+ * PGlite an HNSW insertion costs more than the rest of indexing a document together (wasm, one
+ * thread: bench/results/search.md), so auto leaves it out there unless related documents are on;
+ * a PostgreSQL server keeps it.
+ */
+export function vectorIndexWanted(setting: VectorIndexSetting, onServer: boolean, relatedOn: boolean): boolean {
+  if (setting !== "auto") return setting === "hnsw";
+  return onServer || relatedOn;
+}
 
 /** The vector leg, when this index has one: the embedder that fills and queries the column. */
 export interface VectorLeg {
   embedder: Embedder;
+  /** The vectors have their HNSW index (vectorIndexWanted). */
+  indexed: boolean;
   /** Nearest documents at least this similar to a query join its results; undefined: none join. */
   relatedMinSimilarity?: number;
 }
@@ -30,6 +49,8 @@ export async function chooseVectorLeg(
   log: Logger,
   /** SEARCH_RELATED_MIN_SIMILARITY: related documents join from this similarity; undefined: never. */
   relatedMinSimilarity?: number,
+  /** Keep the HNSW index (made if missing) or go without it (dropped if there). */
+  index = true,
 ): Promise<VectorLeg | undefined> {
   if (!embedder) {
     log.info("no vector leg: SEARCH_EMBEDDER is off");
@@ -63,14 +84,20 @@ export async function chooseVectorLeg(
       db,
     );
   }
-  await sql`create index if not exists ${sql.id(VECTOR_INDEX)} on ${table}
-            using hnsw (embedding vector_cosine_ops)`.execute(db);
+  if (index) {
+    // Built over the stored vectors when it is missing: single-threaded on PGlite, ~3 min at 100k.
+    await sql`create index if not exists ${sql.id(VECTOR_INDEX)} on ${table}
+              using hnsw (embedding vector_cosine_ops)`.execute(db);
+  } else {
+    await sql`drop index if exists ${sql.id(schema, VECTOR_INDEX)}`.execute(db);
+  }
   const floor = relatedMinSimilarity;
   log.info("vector leg on: reciprocal rank fusion with the lexical ranker", {
     embedder: provenance,
     related_min_similarity: floor ?? "off",
+    vector_index: index ? "hnsw" : "none (exact distance over bounded candidates)",
   });
-  return floor === undefined ? { embedder } : { embedder, relatedMinSimilarity: floor };
+  return floor === undefined ? { embedder, indexed: index } : { embedder, indexed: index, relatedMinSimilarity: floor };
 }
 
 /** The text a document's vector is computed from. */
