@@ -1,5 +1,4 @@
-import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Admin } from "kafkajs";
 import { DeviceEventRecordedSchema } from "../../gen/medmesh/events/v1/device_events_pb.js";
@@ -7,6 +6,7 @@ import type { DeviceEvent } from "../../gen/medmesh/devices/v1/devices_pb.js";
 import { eventHeaders, eventKind, type EventEnvelope } from "../../platform/events/index.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 import type { EventPublisher } from "./publisher.js";
+import { encodeRecorded } from "./record-codec.js";
 import type { DeviceStore } from "./store.js";
 
 export const DEVICE_EVENT = eventKind(DeviceEventRecordedSchema);
@@ -196,7 +196,7 @@ export class Ingest {
       throw invalid(
         `${at}: carries fields this server does not know; send only the fields of medmesh.devices.v1.DeviceEvent`,
       );
-    const time = timestampDate(e.eventTime!).getTime();
+    const time = timestampMs(e.eventTime!);
     if (time > this.now() + this.opts.maxClockSkewMs)
       throw invalid(
         `${at}.event_time: ${new Date(time).toISOString()} is more than ${Math.round(this.opts.maxClockSkewMs / 1000)} s in the future; check the device's clock`,
@@ -288,8 +288,8 @@ export class Ingest {
     entry.done = this.opts.publisher
       .publish(e.deviceId, {
         key: envelope.key,
-        // A view of the encoded bytes, not a copy: nothing writes to them after this.
-        value: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
+        // The encoded bytes themselves (a view when they are not a Buffer): nothing writes to them after this.
+        value: Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
         headers: eventHeaders(envelope),
         timestamp: String(time.getTime()),
       })
@@ -311,39 +311,6 @@ export class Ingest {
     l.inflight.set(seq, entry);
     return entry.done.then(() => "accepted" as const);
   }
-}
-
-/**
- * `DeviceEventRecorded` of a device event received at `receivedAtMs`, encoded by hand: the
- * reflective encoder was a tenth of the ingest's CPU per event, and this message is small and
- * fixed. The bytes are the ones `toBinary` writes (record-encoding.test.ts compares them, and
- * fails when the message gains a field this does not write).
- */
-export function encodeRecorded(e: DeviceEvent, receivedAtMs: number): Uint8Array {
-  const w = new BinaryWriter();
-  // proto3: fields at their zero value are left out, as toBinary does.
-  if (e.deviceId !== "") w.tag(1, WireType.LengthDelimited).string(e.deviceId);
-  if (e.sequence !== 0n) w.tag(2, WireType.Varint).uint64(e.sequence);
-  if (e.clientId !== "") w.tag(3, WireType.LengthDelimited).string(e.clientId);
-  if (e.eventTime) writeTimestamp(w, 4, e.eventTime.seconds, e.eventTime.nanos);
-  for (const key in e.readings)
-    w.tag(5, WireType.LengthDelimited)
-      .fork()
-      .tag(1, WireType.LengthDelimited)
-      .string(key)
-      .tag(2, WireType.Bit64)
-      .double(e.readings[key]!)
-      .join();
-  const seconds = Math.floor(receivedAtMs / 1000);
-  writeTimestamp(w, 6, BigInt(seconds), (receivedAtMs - seconds * 1000) * 1_000_000);
-  return w.finish();
-}
-
-function writeTimestamp(w: BinaryWriter, field: number, seconds: bigint, nanos: number) {
-  w.tag(field, WireType.LengthDelimited).fork();
-  if (seconds !== 0n) w.tag(1, WireType.Varint).int64(seconds);
-  if (nanos !== 0) w.tag(2, WireType.Varint).int32(nanos);
-  w.join();
 }
 
 /** Marks a promise handled (its rejection still reaches whoever awaits it) and wraps it. */
