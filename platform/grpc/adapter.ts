@@ -18,6 +18,7 @@ import { runInCall } from "./call-context.js";
 import { coarseTimers } from "./coarse-timer.js";
 import { CallContext, callFinished, CallRequest, CallValues, trackUntilShutdown } from "./handler-context.js";
 import { headerRecord, statusTrailers, toConnectError } from "./errors.js";
+import { encodingOf } from "./pre-encoded.js";
 import type { MethodRoute, ServerCall } from "./h2-transport.js";
 
 export interface AdapterOptions {
@@ -59,7 +60,7 @@ function decode<T extends DescMessage>(schema: T, bytes: Buffer): MessageShape<T
 }
 
 function encode(schema: DescMessage, message: unknown): Uint8Array {
-  return toBinary(schema, message as MessageShape<DescMessage>);
+  return encodingOf(message) ?? toBinary(schema, message as MessageShape<DescMessage>);
 }
 
 /** What every call of one method shares, worked out once when the service is registered. */

@@ -21,7 +21,7 @@ import type { Client } from "@connectrpc/connect";
 import type { Principal } from "../../platform/grpc/interceptors/access.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 import type { Ingest } from "./ingest.js";
-import { decodeEventCursor, encodeEventCursor, toDevice, toState, toStoredEvent } from "./model.js";
+import { decodeEventCursor, encodeEventCursor, toDevice, toStoredEvent } from "./model.js";
 import type { StateCache } from "./state-cache.js";
 import type { DeviceRow, DeviceStore } from "./store.js";
 
@@ -283,10 +283,10 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
 
     async getDeviceState(req, ctx) {
       const caller = callerOf(ctx);
-      const found = await states.get(req.deviceId);
+      const found = await states.answer(req.deviceId);
       if (!found || !mayRead(caller, req.deviceId, found.ownerId))
         throw new ConnectError(`device ${req.deviceId} not found`, Code.NotFound);
-      return { state: toState(req.deviceId, found) };
+      return found.response;
     },
 
     async listDeviceEvents(req, ctx) {
