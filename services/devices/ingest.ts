@@ -36,6 +36,8 @@ interface Ledger {
   recent: Map<bigint, string>;
   revoked: boolean;
   loadedAt: number;
+  /** The device id as the Kafka key, made once: the publisher's partitioner remembers it by this Buffer. */
+  key: Buffer;
 }
 
 export interface IngestOptions {
@@ -139,6 +141,7 @@ export class Ingest {
       recent: new Map(),
       revoked: view.revoked,
       loadedAt: this.now(),
+      key: Buffer.from(deviceId),
     };
     // Only while it is still the ledger of record (a forget may have come in meanwhile).
     if (this.ledgers.has(deviceId)) this.loaded.set(deviceId, l);
@@ -287,7 +290,7 @@ export class Ingest {
     const entry: InFlight = { clientId: e.clientId, ok: false, done: undefined as unknown as Promise<void> };
     entry.done = this.opts.publisher
       .publish(e.deviceId, {
-        key: envelope.key,
+        key: l.key,
         // The encoded bytes themselves (a view when they are not a Buffer): nothing writes to them after this.
         value: Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
         headers: eventHeaders(envelope),
