@@ -213,6 +213,21 @@ export class Ingest {
   }
 
   /**
+   * `admitNow` is the common case decided without waiting: the device's ledger is loaded and
+   * fresh, and the event is the next one (or fills a hole) and not in flight, so it is published
+   * exactly as `admit` would. Anything else is undefined, for `admit` (which may wait for the
+   * database or the worker group). It saves an async decision, its promise and its turn, per event.
+   */
+  admitNow(e: DeviceEvent, payload: Uint8Array, traceparent?: string): { held: Promise<Outcome> } | undefined {
+    const l = this.loaded.get(e.deviceId);
+    if (l === undefined || l.revoked || this.now() - l.loadedAt > (this.opts.registryRecheckMs ?? 10_000))
+      return undefined;
+    const seq = e.sequence;
+    if (seq <= l.acked || seq > l.reserved + 1n || l.inflight.has(seq)) return undefined;
+    return quiet(this.publish(l, e, payload, traceparent));
+  }
+
+  /**
    * Takes one checked event and decides what it is. Resolves, once decided, with `held`, which
    * resolves when the event is held and never before; the decision rejects with the status the
    * caller gets (failed_precondition for a gap or a reused sequence, permission_denied for a
