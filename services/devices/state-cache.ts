@@ -69,11 +69,6 @@ export class StateCache {
     return `${this.opts.namespace}:${deviceId}`;
   }
 
-  async get(deviceId: string): Promise<CachedState | undefined> {
-    const found = await this.lookup(deviceId);
-    return typeof found === "string" ? parseValue(found) : found;
-  }
-
   /**
    * GetDeviceState's answer, ready to send. A hit whose cached value is the one last answered
    * for this device (the common case: a state is read far more often than it changes) costs no
