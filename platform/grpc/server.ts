@@ -3,7 +3,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { isConnectionLost } from "../db/errors.js";
 import { logger } from "../telemetry/logger.js";
-import { routesOf } from "./adapter.js";
+import { routesOf, type DecodeShortcuts } from "./adapter.js";
 import { H2Transport, type MethodRoute } from "./h2-transport.js";
 import { HealthState, healthService, ServingStatus } from "./health.js";
 import { infrastructureInterceptors } from "./interceptors/index.js";
@@ -27,6 +27,8 @@ export interface GrpcServerOptions {
   port: number;
   services: ServiceRegistration[];
   interceptors: Interceptor[];
+  /** Hand-written readers of hot request types of `services` (adapter.ts); not for health and reflection. */
+  decodeShortcuts?: DecodeShortcuts;
   maxMessageBytes: number;
   /** Default and longest deadlines of unary calls. */
   deadlines?: { defaultUnaryMs: number; maxUnaryMs: number };
@@ -63,8 +65,9 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
     for (const [path, route] of r) routes.set(path, route);
   };
   const health = new HealthState(opts.services.map((s) => s.service.typeName));
-  const adapterFor = (interceptors: Interceptor[]) => ({
+  const adapterFor = (interceptors: Interceptor[], decodeShortcuts?: DecodeShortcuts) => ({
     interceptors,
+    decodeShortcuts,
     shutdownSignal: shutdown.signal,
     deadlines: opts.deadlines,
   });
@@ -83,7 +86,13 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
       ]
     : opts.interceptors;
   for (const { service, impl } of opts.services) {
-    addService(routesOf(service, impl as Partial<ServiceImpl<DescService>>, adapterFor(serviceInterceptors)));
+    addService(
+      routesOf(
+        service,
+        impl as Partial<ServiceImpl<DescService>>,
+        adapterFor(serviceInterceptors, opts.decodeShortcuts),
+      ),
+    );
   }
   const infra = [healthService(health), ...reflectionServices(opts.services.map((s) => s.service))];
   for (const { service, impl } of infra) {

@@ -4,13 +4,19 @@ import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { startBroker, type RunningBroker } from "../../deploy/embedded/kafka/index.js";
-import { DeviceEventSchema, DeviceService, EventOutcome } from "../../gen/medmesh/devices/v1/devices_pb.js";
+import {
+  DeviceEventSchema,
+  DeviceService,
+  EventOutcome,
+  GetDeviceStateResponseSchema,
+} from "../../gen/medmesh/devices/v1/devices_pb.js";
 import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
+import { encodingOf } from "../../platform/grpc/pre-encoded.js";
 import { testEnv } from "../../test/support/backends.js";
 import { freePort } from "../../test/support/embedded-mesh.js";
 import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";
@@ -158,6 +164,18 @@ describe("devices when what it depends on fails", () => {
       const hits = svc.states.counts.hits;
       await owner.getDeviceState({ deviceId: id });
       expect(svc.states.counts.hits).toBe(hits + 1);
+      // A hit on an unchanged value hands out the answer made for the last one: frozen, its bytes attached.
+      const first = await svc.states.answer(id);
+      const again = await svc.states.answer(id);
+      expect(again).toBe(first);
+      expect(Object.isFrozen(again!.response.state!.readings)).toBe(true);
+      expect(Buffer.from(encodingOf(again!.response)!)).toEqual(
+        Buffer.from(toBinary(GetDeviceStateResponseSchema, again!.response)),
+      );
+      // A new state is a new value: a new answer.
+      await client.publishEvents({ events: [event(id, 3)] });
+      await expect.poll(() => version(owner, id), { timeout: 20_000, interval: 100 }).toBe(3n);
+      expect((await svc.states.answer(id))!.response.state!.version).toBe(3n);
       // Unknown devices are not_found, and remembered as such.
       const unknown = "00000000-0000-4000-8000-000000000001";
       expect((await rejection(owner.getDeviceState({ deviceId: unknown }))).code).toBe(Code.NotFound);

@@ -1,5 +1,4 @@
-import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Admin } from "kafkajs";
 import { DeviceEventRecordedSchema } from "../../gen/medmesh/events/v1/device_events_pb.js";
@@ -7,6 +6,7 @@ import type { DeviceEvent } from "../../gen/medmesh/devices/v1/devices_pb.js";
 import { eventHeaders, eventKind, type EventEnvelope } from "../../platform/events/index.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 import type { EventPublisher } from "./publisher.js";
+import { encodeRecorded } from "./record-codec.js";
 import type { DeviceStore } from "./store.js";
 
 export const DEVICE_EVENT = eventKind(DeviceEventRecordedSchema);
@@ -36,6 +36,8 @@ interface Ledger {
   recent: Map<bigint, string>;
   revoked: boolean;
   loadedAt: number;
+  /** The device id as the Kafka key, made once: the publisher's partitioner remembers it by this Buffer. */
+  key: Buffer;
 }
 
 export interface IngestOptions {
@@ -139,6 +141,7 @@ export class Ingest {
       recent: new Map(),
       revoked: view.revoked,
       loadedAt: this.now(),
+      key: Buffer.from(deviceId),
     };
     // Only while it is still the ledger of record (a forget may have come in meanwhile).
     if (this.ledgers.has(deviceId)) this.loaded.set(deviceId, l);
@@ -196,7 +199,7 @@ export class Ingest {
       throw invalid(
         `${at}: carries fields this server does not know; send only the fields of medmesh.devices.v1.DeviceEvent`,
       );
-    const time = timestampDate(e.eventTime!).getTime();
+    const time = timestampMs(e.eventTime!);
     if (time > this.now() + this.opts.maxClockSkewMs)
       throw invalid(
         `${at}.event_time: ${new Date(time).toISOString()} is more than ${Math.round(this.opts.maxClockSkewMs / 1000)} s in the future; check the device's clock`,
@@ -207,6 +210,21 @@ export class Ingest {
         `${at}: is ${payload.byteLength} bytes encoded, more than the ${this.opts.maxEventBytes} bytes an event may have`,
       );
     return payload;
+  }
+
+  /**
+   * `admitNow` is the common case decided without waiting: the device's ledger is loaded and
+   * fresh, and the event is the next one (or fills a hole) and not in flight, so it is published
+   * exactly as `admit` would. Anything else is undefined, for `admit` (which may wait for the
+   * database or the worker group). It saves an async decision, its promise and its turn, per event.
+   */
+  admitNow(e: DeviceEvent, payload: Uint8Array, traceparent?: string): { held: Promise<Outcome> } | undefined {
+    const l = this.loaded.get(e.deviceId);
+    if (l === undefined || l.revoked || this.now() - l.loadedAt > (this.opts.registryRecheckMs ?? 10_000))
+      return undefined;
+    const seq = e.sequence;
+    if (seq <= l.acked || seq > l.reserved + 1n || l.inflight.has(seq)) return undefined;
+    return quiet(this.publish(l, e, payload, traceparent));
   }
 
   /**
@@ -287,9 +305,9 @@ export class Ingest {
     const entry: InFlight = { clientId: e.clientId, ok: false, done: undefined as unknown as Promise<void> };
     entry.done = this.opts.publisher
       .publish(e.deviceId, {
-        key: envelope.key,
-        // A view of the encoded bytes, not a copy: nothing writes to them after this.
-        value: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
+        key: l.key,
+        // The encoded bytes themselves (a view when they are not a Buffer): nothing writes to them after this.
+        value: Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
         headers: eventHeaders(envelope),
         timestamp: String(time.getTime()),
       })
@@ -311,39 +329,6 @@ export class Ingest {
     l.inflight.set(seq, entry);
     return entry.done.then(() => "accepted" as const);
   }
-}
-
-/**
- * `DeviceEventRecorded` of a device event received at `receivedAtMs`, encoded by hand: the
- * reflective encoder was a tenth of the ingest's CPU per event, and this message is small and
- * fixed. The bytes are the ones `toBinary` writes (record-encoding.test.ts compares them, and
- * fails when the message gains a field this does not write).
- */
-export function encodeRecorded(e: DeviceEvent, receivedAtMs: number): Uint8Array {
-  const w = new BinaryWriter();
-  // proto3: fields at their zero value are left out, as toBinary does.
-  if (e.deviceId !== "") w.tag(1, WireType.LengthDelimited).string(e.deviceId);
-  if (e.sequence !== 0n) w.tag(2, WireType.Varint).uint64(e.sequence);
-  if (e.clientId !== "") w.tag(3, WireType.LengthDelimited).string(e.clientId);
-  if (e.eventTime) writeTimestamp(w, 4, e.eventTime.seconds, e.eventTime.nanos);
-  for (const key in e.readings)
-    w.tag(5, WireType.LengthDelimited)
-      .fork()
-      .tag(1, WireType.LengthDelimited)
-      .string(key)
-      .tag(2, WireType.Bit64)
-      .double(e.readings[key]!)
-      .join();
-  const seconds = Math.floor(receivedAtMs / 1000);
-  writeTimestamp(w, 6, BigInt(seconds), (receivedAtMs - seconds * 1000) * 1_000_000);
-  return w.finish();
-}
-
-function writeTimestamp(w: BinaryWriter, field: number, seconds: bigint, nanos: number) {
-  w.tag(field, WireType.LengthDelimited).fork();
-  if (seconds !== 0n) w.tag(1, WireType.Varint).int64(seconds);
-  if (nanos !== 0) w.tag(2, WireType.Varint).int32(nanos);
-  w.join();
 }
 
 /** Marks a promise handled (its rejection still reaches whoever awaits it) and wraps it. */

@@ -16,7 +16,9 @@ import { logger } from "../../platform/telemetry/logger.js";
 import { startComponentTelemetry } from "../../platform/telemetry/sdk.js";
 import { DeviceService } from "../../gen/medmesh/devices/v1/devices_pb.js";
 import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
+import { deviceValidationShortcuts } from "./event-rules.js";
 import { DEVICE_EVENT, groupCatchUp, Ingest } from "./ingest.js";
+import { deviceDecodeShortcuts } from "./request-decoding.js";
 import { migrations } from "./migrations/index.js";
 import { EventPublisher } from "./publisher.js";
 import { deviceService } from "./service.js";
@@ -175,9 +177,11 @@ export async function startDevices(
       interceptors: meshInterceptors({
         component: "devices",
         resolvePrincipal: hooks.resolvePrincipal ?? bearerPrincipalResolver(keys),
+        validationShortcuts: deviceValidationShortcuts,
       }),
       deadlines: { defaultUnaryMs: config.DEFAULT_DEADLINE_MS, maxUnaryMs: config.MAX_DEADLINE_MS },
       maxMessageBytes: config.GRPC_MAX_MESSAGE_BYTES,
+      decodeShortcuts: deviceDecodeShortcuts,
       readinessProbe: async () => (worker?.running() ?? false) && (await database.ping()),
     });
   } catch (err) {

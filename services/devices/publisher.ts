@@ -1,4 +1,4 @@
-import type { Kafka, Message, Producer } from "kafkajs";
+import { Partitioners, type ICustomPartitioner, type Kafka, type Message, type Producer } from "kafkajs";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 
 export interface PublisherOptions {
@@ -17,6 +17,28 @@ export class SendTimeoutError extends Error {
     this.name = "SendTimeoutError";
   }
 }
+
+/**
+ * kafkajs' default partitioner (the Java client's murmur2 of the key), remembered per key: it
+ * hashes every message's key again, and filters the partition list into a new array first. A
+ * key given as a Buffer (ingest keeps one per device) is looked up instead. The partition of a
+ * key depends only on the key and the partition count, so a remembered answer is the same one.
+ */
+export const rememberingPartitioner: ICustomPartitioner = () => {
+  const choose = Partitioners.DefaultPartitioner();
+  const known = new WeakMap<Buffer, { partitions: number; partition: number }>();
+  return (args) => {
+    const key = args.message.key;
+    if (!Buffer.isBuffer(key) || (args.message.partition !== undefined && args.message.partition !== null))
+      return choose(args);
+    const partitions = args.partitionMetadata.length;
+    const seen = known.get(key);
+    if (seen !== undefined && seen.partitions === partitions) return seen.partition;
+    const partition = choose(args);
+    known.set(key, { partitions, partition });
+    return partition;
+  };
+};
 
 /** One message to publish, and the device it belongs to (a failure fails the device's later queued messages too). */
 interface Queued {
@@ -65,6 +87,7 @@ export class EventPublisher {
     const p = this.opts.kafka.producer({
       idempotent: true,
       maxInFlightRequests: 1,
+      createPartitioner: rememberingPartitioner,
       // Bounded: a broker that is gone must turn into an error the device sees within seconds,
       // never into an acknowledgement, and never into a call that hangs.
       retry: { retries: 3, initialRetryTime: 100, maxRetryTime: 1_000 },

@@ -21,7 +21,7 @@ import type { Client } from "@connectrpc/connect";
 import type { Principal } from "../../platform/grpc/interceptors/access.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 import type { Ingest } from "./ingest.js";
-import { decodeEventCursor, encodeEventCursor, toDevice, toState, toStoredEvent } from "./model.js";
+import { decodeEventCursor, encodeEventCursor, toDevice, toStoredEvent } from "./model.js";
 import type { StateCache } from "./state-cache.js";
 import type { DeviceRow, DeviceStore } from "./store.js";
 
@@ -195,7 +195,7 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
           // Backpressure: with this many events unacknowledged the stream is not read further,
           // so HTTP/2 flow control holds the device back.
           while (inflight >= opts.maxInFlight) await new Promise<void>((r) => (slotFreed = r));
-          const { held } = await ingest.admit(e, payload, traceparent);
+          const { held } = ingest.admitNow(e, payload, traceparent) ?? (await ingest.admit(e, payload, traceparent));
           inflight++;
           held.then(
             // Acknowledged before the slot is freed, so the last acknowledgement precedes the end of the stream.
@@ -251,7 +251,8 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
         const e = req.events[i]!;
         let held;
         try {
-          ({ held } = await ingest.admit(e, payloads[i]!, traceparent));
+          ({ held } =
+            ingest.admitNow(e, payloads[i]!, traceparent) ?? (await ingest.admit(e, payloads[i]!, traceparent)));
         } catch (err) {
           const error = ConnectError.from(err);
           // A refusal of the device as a whole is the call's answer, not an event's.
@@ -283,10 +284,10 @@ export function deviceService(opts: DeviceServiceOptions): ServiceImpl<typeof De
 
     async getDeviceState(req, ctx) {
       const caller = callerOf(ctx);
-      const found = await states.get(req.deviceId);
+      const found = await states.answer(req.deviceId);
       if (!found || !mayRead(caller, req.deviceId, found.ownerId))
         throw new ConnectError(`device ${req.deviceId} not found`, Code.NotFound);
-      return { state: toState(req.deviceId, found) };
+      return found.response;
     },
 
     async listDeviceEvents(req, ctx) {

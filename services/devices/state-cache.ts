@@ -1,5 +1,9 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import { GetDeviceStateResponseSchema, type GetDeviceStateResponse } from "../../gen/medmesh/devices/v1/devices_pb.js";
 import type { VersionedCache } from "../../platform/cache/versioned-cache.js";
+import { withEncoding } from "../../platform/grpc/pre-encoded.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
+import { toState } from "./model.js";
 import type { DeviceStore } from "./store.js";
 import { withTimeout } from "../../platform/lifecycle/with-timeout.js";
 
@@ -7,6 +11,13 @@ import { withTimeout } from "../../platform/lifecycle/with-timeout.js";
 export interface CachedState {
   ownerId: string;
   state?: { version: string; readings: Record<string, number>; eventTime: number; updateTime: number };
+}
+
+/** GetDeviceState's answer for a device, and whose device it is (for the access check). */
+export interface StateAnswer {
+  ownerId: string;
+  /** Frozen, with its wire bytes attached (platform/grpc/pre-encoded.ts). */
+  response: GetDeviceStateResponse;
 }
 
 export interface StateCacheOptions {
@@ -27,6 +38,8 @@ export interface StateCacheOptions {
 }
 
 const NO_DEVICE = "-";
+/** Answers kept ready per device (the newest cached value of each), at most. */
+const ANSWERS_KEPT = 10_000;
 
 /**
  * Read-through cache of device states. Each device has a namespace of its own in the versioned
@@ -37,6 +50,8 @@ const NO_DEVICE = "-";
  */
 export class StateCache {
   private readonly inflight = new Map<string, Promise<CachedState | undefined>>();
+  /** Per device: the cached value last turned into an answer, and that answer. */
+  private readonly answers = new Map<string, { value: string; answer: StateAnswer }>();
   private readonly log: Logger;
   private readonly timeoutMs: number;
   readonly counts = { hits: 0, misses: 0, loads: 0, cacheErrors: 0 };
@@ -54,7 +69,28 @@ export class StateCache {
     return `${this.opts.namespace}:${deviceId}`;
   }
 
-  async get(deviceId: string): Promise<CachedState | undefined> {
+  /**
+   * GetDeviceState's answer, ready to send. A hit whose cached value is the one last answered
+   * for this device (the common case: a state is read far more often than it changes) costs no
+   * parse, no message and no encoding: the same frozen message and its bytes go out again.
+   */
+  async answer(deviceId: string): Promise<StateAnswer | undefined> {
+    const found = await this.lookup(deviceId);
+    if (typeof found !== "string") return found && answerOf(deviceId, found);
+    const kept = this.answers.get(deviceId);
+    if (kept !== undefined && kept.value === found) return kept.answer;
+    const state = parseValue(found);
+    if (!state) return undefined;
+    const answer = answerOf(deviceId, state);
+    this.answers.delete(deviceId);
+    this.answers.set(deviceId, { value: found, answer });
+    // Insertion order is age order: the first keys are the least recently renewed.
+    if (this.answers.size > ANSWERS_KEPT) this.answers.delete(this.answers.keys().next().value!);
+    return answer;
+  }
+
+  /** The cached value as stored (a hit), or the state read from the database (a miss). */
+  private async lookup(deviceId: string): Promise<string | CachedState | undefined> {
     const cache = this.opts.cache;
     let version: string | undefined;
     if (cache) {
@@ -62,7 +98,7 @@ export class StateCache {
         const found = await this.bounded(cache.get(this.ns(deviceId), "state"));
         if (found.value !== undefined) {
           this.counts.hits++;
-          return found.value === NO_DEVICE ? undefined : (JSON.parse(found.value) as CachedState);
+          return found.value;
         }
         version = found.version;
       } catch (err) {
@@ -129,6 +165,22 @@ export class StateCache {
     if (this.counts.cacheErrors % 100 === 1)
       this.log.warn("the state cache failed; reading the database instead", { error: err as Error });
   }
+}
+
+function parseValue(value: string): CachedState | undefined {
+  return value === NO_DEVICE ? undefined : (JSON.parse(value) as CachedState);
+}
+
+function answerOf(deviceId: string, state: CachedState): StateAnswer {
+  const response = create(GetDeviceStateResponseSchema, { state: toState(deviceId, state) });
+  const bytes = toBinary(GetDeviceStateResponseSchema, response);
+  return { ownerId: state.ownerId, response: withEncoding(deepFreeze(response), bytes) };
+}
+
+/** Frozen through and through: an answer handed to many calls must not be changed by one. */
+function deepFreeze<T extends object>(o: T): T {
+  for (const v of Object.values(o)) if (typeof v === "object" && v !== null && !Object.isFrozen(v)) deepFreeze(v);
+  return Object.freeze(o);
 }
 
 const cacheTimedOut = (ms: number) => new Error(`the cache did not answer within ${ms} ms`);

@@ -1,7 +1,4 @@
-import { fromBinary } from "@bufbuild/protobuf";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Consumer, Kafka, KafkaMessage, Producer } from "kafkajs";
-import { DeviceEventRecordedSchema } from "../../gen/medmesh/events/v1/device_events_pb.js";
 import {
   classifyFailure,
   DlqHeaders,
@@ -12,6 +9,7 @@ import {
 } from "../../platform/events/index.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
 import { DEVICE_EVENT, deviceEventId } from "./ingest.js";
+import { decodeRecorded } from "./record-codec.js";
 import type { ApplyEvent, DeviceStore } from "./store.js";
 
 export interface WorkerOptions {
@@ -53,7 +51,7 @@ export function readDeviceEvent(m: KafkaMessage): ApplyEvent {
     throw new PoisonMessageError(`ce_type "${envelope.type.slice(0, 100)}" is not ${DEVICE_EVENT.type}`);
   let e;
   try {
-    e = fromBinary(DeviceEventRecordedSchema, envelope.payload);
+    e = decodeRecorded(envelope.payload);
   } catch (err) {
     throw new PoisonMessageError(`the value is not a DeviceEventRecorded: ${(err as Error).message}`);
   }
@@ -64,12 +62,14 @@ export function readDeviceEvent(m: KafkaMessage): ApplyEvent {
   if (envelope.id !== deviceEventId(e.deviceId, e.sequence))
     throw new PoisonMessageError(`ce_id "${envelope.id.slice(0, 100)}" is not <device_id>/<sequence>`);
   if (!e.eventTime) throw new PoisonMessageError("event_time is missing");
-  const eventTime = timestampDate(e.eventTime);
+  // As timestampDate reckons it.
+  const eventTime = new Date(Number(e.eventTime.seconds) * 1000 + Math.round(e.eventTime.nanos / 1_000_000));
   if (Number.isNaN(eventTime.getTime())) throw new PoisonMessageError("event_time is not a valid time");
   if (e.clientId.length === 0 || e.clientId.length > 64)
     throw new PoisonMessageError("client_id must be 1 to 64 characters");
-  for (const [k, v] of Object.entries(e.readings))
-    if (!Number.isFinite(v)) throw new PoisonMessageError(`reading "${k.slice(0, 64)}" is not a finite number`);
+  for (const k in e.readings)
+    if (!Number.isFinite(e.readings[k]))
+      throw new PoisonMessageError(`reading "${k.slice(0, 64)}" is not a finite number`);
   return { deviceId: e.deviceId, sequence: e.sequence, clientId: e.clientId, eventTime, readings: { ...e.readings } };
 }
 

@@ -8,7 +8,7 @@ import { loggingInterceptor } from "./logging.js";
 import { rateLimitInterceptor, type RateRules } from "./rate-limit.js";
 import type { RateLimiter } from "../../cache/rate-limiter.js";
 import { serverTracingInterceptor } from "./tracing.js";
-import { validationInterceptor } from "./validation.js";
+import { validationInterceptor, type ValidationShortcuts } from "./validation.js";
 
 export interface MeshInterceptorOptions {
   component: string;
@@ -21,6 +21,8 @@ export interface MeshInterceptorOptions {
    * the gateway, where statements from outside are dropped instead.
    */
   vouchedAddresses?: { secrets: EdgeSecrets | undefined };
+  /** Hand checks of hot request types that pass plainly valid messages without protovalidate (validation.ts). */
+  validationShortcuts?: ValidationShortcuts;
 }
 
 /**
@@ -37,7 +39,7 @@ export function meshInterceptors(opts: MeshInterceptorOptions): Interceptor[] {
     accessInterceptor(opts.resolvePrincipal),
     ...(opts.vouchedAddresses ? [vouchedAddressInterceptor(opts.vouchedAddresses.secrets)] : []),
     ...(opts.rateLimit ? [rateLimitInterceptor(opts.rateLimit.limiter, opts.rateLimit.rules)] : []),
-    validationInterceptor(),
+    validationInterceptor(opts.validationShortcuts),
   ];
 }
 
