@@ -7,6 +7,7 @@
  * - raw grpc-js with a protobuf-es codec: what the platform stack is held against;
  * - the platform stack (startGrpcServer + meshInterceptors), telemetry off, on without an
  *   exporter (every component's default) and on with an OTLP exporter to a local sink;
+ * - a bare node:http2 forwarder in front of the platform stack: the floor for any gateway on node:http2;
  * - the gateway in front of the platform stack (telemetry on), over gRPC, over Connect JSON
  *   POST (wrk) and with 1,000 streams in flight (p99);
  * - 1,000 streams open (10 connections x 100) but paced below capacity (h2load --rps), through
@@ -299,6 +300,7 @@ async function main() {
       { BENCH_UPSTREAM: `127.0.0.1:${platformOn.port}` },
       profArgs("gateway"),
     );
+    const forwarder = await start("bare forwarder", "forwarder", { BENCH_UPSTREAM: `127.0.0.1:${platformOn.port}` });
     const baseline = BASELINE_ROOT
       ? {
           off: await start("baseline platform (otel off)", "platform", {
@@ -391,6 +393,10 @@ async function main() {
         baseline.on,
       );
     }
+    plain(
+      grpcRow("forwarder", "bare node:http2 forwarder -> platform stack (OTel on)", [forwarder, platformOn], forwarder),
+      forwarder,
+    );
     plain(grpcRow("gateway", "gateway gRPC -> platform stack (OTel on)", [gateway, platformOn], gateway), gateway);
     if (tools.wrk)
       add(

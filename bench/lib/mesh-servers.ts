@@ -8,6 +8,9 @@
  *   test/support/meshtest-main.ts builds it; BENCH_TELEMETRY says off, on (no exporter) or
  *   export (OTLP/HTTP to BENCH_OTLP_ENDPOINT);
  * - `gateway`: startGateway with MESHTEST_TARGET pointing at a platform process;
+ * - `forwarder`: node:http2 relaying each stream to BENCH_UPSTREAM over one HTTP/2 connection and
+ *   doing nothing else (no policy, limits, deadline, span, log or metric): the least a gateway
+ *   written on node:http2 can cost per forwarded call;
  * - `otlp-sink`: answers OTLP/HTTP trace exports with 200 and drops them.
  *
  * BENCH_CODE_ROOT picks the checkout whose platform and gateway code is loaded (default: this
@@ -29,7 +32,7 @@ const load = <T>(rel: string): Promise<T> => import(pathToFileURL(path.join(code
 /** The gRPC frame of EchoResponse{text:"hello"}: what every server here answers. */
 const HELLO_FRAME = Buffer.from("00000000070a0568656c6c6f", "hex");
 
-type Role = "bare" | "raw" | "platform" | "gateway" | "otlp-sink";
+type Role = "bare" | "raw" | "platform" | "gateway" | "forwarder" | "otlp-sink";
 
 async function bare(): Promise<number> {
   const server = http2.createServer();
@@ -129,6 +132,51 @@ async function gateway(): Promise<number> {
   return g.port;
 }
 
+async function forwarder(): Promise<number> {
+  const upstream = http2.connect(`http://${process.env.BENCH_UPSTREAM!}`);
+  upstream.on("error", () => undefined);
+  const server = http2.createServer();
+  server.on("stream", (stream, headers) => {
+    const up = upstream.request({
+      ":method": "POST",
+      ":path": headers[":path"],
+      "content-type": headers["content-type"],
+      te: "trailers",
+    });
+    // A client that goes away (h2load stops mid-call at the end of each row) takes the relayed
+    // stream with it, and the other way round; neither may bring the process down.
+    const cancel = () => {
+      if (!up.destroyed) up.close(http2.constants.NGHTTP2_CANCEL);
+      if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_CANCEL);
+    };
+    stream.on("error", cancel);
+    up.on("error", cancel);
+    stream.on("close", cancel);
+    stream.on("data", (chunk: Buffer) => up.destroyed || up.write(chunk));
+    stream.on("end", () => up.destroyed || up.end());
+    let trailers: http2.IncomingHttpHeaders = {};
+    up.on("response", (h) => {
+      if (h["grpc-status"] !== undefined) trailers = h;
+      if (stream.destroyed || stream.headersSent) return;
+      stream.respond(
+        { ":status": 200, "content-type": h["content-type"] ?? "application/grpc" },
+        { waitForTrailers: true },
+      );
+    });
+    up.on("data", (chunk: Buffer) => stream.destroyed || stream.write(chunk));
+    up.on("trailers", (t) => (trailers = t));
+    up.on("end", () => stream.destroyed || stream.end());
+    stream.once("wantTrailers", () => {
+      const status = String(trailers["grpc-status"] ?? "0");
+      const message = trailers["grpc-message"];
+      if (!stream.destroyed)
+        stream.sendTrailers({ "grpc-status": status, ...(message ? { "grpc-message": message } : {}) });
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return (server.address() as { port: number }).port;
+}
+
 async function otlpSink(): Promise<number> {
   const server = http.createServer((req, res) => {
     req.resume();
@@ -141,7 +189,7 @@ async function otlpSink(): Promise<number> {
   return (server.address() as { port: number }).port;
 }
 
-const roles: Record<Role, () => Promise<number>> = { bare, raw, platform, gateway, "otlp-sink": otlpSink };
+const roles: Record<Role, () => Promise<number>> = { bare, raw, platform, gateway, forwarder, "otlp-sink": otlpSink };
 
 /**
  * What holds this process's event loop up, for latency rows: how late a 10 ms timer fires
