@@ -83,7 +83,13 @@ export class Subscriber {
   constructor(
     readonly userId: string,
     private readonly store: NotificationStore,
+    private readonly onClose?: (s: Subscriber) => void,
   ) {}
+
+  /** The call is over: the feed forgets it. */
+  close(): void {
+    this.onClose?.(this);
+  }
 
   offer(seq: number, n: Notification): void {
     if (seq <= this.last) return;
@@ -154,17 +160,21 @@ export class Feed {
       .catch((err: Error) => log.warn("could not announce a notification", { error: err.message }));
   }
 
-  subscribe(userId: string): Subscriber & { close(): void } {
-    const s = new Subscriber(userId, this.store) as Subscriber & { close(): void };
+  subscribe(userId: string): Subscriber {
+    const s = new Subscriber(userId, this.store, this.forget);
     let set = this.byUser.get(userId);
     if (!set) this.byUser.set(userId, (set = new Set()));
     set.add(s);
-    s.close = () => {
-      set.delete(s);
-      if (set.size === 0 && this.byUser.get(userId) === set) this.byUser.delete(userId);
-    };
     return s;
   }
+
+  /** One function for every subscriber's close, rather than a closure each. */
+  private readonly forget = (s: Subscriber) => {
+    const set = this.byUser.get(s.userId);
+    if (!set) return;
+    set.delete(s);
+    if (set.size === 0) this.byUser.delete(s.userId);
+  };
 
   subscribers(): number {
     let n = 0;
