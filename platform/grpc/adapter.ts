@@ -20,6 +20,7 @@ import { runInCall } from "./call-context.js";
 import { coarseTimers } from "./coarse-timer.js";
 import { CallContext, callFinished, CallRequest, CallValues, trackUntilShutdown } from "./handler-context.js";
 import { headerRecord, statusTrailers, toConnectError } from "./errors.js";
+import { EncodedMessage } from "./encoded.js";
 import type { MethodRoute, ServerCall } from "./h2-transport.js";
 import { finishingStream } from "./interceptors/stream-end.js";
 
@@ -63,6 +64,12 @@ function decode<T extends DescMessage>(schema: T, bytes: Buffer): MessageShape<T
 
 function encode(schema: DescMessage, message: unknown): Uint8Array {
   return toBinary(schema, message as MessageShape<DescMessage>);
+}
+
+/** A streamed message's bytes: encoded by its handler already, or here (from a plain object too, as connect allows). */
+function bytesOf(schema: DescMessage, message: unknown): Uint8Array {
+  if (message instanceof EncodedMessage) return message.bytes;
+  return encode(schema, isMessage(message, schema) ? message : create(schema, message as never));
 }
 
 /** What every call of one method shares, worked out once when the service is registered. */
@@ -153,9 +160,7 @@ async function writeAll(
     for await (const message of await output) {
       sendHeaderOnce(call, ctx);
       if (call.cancelled || call.done) return;
-      // Handlers may yield plain objects of the message's shape, as connect allows.
-      const out = isMessage(message, schema) ? message : create(schema, message as never);
-      if (!call.write(encode(schema, out)))
+      if (!call.write(bytesOf(schema, message)))
         await once(call.stream, "drain", { signal: ctx.signal }).catch(() => undefined);
     }
     sendHeaderOnce(call, ctx);

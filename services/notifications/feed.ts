@@ -1,7 +1,8 @@
 import { Redis } from "ioredis";
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { fromBinary } from "@bufbuild/protobuf";
 import { NotificationSchema, type Notification } from "../../gen/medmesh/notifications/v1/notifications_pb.js";
 import { logger } from "../../platform/telemetry/logger.js";
+import { notificationBytes, rememberEncoding } from "./encoding.js";
 import { toNotification } from "./model.js";
 import type { NotificationStore } from "./store.js";
 
@@ -50,7 +51,7 @@ export function redisBus(url: string, channel: string): FeedBus {
   for (const c of [pub, sub]) c.on("error", (err: Error) => log.warn("redis feed connection", { error: err.message }));
   return {
     async publish(m) {
-      const data = Buffer.from(toBinary(NotificationSchema, m.notification)).toString("base64");
+      const data = Buffer.from(notificationBytes(m.notification)).toString("base64");
       await pub.publish(channel, JSON.stringify({ u: m.userId, s: m.seq, d: data }));
     },
     async listen(fn) {
@@ -58,7 +59,10 @@ export function redisBus(url: string, channel: string): FeedBus {
         if (ch !== channel) return;
         try {
           const j = JSON.parse(raw) as { u: string; s: number; d: string };
-          fn({ userId: j.u, seq: j.s, notification: fromBinary(NotificationSchema, Buffer.from(j.d, "base64")) });
+          const bytes = Buffer.from(j.d, "base64");
+          const notification = fromBinary(NotificationSchema, bytes);
+          rememberEncoding(notification, bytes);
+          fn({ userId: j.u, seq: j.s, notification });
         } catch (err) {
           log.warn("unreadable feed message ignored", { error: (err as Error).message });
         }

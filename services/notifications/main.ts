@@ -33,6 +33,7 @@ import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
 import { NotificationService } from "../../gen/medmesh/notifications/v1/notifications_pb.js";
 import { announcer } from "./announcements.js";
 import { BUILT_IN, TYPES, VARIABLES } from "./catalog.js";
+import { toNotificationsSharing } from "./encoding.js";
 import { documentNotifier, userNotifier } from "./events.js";
 import { Feed, inProcessBus, redisBus } from "./feed.js";
 import { migrations } from "./migrations/index.js";
@@ -134,7 +135,8 @@ export async function startNotifications(
   const feed = new Feed(store, bus);
   await feed.start();
   const announce = (rows: NotificationRow[]) => {
-    for (const r of rows) feed.announce(toNotification(r), r.user_id);
+    const notifications = toNotificationsSharing(rows);
+    for (let i = 0; i < rows.length; i++) feed.announce(notifications[i]!, rows[i]!.user_id);
   };
   const clientOptions = {
     defaultTimeoutMs: config.DEFAULT_DEADLINE_MS,

@@ -5,12 +5,14 @@ import type { Kysely } from "kysely";
 import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
 import {
   PreferenceSchema,
+  SubscribeResponseSchema,
   TemplateSchema,
   type NotificationService,
   type Preference,
   type QuietHours as QuietHoursMessage,
 } from "../../gen/medmesh/notifications/v1/notifications_pb.js";
 import { callerOf } from "../../platform/grpc/caller.js";
+import { encodedAs } from "../../platform/grpc/encoded.js";
 import { invalidArgument, type FieldViolation } from "../../platform/grpc/errors.js";
 import { roleNames, type Principal } from "../../platform/grpc/interceptors/access.js";
 import {
@@ -29,6 +31,7 @@ import {
   VARIABLES,
   type TypeName,
 } from "./catalog.js";
+import { subscribeResponseBytes } from "./encoding.js";
 import type { Feed } from "./feed.js";
 import { toNotification } from "./model.js";
 import { isTimeZone } from "./planner.js";
@@ -153,7 +156,8 @@ export function notificationService(deps: ServiceDeps): ServiceImpl<typeof Notif
           for (const n of batch) {
             if (!n.readTime) unread++;
             feed.delivered++;
-            yield { notification: n, unreadCount: BigInt(unread) };
+            // Encoded from the notification's own encoding, made once for all its streams.
+            yield encodedAs(SubscribeResponseSchema, subscribeResponseBytes(n, unread));
           }
         }
       } finally {
