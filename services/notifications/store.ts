@@ -535,6 +535,45 @@ export class NotificationStore {
     return this.db.selectFrom("push_subscription").selectAll().where("user_id", "=", userId).execute();
   }
 
+  /** The user's subscriptions a push delivery has not reached yet. */
+  pushSubscriptionsNotSent(userId: string, deliveryId: string): Promise<PushSubscriptionRow[]> {
+    return this.db
+      .selectFrom("push_subscription as s")
+      .selectAll("s")
+      .where("s.user_id", "=", userId)
+      .where(({ not, exists, selectFrom }) =>
+        not(
+          exists(
+            selectFrom("push_sent as p")
+              .select("p.subscription_id")
+              .where("p.delivery_id", "=", deliveryId)
+              .whereRef("p.subscription_id", "=", "s.id"),
+          ),
+        ),
+      )
+      .execute();
+  }
+
+  /** Whether a push delivery has reached any subscription. */
+  async pushReachedAny(deliveryId: string): Promise<boolean> {
+    const r = await this.db
+      .selectFrom("push_sent")
+      .select("subscription_id")
+      .where("delivery_id", "=", deliveryId)
+      .limit(1)
+      .executeTakeFirst();
+    return r !== undefined;
+  }
+
+  /** The push delivery reached this subscription: a retry of it leaves the subscription out. */
+  async pushSent(deliveryId: string, subscriptionId: string): Promise<void> {
+    await this.db
+      .insertInto("push_sent")
+      .values({ delivery_id: deliveryId, subscription_id: subscriptionId })
+      .onConflict((oc) => oc.doNothing())
+      .execute();
+  }
+
   // ---- announcements
 
   async addAnnouncement(a: { title: string; body: string; role: string | null; sendAt: Date; createdBy: string }) {

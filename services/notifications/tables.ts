@@ -100,6 +100,12 @@ export interface PushSubscriptionTable {
   created_at: Generated<Date>;
 }
 
+/** A push delivery reached this subscription (so a retry of the delivery leaves it out). */
+export interface PushSentTable {
+  delivery_id: string;
+  subscription_id: string;
+}
+
 export interface AnnouncementTable {
   id: string;
   title: string;
@@ -121,6 +127,7 @@ export interface NotificationsDB {
   recipient: RecipientTable;
   template: TemplateTable;
   push_subscription: PushSubscriptionTable;
+  push_sent: PushSentTable;
   announcement: AnnouncementTable;
   inbox: InboxTable;
 }
