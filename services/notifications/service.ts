@@ -153,6 +153,15 @@ export function notificationService(deps: ServiceDeps): ServiceImpl<typeof Notif
         for (;;) {
           const batch = await sub.next(ctx.signal);
           if (!batch) throw ConnectError.from(ctx.signal.reason ?? new ConnectError("cancelled", Code.Canceled));
+          if (!Array.isArray(batch)) {
+            // Read elsewhere: the count of what this stream has sent that is still unread.
+            unread = await store.unreadCount(user.subject, sub.last);
+            yield {
+              unreadCount: BigInt(unread),
+              read: { ids: batch.ids, allUpToSequence: BigInt(batch.allUpTo) },
+            };
+            continue;
+          }
           for (const n of batch) {
             if (!n.readTime) unread++;
             feed.delivered++;
@@ -186,13 +195,16 @@ export function notificationService(deps: ServiceDeps): ServiceImpl<typeof Notif
       const missing = ids.filter((id) => !mine.has(id));
       if (missing.length) throw new ConnectError(`notification ${missing[0]} does not exist`, Code.NotFound);
       const marked = await store.markRead(user.subject, ids, new Date());
+      if (marked > 0) feed.announceRead({ userId: user.subject, ids, allUpTo: 0 });
       return { marked, unreadCount: BigInt(await store.unreadCount(user.subject)) };
     },
 
     async markAllRead(req, ctx) {
       const user = userOf(ctx);
-      const upTo = req.upToSequence > 0n ? Number(req.upToSequence) : undefined;
+      // Without a bound, the newest notification now is the bound: streams are told exactly what was read.
+      const upTo = req.upToSequence > 0n ? Number(req.upToSequence) : await store.feedHead(user.subject);
       const marked = await store.markAllRead(user.subject, upTo, new Date());
+      if (marked > 0) feed.announceRead({ userId: user.subject, ids: [], allUpTo: upTo });
       return { marked, unreadCount: BigInt(await store.unreadCount(user.subject)) };
     },
 

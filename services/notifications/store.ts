@@ -191,12 +191,14 @@ export class NotificationStore {
       .execute();
   }
 
-  async unreadCount(userId: string): Promise<number> {
+  /** Unread notifications of the user, up to a number when given (what a stream has sent). */
+  async unreadCount(userId: string, upToSeq?: number): Promise<number> {
     const r = await this.db
       .selectFrom("notification")
       .select((eb) => eb.fn.countAll<string>().as("n"))
       .where("user_id", "=", userId)
       .where("read_at", "is", null)
+      .$if(upToSeq !== undefined, (q) => q.where("seq", "<=", String(upToSeq)))
       .executeTakeFirstOrThrow();
     return Number(r.n);
   }
