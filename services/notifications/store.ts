@@ -98,7 +98,7 @@ export class NotificationStore {
       .selectFrom("notification")
       .select("user_id")
       .where("source_key", "=", n.sourceKey)
-      .where("user_id", "in", userIds)
+      .where("user_id", "=", anyOf(userIds))
       .execute();
     const skip = new Set(done.map((r) => r.user_id));
     const fresh = userIds.filter((u) => !skip.has(u));
@@ -106,7 +106,7 @@ export class NotificationStore {
     const rows = await sql<NotificationRow>`
       with heads as (
         insert into ${sql.id(this.schema, "feed_head")} as f (user_id, last_seq)
-        values ${sql.join(fresh.map((u) => sql`(${u}, 1)`))}
+        select u, 1 from unnest(cast(${fresh} as text[])) as u
         on conflict (user_id) do update set last_seq = f.last_seq + 1
         returning user_id, last_seq
       )
@@ -149,10 +149,10 @@ export class NotificationStore {
     const prefs = await trx
       .selectFrom("preference")
       .selectAll()
-      .where("user_id", "in", userIds)
+      .where("user_id", "=", anyOf(userIds))
       .where("type", "=", type)
       .execute();
-    const quiet = await trx.selectFrom("quiet_hours").selectAll().where("user_id", "in", userIds).execute();
+    const quiet = await trx.selectFrom("quiet_hours").selectAll().where("user_id", "=", anyOf(userIds)).execute();
     return {
       prefs: new Map(prefs.map((p) => [`${p.user_id}/${p.channel}`, p.mode])),
       quiet: new Map(quiet.map((q) => [q.user_id, q as QuietHours])),
@@ -611,4 +611,12 @@ export class NotificationStore {
   async finishAnnouncement(id: string, at: Date) {
     await this.db.updateTable("announcement").set({ done_at: at }).where("id", "=", id).execute();
   }
+}
+
+/**
+ * `= any(array)`: a page of a thousand users is one parameter rather than a thousand, which the
+ * embedded database parses and plans in a fraction of the time (about half, measured with PGlite).
+ */
+function anyOf(values: string[]) {
+  return sql<string>`any(cast(${values} as text[]))`;
 }
