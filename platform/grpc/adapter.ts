@@ -1,6 +1,6 @@
 import { once } from "node:events";
 import type { DescMessage, DescMethod, DescService, MessageShape } from "@bufbuild/protobuf";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, isMessage, toBinary } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
@@ -10,16 +10,19 @@ import {
   type Interceptor,
   type MethodImplSpec,
   type ServiceImpl,
+  type StreamRequest,
+  type StreamResponse,
   type UnaryRequest,
   type UnaryResponse,
 } from "@connectrpc/connect";
-import { createAsyncIterable, transformInvokeImplementation } from "@connectrpc/connect/protocol";
+import { transformInvokeImplementation } from "@connectrpc/connect/protocol";
 import { runInCall } from "./call-context.js";
 import { coarseTimers } from "./coarse-timer.js";
 import { CallContext, callFinished, CallRequest, CallValues, trackUntilShutdown } from "./handler-context.js";
 import { headerRecord, statusTrailers, toConnectError } from "./errors.js";
-import { encodingOf } from "./pre-encoded.js";
+import { encodingOf } from "./encoded.js";
 import type { MethodRoute, ServerCall } from "./h2-transport.js";
+import { finishingStream } from "./interceptors/stream-end.js";
 
 /**
  * A hand-written reader of one request type, for a hot one where fromBinary is a visible share of
@@ -72,6 +75,11 @@ function decode<T extends DescMessage>(schema: T, bytes: Buffer, shortcut?: Deco
 
 function encode(schema: DescMessage, message: unknown): Uint8Array {
   return encodingOf(message) ?? toBinary(schema, message as MessageShape<DescMessage>);
+}
+
+/** A streamed message's bytes: encoded by its handler already, or here (from a plain object too, as connect allows). */
+function bytesOf(schema: DescMessage, message: unknown): Uint8Array {
+  return encodingOf(message) ?? encode(schema, isMessage(message, schema) ? message : create(schema, message as never));
 }
 
 /** What every call of one method shares, worked out once when the service is registered. */
@@ -156,12 +164,17 @@ async function* decodeStream<T extends DescMessage>(
   for await (const chunk of call.messages()) yield decode(schema, chunk, shortcut);
 }
 
-async function writeAll(call: ServerCall, ctx: CallContext, output: AsyncIterable<unknown>, schema: DescMessage) {
+async function writeAll(
+  call: ServerCall,
+  ctx: CallContext,
+  output: AsyncIterable<unknown> | Promise<AsyncIterable<unknown>>,
+  schema: DescMessage,
+) {
   try {
-    for await (const message of output) {
+    for await (const message of await output) {
       sendHeaderOnce(call, ctx);
       if (call.cancelled || call.done) return;
-      if (!call.write(encode(schema, message)))
+      if (!call.write(bytesOf(schema, message)))
         await once(call.stream, "drain", { signal: ctx.signal }).catch(() => undefined);
     }
     sendHeaderOnce(call, ctx);
@@ -368,6 +381,80 @@ function unaryInvoker(spec: MethodImplSpec & { kind: "unary" }, interceptors: In
   };
 }
 
+/** A server stream's response, whose headers are the call's own (see UnaryAnswer). */
+class StreamAnswer {
+  readonly stream = true;
+  constructor(
+    readonly ctx: CallContext,
+    readonly message: AsyncIterable<unknown>,
+    readonly method: DescMethod,
+  ) {}
+  get service() {
+    return this.ctx.service;
+  }
+  get header() {
+    return this.ctx.responseHeader;
+  }
+  get trailer() {
+    return this.ctx.responseTrailer;
+  }
+}
+
+/**
+ * A server stream's request as the interceptors see it: an iterable of its one message that lets
+ * go of the message once read (interceptors may keep the request for the end of the call).
+ */
+class OneMessage implements AsyncIterable<unknown> {
+  constructor(private value: unknown) {}
+  async *[Symbol.asyncIterator](): AsyncGenerator<unknown> {
+    const value = this.value;
+    this.value = undefined;
+    yield value;
+  }
+}
+
+/** The one request message of a server stream, as an interceptor may have wrapped it. */
+async function onlyMessage(input: AsyncIterable<unknown>): Promise<unknown> {
+  const it = input[Symbol.asyncIterator]();
+  const first = await it.next();
+  if (first.done) throw new ConnectError("the request ended without a message", Code.Unimplemented);
+  const second = await it.next();
+  if (!second.done)
+    throw new ConnectError("a server-streaming request carries exactly one message", Code.Unimplemented);
+  return first.value;
+}
+
+/**
+ * Connect's server-streaming invoker, with the interceptor chain built once per method and no
+ * copy of the context: a Subscribe stream can stay open for hours, and every object the invoker
+ * leaves reachable is kept that long, once per subscriber. The response stream is one
+ * `finishingStream` that every interceptor adds its end-of-call hooks to.
+ */
+function serverStreamInvoker(spec: MethodImplSpec & { kind: "server_streaming" }, interceptors: Interceptor[]) {
+  const { method } = spec;
+  const terminal = async (req: StreamRequest): Promise<StreamResponse> => {
+    const ctx = req instanceof CallRequest ? req.ctx : req.contextValues.get(callKey)!;
+    const input = await onlyMessage(req.message);
+    const output = spec.impl(input as never, handlerContextFor(ctx, req as unknown as UnaryRequest));
+    return new StreamAnswer(ctx, finishingStream(output), method) as unknown as StreamResponse;
+  };
+  let chain: (req: StreamRequest) => Promise<StreamResponse> = terminal;
+  for (let i = interceptors.length - 1; i >= 0; i--) chain = interceptors[i]!(chain as never) as typeof chain;
+  return async (ctx: CallContext, input: unknown): Promise<AsyncIterable<unknown>> => {
+    ctx.values.set(callKey, ctx);
+    const res = await chain(new CallRequest(ctx, new OneMessage(input)) as unknown as StreamRequest);
+    if (res instanceof StreamAnswer && res.ctx === ctx) return res.message;
+    // An interceptor answered with headers of its own: they become the call's, trailers at the end.
+    copyHeaders(res.header, ctx.responseHeader);
+    return withTrailersOf(res, ctx);
+  };
+}
+
+async function* withTrailersOf(res: StreamResponse, ctx: CallContext): AsyncIterable<unknown> {
+  yield* res.message;
+  copyHeaders(res.trailer, ctx.responseTrailer);
+}
+
 function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptions): (call: ServerCall) => void {
   const { interceptors } = opts;
   const shortcut = opts.decodeShortcuts?.get(method.input);
@@ -389,22 +476,18 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
         );
       };
     }
-    case "server_streaming":
+    case "server_streaming": {
+      const invoke = serverStreamInvoker(spec as MethodImplSpec & { kind: "server_streaming" }, interceptors);
       return (call) => {
         const ctx = contextFor(call, plan);
         whenRequestArrives(call, ctx, plan, (message, err) =>
           detach(
             runInCall(ctx, async () => {
               answerWhenCutShort(call, ctx);
-              let output: AsyncIterable<unknown>;
+              let output: Promise<AsyncIterable<unknown>>;
               try {
                 if (err) throw err;
-                const request = decode(method.input, message!, shortcut);
-                output = transformInvokeImplementation(
-                  spec,
-                  ctx.snapshot(),
-                  interceptors,
-                )(createAsyncIterable([request]));
+                output = invoke(ctx, decode(method.input, message!, shortcut));
               } catch (e) {
                 call.finish(statusTrailers(e));
                 ctx.finish();
@@ -417,6 +500,7 @@ function handlerFor(method: DescMethod, spec: MethodImplSpec, opts: AdapterOptio
           ),
         );
       };
+    }
     case "client_streaming":
       return (call) => {
         const ctx = contextFor(call, plan);

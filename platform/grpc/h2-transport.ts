@@ -115,8 +115,8 @@ export class ServerCall {
 
   /** @internal */
   singleData(chunk: Buffer): void {
-    const single = this.single!;
-    if (single.failed) return;
+    const single = this.single;
+    if (!single || single.failed) return;
     let got: Buffer[];
     try {
       got = this.frames().push(chunk);
@@ -133,10 +133,17 @@ export class ServerCall {
 
   /** @internal */
   singleEnd(): void {
-    const single = this.single!;
-    if (single.failed || this.done) return;
+    const single = this.single;
+    if (!single || single.failed || this.done) return;
+    // A stream may stay open for hours after its request: keep neither the request's bytes,
+    // nor the frame reader, nor the callback (and what it holds) past this point.
+    this.single = undefined;
+    this.stream.removeListener("data", onSingleData);
+    this.stream.removeListener("end", onSingleEnd);
+    const reader = this.frames();
+    this.reader = undefined;
     try {
-      this.frames().end();
+      reader.end();
     } catch (err) {
       return single.done(undefined, err as ConnectError);
     }

@@ -235,11 +235,12 @@ export class CallValues<S = unknown> implements ContextValues {
 }
 
 /**
- * The request the interceptors see for a unary call, reading the call's context; its signal too is
- * made only when read.
+ * The request the interceptors see for a unary or server-streaming call, reading the call's
+ * context; its signal too is made only when read. A server stream's `message` is an iterable of
+ * its one request, as connect's interceptors expect of a stream.
  */
 export class CallRequest {
-  readonly stream = false;
+  readonly stream: boolean;
   readonly requestMethod = "POST";
   readonly method: DescMethod;
   readonly service: DescService;
@@ -249,6 +250,7 @@ export class CallRequest {
     readonly ctx: CallContext,
     readonly message: unknown,
   ) {
+    this.stream = ctx.method.methodKind !== "unary";
     this.method = ctx.method;
     this.service = ctx.service;
     this.url = ctx.url;

@@ -7,7 +7,7 @@ import { routesOf, type DecodeShortcuts } from "./adapter.js";
 import { H2Transport, type MethodRoute } from "./h2-transport.js";
 import { HealthState, healthService, ServingStatus } from "./health.js";
 import { infrastructureInterceptors } from "./interceptors/index.js";
-import { finishWith } from "./interceptors/stream-end.js";
+import { finishWith, type StreamHooks } from "./interceptors/stream-end.js";
 import { reflectionServices } from "./reflection.js";
 
 export interface ServiceRegistration {
@@ -155,9 +155,10 @@ function databaseLossInterceptor(onLoss: () => void): Interceptor {
     if (err instanceof ConnectError && err.code === Code.Unavailable && isConnectionLost(err.cause)) onLoss();
     return err;
   };
+  const hooks: StreamHooks<undefined> = { end: () => {}, mapError: (_s, err) => check(err) };
   return (next) => async (req) => {
     try {
-      return finishWith(await next(req), { end: () => {}, mapError: check });
+      return finishWith(await next(req), hooks, undefined);
     } catch (err) {
       throw check(err);
     }

@@ -16,7 +16,7 @@ import {
 } from "../../gen/medmesh/devices/v1/devices_pb.js";
 import { IdentityService } from "../../gen/medmesh/identity/v1/identity_pb.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
-import { encodingOf } from "../../platform/grpc/pre-encoded.js";
+import { encodingOf } from "../../platform/grpc/encoded.js";
 import { testEnv } from "../../test/support/backends.js";
 import { freePort } from "../../test/support/embedded-mesh.js";
 import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";

@@ -9,7 +9,6 @@ import {
   type DeviceState,
   type StoredEvent,
 } from "../../gen/medmesh/devices/v1/devices_pb.js";
-import type { CachedState } from "./state-cache.js";
 import type { DeviceRow, EventRow } from "./store.js";
 
 export function toDevice(row: DeviceRow): Device {
@@ -22,6 +21,12 @@ export function toDevice(row: DeviceRow): Device {
     ...(row.revoked_at ? { revokeTime: timestampFromDate(row.revoked_at) } : {}),
     apiKeyPrefix: row.api_key_prefix,
   });
+}
+
+/** What GetDeviceState needs of a device: who owns it, and its state if anything was applied. */
+export interface CachedState {
+  ownerId: string;
+  state?: { version: string; readings: Record<string, number>; eventTime: number; updateTime: number };
 }
 
 export function toState(deviceId: string, cached: CachedState): DeviceState {

@@ -1,22 +1,16 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { GetDeviceStateResponseSchema, type GetDeviceStateResponse } from "../../gen/medmesh/devices/v1/devices_pb.js";
 import type { VersionedCache } from "../../platform/cache/versioned-cache.js";
-import { withEncoding } from "../../platform/grpc/pre-encoded.js";
+import { withEncoding } from "../../platform/grpc/encoded.js";
 import { logger as rootLogger, type Logger } from "../../platform/telemetry/logger.js";
-import { toState } from "./model.js";
+import { toState, type CachedState } from "./model.js";
 import type { DeviceStore } from "./store.js";
 import { withTimeout } from "../../platform/lifecycle/with-timeout.js";
-
-/** What GetDeviceState needs of a device: who owns it, and its state if anything was applied. */
-export interface CachedState {
-  ownerId: string;
-  state?: { version: string; readings: Record<string, number>; eventTime: number; updateTime: number };
-}
 
 /** GetDeviceState's answer for a device, and whose device it is (for the access check). */
 export interface StateAnswer {
   ownerId: string;
-  /** Frozen, with its wire bytes attached (platform/grpc/pre-encoded.ts). */
+  /** Frozen, with its wire bytes attached (platform/grpc/encoded.ts). */
   response: GetDeviceStateResponse;
 }
 

@@ -1,18 +1,31 @@
 import { Redis } from "ioredis";
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { fromBinary } from "@bufbuild/protobuf";
 import { NotificationSchema, type Notification } from "../../gen/medmesh/notifications/v1/notifications_pb.js";
 import { logger } from "../../platform/telemetry/logger.js";
+import { notificationBytes, rememberEncoding } from "./encoding.js";
 import { toNotification } from "./model.js";
 import type { NotificationStore } from "./store.js";
 
 const log = logger.child({ component: "notifications-feed" });
 
 /** A new notification, as it travels between replicas: who, its number, the message itself. */
-interface FeedMessage {
+interface NewNotification {
   userId: string;
   seq: number;
   notification: Notification;
 }
+
+/** Notifications a user marked read (MarkRead's ids, or MarkAllRead's bound), for their streams. */
+export interface ReadMarker {
+  userId: string;
+  ids: string[];
+  /** MarkAllRead: everything up to this number; 0 for MarkRead. */
+  allUpTo: number;
+}
+
+type FeedMessage = NewNotification | ReadMarker;
+
+const isReadMarker = (m: FeedMessage): m is ReadMarker => "ids" in m;
 
 /** Carries every new notification to every replica (each keeps the ones its subscribers want). */
 export interface FeedBus {
@@ -50,15 +63,23 @@ export function redisBus(url: string, channel: string): FeedBus {
   for (const c of [pub, sub]) c.on("error", (err: Error) => log.warn("redis feed connection", { error: err.message }));
   return {
     async publish(m) {
-      const data = Buffer.from(toBinary(NotificationSchema, m.notification)).toString("base64");
+      if (isReadMarker(m)) {
+        await pub.publish(channel, JSON.stringify({ u: m.userId, r: m.ids, a: m.allUpTo }));
+        return;
+      }
+      const data = Buffer.from(notificationBytes(m.notification)).toString("base64");
       await pub.publish(channel, JSON.stringify({ u: m.userId, s: m.seq, d: data }));
     },
     async listen(fn) {
       sub.on("message", (ch: string, raw: string) => {
         if (ch !== channel) return;
         try {
-          const j = JSON.parse(raw) as { u: string; s: number; d: string };
-          fn({ userId: j.u, seq: j.s, notification: fromBinary(NotificationSchema, Buffer.from(j.d, "base64")) });
+          const j = JSON.parse(raw) as { u: string; s: number; d: string; r?: string[]; a?: number };
+          if (j.r) return fn({ userId: j.u, ids: j.r, allUpTo: Number(j.a ?? 0) });
+          const bytes = Buffer.from(j.d, "base64");
+          const notification = fromBinary(NotificationSchema, bytes);
+          rememberEncoding(notification, bytes);
+          fn({ userId: j.u, seq: j.s, notification });
         } catch (err) {
           log.warn("unreadable feed message ignored", { error: (err as Error).message });
         }
@@ -77,13 +98,21 @@ export class Subscriber {
   /** The highest number handed out (or known to be before what this call wants). */
   last = 0;
   private readonly pending = new Map<number, Notification>();
+  /** Reads reported by the bus and not yet told to the call (made only when one comes). */
+  private reads: { ids: string[]; allUpTo: number } | undefined;
   private gap = false;
   private wake: (() => void) | undefined;
 
   constructor(
     readonly userId: string,
     private readonly store: NotificationStore,
+    private readonly onClose?: (s: Subscriber) => void,
   ) {}
+
+  /** The call is over: the feed forgets it. */
+  close(): void {
+    this.onClose?.(this);
+  }
 
   offer(seq: number, n: Notification): void {
     if (seq <= this.last) return;
@@ -92,8 +121,18 @@ export class Subscriber {
     this.wake?.();
   }
 
-  /** The next notifications in number order; waits for some; undefined once the signal aborts. */
-  async next(signal: AbortSignal): Promise<Notification[] | undefined> {
+  offerRead(ids: string[], allUpTo: number): void {
+    const r = (this.reads ??= { ids: [], allUpTo: 0 });
+    r.ids.push(...ids);
+    r.allUpTo = Math.max(r.allUpTo, allUpTo);
+    this.wake?.();
+  }
+
+  /**
+   * The next notifications in number order, or else the reads made since the last call; waits
+   * for either; undefined once the signal aborts.
+   */
+  async next(signal: AbortSignal): Promise<Notification[] | { ids: string[]; allUpTo: number } | undefined> {
     for (;;) {
       if (signal.aborted) return undefined;
       const out: Notification[] = [];
@@ -105,6 +144,11 @@ export class Subscriber {
       }
       for (const seq of this.pending.keys()) if (seq <= this.last) this.pending.delete(seq);
       if (out.length) return out;
+      if (this.reads) {
+        const reads = this.reads;
+        this.reads = undefined;
+        return reads;
+      }
       if (this.pending.size > 0 || this.gap) {
         // Numbers are consecutive per user and commit in order, so a later one arriving first
         // means the earlier one is in the table already (its message was lost or is late).
@@ -143,7 +187,8 @@ export class Feed {
     await this.bus.listen((m) => {
       const subs = this.byUser.get(m.userId);
       if (!subs) return;
-      for (const s of subs) s.offer(m.seq, m.notification);
+      if (isReadMarker(m)) for (const s of subs) s.offerRead(m.ids, m.allUpTo);
+      else for (const s of subs) s.offer(m.seq, m.notification);
     });
   }
 
@@ -154,17 +199,26 @@ export class Feed {
       .catch((err: Error) => log.warn("could not announce a notification", { error: err.message }));
   }
 
-  subscribe(userId: string): Subscriber & { close(): void } {
-    const s = new Subscriber(userId, this.store) as Subscriber & { close(): void };
+  /** Tells the user's streams on every replica what was marked read; a failure only leaves their count stale. */
+  announceRead(m: ReadMarker): void {
+    this.bus.publish(m).catch((err: Error) => log.warn("could not announce a read", { error: err.message }));
+  }
+
+  subscribe(userId: string): Subscriber {
+    const s = new Subscriber(userId, this.store, this.forget);
     let set = this.byUser.get(userId);
     if (!set) this.byUser.set(userId, (set = new Set()));
     set.add(s);
-    s.close = () => {
-      set.delete(s);
-      if (set.size === 0 && this.byUser.get(userId) === set) this.byUser.delete(userId);
-    };
     return s;
   }
+
+  /** One function for every subscriber's close, rather than a closure each. */
+  private readonly forget = (s: Subscriber) => {
+    const set = this.byUser.get(s.userId);
+    if (!set) return;
+    set.delete(s);
+    if (set.size === 0) this.byUser.delete(s.userId);
+  };
 
   subscribers(): number {
     let n = 0;

@@ -34,6 +34,7 @@ import { NotificationService } from "../../gen/medmesh/notifications/v1/notifica
 import { announcer } from "./announcements.js";
 import { recipientBackfill } from "./recipient-backfill.js";
 import { BUILT_IN, TYPES, VARIABLES } from "./catalog.js";
+import { toNotificationsSharing } from "./encoding.js";
 import { documentNotifier, userNotifier } from "./events.js";
 import { Feed, inProcessBus, redisBus } from "./feed.js";
 import { migrations } from "./migrations/index.js";
@@ -141,7 +142,8 @@ export async function startNotifications(
   const feed = new Feed(store, bus);
   await feed.start();
   const announce = (rows: NotificationRow[]) => {
-    for (const r of rows) feed.announce(toNotification(r), r.user_id);
+    const notifications = toNotificationsSharing(rows);
+    for (let i = 0; i < rows.length; i++) feed.announce(notifications[i]!, rows[i]!.user_id);
   };
   const clientOptions = {
     defaultTimeoutMs: config.DEFAULT_DEADLINE_MS,

@@ -1,4 +1,6 @@
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code } from "@connectrpc/connect";
 import { startBroker } from "../../deploy/embedded/kafka/index.js";
@@ -9,6 +11,8 @@ import {
   NotificationService,
   NotificationType,
 } from "../../gen/medmesh/notifications/v1/notifications_pb.js";
+import { NewSignInSchema } from "../../gen/medmesh/events/v1/user_events_pb.js";
+import { contractEvent, newEvent, toKafkaMessage } from "../../platform/events/index.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
 import { testEnv } from "../../test/support/backends.js";
 import { startTestIdentity, type TestIdentity } from "../../test/support/identity.js";
@@ -22,14 +26,17 @@ describe("web push", () => {
   let identity: TestIdentity;
   let push: TestPushService;
   let svc: Awaited<ReturnType<typeof startNotifications>>;
-  const client = async (who: "admin" | "doctor") =>
+  const client = async (who: "admin" | "doctor" | "researcher") =>
     createMeshClient(NotificationService, `127.0.0.1:${svc.port}`, {
       headers: await identity.bearer(who),
       defaultTimeoutMs: 20_000,
     });
 
+  let brokerAddress = "";
+
   beforeAll(async () => {
     const broker = await startBroker({ port: 0, dataDir: null, logLevel: "silent" });
+    brokerAddress = broker.address;
     stops.unshift(() => broker.stop());
     const key = `mmk_${randomBytes(32).toString("base64url")}`;
     identity = await startTestIdentity({
@@ -51,6 +58,8 @@ describe("web push", () => {
         NOTIFICATIONS_API_KEY: key,
         SMTP_URL: "smtp://127.0.0.1:1",
         NOTIFICATIONS_POLL_MS: "50",
+        NOTIFICATIONS_RETRY_BASE_MS: "20",
+        NOTIFICATIONS_RETRY_MAX_MS: "100",
       },
       { pushAgent: push.agent },
     );
@@ -102,5 +111,43 @@ describe("web push", () => {
     expect(stats?.count).toBeGreaterThanOrEqual(1n);
     doctor.close();
     admin.close();
+  }, 60_000);
+
+  it("a push that reached one browser and not another is retried for the other only", async () => {
+    const researcher = await client("researcher");
+    // A sign-in from an address of this test's own: a security notice, pushed at once.
+    const address = `2001:db8::${randomBytes(2).toString("hex")}`;
+    const desk = push.subscribe("desk");
+    const tablet = push.subscribe("tablet", { unavailableOnce: address });
+    await researcher.registerPushSubscription({ subscription: desk });
+    await researcher.registerPushSubscription({ subscription: tablet });
+    const producer = new Kafka({
+      brokers: [brokerAddress],
+      clientId: "push-test",
+      logLevel: logLevel.NOTHING,
+    }).producer();
+    await producer.connect();
+    const userId = await identity.userId("researcher");
+    const signIn = contractEvent(
+      NewSignInSchema,
+      { userId, sessionId: randomUUID(), clientAddress: address, signInTime: timestampNow() },
+      { key: userId, source: "/push-test" },
+    );
+    await producer.send({ topic: "user.events", messages: [toKafkaMessage(newEvent(signIn))] });
+    await producer.disconnect();
+    const got = (sub: { received: string[] }) => sub.received.filter((p) => p.includes(address));
+    await eventually("the first attempt", async () => {
+      await svc.runDeliveries();
+      return got(desk).length > 0;
+    });
+    await eventually("the retry", async () => {
+      await svc.runDeliveries();
+      return got(tablet).length > 0;
+    });
+    await svc.runDeliveries();
+    // The desk had it from the first attempt; the retry went to the tablet alone.
+    expect(got(desk)).toHaveLength(1);
+    expect(got(tablet)).toHaveLength(1);
+    researcher.close();
   }, 60_000);
 });

@@ -119,8 +119,12 @@ export function deliverySender(deps: SenderDeps) {
   }
 
   async function push(d: DeliveryRow): Promise<Outcome> {
-    const subs = await store.pushSubscriptions(d.user_id);
-    if (subs.length === 0) return { kind: "skipped", response: "no push subscription" };
+    // A retry goes only to the subscriptions the earlier attempts did not reach.
+    const subs = await store.pushSubscriptionsNotSent(d.user_id, d.id);
+    if (subs.length === 0)
+      return d.attempts > 0 && (await store.pushReachedAny(d.id))
+        ? { kind: "sent", response: "every subscription had it already" }
+        : { kind: "skipped", response: "no push subscription" };
     const payload = JSON.stringify({
       type: d.type,
       title: d.variables.title ?? "",
@@ -128,7 +132,10 @@ export function deliverySender(deps: SenderDeps) {
       link: d.variables.link_path ?? "",
     });
     const results = await Promise.all(subs.map((s) => deps.push.send(s, payload).then((r) => ({ s, r }))));
-    for (const { s, r } of results) if (r.kind === "gone") await store.dropPushSubscription(s.id);
+    for (const { s, r } of results) {
+      if (r.kind === "gone") await store.dropPushSubscription(s.id);
+      else if (r.kind === "sent") await store.pushSent(d.id, s.id);
+    }
     const response = results.map(({ r }) => r.response).join("; ");
     if (results.some(({ r }) => r.kind === "retry")) return { kind: "retry", response };
     if (results.some(({ r }) => r.kind === "sent")) return { kind: "sent", response };

@@ -17,6 +17,7 @@ import {
   NotificationService,
   NotificationType,
   type Notification,
+  type SubscribeResponse,
 } from "../../gen/medmesh/notifications/v1/notifications_pb.js";
 import { contractEvent, newEvent, toKafkaMessage } from "../../platform/events/index.js";
 import { createMeshClient } from "../../platform/grpc/client.js";
@@ -48,16 +49,21 @@ async function* paper(title: string): AsyncIterable<UploadRequest> {
 function collect(client: Client, afterSequence = 0n) {
   const abort = new AbortController();
   const seen: Notification[] = [];
+  const responses: SubscribeResponse[] = [];
   const done = (async () => {
     try {
-      for await (const r of client.subscribe({ afterSequence }, { signal: abort.signal, timeoutMs: 120_000 }))
-        seen.push(r.notification!);
+      for await (const r of client.subscribe({ afterSequence }, { signal: abort.signal, timeoutMs: 120_000 })) {
+        responses.push(r);
+        if (r.notification) seen.push(r.notification);
+      }
     } catch {
       // cancelled at the end of the test
     }
   })();
   return {
     seen,
+    /** Every response, those that only report reads too. */
+    responses,
     async until(n: number) {
       await eventually(`${n} notifications on the stream`, async () => (seen.length >= n ? true : undefined));
     },
@@ -272,6 +278,32 @@ describe("notifications", () => {
     const student = await as("student");
     const sl = await student.listNotifications({});
     expect(sl.notifications.some((n) => n.type === NotificationType.ANNOUNCEMENT)).toBe(false);
+  });
+
+  it("the unread count on a stream follows reads made on another connection", async () => {
+    const admin = await as("admin");
+    const doctor = await as("doctor");
+    const elsewhere = await as("doctor");
+    await doctor.markAllRead({});
+    const stream = collect(doctor);
+    await admin.sendAnnouncement({ title: "Read me", body: "first", role: Role.DOCTOR });
+    await admin.sendAnnouncement({ title: "And me", body: "second", role: Role.DOCTOR });
+    await runAnnouncements();
+    await stream.until(2);
+    expect(stream.responses.at(-1)!.unreadCount).toBe(2n);
+    const [first, second] = stream.seen;
+    await elsewhere.markRead({ ids: [first!.id] });
+    const afterOne = await eventually("the stream told of MarkRead", async () =>
+      stream.responses.find((r) => r.read?.ids.includes(first!.id)),
+    );
+    expect(afterOne.notification).toBeUndefined();
+    expect(afterOne.unreadCount).toBe(1n);
+    await elsewhere.markAllRead({});
+    const afterAll = await eventually("the stream told of MarkAllRead", async () =>
+      stream.responses.find((r) => (r.read?.allUpToSequence ?? 0n) >= second!.sequence),
+    );
+    expect(afterAll.unreadCount).toBe(0n);
+    await stream.stop();
   });
 
   it("one notification per event however often it is delivered", async () => {

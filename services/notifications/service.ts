@@ -5,12 +5,14 @@ import type { Kysely } from "kysely";
 import { Role } from "../../gen/medmesh/access/v1/access_pb.js";
 import {
   PreferenceSchema,
+  SubscribeResponseSchema,
   TemplateSchema,
   type NotificationService,
   type Preference,
   type QuietHours as QuietHoursMessage,
 } from "../../gen/medmesh/notifications/v1/notifications_pb.js";
 import { callerOf } from "../../platform/grpc/caller.js";
+import { encodedAs } from "../../platform/grpc/encoded.js";
 import { invalidArgument, type FieldViolation } from "../../platform/grpc/errors.js";
 import { roleNames, type Principal } from "../../platform/grpc/interceptors/access.js";
 import {
@@ -29,6 +31,7 @@ import {
   VARIABLES,
   type TypeName,
 } from "./catalog.js";
+import { subscribeResponseBytes } from "./encoding.js";
 import type { Feed } from "./feed.js";
 import { toNotification } from "./model.js";
 import { isTimeZone } from "./planner.js";
@@ -150,10 +153,20 @@ export function notificationService(deps: ServiceDeps): ServiceImpl<typeof Notif
         for (;;) {
           const batch = await sub.next(ctx.signal);
           if (!batch) throw ConnectError.from(ctx.signal.reason ?? new ConnectError("cancelled", Code.Canceled));
+          if (!Array.isArray(batch)) {
+            // Read elsewhere: the count of what this stream has sent that is still unread.
+            unread = await store.unreadCount(user.subject, sub.last);
+            yield {
+              unreadCount: BigInt(unread),
+              read: { ids: batch.ids, allUpToSequence: BigInt(batch.allUpTo) },
+            };
+            continue;
+          }
           for (const n of batch) {
             if (!n.readTime) unread++;
             feed.delivered++;
-            yield { notification: n, unreadCount: BigInt(unread) };
+            // Encoded from the notification's own encoding, made once for all its streams.
+            yield encodedAs(SubscribeResponseSchema, subscribeResponseBytes(n, unread));
           }
         }
       } finally {
@@ -182,13 +195,16 @@ export function notificationService(deps: ServiceDeps): ServiceImpl<typeof Notif
       const missing = ids.filter((id) => !mine.has(id));
       if (missing.length) throw new ConnectError(`notification ${missing[0]} does not exist`, Code.NotFound);
       const marked = await store.markRead(user.subject, ids, new Date());
+      if (marked > 0) feed.announceRead({ userId: user.subject, ids, allUpTo: 0 });
       return { marked, unreadCount: BigInt(await store.unreadCount(user.subject)) };
     },
 
     async markAllRead(req, ctx) {
       const user = userOf(ctx);
-      const upTo = req.upToSequence > 0n ? Number(req.upToSequence) : undefined;
+      // Without a bound, the newest notification now is the bound: streams are told exactly what was read.
+      const upTo = req.upToSequence > 0n ? Number(req.upToSequence) : await store.feedHead(user.subject);
       const marked = await store.markAllRead(user.subject, upTo, new Date());
+      if (marked > 0) feed.announceRead({ userId: user.subject, ids: [], allUpTo: upTo });
       return { marked, unreadCount: BigInt(await store.unreadCount(user.subject)) };
     },
 

@@ -98,7 +98,7 @@ export class NotificationStore {
       .selectFrom("notification")
       .select("user_id")
       .where("source_key", "=", n.sourceKey)
-      .where("user_id", "in", userIds)
+      .where("user_id", "=", anyOf(userIds))
       .execute();
     const skip = new Set(done.map((r) => r.user_id));
     const fresh = userIds.filter((u) => !skip.has(u));
@@ -106,7 +106,7 @@ export class NotificationStore {
     const rows = await sql<NotificationRow>`
       with heads as (
         insert into ${sql.id(this.schema, "feed_head")} as f (user_id, last_seq)
-        values ${sql.join(fresh.map((u) => sql`(${u}, 1)`))}
+        select u, 1 from unnest(cast(${fresh} as text[])) as u
         on conflict (user_id) do update set last_seq = f.last_seq + 1
         returning user_id, last_seq
       )
@@ -149,10 +149,10 @@ export class NotificationStore {
     const prefs = await trx
       .selectFrom("preference")
       .selectAll()
-      .where("user_id", "in", userIds)
+      .where("user_id", "=", anyOf(userIds))
       .where("type", "=", type)
       .execute();
-    const quiet = await trx.selectFrom("quiet_hours").selectAll().where("user_id", "in", userIds).execute();
+    const quiet = await trx.selectFrom("quiet_hours").selectAll().where("user_id", "=", anyOf(userIds)).execute();
     return {
       prefs: new Map(prefs.map((p) => [`${p.user_id}/${p.channel}`, p.mode])),
       quiet: new Map(quiet.map((q) => [q.user_id, q as QuietHours])),
@@ -191,12 +191,14 @@ export class NotificationStore {
       .execute();
   }
 
-  async unreadCount(userId: string): Promise<number> {
+  /** Unread notifications of the user, up to a number when given (what a stream has sent). */
+  async unreadCount(userId: string, upToSeq?: number): Promise<number> {
     const r = await this.db
       .selectFrom("notification")
       .select((eb) => eb.fn.countAll<string>().as("n"))
       .where("user_id", "=", userId)
       .where("read_at", "is", null)
+      .$if(upToSeq !== undefined, (q) => q.where("seq", "<=", String(upToSeq)))
       .executeTakeFirstOrThrow();
     return Number(r.n);
   }
@@ -573,6 +575,45 @@ export class NotificationStore {
     return this.db.selectFrom("push_subscription").selectAll().where("user_id", "=", userId).execute();
   }
 
+  /** The user's subscriptions a push delivery has not reached yet. */
+  pushSubscriptionsNotSent(userId: string, deliveryId: string): Promise<PushSubscriptionRow[]> {
+    return this.db
+      .selectFrom("push_subscription as s")
+      .selectAll("s")
+      .where("s.user_id", "=", userId)
+      .where(({ not, exists, selectFrom }) =>
+        not(
+          exists(
+            selectFrom("push_sent as p")
+              .select("p.subscription_id")
+              .where("p.delivery_id", "=", deliveryId)
+              .whereRef("p.subscription_id", "=", "s.id"),
+          ),
+        ),
+      )
+      .execute();
+  }
+
+  /** Whether a push delivery has reached any subscription. */
+  async pushReachedAny(deliveryId: string): Promise<boolean> {
+    const r = await this.db
+      .selectFrom("push_sent")
+      .select("subscription_id")
+      .where("delivery_id", "=", deliveryId)
+      .limit(1)
+      .executeTakeFirst();
+    return r !== undefined;
+  }
+
+  /** The push delivery reached this subscription: a retry of it leaves the subscription out. */
+  async pushSent(deliveryId: string, subscriptionId: string): Promise<void> {
+    await this.db
+      .insertInto("push_sent")
+      .values({ delivery_id: deliveryId, subscription_id: subscriptionId })
+      .onConflict((oc) => oc.doNothing())
+      .execute();
+  }
+
   // ---- announcements
 
   async addAnnouncement(a: { title: string; body: string; role: string | null; sendAt: Date; createdBy: string }) {
@@ -608,4 +649,12 @@ export class NotificationStore {
   async finishAnnouncement(id: string, at: Date) {
     await this.db.updateTable("announcement").set({ done_at: at }).where("id", "=", id).execute();
   }
+}
+
+/**
+ * `= any(array)`: a page of a thousand users is one parameter rather than a thousand, which the
+ * embedded database parses and plans in a fraction of the time (about half, measured with PGlite).
+ */
+function anyOf(values: string[]) {
+  return sql<string>`any(cast(${values} as text[]))`;
 }

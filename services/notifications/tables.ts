@@ -106,6 +106,12 @@ export interface PushSubscriptionTable {
   created_at: Generated<Date>;
 }
 
+/** A push delivery reached this subscription (so a retry of the delivery leaves it out). */
+export interface PushSentTable {
+  delivery_id: string;
+  subscription_id: string;
+}
+
 export interface AnnouncementTable {
   id: string;
   title: string;
@@ -128,6 +134,7 @@ export interface NotificationsDB {
   recipient_sync: RecipientSyncTable;
   template: TemplateTable;
   push_subscription: PushSubscriptionTable;
+  push_sent: PushSentTable;
   announcement: AnnouncementTable;
   inbox: InboxTable;
 }

@@ -8,7 +8,9 @@ import path from "node:path";
 /**
  * A Web Push service for tests: HTTPS on loopback with a certificate made for the run, and
  * browsers' side of RFC 8291, so a test can read what was pushed. `/gone/…` endpoints answer
- * 410, as a push service does for a subscription the browser dropped.
+ * 410, as a push service does for a subscription the browser dropped; a subscription made with
+ * `unavailableOnce: text` answers the first push that says `text` with 503, as a push service
+ * that is briefly down, and takes it when it comes again.
  */
 export interface TestPushService {
   /** Trusts this service's certificate (and no other): give it to the sender. */
@@ -16,7 +18,7 @@ export interface TestPushService {
   /** A browser's subscription at this service. */
   subscribe(
     name: string,
-    opts?: { gone?: boolean },
+    opts?: { gone?: boolean; unavailableOnce?: string },
   ): {
     endpoint: string;
     p256dh: string;
@@ -80,7 +82,10 @@ export async function startPushService(): Promise<TestPushService> {
     ],
     { stdio: "ignore" },
   );
-  const subs = new Map<string, { ua: ReturnType<typeof createECDH>; auth: Buffer; received: string[] }>();
+  const subs = new Map<
+    string,
+    { ua: ReturnType<typeof createECDH>; auth: Buffer; received: string[]; unavailableOnce?: string }
+  >();
   const authorizations: string[] = [];
   const server = createServer({ key: readFileSync(key), cert: readFileSync(cert) }, (req, res) => {
     const chunks: Buffer[] = [];
@@ -98,7 +103,13 @@ export async function startPushService(): Promise<TestPushService> {
       }
       authorizations.push(String(req.headers.authorization ?? ""));
       try {
-        sub.received.push(decrypt(Buffer.concat(chunks), sub.ua, sub.auth));
+        const text = decrypt(Buffer.concat(chunks), sub.ua, sub.auth);
+        if (sub.unavailableOnce && text.includes(sub.unavailableOnce)) {
+          sub.unavailableOnce = undefined;
+          res.writeHead(503).end("try again later");
+          return;
+        }
+        sub.received.push(text);
         res.writeHead(201).end();
       } catch (err) {
         res.writeHead(400).end((err as Error).message);
@@ -116,7 +127,7 @@ export async function startPushService(): Promise<TestPushService> {
       ua.generateKeys();
       const auth = randomBytes(16);
       const received: string[] = [];
-      subs.set(name, { ua, auth, received });
+      subs.set(name, { ua, auth, received, unavailableOnce: opts.unavailableOnce });
       return {
         endpoint: `https://127.0.0.1:${port}/${opts.gone ? "gone" : "push"}/${name}`,
         p256dh: ua.getPublicKey().toString("base64url"),

@@ -3,7 +3,7 @@ import { ConnectError, Code, type Interceptor } from "@connectrpc/connect";
 import { levelEnabled, logger } from "../../telemetry/logger.js";
 import { rpcSeries, type RpcSeries } from "../../telemetry/metrics.js";
 import { rpcName } from "./rpc-name.js";
-import { finishWith } from "./stream-end.js";
+import { finishWith, type StreamHooks } from "./stream-end.js";
 
 /** One JSON line per finished call: method, status and duration. Never the payload. */
 export function loggingInterceptor(component: string): Interceptor {
@@ -30,6 +30,9 @@ export function loggingInterceptor(component: string): Interceptor {
     if (ce.code === Code.Internal) log.error("rpc failed", fields);
     else log.info("rpc rejected", fields);
   };
+  const streamHooks: StreamHooks<{ method: DescMethod; started: number }> = {
+    end: (s, err) => finished(s.method, s.started, err),
+  };
   return (next) => (req) => {
     const started = performance.now();
     let pending: ReturnType<typeof next>;
@@ -41,7 +44,7 @@ export function loggingInterceptor(component: string): Interceptor {
     }
     return pending.then(
       (res) => {
-        if (res.stream) return finishWith(res, { end: (err) => finished(req.method, started, err) });
+        if (res.stream) return finishWith(res, streamHooks, { method: req.method, started });
         finished(req.method, started);
         return res;
       },

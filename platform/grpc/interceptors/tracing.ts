@@ -1,11 +1,20 @@
 import type { DescMethod } from "@bufbuild/protobuf";
-import { context, propagation, SpanKind, SpanStatusCode, trace, type Attributes } from "@opentelemetry/api";
+import {
+  context,
+  propagation,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+  type Attributes,
+  type Context,
+  type Span,
+} from "@opentelemetry/api";
 import { ConnectError, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
 import { childIds } from "../../telemetry/span-ids.js";
 import { tracingMode } from "../../telemetry/tracing-mode.js";
 import { requestHeaderValue } from "../handler-context.js";
 import { rpcName } from "./rpc-name.js";
-import { finishWith } from "./stream-end.js";
+import { finishWith, type StreamHooks } from "./stream-end.js";
 
 const tracer = trace.getTracer("medmesh-rpc");
 
@@ -55,9 +64,7 @@ export function serverTracingInterceptor(component: string): Interceptor {
       if (!req.stream) return context.with(spanContext, () => next(req));
       return context
         .with(spanContext, () => next(req))
-        .then((res) =>
-          res.stream ? finishWith(res, { end: noop, wrapNext: (pull) => context.with(spanContext, pull) }) : res,
-        ) as ReturnType<typeof next>;
+        .then((res) => (res.stream ? finishWith(res, idsHooks, spanContext) : res)) as ReturnType<typeof next>;
     }
     const span = tracer.startSpan(
       rpcName(req.method),
@@ -65,35 +72,51 @@ export function serverTracingInterceptor(component: string): Interceptor {
       parent,
     );
     const spanContext = trace.setSpan(parent, span);
-    const end = (err?: unknown) => {
-      if (err !== undefined) {
-        const ce = ConnectError.from(err);
-        span.setAttribute("rpc.grpc.status_code", ce.code);
-        span.setStatus({ code: SpanStatusCode.ERROR, message: ce.rawMessage });
-      } else {
-        span.setAttribute("rpc.grpc.status_code", 0);
-      }
-      span.end();
-    };
+    const state: SpanState = { span, spanContext };
     let pending: Promise<UnaryResponse | StreamResponse>;
     try {
       pending = context.with(spanContext, () => next(req));
     } catch (err) {
-      end(err);
+      endSpan(span, err);
       return Promise.reject(err);
     }
     return pending.then(
       (res) => {
-        if (res.stream) return finishWith(res, { end, wrapNext: (pull) => context.with(spanContext, pull) });
-        end();
+        if (res.stream) return finishWith(res, spanHooks, state);
+        endSpan(span);
         return res;
       },
       (err: unknown) => {
-        end(err);
+        endSpan(span, err);
         throw err;
       },
     ) as ReturnType<typeof next>;
   };
 }
 
-function noop() {}
+function endSpan(span: Span, err?: unknown): void {
+  if (err !== undefined) {
+    const ce = ConnectError.from(err);
+    span.setAttribute("rpc.grpc.status_code", ce.code);
+    span.setStatus({ code: SpanStatusCode.ERROR, message: ce.rawMessage });
+  } else {
+    span.setAttribute("rpc.grpc.status_code", 0);
+  }
+  span.end();
+}
+
+interface SpanState {
+  span: Span;
+  spanContext: Context;
+}
+
+/** A stream's later pulls run in its trace context, so what they log and call carries the trace. */
+const idsHooks: StreamHooks<Context> = {
+  end() {},
+  wrapNext: (spanContext, pull) => context.with(spanContext, pull),
+};
+
+const spanHooks: StreamHooks<SpanState> = {
+  end: (s, err) => endSpan(s.span, err),
+  wrapNext: (s, pull) => context.with(s.spanContext, pull),
+};

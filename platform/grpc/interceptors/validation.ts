@@ -46,7 +46,8 @@ export function validationInterceptor(shortcuts: ValidationShortcuts = noShortcu
         }
       },
     };
-    return next({ ...req, message: checked } as typeof req);
+    // Not a spread: the adapter's requests read their headers and signal through getters.
+    return next(Object.create(req, { message: { value: checked } }) as typeof req);
   };
 }
 

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file medmesh/notifications/v1/notifications.proto.
  */
 export const file_medmesh_notifications_v1_notifications: GenFile = /*@__PURE__*/
-  fileDesc("CixtZWRtZXNoL25vdGlmaWNhdGlvbnMvdjEvbm90aWZpY2F0aW9ucy5wcm90bxIYbWVkbWVzaC5ub3RpZmljYXRpb25zLnYxIvACCgxOb3RpZmljYXRpb24SCgoCaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAMSOAoEdHlwZRgDIAEoDjIqLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5Ob3RpZmljYXRpb25UeXBlEg0KBXRpdGxlGAQgASgJEgwKBGJvZHkYBSABKAkSDAoEbGluaxgGIAEoCRIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJcmVhZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJKCgphdHRyaWJ1dGVzGAkgAygLMjYubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLk5vdGlmaWNhdGlvbi5BdHRyaWJ1dGVzRW50cnkaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMwoQU3Vic2NyaWJlUmVxdWVzdBIfCg5hZnRlcl9zZXF1ZW5jZRgBIAEoA0IHukgEIgIoACJnChFTdWJzY3JpYmVSZXNwb25zZRI8Cgxub3RpZmljYXRpb24YASABKAsyJi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTm90aWZpY2F0aW9uEhQKDHVucmVhZF9jb3VudBgCIAEoAyJqChhMaXN0Tm90aWZpY2F0aW9uc1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASGwoKcGFnZV90b2tlbhgCIAEoCUIHukgEcgIYQBITCgt1bnJlYWRfb25seRgDIAEoCCKJAQoZTGlzdE5vdGlmaWNhdGlvbnNSZXNwb25zZRI9Cg1ub3RpZmljYXRpb25zGAEgAygLMiYubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLk5vdGlmaWNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSFAoMdW5yZWFkX2NvdW50GAMgASgDIjIKD01hcmtSZWFkUmVxdWVzdBIfCgNpZHMYASADKAlCErpID5IBDAgBEPQDIgVyA7ABASI4ChBNYXJrUmVhZFJlc3BvbnNlEg4KBm1hcmtlZBgBIAEoBRIUCgx1bnJlYWRfY291bnQYAiABKAMiNQoSTWFya0FsbFJlYWRSZXF1ZXN0Eh8KDnVwX3RvX3NlcXVlbmNlGAEgASgDQge6SAQiAigAIjsKE01hcmtBbGxSZWFkUmVzcG9uc2USDgoGbWFya2VkGAEgASgFEhQKDHVucmVhZF9jb3VudBgCIAEoAyLnAQoKUHJlZmVyZW5jZRJECgR0eXBlGAEgASgOMioubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLk5vdGlmaWNhdGlvblR5cGVCCrpIB4IBBBABIAASPgoHY2hhbm5lbBgCIAEoDjIhLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5DaGFubmVsQgq6SAeCAQQQASAAEkAKBG1vZGUYAyABKA4yJi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuRGVsaXZlcnlNb2RlQgq6SAeCAQQQASAAEhEKCW1hbmRhdG9yeRgEIAEoCCJsCgpRdWlldEhvdXJzEiAKDHN0YXJ0X21pbnV0ZRgBIAEoBUIKukgHGgUYnwsoABIeCgplbmRfbWludXRlGAIgASgFQgq6SAcaBRifCygAEhwKCXRpbWVfem9uZRgDIAEoCUIJukgGcgQQARhAIhcKFUdldFByZWZlcmVuY2VzUmVxdWVzdCKOAQoWR2V0UHJlZmVyZW5jZXNSZXNwb25zZRI5CgtwcmVmZXJlbmNlcxgBIAMoCzIkLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5QcmVmZXJlbmNlEjkKC3F1aWV0X2hvdXJzGAIgASgLMiQubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlF1aWV0SG91cnMitQEKGFVwZGF0ZVByZWZlcmVuY2VzUmVxdWVzdBJDCgtwcmVmZXJlbmNlcxgBIAMoCzIkLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5QcmVmZXJlbmNlQgi6SAWSAQIQZBI5CgtxdWlldF9ob3VycxgCIAEoCzIkLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5RdWlldEhvdXJzEhkKEWNsZWFyX3F1aWV0X2hvdXJzGAMgASgIIpEBChlVcGRhdGVQcmVmZXJlbmNlc1Jlc3BvbnNlEjkKC3ByZWZlcmVuY2VzGAEgAygLMiQubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlByZWZlcmVuY2USOQoLcXVpZXRfaG91cnMYAiABKAsyJC5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuUXVpZXRIb3VycyIWChRHZXRQdXNoQ29uZmlnUmVxdWVzdCIxChVHZXRQdXNoQ29uZmlnUmVzcG9uc2USGAoQdmFwaWRfcHVibGljX2tleRgBIAEoCSLTAQoQUHVzaFN1YnNjcmlwdGlvbhIKCgJpZBgBIAEoCRIdCghlbmRwb2ludBgCIAEoCUILukgIcgYYgBCIAQESMgoGcDI1NmRoGAMgASgJQiK6SB9yHRAoGMgBMhZeW0EtWmEtejAtOV8tXSs9ezAsMn0kEi8KBGF1dGgYBCABKAlCIbpIHnIcEBAYQDIWXltBLVphLXowLTlfLV0rPXswLDJ9JBIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiawofUmVnaXN0ZXJQdXNoU3Vic2NyaXB0aW9uUmVxdWVzdBJICgxzdWJzY3JpcHRpb24YASABKAsyKi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuUHVzaFN1YnNjcmlwdGlvbkIGukgDyAEBImQKIFJlZ2lzdGVyUHVzaFN1YnNjcmlwdGlvblJlc3BvbnNlEkAKDHN1YnNjcmlwdGlvbhgBIAEoCzIqLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5QdXNoU3Vic2NyaXB0aW9uIjUKHVJlbW92ZVB1c2hTdWJzY3JpcHRpb25SZXF1ZXN0EhQKAmlkGAEgASgJQgi6SAVyA7ABASIgCh5SZW1vdmVQdXNoU3Vic2NyaXB0aW9uUmVzcG9uc2Ui3AIKCFRlbXBsYXRlEkQKBHR5cGUYASABKA4yKi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTm90aWZpY2F0aW9uVHlwZUIKukgHggEEEAEgABIPCgd2ZXJzaW9uGAIgASgFEhwKB3N1YmplY3QYAyABKAlCC7pICNgBAXIDGKwCEh8KCWh0bWxfYm9keRgEIAEoCUIMukgJ2AEBcgQYoJwBEh8KCXRleHRfYm9keRgFIAEoCUIMukgJ2AEBcgQYoJwBEjcKCXZhcmlhYmxlcxgGIAMoCUIkukghkgEeEDIiGnIYMhZeW2Etel1bYS16MC05X117MCw2M30kEhsKE2F2YWlsYWJsZV92YXJpYWJsZXMYByADKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYCSABKAkiFgoUTGlzdFRlbXBsYXRlc1JlcXVlc3QiTgoVTGlzdFRlbXBsYXRlc1Jlc3BvbnNlEjUKCXRlbXBsYXRlcxgBIAMoCzIiLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5UZW1wbGF0ZSJSChJQdXRUZW1wbGF0ZVJlcXVlc3QSPAoIdGVtcGxhdGUYASABKAsyIi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuVGVtcGxhdGVCBrpIA8gBASJLChNQdXRUZW1wbGF0ZVJlc3BvbnNlEjQKCHRlbXBsYXRlGAEgASgLMiIubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlRlbXBsYXRlIuQBChZQcmV2aWV3VGVtcGxhdGVSZXF1ZXN0EjwKCHRlbXBsYXRlGAEgASgLMiIubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlRlbXBsYXRlQga6SAPIAQESXQoGdmFsdWVzGAIgAygLMjwubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlByZXZpZXdUZW1wbGF0ZVJlcXVlc3QuVmFsdWVzRW50cnlCD7pIDJoBCRAyKgVyAxjQDxotCgtWYWx1ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkYKF1ByZXZpZXdUZW1wbGF0ZVJlc3BvbnNlEg8KB3N1YmplY3QYASABKAkSDAoEaHRtbBgCIAEoCRIMCgR0ZXh0GAMgASgJIrIBChdTZW5kQW5ub3VuY2VtZW50UmVxdWVzdBIZCgV0aXRsZRgBIAEoCUIKukgHcgUQARjIARIYCgRib2R5GAIgASgJQgq6SAdyBRABGIgnEjMKBHJvbGUYAyABKA4yFy5tZWRtZXNoLmFjY2Vzcy52MS5Sb2xlQgy6SAmCAQYQASAFIAYSLQoJc2VuZF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChhTZW5kQW5ub3VuY2VtZW50UmVzcG9uc2USFwoPYW5ub3VuY2VtZW50X2lkGAEgASgJEi0KCXNlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoXR2V0RGVsaXZlcnlTdGF0c1JlcXVlc3QSKQoFc2luY2UYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqwBCgxEZWxpdmVyeVN0YXQSMgoHY2hhbm5lbBgBIAEoDjIhLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5DaGFubmVsEjgKBHR5cGUYAiABKA4yKi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTm90aWZpY2F0aW9uVHlwZRINCgVzdGF0ZRgDIAEoCRINCgVjb3VudBgEIAEoAxIQCghhdHRlbXB0cxgFIAEoAyJRChhHZXREZWxpdmVyeVN0YXRzUmVzcG9uc2USNQoFc3RhdHMYASADKAsyJi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuRGVsaXZlcnlTdGF0KqsDChBOb3RpZmljYXRpb25UeXBlEiEKHU5PVElGSUNBVElPTl9UWVBFX1VOU1BFQ0lGSUVEEAASKAokTk9USUZJQ0FUSU9OX1RZUEVfRE9DVU1FTlRfUFJPQ0VTU0VEEAESJQohTk9USUZJQ0FUSU9OX1RZUEVfRE9DVU1FTlRfRkFJTEVEEAISJgoiTk9USUZJQ0FUSU9OX1RZUEVfRE9DVU1FTlRfSU5ERVhFRBADEh0KGU5PVElGSUNBVElPTl9UWVBFX1dFTENPTUUQBBIoCiROT1RJRklDQVRJT05fVFlQRV9FTUFJTF9WRVJJRklDQVRJT04QBRIkCiBOT1RJRklDQVRJT05fVFlQRV9QQVNTV09SRF9SRVNFVBAGEiEKHU5PVElGSUNBVElPTl9UWVBFX05FV19TSUdOX0lOEAcSIQodTk9USUZJQ0FUSU9OX1RZUEVfTUZBX0NIQU5HRUQQCBIiCh5OT1RJRklDQVRJT05fVFlQRV9ST0xFX0NIQU5HRUQQCRIiCh5OT1RJRklDQVRJT05fVFlQRV9BTk5PVU5DRU1FTlQQCipbCgdDaGFubmVsEhcKE0NIQU5ORUxfVU5TUEVDSUZJRUQQABISCg5DSEFOTkVMX0lOX0FQUBABEhEKDUNIQU5ORUxfRU1BSUwQAhIQCgxDSEFOTkVMX1BVU0gQAyqiAQoMRGVsaXZlcnlNb2RlEh0KGURFTElWRVJZX01PREVfVU5TUEVDSUZJRUQQABIbChdERUxJVkVSWV9NT0RFX0lNTUVESUFURRABEh8KG0RFTElWRVJZX01PREVfSE9VUkxZX0RJR0VTVBACEh4KGkRFTElWRVJZX01PREVfREFJTFlfRElHRVNUEAMSFQoRREVMSVZFUllfTU9ERV9PRkYQBDLpDgoTTm90aWZpY2F0aW9uU2VydmljZRJzCglTdWJzY3JpYmUSKi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuU3Vic2NyaWJlUmVxdWVzdBorLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5TdWJzY3JpYmVSZXNwb25zZSILkAIBorsYBAgCGAEwARKJAQoRTGlzdE5vdGlmaWNhdGlvbnMSMi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTGlzdE5vdGlmaWNhdGlvbnNSZXF1ZXN0GjMubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLkxpc3ROb3RpZmljYXRpb25zUmVzcG9uc2UiC5ACAaK7GAQIAhgBEm4KCE1hcmtSZWFkEikubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLk1hcmtSZWFkUmVxdWVzdBoqLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5NYXJrUmVhZFJlc3BvbnNlIguQAgKiuxgECAIYAhJ3CgtNYXJrQWxsUmVhZBIsLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5NYXJrQWxsUmVhZFJlcXVlc3QaLS5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTWFya0FsbFJlYWRSZXNwb25zZSILkAICorsYBAgCGAISgAEKDkdldFByZWZlcmVuY2VzEi8ubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLkdldFByZWZlcmVuY2VzUmVxdWVzdBowLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5HZXRQcmVmZXJlbmNlc1Jlc3BvbnNlIguQAgGiuxgECAIYARKJAQoRVXBkYXRlUHJlZmVyZW5jZXMSMi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuVXBkYXRlUHJlZmVyZW5jZXNSZXF1ZXN0GjMubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlVwZGF0ZVByZWZlcmVuY2VzUmVzcG9uc2UiC5ACAqK7GAQIAhgCEn0KDUdldFB1c2hDb25maWcSLi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuR2V0UHVzaENvbmZpZ1JlcXVlc3QaLy5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuR2V0UHVzaENvbmZpZ1Jlc3BvbnNlIguQAgGiuxgECAIYARKeAQoYUmVnaXN0ZXJQdXNoU3Vic2NyaXB0aW9uEjkubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlJlZ2lzdGVyUHVzaFN1YnNjcmlwdGlvblJlcXVlc3QaOi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuUmVnaXN0ZXJQdXNoU3Vic2NyaXB0aW9uUmVzcG9uc2UiC5ACAqK7GAQIAhgCEpgBChZSZW1vdmVQdXNoU3Vic2NyaXB0aW9uEjcubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlJlbW92ZVB1c2hTdWJzY3JpcHRpb25SZXF1ZXN0GjgubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlJlbW92ZVB1c2hTdWJzY3JpcHRpb25SZXNwb25zZSILkAICorsYBAgCGAISgAEKDUxpc3RUZW1wbGF0ZXMSLi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaLy5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTGlzdFRlbXBsYXRlc1Jlc3BvbnNlIg6QAgGiuxgHCAMSAQEYARJ3CgtQdXRUZW1wbGF0ZRIsLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5QdXRUZW1wbGF0ZVJlcXVlc3QaLS5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuUHV0VGVtcGxhdGVSZXNwb25zZSILorsYBwgDEgEBGAIShgEKD1ByZXZpZXdUZW1wbGF0ZRIwLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5QcmV2aWV3VGVtcGxhdGVSZXF1ZXN0GjEubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlByZXZpZXdUZW1wbGF0ZVJlc3BvbnNlIg6QAgGiuxgHCAMSAQEYARKGAQoQU2VuZEFubm91bmNlbWVudBIxLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5TZW5kQW5ub3VuY2VtZW50UmVxdWVzdBoyLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5TZW5kQW5ub3VuY2VtZW50UmVzcG9uc2UiC6K7GAcIAxIBARgCEokBChBHZXREZWxpdmVyeVN0YXRzEjEubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLkdldERlbGl2ZXJ5U3RhdHNSZXF1ZXN0GjIubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLkdldERlbGl2ZXJ5U3RhdHNSZXNwb25zZSIOkAIBorsYBwgDEgEBGAEaBKi7GAFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp, file_medmesh_access_v1_access]);
+  fileDesc("CixtZWRtZXNoL25vdGlmaWNhdGlvbnMvdjEvbm90aWZpY2F0aW9ucy5wcm90bxIYbWVkbWVzaC5ub3RpZmljYXRpb25zLnYxIvACCgxOb3RpZmljYXRpb24SCgoCaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAMSOAoEdHlwZRgDIAEoDjIqLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5Ob3RpZmljYXRpb25UeXBlEg0KBXRpdGxlGAQgASgJEgwKBGJvZHkYBSABKAkSDAoEbGluaxgGIAEoCRIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJcmVhZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJKCgphdHRyaWJ1dGVzGAkgAygLMjYubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLk5vdGlmaWNhdGlvbi5BdHRyaWJ1dGVzRW50cnkaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMwoQU3Vic2NyaWJlUmVxdWVzdBIfCg5hZnRlcl9zZXF1ZW5jZRgBIAEoA0IHukgEIgIoACKeAQoRU3Vic2NyaWJlUmVzcG9uc2USPAoMbm90aWZpY2F0aW9uGAEgASgLMiYubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLk5vdGlmaWNhdGlvbhIUCgx1bnJlYWRfY291bnQYAiABKAMSNQoEcmVhZBgDIAEoCzInLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5SZWFkRWxzZXdoZXJlIjgKDVJlYWRFbHNld2hlcmUSCwoDaWRzGAEgAygJEhoKEmFsbF91cF90b19zZXF1ZW5jZRgCIAEoAyJqChhMaXN0Tm90aWZpY2F0aW9uc1JlcXVlc3QSHAoJcGFnZV9zaXplGAEgASgFQgm6SAYaBBhkKAASGwoKcGFnZV90b2tlbhgCIAEoCUIHukgEcgIYQBITCgt1bnJlYWRfb25seRgDIAEoCCKJAQoZTGlzdE5vdGlmaWNhdGlvbnNSZXNwb25zZRI9Cg1ub3RpZmljYXRpb25zGAEgAygLMiYubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLk5vdGlmaWNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSFAoMdW5yZWFkX2NvdW50GAMgASgDIjIKD01hcmtSZWFkUmVxdWVzdBIfCgNpZHMYASADKAlCErpID5IBDAgBEPQDIgVyA7ABASI4ChBNYXJrUmVhZFJlc3BvbnNlEg4KBm1hcmtlZBgBIAEoBRIUCgx1bnJlYWRfY291bnQYAiABKAMiNQoSTWFya0FsbFJlYWRSZXF1ZXN0Eh8KDnVwX3RvX3NlcXVlbmNlGAEgASgDQge6SAQiAigAIjsKE01hcmtBbGxSZWFkUmVzcG9uc2USDgoGbWFya2VkGAEgASgFEhQKDHVucmVhZF9jb3VudBgCIAEoAyLnAQoKUHJlZmVyZW5jZRJECgR0eXBlGAEgASgOMioubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLk5vdGlmaWNhdGlvblR5cGVCCrpIB4IBBBABIAASPgoHY2hhbm5lbBgCIAEoDjIhLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5DaGFubmVsQgq6SAeCAQQQASAAEkAKBG1vZGUYAyABKA4yJi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuRGVsaXZlcnlNb2RlQgq6SAeCAQQQASAAEhEKCW1hbmRhdG9yeRgEIAEoCCJsCgpRdWlldEhvdXJzEiAKDHN0YXJ0X21pbnV0ZRgBIAEoBUIKukgHGgUYnwsoABIeCgplbmRfbWludXRlGAIgASgFQgq6SAcaBRifCygAEhwKCXRpbWVfem9uZRgDIAEoCUIJukgGcgQQARhAIhcKFUdldFByZWZlcmVuY2VzUmVxdWVzdCKOAQoWR2V0UHJlZmVyZW5jZXNSZXNwb25zZRI5CgtwcmVmZXJlbmNlcxgBIAMoCzIkLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5QcmVmZXJlbmNlEjkKC3F1aWV0X2hvdXJzGAIgASgLMiQubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlF1aWV0SG91cnMitQEKGFVwZGF0ZVByZWZlcmVuY2VzUmVxdWVzdBJDCgtwcmVmZXJlbmNlcxgBIAMoCzIkLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5QcmVmZXJlbmNlQgi6SAWSAQIQZBI5CgtxdWlldF9ob3VycxgCIAEoCzIkLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5RdWlldEhvdXJzEhkKEWNsZWFyX3F1aWV0X2hvdXJzGAMgASgIIpEBChlVcGRhdGVQcmVmZXJlbmNlc1Jlc3BvbnNlEjkKC3ByZWZlcmVuY2VzGAEgAygLMiQubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlByZWZlcmVuY2USOQoLcXVpZXRfaG91cnMYAiABKAsyJC5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuUXVpZXRIb3VycyIWChRHZXRQdXNoQ29uZmlnUmVxdWVzdCIxChVHZXRQdXNoQ29uZmlnUmVzcG9uc2USGAoQdmFwaWRfcHVibGljX2tleRgBIAEoCSLTAQoQUHVzaFN1YnNjcmlwdGlvbhIKCgJpZBgBIAEoCRIdCghlbmRwb2ludBgCIAEoCUILukgIcgYYgBCIAQESMgoGcDI1NmRoGAMgASgJQiK6SB9yHRAoGMgBMhZeW0EtWmEtejAtOV8tXSs9ezAsMn0kEi8KBGF1dGgYBCABKAlCIbpIHnIcEBAYQDIWXltBLVphLXowLTlfLV0rPXswLDJ9JBIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiawofUmVnaXN0ZXJQdXNoU3Vic2NyaXB0aW9uUmVxdWVzdBJICgxzdWJzY3JpcHRpb24YASABKAsyKi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuUHVzaFN1YnNjcmlwdGlvbkIGukgDyAEBImQKIFJlZ2lzdGVyUHVzaFN1YnNjcmlwdGlvblJlc3BvbnNlEkAKDHN1YnNjcmlwdGlvbhgBIAEoCzIqLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5QdXNoU3Vic2NyaXB0aW9uIjUKHVJlbW92ZVB1c2hTdWJzY3JpcHRpb25SZXF1ZXN0EhQKAmlkGAEgASgJQgi6SAVyA7ABASIgCh5SZW1vdmVQdXNoU3Vic2NyaXB0aW9uUmVzcG9uc2Ui3AIKCFRlbXBsYXRlEkQKBHR5cGUYASABKA4yKi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTm90aWZpY2F0aW9uVHlwZUIKukgHggEEEAEgABIPCgd2ZXJzaW9uGAIgASgFEhwKB3N1YmplY3QYAyABKAlCC7pICNgBAXIDGKwCEh8KCWh0bWxfYm9keRgEIAEoCUIMukgJ2AEBcgQYoJwBEh8KCXRleHRfYm9keRgFIAEoCUIMukgJ2AEBcgQYoJwBEjcKCXZhcmlhYmxlcxgGIAMoCUIkukghkgEeEDIiGnIYMhZeW2Etel1bYS16MC05X117MCw2M30kEhsKE2F2YWlsYWJsZV92YXJpYWJsZXMYByADKAkSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYCSABKAkiFgoUTGlzdFRlbXBsYXRlc1JlcXVlc3QiTgoVTGlzdFRlbXBsYXRlc1Jlc3BvbnNlEjUKCXRlbXBsYXRlcxgBIAMoCzIiLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5UZW1wbGF0ZSJSChJQdXRUZW1wbGF0ZVJlcXVlc3QSPAoIdGVtcGxhdGUYASABKAsyIi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuVGVtcGxhdGVCBrpIA8gBASJLChNQdXRUZW1wbGF0ZVJlc3BvbnNlEjQKCHRlbXBsYXRlGAEgASgLMiIubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlRlbXBsYXRlIuQBChZQcmV2aWV3VGVtcGxhdGVSZXF1ZXN0EjwKCHRlbXBsYXRlGAEgASgLMiIubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlRlbXBsYXRlQga6SAPIAQESXQoGdmFsdWVzGAIgAygLMjwubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlByZXZpZXdUZW1wbGF0ZVJlcXVlc3QuVmFsdWVzRW50cnlCD7pIDJoBCRAyKgVyAxjQDxotCgtWYWx1ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkYKF1ByZXZpZXdUZW1wbGF0ZVJlc3BvbnNlEg8KB3N1YmplY3QYASABKAkSDAoEaHRtbBgCIAEoCRIMCgR0ZXh0GAMgASgJIrIBChdTZW5kQW5ub3VuY2VtZW50UmVxdWVzdBIZCgV0aXRsZRgBIAEoCUIKukgHcgUQARjIARIYCgRib2R5GAIgASgJQgq6SAdyBRABGIgnEjMKBHJvbGUYAyABKA4yFy5tZWRtZXNoLmFjY2Vzcy52MS5Sb2xlQgy6SAmCAQYQASAFIAYSLQoJc2VuZF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChhTZW5kQW5ub3VuY2VtZW50UmVzcG9uc2USFwoPYW5ub3VuY2VtZW50X2lkGAEgASgJEi0KCXNlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoXR2V0RGVsaXZlcnlTdGF0c1JlcXVlc3QSKQoFc2luY2UYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqwBCgxEZWxpdmVyeVN0YXQSMgoHY2hhbm5lbBgBIAEoDjIhLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5DaGFubmVsEjgKBHR5cGUYAiABKA4yKi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTm90aWZpY2F0aW9uVHlwZRINCgVzdGF0ZRgDIAEoCRINCgVjb3VudBgEIAEoAxIQCghhdHRlbXB0cxgFIAEoAyJRChhHZXREZWxpdmVyeVN0YXRzUmVzcG9uc2USNQoFc3RhdHMYASADKAsyJi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuRGVsaXZlcnlTdGF0KqsDChBOb3RpZmljYXRpb25UeXBlEiEKHU5PVElGSUNBVElPTl9UWVBFX1VOU1BFQ0lGSUVEEAASKAokTk9USUZJQ0FUSU9OX1RZUEVfRE9DVU1FTlRfUFJPQ0VTU0VEEAESJQohTk9USUZJQ0FUSU9OX1RZUEVfRE9DVU1FTlRfRkFJTEVEEAISJgoiTk9USUZJQ0FUSU9OX1RZUEVfRE9DVU1FTlRfSU5ERVhFRBADEh0KGU5PVElGSUNBVElPTl9UWVBFX1dFTENPTUUQBBIoCiROT1RJRklDQVRJT05fVFlQRV9FTUFJTF9WRVJJRklDQVRJT04QBRIkCiBOT1RJRklDQVRJT05fVFlQRV9QQVNTV09SRF9SRVNFVBAGEiEKHU5PVElGSUNBVElPTl9UWVBFX05FV19TSUdOX0lOEAcSIQodTk9USUZJQ0FUSU9OX1RZUEVfTUZBX0NIQU5HRUQQCBIiCh5OT1RJRklDQVRJT05fVFlQRV9ST0xFX0NIQU5HRUQQCRIiCh5OT1RJRklDQVRJT05fVFlQRV9BTk5PVU5DRU1FTlQQCipbCgdDaGFubmVsEhcKE0NIQU5ORUxfVU5TUEVDSUZJRUQQABISCg5DSEFOTkVMX0lOX0FQUBABEhEKDUNIQU5ORUxfRU1BSUwQAhIQCgxDSEFOTkVMX1BVU0gQAyqiAQoMRGVsaXZlcnlNb2RlEh0KGURFTElWRVJZX01PREVfVU5TUEVDSUZJRUQQABIbChdERUxJVkVSWV9NT0RFX0lNTUVESUFURRABEh8KG0RFTElWRVJZX01PREVfSE9VUkxZX0RJR0VTVBACEh4KGkRFTElWRVJZX01PREVfREFJTFlfRElHRVNUEAMSFQoRREVMSVZFUllfTU9ERV9PRkYQBDLpDgoTTm90aWZpY2F0aW9uU2VydmljZRJzCglTdWJzY3JpYmUSKi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuU3Vic2NyaWJlUmVxdWVzdBorLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5TdWJzY3JpYmVSZXNwb25zZSILkAIBorsYBAgCGAEwARKJAQoRTGlzdE5vdGlmaWNhdGlvbnMSMi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTGlzdE5vdGlmaWNhdGlvbnNSZXF1ZXN0GjMubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLkxpc3ROb3RpZmljYXRpb25zUmVzcG9uc2UiC5ACAaK7GAQIAhgBEm4KCE1hcmtSZWFkEikubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLk1hcmtSZWFkUmVxdWVzdBoqLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5NYXJrUmVhZFJlc3BvbnNlIguQAgKiuxgECAIYAhJ3CgtNYXJrQWxsUmVhZBIsLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5NYXJrQWxsUmVhZFJlcXVlc3QaLS5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTWFya0FsbFJlYWRSZXNwb25zZSILkAICorsYBAgCGAISgAEKDkdldFByZWZlcmVuY2VzEi8ubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLkdldFByZWZlcmVuY2VzUmVxdWVzdBowLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5HZXRQcmVmZXJlbmNlc1Jlc3BvbnNlIguQAgGiuxgECAIYARKJAQoRVXBkYXRlUHJlZmVyZW5jZXMSMi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuVXBkYXRlUHJlZmVyZW5jZXNSZXF1ZXN0GjMubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlVwZGF0ZVByZWZlcmVuY2VzUmVzcG9uc2UiC5ACAqK7GAQIAhgCEn0KDUdldFB1c2hDb25maWcSLi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuR2V0UHVzaENvbmZpZ1JlcXVlc3QaLy5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuR2V0UHVzaENvbmZpZ1Jlc3BvbnNlIguQAgGiuxgECAIYARKeAQoYUmVnaXN0ZXJQdXNoU3Vic2NyaXB0aW9uEjkubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlJlZ2lzdGVyUHVzaFN1YnNjcmlwdGlvblJlcXVlc3QaOi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuUmVnaXN0ZXJQdXNoU3Vic2NyaXB0aW9uUmVzcG9uc2UiC5ACAqK7GAQIAhgCEpgBChZSZW1vdmVQdXNoU3Vic2NyaXB0aW9uEjcubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlJlbW92ZVB1c2hTdWJzY3JpcHRpb25SZXF1ZXN0GjgubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlJlbW92ZVB1c2hTdWJzY3JpcHRpb25SZXNwb25zZSILkAICorsYBAgCGAISgAEKDUxpc3RUZW1wbGF0ZXMSLi5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaLy5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuTGlzdFRlbXBsYXRlc1Jlc3BvbnNlIg6QAgGiuxgHCAMSAQEYARJ3CgtQdXRUZW1wbGF0ZRIsLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5QdXRUZW1wbGF0ZVJlcXVlc3QaLS5tZWRtZXNoLm5vdGlmaWNhdGlvbnMudjEuUHV0VGVtcGxhdGVSZXNwb25zZSILorsYBwgDEgEBGAIShgEKD1ByZXZpZXdUZW1wbGF0ZRIwLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5QcmV2aWV3VGVtcGxhdGVSZXF1ZXN0GjEubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLlByZXZpZXdUZW1wbGF0ZVJlc3BvbnNlIg6QAgGiuxgHCAMSAQEYARKGAQoQU2VuZEFubm91bmNlbWVudBIxLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5TZW5kQW5ub3VuY2VtZW50UmVxdWVzdBoyLm1lZG1lc2gubm90aWZpY2F0aW9ucy52MS5TZW5kQW5ub3VuY2VtZW50UmVzcG9uc2UiC6K7GAcIAxIBARgCEokBChBHZXREZWxpdmVyeVN0YXRzEjEubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLkdldERlbGl2ZXJ5U3RhdHNSZXF1ZXN0GjIubWVkbWVzaC5ub3RpZmljYXRpb25zLnYxLkdldERlbGl2ZXJ5U3RhdHNSZXNwb25zZSIOkAIBorsYBwgDEgEBGAEaBKi7GAFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp, file_medmesh_access_v1_access]);
 
 /**
  * @generated from message medmesh.notifications.v1.Notification
@@ -113,16 +113,27 @@ export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*
  */
 export type SubscribeResponse = Message<"medmesh.notifications.v1.SubscribeResponse"> & {
   /**
+   * Unset in a response that only reports reads (see `read`).
+   *
    * @generated from field: medmesh.notifications.v1.Notification notification = 1;
    */
   notification?: Notification | undefined;
 
   /**
-   * The caller's unread notifications once this one is counted.
+   * The caller's unread notifications once this one is counted (or these reads are).
    *
    * @generated from field: int64 unread_count = 2;
    */
   unreadCount: bigint;
+
+  /**
+   * Notifications the caller marked read since the last response, by MarkRead or MarkAllRead on
+   * any connection or replica: such a response has no notification, and unread_count is the
+   * count after them.
+   *
+   * @generated from field: medmesh.notifications.v1.ReadElsewhere read = 3;
+   */
+  read?: ReadElsewhere | undefined;
 };
 
 /**
@@ -131,6 +142,34 @@ export type SubscribeResponse = Message<"medmesh.notifications.v1.SubscribeRespo
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
   messageDesc(file_medmesh_notifications_v1_notifications, 2);
+
+/**
+ * What a MarkRead or MarkAllRead call marked read, as a Subscribe stream reports it.
+ *
+ * @generated from message medmesh.notifications.v1.ReadElsewhere
+ */
+export type ReadElsewhere = Message<"medmesh.notifications.v1.ReadElsewhere"> & {
+  /**
+   * The notifications MarkRead marked read.
+   *
+   * @generated from field: repeated string ids = 1;
+   */
+  ids: string[];
+
+  /**
+   * MarkAllRead: every notification up to this sequence is read.
+   *
+   * @generated from field: int64 all_up_to_sequence = 2;
+   */
+  allUpToSequence: bigint;
+};
+
+/**
+ * Describes the message medmesh.notifications.v1.ReadElsewhere.
+ * Use `create(ReadElsewhereSchema)` to create a new message.
+ */
+export const ReadElsewhereSchema: GenMessage<ReadElsewhere> = /*@__PURE__*/
+  messageDesc(file_medmesh_notifications_v1_notifications, 3);
 
 /**
  * @generated from message medmesh.notifications.v1.ListNotificationsRequest
@@ -161,7 +200,7 @@ export type ListNotificationsRequest = Message<"medmesh.notifications.v1.ListNot
  * Use `create(ListNotificationsRequestSchema)` to create a new message.
  */
 export const ListNotificationsRequestSchema: GenMessage<ListNotificationsRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 3);
+  messageDesc(file_medmesh_notifications_v1_notifications, 4);
 
 /**
  * @generated from message medmesh.notifications.v1.ListNotificationsResponse
@@ -188,7 +227,7 @@ export type ListNotificationsResponse = Message<"medmesh.notifications.v1.ListNo
  * Use `create(ListNotificationsResponseSchema)` to create a new message.
  */
 export const ListNotificationsResponseSchema: GenMessage<ListNotificationsResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 4);
+  messageDesc(file_medmesh_notifications_v1_notifications, 5);
 
 /**
  * @generated from message medmesh.notifications.v1.MarkReadRequest
@@ -205,7 +244,7 @@ export type MarkReadRequest = Message<"medmesh.notifications.v1.MarkReadRequest"
  * Use `create(MarkReadRequestSchema)` to create a new message.
  */
 export const MarkReadRequestSchema: GenMessage<MarkReadRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 5);
+  messageDesc(file_medmesh_notifications_v1_notifications, 6);
 
 /**
  * @generated from message medmesh.notifications.v1.MarkReadResponse
@@ -229,7 +268,7 @@ export type MarkReadResponse = Message<"medmesh.notifications.v1.MarkReadRespons
  * Use `create(MarkReadResponseSchema)` to create a new message.
  */
 export const MarkReadResponseSchema: GenMessage<MarkReadResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 6);
+  messageDesc(file_medmesh_notifications_v1_notifications, 7);
 
 /**
  * @generated from message medmesh.notifications.v1.MarkAllReadRequest
@@ -248,7 +287,7 @@ export type MarkAllReadRequest = Message<"medmesh.notifications.v1.MarkAllReadRe
  * Use `create(MarkAllReadRequestSchema)` to create a new message.
  */
 export const MarkAllReadRequestSchema: GenMessage<MarkAllReadRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 7);
+  messageDesc(file_medmesh_notifications_v1_notifications, 8);
 
 /**
  * @generated from message medmesh.notifications.v1.MarkAllReadResponse
@@ -270,7 +309,7 @@ export type MarkAllReadResponse = Message<"medmesh.notifications.v1.MarkAllReadR
  * Use `create(MarkAllReadResponseSchema)` to create a new message.
  */
 export const MarkAllReadResponseSchema: GenMessage<MarkAllReadResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 8);
+  messageDesc(file_medmesh_notifications_v1_notifications, 9);
 
 /**
  * @generated from message medmesh.notifications.v1.Preference
@@ -304,7 +343,7 @@ export type Preference = Message<"medmesh.notifications.v1.Preference"> & {
  * Use `create(PreferenceSchema)` to create a new message.
  */
 export const PreferenceSchema: GenMessage<Preference> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 9);
+  messageDesc(file_medmesh_notifications_v1_notifications, 10);
 
 /**
  * @generated from message medmesh.notifications.v1.QuietHours
@@ -335,7 +374,7 @@ export type QuietHours = Message<"medmesh.notifications.v1.QuietHours"> & {
  * Use `create(QuietHoursSchema)` to create a new message.
  */
 export const QuietHoursSchema: GenMessage<QuietHours> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 10);
+  messageDesc(file_medmesh_notifications_v1_notifications, 11);
 
 /**
  * @generated from message medmesh.notifications.v1.GetPreferencesRequest
@@ -348,7 +387,7 @@ export type GetPreferencesRequest = Message<"medmesh.notifications.v1.GetPrefere
  * Use `create(GetPreferencesRequestSchema)` to create a new message.
  */
 export const GetPreferencesRequestSchema: GenMessage<GetPreferencesRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 11);
+  messageDesc(file_medmesh_notifications_v1_notifications, 12);
 
 /**
  * @generated from message medmesh.notifications.v1.GetPreferencesResponse
@@ -374,7 +413,7 @@ export type GetPreferencesResponse = Message<"medmesh.notifications.v1.GetPrefer
  * Use `create(GetPreferencesResponseSchema)` to create a new message.
  */
 export const GetPreferencesResponseSchema: GenMessage<GetPreferencesResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 12);
+  messageDesc(file_medmesh_notifications_v1_notifications, 13);
 
 /**
  * @generated from message medmesh.notifications.v1.UpdatePreferencesRequest
@@ -405,7 +444,7 @@ export type UpdatePreferencesRequest = Message<"medmesh.notifications.v1.UpdateP
  * Use `create(UpdatePreferencesRequestSchema)` to create a new message.
  */
 export const UpdatePreferencesRequestSchema: GenMessage<UpdatePreferencesRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 13);
+  messageDesc(file_medmesh_notifications_v1_notifications, 14);
 
 /**
  * @generated from message medmesh.notifications.v1.UpdatePreferencesResponse
@@ -427,7 +466,7 @@ export type UpdatePreferencesResponse = Message<"medmesh.notifications.v1.Update
  * Use `create(UpdatePreferencesResponseSchema)` to create a new message.
  */
 export const UpdatePreferencesResponseSchema: GenMessage<UpdatePreferencesResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 14);
+  messageDesc(file_medmesh_notifications_v1_notifications, 15);
 
 /**
  * @generated from message medmesh.notifications.v1.GetPushConfigRequest
@@ -440,7 +479,7 @@ export type GetPushConfigRequest = Message<"medmesh.notifications.v1.GetPushConf
  * Use `create(GetPushConfigRequestSchema)` to create a new message.
  */
 export const GetPushConfigRequestSchema: GenMessage<GetPushConfigRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 15);
+  messageDesc(file_medmesh_notifications_v1_notifications, 16);
 
 /**
  * @generated from message medmesh.notifications.v1.GetPushConfigResponse
@@ -459,7 +498,7 @@ export type GetPushConfigResponse = Message<"medmesh.notifications.v1.GetPushCon
  * Use `create(GetPushConfigResponseSchema)` to create a new message.
  */
 export const GetPushConfigResponseSchema: GenMessage<GetPushConfigResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 16);
+  messageDesc(file_medmesh_notifications_v1_notifications, 17);
 
 /**
  * @generated from message medmesh.notifications.v1.PushSubscription
@@ -502,7 +541,7 @@ export type PushSubscription = Message<"medmesh.notifications.v1.PushSubscriptio
  * Use `create(PushSubscriptionSchema)` to create a new message.
  */
 export const PushSubscriptionSchema: GenMessage<PushSubscription> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 17);
+  messageDesc(file_medmesh_notifications_v1_notifications, 18);
 
 /**
  * @generated from message medmesh.notifications.v1.RegisterPushSubscriptionRequest
@@ -519,7 +558,7 @@ export type RegisterPushSubscriptionRequest = Message<"medmesh.notifications.v1.
  * Use `create(RegisterPushSubscriptionRequestSchema)` to create a new message.
  */
 export const RegisterPushSubscriptionRequestSchema: GenMessage<RegisterPushSubscriptionRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 18);
+  messageDesc(file_medmesh_notifications_v1_notifications, 19);
 
 /**
  * @generated from message medmesh.notifications.v1.RegisterPushSubscriptionResponse
@@ -536,7 +575,7 @@ export type RegisterPushSubscriptionResponse = Message<"medmesh.notifications.v1
  * Use `create(RegisterPushSubscriptionResponseSchema)` to create a new message.
  */
 export const RegisterPushSubscriptionResponseSchema: GenMessage<RegisterPushSubscriptionResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 19);
+  messageDesc(file_medmesh_notifications_v1_notifications, 20);
 
 /**
  * @generated from message medmesh.notifications.v1.RemovePushSubscriptionRequest
@@ -553,7 +592,7 @@ export type RemovePushSubscriptionRequest = Message<"medmesh.notifications.v1.Re
  * Use `create(RemovePushSubscriptionRequestSchema)` to create a new message.
  */
 export const RemovePushSubscriptionRequestSchema: GenMessage<RemovePushSubscriptionRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 20);
+  messageDesc(file_medmesh_notifications_v1_notifications, 21);
 
 /**
  * @generated from message medmesh.notifications.v1.RemovePushSubscriptionResponse
@@ -566,7 +605,7 @@ export type RemovePushSubscriptionResponse = Message<"medmesh.notifications.v1.R
  * Use `create(RemovePushSubscriptionResponseSchema)` to create a new message.
  */
 export const RemovePushSubscriptionResponseSchema: GenMessage<RemovePushSubscriptionResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 21);
+  messageDesc(file_medmesh_notifications_v1_notifications, 22);
 
 /**
  * @generated from message medmesh.notifications.v1.Template
@@ -635,7 +674,7 @@ export type Template = Message<"medmesh.notifications.v1.Template"> & {
  * Use `create(TemplateSchema)` to create a new message.
  */
 export const TemplateSchema: GenMessage<Template> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 22);
+  messageDesc(file_medmesh_notifications_v1_notifications, 23);
 
 /**
  * @generated from message medmesh.notifications.v1.ListTemplatesRequest
@@ -648,7 +687,7 @@ export type ListTemplatesRequest = Message<"medmesh.notifications.v1.ListTemplat
  * Use `create(ListTemplatesRequestSchema)` to create a new message.
  */
 export const ListTemplatesRequestSchema: GenMessage<ListTemplatesRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 23);
+  messageDesc(file_medmesh_notifications_v1_notifications, 24);
 
 /**
  * @generated from message medmesh.notifications.v1.ListTemplatesResponse
@@ -665,7 +704,7 @@ export type ListTemplatesResponse = Message<"medmesh.notifications.v1.ListTempla
  * Use `create(ListTemplatesResponseSchema)` to create a new message.
  */
 export const ListTemplatesResponseSchema: GenMessage<ListTemplatesResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 24);
+  messageDesc(file_medmesh_notifications_v1_notifications, 25);
 
 /**
  * @generated from message medmesh.notifications.v1.PutTemplateRequest
@@ -682,7 +721,7 @@ export type PutTemplateRequest = Message<"medmesh.notifications.v1.PutTemplateRe
  * Use `create(PutTemplateRequestSchema)` to create a new message.
  */
 export const PutTemplateRequestSchema: GenMessage<PutTemplateRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 25);
+  messageDesc(file_medmesh_notifications_v1_notifications, 26);
 
 /**
  * @generated from message medmesh.notifications.v1.PutTemplateResponse
@@ -699,7 +738,7 @@ export type PutTemplateResponse = Message<"medmesh.notifications.v1.PutTemplateR
  * Use `create(PutTemplateResponseSchema)` to create a new message.
  */
 export const PutTemplateResponseSchema: GenMessage<PutTemplateResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 26);
+  messageDesc(file_medmesh_notifications_v1_notifications, 27);
 
 /**
  * @generated from message medmesh.notifications.v1.PreviewTemplateRequest
@@ -725,7 +764,7 @@ export type PreviewTemplateRequest = Message<"medmesh.notifications.v1.PreviewTe
  * Use `create(PreviewTemplateRequestSchema)` to create a new message.
  */
 export const PreviewTemplateRequestSchema: GenMessage<PreviewTemplateRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 27);
+  messageDesc(file_medmesh_notifications_v1_notifications, 28);
 
 /**
  * @generated from message medmesh.notifications.v1.PreviewTemplateResponse
@@ -752,7 +791,7 @@ export type PreviewTemplateResponse = Message<"medmesh.notifications.v1.PreviewT
  * Use `create(PreviewTemplateResponseSchema)` to create a new message.
  */
 export const PreviewTemplateResponseSchema: GenMessage<PreviewTemplateResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 28);
+  messageDesc(file_medmesh_notifications_v1_notifications, 29);
 
 /**
  * @generated from message medmesh.notifications.v1.SendAnnouncementRequest
@@ -788,7 +827,7 @@ export type SendAnnouncementRequest = Message<"medmesh.notifications.v1.SendAnno
  * Use `create(SendAnnouncementRequestSchema)` to create a new message.
  */
 export const SendAnnouncementRequestSchema: GenMessage<SendAnnouncementRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 29);
+  messageDesc(file_medmesh_notifications_v1_notifications, 30);
 
 /**
  * @generated from message medmesh.notifications.v1.SendAnnouncementResponse
@@ -810,7 +849,7 @@ export type SendAnnouncementResponse = Message<"medmesh.notifications.v1.SendAnn
  * Use `create(SendAnnouncementResponseSchema)` to create a new message.
  */
 export const SendAnnouncementResponseSchema: GenMessage<SendAnnouncementResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 30);
+  messageDesc(file_medmesh_notifications_v1_notifications, 31);
 
 /**
  * @generated from message medmesh.notifications.v1.GetDeliveryStatsRequest
@@ -829,7 +868,7 @@ export type GetDeliveryStatsRequest = Message<"medmesh.notifications.v1.GetDeliv
  * Use `create(GetDeliveryStatsRequestSchema)` to create a new message.
  */
 export const GetDeliveryStatsRequestSchema: GenMessage<GetDeliveryStatsRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 31);
+  messageDesc(file_medmesh_notifications_v1_notifications, 32);
 
 /**
  * @generated from message medmesh.notifications.v1.DeliveryStat
@@ -870,7 +909,7 @@ export type DeliveryStat = Message<"medmesh.notifications.v1.DeliveryStat"> & {
  * Use `create(DeliveryStatSchema)` to create a new message.
  */
 export const DeliveryStatSchema: GenMessage<DeliveryStat> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 32);
+  messageDesc(file_medmesh_notifications_v1_notifications, 33);
 
 /**
  * @generated from message medmesh.notifications.v1.GetDeliveryStatsResponse
@@ -887,7 +926,7 @@ export type GetDeliveryStatsResponse = Message<"medmesh.notifications.v1.GetDeli
  * Use `create(GetDeliveryStatsResponseSchema)` to create a new message.
  */
 export const GetDeliveryStatsResponseSchema: GenMessage<GetDeliveryStatsResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_notifications_v1_notifications, 33);
+  messageDesc(file_medmesh_notifications_v1_notifications, 34);
 
 /**
  * @generated from enum medmesh.notifications.v1.NotificationType
