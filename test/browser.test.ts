@@ -247,6 +247,19 @@ describe.skipIf(!haveChromium)("connect-web in Chromium against the gateway", ()
     });
   });
 
+  /**
+   * Waits until notifications knows the new account: an announcement goes to the accounts known
+   * when it is sent, and the account is learned from user.events, which may still be on its way.
+   * The welcome notification is written in the same transaction that records the account.
+   */
+  async function untilKnownToNotifications(wire: Wire, token: string, name: string) {
+    await allowed.run("openStream", as(wire, token), name, { subscribe: true }, 60_000);
+    await eventually("the welcome notification (the account is known)", async () =>
+      (await allowed.run("streamState", name))?.messages.includes("Welcome to medmesh") ? true : undefined,
+    );
+    await allowed.run("abortStream", name);
+  }
+
   describe.each(["connect-json", "connect-binary", "grpc-web"] as const)("%s server streaming", (wire) => {
     it("Subscribe receives an announcement made while it is open", async () => {
       const who = `s${wire.replace(/-/g, "")}${suffix}`;
@@ -254,6 +267,7 @@ describe.skipIf(!haveChromium)("connect-web in Chromium against the gateway", ()
       if ("failed" in user) throw new Error(JSON.stringify(user));
       const before = `Before the stream ${wire} ${suffix}`;
       const during = `While the stream is open ${wire} ${suffix}`;
+      await untilKnownToNotifications(wire, user.token, `welcome-${wire}`);
       expect(await allowed.run("announce", admin(wire), before)).toMatchObject({ announcementId: expect.any(String) });
       const name = `subscribe-${wire}`;
       await allowed.run("openStream", as(wire, user.token), name, { subscribe: true }, 60_000);
@@ -339,6 +353,7 @@ describe.skipIf(!haveChromium)("connect-web in Chromium against the gateway", ()
       if ("failed" in user) throw new Error(JSON.stringify(user));
       const before = `Before a quiet stream ${wire} ${suffix}`;
       const after = `After the quiet ${wire} ${suffix}`;
+      await untilKnownToNotifications(wire, user.token, `welcome-quiet-${wire}`);
       await allowed.run("announce", admin(wire), before);
       const name = `quiet-${wire}`;
       await allowed.run(
