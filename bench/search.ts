@@ -146,6 +146,8 @@ async function main() {
     candidates: intFromEnv("SEARCH_CANDIDATES", DEFAULT_BOUNDED_SEARCH.candidates, 10, 1_000_000),
   };
   const store = new IndexStore(db, schema, BM25_INDEX, vectors !== undefined, bounded, vectors?.indexed ?? true);
+  // As search does at start: a short GIN pending list, so what indexing leaves there costs searches little.
+  await store.boundPendingLists();
   // Every match ranked, counted and faceted whatever their number: the shape before bounding.
   const exactStore = new IndexStore(db, schema, BM25_INDEX, vectors !== undefined, {
     exactMatchLimit: Number.MAX_SAFE_INTEGER,

@@ -113,6 +113,21 @@ describe.each(backends())("bounded search on $name", (backend) => {
       ...over,
     });
 
+  it("keeps the word indexes' GIN pending lists short, and merges what is pending when asked", async () => {
+    await store.boundPendingLists();
+    const options = await sql<{ name: string; reloptions: string[] | null }>`
+      select c.relname as name, c.reloptions from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = ${schema} and c.relname in ('indexed_document_tsv_idx', 'indexed_document_title_tsv_idx')
+      order by c.relname`.execute(database.db);
+    expect(options.rows).toEqual([
+      { name: "indexed_document_title_tsv_idx", reloptions: ["gin_pending_list_limit=256"] },
+      { name: "indexed_document_tsv_idx", reloptions: ["gin_pending_list_limit=256"] },
+    ]);
+    // Searches find what was pending before the merge: all three documents that mention it.
+    const found = await search(exact, "'anticoagul'");
+    expect(found.total).toBe(3);
+  });
+
   it("a word in every document ranks a candidate set, estimates the total and facets the candidates", async () => {
     const page = await search(store, "'cohort'");
     expect(page.estimated).toBe(true);

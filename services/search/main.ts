@@ -175,6 +175,9 @@ export async function startSearch(
     { exactMatchLimit: config.SEARCH_EXACT_MATCH_LIMIT, candidates: config.SEARCH_CANDIDATES },
     vectors?.indexed ?? true,
   );
+  await store
+    .boundPendingLists()
+    .catch((err: unknown) => log.warn("could not bound the word indexes' pending lists", { error: err as Error }));
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: "search" });
   await ensureTopics(kafka, [
     { topic: DOCUMENT_EVENTS, numPartitions: 3 },
