@@ -305,15 +305,15 @@ function whenRequestArrives(
 }
 
 /**
- * A unary response whose headers are the call's own, made only when someone reads them
- * (connect's invoker reads both on every call).
+ * A response whose headers are the call's own, made only when someone reads them (connect's
+ * invokers read both on every call): a unary call's message, or a server stream's messages.
  */
-class UnaryAnswer {
-  readonly stream = false;
+class CallAnswer<M> {
   constructor(
     readonly ctx: CallContext,
-    readonly message: UnaryResponse["message"],
+    readonly message: M,
     readonly method: DescMethod,
+    readonly stream: boolean,
   ) {}
   get service() {
     return this.ctx.service;
@@ -354,7 +354,7 @@ function copyHeaders(from: Headers, to: Headers): void {
 function unaryInvoker(spec: MethodImplSpec & { kind: "unary" }, interceptors: Interceptor[]) {
   const { method } = spec;
   const answer = (ctx: CallContext, out: unknown) =>
-    new UnaryAnswer(ctx, create(method.output, out as never), method) as unknown as UnaryResponse;
+    new CallAnswer(ctx, create(method.output, out as never), method, false) as unknown as UnaryResponse;
   // Not async: a handler that answers synchronously (as many do) costs no extra promise.
   const terminal = (req: UnaryRequest): Promise<UnaryResponse> => {
     const ctx = req instanceof CallRequest ? req.ctx : req.contextValues.get(callKey)!;
@@ -372,32 +372,13 @@ function unaryInvoker(spec: MethodImplSpec & { kind: "unary" }, interceptors: In
   return (ctx: CallContext, input: unknown): Promise<unknown> => {
     ctx.values.set(callKey, ctx);
     return chain(new CallRequest(ctx, input) as unknown as UnaryRequest).then((res) => {
-      if (!(res instanceof UnaryAnswer && res.ctx === ctx)) {
+      if (!(res instanceof CallAnswer && res.ctx === ctx)) {
         copyHeaders(res.header, ctx.responseHeader);
         copyHeaders(res.trailer, ctx.responseTrailer);
       }
       return res.message;
     });
   };
-}
-
-/** A server stream's response, whose headers are the call's own (see UnaryAnswer). */
-class StreamAnswer {
-  readonly stream = true;
-  constructor(
-    readonly ctx: CallContext,
-    readonly message: AsyncIterable<unknown>,
-    readonly method: DescMethod,
-  ) {}
-  get service() {
-    return this.ctx.service;
-  }
-  get header() {
-    return this.ctx.responseHeader;
-  }
-  get trailer() {
-    return this.ctx.responseTrailer;
-  }
 }
 
 /**
@@ -436,14 +417,14 @@ function serverStreamInvoker(spec: MethodImplSpec & { kind: "server_streaming" }
     const ctx = req instanceof CallRequest ? req.ctx : req.contextValues.get(callKey)!;
     const input = await onlyMessage(req.message);
     const output = spec.impl(input as never, handlerContextFor(ctx, req as unknown as UnaryRequest));
-    return new StreamAnswer(ctx, finishingStream(output), method) as unknown as StreamResponse;
+    return new CallAnswer(ctx, finishingStream(output), method, true) as unknown as StreamResponse;
   };
   let chain: (req: StreamRequest) => Promise<StreamResponse> = terminal;
   for (let i = interceptors.length - 1; i >= 0; i--) chain = interceptors[i]!(chain as never) as typeof chain;
   return async (ctx: CallContext, input: unknown): Promise<AsyncIterable<unknown>> => {
     ctx.values.set(callKey, ctx);
     const res = await chain(new CallRequest(ctx, new OneMessage(input)) as unknown as StreamRequest);
-    if (res instanceof StreamAnswer && res.ctx === ctx) return res.message;
+    if (res instanceof CallAnswer && res.ctx === ctx) return res.message as AsyncIterable<unknown>;
     // An interceptor answered with headers of its own: they become the call's, trailers at the end.
     copyHeaders(res.header, ctx.responseHeader);
     return withTrailersOf(res, ctx);
