@@ -529,10 +529,15 @@ export class NotificationStore {
     return db.selectFrom("recipient").selectAll().where("user_id", "=", userId).executeTakeFirst();
   }
 
-  recipientsAfter(role: string | null, afterUserId: string, limit: number): Promise<RecipientRow[]> {
+  /** A page of recipients in id order: only what an announcement needs (who, and whether mail can reach them). */
+  recipientsAfter(
+    role: string | null,
+    afterUserId: string,
+    limit: number,
+  ): Promise<Pick<RecipientRow, "user_id" | "email">[]> {
     return this.db
       .selectFrom("recipient")
-      .selectAll()
+      .select(["user_id", "email"])
       .$if(role !== null, (q) => q.where("role", "=", role!))
       .where("user_id", ">", afterUserId)
       .orderBy("user_id")
