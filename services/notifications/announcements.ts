@@ -7,7 +7,7 @@ import type { NotificationRow, NotificationsDB } from "./tables.js";
 const PAGE = 1000;
 
 /**
- * Sends announcements whose time has come, a page of recipients per transaction. A run that stops
+ * Sends announcements whose time has come, a page of recipients per statement (planMany). A run that stops
  * half-way (a crash, a restart) is simply run again: the unique keys on (announcement, user) make
  * the users already served a no-op, so nobody gets it twice and nobody is skipped.
  */
@@ -26,23 +26,21 @@ export function announcer(deps: {
       for (;;) {
         const recipients = await store.recipientsAfter(a.role, after, PAGE);
         if (recipients.length === 0) break;
-        const made = await db.transaction().execute((trx) =>
-          planMany(
-            trx,
-            store,
-            recipients.map((r) => r.user_id),
-            {
-              type: "announcement",
-              sourceKey: `announcement:${a.id}`,
-              title: a.title,
-              body: a.body,
-              link: "",
-              attributes: { announcement_id: a.id },
-              variables: { title: a.title, body: a.body },
-            },
-            new Date(),
-            new Set(recipients.filter((r) => r.email).map((r) => r.user_id)),
-          ),
+        const made = await planMany(
+          db,
+          store,
+          recipients.map((r) => r.user_id),
+          {
+            type: "announcement",
+            sourceKey: `announcement:${a.id}`,
+            title: a.title,
+            body: a.body,
+            link: "",
+            attributes: { announcement_id: a.id },
+            variables: { title: a.title, body: a.body },
+          },
+          new Date(),
+          new Set(recipients.filter((r) => r.email).map((r) => r.user_id)),
         );
         deps.announce(made);
         deps.afterWrite();

@@ -36,7 +36,7 @@ export function subscribeResponseBytes(n: Notification, unreadCount: number): Ui
 
 /**
  * Rows as messages, with their encodings made ahead where rows share a cause. The rows of one
- * cause written by one statement (addNotifications) have the same type, title, body, link,
+ * cause written by one statement (addPage) have the same type, title, body, link,
  * attributes and creation time; only id and number differ.
  */
 export function toNotificationsSharing(rows: NotificationRow[]): Notification[] {

@@ -1,5 +1,5 @@
 import { defaultMode, EMAIL_ONLY, MANDATORY, type TypeName } from "./catalog.js";
-import type { NotificationStore, QuietHours } from "./store.js";
+import type { NotificationStore, PageDelivery, QuietHours } from "./store.js";
 import type { ChannelName, ModeName, NotificationRow, NotificationsDB } from "./tables.js";
 import type { Kysely, Transaction } from "kysely";
 
@@ -60,11 +60,13 @@ export function digestDue(at: Date, mode: ModeName, q: QuietHours | undefined): 
 }
 
 /**
- * The same notice for many users (an announcement page): what `plan` does for each, in a handful
- * of statements for the whole page instead of several per user.
+ * The same notice for many users (an announcement's page): what `plan` does for each, in two
+ * statements for the whole page, one reading their choices and one writing notifications and
+ * deliveries. The write is atomic by itself, so no transaction is needed around the two: a choice
+ * changed in between is read as it was, just as a change right after the write would be.
  */
 export async function planMany(
-  trx: Db,
+  db: Db,
   store: NotificationStore,
   userIds: string[],
   intent: Omit<Intent, "userId">,
@@ -73,23 +75,14 @@ export async function planMany(
   emailable?: ReadonlySet<string>,
 ): Promise<NotificationRow[]> {
   if (userIds.length === 0) return [];
-  const { prefs, quiet } = await store.choicesOf(trx, userIds, intent.type);
+  const { prefs, quiet } = await store.choicesOf(db, userIds, intent.type);
   const mandatory = MANDATORY.has(intent.type);
   const modeOf = (userId: string, channel: ChannelName): ModeName => {
     if (EMAIL_ONLY.has(intent.type) && channel !== "email") return "off";
     const chosen = prefs.get(`${userId}/${channel}`) ?? defaultMode(intent.type, channel);
     return mandatory ? "immediate" : chosen;
   };
-  const inApp = userIds.filter((u) => modeOf(u, "in_app") !== "off");
-  const rows = await store.addNotifications(trx, inApp, {
-    type: intent.type,
-    title: intent.title,
-    body: intent.body,
-    link: intent.link,
-    attributes: intent.attributes,
-    sourceKey: intent.sourceKey,
-  });
-  const deliveries = [];
+  const deliveries: PageDelivery[] = [];
   for (const userId of userIds)
     for (const channel of ["email", "push"] as const) {
       const mode = modeOf(userId, channel);
@@ -98,16 +91,28 @@ export async function planMany(
       deliveries.push({
         userId,
         channel,
-        type: intent.type,
-        sourceKey: intent.sourceKey,
-        variables: { ...intent.variables, title: intent.title, body: intent.body, link_path: intent.link },
-        linkId: intent.linkId,
         digest: mode === "immediate" ? undefined : mode,
         dueAt: mode === "immediate" ? (mandatory ? now : afterQuietHours(now, q)) : digestDue(now, mode, q),
       });
     }
-  await store.addDeliveries(trx, deliveries);
-  return rows;
+  return store.addPage(db, {
+    notification: {
+      type: intent.type,
+      title: intent.title,
+      body: intent.body,
+      link: intent.link,
+      attributes: intent.attributes,
+      sourceKey: intent.sourceKey,
+    },
+    inAppUserIds: userIds.filter((u) => modeOf(u, "in_app") !== "off"),
+    deliveries,
+    deliveryShared: {
+      type: intent.type,
+      sourceKey: intent.sourceKey,
+      variables: { ...intent.variables, title: intent.title, body: intent.body, link_path: intent.link },
+      linkId: intent.linkId,
+    },
+  });
 }
 
 /**

@@ -38,6 +38,9 @@ export interface QuietHours {
   time_zone: string;
 }
 
+/** One user's email or push delivery of a cause whose other fields a whole page shares. */
+export type PageDelivery = Pick<NewDelivery, "userId" | "channel" | "digest" | "dueAt">;
+
 type Db = Kysely<NotificationsDB> | Transaction<NotificationsDB>;
 
 /** Every query of the notifications service; the schema is already scoped by openServiceDatabase. */
@@ -88,34 +91,72 @@ export class NotificationStore {
   }
 
   /**
-   * One notification of one cause for many users at once (an announcement's page of recipients),
-   * each numbered next in its own feed, in two statements whatever the count. Users this cause
-   * already reached are left out.
+   * One cause for a page of users (an announcement's page of recipients) in one statement: the
+   * in-app users this cause has not reached yet are each numbered next in their own feed
+   * (feed_head's row lock orders them, see migration 0002) and get their notification, and the
+   * email and push deliveries are queued alongside, those that exist already left as they are.
+   * A statement is atomic: a rerun that collides with a notification written meanwhile fails as a
+   * whole, so no number is ever taken without its row. Only what the database chose (ids, numbers,
+   * the time) comes back; the rest of each row is what was passed in.
    */
-  async addNotifications(trx: Db, userIds: string[], n: Omit<NewNotification, "userId">): Promise<NotificationRow[]> {
-    if (userIds.length === 0) return [];
-    const done = await trx
-      .selectFrom("notification")
-      .select("user_id")
-      .where("source_key", "=", n.sourceKey)
-      .where("user_id", "=", anyOf(userIds))
-      .execute();
-    const skip = new Set(done.map((r) => r.user_id));
-    const fresh = userIds.filter((u) => !skip.has(u));
-    if (fresh.length === 0) return [];
-    const rows = await sql<NotificationRow>`
-      with heads as (
-        insert into ${sql.id(this.schema, "feed_head")} as f (user_id, last_seq)
-        select u, 1 from unnest(cast(${fresh} as text[])) as u
+  async addPage(
+    db: Db,
+    page: {
+      notification: Omit<NewNotification, "userId">;
+      inAppUserIds: string[];
+      deliveries: PageDelivery[];
+      /** What the deliveries share (the cause's variables and account link). */
+      deliveryShared: { type: string; sourceKey: string; variables: Record<string, string>; linkId?: string };
+    },
+  ): Promise<NotificationRow[]> {
+    const n = page.notification;
+    const d = page.deliveries;
+    const s = page.deliveryShared;
+    const table = (name: string) => sql.id(this.schema, name);
+    const r = await sql<{ ids: string[] | null; users: string[] | null; seqs: string[] | null; at: Date }>`
+      with fresh as (
+        select u from unnest(cast(${page.inAppUserIds} as text[])) as u
+        where not exists (select 1 from ${table("notification")} done where done.source_key = ${n.sourceKey} and done.user_id = u)
+      ), heads as (
+        insert into ${table("feed_head")} as f (user_id, last_seq)
+        select u, 1 from fresh
         on conflict (user_id) do update set last_seq = f.last_seq + 1
         returning user_id, last_seq
+      ), made as (
+        insert into ${table("notification")} (id, user_id, seq, type, title, body, link, attributes, source_key)
+        select gen_random_uuid(), h.user_id, h.last_seq, ${n.type}, ${n.title}, ${n.body}, ${n.link},
+               cast(${JSON.stringify(n.attributes)} as jsonb), ${n.sourceKey}
+        from heads h
+        returning id, user_id, seq
+      ), queued as (
+        insert into ${table("delivery")} (id, user_id, channel, type, source_key, variables, link_id, digest, state, next_attempt_at)
+        select gen_random_uuid(), q.user_id, q.channel, ${s.type}, ${s.sourceKey}, cast(${JSON.stringify(s.variables)} as jsonb),
+               ${s.linkId ?? null}, q.digest, 'queued', q.due_at
+        from unnest(cast(${d.map((x) => x.userId)} as text[]), cast(${d.map((x) => x.channel)} as text[]),
+                    cast(${d.map((x) => x.digest ?? null)} as text[]), cast(${d.map((x) => x.dueAt.toISOString())} as timestamptz[]))
+             as q(user_id, channel, digest, due_at)
+        on conflict (source_key, user_id, channel) do nothing
       )
-      insert into ${sql.id(this.schema, "notification")} (id, user_id, seq, type, title, body, link, attributes, source_key)
-      select gen_random_uuid(), h.user_id, h.last_seq, ${n.type}, ${n.title}, ${n.body}, ${n.link},
-             cast(${JSON.stringify(n.attributes)} as jsonb), ${n.sourceKey}
-      from heads h
-      returning *`.execute(trx);
-    return rows.rows;
+      select array_agg(cast(id as text)) as ids, array_agg(user_id) as users, array_agg(cast(seq as text)) as seqs,
+             now() as at
+      from made`.execute(db);
+    const { ids, users, seqs, at } = r.rows[0]!;
+    if (!ids) return [];
+    // The column's default is now(), the transaction's time: the same value for every row.
+    const createdAt = new Date(at);
+    return ids.map((id, i) => ({
+      id,
+      user_id: users![i]!,
+      seq: seqs![i]!,
+      type: n.type,
+      title: n.title,
+      body: n.body,
+      link: n.link,
+      attributes: n.attributes,
+      source_key: n.sourceKey,
+      created_at: createdAt,
+      read_at: null,
+    }));
   }
 
   /** Many deliveries in one statement; those that exist already are left as they are. */
@@ -144,19 +185,39 @@ export class NotificationStore {
       .execute();
   }
 
-  /** The stored choices of many users for one type, and their quiet hours. */
-  async choicesOf(trx: Db, userIds: string[], type: string) {
-    const prefs = await trx
+  /** The stored choices of many users for one type, and their quiet hours, in one statement. */
+  async choicesOf(db: Db, userIds: string[], type: string) {
+    const rows = await db
       .selectFrom("preference")
-      .selectAll()
+      .select("user_id")
+      .select([
+        sql<ChannelName | null>`channel`.as("channel"),
+        sql<ModeName | null>`mode`.as("mode"),
+        sql<number | null>`null::integer`.as("start_minute"),
+        sql<number | null>`null::integer`.as("end_minute"),
+        sql<string | null>`null::text`.as("time_zone"),
+      ])
       .where("user_id", "=", anyOf(userIds))
       .where("type", "=", type)
+      .unionAll(
+        db
+          .selectFrom("quiet_hours")
+          .select("user_id")
+          .select([sql<ChannelName | null>`null::text`.as("channel"), sql<ModeName | null>`null::text`.as("mode")])
+          .select([
+            sql<number | null>`start_minute`.as("start_minute"),
+            sql<number | null>`end_minute`.as("end_minute"),
+            sql<string | null>`time_zone`.as("time_zone"),
+          ])
+          .where("user_id", "=", anyOf(userIds)),
+      )
       .execute();
-    const quiet = await trx.selectFrom("quiet_hours").selectAll().where("user_id", "=", anyOf(userIds)).execute();
-    return {
-      prefs: new Map(prefs.map((p) => [`${p.user_id}/${p.channel}`, p.mode])),
-      quiet: new Map(quiet.map((q) => [q.user_id, q as QuietHours])),
-    };
+    const prefs = new Map<string, ModeName>();
+    const quiet = new Map<string, QuietHours>();
+    for (const r of rows)
+      if (r.time_zone === null) prefs.set(`${r.user_id}/${r.channel}`, r.mode!);
+      else quiet.set(r.user_id, { start_minute: r.start_minute!, end_minute: r.end_minute!, time_zone: r.time_zone });
+    return { prefs, quiet };
   }
 
   /** The number of the user's newest notification, 0 for none. */
@@ -468,10 +529,15 @@ export class NotificationStore {
     return db.selectFrom("recipient").selectAll().where("user_id", "=", userId).executeTakeFirst();
   }
 
-  recipientsAfter(role: string | null, afterUserId: string, limit: number): Promise<RecipientRow[]> {
+  /** A page of recipients in id order: only what an announcement needs (who, and whether mail can reach them). */
+  recipientsAfter(
+    role: string | null,
+    afterUserId: string,
+    limit: number,
+  ): Promise<Pick<RecipientRow, "user_id" | "email">[]> {
     return this.db
       .selectFrom("recipient")
-      .selectAll()
+      .select(["user_id", "email"])
       .$if(role !== null, (q) => q.where("role", "=", role!))
       .where("user_id", ">", afterUserId)
       .orderBy("user_id")
