@@ -9,7 +9,9 @@
  *  2. Connect batches: the other half each send PublishEvents of BENCH_BATCH events (Connect JSON
  *     over HTTP/1.1, what a browser or script sends) back to back for BENCH_SECONDS;
  *  3. GetDeviceState over gRPC, directly to the mesh's devices service (cache on, the default)
- *     and to a second devices process on the same database with the cache off, closed loop.
+ *     and to a second devices process on the same database with the cache off, closed loop from
+ *     BENCH_READ_PROCESSES bare node:http2 processes (BENCH_READ_CONNECTIONS each), whose cost
+ *     per call is a fraction of the server's, so the rate is the server's and not the client's.
  *
  * Throughput counts acknowledged events (Kafka holds them). Send -> visible is, per event, the
  * time its state commit started (the history row's applied_at, Postgres' clock) minus the
@@ -23,13 +25,18 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import pg from "pg";
-import { DeviceEventSchema, DeviceService, type StreamEventsRequest } from "../gen/medmesh/devices/v1/devices_pb.js";
-import { closedLoop } from "./lib/grpc-load.js";
+import {
+  DeviceEventSchema,
+  DeviceService,
+  GetDeviceStateRequestSchema,
+  type StreamEventsRequest,
+} from "../gen/medmesh/devices/v1/devices_pb.js";
+import { unaryLoad } from "./lib/h2-unary-load.js";
 import { cpuSecondsOf, freePort, resultsFile, startMesh, type Mesh } from "./lib/mesh.js";
 import { intFromEnv } from "./lib/env.js";
 import { fmt, say } from "./lib/format.js";
@@ -42,6 +49,9 @@ const WINDOW = intFromEnv("BENCH_WINDOW", 200, 1, 100_000);
 const BATCH = intFromEnv("BENCH_BATCH", 100, 1, 500);
 const READ_SECONDS = intFromEnv("BENCH_READ_SECONDS", 10, 1, 600);
 const READ_CONCURRENCY = intFromEnv("BENCH_READ_CONCURRENCY", 32, 1, 1024);
+// The read load's processes and each one's HTTP/2 connections.
+const READ_PROCESSES = intFromEnv("BENCH_READ_PROCESSES", 2, 1, 16);
+const READ_CONNECTIONS = intFromEnv("BENCH_READ_CONNECTIONS", 2, 1, 64);
 // Where every mesh component writes a CPU profile (node --cpu-prof) when it stops; unset: none.
 const PROF_DIR = process.env.BENCH_CPU_PROF_DIR;
 
@@ -231,28 +241,35 @@ async function phase(
 }
 
 /**
- * Closed-loop reads; also the server side's CPU per read (the given processes, over every call
- * including the warm-up), which the load generator sharing the cores does not blur the way it
- * blurs req/s.
+ * Closed-loop reads from bare node:http2 processes (bench/lib/h2-unary-load.ts), each read for one
+ * of the devices, no two in flight for the same device; also the server side's CPU per read (the
+ * given processes, over every call including the warm-up) and the generator's own, which must stay
+ * well below the server's for req/s to say anything about the server.
  */
 async function readLoad(target: string, token: string, ids: string[], serverPids: number[]) {
-  const client = createClient(DeviceService, createGrpcTransport({ baseUrl: target }));
-  let i = 0;
-  const headers = { authorization: `Bearer ${token}` };
   const cpu = () => serverPids.reduce((a, pid) => a + cpuSecondsOf(pid), 0);
   // The service alone as well: at a few hundred reads a second the embedded Postgres' own
   // background work, divided among them, is most of a cached read's share.
   const serviceCpu0 = cpuSecondsOf(serverPids[0]!);
   const cpu0 = cpu();
-  const r = await closedLoop(() => client.getDeviceState({ deviceId: ids[i++ % ids.length]! }, { headers }), {
-    concurrency: READ_CONCURRENCY,
+  const r = await unaryLoad({
+    origin: target,
+    path: "/medmesh.devices.v1.DeviceService/GetDeviceState",
+    headers: { authorization: `Bearer ${token}` },
+    messages: ids.map((deviceId) =>
+      toBinary(GetDeviceStateRequestSchema, create(GetDeviceStateRequestSchema, { deviceId })),
+    ),
+    processes: READ_PROCESSES,
+    connectionsPerProcess: READ_CONNECTIONS,
+    inFlight: READ_CONCURRENCY,
     warmupMs: 2_000,
     durationMs: READ_SECONDS * 1000,
   });
   return {
     ...r,
-    serverCpuUsPerCall: ((cpu() - cpu0) / i) * 1e6,
-    serviceCpuUsPerCall: ((cpuSecondsOf(serverPids[0]!) - serviceCpu0) / i) * 1e6,
+    serverCpuUsPerCall: ((cpu() - cpu0) / r.completed) * 1e6,
+    serviceCpuUsPerCall: ((cpuSecondsOf(serverPids[0]!) - serviceCpu0) / r.completed) * 1e6,
+    generatorCpuUsPerCall: (r.generatorCpuSeconds / r.completed) * 1e6,
   };
 }
 
@@ -314,7 +331,8 @@ async function main() {
       `GetDeviceState cached ${fmt(rps(cached), 0)} req/s (p50 ${fmt(p(cached, 50))} ms), uncached ${fmt(rps(plain), 0)} req/s ` +
         `(p50 ${fmt(p(plain, 50))} ms): ${fmt(rps(cached) / rps(plain), 2)}x; server CPU per read ` +
         `${fmt(cached.serverCpuUsPerCall, 0)} vs ${fmt(plain.serverCpuUsPerCall, 0)} µs ` +
-        `(devices alone ${fmt(cached.serviceCpuUsPerCall, 0)} vs ${fmt(plain.serviceCpuUsPerCall, 0)} µs)`,
+        `(devices alone ${fmt(cached.serviceCpuUsPerCall, 0)} vs ${fmt(plain.serviceCpuUsPerCall, 0)} µs; ` +
+        `load generator ${fmt(cached.generatorCpuUsPerCall, 0)} vs ${fmt(plain.generatorCpuUsPerCall, 0)} µs)`,
     );
 
     const row = (r: PhaseResult) =>
@@ -335,12 +353,15 @@ async function main() {
       row(streams),
       row(batches),
       "",
-      `GetDeviceState, gRPC directly to the service, ${READ_CONCURRENCY} in flight, ${READ_SECONDS} s, over ${ids.length} devices:`,
+      `GetDeviceState, gRPC directly to the service from bare node:http2 (${READ_PROCESSES} processes × ${READ_CONNECTIONS} connections, ` +
+        `pre-encoded requests, grpc-status checked on every answer), ${READ_CONCURRENCY} in flight, never two for one device, ` +
+        `${READ_SECONDS} s, over ${ids.length} devices. Cache off: a second devices process on the same database with ` +
+        "DEVICES_STATE_CACHE_TTL_MS=0, where every read is one query (single-flight only merges reads of one device in flight together, and there are none).",
       "",
-      "| cache | req/s | p50 ms | p99 ms | errors | server CPU µs per read (devices + postgres) | devices alone |",
-      "|---|---|---|---|---|---|---|",
-      `| on (in process, TTL 60 s) | ${fmt(rps(cached), 0)} | ${fmt(p(cached, 50), 2)} | ${fmt(p(cached, 99), 2)} | ${JSON.stringify(cached.errors)} | ${fmt(cached.serverCpuUsPerCall, 0)} | ${fmt(cached.serviceCpuUsPerCall, 0)} |`,
-      `| off (every read a query) | ${fmt(rps(plain), 0)} | ${fmt(p(plain, 50), 2)} | ${fmt(p(plain, 99), 2)} | ${JSON.stringify(plain.errors)} | ${fmt(plain.serverCpuUsPerCall, 0)} | ${fmt(plain.serviceCpuUsPerCall, 0)} |`,
+      "| cache | req/s | p50 ms | p99 ms | errors | server CPU µs per read (devices + postgres) | devices alone | load generator CPU µs per read |",
+      "|---|---|---|---|---|---|---|---|",
+      `| on (in process, TTL 60 s) | ${fmt(rps(cached), 0)} | ${fmt(p(cached, 50), 2)} | ${fmt(p(cached, 99), 2)} | ${JSON.stringify(cached.errors)} | ${fmt(cached.serverCpuUsPerCall, 0)} | ${fmt(cached.serviceCpuUsPerCall, 0)} | ${fmt(cached.generatorCpuUsPerCall, 0)} |`,
+      `| off (every read a query) | ${fmt(rps(plain), 0)} | ${fmt(p(plain, 50), 2)} | ${fmt(p(plain, 99), 2)} | ${JSON.stringify(plain.errors)} | ${fmt(plain.serverCpuUsPerCall, 0)} | ${fmt(plain.serviceCpuUsPerCall, 0)} | ${fmt(plain.generatorCpuUsPerCall, 0)} |`,
       "",
       `Cached / uncached: ${fmt(rps(cached) / rps(plain), 2)}x in req/s, ${fmt(plain.serverCpuUsPerCall / cached.serverCpuUsPerCall, 2)}x in server CPU per read (devices + postgres).`,
       "",
