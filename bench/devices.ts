@@ -10,8 +10,9 @@
  *     over HTTP/1.1, what a browser or script sends) back to back for BENCH_SECONDS;
  *  3. GetDeviceState over gRPC, directly to the mesh's devices service (cache on, the default)
  *     and to a second devices process on the same database with the cache off, closed loop from
- *     BENCH_READ_PROCESSES bare node:http2 processes (BENCH_READ_CONNECTIONS each), whose cost
- *     per call is a fraction of the server's, so the rate is the server's and not the client's.
+ *     a process writing HTTP/2 frames itself (bench/lib/h2-frames-load.ts), BENCH_READ_CONCURRENCY
+ *     devices with one read in flight each, over BENCH_READ_CONNECTIONS connections: its cost per
+ *     call is a fraction of the server's, so the rate is the server's and not the client's.
  *
  * Throughput counts acknowledged events (Kafka holds them). Send -> visible is, per event, the
  * time its state commit started (the history row's applied_at, Postgres' clock) minus the
@@ -36,7 +37,9 @@ import {
   GetDeviceStateRequestSchema,
   type StreamEventsRequest,
 } from "../gen/medmesh/devices/v1/devices_pb.js";
-import { unaryLoad } from "./lib/h2-unary-load.js";
+import { framesLoad } from "./lib/h2-frames-load.js";
+import { grpcFrame, percentile } from "./lib/tools.js";
+import { rawGrpcCall } from "./lib/verify.js";
 import { cpuSecondsOf, freePort, resultsFile, startMesh, type Mesh } from "./lib/mesh.js";
 import { intFromEnv } from "./lib/env.js";
 import { fmt, say } from "./lib/format.js";
@@ -49,9 +52,9 @@ const WINDOW = intFromEnv("BENCH_WINDOW", 200, 1, 100_000);
 const BATCH = intFromEnv("BENCH_BATCH", 100, 1, 500);
 const READ_SECONDS = intFromEnv("BENCH_READ_SECONDS", 10, 1, 600);
 const READ_CONCURRENCY = intFromEnv("BENCH_READ_CONCURRENCY", 32, 1, 1024);
-// The read load's processes and each one's HTTP/2 connections.
-const READ_PROCESSES = intFromEnv("BENCH_READ_PROCESSES", 2, 1, 16);
+// HTTP/2 connections the read load spreads its calls over.
 const READ_CONNECTIONS = intFromEnv("BENCH_READ_CONNECTIONS", 2, 1, 64);
+const STATE_PATH = "/medmesh.devices.v1.DeviceService/GetDeviceState";
 // Where every mesh component writes a CPU profile (node --cpu-prof) when it stops; unset: none.
 const PROF_DIR = process.env.BENCH_CPU_PROF_DIR;
 
@@ -241,32 +244,47 @@ async function phase(
 }
 
 /**
- * Closed-loop reads from bare node:http2 processes (bench/lib/h2-unary-load.ts), each read for one
- * of the devices, no two in flight for the same device; also the server side's CPU per read (the
- * given processes, over every call including the warm-up) and the generator's own, which must stay
- * well below the server's for req/s to say anything about the server.
+ * Closed-loop reads from bench/lib/h2-frames-load.ts (HTTP/2 frames written by hand in a process
+ * of its own: a few µs per call, where a grpc-js, Connect, node:http2 or h2load client spends
+ * about as much per call as a cached read costs the server and, on these 2 cores, sets the rate
+ * itself). BENCH_READ_CONCURRENCY devices, one read in flight for each: never two for one device,
+ * so the uncached side's single-flight (concurrent misses of one device share a query) never
+ * merges reads, and every uncached read is one query. Each device's request is first sent once
+ * over node:http2 and must come back grpc-status 0; its answer's length is what the load checks.
+ * Also the server side's CPU per read (the given processes, over every call including the
+ * warm-up) and the generator's own.
  */
-async function readLoad(target: string, token: string, ids: string[], serverPids: number[]) {
+async function readLoad(origin: string, token: string, ids: string[], serverPids: number[]) {
+  const readSet = ids.slice(0, Math.min(READ_CONCURRENCY, ids.length));
+  const requests: { message: Uint8Array; okDataBytes: number }[] = [];
+  for (const deviceId of readSet) {
+    const message = toBinary(GetDeviceStateRequestSchema, create(GetDeviceStateRequestSchema, { deviceId }));
+    const probe = await rawGrpcCall(origin, STATE_PATH, grpcFrame(message));
+    if (probe.httpStatus !== 200 || probe.grpcStatus !== "0" || probe.data.length < 5)
+      throw new Error(
+        `GetDeviceState(${deviceId}) probe: HTTP ${probe.httpStatus}, grpc-status ${probe.grpcStatus} ${probe.grpcMessage ?? ""}`,
+      );
+    requests.push({ message, okDataBytes: probe.data.length });
+  }
   const cpu = () => serverPids.reduce((a, pid) => a + cpuSecondsOf(pid), 0);
   // The service alone as well: at a few hundred reads a second the embedded Postgres' own
   // background work, divided among them, is most of a cached read's share.
   const serviceCpu0 = cpuSecondsOf(serverPids[0]!);
   const cpu0 = cpu();
-  const r = await unaryLoad({
-    origin: target,
-    path: "/medmesh.devices.v1.DeviceService/GetDeviceState",
+  const r = await framesLoad({
+    origin,
+    path: STATE_PATH,
     headers: { authorization: `Bearer ${token}` },
-    messages: ids.map((deviceId) =>
-      toBinary(GetDeviceStateRequestSchema, create(GetDeviceStateRequestSchema, { deviceId })),
-    ),
-    processes: READ_PROCESSES,
-    connectionsPerProcess: READ_CONNECTIONS,
-    inFlight: READ_CONCURRENCY,
+    requests,
+    connections: READ_CONNECTIONS,
     warmupMs: 2_000,
     durationMs: READ_SECONDS * 1000,
   });
   return {
     ...r,
+    devices: readSet.length,
+    p50: percentile(r.latenciesMs, 50),
+    p99: percentile(r.latenciesMs, 99),
     serverCpuUsPerCall: ((cpu() - cpu0) / r.completed) * 1e6,
     serviceCpuUsPerCall: ((cpuSecondsOf(serverPids[0]!) - serviceCpu0) / r.completed) * 1e6,
     generatorCpuUsPerCall: (r.generatorCpuSeconds / r.completed) * 1e6,
@@ -322,11 +340,15 @@ async function main() {
       uncached!.stdout!.on("data", (d: Buffer) => d.toString().includes("devices grpc://") && resolve());
       uncached!.once("exit", (code) => reject(new Error(`uncached devices exited ${code}`)));
     });
-    say(`GetDeviceState: ${READ_CONCURRENCY} in flight for ${READ_SECONDS} s, over ${ids.length} devices`);
+    say(
+      `GetDeviceState: ${Math.min(READ_CONCURRENCY, ids.length)} devices, one read in flight each, ${READ_SECONDS} s`,
+    );
+    // The probes (bench/lib/verify.ts) send this header.
+    process.env.BENCH_AUTHORIZATION = `Bearer ${admin}`;
     const cached = await readLoad(direct, admin, ids, [mesh.pids.devices!, mesh.pids.postgres!]);
     const plain = await readLoad(`http://127.0.0.1:${port}`, admin, ids, [uncached.pid!, mesh.pids.postgres!]);
     const rps = (r: typeof cached) => r.ok / r.windowSeconds;
-    const p = (r: typeof cached, q: number) => r.latenciesMs[Math.min(r.ok - 1, Math.floor((r.ok * q) / 100))] ?? NaN;
+    const p = (r: typeof cached, q: 50 | 99) => (q === 50 ? r.p50 : r.p99);
     say(
       `GetDeviceState cached ${fmt(rps(cached), 0)} req/s (p50 ${fmt(p(cached, 50))} ms), uncached ${fmt(rps(plain), 0)} req/s ` +
         `(p50 ${fmt(p(plain, 50))} ms): ${fmt(rps(cached) / rps(plain), 2)}x; server CPU per read ` +
@@ -353,9 +375,10 @@ async function main() {
       row(streams),
       row(batches),
       "",
-      `GetDeviceState, gRPC directly to the service from bare node:http2 (${READ_PROCESSES} processes × ${READ_CONNECTIONS} connections, ` +
-        `pre-encoded requests, grpc-status checked on every answer), ${READ_CONCURRENCY} in flight, never two for one device, ` +
-        `${READ_SECONDS} s, over ${ids.length} devices. Cache off: a second devices process on the same database with ` +
+      `GetDeviceState, gRPC directly to the service from one process writing HTTP/2 frames itself (bench/lib/h2-frames-load.ts, ` +
+        `${READ_CONNECTIONS} connections, pre-encoded requests; a call counts when it brings headers, the answer's length the ` +
+        "device's probe gave with grpc-status 0, and trailers), " +
+        `${cached.devices} in flight, never two for one device, ${READ_SECONDS} s after 2 s of warm-up. Cache off: a second devices process on the same database with ` +
         "DEVICES_STATE_CACHE_TTL_MS=0, where every read is one query (single-flight only merges reads of one device in flight together, and there are none).",
       "",
       "| cache | req/s | p50 ms | p99 ms | errors | server CPU µs per read (devices + postgres) | devices alone | load generator CPU µs per read |",
