@@ -21,13 +21,18 @@ export interface Principal {
 export const principalKey = createContextKey<Principal | undefined>(undefined, { description: "medmesh principal" });
 export const policyKey = createContextKey<Policy | undefined>(undefined, { description: "medmesh access policy" });
 
-/** Resolves the caller from request headers; identity provides the real one (JWT / API key). */
 /**
+ * Resolves the caller from request headers; identity provides the real one (JWT / API key).
  * Resolvers only look headers up by name: a call of the mesh's adapter hands over a getter on the
  * headers node parsed, because converting them all to Fetch Headers on every call was about 4% of
  * a cached GetDeviceState's CPU in the devices process.
  */
 export type PrincipalResolver = (header: Pick<Headers, "get">) => Promise<Principal | undefined>;
+
+/** A request's headers by name, read from node's parsed headers for a call of the mesh's adapter. */
+const headerGetter = (req: { header: Headers }): Pick<Headers, "get"> => ({
+  get: (name) => requestHeaderValue(req, name),
+});
 
 /** The method's policy, or the refusal of a method that declares none (`service`/`method` name it). */
 export function declaredPolicy(policy: Policy | undefined, service: string, method: string): Policy {
@@ -55,10 +60,6 @@ export function permittedCaller(policy: Policy, principal: Principal | undefined
  * passes a resolver (bearer tokens, platform/auth); a server built without one (the test-only
  * conformance service) applies only that first check.
  */
-const headerGetter = (req: { header: Headers }): Pick<Headers, "get"> => ({
-  get: (name) => requestHeaderValue(req, name),
-});
-
 export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interceptor {
   const admit = (req: Parameters<Parameters<Interceptor>[0]>[0]): Policy => {
     const policy = declaredPolicy(policyOf(req.method), req.service.typeName, req.method.name);
