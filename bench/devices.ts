@@ -9,7 +9,10 @@
  *  2. Connect batches: the other half each send PublishEvents of BENCH_BATCH events (Connect JSON
  *     over HTTP/1.1, what a browser or script sends) back to back for BENCH_SECONDS;
  *  3. GetDeviceState over gRPC, directly to the mesh's devices service (cache on, the default)
- *     and to a second devices process on the same database with the cache off, closed loop.
+ *     and to a second devices process on the same database with the cache off, closed loop from
+ *     a process writing HTTP/2 frames itself (bench/lib/h2-frames-load.ts), BENCH_READ_CONCURRENCY
+ *     devices with one read in flight each, over BENCH_READ_CONNECTIONS connections: its cost per
+ *     call is a fraction of the server's, so the rate is the server's and not the client's.
  *
  * Throughput counts acknowledged events (Kafka holds them). Send -> visible is, per event, the
  * time its state commit started (the history row's applied_at, Postgres' clock) minus the
@@ -23,13 +26,20 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import pg from "pg";
-import { DeviceEventSchema, DeviceService, type StreamEventsRequest } from "../gen/medmesh/devices/v1/devices_pb.js";
-import { closedLoop } from "./lib/grpc-load.js";
+import {
+  DeviceEventSchema,
+  DeviceService,
+  GetDeviceStateRequestSchema,
+  type StreamEventsRequest,
+} from "../gen/medmesh/devices/v1/devices_pb.js";
+import { framesLoad } from "./lib/h2-frames-load.js";
+import { grpcFrame, percentile } from "./lib/tools.js";
+import { rawGrpcCall } from "./lib/verify.js";
 import { cpuSecondsOf, freePort, resultsFile, startMesh, type Mesh } from "./lib/mesh.js";
 import { intFromEnv } from "./lib/env.js";
 import { fmt, say } from "./lib/format.js";
@@ -42,6 +52,9 @@ const WINDOW = intFromEnv("BENCH_WINDOW", 200, 1, 100_000);
 const BATCH = intFromEnv("BENCH_BATCH", 100, 1, 500);
 const READ_SECONDS = intFromEnv("BENCH_READ_SECONDS", 10, 1, 600);
 const READ_CONCURRENCY = intFromEnv("BENCH_READ_CONCURRENCY", 32, 1, 1024);
+// HTTP/2 connections the read load spreads its calls over.
+const READ_CONNECTIONS = intFromEnv("BENCH_READ_CONNECTIONS", 2, 1, 64);
+const STATE_PATH = "/medmesh.devices.v1.DeviceService/GetDeviceState";
 // Where every mesh component writes a CPU profile (node --cpu-prof) when it stops; unset: none.
 const PROF_DIR = process.env.BENCH_CPU_PROF_DIR;
 
@@ -231,28 +244,50 @@ async function phase(
 }
 
 /**
- * Closed-loop reads; also the server side's CPU per read (the given processes, over every call
- * including the warm-up), which the load generator sharing the cores does not blur the way it
- * blurs req/s.
+ * Closed-loop reads from bench/lib/h2-frames-load.ts (HTTP/2 frames written by hand in a process
+ * of its own: a few µs per call, where a grpc-js, Connect, node:http2 or h2load client spends
+ * about as much per call as a cached read costs the server and, on these 2 cores, sets the rate
+ * itself). BENCH_READ_CONCURRENCY devices, one read in flight for each: never two for one device,
+ * so the uncached side's single-flight (concurrent misses of one device share a query) never
+ * merges reads, and every uncached read is one query. Each device's request is first sent once
+ * over node:http2 and must come back grpc-status 0; its answer's length is what the load checks.
+ * Also the server side's CPU per read (the given processes, over every call including the
+ * warm-up) and the generator's own.
  */
-async function readLoad(target: string, token: string, ids: string[], serverPids: number[]) {
-  const client = createClient(DeviceService, createGrpcTransport({ baseUrl: target }));
-  let i = 0;
-  const headers = { authorization: `Bearer ${token}` };
+async function readLoad(origin: string, token: string, ids: string[], serverPids: number[]) {
+  const readSet = ids.slice(0, Math.min(READ_CONCURRENCY, ids.length));
+  const requests: { message: Uint8Array; okDataBytes: number }[] = [];
+  for (const deviceId of readSet) {
+    const message = toBinary(GetDeviceStateRequestSchema, create(GetDeviceStateRequestSchema, { deviceId }));
+    const probe = await rawGrpcCall(origin, STATE_PATH, grpcFrame(message));
+    if (probe.httpStatus !== 200 || probe.grpcStatus !== "0" || probe.data.length < 5)
+      throw new Error(
+        `GetDeviceState(${deviceId}) probe: HTTP ${probe.httpStatus}, grpc-status ${probe.grpcStatus} ${probe.grpcMessage ?? ""}`,
+      );
+    requests.push({ message, okDataBytes: probe.data.length });
+  }
   const cpu = () => serverPids.reduce((a, pid) => a + cpuSecondsOf(pid), 0);
   // The service alone as well: at a few hundred reads a second the embedded Postgres' own
   // background work, divided among them, is most of a cached read's share.
   const serviceCpu0 = cpuSecondsOf(serverPids[0]!);
   const cpu0 = cpu();
-  const r = await closedLoop(() => client.getDeviceState({ deviceId: ids[i++ % ids.length]! }, { headers }), {
-    concurrency: READ_CONCURRENCY,
+  const r = await framesLoad({
+    origin,
+    path: STATE_PATH,
+    headers: { authorization: `Bearer ${token}` },
+    requests,
+    connections: READ_CONNECTIONS,
     warmupMs: 2_000,
     durationMs: READ_SECONDS * 1000,
   });
   return {
     ...r,
-    serverCpuUsPerCall: ((cpu() - cpu0) / i) * 1e6,
-    serviceCpuUsPerCall: ((cpuSecondsOf(serverPids[0]!) - serviceCpu0) / i) * 1e6,
+    devices: readSet.length,
+    p50: percentile(r.latenciesMs, 50),
+    p99: percentile(r.latenciesMs, 99),
+    serverCpuUsPerCall: ((cpu() - cpu0) / r.completed) * 1e6,
+    serviceCpuUsPerCall: ((cpuSecondsOf(serverPids[0]!) - serviceCpu0) / r.completed) * 1e6,
+    generatorCpuUsPerCall: (r.generatorCpuSeconds / r.completed) * 1e6,
   };
 }
 
@@ -305,16 +340,21 @@ async function main() {
       uncached!.stdout!.on("data", (d: Buffer) => d.toString().includes("devices grpc://") && resolve());
       uncached!.once("exit", (code) => reject(new Error(`uncached devices exited ${code}`)));
     });
-    say(`GetDeviceState: ${READ_CONCURRENCY} in flight for ${READ_SECONDS} s, over ${ids.length} devices`);
+    say(
+      `GetDeviceState: ${Math.min(READ_CONCURRENCY, ids.length)} devices, one read in flight each, ${READ_SECONDS} s`,
+    );
+    // The probes (bench/lib/verify.ts) send this header.
+    process.env.BENCH_AUTHORIZATION = `Bearer ${admin}`;
     const cached = await readLoad(direct, admin, ids, [mesh.pids.devices!, mesh.pids.postgres!]);
     const plain = await readLoad(`http://127.0.0.1:${port}`, admin, ids, [uncached.pid!, mesh.pids.postgres!]);
     const rps = (r: typeof cached) => r.ok / r.windowSeconds;
-    const p = (r: typeof cached, q: number) => r.latenciesMs[Math.min(r.ok - 1, Math.floor((r.ok * q) / 100))] ?? NaN;
+    const p = (r: typeof cached, q: 50 | 99) => (q === 50 ? r.p50 : r.p99);
     say(
       `GetDeviceState cached ${fmt(rps(cached), 0)} req/s (p50 ${fmt(p(cached, 50))} ms), uncached ${fmt(rps(plain), 0)} req/s ` +
         `(p50 ${fmt(p(plain, 50))} ms): ${fmt(rps(cached) / rps(plain), 2)}x; server CPU per read ` +
         `${fmt(cached.serverCpuUsPerCall, 0)} vs ${fmt(plain.serverCpuUsPerCall, 0)} µs ` +
-        `(devices alone ${fmt(cached.serviceCpuUsPerCall, 0)} vs ${fmt(plain.serviceCpuUsPerCall, 0)} µs)`,
+        `(devices alone ${fmt(cached.serviceCpuUsPerCall, 0)} vs ${fmt(plain.serviceCpuUsPerCall, 0)} µs; ` +
+        `load generator ${fmt(cached.generatorCpuUsPerCall, 0)} vs ${fmt(plain.generatorCpuUsPerCall, 0)} µs)`,
     );
 
     const row = (r: PhaseResult) =>
@@ -335,12 +375,16 @@ async function main() {
       row(streams),
       row(batches),
       "",
-      `GetDeviceState, gRPC directly to the service, ${READ_CONCURRENCY} in flight, ${READ_SECONDS} s, over ${ids.length} devices:`,
+      `GetDeviceState, gRPC directly to the service from one process writing HTTP/2 frames itself (bench/lib/h2-frames-load.ts, ` +
+        `${READ_CONNECTIONS} connections, pre-encoded requests; a call counts when it brings headers, the answer's length the ` +
+        "device's probe gave with grpc-status 0, and trailers), " +
+        `${cached.devices} in flight, never two for one device, ${READ_SECONDS} s after 2 s of warm-up. Cache off: a second devices process on the same database with ` +
+        "DEVICES_STATE_CACHE_TTL_MS=0, where every read is one query (single-flight only merges reads of one device in flight together, and there are none).",
       "",
-      "| cache | req/s | p50 ms | p99 ms | errors | server CPU µs per read (devices + postgres) | devices alone |",
-      "|---|---|---|---|---|---|---|",
-      `| on (in process, TTL 60 s) | ${fmt(rps(cached), 0)} | ${fmt(p(cached, 50), 2)} | ${fmt(p(cached, 99), 2)} | ${JSON.stringify(cached.errors)} | ${fmt(cached.serverCpuUsPerCall, 0)} | ${fmt(cached.serviceCpuUsPerCall, 0)} |`,
-      `| off (every read a query) | ${fmt(rps(plain), 0)} | ${fmt(p(plain, 50), 2)} | ${fmt(p(plain, 99), 2)} | ${JSON.stringify(plain.errors)} | ${fmt(plain.serverCpuUsPerCall, 0)} | ${fmt(plain.serviceCpuUsPerCall, 0)} |`,
+      "| cache | req/s | p50 ms | p99 ms | errors | server CPU µs per read (devices + postgres) | devices alone | load generator CPU µs per read |",
+      "|---|---|---|---|---|---|---|---|",
+      `| on (in process, TTL 60 s) | ${fmt(rps(cached), 0)} | ${fmt(p(cached, 50), 2)} | ${fmt(p(cached, 99), 2)} | ${JSON.stringify(cached.errors)} | ${fmt(cached.serverCpuUsPerCall, 0)} | ${fmt(cached.serviceCpuUsPerCall, 0)} | ${fmt(cached.generatorCpuUsPerCall, 0)} |`,
+      `| off (every read a query) | ${fmt(rps(plain), 0)} | ${fmt(p(plain, 50), 2)} | ${fmt(p(plain, 99), 2)} | ${JSON.stringify(plain.errors)} | ${fmt(plain.serverCpuUsPerCall, 0)} | ${fmt(plain.serviceCpuUsPerCall, 0)} | ${fmt(plain.generatorCpuUsPerCall, 0)} |`,
       "",
       `Cached / uncached: ${fmt(rps(cached) / rps(plain), 2)}x in req/s, ${fmt(plain.serverCpuUsPerCall / cached.serverCpuUsPerCall, 2)}x in server CPU per read (devices + postgres).`,
       "",

@@ -3,6 +3,7 @@ import { Audience, Role, type Policy } from "../../../gen/medmesh/access/v1/acce
 import { policyOf } from "../access-policy.js";
 
 import { enumNames } from "../enum-names.js";
+import { requestHeaderValue } from "../handler-context.js";
 
 /** Roles by their stored lower-case names, as tokens and the identity database carry them. */
 export const roleNames = enumNames<Role>(Role, "Role");
@@ -20,8 +21,18 @@ export interface Principal {
 export const principalKey = createContextKey<Principal | undefined>(undefined, { description: "medmesh principal" });
 export const policyKey = createContextKey<Policy | undefined>(undefined, { description: "medmesh access policy" });
 
-/** Resolves the caller from request headers; identity provides the real one (JWT / API key). */
-export type PrincipalResolver = (header: Headers) => Promise<Principal | undefined>;
+/**
+ * Resolves the caller from request headers; identity provides the real one (JWT / API key).
+ * Resolvers only look headers up by name: a call of the mesh's adapter hands over a getter on the
+ * headers node parsed, because converting them all to Fetch Headers on every call was about 4% of
+ * a cached GetDeviceState's CPU in the devices process.
+ */
+export type PrincipalResolver = (header: Pick<Headers, "get">) => Promise<Principal | undefined>;
+
+/** A request's headers by name, read from node's parsed headers for a call of the mesh's adapter. */
+const headerGetter = (req: { header: Headers }): Pick<Headers, "get"> => ({
+  get: (name) => requestHeaderValue(req, name),
+});
 
 /** The method's policy, or the refusal of a method that declares none (`service`/`method` name it). */
 export function declaredPolicy(policy: Policy | undefined, service: string, method: string): Policy {
@@ -71,10 +82,10 @@ export function accessInterceptor(resolvePrincipal?: PrincipalResolver): Interce
     if (policy.audience === Audience.PUBLIC) {
       // A stale or broken token must not lock anyone out of signing in or refreshing: on a public
       // method it only fails to identify the caller.
-      req.contextValues.set(principalKey, await resolvePrincipal(req.header).catch(() => undefined));
+      req.contextValues.set(principalKey, await resolvePrincipal(headerGetter(req)).catch(() => undefined));
       return next(req);
     }
-    const principal = await resolvePrincipal(req.header);
+    const principal = await resolvePrincipal(headerGetter(req));
     req.contextValues.set(principalKey, principal);
     permittedCaller(policy, principal, req.method.name);
     return next(req);
