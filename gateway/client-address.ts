@@ -3,7 +3,7 @@ import { BlockList, isIP } from "node:net";
 import { createContextValues, type ContextValues, type Interceptor } from "@connectrpc/connect";
 import { CLIENT_ADDRESS_HEADER, vouchForAddress, type EdgeSecrets } from "../platform/auth/client-address.js";
 import { clientAddressKey } from "../platform/grpc/interceptors/client-address.js";
-import { peerKey } from "../platform/grpc/interceptors/rate-limit.js";
+import { peerKey } from "../platform/grpc/handler-context.js";
 import { logger } from "../platform/telemetry/logger.js";
 import { dropMeshOnlyHeaders } from "./edge-headers.js";
 

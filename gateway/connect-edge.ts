@@ -6,7 +6,8 @@ import { Code, ConnectError, createContextValues, type Interceptor } from "@conn
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
 import { policyKey, principalKey, type Principal } from "../platform/grpc/interceptors/access.js";
 import { clientAddressKey } from "../platform/grpc/interceptors/client-address.js";
-import { peerKey, rateLimitInterceptor } from "../platform/grpc/interceptors/rate-limit.js";
+import { peerKey } from "../platform/grpc/handler-context.js";
+import { rateLimitInterceptor } from "../platform/grpc/interceptors/rate-limit.js";
 import { admit, takeRateToken } from "./admission.js";
 import { clientAddressOf } from "./client-address.js";
 import {

@@ -1,9 +1,18 @@
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ContextKey, type ContextValues, type HandlerContext } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createContextKey,
+  type ContextKey,
+  type ContextValues,
+  type HandlerContext,
+} from "@connectrpc/connect";
 import type { IncomingHttpHeaders } from "node:http2";
 import type { CoarseTimers } from "./coarse-timer.js";
-import { peerKey } from "./interceptors/rate-limit.js";
 import { isTransportHeader } from "./metadata.js";
+
+/** The connection's peer address, set by the server that accepted the connection. */
+export const peerKey = createContextKey<string | undefined>(undefined, { description: "peer address" });
 
 /**
  * The handler context of one call served by the adapter, built for the per-call path:

@@ -1,6 +1,6 @@
 import type { HandlerContext } from "@connectrpc/connect";
 import { clientAddressKey } from "../../platform/grpc/interceptors/client-address.js";
-import { peerKey } from "../../platform/grpc/interceptors/rate-limit.js";
+import { peerKey } from "../../platform/grpc/handler-context.js";
 
 /** The address a sign-in came from: the one the gateway vouched for, else the peer. */
 export const clientAddressOf = (ctx: HandlerContext | undefined): string =>

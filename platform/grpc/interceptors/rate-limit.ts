@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { RateClass } from "../../../gen/medmesh/access/v1/access_pb.js";
 import { createRateLimiter, type BucketRule, type Decision, type RateLimiter } from "../../cache/rate-limiter.js";
 import { env } from "../../config/env.js";
@@ -9,12 +9,10 @@ import { logger } from "../../telemetry/logger.js";
 import { resourceExhausted } from "../errors.js";
 import { policyKey, principalKey, type Principal } from "./access.js";
 import { clientAddressKey } from "./client-address.js";
+import { peerKey } from "../handler-context.js";
 import { enumNames } from "../enum-names.js";
 
 const rateClassNames = enumNames<RateClass>(RateClass, "RateClass");
-
-/** The connection's peer address, set by the server that accepted the connection. */
-export const peerKey = createContextKey<string | undefined>(undefined, { description: "peer address" });
 
 export type RateRules = Partial<Record<RateClass, BucketRule>>;
 
