@@ -1,5 +1,5 @@
 import { once } from "node:events";
-import type { DescMessage, DescMethod, DescService, MessageShape } from "@bufbuild/protobuf";
+import type { DescMessage, DescMethod, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { create, fromBinary, isMessage, toBinary } from "@bufbuild/protobuf";
 import {
   Code,
@@ -79,7 +79,10 @@ function encode(schema: DescMessage, message: unknown): Uint8Array {
 
 /** A streamed message's bytes: encoded by its handler already, or here (from a plain object too, as connect allows). */
 function bytesOf(schema: DescMessage, message: unknown): Uint8Array {
-  return encodingOf(message) ?? encode(schema, isMessage(message, schema) ? message : create(schema, message as never));
+  return (
+    encodingOf(message) ??
+    toBinary(schema, isMessage(message, schema) ? message : create(schema, message as MessageInitShape<DescMessage>))
+  );
 }
 
 /** What every call of one method shares, worked out once when the service is registered. */

@@ -1,6 +1,7 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { NotificationSchema, type Notification } from "../../gen/medmesh/notifications/v1/notifications_pb.js";
+import { encodingOf, withEncoding } from "../../platform/grpc/encoded.js";
 import { toNotification } from "./model.js";
 import type { NotificationRow } from "./tables.js";
 
@@ -10,18 +11,18 @@ import type { NotificationRow } from "./tables.js";
  * notifications, identical but for their id and number, is sent as one encoding of what they
  * share followed by a few bytes of each one's own.
  */
-const encodings = new WeakMap<Notification, Uint8Array>();
-
-/** The encoding of `n`, made on first use and kept as long as the message is. */
+/** The encoding of `n`, made on first use and kept with the message (platform/grpc/encoded.ts). */
 export function notificationBytes(n: Notification): Uint8Array {
-  let bytes = encodings.get(n);
-  if (!bytes) encodings.set(n, (bytes = toBinary(NotificationSchema, n)));
+  const known = encodingOf(n);
+  if (known) return known;
+  const bytes = toBinary(NotificationSchema, n);
+  withEncoding(n, bytes);
   return bytes;
 }
 
 /** `bytes` is known to encode `n` (it was decoded from them): no need to encode it again. */
 export function rememberEncoding(n: Notification, bytes: Uint8Array): void {
-  encodings.set(n, bytes);
+  withEncoding(n, bytes);
 }
 
 const SUBSCRIBE_NOTIFICATION = 1;
@@ -54,7 +55,7 @@ export function toNotificationsSharing(rows: NotificationRow[]): Notification[] 
     const bytes = new Uint8Array(shared!.length + own.length);
     bytes.set(shared!, 0);
     bytes.set(own, shared!.length);
-    encodings.set(n, bytes);
+    withEncoding(n, bytes);
     return n;
   });
 }

@@ -26,9 +26,15 @@ export function recipientBackfill(deps: {
 }) {
   const { db, store, identity, token, log } = deps;
   const pageSize = deps.pageSize ?? PAGE;
+  // Once seen complete, the periodic runs cost nothing, not even the read of the position.
+  let finished = false;
   return async function runOnce(): Promise<number> {
+    if (finished) return 0;
     const sync = await store.recipientSync();
-    if (sync?.completed_at) return 0;
+    if (sync?.completed_at) {
+      finished = true;
+      return 0;
+    }
     let after = sync?.after_user_id ?? "";
     let copied = 0;
     for (;;) {
@@ -49,6 +55,7 @@ export function recipientBackfill(deps: {
       copied += rows.length;
       if (complete) break;
     }
+    finished = true;
     log.info("accounts copied from identity into the recipient list", { copied });
     return copied;
   };

@@ -224,9 +224,16 @@ export class IndexStore {
    * batched while a search reads at most that; the list there now is merged at once.
    */
   async boundPendingLists(): Promise<void> {
+    const setting = `gin_pending_list_limit=${GIN_PENDING_LIST_KB}`;
     for (const index of ["indexed_document_tsv_idx", "indexed_document_title_tsv_idx"]) {
       const name = sql.id(this.schema, index);
-      await sql`alter index ${name} set (gin_pending_list_limit = ${sql.lit(GIN_PENDING_LIST_KB)})`.execute(this.db);
+      // Set once; altering again at every start would only queue behind other replicas' locks.
+      const current = await sql<{ set: boolean }>`
+        select coalesce(${setting} = any(c.reloptions), false) as set
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname = ${this.schema} and c.relname = ${index}`.execute(this.db);
+      if (!current.rows[0]?.set)
+        await sql`alter index ${name} set (gin_pending_list_limit = ${sql.lit(GIN_PENDING_LIST_KB)})`.execute(this.db);
       await sql`select gin_clean_pending_list((quote_ident(${this.schema}) || '.' || quote_ident(${index}))::regclass)`.execute(
         this.db,
       );
