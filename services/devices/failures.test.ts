@@ -185,6 +185,39 @@ describe("devices when what it depends on fails", () => {
     },
   );
 
+  // Replicas share a database: without DATABASE_URL each would have a PGlite of its own.
+  it.skipIf(!process.env.REDIS_URL || !process.env.DATABASE_URL)(
+    "two replicas on one Redis: each serves its in-process copy, and a state applied by either reaches both",
+    async () => {
+      const suffix = randomBytes(4).toString("hex");
+      // One deployment: the same schema, consumer group and cache namespace.
+      const shared = {
+        REDIS_URL: process.env.REDIS_URL!,
+        DATABASE_URL: process.env.DATABASE_URL!,
+        DEVICES_DB_SCHEMA: `devices_r${suffix}`,
+        DEVICES_GROUP_ID: `devices-r${suffix}`,
+      };
+      const [one, two] = [await startService(shared), await startService(shared)];
+      const doctor = await identity.token("doctor");
+      const owner = as(one.port, doctor);
+      const ownerAtTwo = as(two.port, doctor);
+      const reg = await owner.registerDevice({ name: "r", type: "oximeter" });
+      const id = reg.device!.id;
+      const client = as(one.port, (await identityClient.exchangeApiKey({ apiKey: reg.apiKey })).accessToken);
+      for (const seq of [1, 2, 3]) {
+        await client.publishEvents({ events: [event(id, seq)] });
+        // Whichever replica's worker applies it, both answer the new state (no copy outlives the bump).
+        await expect.poll(() => version(owner, id), { timeout: 20_000, interval: 50 }).toBe(BigInt(seq));
+        await expect.poll(() => version(ownerAtTwo, id), { timeout: 20_000, interval: 50 }).toBe(BigInt(seq));
+        const hits = two.states.counts.hits;
+        const loads = two.states.counts.loads;
+        for (let i = 0; i < 5; i++) expect(await version(ownerAtTwo, id)).toBe(BigInt(seq));
+        expect(two.states.counts.hits - hits).toBe(5);
+        expect(two.states.counts.loads).toBe(loads);
+      }
+    },
+  );
+
   it("never acknowledges while the broker is down, and takes the resend once it is back", async () => {
     const svc = await startService({});
     const { id, owner, client } = await device(svc.port);

@@ -45,6 +45,12 @@ export const configSpec = {
     "rediss:",
   ]),
   DEVICES_STATE_CACHE_TTL_MS: env.int("how long a device's state is cached (0: no cache)", 60_000, 0, 24 * 3_600_000),
+  DEVICES_STATE_CACHE_ENTRIES: env.int(
+    "device states each replica keeps in process (the whole cache without Redis; copies Redis keeps current with it)",
+    100_000,
+    100,
+    10_000_000,
+  ),
   DEVICES_NEGATIVE_CACHE_TTL_MS: env.int("how long an unknown device id is remembered as unknown", 5_000, 0, 600_000),
   DEVICES_MAX_BATCH: env.int("events one PublishEvents may carry", 500, 1, 10_000),
   DEVICES_STREAM_MAX_IN_FLIGHT: env.int(
@@ -87,8 +93,8 @@ export async function startDevices(
     config.DEVICES_STATE_CACHE_TTL_MS === 0
       ? undefined
       : config.REDIS_URL
-        ? redisVersionedCache(config.REDIS_URL)
-        : memoryVersionedCache(100_000);
+        ? redisVersionedCache(config.REDIS_URL, { near: { maxEntries: config.DEVICES_STATE_CACHE_ENTRIES } })
+        : memoryVersionedCache(config.DEVICES_STATE_CACHE_ENTRIES);
   const states = new StateCache({
     store,
     cache,

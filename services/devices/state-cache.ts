@@ -88,6 +88,12 @@ export class StateCache {
     const cache = this.opts.cache;
     let version: string | undefined;
     if (cache) {
+      // A copy known current in this process answers without a round trip or a timer.
+      const held = cache.peek?.(this.ns(deviceId), "state");
+      if (held !== undefined) {
+        this.counts.hits++;
+        return held;
+      }
       try {
         const found = await this.bounded(cache.get(this.ns(deviceId), "state"));
         if (found.value !== undefined) {
