@@ -8,11 +8,13 @@
  *     BENCH_SECONDS, keeping up to BENCH_WINDOW events unacknowledged;
  *  2. Connect batches: the other half each send PublishEvents of BENCH_BATCH events (Connect JSON
  *     over HTTP/1.1, what a browser or script sends) back to back for BENCH_SECONDS;
- *  3. GetDeviceState over gRPC, directly to the mesh's devices service (cache on, the default)
- *     and to a second devices process on the same database with the cache off, closed loop from
- *     a process writing HTTP/2 frames itself (bench/lib/h2-frames-load.ts), BENCH_READ_CONCURRENCY
- *     devices with one read in flight each, over BENCH_READ_CONNECTIONS connections: its cost per
- *     call is a fraction of the server's, so the rate is the server's and not the client's.
+ *  3. GetDeviceState over gRPC, closed loop from a process writing HTTP/2 frames itself
+ *     (bench/lib/h2-frames-load.ts), BENCH_READ_CONCURRENCY devices with one read in flight each:
+ *     its cost per call is a fraction of the server's, so the rate is the server's and not the
+ *     client's. First the mesh's devices (cache in process, the embedded default), then
+ *     BENCH_READ_REPLICAS devices processes sharing Redis (REDIS_URL, default the local one; left
+ *     out when it does not answer), each against as many processes with the cache off: a Node
+ *     process serves on one core, so a service meant to scale out is measured scaled out too.
  *
  * Throughput counts acknowledged events (Kafka holds them). Send -> visible is, per event, the
  * time its state commit started (the history row's applied_at, Postgres' clock) minus the
@@ -30,6 +32,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Redis } from "ioredis";
 import pg from "pg";
 import {
   DeviceEventSchema,
@@ -54,6 +57,10 @@ const READ_SECONDS = intFromEnv("BENCH_READ_SECONDS", 10, 1, 600);
 const READ_CONCURRENCY = intFromEnv("BENCH_READ_CONCURRENCY", 32, 1, 1024);
 // HTTP/2 connections the read load spreads its calls over.
 const READ_CONNECTIONS = intFromEnv("BENCH_READ_CONNECTIONS", 2, 1, 64);
+// Replicas of devices sharing Redis for the Redis rows: a Node process serves on one core.
+const READ_REPLICAS = intFromEnv("BENCH_READ_REPLICAS", 2, 1, 16);
+const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+const UNCACHED = { DEVICES_STATE_CACHE_TTL_MS: "0" };
 const STATE_PATH = "/medmesh.devices.v1.DeviceService/GetDeviceState";
 // Where every mesh component writes a CPU profile (node --cpu-prof) when it stops; unset: none.
 const PROF_DIR = process.env.BENCH_CPU_PROF_DIR;
@@ -254,41 +261,109 @@ async function phase(
  * Also the server side's CPU per read (the given processes, over every call including the
  * warm-up) and the generator's own.
  */
-async function readLoad(origin: string, token: string, ids: string[], serverPids: number[]) {
+async function readLoad(origins: string[], token: string, ids: string[], servicePids: number[], postgresPid: number) {
   const readSet = ids.slice(0, Math.min(READ_CONCURRENCY, ids.length));
   const requests: { message: Uint8Array; okDataBytes: number }[] = [];
   for (const deviceId of readSet) {
     const message = toBinary(GetDeviceStateRequestSchema, create(GetDeviceStateRequestSchema, { deviceId }));
-    const probe = await rawGrpcCall(origin, STATE_PATH, grpcFrame(message));
-    if (probe.httpStatus !== 200 || probe.grpcStatus !== "0" || probe.data.length < 5)
-      throw new Error(
-        `GetDeviceState(${deviceId}) probe: HTTP ${probe.httpStatus}, grpc-status ${probe.grpcStatus} ${probe.grpcMessage ?? ""}`,
-      );
-    requests.push({ message, okDataBytes: probe.data.length });
+    // Every replica must answer it (and, with a cache, has it cached before the measured window).
+    let okDataBytes = 0;
+    for (const origin of origins) {
+      const probe = await rawGrpcCall(origin, STATE_PATH, grpcFrame(message));
+      if (probe.httpStatus !== 200 || probe.grpcStatus !== "0" || probe.data.length < 5)
+        throw new Error(
+          `GetDeviceState(${deviceId}) probe at ${origin}: HTTP ${probe.httpStatus}, grpc-status ${probe.grpcStatus} ${probe.grpcMessage ?? ""}`,
+        );
+      okDataBytes = probe.data.length;
+    }
+    requests.push({ message, okDataBytes });
   }
-  const cpu = () => serverPids.reduce((a, pid) => a + cpuSecondsOf(pid), 0);
+  const serviceCpu = () => servicePids.reduce((a, pid) => a + cpuSecondsOf(pid), 0);
   // The service alone as well: at a few hundred reads a second the embedded Postgres' own
   // background work, divided among them, is most of a cached read's share.
-  const serviceCpu0 = cpuSecondsOf(serverPids[0]!);
-  const cpu0 = cpu();
+  const serviceCpu0 = serviceCpu();
+  const postgresCpu0 = cpuSecondsOf(postgresPid);
   const r = await framesLoad({
-    origin,
+    origin: origins[0]!,
+    origins,
     path: STATE_PATH,
     headers: { authorization: `Bearer ${token}` },
     requests,
-    connections: READ_CONNECTIONS,
+    connections: Math.max(READ_CONNECTIONS, origins.length),
     warmupMs: 2_000,
     durationMs: READ_SECONDS * 1000,
   });
+  const service = serviceCpu() - serviceCpu0;
+  const postgres = cpuSecondsOf(postgresPid) - postgresCpu0;
   return {
     ...r,
     devices: readSet.length,
+    replicas: origins.length,
     p50: percentile(r.latenciesMs, 50),
     p99: percentile(r.latenciesMs, 99),
-    serverCpuUsPerCall: ((cpu() - cpu0) / r.completed) * 1e6,
-    serviceCpuUsPerCall: ((cpuSecondsOf(serverPids[0]!) - serviceCpu0) / r.completed) * 1e6,
+    serverCpuUsPerCall: ((service + postgres) / r.completed) * 1e6,
+    serviceCpuUsPerCall: (service / r.completed) * 1e6,
     generatorCpuUsPerCall: (r.generatorCpuSeconds / r.completed) * 1e6,
   };
+}
+
+type ReadResult = Awaited<ReturnType<typeof readLoad>>;
+
+/** Devices processes beside the mesh's own, on its database, broker and identity, with `env` on top. */
+async function startReplicas(mesh: Mesh, dataDir: string, n: number, env: Record<string, string>) {
+  const started: { origin: string; child: ReturnType<typeof spawn> }[] = [];
+  for (let i = 0; i < n; i++) {
+    const port = await freePort();
+    const child = spawn(process.execPath, ["--import", "tsx", "services/devices/main.ts"], {
+      cwd: root,
+      env: {
+        ...process.env,
+        LOG_LEVEL: "error",
+        DATABASE_URL: process.env.DATABASE_URL ?? mesh.endpoints.postgres!,
+        KAFKA_BROKERS: mesh.endpoints.kafka!,
+        IDENTITY_TARGET: mesh.endpoints.identity!.replace("grpc://", ""),
+        DEVICES_PORT: String(port),
+        DEVICES_API_KEY: fs.readFileSync(path.join(dataDir, "secrets", "devices-api-key"), "utf8").trim(),
+        ...env,
+      },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    started.push({ origin: `http://127.0.0.1:${port}`, child });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout!.on("data", (d: Buffer) => d.toString().includes("devices grpc://") && resolve());
+      child.once("exit", (code) => reject(new Error(`devices replica exited ${code}`)));
+    });
+  }
+  return {
+    origins: started.map((s) => s.origin),
+    pids: started.map((s) => s.child.pid!),
+    stop: async () => {
+      await Promise.all(
+        started.map(
+          (s) =>
+            new Promise<void>((resolve) => {
+              if (s.child.exitCode !== null) return resolve();
+              s.child.once("exit", () => resolve());
+              s.child.kill("SIGTERM");
+            }),
+        ),
+      );
+    },
+  };
+}
+
+/** Whether Redis answers at `url` (the bench then measures the cache there too). */
+async function redisAnswers(url: string): Promise<boolean> {
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  redis.on("error", () => undefined);
+  try {
+    await redis.connect();
+    return (await redis.ping()) === "PONG";
+  } catch {
+    return false;
+  } finally {
+    redis.disconnect();
+  }
 }
 
 async function main() {
@@ -300,7 +375,7 @@ async function main() {
     timeoutMs: 180_000,
     nodeArgs: PROF_DIR ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(PROF_DIR)}`] : [],
   });
-  let uncached: ReturnType<typeof spawn> | undefined;
+  let stopReplicas: (() => Promise<void>) | undefined;
   const db = new pg.Client({ connectionString: process.env.DATABASE_URL ?? mesh.endpoints.postgres });
   try {
     await db.connect();
@@ -318,44 +393,51 @@ async function main() {
       batchDevice(gateway, d, until),
     );
 
-    // Reads: the mesh's devices (cache on) and a second devices process with the cache off.
+    // Reads: one replica with its cache in process (the mesh's own devices, the embedded
+    // default) and READ_REPLICAS replicas sharing Redis, each against the same number of
+    // replicas with the cache off.
     const ids = devices.map((d) => d.id);
-    const direct = mesh.endpoints.devices!.replace("grpc://", "http://");
-    const port = await freePort();
-    uncached = spawn(process.execPath, ["--import", "tsx", "services/devices/main.ts"], {
-      cwd: root,
-      env: {
-        ...process.env,
-        LOG_LEVEL: "error",
-        DATABASE_URL: process.env.DATABASE_URL ?? mesh.endpoints.postgres!,
-        KAFKA_BROKERS: mesh.endpoints.kafka!,
-        IDENTITY_TARGET: mesh.endpoints.identity!.replace("grpc://", ""),
-        DEVICES_PORT: String(port),
-        DEVICES_API_KEY: fs.readFileSync(path.join(dataDir, "secrets", "devices-api-key"), "utf8").trim(),
-        DEVICES_STATE_CACHE_TTL_MS: "0",
-      },
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    await new Promise<void>((resolve, reject) => {
-      uncached!.stdout!.on("data", (d: Buffer) => d.toString().includes("devices grpc://") && resolve());
-      uncached!.once("exit", (code) => reject(new Error(`uncached devices exited ${code}`)));
-    });
     say(
       `GetDeviceState: ${Math.min(READ_CONCURRENCY, ids.length)} devices, one read in flight each, ${READ_SECONDS} s`,
     );
     // The probes (bench/lib/verify.ts) send this header.
     process.env.BENCH_AUTHORIZATION = `Bearer ${admin}`;
-    const cached = await readLoad(direct, admin, ids, [mesh.pids.devices!, mesh.pids.postgres!]);
-    const plain = await readLoad(`http://127.0.0.1:${port}`, admin, ids, [uncached.pid!, mesh.pids.postgres!]);
-    const rps = (r: typeof cached) => r.ok / r.windowSeconds;
-    const p = (r: typeof cached, q: 50 | 99) => (q === 50 ? r.p50 : r.p99);
-    say(
-      `GetDeviceState cached ${fmt(rps(cached), 0)} req/s (p50 ${fmt(p(cached, 50))} ms), uncached ${fmt(rps(plain), 0)} req/s ` +
-        `(p50 ${fmt(p(plain, 50))} ms): ${fmt(rps(cached) / rps(plain), 2)}x; server CPU per read ` +
-        `${fmt(cached.serverCpuUsPerCall, 0)} vs ${fmt(plain.serverCpuUsPerCall, 0)} µs ` +
-        `(devices alone ${fmt(cached.serviceCpuUsPerCall, 0)} vs ${fmt(plain.serviceCpuUsPerCall, 0)} µs; ` +
-        `load generator ${fmt(cached.generatorCpuUsPerCall, 0)} vs ${fmt(plain.generatorCpuUsPerCall, 0)} µs)`,
+    const reads: { label: string; cached: ReadResult; uncached: ReadResult }[] = [];
+    const measure = async (n: number, env: Record<string, string>) => {
+      const replicas = await startReplicas(mesh, dataDir, n, env);
+      stopReplicas = replicas.stop;
+      try {
+        return await readLoad(replicas.origins, admin, ids, replicas.pids, mesh.pids.postgres!);
+      } finally {
+        await replicas.stop();
+      }
+    };
+    const inProcess = await readLoad(
+      [mesh.endpoints.devices!.replace("grpc://", "http://")],
+      admin,
+      ids,
+      [mesh.pids.devices!],
+      mesh.pids.postgres!,
     );
+    reads.push({ label: "1 replica, cache in process", cached: inProcess, uncached: await measure(1, UNCACHED) });
+    if (await redisAnswers(REDIS_URL))
+      reads.push({
+        label: `${READ_REPLICAS} replicas, cache in Redis (with in-process copies)`,
+        cached: await measure(READ_REPLICAS, { REDIS_URL }),
+        uncached: await measure(READ_REPLICAS, UNCACHED),
+      });
+    else say(`no Redis at ${REDIS_URL}: the Redis rows are left out`);
+    const rps = (r: ReadResult) => r.ok / r.windowSeconds;
+    for (const r of reads)
+      say(
+        `GetDeviceState, ${r.label}: cached ${fmt(rps(r.cached), 0)} req/s, uncached ${fmt(rps(r.uncached), 0)}: ` +
+          `${fmt(rps(r.cached) / rps(r.uncached), 2)}x; server CPU per read ${fmt(r.cached.serverCpuUsPerCall, 0)} vs ` +
+          `${fmt(r.uncached.serverCpuUsPerCall, 0)} µs (devices alone ${fmt(r.cached.serviceCpuUsPerCall, 0)} vs ` +
+          `${fmt(r.uncached.serviceCpuUsPerCall, 0)}; load generator ${fmt(r.cached.generatorCpuUsPerCall, 0)} vs ` +
+          `${fmt(r.uncached.generatorCpuUsPerCall, 0)})`,
+      );
+    const readRow = (label: string, r: ReadResult) =>
+      `| ${label} | ${fmt(rps(r), 0)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} | ${JSON.stringify(r.errors)} | ${fmt(r.serverCpuUsPerCall, 0)} | ${fmt(r.serviceCpuUsPerCall, 0)} | ${fmt(r.generatorCpuUsPerCall, 0)} |`;
 
     const row = (r: PhaseResult) =>
       `| ${r.name} | ${r.devices} | ${fmt(r.acked / r.seconds, 0)} | ${r.errors} | ${fmt(r.latency.p50)} | ${fmt(r.latency.p99)} | ${fmt(r.latency.max)} | ${fmt(r.drainSeconds, 2)} | ${Object.entries(
@@ -376,17 +458,21 @@ async function main() {
       row(batches),
       "",
       `GetDeviceState, gRPC directly to the service from one process writing HTTP/2 frames itself (bench/lib/h2-frames-load.ts, ` +
-        `${READ_CONNECTIONS} connections, pre-encoded requests; a call counts when it brings headers, the answer's length the ` +
+        `at least ${READ_CONNECTIONS} connections and one per replica, pre-encoded requests; a call counts when it brings headers, the answer's length the ` +
         "device's probe gave with grpc-status 0, and trailers), " +
-        `${cached.devices} in flight, never two for one device, ${READ_SECONDS} s after 2 s of warm-up. Cache off: a second devices process on the same database with ` +
-        "DEVICES_STATE_CACHE_TTL_MS=0, where every read is one query (single-flight only merges reads of one device in flight together, and there are none).",
+        `${inProcess.devices} in flight, never two for one device, ${READ_SECONDS} s after 2 s of warm-up. Cache off: devices processes on the same database with ` +
+        "DEVICES_STATE_CACHE_TTL_MS=0, where every read is one query (single-flight only merges reads of one device in flight together, and there are none). " +
+        "Each cached row is compared with the same number of replicas with the cache off.",
       "",
-      "| cache | req/s | p50 ms | p99 ms | errors | server CPU µs per read (devices + postgres) | devices alone | load generator CPU µs per read |",
+      "| replicas and cache | req/s | p50 ms | p99 ms | errors | server CPU µs per read (devices + postgres) | devices alone | load generator CPU µs per read |",
       "|---|---|---|---|---|---|---|---|",
-      `| on (in process, TTL 60 s) | ${fmt(rps(cached), 0)} | ${fmt(p(cached, 50), 2)} | ${fmt(p(cached, 99), 2)} | ${JSON.stringify(cached.errors)} | ${fmt(cached.serverCpuUsPerCall, 0)} | ${fmt(cached.serviceCpuUsPerCall, 0)} | ${fmt(cached.generatorCpuUsPerCall, 0)} |`,
-      `| off (every read a query) | ${fmt(rps(plain), 0)} | ${fmt(p(plain, 50), 2)} | ${fmt(p(plain, 99), 2)} | ${JSON.stringify(plain.errors)} | ${fmt(plain.serverCpuUsPerCall, 0)} | ${fmt(plain.serviceCpuUsPerCall, 0)} | ${fmt(plain.generatorCpuUsPerCall, 0)} |`,
+      ...reads.flatMap((r) => [readRow(`${r.label}: on (TTL 60 s)`, r.cached), readRow(`${r.label}: off`, r.uncached)]),
       "",
-      `Cached / uncached: ${fmt(rps(cached) / rps(plain), 2)}x in req/s, ${fmt(plain.serverCpuUsPerCall / cached.serverCpuUsPerCall, 2)}x in server CPU per read (devices + postgres).`,
+      ...reads.map(
+        (r) =>
+          `${r.label}: cached / uncached ${fmt(rps(r.cached) / rps(r.uncached), 2)}x in req/s, ` +
+          `${fmt(r.uncached.serverCpuUsPerCall / r.cached.serverCpuUsPerCall, 2)}x in server CPU per read (devices + postgres).`,
+      ),
       "",
     ].join("\n");
     fs.mkdirSync(path.join(root, "bench/results"), { recursive: true });
@@ -395,7 +481,7 @@ async function main() {
     say(`wrote ${path.relative(root, file)}`);
     console.log(md);
   } finally {
-    uncached?.kill("SIGTERM");
+    await stopReplicas?.();
     await db.end().catch(() => undefined);
     await mesh.stop();
     fs.rmSync(dataDir, { recursive: true, force: true });

@@ -26,6 +26,11 @@ import { fileURLToPath } from "node:url";
 export interface FramesLoadOptions {
   /** http://host:port of the gRPC server (h2c). */
   origin: string;
+  /**
+   * Replicas of that server to spread the connections over, round robin (connection c to
+   * `origins[c % n]`); unset: all to `origin`. The :authority every call carries is `origin`'s.
+   */
+  origins?: string[];
   /** /package.Service/Method */
   path: string;
   /** Request headers besides the gRPC ones, e.g. authorization; lower-case names. */
@@ -52,8 +57,7 @@ export interface FramesLoadResult {
 }
 
 interface ChildInput {
-  host: string;
-  port: number;
+  targets: { host: string; port: number }[];
   headerBlock: string;
   requests: { frame: string; okDataBytes: number }[];
   connections: number;
@@ -125,8 +129,10 @@ function frameHeader(length: number, type: number, flags: number, streamId: numb
 export async function framesLoad(opts: FramesLoadOptions): Promise<FramesLoadResult> {
   const url = new URL(opts.origin);
   const input: ChildInput = {
-    host: url.hostname,
-    port: Number(url.port),
+    targets: (opts.origins ?? [opts.origin]).map((o) => {
+      const u = new URL(o);
+      return { host: u.hostname, port: Number(u.port) };
+    }),
     headerBlock: headerBlock(url.host, opts.path, opts.headers).toString("hex"),
     requests: opts.requests.map((r) => {
       const frame = Buffer.alloc(5 + r.message.length);
@@ -190,9 +196,9 @@ async function childMain(input: ChildInput): Promise<ChildOutput> {
     if (at >= windowStart && at <= windowEnd) errors[kind] = (errors[kind] ?? 0) + 1;
   };
 
-  const connection = (slots: number[]) =>
+  const connection = (slots: number[], target: { host: string; port: number }) =>
     new Promise<void>((resolve, reject) => {
-      const socket = net.connect(input.port, input.host);
+      const socket = net.connect(target.port, target.host);
       socket.setNoDelay(true);
       const calls = new Map<number, Call>();
       let nextStreamId = 1;
@@ -333,7 +339,12 @@ async function childMain(input: ChildInput): Promise<ChildOutput> {
   const bySocket = Array.from({ length: input.connections }, (_, c) =>
     input.requests.map((_, slot) => slot).filter((slot) => slot % input.connections === c),
   );
-  await Promise.all(bySocket.filter((s) => s.length > 0).map(connection));
+  await Promise.all(
+    bySocket
+      .map((slots, c) => ({ slots, target: input.targets[c % input.targets.length]! }))
+      .filter((s) => s.slots.length > 0)
+      .map((s) => connection(s.slots, s.target)),
+  );
   const cpu = process.cpuUsage(cpu0);
   return {
     ok,
