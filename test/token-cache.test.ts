@@ -26,6 +26,7 @@ function publishedKeys(initial: Key[]): KeySet & { publish(keys: Key[]): void } 
   let jwks: Jwks = { keys: initial.map((k) => k.jwk) };
   return {
     current: async () => jwks,
+    held: () => jwks,
     refresh: async () => jwks,
     close: () => {},
     publish(keys) {
@@ -116,5 +117,30 @@ describe("verified access tokens are remembered", () => {
         expect(await resolve(bearer(tokenFor(key, sub)))).toMatchObject({ subject: sub });
       }
     }
+  });
+
+  it("answers without waiting only what the full check would: a token verified before, under the keys held", async () => {
+    const key = newKey("k1");
+    const keys = publishedKeys([key]);
+    let now = T0;
+    const resolve = bearerPrincipalResolver(keys, () => now);
+    const token = tokenFor(key, "u-1");
+    // Not checked yet, no header, or a header the full parser must judge: ask the resolver.
+    expect(resolve.known!(bearer(token))).toBeUndefined();
+    expect(resolve.known!(new Headers())).toBeUndefined();
+    expect(resolve.known!(new Headers({ authorization: `bearer ${token}` }))).toBeUndefined();
+    expect(await resolve(bearer(token))).toMatchObject({ subject: "u-1" });
+    expect(resolve.known!(bearer(token))).toMatchObject({ subject: "u-1", role: Role.DOCTOR });
+    // Anything after the token is another string, never a remembered one.
+    expect(resolve.known!(new Headers({ authorization: `Bearer ${token} x` }))).toBeUndefined();
+    // Rotated out: the same object is no longer answered, and the full check refuses it.
+    keys.publish([newKey("k2")]);
+    expect(resolve.known!(bearer(token))).toBeUndefined();
+    expect((await rejection(resolve(bearer(token)))).code).toBe(Code.Unauthenticated);
+    // Expired: the same.
+    keys.publish([key]);
+    expect(await resolve(bearer(token))).toMatchObject({ subject: "u-1" });
+    now = T0 + 15 * 60_000 + 6_000;
+    expect(resolve.known!(bearer(token))).toBeUndefined();
   });
 });

@@ -5,6 +5,8 @@ import type { Jwks } from "./access-token.js";
 export interface KeySet {
   /** The cached key set, fetched on first use. */
   current(): Promise<Jwks>;
+  /** The key set `current` would answer at once, if it holds a fresh one; undefined means ask `current`. */
+  held?(): Jwks | undefined;
   /**
    * Fetches again, for a token whose key we have not seen; at most once per interval, so a
    * stream of tokens with made-up kids cannot turn into a stream of calls to identity.
@@ -34,6 +36,7 @@ export function identityKeySet(target: string, opts: { ttlMs?: number; minRefres
       if (cached && Date.now() - cached.at < ttl) return cached.jwks;
       return fetchNow();
     },
+    held: () => (cached && Date.now() - cached.at < ttl ? cached.jwks : undefined),
     async refresh() {
       if (cached && Date.now() - cached.at < minRefresh) return cached.jwks;
       return fetchNow();
