@@ -44,6 +44,25 @@ async function readThrough(c: VersionedCache, ns: string, load: () => string): P
 const copyOf = (c: VersionedCache, ns: string) => async () => c.peek!(ns, "k");
 const noCopy = (c: VersionedCache, ns: string) => async () => (c.peek!(ns, "k") === undefined ? true : undefined);
 
+describe.skipIf(!url)("the Redis versioned cache without copies (search's answer cache)", () => {
+  it("stores under the version read, and a bump makes every entry of the namespace unreachable", async () => {
+    const c = redisVersionedCache(url!, { prefix: `t${randomUUID()}:` });
+    open.push(c);
+    const miss = await c.get("ns", "q");
+    expect(miss).toEqual({ version: "0", value: undefined });
+    await c.set("ns", miss.version, "q", "answer", 60_000);
+    expect(await c.get("ns", "q")).toEqual({ version: "0", value: "answer" });
+    // Nothing is kept in process without copies: peek always says "ask".
+    expect(c.peek!("ns", "q")).toBeUndefined();
+    await c.bump("ns");
+    expect(await c.get("ns", "q")).toEqual({ version: "1", value: undefined });
+    // A store under the old version (a reader that started before the bump) is never served.
+    await c.set("ns", "0", "q", "stale", 60_000);
+    expect((await c.get("ns", "q")).value).toBeUndefined();
+    expect(c.stats()).toMatchObject({ hits: 1, misses: 3 });
+  });
+});
+
 describe.skipIf(!url)("near copies of a Redis cache", () => {
   it("serves a stored entry from the copy, and drops it when another replica bumps the namespace", async () => {
     const prefix = `t${randomUUID()}:`;
