@@ -8,7 +8,13 @@
  *     BENCH_SECONDS, keeping up to BENCH_WINDOW events unacknowledged;
  *  2. Connect batches: the other half each send PublishEvents of BENCH_BATCH events (Connect JSON
  *     over HTTP/1.1, what a browser or script sends) back to back for BENCH_SECONDS;
- *  3. GetDeviceState over gRPC, closed loop from a process writing HTTP/2 frames itself
+ *  3. paced, open loop (BENCH_RATE events/s in all, 0 skips it): the stream devices again, each
+ *     sending on a fixed schedule (event i of a device due at t0 + i / its share of the rate), then
+ *     the batch devices sending a batch of BENCH_BATCH on the same kind of schedule. Every event
+ *     carries its *scheduled* time as event_time, so a sender held back (a full window, a batch
+ *     still out, the bench's own event loop) adds its delay to the latency instead of hiding it
+ *     (coordinated omission); BENCH_WINDOW stays only as a safety bound, counted when it binds;
+ *  4. GetDeviceState over gRPC, closed loop from a process writing HTTP/2 frames itself
  *     (bench/lib/h2-frames-load.ts), BENCH_READ_CONCURRENCY devices with one read in flight each:
  *     its cost per call is a fraction of the server's, so the rate is the server's and not the
  *     client's. First the mesh's devices (cache in process, the embedded default), then
@@ -43,7 +49,7 @@ import {
 import { framesLoad } from "./lib/h2-frames-load.js";
 import { grpcFrame, percentile } from "./lib/tools.js";
 import { rawGrpcCall } from "./lib/verify.js";
-import { cpuSecondsOf, freePort, resultsFile, startMesh, type Mesh } from "./lib/mesh.js";
+import { cpuSecondsOf, freePort, machineCpuSeconds, resultsFile, startMesh, type Mesh } from "./lib/mesh.js";
 import { intFromEnv } from "./lib/env.js";
 import { fmt, say } from "./lib/format.js";
 import { signInBenchAdmin } from "./lib/sign-in.js";
@@ -53,6 +59,8 @@ const DEVICES = intFromEnv("BENCH_DEVICES", 40, 2, 10_000);
 const SECONDS = intFromEnv("BENCH_SECONDS", 20, 1, 3600);
 const WINDOW = intFromEnv("BENCH_WINDOW", 200, 1, 100_000);
 const BATCH = intFromEnv("BENCH_BATCH", 100, 1, 500);
+// Offered events/s of each paced phase, over all its devices; 0: no paced phases.
+const RATE = intFromEnv("BENCH_RATE", 10_000, 0, 1_000_000);
 const READ_SECONDS = intFromEnv("BENCH_READ_SECONDS", 10, 1, 600);
 const READ_CONCURRENCY = intFromEnv("BENCH_READ_CONCURRENCY", 32, 1, 1024);
 // HTTP/2 connections the read load spreads its calls over.
@@ -82,6 +90,29 @@ interface PhaseResult {
   /** Last event applied after the phase ended (how far the worker trailed), seconds. */
   drainSeconds: number;
   cpu: Record<string, number>;
+  /** Paced phases only: the schedule, how far the senders fell behind it, and send -> ack. */
+  paced?: PacedStats;
+}
+
+interface PacedStats {
+  offered: number;
+  /** Milliseconds each event (or batch) went out after its scheduled time, sorted ascending. */
+  lagMs: Float64Array;
+  /** Times a sender found its next send due and could not make it: window full or batch still out. */
+  held: number;
+  /** Cores busy with work other than the mesh and this bench over the phase (other sessions' tests). */
+  otherCores: number;
+  /** Milliseconds from scheduled send to acknowledgement, per event, sorted ascending. */
+  ackMs: Float64Array;
+}
+
+/** What one device's run hands back; the paced ones also their lags and send -> ack times. */
+interface DeviceRun {
+  acked: number;
+  errors: number;
+  lagMs?: number[];
+  ackMs?: number[];
+  held?: number;
 }
 
 async function connectJson<T>(gateway: string, method: string, body: unknown, token?: string): Promise<T> {
@@ -114,14 +145,16 @@ async function registerDevices(gateway: string, admin: string, n: number): Promi
   return out;
 }
 
-const eventOf = (d: Device, seq: number) =>
+const eventOf = (d: Device, seq: number, at = new Date()) =>
   create(DeviceEventSchema, {
     deviceId: d.id,
     sequence: BigInt(seq),
     clientId: `b${seq}`,
-    eventTime: timestampFromDate(new Date()),
+    eventTime: timestampFromDate(at),
     readings: { pulse: 60 + (seq % 40), spo2: 90 + (seq % 10) },
   });
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** One device's stream: keeps WINDOW events unacknowledged until `until`, then waits for the last ack. */
 async function streamDevice(gateway: string, d: Device, until: number): Promise<{ acked: number; error?: string }> {
@@ -187,6 +220,117 @@ async function batchDevice(gateway: string, d: Device, until: number): Promise<{
   return { acked, errors };
 }
 
+/**
+ * One device's stream, open loop: event i goes out at `start + i * interval` (stamped with that
+ * time, not the moment it left), the last one due before `until`, then the last ack is awaited.
+ * WINDOW unacknowledged events is a safety bound only; `held` counts the times it bound.
+ */
+async function pacedStreamDevice(
+  gateway: string,
+  d: Device,
+  start: number,
+  interval: number,
+  until: number,
+): Promise<DeviceRun> {
+  const client = createClient(DeviceService, createGrpcTransport({ baseUrl: gateway }));
+  const first = d.next;
+  const dueOf = (seq: number) => start + (seq - first) * interval;
+  let acked = d.next - 1;
+  let sent = d.next - 1;
+  let wake: (() => void) | undefined;
+  let held = 0;
+  const lagMs: number[] = [];
+  const ackMs: number[] = [];
+  async function* events(): AsyncIterable<StreamEventsRequest> {
+    for (let seq = first; dueOf(seq) < until; seq++) {
+      if (sent - acked >= WINDOW) {
+        held++;
+        while (sent - acked >= WINDOW) await new Promise<void>((r) => (wake = r));
+      }
+      const due = dueOf(seq);
+      const wait = due - Date.now();
+      if (wait > 0) await sleep(wait);
+      lagMs.push(Date.now() - due);
+      sent = seq;
+      yield { event: eventOf(d, seq, new Date(due)) } as StreamEventsRequest;
+    }
+  }
+  const start0 = acked;
+  let error: string | undefined;
+  try {
+    for await (const r of client.streamEvents(events(), {
+      headers: { authorization: `Bearer ${d.token}` },
+      timeoutMs: (SECONDS + 60) * 1000,
+    })) {
+      const now = Date.now();
+      const to = Number(r.ackedSequence);
+      for (let s = acked + 1; s <= to; s++) ackMs.push(now - dueOf(s));
+      acked = Math.max(acked, to);
+      const w = wake;
+      wake = undefined;
+      w?.();
+    }
+  } catch (err) {
+    error = (err as Error).message;
+    say(`paced stream of ${d.id} ended: ${error}`);
+  }
+  d.next = acked + 1;
+  return { acked: acked - start0, errors: error ? 1 : 0, lagMs, ackMs, held };
+}
+
+/**
+ * One device's Connect batches, open loop: batch k (BATCH events, stamped with its scheduled time)
+ * is due at `start + k * interval`. One batch is out at a time (a device's sequence must arrive in
+ * order), so a slow answer makes the next batch late, counted in `held` and in its lag.
+ */
+async function pacedBatchDevice(
+  gateway: string,
+  d: Device,
+  start: number,
+  interval: number,
+  until: number,
+): Promise<DeviceRun> {
+  let acked = 0;
+  let errors = 0;
+  let held = 0;
+  const lagMs: number[] = [];
+  const ackMs: number[] = [];
+  for (let k = 0; start + k * interval < until; k++) {
+    const due = start + k * interval;
+    const wait = due - Date.now();
+    if (wait > 0) await sleep(wait);
+    else if (k > 0) held++;
+    lagMs.push(Date.now() - due);
+    const eventTime = new Date(due).toISOString();
+    const events = Array.from({ length: BATCH }, (_, i) => {
+      const seq = d.next + i;
+      return {
+        deviceId: d.id,
+        sequence: String(seq),
+        clientId: `b${seq}`,
+        eventTime,
+        readings: { pulse: 60 + (seq % 40), spo2: 90 + (seq % 10) },
+      };
+    });
+    try {
+      const res = await connectJson<{ ackedSequence: string }>(
+        gateway,
+        "medmesh.devices.v1.DeviceService/PublishEvents",
+        { events },
+        d.token,
+      );
+      const now = Number(res.ackedSequence);
+      const took = Date.now() - due;
+      for (let s = d.next; s <= now; s++) ackMs.push(took);
+      acked += now - (d.next - 1);
+      d.next = now + 1;
+    } catch {
+      errors++;
+    }
+  }
+  return { acked, errors, lagMs, ackMs, held };
+}
+
 async function latencies(db: pg.Client, ids: string[], since: Date) {
   const r = await db.query<{ p50: number; p99: number; max: number; n: string; last: Date }>(
     `select percentile_cont(0.5) within group (order by ms) p50, percentile_cont(0.99) within group (order by ms) p99,
@@ -210,29 +354,100 @@ async function waitApplied(db: pg.Client, ids: string[], since: Date, expected: 
   }
 }
 
+/** CPU seconds so far of every mesh process, and of this process (the load generator) as "bench". */
 function cpuOf(mesh: Mesh): Record<string, number> {
-  return Object.fromEntries(Object.entries(mesh.pids).map(([name, pid]) => [name, cpuSecondsOf(pid)]));
+  const { user, system } = process.cpuUsage();
+  return {
+    ...Object.fromEntries(Object.entries(mesh.pids).map(([name, pid]) => [name, cpuSecondsOf(pid)])),
+    bench: (user + system) / 1e6,
+  };
 }
 
+/**
+ * CPU seconds of every process on the machine by pid (with its command line), and the machine's
+ * softirq and steal time: where "other work" went, when a phase's busy cores are not all ours.
+ */
+function machineSnapshot() {
+  const procs = new Map<number, { cpu: number; cmd: string }>();
+  for (const name of fs.readdirSync("/proc")) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid)) continue;
+    const cpu = cpuSecondsOf(pid);
+    if (!Number.isFinite(cpu)) continue;
+    let cmd = "";
+    try {
+      cmd = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ").trim();
+    } catch {
+      continue;
+    }
+    procs.set(pid, { cpu, cmd });
+  }
+  const f = fs.readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const ticks = 100;
+  return { procs, softirq: (f[6] ?? 0) / ticks, steal: (f[7] ?? 0) / ticks };
+}
+
+/** The busiest processes that are not the mesh's or this bench's, and softirq and steal, in cores. */
+function otherWork(
+  a: ReturnType<typeof machineSnapshot>,
+  b: ReturnType<typeof machineSnapshot>,
+  ours: Set<number>,
+  wall: number,
+) {
+  const top = [...b.procs]
+    .filter(([pid]) => !ours.has(pid))
+    .map(([pid, p]) => ({ cmd: p.cmd, cores: (p.cpu - (a.procs.get(pid)?.cpu ?? 0)) / wall }))
+    .filter((p) => p.cores >= 0.02)
+    .sort((x, y) => y.cores - x.cores)
+    .slice(0, 4);
+  return (
+    `softirq ${fmt((b.softirq - a.softirq) / wall, 2)}, steal ${fmt((b.steal - a.steal) / wall, 2)}` +
+    top.map((p) => `; ${fmt(p.cores, 2)} ${p.cmd.slice(0, 90)}`).join("")
+  );
+}
+
+const sorted = (parts: (number[] | undefined)[]) => {
+  const all = new Float64Array(parts.reduce((a, p) => a + (p?.length ?? 0), 0));
+  let i = 0;
+  for (const p of parts) for (const v of p ?? []) all[i++] = v;
+  return all.sort();
+};
+
+/**
+ * Runs `run` for every device at once, from t0 to t0 + SECONDS (paced runs: until their last
+ * scheduled send is acknowledged), waits for the worker to apply every acknowledged event, and
+ * measures send -> applied from the history. `offered` marks a paced phase.
+ */
 async function phase(
   name: string,
   mesh: Mesh,
   db: pg.Client,
   devices: Device[],
-  run: (d: Device, until: number) => Promise<{ acked: number; errors: number }>,
+  run: (d: Device, t0: number, until: number, index: number) => Promise<DeviceRun>,
+  offered?: number,
 ): Promise<PhaseResult> {
-  say(`${name}: ${devices.length} devices for ${SECONDS} s`);
+  say(`${name}: ${devices.length} devices for ${SECONDS} s${offered ? `, ${offered} events/s offered` : ""}`);
   const since = new Date();
   const cpu0 = cpuOf(mesh);
-  const t0 = Date.now();
-  const results = await Promise.all(devices.map((d) => run(d, t0 + SECONDS * 1000)));
+  const machine0 = machineCpuSeconds().busy;
+  const snapshot0 = machineSnapshot();
+  // Paced devices start a moment later, so the first due events are not already late.
+  const t0 = Date.now() + (offered ? 100 : 0);
+  const results = await Promise.all(devices.map((d, i) => run(d, t0, t0 + SECONDS * 1000, i)));
   const seconds = (Date.now() - t0) / 1000;
   const acked = results.reduce((a, r) => a + r.acked, 0);
   const errors = results.reduce((a, r) => a + r.errors, 0);
   const ids = devices.map((d) => d.id);
   await waitApplied(db, ids, since, acked);
   const cpu1 = cpuOf(mesh);
+  const machine = machineCpuSeconds().busy - machine0;
+  const wall = (Date.now() - since.getTime()) / 1000;
+  const ours = new Set([process.pid, ...Object.values(mesh.pids)]);
+  const others = otherWork(snapshot0, machineSnapshot(), ours, wall);
   const l = await latencies(db, ids, since);
+  const cpu = Object.fromEntries(Object.keys(cpu1).map((k) => [k, (cpu1[k] ?? 0) - (cpu0[k] ?? 0)]));
+  // Busy cores not ours (other sessions' tests and benches): what the bench can not hold still.
+  const otherCores = (machine - Object.values(cpu).reduce((a, c) => a + (Number.isFinite(c) ? c : 0), 0)) / wall;
   const result: PhaseResult = {
     name,
     devices: devices.length,
@@ -241,12 +456,41 @@ async function phase(
     errors,
     latency: { p50: Number(l.p50), p99: Number(l.p99), max: Number(l.max), count: Number(l.n) },
     drainSeconds: Math.max(0, (new Date(l.last).getTime() - (t0 + seconds * 1000)) / 1000),
-    cpu: Object.fromEntries(Object.keys(cpu1).map((k) => [k, (cpu1[k] ?? 0) - (cpu0[k] ?? 0)])),
+    cpu,
   };
   say(
     `${name}: ${fmt(acked / seconds, 0)} events/s acknowledged (${acked} in ${fmt(seconds)} s, ${errors} errors); ` +
-      `send -> applied p50 ${fmt(l.p50)} ms, p99 ${fmt(l.p99)} ms over ${l.n} events`,
+      `send -> applied p50 ${fmt(l.p50)} ms, p99 ${fmt(l.p99)} ms over ${l.n} events; other work ${fmt(otherCores, 2)} cores (${others})`,
   );
+  if (offered) {
+    result.paced = {
+      offered,
+      lagMs: sorted(results.map((r) => r.lagMs)),
+      held: results.reduce((a, r) => a + (r.held ?? 0), 0),
+      ackMs: sorted(results.map((r) => r.ackMs)),
+      otherCores,
+    };
+    const p = result.paced;
+    say(
+      `${name}: sender behind schedule p99 ${fmt(percentile(p.lagMs, 99))} ms, max ${fmt(percentile(p.lagMs, 100))} ms, ` +
+        `held ${p.held} times; send -> ack p50 ${fmt(percentile(p.ackMs, 50))} ms, p99 ${fmt(percentile(p.ackMs, 99))} ms; ` +
+        `cores busy: ${Object.entries(result.cpu)
+          .filter(([, s]) => s > 0.05)
+          .map(([n, s]) => `${n} ${fmt(s / wall, 2)}`)
+          .join(", ")}`,
+    );
+    // Where the tail sits in time: the seconds of the schedule with the worst p99 send -> applied.
+    const worst = await db.query<{ s: number; p99: number; n: string }>(
+      `select extract(epoch from date_trunc('second', event_time)) - $3::float8 / 1000 s,
+              percentile_cont(0.99) within group (order by extract(epoch from applied_at - event_time) * 1000) p99, count(*) n
+         from devices.device_event where device_id = any($1::uuid[]) and event_time >= $2
+        group by 1 order by 2 desc limit 5`,
+      [ids, since, t0],
+    );
+    say(
+      `${name}: worst seconds (s after start: p99 ms): ${worst.rows.map((r) => `${fmt(Number(r.s), 0)}: ${fmt(Number(r.p99), 0)}`).join(", ")}`,
+    );
+  }
   return result;
 }
 
@@ -384,14 +628,45 @@ async function main() {
     const admin = await signInBenchAdmin(gateway);
     const devices = await registerDevices(gateway, admin, DEVICES);
     const half = Math.floor(DEVICES / 2);
-    const streams = await phase("gRPC streams", mesh, db, devices.slice(0, half), async (d, until) => {
+    const streams = await phase("gRPC streams", mesh, db, devices.slice(0, half), async (d, _t0, until) => {
       const r = await streamDevice(gateway, d, until);
       if (r.error) say(`stream of ${d.id} ended: ${r.error}`);
       return { acked: r.acked, errors: r.error ? 1 : 0 };
     });
-    const batches = await phase("Connect batches", mesh, db, devices.slice(half), (d, until) =>
+    const batches = await phase("Connect batches", mesh, db, devices.slice(half), (d, _t0, until) =>
       batchDevice(gateway, d, until),
     );
+    // Open loop at RATE: the same devices, whose sequences carry on from d.next. Each device's
+    // schedule is offset by its share of one interval, so the devices' sends interleave rather
+    // than arrive together.
+    const paced: PhaseResult[] = [];
+    if (RATE > 0) {
+      const streamDevices = devices.slice(0, half);
+      const every = (1000 * streamDevices.length) / RATE;
+      paced.push(
+        await phase(
+          "gRPC streams, paced",
+          mesh,
+          db,
+          streamDevices,
+          (d, t0, until, i) => pacedStreamDevice(gateway, d, t0 + (i * every) / streamDevices.length, every, until),
+          RATE,
+        ),
+      );
+      const batchDevices = devices.slice(half);
+      const batchEvery = (1000 * BATCH * batchDevices.length) / RATE;
+      paced.push(
+        await phase(
+          "Connect batches, paced",
+          mesh,
+          db,
+          batchDevices,
+          (d, t0, until, i) =>
+            pacedBatchDevice(gateway, d, t0 + (i * batchEvery) / batchDevices.length, batchEvery, until),
+          RATE,
+        ),
+      );
+    }
 
     // Reads: one replica with its cache in process (the mesh's own devices, the embedded
     // default) and READ_REPLICAS replicas sharing Redis, each against the same number of
@@ -439,13 +714,13 @@ async function main() {
     const readRow = (label: string, r: ReadResult) =>
       `| ${label} | ${fmt(rps(r), 0)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} | ${JSON.stringify(r.errors)} | ${fmt(r.serverCpuUsPerCall, 0)} | ${fmt(r.serviceCpuUsPerCall, 0)} | ${fmt(r.generatorCpuUsPerCall, 0)} |`;
 
-    const row = (r: PhaseResult) =>
-      `| ${r.name} | ${r.devices} | ${fmt(r.acked / r.seconds, 0)} | ${r.errors} | ${fmt(r.latency.p50)} | ${fmt(r.latency.p99)} | ${fmt(r.latency.max)} | ${fmt(r.drainSeconds, 2)} | ${Object.entries(
-        r.cpu,
-      )
+    const cpuPerEvent = (r: PhaseResult) =>
+      Object.entries(r.cpu)
         .filter(([, s]) => s > 0.05)
         .map(([n, s]) => `${n} ${fmt((s / r.acked) * 1e6, 0)}`)
-        .join(", ")} |`;
+        .join(", ");
+    const row = (r: PhaseResult) =>
+      `| ${r.name} | ${r.devices} | ${fmt(r.acked / r.seconds, 0)} | ${r.errors} | ${fmt(r.latency.p50)} | ${fmt(r.latency.p99)} | ${fmt(r.latency.max)} | ${fmt(r.drainSeconds, 2)} | ${cpuPerEvent(r)} |`;
     const md = [
       `# bench:devices — ${new Date().toISOString()}`,
       "",
@@ -457,6 +732,24 @@ async function main() {
       row(streams),
       row(batches),
       "",
+      ...(paced.length > 0
+        ? [
+            `Paced, open loop: the same devices again, sending ${RATE} events/s in all on a fixed schedule (each device its share, ` +
+              `its sends offset within one interval from the others'); every event is stamped with its scheduled send time, ` +
+              `so a sender that falls behind counts its delay in the latency instead of hiding it. Streams keep at most ` +
+              `${WINDOW} unacknowledged only as a safety bound; a batch device has one batch of ${BATCH} out at a time. ` +
+              "The closed-loop rows above measure throughput (each device keeps its window full, so their latency is mostly " +
+              "time queued inside that window); these measure latency at a given rate.",
+            "",
+            "| paced path | devices | offered events/s | achieved acked events/s | errors | send→ack p50 ms | p99 ms | send→applied p50 ms | p99 ms | max ms | worker behind at end s | sender behind schedule p99 / max ms | held by window or batch out | other load (cores) | CPU µs per event |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            ...paced.map((r) => {
+              const p = r.paced!;
+              return `| ${r.name} | ${r.devices} | ${p.offered} | ${fmt(r.acked / r.seconds, 0)} | ${r.errors} | ${fmt(percentile(p.ackMs, 50))} | ${fmt(percentile(p.ackMs, 99))} | ${fmt(r.latency.p50)} | ${fmt(r.latency.p99)} | ${fmt(r.latency.max)} | ${fmt(r.drainSeconds, 2)} | ${fmt(percentile(p.lagMs, 99))} / ${fmt(percentile(p.lagMs, 100))} | ${p.held} | ${fmt(p.otherCores, 2)} | ${cpuPerEvent(r)} |`;
+            }),
+            "",
+          ]
+        : []),
       `GetDeviceState, gRPC directly to the service from one process writing HTTP/2 frames itself (bench/lib/h2-frames-load.ts, ` +
         `at least ${READ_CONNECTIONS} connections and one per replica, pre-encoded requests; a call counts when it brings headers, the answer's length the ` +
         "device's probe gave with grpc-status 0, and trailers), " +
