@@ -189,30 +189,36 @@ async function streamDevice(gateway: string, d: Device, until: number): Promise<
   return { acked: acked - start };
 }
 
+/** The next BATCH events of `d`, stamped `eventTime`, as one PublishEvents; moves `d.next` past what was acknowledged and answers how many that was. */
+async function publishBatch(gateway: string, d: Device, eventTime: string): Promise<number> {
+  const events = Array.from({ length: BATCH }, (_, i) => {
+    const seq = d.next + i;
+    return {
+      deviceId: d.id,
+      sequence: String(seq),
+      clientId: `b${seq}`,
+      eventTime,
+      readings: { pulse: 60 + (seq % 40), spo2: 90 + (seq % 10) },
+    };
+  });
+  const res = await connectJson<{ ackedSequence: string }>(
+    gateway,
+    "medmesh.devices.v1.DeviceService/PublishEvents",
+    { events },
+    d.token,
+  );
+  const now = Number(res.ackedSequence);
+  const acked = now - (d.next - 1);
+  d.next = now + 1;
+  return acked;
+}
+
 async function batchDevice(gateway: string, d: Device, until: number): Promise<{ acked: number; errors: number }> {
   let acked = 0;
   let errors = 0;
   while (Date.now() < until) {
-    const events = Array.from({ length: BATCH }, (_, i) => {
-      const e = eventOf(d, d.next + i);
-      return {
-        deviceId: e.deviceId,
-        sequence: String(e.sequence),
-        clientId: e.clientId,
-        eventTime: new Date().toISOString(),
-        readings: e.readings,
-      };
-    });
     try {
-      const res = await connectJson<{ ackedSequence: string }>(
-        gateway,
-        "medmesh.devices.v1.DeviceService/PublishEvents",
-        { events },
-        d.token,
-      );
-      const now = Number(res.ackedSequence);
-      acked += now - (d.next - 1);
-      d.next = now + 1;
+      acked += await publishBatch(gateway, d, new Date().toISOString());
     } catch {
       errors++;
     }
@@ -301,29 +307,11 @@ async function pacedBatchDevice(
     if (wait > 0) await sleep(wait);
     else if (k > 0) held++;
     lagMs.push(Date.now() - due);
-    const eventTime = new Date(due).toISOString();
-    const events = Array.from({ length: BATCH }, (_, i) => {
-      const seq = d.next + i;
-      return {
-        deviceId: d.id,
-        sequence: String(seq),
-        clientId: `b${seq}`,
-        eventTime,
-        readings: { pulse: 60 + (seq % 40), spo2: 90 + (seq % 10) },
-      };
-    });
     try {
-      const res = await connectJson<{ ackedSequence: string }>(
-        gateway,
-        "medmesh.devices.v1.DeviceService/PublishEvents",
-        { events },
-        d.token,
-      );
-      const now = Number(res.ackedSequence);
+      const n = await publishBatch(gateway, d, new Date(due).toISOString());
       const took = Date.now() - due;
-      for (let s = d.next; s <= now; s++) ackMs.push(took);
-      acked += now - (d.next - 1);
-      d.next = now + 1;
+      for (let i = 0; i < n; i++) ackMs.push(took);
+      acked += n;
     } catch {
       errors++;
     }
