@@ -5,7 +5,10 @@
  * tokens, then, one after the other on the same mesh:
  *
  *  1. gRPC streams: half the devices each hold a StreamEvents through the gateway for
- *     BENCH_SECONDS, keeping up to BENCH_WINDOW events unacknowledged;
+ *     BENCH_SECONDS, keeping up to BENCH_WINDOW events unacknowledged. They are simulated by
+ *     bench/lib/h2-bidi-load.ts, a process writing the HTTP/2 frames itself (one connection per
+ *     device) at 2–7 µs of CPU per event: connect-node's client spent 32–43, a fifth of these 2
+ *     cores at 10,000 events/s, taken from the mesh it measured;
  *  2. Connect batches: the other half each send PublishEvents of BENCH_BATCH events (Connect JSON
  *     over HTTP/1.1, what a browser or script sends) back to back for BENCH_SECONDS;
  *  3. paced, open loop (BENCH_RATE events/s in all, 0 skips it): the stream devices again, each
@@ -35,17 +38,10 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Redis } from "ioredis";
 import pg from "pg";
-import {
-  DeviceEventSchema,
-  DeviceService,
-  GetDeviceStateRequestSchema,
-  type StreamEventsRequest,
-} from "../gen/medmesh/devices/v1/devices_pb.js";
+import { GetDeviceStateRequestSchema } from "../gen/medmesh/devices/v1/devices_pb.js";
+import { bidiStreamsLoad } from "./lib/h2-bidi-load.js";
 import { framesLoad } from "./lib/h2-frames-load.js";
 import { grpcFrame, percentile } from "./lib/tools.js";
 import { rawGrpcCall } from "./lib/verify.js";
@@ -96,14 +92,25 @@ interface PhaseResult {
 
 interface PacedStats {
   offered: number;
-  /** Milliseconds each event (or batch) went out after its scheduled time, sorted ascending. */
-  lagMs: Float64Array;
+  /** How far sends went out after their scheduled time, ms (p99 where the sender keeps every lag). */
+  lag: { p99?: number; max: number };
   /** Times a sender found its next send due and could not make it: window full or batch still out. */
   held: number;
   /** Cores busy with work other than the mesh and this bench over the phase (other sessions' tests). */
   otherCores: number;
-  /** Milliseconds from scheduled send to acknowledgement, per event, sorted ascending. */
-  ackMs: Float64Array;
+  /** From scheduled send to acknowledgement, ms. */
+  ack: { p50: number; p99: number };
+}
+
+/** What a phase's senders hand back, all devices together. */
+interface PhaseRun {
+  acked: number;
+  errors: number;
+  paced?: Omit<PacedStats, "offered" | "otherCores">;
+  /** CPU of a load generator running in a process of its own, seconds (counted with the bench's). */
+  generatorCpuSeconds?: number;
+  /** From the first send to the last acknowledgement, when the senders timed it themselves (a forked generator starts late). */
+  seconds?: number;
 }
 
 /** What one device's run hands back; the paced ones also their lags and send -> ack times. */
@@ -145,49 +152,7 @@ async function registerDevices(gateway: string, admin: string, n: number): Promi
   return out;
 }
 
-const eventOf = (d: Device, seq: number, at = new Date()) =>
-  create(DeviceEventSchema, {
-    deviceId: d.id,
-    sequence: BigInt(seq),
-    clientId: `b${seq}`,
-    eventTime: timestampFromDate(at),
-    readings: { pulse: 60 + (seq % 40), spo2: 90 + (seq % 10) },
-  });
-
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** One device's stream: keeps WINDOW events unacknowledged until `until`, then waits for the last ack. */
-async function streamDevice(gateway: string, d: Device, until: number): Promise<{ acked: number; error?: string }> {
-  const transport = createGrpcTransport({ baseUrl: gateway });
-  const client = createClient(DeviceService, transport);
-  let acked = d.next - 1;
-  let sent = d.next - 1;
-  let wake: (() => void) | undefined;
-  async function* events(): AsyncIterable<StreamEventsRequest> {
-    while (Date.now() < until) {
-      while (sent - acked >= WINDOW) await new Promise<void>((r) => (wake = r));
-      sent++;
-      yield { event: eventOf(d, sent) } as StreamEventsRequest;
-    }
-  }
-  const start = acked;
-  try {
-    for await (const r of client.streamEvents(events(), {
-      headers: { authorization: `Bearer ${d.token}` },
-      timeoutMs: (SECONDS + 60) * 1000,
-    })) {
-      acked = Number(r.ackedSequence);
-      const w = wake;
-      wake = undefined;
-      w?.();
-    }
-  } catch (err) {
-    d.next = acked + 1;
-    return { acked: acked - start, error: (err as Error).message };
-  }
-  d.next = acked + 1;
-  return { acked: acked - start };
-}
 
 /** The next BATCH events of `d`, stamped `eventTime`, as one PublishEvents; moves `d.next` past what was acknowledged and answers how many that was. */
 async function publishBatch(gateway: string, d: Device, eventTime: string): Promise<number> {
@@ -227,61 +192,67 @@ async function batchDevice(gateway: string, d: Device, until: number): Promise<{
 }
 
 /**
- * One device's stream, open loop: event i goes out at `start + i * interval` (stamped with that
- * time, not the moment it left), the last one due before `until`, then the last ack is awaited.
- * WINDOW unacknowledged events is a safety bound only; `held` counts the times it bound.
+ * The stream devices, all at once, from bench/lib/h2-bidi-load.ts (a process writing the HTTP/2
+ * frames itself, one connection per device as a fleet would have): closed loop with WINDOW events
+ * unacknowledged, or paced at `ratePerDevice`. Each device's sequence carries on from `d.next`.
  */
-async function pacedStreamDevice(
+async function runStreams(
   gateway: string,
-  d: Device,
-  start: number,
-  interval: number,
-  until: number,
-): Promise<DeviceRun> {
-  const client = createClient(DeviceService, createGrpcTransport({ baseUrl: gateway }));
-  const first = d.next;
-  const dueOf = (seq: number) => start + (seq - first) * interval;
-  let acked = d.next - 1;
-  let sent = d.next - 1;
-  let wake: (() => void) | undefined;
-  let held = 0;
-  const lagMs: number[] = [];
-  const ackMs: number[] = [];
-  async function* events(): AsyncIterable<StreamEventsRequest> {
-    for (let seq = first; dueOf(seq) < until; seq++) {
-      if (sent - acked >= WINDOW) {
-        held++;
-        while (sent - acked >= WINDOW) await new Promise<void>((r) => (wake = r));
-      }
-      const due = dueOf(seq);
-      const wait = due - Date.now();
-      if (wait > 0) await sleep(wait);
-      lagMs.push(Date.now() - due);
-      sent = seq;
-      yield { event: eventOf(d, seq, new Date(due)) } as StreamEventsRequest;
-    }
+  devices: Device[],
+  durationMs: number,
+  ratePerDevice?: number,
+): Promise<PhaseRun> {
+  const r = await bidiStreamsLoad({
+    origin: gateway,
+    path: "/medmesh.devices.v1.DeviceService/StreamEvents",
+    devices: devices.map((d) => ({ deviceId: d.id, authorization: `Bearer ${d.token}`, firstSequence: d.next })),
+    connections: devices.length,
+    durationMs,
+    window: WINDOW,
+    ratePerDevice,
+  });
+  for (const [i, d] of devices.entries()) {
+    const got = r.devices[i]!;
+    d.next = got.nextSequence;
+    if (got.error) say(`stream of ${d.id} ended: ${got.error}`);
   }
-  const start0 = acked;
-  let error: string | undefined;
-  try {
-    for await (const r of client.streamEvents(events(), {
-      headers: { authorization: `Bearer ${d.token}` },
-      timeoutMs: (SECONDS + 60) * 1000,
-    })) {
-      const now = Date.now();
-      const to = Number(r.ackedSequence);
-      for (let s = acked + 1; s <= to; s++) ackMs.push(now - dueOf(s));
-      acked = Math.max(acked, to);
-      const w = wake;
-      wake = undefined;
-      w?.();
-    }
-  } catch (err) {
-    error = (err as Error).message;
-    say(`paced stream of ${d.id} ended: ${error}`);
-  }
-  d.next = acked + 1;
-  return { acked: acked - start0, errors: error ? 1 : 0, lagMs, ackMs, held };
+  return {
+    acked: r.acked,
+    errors: r.devices.filter((d) => d.error).length,
+    generatorCpuSeconds: r.generatorCpuSeconds,
+    seconds: r.seconds,
+    paced: ratePerDevice
+      ? {
+          lag: { max: r.maxLagMs },
+          held: r.windowBlocked,
+          ack: { p50: r.ackLatencyMs.p50, p99: r.ackLatencyMs.p99 },
+        }
+      : undefined,
+  };
+}
+
+/** Runs `run` for every device at once and sums what they hand back. */
+function eachDevice(
+  devices: Device[],
+  run: (d: Device, t0: number, until: number, index: number) => Promise<DeviceRun>,
+): (t0: number, until: number) => Promise<PhaseRun> {
+  return async (t0, until) => {
+    const results = await Promise.all(devices.map((d, i) => run(d, t0, until, i)));
+    const lags = sorted(results.map((r) => r.lagMs));
+    const acks = sorted(results.map((r) => r.ackMs));
+    return {
+      acked: results.reduce((a, r) => a + r.acked, 0),
+      errors: results.reduce((a, r) => a + r.errors, 0),
+      paced:
+        lags.length > 0
+          ? {
+              lag: { p99: percentile(lags, 99), max: percentile(lags, 100) },
+              held: results.reduce((a, r) => a + (r.held ?? 0), 0),
+              ack: { p50: percentile(acks, 50), p99: percentile(acks, 99) },
+            }
+          : undefined,
+    };
+  };
 }
 
 /**
@@ -411,7 +382,7 @@ async function phase(
   mesh: Mesh,
   db: pg.Client,
   devices: Device[],
-  run: (d: Device, t0: number, until: number, index: number) => Promise<DeviceRun>,
+  run: (t0: number, until: number) => Promise<PhaseRun>,
   offered?: number,
 ): Promise<PhaseResult> {
   say(`${name}: ${devices.length} devices for ${SECONDS} s${offered ? `, ${offered} events/s offered` : ""}`);
@@ -421,10 +392,9 @@ async function phase(
   const snapshot0 = machineSnapshot();
   // Paced devices start a moment later, so the first due events are not already late.
   const t0 = Date.now() + (offered ? 100 : 0);
-  const results = await Promise.all(devices.map((d, i) => run(d, t0, t0 + SECONDS * 1000, i)));
-  const seconds = (Date.now() - t0) / 1000;
-  const acked = results.reduce((a, r) => a + r.acked, 0);
-  const errors = results.reduce((a, r) => a + r.errors, 0);
+  const ran = await run(t0, t0 + SECONDS * 1000);
+  const seconds = ran.seconds ?? (Date.now() - t0) / 1000;
+  const { acked, errors } = ran;
   const ids = devices.map((d) => d.id);
   await waitApplied(db, ids, since, acked);
   const cpu1 = cpuOf(mesh);
@@ -434,6 +404,7 @@ async function phase(
   const others = otherWork(snapshot0, machineSnapshot(), ours, wall);
   const l = await latencies(db, ids, since);
   const cpu = Object.fromEntries(Object.keys(cpu1).map((k) => [k, (cpu1[k] ?? 0) - (cpu0[k] ?? 0)]));
+  cpu.bench = (cpu.bench ?? 0) + (ran.generatorCpuSeconds ?? 0);
   // Busy cores not ours (other sessions' tests and benches): what the bench can not hold still.
   const otherCores = (machine - Object.values(cpu).reduce((a, c) => a + (Number.isFinite(c) ? c : 0), 0)) / wall;
   const result: PhaseResult = {
@@ -451,17 +422,11 @@ async function phase(
       `send -> applied p50 ${fmt(l.p50)} ms, p99 ${fmt(l.p99)} ms over ${l.n} events; other work ${fmt(otherCores, 2)} cores (${others})`,
   );
   if (offered) {
-    result.paced = {
-      offered,
-      lagMs: sorted(results.map((r) => r.lagMs)),
-      held: results.reduce((a, r) => a + (r.held ?? 0), 0),
-      ackMs: sorted(results.map((r) => r.ackMs)),
-      otherCores,
-    };
+    result.paced = { offered, ...ran.paced!, otherCores };
     const p = result.paced;
     say(
-      `${name}: sender behind schedule p99 ${fmt(percentile(p.lagMs, 99))} ms, max ${fmt(percentile(p.lagMs, 100))} ms, ` +
-        `held ${p.held} times; send -> ack p50 ${fmt(percentile(p.ackMs, 50))} ms, p99 ${fmt(percentile(p.ackMs, 99))} ms; ` +
+      `${name}: sender behind schedule p99 ${p.lag.p99 === undefined ? "-" : fmt(p.lag.p99)} ms, max ${fmt(p.lag.max)} ms, ` +
+        `held ${p.held} times; send -> ack p50 ${fmt(p.ack.p50)} ms, p99 ${fmt(p.ack.p99)} ms; ` +
         `cores busy: ${Object.entries(result.cpu)
           .filter(([, s]) => s > 0.05)
           .map(([n, s]) => `${n} ${fmt(s / wall, 2)}`)
@@ -616,13 +581,15 @@ async function main() {
     const admin = await signInBenchAdmin(gateway);
     const devices = await registerDevices(gateway, admin, DEVICES);
     const half = Math.floor(DEVICES / 2);
-    const streams = await phase("gRPC streams", mesh, db, devices.slice(0, half), async (d, _t0, until) => {
-      const r = await streamDevice(gateway, d, until);
-      if (r.error) say(`stream of ${d.id} ended: ${r.error}`);
-      return { acked: r.acked, errors: r.error ? 1 : 0 };
-    });
-    const batches = await phase("Connect batches", mesh, db, devices.slice(half), (d, _t0, until) =>
-      batchDevice(gateway, d, until),
+    const streams = await phase("gRPC streams", mesh, db, devices.slice(0, half), (_t0, until) =>
+      runStreams(gateway, devices.slice(0, half), until - Date.now()),
+    );
+    const batches = await phase(
+      "Connect batches",
+      mesh,
+      db,
+      devices.slice(half),
+      eachDevice(devices.slice(half), (d, _t0, until) => batchDevice(gateway, d, until)),
     );
     // Open loop at RATE: the same devices, whose sequences carry on from d.next. Each device's
     // schedule is offset by its share of one interval, so the devices' sends interleave rather
@@ -637,7 +604,7 @@ async function main() {
           mesh,
           db,
           streamDevices,
-          (d, t0, until, i) => pacedStreamDevice(gateway, d, t0 + (i * every) / streamDevices.length, every, until),
+          (_t0, until) => runStreams(gateway, streamDevices, until - Date.now(), RATE / streamDevices.length),
           RATE,
         ),
       );
@@ -649,8 +616,9 @@ async function main() {
           mesh,
           db,
           batchDevices,
-          (d, t0, until, i) =>
+          eachDevice(batchDevices, (d, t0, until, i) =>
             pacedBatchDevice(gateway, d, t0 + (i * batchEvery) / batchDevices.length, batchEvery, until),
+          ),
           RATE,
         ),
       );
@@ -733,7 +701,7 @@ async function main() {
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ...paced.map((r) => {
               const p = r.paced!;
-              return `| ${r.name} | ${r.devices} | ${p.offered} | ${fmt(r.acked / r.seconds, 0)} | ${r.errors} | ${fmt(percentile(p.ackMs, 50))} | ${fmt(percentile(p.ackMs, 99))} | ${fmt(r.latency.p50)} | ${fmt(r.latency.p99)} | ${fmt(r.latency.max)} | ${fmt(r.drainSeconds, 2)} | ${fmt(percentile(p.lagMs, 99))} / ${fmt(percentile(p.lagMs, 100))} | ${p.held} | ${fmt(p.otherCores, 2)} | ${cpuPerEvent(r)} |`;
+              return `| ${r.name} | ${r.devices} | ${p.offered} | ${fmt(r.acked / r.seconds, 0)} | ${r.errors} | ${fmt(p.ack.p50)} | ${fmt(p.ack.p99)} | ${fmt(r.latency.p50)} | ${fmt(r.latency.p99)} | ${fmt(r.latency.max)} | ${fmt(r.drainSeconds, 2)} | ${p.lag.p99 === undefined ? "–" : fmt(p.lag.p99)} / ${fmt(p.lag.max)} | ${p.held} | ${fmt(p.otherCores, 2)} | ${cpuPerEvent(r)} |`;
             }),
             "",
           ]
