@@ -360,6 +360,12 @@ class PassedCall {
     up.on("response", (h) => this.onResponse(h));
     up.on("data", (chunk: Buffer) => this.onResponseData(chunk));
     up.on("trailers", (t) => (this.upstreamTrailers = t));
+    // The service's answer is complete once its side ends with a status, even while the client is
+    // still sending (a stream the service refused part-way): the stream only closes when both sides
+    // have, and a client that never half-closes would otherwise wait for its deadline.
+    up.on("end", () => {
+      if (this.upstreamTrailers) this.finishWithTrailers(this.upstreamTrailers);
+    });
     up.on("error", (err) => (this.upstreamError = err));
     up.on("close", () => this.onUpstreamClose());
     this.pumpRequest(up);

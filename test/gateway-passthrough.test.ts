@@ -7,6 +7,8 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
+  ChatRequestSchema,
+  ChatResponseSchema,
   CountRequestSchema,
   CountResponseSchema,
   EchoRequestSchema,
@@ -266,6 +268,43 @@ describe("deadlines and cancellation", () => {
     expect(r.messages.length).toBeGreaterThan(0);
     expect(r.rstCode).toBe(http2.constants.NGHTTP2_CANCEL);
     await vi.waitFor(() => expect(observed.cancelledStreams).toBe(before + 1), { timeout: 5_000, interval: 20 });
+  });
+});
+
+describe("a stream the service ends while the client is still sending", () => {
+  it("reaches the client at once with the service's status, without waiting for the client to half-close", async () => {
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    session.on("error", () => {});
+    try {
+      const stream = session.request({
+        ":method": "POST",
+        ":path": "/medmesh.meshtest.v1.MeshTestService/Chat",
+        "content-type": "application/grpc",
+        te: "trailers",
+        // Long enough that waiting for it would show as deadline_exceeded instead of the service's status.
+        "grpc-timeout": "10S",
+      });
+      stream.on("error", () => {});
+      const chunks: Buffer[] = [];
+      stream.on("data", (d: Buffer) => chunks.push(d));
+      const trailers = new Promise<http2.IncomingHttpHeaders>((resolve) => {
+        stream.on("response", (h) => h["grpc-status"] !== undefined && resolve(h));
+        stream.on("trailers", resolve);
+      });
+      const chat = (text: string) => frame(toBinary(ChatRequestSchema, create(ChatRequestSchema, { text })));
+      // The second message breaks the contract (text min_len 1): the service ends the call. The
+      // request side is never ended, as a device that keeps its stream open would not.
+      stream.write(chat("hi"));
+      stream.write(chat(""));
+      const t = await trailers;
+      expect(t["grpc-status"]).toBe(String(Code.InvalidArgument));
+      expect(decodeURIComponent(String(t["grpc-message"]))).toMatch(/text/);
+      expect(framesOf(Buffer.concat(chunks)).messages.map((m) => fromBinary(ChatResponseSchema, m).text)).toEqual([
+        "HI",
+      ]);
+    } finally {
+      session.destroy();
+    }
   });
 });
 
