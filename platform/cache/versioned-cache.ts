@@ -122,7 +122,7 @@ export function redisVersionedCache(url: string, opts: RedisCacheOptions = {}): 
   };
 }
 
-/** A read of a namespace in flight, and whether its version was reported changed meanwhile. */
+/** A read sent while the feed was live: which stretch of liveness (epoch) it belongs to. */
 interface Ticket {
   epoch: number;
 }
