@@ -653,7 +653,7 @@ async function main() {
     reads.push({ label: "1 replica, cache in process", cached: inProcess, uncached: await measure(1, UNCACHED) });
     if (await redisAnswers(REDIS_URL))
       reads.push({
-        label: `${READ_REPLICAS} replicas, cache in Redis (with in-process copies)`,
+        label: `${READ_REPLICAS} ${READ_REPLICAS === 1 ? "replica" : "replicas"}, cache in Redis (with in-process copies)`,
         cached: await measure(READ_REPLICAS, { REDIS_URL }),
         uncached: await measure(READ_REPLICAS, UNCACHED),
       });

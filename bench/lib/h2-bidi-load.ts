@@ -25,9 +25,9 @@
  *
  * It runs in its own forked process so its CPU is its own (reported for the run).
  */
-import { fork } from "node:child_process";
 import net from "node:net";
-import { fileURLToPath } from "node:url";
+import { FLAG, FRAME, grpcHeaderBlock } from "./h2-wire.js";
+import { inOwnProcess, serveInOwnProcess } from "./own-process.js";
 
 export interface BidiDevice {
   deviceId: string;
@@ -115,17 +115,6 @@ interface ChildInput {
 
 type ChildOutput = Omit<BidiStreamsResult, "generatorCpuSeconds" | "errors"> & { cpuSeconds: number };
 
-const FRAME = {
-  DATA: 0,
-  HEADERS: 1,
-  RST_STREAM: 3,
-  SETTINGS: 4,
-  PING: 6,
-  GOAWAY: 7,
-  WINDOW_UPDATE: 8,
-  CONTINUATION: 9,
-} as const;
-const FLAG = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4, PADDED: 0x8, PRIORITY: 0x20 } as const;
 const CANCEL = 0x8;
 // Paced: the shortest sleep between sends. Events due within it go out in one socket write (on
 // loopback a write costs its sender some 20 µs, the receiving side's TCP work included); each
@@ -134,46 +123,6 @@ const TICK_MS = 2;
 const MAX_WINDOW = 0x7fffffff;
 // "grpc-status" Huffman-coded (RFC 7541, appendix B), as node's nghttp2 sends the name.
 const GRPC_STATUS_HUFFMAN = Buffer.from("9acac8b21234da8f", "hex");
-
-/** HPACK integer with an n-bit prefix whose high bits are `first`. */
-function hpackInt(value: number, prefixBits: number, first: number): number[] {
-  const max = (1 << prefixBits) - 1;
-  if (value < max) return [first | value];
-  const out = [first | max];
-  let rest = value - max;
-  while (rest >= 128) {
-    out.push((rest % 128) + 128);
-    rest = Math.floor(rest / 128);
-  }
-  out.push(rest);
-  return out;
-}
-
-/** An HPACK string literal, not Huffman-coded. */
-const hpackString = (s: string) => {
-  const bytes = Buffer.from(s, "latin1");
-  return [...hpackInt(bytes.length, 7, 0), ...bytes];
-};
-
-/**
- * A stream's request header block: indexed :method POST and :scheme http, then literals without
- * indexing (no dynamic table state), by static-table name where there is one (RFC 7541, appendix A).
- */
-function headerBlock(authority: string, path: string, authorization: string): Buffer {
-  const staticName: Record<string, number> = { ":authority": 1, ":path": 4, "content-type": 31, authorization: 23 };
-  const literal = (name: string, value: string) =>
-    staticName[name]
-      ? [...hpackInt(staticName[name], 4, 0), ...hpackString(value)]
-      : [0, ...hpackString(name), ...hpackString(value)];
-  const fields = {
-    ":path": path,
-    ":authority": authority,
-    "content-type": "application/grpc",
-    te: "trailers",
-    authorization,
-  };
-  return Buffer.from([0x83, 0x86, ...Object.entries(fields).flatMap(([n, v]) => literal(n, v))]);
-}
 
 function writeFrameHeader(b: Buffer, at: number, length: number, type: number, flags: number, streamId: number) {
   b[at] = length >>> 16;
@@ -279,7 +228,7 @@ export async function bidiStreamsLoad(opts: BidiStreamsOptions): Promise<BidiStr
     port: Number(url.port),
     devices: opts.devices.map((d) => ({
       deviceId: d.deviceId,
-      headerBlock: headerBlock(url.host, opts.path, d.authorization).toString("hex"),
+      headerBlock: grpcHeaderBlock(url.host, opts.path, { authorization: d.authorization }).toString("hex"),
       firstSequence: d.firstSequence,
     })),
     connections: Math.max(1, Math.min(opts.connections, opts.devices.length)),
@@ -288,16 +237,7 @@ export async function bidiStreamsLoad(opts: BidiStreamsOptions): Promise<BidiStr
     ratePerDevice: opts.ratePerDevice,
     drainTimeoutMs: opts.drainTimeoutMs ?? 30_000,
   };
-  const child = fork(fileURLToPath(import.meta.url), ["--bidi-load-child"], {
-    execArgv: ["--import", "tsx"],
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
-  const out = await new Promise<ChildOutput>((resolve, reject) => {
-    child.once("message", (m: ChildOutput) => resolve(m));
-    child.once("exit", (code, signal) => reject(new Error(`load process exited (${signal ?? `code ${code}`})`)));
-    child.send(input);
-  });
-  child.disconnect();
+  const out = await inOwnProcess<ChildInput, ChildOutput>(import.meta.url, "--bidi-load-child", input);
   const errors: Record<string, number> = {};
   for (const d of out.devices) if (d.error) errors[d.error] = (errors[d.error] ?? 0) + 1;
   const { cpuSeconds, ...rest } = out;
@@ -884,14 +824,4 @@ async function childMain(input: ChildInput): Promise<ChildOutput> {
   };
 }
 
-if (process.argv.includes("--bidi-load-child")) {
-  process.once("message", (input: ChildInput) => {
-    childMain(input).then(
-      (out) => process.send!(out),
-      (err: Error) => {
-        console.error(err);
-        process.exit(1);
-      },
-    );
-  });
-}
+serveInOwnProcess("--bidi-load-child", childMain);

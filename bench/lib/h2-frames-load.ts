@@ -19,9 +19,9 @@
  * slots, two calls in flight never carry the same request, so a server that merges concurrent
  * identical requests (single-flight on a key) never gets to.
  */
-import { fork } from "node:child_process";
 import net from "node:net";
-import { fileURLToPath } from "node:url";
+import { FLAG, FRAME, grpcHeaderBlock } from "./h2-wire.js";
+import { inOwnProcess, serveInOwnProcess } from "./own-process.js";
 
 export interface FramesLoadOptions {
   /** http://host:port of the gRPC server (h2c). */
@@ -73,50 +73,6 @@ interface ChildOutput {
   cpuSeconds: number;
 }
 
-const FRAME = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8 } as const;
-const FLAG = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4, PADDED: 0x8 } as const;
-
-/** HPACK integer with an n-bit prefix whose high bits are `first`. */
-function hpackInt(value: number, prefixBits: number, first: number): number[] {
-  const max = (1 << prefixBits) - 1;
-  if (value < max) return [first | value];
-  const out = [first | max];
-  let rest = value - max;
-  while (rest >= 128) {
-    out.push((rest % 128) + 128);
-    rest = Math.floor(rest / 128);
-  }
-  out.push(rest);
-  return out;
-}
-
-/** An HPACK string literal, not Huffman-coded. */
-const hpackString = (s: string) => {
-  const bytes = Buffer.from(s, "latin1");
-  return [...hpackInt(bytes.length, 7, 0), ...bytes];
-};
-
-/**
- * The request's header block: indexed :method POST and :scheme http, then literals without
- * indexing (so no dynamic table state, and the same bytes for every call), by static-table name
- * where there is one (RFC 7541, appendix A).
- */
-function headerBlock(authority: string, path: string, extra: Record<string, string>): Buffer {
-  const staticName: Record<string, number> = { ":authority": 1, ":path": 4, "content-type": 31, authorization: 23 };
-  const literal = (name: string, value: string) =>
-    staticName[name]
-      ? [...hpackInt(staticName[name], 4, 0), ...hpackString(value)]
-      : [0, ...hpackString(name), ...hpackString(value)];
-  const fields = {
-    ":path": path,
-    ":authority": authority,
-    "content-type": "application/grpc",
-    te: "trailers",
-    ...extra,
-  };
-  return Buffer.from([0x83, 0x86, ...Object.entries(fields).flatMap(([n, v]) => literal(n, v))]);
-}
-
 function frameHeader(length: number, type: number, flags: number, streamId: number): Buffer {
   const b = Buffer.alloc(9);
   b.writeUIntBE(length, 0, 3);
@@ -133,7 +89,7 @@ export async function framesLoad(opts: FramesLoadOptions): Promise<FramesLoadRes
       const u = new URL(o);
       return { host: u.hostname, port: Number(u.port) };
     }),
-    headerBlock: headerBlock(url.host, opts.path, opts.headers).toString("hex"),
+    headerBlock: grpcHeaderBlock(url.host, opts.path, opts.headers).toString("hex"),
     requests: opts.requests.map((r) => {
       const frame = Buffer.alloc(5 + r.message.length);
       frame.writeUInt32BE(r.message.length, 1);
@@ -144,16 +100,7 @@ export async function framesLoad(opts: FramesLoadOptions): Promise<FramesLoadRes
     warmupMs: opts.warmupMs,
     durationMs: opts.durationMs,
   };
-  const child = fork(fileURLToPath(import.meta.url), ["--frames-load-child"], {
-    execArgv: ["--import", "tsx"],
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
-  const out = await new Promise<ChildOutput>((resolve, reject) => {
-    child.once("message", (m: ChildOutput) => resolve(m));
-    child.once("exit", (code, signal) => reject(new Error(`load process exited (${signal ?? `code ${code}`})`)));
-    child.send(input);
-  });
-  child.disconnect();
+  const out = await inOwnProcess<ChildInput, ChildOutput>(import.meta.url, "--frames-load-child", input);
   return {
     ok: out.ok,
     errors: out.errors,
@@ -355,14 +302,4 @@ async function childMain(input: ChildInput): Promise<ChildOutput> {
   };
 }
 
-if (process.argv.includes("--frames-load-child")) {
-  process.once("message", (input: ChildInput) => {
-    childMain(input).then(
-      (out) => process.send!(out),
-      (err: Error) => {
-        console.error(err);
-        process.exit(1);
-      },
-    );
-  });
-}
+serveInOwnProcess("--frames-load-child", childMain);
