@@ -82,6 +82,24 @@ const ways: Abandon[] = ["h2 cancel", "h2 reset", "h2 connection lost", "grpc-we
 /** node:http2 resets a stream it is given to destroy with CANCEL only for its own AbortError. */
 const abortError = () => sleep(0, undefined, { signal: AbortSignal.abort() }).catch((e: unknown) => e as Error);
 
+/**
+ * Resolves once `chunk` is written, or once the stream failed or closed: a request whose
+ * connection fails before it is flushed may never call its write callback (node's OutgoingMessage
+ * drops queued callbacks when destroyed before it has a socket), and a test must not hang on that.
+ */
+function written(stream: NodeJS.WritableStream & NodeJS.EventEmitter, chunk: Buffer): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      stream.off("error", done);
+      stream.off("close", done);
+      resolve();
+    };
+    stream.once("error", done);
+    stream.once("close", done);
+    stream.write(chunk, done);
+  });
+}
+
 /** Opens one client stream through the gateway, sends `frames`, waits, then gives up as `how`. */
 async function sendThenAbandon(
   port: number,
@@ -104,9 +122,9 @@ async function sendThenAbandon(
         ...headers,
       });
       stream.on("error", () => {});
-      for (const f of frames) await new Promise<void>((r) => stream.write(f, () => r()));
-      await wait();
       const closed = new Promise((r) => stream.once("close", r));
+      for (const f of frames) await written(stream, f);
+      await wait();
       if (how === "h2 cancel") stream.close(http2.constants.NGHTTP2_CANCEL);
       // Destroyed with an AbortError, a stream sends RST_STREAM(CANCEL) and nothing before it.
       else if (how === "h2 reset") stream.destroy(await abortError());
@@ -130,10 +148,12 @@ async function sendThenAbandon(
     },
   });
   req.on("error", () => {});
-  for (const f of frames) await new Promise<void>((r) => req.write(f, () => r()));
+  // Registered first: a connection that fails early has closed the request before it is given up.
+  const closed = new Promise((r) => req.once("close", r));
+  for (const f of frames) await written(req, f);
   await wait();
   req.destroy();
-  await new Promise((r) => req.once("close", r));
+  await closed;
 }
 
 describe("a client stream abandoned by its client, as the gateway's handlers see it", () => {
