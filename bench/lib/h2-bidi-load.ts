@@ -26,6 +26,8 @@
  * It runs in its own forked process so its CPU is its own (reported for the run).
  */
 import net from "node:net";
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
+import { varintSize, writeVarint } from "../../services/devices/record-codec.js";
 import { FLAG, FRAME, grpcHeaderBlock } from "./h2-wire.js";
 import { inOwnProcess, serveInOwnProcess } from "./own-process.js";
 
@@ -140,21 +142,6 @@ function frame(type: number, flags: number, streamId: number, payload: Buffer = 
   return b;
 }
 
-function varintLength(v: number): number {
-  let n = 1;
-  for (; v >= 0x80; n++) v = Math.floor(v / 0x80);
-  return n;
-}
-
-function writeVarint(b: Buffer, at: number, v: number): number {
-  while (v >= 0x80) {
-    b[at++] = (v % 0x80) | 0x80;
-    v = Math.floor(v / 0x80);
-  }
-  b[at++] = v;
-  return at;
-}
-
 const decimalDigits = (v: number) => (v < 10 ? 1 : Math.floor(Math.log10(v) + 1e-9) + 1);
 
 /**
@@ -172,9 +159,9 @@ export function writeStreamEventsRequest(
 ): number {
   const seconds = Math.floor(eventTimeMs / 1000);
   const nanos = Math.min(999_999_999, Math.round((eventTimeMs - seconds * 1000) * 1e6));
-  const timeLength = (seconds ? 1 + varintLength(seconds) : 0) + (nanos ? 1 + varintLength(nanos) : 0);
+  const timeLength = (seconds ? 1 + varintSize(seconds) : 0) + (nanos ? 1 + varintSize(nanos) : 0);
   const digits = decimalDigits(sequence);
-  const eventLength = idField.length + 1 + varintLength(sequence) + 3 + digits + 2 + timeLength + 2 + 16 + 2 + 15;
+  const eventLength = idField.length + 1 + varintSize(sequence) + 3 + digits + 2 + timeLength + 2 + 16 + 2 + 15;
   b[at++] = 0x0a;
   at = writeVarint(b, at, eventLength);
   at += idField.copy(b, at);
@@ -322,33 +309,12 @@ function grpcStatusOf(block: Buffer): string | undefined {
 
 /** Reads acked_sequence (field 1) from a StreamEventsResponse. */
 function ackedSequenceOf(b: Buffer, at: number, end: number): number {
+  const r = new BinaryReader(b.subarray(at, end));
   let acked = 0;
-  while (at < end) {
-    const tag = b[at++]!;
-    const wire = tag & 7;
-    if (wire === 0) {
-      let v = 0;
-      let mul = 1;
-      let byte: number;
-      do {
-        byte = b[at++]!;
-        v += (byte & 0x7f) * mul;
-        mul *= 128;
-      } while (byte & 0x80);
-      if (tag >> 3 === 1) acked = v;
-    } else if (wire === 2) {
-      let length = 0;
-      let mul = 1;
-      let byte: number;
-      do {
-        byte = b[at++]!;
-        length += (byte & 0x7f) * mul;
-        mul *= 128;
-      } while (byte & 0x80);
-      at += length;
-    } else if (wire === 1) at += 8;
-    else if (wire === 5) at += 4;
-    else break;
+  while (r.pos < r.len) {
+    const [field, wire] = r.tag();
+    if (field === 1 && wire === WireType.Varint) acked = Number(r.uint64());
+    else r.skip(wire);
   }
   return acked;
 }

@@ -74,12 +74,8 @@ export function redisVersionedCache(url: string, opts: RedisCacheOptions = {}): 
       return value;
     },
     async get(namespace, key) {
+      // Copies are answered by peek; a caller that asks here wants Redis' own answer.
       const vk = versionKey(namespace);
-      const held = near?.get(vk, entryPrefix(namespace), key);
-      if (held !== undefined) {
-        counts.hits++;
-        return { version: near!.versionOf(vk)!, value: held };
-      }
       const ticket = near?.asking(vk);
       let reply: [string, string?, number?];
       let stale = false;
@@ -154,14 +150,6 @@ class NearCopies {
       },
       lost: () => this.forget(),
     });
-  }
-
-  get live(): boolean {
-    return this.feed.live;
-  }
-
-  versionOf(versionKey: string): string | undefined {
-    return this.versions.get(versionKey);
   }
 
   get(versionKey: string, entryPrefix: string, key: string): string | undefined {
@@ -245,16 +233,17 @@ export function memoryVersionedCache(maxEntries = 10_000): VersionedCache {
   const entries = new Map<string, { value: string; expires: number }>();
   const counts = { hits: 0, misses: 0, errors: 0 };
   const versionOf = (ns: string) => String(versions.get(ns) ?? 0);
+  const entryKey = (ns: string, version: string, key: string) => `${ns}\u0000${version}\u0000${key}`;
   return {
     peek(namespace, key) {
-      const e = entries.get(`${namespace}\u0000${versionOf(namespace)}\u0000${key}`);
+      const e = entries.get(entryKey(namespace, versionOf(namespace), key));
       if (e === undefined || e.expires <= Date.now()) return undefined;
       counts.hits++;
       return e.value;
     },
     async get(namespace, key) {
       const version = versionOf(namespace);
-      const k = `${namespace}\u0000${version}\u0000${key}`;
+      const k = entryKey(namespace, version, key);
       const e = entries.get(k);
       if (e && e.expires > Date.now()) {
         counts.hits++;
@@ -266,7 +255,7 @@ export function memoryVersionedCache(maxEntries = 10_000): VersionedCache {
     },
     async set(namespace, version, key, value, ttlMs) {
       if (version !== versionOf(namespace)) return;
-      const k = `${namespace}\u0000${version}\u0000${key}`;
+      const k = entryKey(namespace, version, key);
       entries.delete(k);
       entries.set(k, { value, expires: Date.now() + ttlMs });
       // Insertion order is age order: the first keys are the oldest.

@@ -97,7 +97,7 @@ function writeTimestampBody(out: Buffer, at: number, seconds: number, nanos: num
 }
 
 /** Bytes of a varint of a non-negative safe integer. */
-function varintSize(n: number): number {
+export function varintSize(n: number): number {
   let size = 1;
   while (n >= 0x80) {
     n = Math.floor(n / 0x80);
@@ -107,7 +107,7 @@ function varintSize(n: number): number {
 }
 
 /** Writes a non-negative safe integer as a varint (division, not bit operators: they stop at 32 bits). */
-function writeVarint(out: Buffer, at: number, n: number): number {
+export function writeVarint(out: Buffer, at: number, n: number): number {
   while (n >= 0x80) {
     out[at++] = (n % 0x80) | 0x80;
     n = Math.floor(n / 0x80);
