@@ -8,8 +8,9 @@ import { Code } from "@connectrpc/connect";
 
 // What grpc-js writes into a status it made up itself: load-balancer states, peer addresses,
 // attempt counts, timings. True for the client that asked, useless and revealing to a caller.
+// A bracketed IPv6 address has a colon in it; a field path's index ("events[0]") has not.
 export const transportDetail =
-  /remote_addr|LB pick|previous attempts|name resolution|subchannel|RST_STREAM|HTTP\/2|ECONN|EPIPE|\b\d{1,3}(\.\d{1,3}){3}(:\d+)?\b|\[[0-9a-f:]+\]/i;
+  /remote_addr|LB pick|previous attempts|name resolution|subchannel|RST_STREAM|HTTP\/2|ECONN|EPIPE|\b\d{1,3}(\.\d{1,3}){3}(:\d+)?\b|\[[0-9a-f]*:[0-9a-f:.]*\]/i;
 
 export const plainSentence: Partial<Record<Code, string>> = {
   [Code.DeadlineExceeded]: "the deadline expired before the call finished",

@@ -112,6 +112,14 @@ describe("devices through the gateway of the embedded mesh", () => {
     );
     expect(typo.status).toBe(400);
     expect(typo.body.message).toMatch(/readingz/);
+    // A refusal naming an element of the batch keeps its sentence through the gateway.
+    const empty = await post(
+      "medmesh.devices.v1.DeviceService/PublishEvents",
+      { events: [{ deviceId: id, sequence: 3, clientId: "", eventTime: new Date().toISOString(), readings: {} }] },
+      token,
+    );
+    expect(empty.status).toBe(400);
+    expect(empty.body.message).toMatch(/events\[0\]\.client_id/);
 
     const client = createClient(DeviceService, createGrpcTransport({ baseUrl: gateway }));
     async function* events(): AsyncIterable<StreamEventsRequest> {
